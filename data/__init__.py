@@ -1,0 +1,1 @@
+"""Bytes at rest: Parquet batches, their schema, sampling and weighting, and the store."""

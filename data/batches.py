@@ -1,0 +1,84 @@
+"""Ingesting labelled Parquet batches into a store, and reading them back as rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from data.errors import UserError
+from data.parquet import read_bytes, redact, table_from_bytes
+from data.rows import Rows
+from data.sampling import holdout_mask
+from data.schema import Schema
+from data.storage import Store, sha256
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    batch_id: str
+    rows: int
+    added: bool
+    new_classes: tuple = ()
+
+
+def load_table(uri: str) -> tuple[bytes, pa.Table]:
+    """Read a Parquet file into bytes and a table, with one clear error if it is bad."""
+    data = read_bytes(uri)
+    return data, table_from_bytes(data, redact(uri))
+
+
+def ingest(store: Store, uri: str, *, allow_new_classes: bool = False) -> IngestResult:
+    """Validate one Parquet file and keep it in the store as a new batch.
+
+    A file the store already holds (same bytes) is a no-op. A file that fails
+    validation is copied to quarantine with the reason, and UserError is raised.
+    """
+    source = redact(uri)
+    data = read_bytes(uri)
+    existing = store.find_batch(sha256(data))
+    if existing:
+        return IngestResult(existing, int(store.batch_info(existing)["rows"]), added=False)
+    try:
+        table = table_from_bytes(data, source)
+        schema = store.schema.validate(table, source, allow_new_classes=allow_new_classes)
+    except UserError as exc:
+        folder = store.quarantine(os.path.basename(source.rstrip("/")), data, str(exc))
+        raise UserError(f"{exc} (quarantined in {folder})") from None
+    new_classes = tuple(c for c in schema.classes if c not in store.schema.classes)
+    if new_classes:
+        store.set_classes(schema.classes)
+    batch_id = store.add_batch(
+        data,
+        {
+            "source": os.path.basename(source),
+            "rows": table.num_rows,
+            "ingested": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "new_classes": list(new_classes),
+        },
+    )
+    return IngestResult(batch_id, table.num_rows, added=True, new_classes=new_classes)
+
+
+def batch_rows(store: Store, batch_id: str, order: int, schema: Schema) -> tuple[Rows, Rows]:
+    """A batch as (train rows, holdout rows), split by the store's fixed holdout."""
+    table = table_from_bytes(store.read_batch(batch_id), batch_id)
+    x = schema.features_matrix(table)
+    y = schema.label_indices(table)
+    rows = Rows(x, y, np.full(len(y), order, np.int32))
+    mask = holdout_mask(batch_id, len(y), store.meta.holdout_fraction)
+    return rows.take(~mask), rows.take(mask)
+
+
+def load_rows(store: Store, batch_ids: list[str]) -> tuple[Rows, Rows]:
+    """Several batches as (train rows, holdout rows); `order` is each batch's ingestion order."""
+    schema = store.schema
+    if not batch_ids:
+        empty = Rows.empty(len(schema.features))
+        return empty, empty
+    position = {b: i for i, b in enumerate(store.batch_ids())}
+    parts = [batch_rows(store, b, position[b], schema) for b in batch_ids]
+    return Rows.concat([p[0] for p in parts]), Rows.concat([p[1] for p in parts])

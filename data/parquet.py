@@ -1,0 +1,87 @@
+"""Reading and writing Parquet from local paths or any pyarrow filesystem URI."""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from data.errors import UserError
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Split a path or URI (`s3://bucket/key`, `file:///x`, `./x`) into filesystem and path."""
+    if "://" not in uri:
+        import os
+
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        raise UserError(f"{redact(uri)}: cannot open ({exc})") from exc
+
+
+def redact(uri: str) -> str:
+    """A URI fit to print: any user:secret@ credentials and query string removed."""
+    if "://" not in uri:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    host, sep, path = rest.partition("/")
+    host = host.rsplit("@", 1)[-1]
+    return f"{scheme}://{host}{sep}{path.split('?', 1)[0]}"
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole file at `uri`, or UserError naming it."""
+    fs, path = resolve(uri)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise UserError(f"{redact(uri)}: no such file")
+        if info.type == pafs.FileType.Directory:
+            raise UserError(f"{redact(uri)}: is a directory, expected a Parquet file")
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except OSError as exc:
+        raise UserError(f"{redact(uri)}: cannot read ({exc})") from exc
+
+
+def table_from_bytes(data: bytes, source: str) -> pa.Table:
+    """Parse Parquet bytes, turning every way a file can be broken into one UserError."""
+    if not data:
+        raise UserError(f"{source}: the file is empty, not Parquet")
+    if data[:4] != b"PAR1" or data[-4:] != b"PAR1":
+        raise UserError(f"{source}: not a Parquet file (or truncated)")
+    try:
+        return pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise UserError(f"{source}: unreadable Parquet ({exc})") from exc
+
+
+def table_to_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def write_table(uri: str, table: pa.Table) -> None:
+    """Write `table` as Parquet at `uri` atomically (temporary name and rename, or one PUT)."""
+    import os
+    import uuid
+
+    data = table_to_bytes(table)
+    fs, path = resolve(uri)
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+    except OSError as exc:
+        raise UserError(f"{redact(uri)}: cannot write ({exc})") from exc

@@ -1,0 +1,14 @@
+"""Update strategies: small frozen parameter dataclasses and one function each.
+
+Importing the package registers every strategy; TensorFlow is imported only when
+a strategy runs.
+"""
+
+# Importing a module registers its strategies; this order is the listing order.
+from strategies import retrain  # noqa: I001, F401
+from strategies import ensemble  # noqa: F401
+from strategies import transfer  # noqa: F401
+from strategies.base import UpdateInputs
+from strategies.registry import Strategy, get, names, register
+
+__all__ = ["Strategy", "UpdateInputs", "get", "names", "register"]

@@ -1,0 +1,133 @@
+"""What a strategy is given, shared parameter sets, and the training-set recipe."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from data.rows import Rows
+from data.sampling import importance_weights, recency_weights, sample
+from trainer.loop import LoopConfig, train
+from trainer.models import ModelSpec
+
+if TYPE_CHECKING:
+    import keras
+
+    from trainer.candidate import Candidate
+
+WEIGHTINGS = ("none", "recency", "importance")
+
+
+@dataclass(frozen=True)
+class UpdateInputs:
+    """Everything a strategy may use; strategies must not mutate any of it.
+
+    Attributes:
+        current: the promoted model or ensemble.
+        old: training rows of the batches the current model has seen.
+        new: training rows of the batches that arrived since.
+        holdout: held-out rows of old and new batches, for model selection such as
+            fitted ensemble weights (the caller reports metrics on the same rows).
+        n_classes: classes the store knows now (may exceed what `current` knows).
+        model_spec: the store's network recipe, for fresh models.
+        seed: fixes initialisation, sampling and shuffling.
+    """
+
+    current: Candidate
+    old: Rows
+    new: Rows
+    holdout: Rows
+    n_classes: int
+    model_spec: ModelSpec
+    seed: int
+
+    @property
+    def n_features(self) -> int:
+        return self.new.x.shape[1]
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A strategy without parameters."""
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Training on new data only: the reference recipe for a fresh model."""
+
+    uses_old: ClassVar[bool] = False
+
+    learning_rate: float = 0.01
+    epochs: int = 150
+    batch_size: int = 32
+    momentum: float = 0.9
+    optimizer: str = "sgd"
+    new_fraction: float = 1.0
+    weighting: str = "none"
+    half_life: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.loop_config()  # validates epochs, batch size, learning rate, momentum, optimizer
+        _check_fraction("new_fraction", self.new_fraction)
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        if not (self.half_life > 0 and math.isfinite(self.half_life)):
+            raise ValueError(f"half_life must be > 0, got {self.half_life}")
+        if self.weighting == "importance" and not self.trains_on_old():
+            raise ValueError("weighting=importance reweights old rows; this strategy trains on new data only")
+
+    def trains_on_old(self) -> bool:
+        return self.uses_old
+
+    def loop_config(self) -> LoopConfig:
+        return LoopConfig(self.epochs, self.batch_size, self.learning_rate, self.momentum, self.optimizer)
+
+
+@dataclass(frozen=True)
+class TrainAllParams(TrainParams):
+    """Training on old + new data; `old_fraction` samples the old rows."""
+
+    uses_old: ClassVar[bool] = True
+
+    old_fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_fraction("old_fraction", self.old_fraction)
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0 < value <= 1:
+        raise ValueError(f"{name} must be in (0, 1], got {value}")
+
+
+def training_set(inputs: UpdateInputs, params: TrainParams) -> tuple[Rows, np.ndarray | None]:
+    """The rows a strategy trains on, and their instance weights (None for equal).
+
+    New rows are sampled by `new_fraction`; old rows, if the strategy uses them, by
+    `old_fraction`. `recency` halves a row's weight every `half_life` batches back;
+    `importance` weights old rows by how much they resemble the new data.
+    """
+    new = sample(inputs.new, params.new_fraction, inputs.seed + 1)
+    parts = [new]
+    old = None
+    if params.trains_on_old():
+        old = sample(inputs.old, getattr(params, "old_fraction", 1.0), inputs.seed + 2)
+        parts.insert(0, old)
+    rows = Rows.concat(parts)
+    if params.weighting == "recency":
+        return rows, recency_weights(rows.order, params.half_life)
+    if params.weighting == "importance" and old is not None:
+        w = np.concatenate([importance_weights(old.x, new.x, inputs.seed), np.ones(len(new), np.float32)])
+        return rows, (w / w.mean()).astype(np.float32)
+    return rows, None
+
+
+def fit(model: keras.Model, inputs: UpdateInputs, params: TrainParams, seed_offset: int = 0) -> keras.Model:
+    """Train `model` in place on the strategy's training set; return it."""
+    rows, weights = training_set(inputs, params)
+    train(model, rows.x, rows.y, params.loop_config(), sample_weight=weights, seed=inputs.seed + seed_offset)
+    return model

@@ -1,0 +1,60 @@
+"""Keep, fine-tune or refit a single network: the retraining family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from data.errors import UserError
+from strategies.base import NoParams, TrainAllParams, TrainParams, UpdateInputs, fit
+from strategies.registry import register
+from trainer.candidate import Candidate
+from trainer.models import build_model, clone, model_classes
+
+
+@dataclass(frozen=True)
+class FinetuneParams(TrainParams):
+    """Continue training on new data with a tenth of the reference learning rate."""
+
+    learning_rate: float = 0.001
+    epochs: int = 100
+
+
+@dataclass(frozen=True)
+class FinetuneAllParams(TrainAllParams):
+    """Continue training on old + new data with a tenth of the reference learning rate."""
+
+    learning_rate: float = 0.001
+    epochs: int = 100
+
+
+@register("keep", NoParams, "do nothing: the current model stays")
+def keep(inputs: UpdateInputs, params: NoParams) -> Candidate:
+    return inputs.current
+
+
+def finetune(inputs: UpdateInputs, params: TrainParams) -> Candidate:
+    """Continue training a copy of every current member; ensemble weights stay."""
+    for model in inputs.current.members:
+        if model_classes(model) < inputs.n_classes:
+            raise UserError(
+                f"the current model knows {model_classes(model)} classes but the store has {inputs.n_classes}; "
+                "fine-tuning cannot add outputs: use new_head, graft or a fresh_* strategy"
+            )
+    members = tuple(fit(clone(m), inputs, params, seed_offset=i) for i, m in enumerate(inputs.current.members))
+    return Candidate(members, inputs.current.weights)
+
+
+def fresh(inputs: UpdateInputs, params: TrainParams) -> Candidate:
+    """Fit a new network of the store's recipe; the current model is discarded."""
+    model = build_model(inputs.model_spec, inputs.n_features, inputs.n_classes, inputs.seed)
+    return Candidate.single(fit(model, inputs, params))
+
+
+register("finetune_new", FinetuneParams, "continue training the current model on new data, smaller learning rate")(
+    finetune
+)
+register(
+    "finetune_all", FinetuneAllParams, "continue training the current model on old + new data, smaller learning rate"
+)(finetune)
+register("fresh_new", TrainParams, "fit a new model on new data only, discard the old")(fresh)
+register("fresh_all", TrainAllParams, "fit a new model on old + new data")(fresh)

@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny tables, Parquet files and stores, small enough to train in a second."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+N_FEATURES = 5
+TINY_EPOCHS = {"epochs": "3"}
+
+
+def make_table(n: int = 120, seed: int = 0, n_classes: int = 2, shift: float = 0.0) -> pa.Table:
+    """A small separable classification table with columns f0..f4 and label `y`."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=n, n_features=N_FEATURES, n_informative=3, n_redundant=1, n_classes=n_classes,
+        n_clusters_per_class=1, random_state=seed,
+    )
+    x = x + shift
+    return pa.table({**{f"f{i}": pa.array(x[:, i]) for i in range(N_FEATURES)}, "y": pa.array(y.astype(np.int64))})
+
+
+@pytest.fixture
+def tiny_table() -> pa.Table:
+    return make_table()
+
+
+@pytest.fixture
+def write_parquet(tmp_path: Path) -> Callable[..., str]:
+    """Write a table (or raw bytes) under tmp_path and return its path."""
+
+    def write(obj: pa.Table | bytes, name: str = "batch.parquet") -> str:
+        path = tmp_path / "inputs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(obj, bytes):
+            path.write_bytes(obj)
+        else:
+            pq.write_table(obj, path)
+        return str(path)
+
+    return write
+
+
+@pytest.fixture
+def tiny_store(tmp_path: Path, write_parquet: Callable[..., str]) -> str:
+    """A store with a first model (3 epochs) and one new batch waiting."""
+    from trainer.loop import LoopConfig
+    from trainer.pipeline import ingest_files, init_store
+
+    uri = str(tmp_path / "store")
+    init_store(uri, write_parquet(make_table(seed=0), "old.parquet"), "y", model="mlp:8,4",
+               loop=LoopConfig(epochs=3), seed=0)
+    ingest_files(uri, [write_parquet(make_table(seed=1, shift=0.5), "new.parquet")])
+    return uri
+
+
+def snapshot(root: str) -> dict[str, bytes]:
+    """Every file below `root` (but quarantine/), by relative path: to prove nothing changed."""
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            if not rel.startswith("quarantine"):
+                with open(full, "rb") as f:
+                    out[rel] = f.read()
+    return out

@@ -1,0 +1,121 @@
+"""The compiled loop trains like Keras `fit` and honours weights, frozen layers and seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer.loop import LoopConfig, train
+from trainer.models import ModelSpec, build_model, clone
+
+
+def _data(n: int = 64, n_classes: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32) if n_classes == 2 else rng.integers(0, n_classes, n).astype(np.int32)
+    return x, y
+
+
+def _fit(model, x, y, config: LoopConfig, sample_weight=None):
+    import keras
+
+    opt = (
+        keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
+        if config.optimizer == "sgd"
+        else keras.optimizers.Adam(config.learning_rate)
+    )
+    loss = "binary_crossentropy" if model.layers[-1].units == 1 else "sparse_categorical_crossentropy"
+    model.compile(optimizer=opt, loss=loss)
+    model.fit(x, y, epochs=config.epochs, batch_size=config.batch_size, sample_weight=sample_weight, verbose=0)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "n_classes", "weighted"),
+    [("sgd", 2, False), ("sgd", 2, True), ("adam", 2, False), ("sgd", 3, False), ("adam", 3, True)],
+)
+def test_full_batch_training_matches_keras_fit(optimizer: str, n_classes: int, weighted: bool) -> None:
+    # With one batch per epoch the shuffle order cannot matter, so the loop and fit
+    # must follow the same trajectory from the same initial weights.
+    x, y = _data(n_classes=n_classes)
+    w = np.linspace(0.2, 2.0, len(y)).astype(np.float32) if weighted else None
+    config = LoopConfig(epochs=20, batch_size=len(y), learning_rate=0.05, optimizer=optimizer)
+    ours = build_model(ModelSpec((8, 4)), 6, n_classes, seed=3)
+    keras_model = clone(ours)
+    train(ours, x, y, config, sample_weight=w)
+    _fit(keras_model, x, y, config, sample_weight=w)
+    for a, b in zip(ours.get_weights(), keras_model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_minibatch_training_learns_and_is_deterministic() -> None:
+    x, y = _data(n=200)
+    config = LoopConfig(epochs=30, batch_size=16)
+    a = build_model(ModelSpec((8, 4)), 6, 2, seed=1)
+    b = build_model(ModelSpec((8, 4)), 6, 2, seed=1)
+    ra = train(a, x, y, config, seed=7)
+    train(b, x, y, config, seed=7)
+    assert ra.epoch_loss[-1] < ra.epoch_loss[0] / 2
+    accuracy = ((np.asarray(a(x))[:, 0] > 0.5) == y).mean()
+    assert accuracy > 0.9
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
+    c = build_model(ModelSpec((8, 4)), 6, 2, seed=1)
+    train(c, x, y, config, seed=8)
+    assert not np.allclose(a.get_weights()[0], c.get_weights()[0])
+
+
+def test_frozen_layers_do_not_change() -> None:
+    x, y = _data()
+    model = build_model(ModelSpec((8, 4)), 6, 2, seed=0)
+    model.layers[0].trainable = False
+    before = [w.copy() for w in model.get_weights()]
+    train(model, x, y, LoopConfig(epochs=3, batch_size=8))
+    after = model.get_weights()
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+    assert not np.array_equal(before[2], after[2])
+
+
+def test_zero_weight_rows_are_ignored() -> None:
+    x, y = _data(n=128)
+    keep = y == 0
+    model = build_model(ModelSpec((8,)), 6, 2, seed=0)
+    train(model, x, y, LoopConfig(epochs=40, batch_size=16), sample_weight=keep.astype(np.float32))
+    # Only class-0 rows carry weight, so the model learns to predict class 0 everywhere.
+    assert (np.asarray(model(x))[:, 0] < 0.5).mean() > 0.95
+
+
+def test_soft_targets_and_extra_loss() -> None:
+    import tensorflow as tf
+
+    x, y = _data(n_classes=3)
+    soft = np.full((len(y), 3), 1 / 3, np.float32)
+    model = build_model(ModelSpec((8,)), 6, 3, seed=0)
+    train(model, x, soft, LoopConfig(epochs=100, batch_size=16))
+    assert np.abs(np.asarray(model(x)) - 1 / 3).mean() < 0.03
+
+    penalised = build_model(ModelSpec((8,)), 6, 3, seed=0)
+    free = clone(penalised)
+
+    def l2(weights):
+        return 10.0 * tf.add_n([tf.reduce_sum(tf.square(w)) for w in weights])
+
+    train(penalised, x, y, LoopConfig(epochs=10, batch_size=16), extra_loss=l2)
+    train(free, x, y, LoopConfig(epochs=10, batch_size=16))
+    norm = lambda m: sum(float(np.square(w).sum()) for w in m.get_weights())  # noqa: E731
+    assert norm(penalised) < norm(free) / 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"learning_rate": -1.0}, "learning_rate must be > 0"),
+        ({"momentum": 1.0}, "momentum must be in"),
+        ({"optimizer": "rmsprop"}, "optimizer must be one of"),
+    ],
+)
+def test_loop_config_says_what_is_wrong(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LoopConfig(**kwargs)

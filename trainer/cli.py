@@ -1,0 +1,224 @@
+"""The `ctrain` command line. Mistakes a user can make end with one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from data.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"ctrain: error: {message} (see `ctrain {self.prog.split(' ', 1)[-1]} --help`)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def _settings(pairs: Sequence[str] | None) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {pair}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow and Keras with file descriptor 2 pointed at /dev/null.
+
+    TensorFlow's C++ runtime prints start-up notices (oneDNN, absl) straight to
+    fd 2, whatever TF_CPP_MIN_LOG_LEVEL says; users would see them above every
+    message, and scripts reading stderr would get more than one line.
+    """
+    if "keras" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _emit(args: argparse.Namespace, text: str, payload: dict[str, Any]) -> None:
+    if text:
+        print(text)
+    if args.json:
+        print(json.dumps(payload, default=str, sort_keys=True))
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _outcome_text(o: Any) -> str:
+    m, c = o.metrics, o.current_metrics
+    lines = [f"version {o.version} ({o.strategy}, parent {o.parent or '-'})"]
+    if "holdout_accuracy" in m:
+        lines.append(
+            f"holdout accuracy {_fmt(m['holdout_accuracy'])} (current {_fmt(c.get('holdout_accuracy'))}), "
+            f"log loss {_fmt(m['holdout_log_loss'])}"
+        )
+    lines.append(f"trained in {o.train_seconds:.2f} s, {o.members} member(s)")
+    lines.append(f"promoted: {'yes' if o.promoted else 'no'} ({o.reason})")
+    return "\n".join(lines)
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    from trainer.loop import LoopConfig
+    from trainer.pipeline import init_store
+
+    try:
+        loop = LoopConfig(args.epochs, args.batch_size, args.learning_rate)
+    except ValueError as exc:
+        raise UserError(f"init: {exc}") from None
+    o = init_store(
+        args.store, args.data, args.label, model=args.model, loop=loop, seed=args.seed, holdout_fraction=args.holdout
+    )
+    _emit(args, "" if args.json else _outcome_text(o), o.to_json())
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from trainer.pipeline import ingest_files
+
+    results = ingest_files(args.store, args.files, allow_new_classes=args.new_classes)
+    lines = []
+    for path, r in zip(args.files, results, strict=True):
+        state = "added as" if r.added else "already in the store as"
+        extra = f", new classes {list(r.new_classes)}" if r.new_classes else ""
+        lines.append(f"{path}: {r.rows} rows {state} batch {r.batch_id}{extra}")
+    payload = {
+        "batches": [
+            {"batch": r.batch_id, "rows": r.rows, "added": r.added, "new_classes": list(r.new_classes)} for r in results
+        ]
+    }
+    _emit(args, "" if args.json else "\n".join(lines), payload)
+
+
+def cmd_update(args: argparse.Namespace) -> None:
+    import strategies
+    from data.storage import Store
+    from trainer.pipeline import update
+
+    strategies.get(args.strategy).make_params(_settings(args.set))  # fail fast, before TensorFlow loads
+    o = update(Store.open(args.store), args.strategy, _settings(args.set), seed=args.seed, promote=args.promote)
+    _emit(args, "" if args.json else _outcome_text(o), o.to_json())
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from trainer.pipeline import predict
+
+    r = predict(args.store, args.data, args.out, version=args.version)
+    _emit(args, "" if args.json else f"wrote {r['rows']} predictions of version {r['version']} to {r['out']}", r)
+
+
+def cmd_history(args: argparse.Namespace) -> None:
+    from trainer.pipeline import history
+
+    rows = history(args.store)
+    lines = [f"{'':1} {'version':45} {'strategy':13} {'parent':45} {'holdout acc':>11} {'seconds':>8}"]
+    for r in rows:
+        acc = r["metrics"].get("holdout_accuracy")
+        lines.append(
+            f"{'*' if r['current'] else ' ':1} {r['version']:45} {r['strategy']:13} {r['parent'] or '-':45} "
+            f"{_fmt(acc):>11} {_fmt(r['train_seconds'], 2):>8}"
+        )
+    _emit(args, "" if args.json else "\n".join(lines), {"versions": rows})
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    import strategies
+    from trainer.demo import render_table, run_demo
+
+    bar = tqdm(
+        total=len(strategies.names()), desc="strategies", unit="strategy", disable=args.json or None, file=sys.stderr
+    )
+
+    def step(row: dict[str, Any]) -> None:
+        bar.set_postfix_str(f"{row['strategy']}: acc {row['test_accuracy']:.3f}")
+        bar.update()
+
+    store, results, report = run_demo(args.store, seed=args.seed, on_result=step)
+    bar.close()
+    text = "" if args.json else f"{render_table(results)}\nstore: {store}\nreport: {report}"
+    _emit(args, text, {"store": store, "report": report, "results": results})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ctrain", description="Update trained networks as new labelled data arrives.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, func: Any, help_text: str, needs_tf: bool = True) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_text, description=help_text)
+        c.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+        c.set_defaults(func=func, needs_tf=needs_tf)
+        return c
+
+    c = command("demo", cmd_demo, "the reference experiment end to end, locally")
+    c.add_argument("--store", help="store folder or URI (default: a new temporary folder)")
+    c.add_argument("--seed", type=int, default=0)
+
+    c = command("init", cmd_init, "create a store from a first batch and train its first model")
+    c.add_argument("--store", required=True)
+    c.add_argument("--data", required=True, help="Parquet file of the first batch")
+    c.add_argument("--label", required=True, help="the label column")
+    c.add_argument("--model", default="mlp:20,10", help="network recipe (default mlp:20,10)")
+    c.add_argument("--epochs", type=int, default=150)
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--learning-rate", type=float, default=0.01)
+    c.add_argument("--holdout", type=float, default=0.2, help="fraction of each batch held out for evaluation")
+    c.add_argument("--seed", type=int, default=0)
+
+    c = command("ingest", cmd_ingest, "validate and add new batches", needs_tf=False)
+    c.add_argument("--store", required=True)
+    c.add_argument("--new-classes", action="store_true", help="accept labels the store has not seen")
+    c.add_argument("files", nargs="+", metavar="PARQUET")
+
+    c = command("update", cmd_update, "run one strategy on the batches that arrived since the current model")
+    c.add_argument("--store", required=True)
+    c.add_argument("--strategy", required=True)
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="a strategy parameter (repeatable)")
+    c.add_argument("--promote", choices=("auto", "always", "never"), default="auto")
+    c.add_argument("--seed", type=int, default=0)
+
+    c = command("predict", cmd_predict, "write predictions of a stored version")
+    c.add_argument("--store", required=True)
+    c.add_argument("--data", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--version", help="a stored version (default: the current one)")
+
+    c = command("history", cmd_history, "versions, lineage and metrics", needs_tf=False)
+    c.add_argument("--store", required=True)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="ctrain: %(levelname)s: %(message)s")
+    try:
+        if args.needs_tf:
+            _import_tensorflow_quietly()
+        args.func(args)
+    except UserError as exc:
+        print(f"ctrain: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("ctrain: interrupted", file=sys.stderr)
+        return 130
+    return 0
