@@ -87,8 +87,15 @@ def graft(inputs: UpdateInputs, params: GraftParams) -> Candidate:
     return Candidate.single(fit(model, inputs, params))
 
 
-@register("new_head", TransferParams, "keep the body, replace the output layer with one for every class")
-def new_head(inputs: UpdateInputs, params: TransferParams) -> Candidate:
+@dataclass(frozen=True)
+class NewHeadParams(TransferParams):
+    """The body starts from the current weights and keeps learning (`freeze=-1`: head only)."""
+
+    freeze: int = 0
+
+
+@register("new_head", NewHeadParams, "keep the body, replace the output layer with one for every class")
+def new_head(inputs: UpdateInputs, params: NewHeadParams) -> Candidate:
     """Old classes keep their output weights (a sigmoid unit becomes the class-1 softmax
     column), classes the old head lacked start fresh."""
     import keras

@@ -22,8 +22,13 @@ def make_table(n: int = 120, seed: int = 0, n_classes: int = 2, shift: float = 0
     from sklearn.datasets import make_classification
 
     x, y = make_classification(
-        n_samples=n, n_features=N_FEATURES, n_informative=3, n_redundant=1, n_classes=n_classes,
-        n_clusters_per_class=1, random_state=seed,
+        n_samples=n,
+        n_features=N_FEATURES,
+        n_informative=3,
+        n_redundant=1,
+        n_classes=n_classes,
+        n_clusters_per_class=1,
+        random_state=seed,
     )
     x = x + shift
     return pa.table({**{f"f{i}": pa.array(x[:, i]) for i in range(N_FEATURES)}, "y": pa.array(y.astype(np.int64))})
@@ -57,8 +62,9 @@ def tiny_store(tmp_path: Path, write_parquet: Callable[..., str]) -> str:
     from trainer.pipeline import ingest_files, init_store
 
     uri = str(tmp_path / "store")
-    init_store(uri, write_parquet(make_table(seed=0), "old.parquet"), "y", model="mlp:8,4",
-               loop=LoopConfig(epochs=3), seed=0)
+    init_store(
+        uri, write_parquet(make_table(seed=0), "old.parquet"), "y", model="mlp:8,4", loop=LoopConfig(epochs=3), seed=0
+    )
     ingest_files(uri, [write_parquet(make_table(seed=1, shift=0.5), "new.parquet")])
     return uri
 

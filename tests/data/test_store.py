@@ -1,0 +1,143 @@
+"""The store: batches kept unaltered, versions committed by their manifest, CAS promotion."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from data.batches import ingest, load_rows
+from data.errors import UserError
+from data.parquet import redact, table_to_bytes
+from data.sampling import holdout_mask, recency_weights
+from data.schema import Schema
+from data.storage import Store, StoreMeta
+from tests.conftest import make_table
+
+SCHEMA = Schema(tuple(f"f{i}" for i in range(5)), "y", (0, 1))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store.create(str(tmp_path / "s"), StoreMeta(SCHEMA, "mlp:8"))
+
+
+def test_ingest_keeps_bytes_and_is_idempotent(store: Store, write_parquet) -> None:
+    path = write_parquet(make_table(seed=3))
+    first = ingest(store, path)
+    again = ingest(store, path)
+    assert first.added and not again.added and again.batch_id == first.batch_id
+    assert store.batch_ids() == [first.batch_id]
+    assert store.read_batch(first.batch_id) == Path(path).read_bytes()
+    second = ingest(store, write_parquet(make_table(seed=4), "b.parquet"))
+    assert store.batch_ids() == [first.batch_id, second.batch_id]  # ingestion order
+
+
+def test_rejected_input_is_quarantined_with_its_reason(store: Store, write_parquet) -> None:
+    bad = make_table().set_column(0, "f0", pa.array(["a"] * 120))
+    path = write_parquet(bad, "bad.parquet")
+    with pytest.raises(UserError, match="feature 'f0' is string, not numeric"):
+        ingest(store, path)
+    assert store.batch_ids() == []
+    (folder,) = store.list_dirs("quarantine")
+    assert store.read("quarantine", folder, "bad.parquet") == Path(path).read_bytes()
+    assert b"not numeric" in store.read("quarantine", folder, "reason.txt")
+
+
+def test_new_classes_need_consent_then_grow_the_store(store: Store, write_parquet) -> None:
+    path = write_parquet(make_table(n_classes=3))
+    with pytest.raises(UserError, match=r"label\(s\) 2 are not among.*--new-classes"):
+        ingest(store, path)
+    result = ingest(store, path, allow_new_classes=True)
+    assert result.new_classes == (2,)
+    assert Store.open(store.uri).schema.classes == (0, 1, 2)
+
+
+def test_holdout_is_fixed_by_batch_and_disjoint(store: Store, write_parquet) -> None:
+    a = holdout_mask("000001-abc", 100, 0.2)
+    assert a.sum() == 20 and np.array_equal(a, holdout_mask("000001-abc", 100, 0.2))
+    assert not np.array_equal(a, holdout_mask("000002-abc", 100, 0.2))
+    ids = [ingest(store, write_parquet(make_table(seed=s), f"{s}.parquet")).batch_id for s in (1, 2)]
+    train, hold = load_rows(store, ids)
+    assert len(train) + len(hold) == 240 and len(hold) == 48
+    assert set(train.order) == {0, 1}
+
+
+def test_recency_weights_halve_per_half_life() -> None:
+    w = recency_weights(np.array([0, 1, 2, 2]), half_life=1.0)
+    assert w.mean() == pytest.approx(1.0)
+    assert w[1] / w[0] == pytest.approx(2.0) and w[2] / w[1] == pytest.approx(2.0)
+
+
+def test_versions_exist_only_with_a_manifest_and_checksums_hold(store: Store) -> None:
+    store.write("models/half-written/member-0.keras", b"partial")
+    assert store.versions() == []
+    manifest = store.write_version("v1", {"member-0.keras": b"abc"}, {"strategy": "x"})
+    assert store.versions() == ["v1"] and manifest["files"]["member-0.keras"]
+    assert store.read_version_file("v1", "member-0.keras") == b"abc"
+    with open(store.path("models", "v1", "member-0.keras"), "wb") as f:
+        f.write(b"abd")
+    with pytest.raises(UserError, match="fails its sha256 check"):
+        store.read_version_file("v1", "member-0.keras")
+
+
+def test_promotion_is_compare_and_swap(store: Store) -> None:
+    for v in ("v1", "v2", "v3"):
+        store.write_version(v, {}, {})
+    assert store.promote("v1", None)
+    assert store.promote("v2", "v1")
+    assert not store.promote("v3", "v1")  # someone else moved CURRENT: we lose, nothing overwritten
+    assert store.current() == "v2"
+
+
+def test_a_lock_left_by_a_dead_process_is_broken(store: Store) -> None:
+    dead = {"pid": 2**22 + 12345, "host": os.uname().nodename, "time": 0}
+    store.write("locks/CURRENT", json.dumps(dead).encode())
+    store.write_version("v1", {}, {})
+    assert store.promote("v1", None)
+
+
+def test_open_refuses_what_it_cannot_read(tmp_path: Path, store: Store) -> None:
+    with pytest.raises(UserError, match="not a ctrain store"):
+        Store.open(str(tmp_path / "nowhere"))
+    meta = json.loads(store.read("store.json"))
+    store.write_json("store.json", {**meta, "format_version": 99})
+    with pytest.raises(UserError, match="format version 99 is newer"):
+        Store.open(store.uri)
+
+
+def test_temporary_files_of_dead_writers_are_cleaned(store: Store) -> None:
+    leftover = Path(store.path("batches", f".tmp-{2**22 + 4321}-deadbeef"))
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"x")
+    mine = Path(store.path("batches", f".tmp-{os.getpid()}-cafe"))
+    mine.write_bytes(b"y")
+    Store.open(store.uri)
+    assert not leftover.exists() and mine.exists()
+
+
+def test_redact_hides_credentials() -> None:
+    assert redact("s3://KEY:SECRET@bucket/prefix?endpoint_override=x") == "s3://bucket/prefix"
+    assert redact("./local") == "./local"
+
+
+def test_data_modules_import_neither_ray_nor_tensorflow() -> None:
+    import subprocess
+
+    code = (
+        "import data.batches, data.storage, strategies, trainer.pipeline, trainer.cli, sys; "
+        "print('ray' in sys.modules, 'tensorflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_parquet_round_trip_bytes(tiny_table: pa.Table) -> None:
+    from data.parquet import table_from_bytes
+
+    assert table_from_bytes(table_to_bytes(tiny_table), "x").equals(tiny_table)

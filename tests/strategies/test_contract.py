@@ -1,0 +1,181 @@
+"""One contract, checked against every registered strategy: a new strategy is tested for free."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import strategies
+from data.errors import UserError
+from data.rows import Rows
+from data.schema import Schema
+from data.storage import Store, StoreMeta
+from strategies.base import UpdateInputs
+from trainer.candidate import Candidate
+from trainer.loop import LoopConfig, train
+from trainer.models import ModelSpec, build_model, model_classes
+from trainer.pipeline import load_candidate, save_candidate
+
+SPEC = ModelSpec((8, 4))
+N_FEATURES = 5
+
+
+def _rows(n: int, seed: int, n_classes: int = 2, order: int = 0) -> Rows:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
+    score = x[:, 0] + 0.5 * x[:, 1]
+    y = np.digitize(score, np.quantile(score, np.linspace(0, 1, n_classes + 1)[1:-1])).astype(np.int32)
+    return Rows(x, y, np.full(n, order, np.int32))
+
+
+@pytest.fixture(scope="module")
+def current_model():
+    model = build_model(SPEC, N_FEATURES, 2, seed=0)
+    rows = _rows(80, seed=0)
+    train(model, rows.x, rows.y, LoopConfig(epochs=5))
+    return model
+
+
+def _inputs(current_model, seed: int = 0, n_classes: int = 2) -> UpdateInputs:
+    return UpdateInputs(
+        current=Candidate.single(current_model),
+        old=_rows(80, seed=0),
+        new=_rows(60, seed=1, n_classes=n_classes, order=1),
+        holdout=_rows(30, seed=2, n_classes=n_classes),
+        n_classes=n_classes,
+        model_spec=SPEC,
+        seed=seed,
+    )
+
+
+def _tiny_params(strategy: strategies.Strategy, **extra: str):
+    fields = {f.name for f in dataclasses.fields(strategy.params)}
+    return strategy.make_params({**({"epochs": "3"} if "epochs" in fields else {}), **extra})
+
+
+@pytest.mark.parametrize("name", strategies.names())
+def test_strategy_contract(name: str, current_model, tmp_path: Path) -> None:
+    strategy = strategies.get(name)
+    params = _tiny_params(strategy)
+    before = [w.copy() for w in current_model.get_weights()]
+    flags = [layer.trainable for layer in current_model.layers]
+
+    candidate = strategy(_inputs(current_model), params)
+
+    assert isinstance(candidate, Candidate)
+    assert abs(sum(candidate.weights) - 1) < 1e-6 and min(candidate.weights) >= 0
+    # The input model is untouched: weights and trainable flags.
+    for a, b in zip(before, current_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert flags == [layer.trainable for layer in current_model.layers]
+
+    x = _rows(40, seed=9).x
+    proba = candidate.predict_proba(x, 2)
+    assert proba.shape == (40, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-5)
+
+    # Same seed, same result.
+    again = strategy(_inputs(current_model), params)
+    np.testing.assert_allclose(again.predict_proba(x, 2), proba, atol=1e-5)
+
+    # Save and load round trip through a store, with checksums.
+    schema = Schema(tuple(f"f{i}" for i in range(N_FEATURES)), "y", (0, 1))
+    store = Store.create(str(tmp_path / "store"), StoreMeta(schema, str(SPEC)))
+    version = store.new_version_id(name)
+    save_candidate(store, version, candidate, {"parent": None, "strategy": name})
+    loaded = load_candidate(store, version)
+    assert loaded.weights == candidate.weights
+    np.testing.assert_allclose(loaded.predict_proba(x, 2), proba, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in strategies.names() if n != "keep"])
+def test_strategy_parameters_are_frozen_and_validated(name: str) -> None:
+    strategy = strategies.get(name)
+    params = strategy.make_params()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.epochs = 5  # type: ignore[misc]
+    with pytest.raises(UserError, match="epochs must be >= 1"):
+        strategy.make_params({"epochs": "0"})
+    with pytest.raises(UserError, match="has no parameter 'nope'"):
+        strategy.make_params({"nope": "1"})
+
+
+NEW_CLASS_CAPABLE = ["fresh_new", "fresh_all", "ensemble_new", "ensemble_all", "graft", "new_head"]
+
+
+@pytest.mark.parametrize("name", NEW_CLASS_CAPABLE)
+def test_strategies_that_can_learn_a_new_class(name: str, current_model) -> None:
+    strategy = strategies.get(name)
+    params = strategy.make_params()  # the shipped recipe
+    inputs = _inputs(current_model, n_classes=3)
+    candidate = strategy(inputs, params)
+    proba = candidate.predict_proba(inputs.new.x, 3)
+    assert proba.shape == (60, 3)
+    assert max(model_classes(m) for m in candidate.members) == 3
+    assert (proba.argmax(axis=1) == 2).any(), "the new class is never predicted"
+
+
+@pytest.mark.parametrize("name", ["finetune_new", "finetune_all"])
+def test_finetune_refuses_new_classes_with_a_pointer(name: str, current_model) -> None:
+    strategy = strategies.get(name)
+    with pytest.raises(UserError, match="new_head, graft or a fresh_"):
+        strategy(_inputs(current_model, n_classes=3), _tiny_params(strategy))
+
+
+def test_default_parameters_are_the_reference_recipe() -> None:
+    fresh = strategies.get("fresh_all").make_params()
+    tune = strategies.get("finetune_new").make_params()
+    assert (fresh.learning_rate, fresh.epochs, fresh.batch_size, fresh.momentum, fresh.optimizer) == (
+        0.01,
+        150,
+        32,
+        0.9,
+        "sgd",
+    )
+    assert (tune.learning_rate, tune.epochs, tune.batch_size, tune.momentum) == (0.001, 100, 32, 0.9)
+
+
+def test_unknown_strategy_lists_the_known_ones() -> None:
+    with pytest.raises(UserError, match="choose one of keep, finetune_new"):
+        strategies.get("retrain_everything")
+
+
+def test_duplicate_registration_is_an_error() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        strategies.register("keep", strategies.get("keep").params, "again")(lambda i, p: i.current)
+
+
+def test_graft_freezes_the_body_and_ensemble_caps_members(current_model) -> None:
+    graft = strategies.get("graft")
+    candidate = graft(_inputs(current_model), _tiny_params(graft))
+    (model,) = candidate.members
+    body = current_model.layers[:-1]
+    for old, new in zip(body, model.layers[: len(body)], strict=True):
+        assert not new.trainable
+        for a, b in zip(old.get_weights(), new.get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)  # frozen: trained, yet unchanged
+
+    ens = strategies.get("ensemble_all")
+    inputs = _inputs(current_model)
+    three = ens(
+        dataclasses.replace(inputs, current=Candidate((current_model, current_model), (0.5, 0.5))),
+        _tiny_params(ens, max_members="2", ensemble_weights="fitted"),
+    )
+    assert len(three.members) == 2
+    assert three.members[0] is current_model
+
+
+def test_weighting_and_sampling_variants_run(current_model) -> None:
+    ft = strategies.get("finetune_all")
+    inputs = _inputs(current_model)
+    for extra in (
+        {"weighting": "recency", "half_life": "0.5"},
+        {"weighting": "importance"},
+        {"old_fraction": "0.25", "new_fraction": "0.5"},
+        {"optimizer": "adam"},
+    ):
+        candidate = ft(inputs, _tiny_params(ft, **extra))
+        assert candidate.predict_proba(inputs.new.x, 2).shape == (60, 2)
