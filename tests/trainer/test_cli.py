@@ -161,7 +161,7 @@ def test_bad_batches_exit_2_with_one_line_and_are_quarantined(
     content, expected = _bad_inputs()[case]
     path = write_parquet(content, f"{case}.parquet")
     before = snapshot(tiny_store)
-    code, out, err = run(capsys, "ingest", "--store", tiny_store, path)
+    code, _, err = run(capsys, "ingest", "--store", tiny_store, path)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and expected in err and f"{case}.parquet" in err
     assert snapshot(tiny_store) == before
