@@ -140,6 +140,58 @@ def cmd_history(args: argparse.Namespace) -> None:
     _emit(args, "" if args.json else "\n".join(lines), {"versions": rows})
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from data.storage import Store
+
+    if not args.config and not args.resume:
+        raise UserError("sweep: give --config SWEEP.yaml, or --resume SWEEP_ID")
+    spec = None
+    if args.config:
+        from cluster.sweep import SweepSpec
+        from data.parquet import read_bytes
+
+        spec = SweepSpec.parse(read_bytes(args.config).decode(errors="replace"), args.config)
+    store = Store.open(args.store)
+    from cluster.runtime import connect
+    from cluster.sweep import run_sweep, summarize
+
+    connect()
+    r = run_sweep(store, spec, resume=args.resume, progress=not args.json)
+    lines = [f"sweep {r.sweep_id}: {r.finished} of {r.trials} trials finished; results in {r.folder}"]
+    for row in summarize(r.table.to_pylist()) if r.finished else []:
+        mean, std = row["holdout_accuracy"]
+        acc = "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
+        lines.append(f"  {row['strategy']:13} {row['params']:40} holdout accuracy {acc}")
+    _emit(
+        args,
+        "" if args.json else "\n".join(lines),
+        {"sweep": r.sweep_id, "folder": r.folder, "trials": r.trials, "finished": r.finished},
+    )
+
+
+def cmd_stream(args: argparse.Namespace) -> None:
+    from cluster.stream import DEFAULT_CANDIDATES, Policy, run_stream
+
+    candidates = [c for c in (args.candidates or ",".join(DEFAULT_CANDIDATES)).split(",") if c]
+    policy = Policy(args.policy, candidates, seed=args.seed)
+    if args.policy == "best":
+        from cluster.runtime import connect
+
+        connect()
+    events = run_stream(
+        args.store,
+        args.inbox,
+        policy,
+        once=args.once,
+        interval=args.interval,
+        on_event=None if args.json else lambda e: print(e.line(), flush=True),
+    )
+    if args.json:
+        from dataclasses import asdict
+
+        _emit(args, "", {"events": [asdict(e) for e in events]})
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
@@ -154,7 +206,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
         bar.set_postfix_str(f"{row['strategy']}: acc {row['test_accuracy']:.3f}")
         bar.update()
 
-    store, results, report = run_demo(args.store, seed=args.seed, on_result=step)
+    runner = None
+    if not args.local:
+        from cluster.pool import run_jobs
+        from cluster.runtime import connect
+
+        connect()
+        runner = run_jobs
+    store, results, report = run_demo(args.store, seed=args.seed, on_result=step, runner=runner)
     bar.close()
     text = "" if args.json else f"{render_table(results)}\nstore: {store}\nreport: {report}"
     _emit(args, text, {"store": store, "report": report, "results": results})
@@ -172,6 +231,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = command("demo", cmd_demo, "the reference experiment end to end, locally")
     c.add_argument("--store", help="store folder or URI (default: a new temporary folder)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--local", action="store_true", help="run the strategies one by one in this process, not on Ray")
+
+    c = command("sweep", cmd_sweep, "strategies x parameters x seeds on Ray Tune")
+    c.add_argument("--store", required=True)
+    c.add_argument("--config", help="sweep YAML (see examples/sweep.yaml)")
+    c.add_argument("--resume", metavar="SWEEP_ID", help="finish an interrupted sweep without redoing finished trials")
+
+    c = command("stream", cmd_stream, "ingest and update on every new Parquet file in an inbox")
+    c.add_argument("--store", required=True)
+    c.add_argument("--inbox", required=True, help="folder or URI watched for *.parquet")
+    c.add_argument(
+        "--policy",
+        default="best",
+        help="a strategy name, or best (default): train --candidates in "
+        "parallel and promote the winner if it beats the current model",
+    )
+    c.add_argument("--candidates", help="comma-separated strategies for --policy best")
+    c.add_argument("--once", action="store_true", help="process what is in the inbox now, then exit")
+    c.add_argument("--interval", type=float, default=5.0, help="seconds between inbox polls")
     c.add_argument("--seed", type=int, default=0)
 
     c = command("init", cmd_init, "create a store from a first batch and train its first model")

@@ -51,15 +51,27 @@ def reference_data(n_samples: int = 1000) -> ReferenceData:
 
 
 def run_demo(
-    store_uri: str | None = None, *, seed: int = 0, on_result: Callable[[dict[str, Any]], None] | None = None
+    store_uri: str | None = None,
+    *,
+    seed: int = 0,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    runner: Callable[..., list[Any]] | None = None,
 ) -> tuple[str, list[dict[str, Any]], str]:
     """Fit the old model, run every strategy against the new batch, score on the test split.
+
+    Args:
+        store_uri: where to create the store (default: a new temporary folder).
+        seed: fixes every model's initialisation and shuffling.
+        on_result: called with each result row as it arrives.
+        runner: runs the strategies, e.g. `cluster.pool.run_jobs` on Ray actors; by
+            default they run one by one in this process.
 
     Returns:
         The store URI, one result row per strategy, and the folder of the saved report.
     """
     import strategies
-    from trainer.pipeline import init_store, update
+    from data.batches import ingest
+    from trainer.pipeline import commit, init_store, load_candidate, load_update_data, run_strategy
 
     store_uri = store_uri or tempfile.mkdtemp(prefix="ctrain-demo-")
     data = reference_data()
@@ -70,29 +82,48 @@ def run_demo(
             write_table(paths[name], getattr(data, name))
         # The tutorial trains on every old and new row; the separate test split scores them.
         first = init_store(store_uri, paths["old"], "y", seed=seed, holdout_fraction=0.0)
-        from data.batches import ingest
-
         store = Store.open(store_uri)
         ingest(store, paths["new"])
-    test = Rows(
-        np.stack([data.test.column(f"x{i}").to_numpy() for i in range(N_FEATURES)], axis=1).astype(np.float32),
-        data.test.column("y").to_numpy().astype(np.int32),
-        np.zeros(data.test.num_rows, np.int32),
-    )
-    results = []
-    for name in strategies.names():
-        outcome = update(store, name, seed=seed, promote="never", extra_eval={"test": test})
-        row = {
-            "strategy": name,
+    test = {
+        "test": Rows(
+            np.stack([data.test.column(f"x{i}").to_numpy() for i in range(N_FEATURES)], axis=1).astype(np.float32),
+            data.test.column("y").to_numpy().astype(np.int32),
+            np.zeros(data.test.num_rows, np.int32),
+        )
+    }
+    update_data = load_update_data(store)
+    current = load_candidate(store, update_data.parent)
+    chosen = [strategies.get(n) for n in strategies.names()]
+    params = {s.name: s.make_params() for s in chosen}
+    rows: dict[str, dict[str, Any]] = {}
+
+    def record(strategy: Any, result: Any) -> None:
+        outcome = commit(store, update_data, strategy.name, params[strategy.name], seed, result, "never")
+        rows[strategy.name] = {
+            "strategy": strategy.name,
             "test_accuracy": outcome.metrics["test_accuracy"],
             "test_log_loss": outcome.metrics["test_log_loss"],
             "train_seconds": outcome.train_seconds,
             "members": outcome.members,
             "version": outcome.version,
         }
-        results.append(row)
         if on_result:
-            on_result(row)
+            on_result(rows[strategy.name])
+
+    if runner is None:
+        for s in chosen:
+            record(s, run_strategy(update_data, current, s, params[s.name], seed, test))
+    else:
+        from cluster.pool import Job
+
+        runner(
+            update_data,
+            current,
+            [Job(s, params[s.name], seed) for s in chosen],
+            extra_eval=test,
+            on_done=lambda job, result: record(job.strategy, result),
+        )
+    results = [rows[s.name] for s in chosen]
     report = store.write_report(
         f"demo-{utc_stamp()}",
         {

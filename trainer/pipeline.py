@@ -165,6 +165,128 @@ def ingest_files(uri: str, files: Sequence[str], *, allow_new_classes: bool = Fa
     return [ingest(store, f, allow_new_classes=allow_new_classes) for f in files]
 
 
+@dataclass(frozen=True)
+class UpdateData:
+    """What every strategy of one update sees: the current version and the rows.
+
+    Built once by the driver; on a cluster it goes into Ray's object store once and
+    every trial reads it from there.
+    """
+
+    parent: str
+    old_ids: list[str]
+    new_ids: list[str]
+    old: Rows
+    new: Rows
+    old_holdout: Rows
+    new_holdout: Rows
+    n_classes: int
+    model_spec: ModelSpec
+
+    @property
+    def holdout(self) -> Rows:
+        return Rows.concat([self.old_holdout, self.new_holdout])
+
+    def eval_sets(self, extra: Mapping[str, Rows] | None = None) -> dict[str, Rows]:
+        return {"holdout": self.holdout, "old": self.old_holdout, "new": self.new_holdout, **(extra or {})}
+
+    def inputs(self, current: Candidate, seed: int) -> strategies.UpdateInputs:
+        return strategies.UpdateInputs(current, self.old, self.new, self.holdout, self.n_classes, self.model_spec, seed)
+
+
+def load_update_data(store: Store, *, require_new: bool = True) -> UpdateData:
+    """The current version and the rows of the batches it has and has not seen."""
+    parent = store.current()
+    if parent is None:
+        raise UserError(f"{store.display}: no current model; create one with `ctrain init`")
+    seen = store.manifest(parent)["batches_seen"]
+    batches = store.batch_ids()
+    new_ids = [b for b in batches if b not in seen]
+    old_ids = [b for b in batches if b in seen]
+    if require_new and not new_ids:
+        raise UserError(f"{store.display}: no new batches since version {parent}; add some with `ctrain ingest`")
+    old, old_holdout = load_rows(store, old_ids)
+    new, new_holdout = load_rows(store, new_ids)
+    return UpdateData(
+        parent,
+        old_ids,
+        new_ids,
+        old,
+        new,
+        old_holdout,
+        new_holdout,
+        store.schema.n_classes,
+        ModelSpec.parse(store.meta.model),
+    )
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """One strategy run: the candidate, its metrics and the current model's on the same rows."""
+
+    candidate: Candidate
+    metrics: dict[str, float | None]
+    current_metrics: dict[str, float | None]
+    train_seconds: float
+
+
+def run_strategy(
+    data: UpdateData,
+    current: Candidate,
+    strategy: strategies.Strategy,
+    params: Any,
+    seed: int,
+    extra_eval: Mapping[str, Rows] | None = None,
+) -> TrialResult:
+    """Run one strategy and score it; touches no files (it may run on any worker)."""
+    start = time.perf_counter()
+    candidate = strategy(data.inputs(current, seed), params)
+    seconds = time.perf_counter() - start
+    sets = data.eval_sets(extra_eval)
+    return TrialResult(
+        candidate, evaluate_sets(candidate, sets, data.n_classes), evaluate_sets(current, sets, data.n_classes), seconds
+    )
+
+
+def commit(
+    store: Store, data: UpdateData, strategy_name: str, params: Any, seed: int, result: TrialResult, promote: str
+) -> UpdateOutcome:
+    """Save a trial's candidate as a new version, then promote it as `promote` says."""
+    version = store.new_version_id(strategy_name)
+    trained_old = data.old_ids if params_train_on_old(params) else []
+    save_candidate(
+        store,
+        version,
+        result.candidate,
+        {
+            "parent": data.parent,
+            "strategy": strategy_name,
+            "params": asdict(params),
+            "seed": seed,
+            "model": str(data.model_spec),
+            "batches_seen": data.old_ids + data.new_ids,
+            "batches_trained": trained_old + data.new_ids,
+            "metrics": result.metrics,
+            "current_metrics": result.current_metrics,
+            "train_seconds": result.train_seconds,
+        },
+    )
+    wins = better(_unprefixed(result.metrics, "holdout"), _unprefixed(result.current_metrics, "holdout"))
+    promoted, reason = _promote(store, version, data.parent, promote, wins)
+    return UpdateOutcome(
+        version,
+        data.parent,
+        strategy_name,
+        promoted,
+        reason,
+        result.metrics,
+        result.current_metrics,
+        result.train_seconds,
+        len(result.candidate.members),
+        result.candidate,
+    )
+
+
 def update(
     store: Store,
     strategy_name: str,
@@ -186,63 +308,16 @@ def update(
     """
     strategy = strategies.get(strategy_name)
     params = strategy.make_params(values)
+    check_promote(promote)
+    data = load_update_data(store, require_new=strategy_name != "keep")
+    current = load_candidate(store, data.parent)
+    result = run_strategy(data, current, strategy, params, seed, extra_eval)
+    return commit(store, data, strategy_name, params, seed, result, promote)
+
+
+def check_promote(promote: str) -> None:
     if promote not in PROMOTE_MODES:
         raise UserError(f"--promote {promote}: choose one of {', '.join(PROMOTE_MODES)}")
-    parent = store.current()
-    if parent is None:
-        raise UserError(f"{store.display}: no current model; create one with `ctrain init`")
-    seen = store.manifest(parent)["batches_seen"]
-    batches = store.batch_ids()
-    new_ids = [b for b in batches if b not in seen]
-    old_ids = [b for b in batches if b in seen]
-    if not new_ids and strategy_name != "keep":
-        raise UserError(f"{store.display}: no new batches since version {parent}; add some with `ctrain ingest`")
-    old, old_holdout = load_rows(store, old_ids)
-    new, new_holdout = load_rows(store, new_ids)
-    holdout = Rows.concat([old_holdout, new_holdout])
-    n_classes = store.schema.n_classes
-    current = load_candidate(store, parent)
-    inputs = strategies.UpdateInputs(current, old, new, holdout, n_classes, ModelSpec.parse(store.meta.model), seed)
-
-    start = time.perf_counter()
-    candidate = strategy(inputs, params)
-    seconds = time.perf_counter() - start
-
-    sets = {"holdout": holdout, "old": old_holdout, "new": new_holdout, **(extra_eval or {})}
-    metrics = evaluate_sets(candidate, sets, n_classes)
-    current_metrics = evaluate_sets(current, sets, n_classes)
-    version = store.new_version_id(strategy_name)
-    save_candidate(
-        store,
-        version,
-        candidate,
-        {
-            "parent": parent,
-            "strategy": strategy_name,
-            "params": asdict(params),
-            "seed": seed,
-            "model": store.meta.model,
-            "batches_seen": old_ids + new_ids,
-            "batches_trained": (old_ids if params_train_on_old(params) else []) + new_ids,
-            "metrics": metrics,
-            "current_metrics": current_metrics,
-            "train_seconds": seconds,
-        },
-    )
-    wins = better(_unprefixed(metrics, "holdout"), _unprefixed(current_metrics, "holdout"))
-    promoted, reason = _promote(store, version, parent, promote, wins)
-    return UpdateOutcome(
-        version,
-        parent,
-        strategy_name,
-        promoted,
-        reason,
-        metrics,
-        current_metrics,
-        seconds,
-        len(candidate.members),
-        candidate,
-    )
 
 
 def params_train_on_old(params: Any) -> bool:

@@ -1,0 +1,57 @@
+"""Joining a Ray cluster (or starting an embedded one) and configuring workers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def connect(num_cpus: int | None = None) -> dict[str, Any]:
+    """Join the cluster named by RAY_ADDRESS, or start a local Ray; return its resources.
+
+    Idempotent. Ray's token authentication stays as Ray configures it (on by default
+    in 2.60: a local Ray generates its token; a cluster's comes from RAY_AUTH_TOKEN or
+    `ray get-auth-token`). Workers get this checkout on their PYTHONPATH, unless they
+    run from a job's working directory already.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        env = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+        address = os.environ.get("RAY_ADDRESS")
+        if not address:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p)
+        ray.init(
+            address=address or "local",
+            num_cpus=None if address else num_cpus,
+            include_dashboard=False,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+            runtime_env={"env_vars": env},
+        )
+        log.info("connected to Ray at %s", address or "a new local instance")
+    return ray.cluster_resources()
+
+
+def pin_tensorflow_threads() -> int:
+    """Size TensorFlow's thread pools to the CPUs Ray gave this worker; return that number.
+
+    Must run before the worker's first TensorFlow op: afterwards the pools are fixed
+    and this is a no-op.
+    """
+    import ray
+    import tensorflow as tf
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    n = max(1, round(cpus))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+    except RuntimeError:
+        pass  # already initialised by an earlier task on this worker
+    return n
