@@ -76,6 +76,15 @@ class TrainerActor:
             files, result.candidate.weights, result.metrics, result.current_metrics, result.train_seconds
         )
 
+    def thread_pools(self) -> tuple[int, int]:
+        """TensorFlow's (intra-op, inter-op) pool sizes in this actor."""
+        import tensorflow as tf
+
+        return (
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+        )
+
     def peak_memory_bytes(self) -> int:
         import resource
 

@@ -1,0 +1,133 @@
+"""`ray job submit` against a real head on loopback, with token authentication on."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _session_members(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True, check=True).stdout
+    return [int(p) for p, s in (line.split() for line in out.splitlines()) if int(s) == sid]
+
+
+def _stop_session(sid: int) -> None:
+    """End every process of the head's session (and only those): TERM, then KILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _session_members(sid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.time() + 10
+        while _session_members(sid) and time.time() < deadline:
+            time.sleep(0.5)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_submitted_as_a_ray_job(tiny_store: str, tmp_path: Path) -> None:
+    port, dash = _free_port(), _free_port()
+    # Ray's Unix sockets live under --temp-dir, and socket paths are limited to ~107 bytes.
+    ray_tmp = tempfile.mkdtemp(prefix="ctrj-", dir="/tmp")
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # the job's `python` is this environment's
+    }
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            f"--port={port}",
+            f"--dashboard-port={dash}",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            "--num-cpus=2",
+            f"--temp-dir={ray_tmp}",
+            "--block",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 90
+        while True:  # the head takes a few seconds before it accepts jobs
+            ok = (
+                subprocess.run(
+                    [str(BIN / "ray"), "job", "list", "--address", address], env=env, capture_output=True
+                ).returncode
+                == 0
+            )
+            if ok:
+                break
+            assert time.time() < deadline, "the Ray head did not accept jobs within 90 s"
+            time.sleep(2)
+        refused = subprocess.run(
+            [str(BIN / "ray"), "job", "list", "--address", address],
+            env={**env, "RAY_AUTH_TOKEN": "wrong-token"},
+            capture_output=True,
+            text=True,
+        )
+        assert refused.returncode != 0, "the head accepted a wrong token"
+
+        spec = tmp_path / "sweep.yaml"
+        spec.write_text("strategies: [keep, finetune_all]\nparams: {epochs: 3}\nseeds: [0, 1]\n")
+        job = subprocess.run(
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--working-dir",
+                str(REPO),
+                "--",
+                "python",
+                "-m",
+                "trainer",
+                "sweep",
+                "--store",
+                tiny_store,
+                "--config",
+                str(spec),
+                "--json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
+        (sweep,) = Path(tiny_store, "sweeps").iterdir()
+        table = pq.read_table(sweep / "results.parquet")
+        assert table.num_rows == 4
+    finally:
+        _stop_session(head.pid)
+        head.wait(timeout=30)
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -1,0 +1,44 @@
+"""Trainer actors give the same results as the local pipeline, and pin their threads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import strategies
+from cluster.pool import Job, TrainerActor, run_jobs
+from data.storage import Store
+from trainer.pipeline import load_candidate, load_update_data, run_strategy
+
+
+@pytest.mark.ray
+def test_actor_results_match_local_results(ray_cluster, tiny_store: str) -> None:
+    store = Store.open(tiny_store)
+    data = load_update_data(store)
+    current = load_candidate(store, data.parent)
+    names = ["finetune_new", "ensemble_all", "graft"]
+    jobs = [Job(strategies.get(n), strategies.get(n).make_params({"epochs": "4"}), 3) for n in names]
+    done = []
+    remote = run_jobs(data, current, jobs, on_done=lambda job, r: done.append(job.strategy.name))
+    assert sorted(done) == sorted(names)
+    for job, r in zip(jobs, remote, strict=True):
+        local = run_strategy(data, current, job.strategy, job.params, job.seed)
+        assert r.metrics.keys() == local.metrics.keys()
+        np.testing.assert_allclose(
+            r.candidate.predict_proba(data.new.x, data.n_classes),
+            local.candidate.predict_proba(data.new.x, data.n_classes),
+            atol=1e-5,
+        )
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_actor_pins_tensorflow_to_its_cpus(ray_cluster, cpus: int) -> None:
+    import ray
+
+    actor = TrainerActor.options(num_cpus=cpus).remote()
+    try:
+        assert ray.get(actor.thread_pools.remote()) == (cpus, cpus)
+        assert ray.get(actor.peak_memory_bytes.remote()) > 0
+    finally:
+        ray.kill(actor)
