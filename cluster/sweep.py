@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import resource
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -165,6 +166,7 @@ def _trial(config: dict[str, Any], payload: Payload) -> dict[str, Any]:
         "seed": spec.seed,
         "train_seconds": result.train_seconds,
         "members": len(result.candidate.members),
+        "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         **{m: result.metrics.get(m) for m in METRICS},
     }
     Store.open(payload.store_uri).write(

@@ -1,7 +1,9 @@
 """`ctrain demo` against the tutorial's sequential Keras scripts doing the same work.
 
-Three wall-clock timings of fresh processes, run one after another:
-  - `ctrain demo`: old model, all nine strategies, scored on a test split, report saved;
+Wall-clock timings of fresh processes, run one after another:
+  - `ctrain demo`: old model, all nine strategies in parallel on Ray trainer actors
+    (an embedded Ray started on demand), scored on a test split, report saved;
+  - `ctrain demo --local`: the same, the strategies one by one in one process;
   - the tutorial's work in one Keras process: the old model once, then every update
     (scripts/tutorial_keras.py --strategy all): the strict same-work baseline;
   - the tutorial's scripts as written, one process per strategy, each refitting the

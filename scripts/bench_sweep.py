@@ -1,0 +1,118 @@
+"""8 sweep trials on 2 Ray workers against the same 8 trials run one by one in one process.
+
+Both sides start cold in fresh processes (importing TensorFlow included); Ray's
+cluster start is measured and printed separately, not charged to the sweep. The task:
+a drifting binary problem (old and new batches of 8,000 rows each, the new ones with
+shifted features), fresh_all for 60 epochs and finetune_all for 100, four seeds each.
+
+Run: .venv/bin/python scripts/bench_sweep.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SPEC = """
+strategies:
+  - fresh_all: {epochs: 60}
+  - finetune_all: {epochs: 100}
+seeds: [0, 1, 2, 3]
+"""
+
+
+def make_store(path: str) -> None:
+    sys.path.insert(0, ROOT)
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.datasets import make_classification
+
+    from trainer.loop import LoopConfig
+    from trainer.pipeline import ingest_files, init_store
+
+    x, y = make_classification(n_samples=16000, n_features=20, n_informative=12, random_state=3)
+    x[8000:, :5] += 0.75  # drift in the new batch
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, part in (("old", slice(0, 8000)), ("new", slice(8000, None))):
+            cols = {f"x{i}": x[part, i] for i in range(20)}
+            pq.write_table(pa.table({**cols, "y": y[part].astype(np.int64)}), os.path.join(tmp, f"{name}.parquet"))
+        init_store(path, os.path.join(tmp, "old.parquet"), "y", loop=LoopConfig(epochs=20))
+        ingest_files(path, [os.path.join(tmp, "new.parquet")])
+
+
+SEQUENTIAL = textwrap.dedent("""
+    import json, sys, time
+    start = time.perf_counter()
+    sys.path.insert(0, {root!r})
+    from cluster.sweep import SweepSpec
+    from data.storage import Store
+    from trainer.pipeline import load_candidate, load_update_data, run_strategy
+    import strategies
+    store = Store.open({store!r})
+    data = load_update_data(store)
+    current = load_candidate(store, data.parent)
+    for t in SweepSpec.parse({spec!r}).trials:
+        s = strategies.get(t.strategy)
+        run_strategy(data, current, s, s.make_params(t.params), t.seed)
+    print(json.dumps({{"seconds": time.perf_counter() - start}}))
+""")
+
+RAY = textwrap.dedent("""
+    import json, sys, time
+    sys.path.insert(0, {root!r})
+    from cluster.runtime import connect
+    from cluster.sweep import SweepSpec, run_sweep
+    from data.storage import Store
+    t0 = time.perf_counter()
+    connect(num_cpus=2)
+    t1 = time.perf_counter()
+    result = run_sweep(Store.open({store!r}), SweepSpec.parse({spec!r}), progress=False)
+    t2 = time.perf_counter()
+    rows = result.table.to_pylist()
+    print(json.dumps({{"start": t1 - t0, "seconds": t2 - t1, "trials": result.finished,
+                       "train": sum(r["train_seconds"] for r in rows),
+                       "peak_mb": max(r["worker_peak_rss_mb"] for r in rows)}}))
+""")
+
+
+def run(code: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = os.path.join(tmp, "store")
+        make_store(store)
+        seq = run(SEQUENTIAL.format(root=ROOT, store=store, spec=SPEC))
+        ray = run(RAY.format(root=ROOT, store=store, spec=SPEC))
+    n = ray["trials"]
+    print(f"{n} trials, one process (TensorFlow import included): {seq['seconds']:6.1f} s")
+    print(
+        f"{n} trials on Ray, 2 workers (Tune, records, report, plots): {ray['seconds']:6.1f} s"
+        f"  -> speedup {seq['seconds'] / ray['seconds']:.2f}x"
+    )
+    print(f"Ray cluster start (not charged above): {ray['start']:.1f} s")
+    overhead = (2 * ray["seconds"] - seq["seconds"]) / n
+    print(
+        f"Ray overhead per trial beyond perfect 2-way parallelism: {overhead:.2f} s "
+        f"(training itself: {ray['train'] / n:.2f} s per trial)"
+    )
+    print(f"peak memory of one trainer worker: {ray['peak_mb']:.0f} MiB (limit 1536 MiB)")
+
+
+if __name__ == "__main__":
+    main()
