@@ -28,7 +28,7 @@ import strategies
 from data.errors import UserError
 from data.parquet import table_to_bytes
 from data.storage import Store, utc_stamp
-from trainer.pipeline import UpdateData, load_candidate, load_update_data
+from trainer.pipeline import UpdateData, candidate_files, load_update_data
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,6 @@ def run_sweep(
     """Run (or, with `resume`, finish) a sweep on the connected Ray cluster."""
     from ray import tune
 
-    from cluster.pool import pack_current
-
     if resume:
         try:
             text = store.read("sweeps", resume, "sweep.yaml").decode()
@@ -214,7 +212,7 @@ def run_sweep(
             store.uri,
             sweep_id,
             data,
-            pack_current(load_candidate(store, data.parent)),
+            candidate_files(store, data.parent),  # bytes as stored: the driver never imports TensorFlow
             {t.strategy: strategies.get(t.strategy) for t in todo},
         )
         trainable = tune.with_resources(tune.with_parameters(_trial, payload=payload), {"cpu": spec.cpus_per_trial})

@@ -85,6 +85,12 @@ def load_candidate(store: Store, version: str) -> Candidate:
     return Candidate(members, tuple(manifest["weights"]))
 
 
+def candidate_files(store: Store, version: str) -> tuple[list[bytes], tuple[float, ...]]:
+    """A stored version's member files (checked against their sha256) and weights, without Keras."""
+    manifest = store.manifest(version)
+    return [store.read_version_file(version, m["file"]) for m in manifest["members"]], tuple(manifest["weights"])
+
+
 def save_candidate(store: Store, version: str, candidate: Candidate, manifest: dict[str, Any]) -> dict[str, Any]:
     files = {f"member-{i}.keras": to_bytes(m) for i, m in enumerate(candidate.members)}
     members = [{"file": name, "classes": model_classes(m)} for name, m in zip(files, candidate.members, strict=True)]
