@@ -8,7 +8,7 @@ from typing import Any
 
 import ray
 
-from cluster.runtime import pin_tensorflow_threads
+from cluster.runtime import pin_threads
 from data.rows import Rows
 from trainer.candidate import Candidate
 from trainer.pipeline import TrialResult, UpdateData, run_strategy
@@ -53,7 +53,7 @@ class TrainerActor:
     """Runs strategies against shared update data; caches the current model it was sent."""
 
     def __init__(self) -> None:
-        self.threads = pin_tensorflow_threads()
+        self.threads = pin_threads()
         self._current_key: Any = None
         self._current: Candidate | None = None
 

@@ -38,17 +38,20 @@ def connect(num_cpus: int | None = None) -> dict[str, Any]:
     return ray.cluster_resources()
 
 
-def pin_tensorflow_threads() -> int:
-    """Size TensorFlow's thread pools to the CPUs Ray gave this worker; return that number.
+def pin_threads() -> int:
+    """Size TensorFlow's and Arrow's CPU thread pools to the CPUs Ray gave this worker.
 
-    Must run before the worker's first TensorFlow op: afterwards the pools are fixed
-    and this is a no-op.
+    Returns that number. Without it each worker would start a thread per core of the
+    machine and workers would fight over cores. TensorFlow's pools can only be set
+    before the worker's first op; later calls leave them as they are.
     """
+    import pyarrow as pa
     import ray
     import tensorflow as tf
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     n = max(1, round(cpus))
+    pa.set_cpu_count(n)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(n)
         tf.config.threading.set_inter_op_parallelism_threads(n)

@@ -146,12 +146,12 @@ def _trial(config: dict[str, Any], payload: Payload) -> dict[str, Any]:
     """One Tune trial: run the strategy, record the result in the store, report it."""
     from ray import tune
 
-    from cluster.runtime import pin_tensorflow_threads
+    from cluster.runtime import pin_threads
     from trainer.candidate import Candidate
     from trainer.models import from_bytes
     from trainer.pipeline import run_strategy
 
-    pin_tensorflow_threads()
+    pin_threads()
     spec = TrialSpec(**config["trial"])
     strategy = payload.strategies[spec.strategy]
     key = payload.data.parent

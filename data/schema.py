@@ -136,9 +136,13 @@ class Schema:
 
     def label_indices(self, table: pa.Table) -> np.ndarray:
         """The labels as int32 indices into `classes`."""
-        index = {c: i for i, c in enumerate(self.classes)}
-        labels = [_label_key(v) for v in table.column(self.label).to_pylist()]
+        col = table.column(self.label)
         try:
-            return np.fromiter((index[v] for v in labels), dtype=np.int32, count=len(labels))
-        except KeyError as exc:
-            raise UserError(f"label {exc.args[0]!r} is not among the classes {list(self.classes)}") from exc
+            index = pc.index_in(col, value_set=pa.array(list(self.classes)).cast(col.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            index = None
+        if index is None or index.null_count:
+            labels = [_label_key(v) for v in col.to_pylist()]
+            unknown = self.unknown_classes(labels)
+            raise UserError(f"label(s) {unknown} are not among the classes {list(self.classes)}")
+        return index.to_numpy().astype(np.int32)

@@ -39,20 +39,20 @@ def main() -> None:
     from tutorial_keras import STRATEGIES
 
     tutorial = [sys.executable, os.path.join(HERE, "tutorial_keras.py"), "--strategy"]
+    ctrain = os.path.join(BIN, "ctrain")
     with tempfile.TemporaryDirectory() as tmp:
-        demo = timed([os.path.join(BIN, "ctrain"), "demo", "--store", os.path.join(tmp, "store")])
-    one_process = timed([*tutorial, "all"])
-    print(f"ctrain demo (9 strategies + old model, one process): {demo:7.1f} s")
-    print(
-        f"tutorial work in one Keras process:                   {one_process:7.1f} s  "
-        f"-> demo takes {demo / one_process:.2f} of it ({one_process / demo:.1f}x faster)"
-    )
+        demo = {
+            "ctrain demo (Ray actors)": timed([ctrain, "demo", "--store", os.path.join(tmp, "ray")]),
+            "ctrain demo --local": timed([ctrain, "demo", "--local", "--store", os.path.join(tmp, "local")]),
+        }
+    baselines = {"tutorial's work in one Keras process": timed([*tutorial, "all"])}
     if not args.no_per_script:
-        scripts = sum(timed([*tutorial, name]) for name in STRATEGIES)
-        print(
-            f"tutorial scripts as written (9 processes):            {scripts:7.1f} s  "
-            f"-> demo takes {demo / scripts:.2f} of it ({scripts / demo:.1f}x faster)"
-        )
+        baselines["tutorial's 9 scripts as written"] = sum(timed([*tutorial, name]) for name in STRATEGIES)
+    for name, seconds in {**demo, **baselines}.items():
+        print(f"{name:40} {seconds:7.1f} s")
+    for d, ds in demo.items():
+        for b, bs in baselines.items():
+            print(f"{d} / {b}: {ds / bs:.2f} ({bs / ds:.1f}x faster)")
 
 
 if __name__ == "__main__":

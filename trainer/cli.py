@@ -122,7 +122,21 @@ def cmd_update(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from trainer.pipeline import predict
 
-    r = predict(args.store, args.data, args.out, version=args.version)
+    scorer = None
+    if args.actors:
+        from cluster.runtime import connect
+        from cluster.sharded import ScorerPool
+
+        connect()
+
+        def scorer(store: Any, version: str, data_uri: str) -> Any:
+            pool = ScorerPool.start(store, version, args.actors)
+            try:
+                return pool.score(data_uri)[0]
+            finally:
+                pool.stop()
+
+    r = predict(args.store, args.data, args.out, version=args.version, scorer=scorer)
     _emit(args, "" if args.json else f"wrote {r['rows']} predictions of version {r['version']} to {r['out']}", r)
 
 
@@ -281,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", required=True)
     c.add_argument("--out", required=True)
     c.add_argument("--version", help="a stored version (default: the current one)")
+    c.add_argument("--actors", type=int, default=0, help="score on N Ray actors, each reading its own row groups")
 
     c = command("history", cmd_history, "versions, lineage and metrics", needs_tf=False)
     c.add_argument("--store", required=True)

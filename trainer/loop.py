@@ -56,9 +56,17 @@ class LoopConfig:
 
 
 @dataclass(frozen=True)
+class OptimizerState:
+    """Optimizer slots (momentum, or Adam's moments and step) kept between `train` calls."""
+
+    slots: list[Any]
+
+
+@dataclass(frozen=True)
 class TrainResult:
     epoch_loss: np.ndarray
     seconds: float
+    state: OptimizerState
 
 
 @dataclass(frozen=True)
@@ -209,6 +217,8 @@ def train(
     seed: int = 0,
     extra_loss: ExtraLoss | None = None,
     progress: Callable[[int], None] | None = None,
+    state: OptimizerState | None = None,
+    first_epoch: int = 0,
 ) -> TrainResult:
     """Train `model` in place on (x, y).
 
@@ -225,9 +235,13 @@ def train(
         extra_loss: a term added to every batch's loss, given the weight variables
             (kernel, bias per layer), e.g. an EWC penalty. Its function is not cached.
         progress: called with the number of epochs finished after each chunk.
+        state: optimizer state from an earlier call on the same model, to continue
+            (e.g. between rounds of model averaging); fresh if None.
+        first_epoch: index of the first epoch, so continued calls shuffle differently.
 
     Returns:
-        The mean training loss of each epoch and the wall-clock seconds.
+        The mean training loss of each epoch, the wall-clock seconds and the optimizer
+        state.
     """
     import tensorflow as tf
 
@@ -248,9 +262,13 @@ def train(
 
     train_idx = _trainable_index(shapes)
     per_param = 1 if config.optimizer == "sgd" else 2
-    slots = [tf.Variable(tf.zeros_like(weights[i])) for i in train_idx for _ in range(per_param)]
+    if state is None:
+        slots = [tf.Variable(tf.zeros_like(weights[i])) for i in train_idx for _ in range(per_param)]
+        if config.optimizer == "adam":
+            slots.append(tf.Variable(0.0))
+        state = OptimizerState(slots)
+    slots = state.slots
     if config.optimizer == "adam":
-        slots.append(tf.Variable(0.0))
         hp = tf.constant([config.learning_rate, 0.9, 0.999], tf.float32)
     else:
         hp = tf.constant([config.learning_rate, config.momentum, 0.0], tf.float32)
@@ -269,7 +287,7 @@ def train(
             weights,
             slots,
             *args,
-            tf.constant(done),
+            tf.constant(first_epoch + done),
             tf.constant(k),
             tf.constant(seed % 2**31),
             tf.constant(config.batch_size),
@@ -279,4 +297,4 @@ def train(
         done += k
         if progress is not None:
             progress(done)
-    return TrainResult(np.concatenate(losses), time.perf_counter() - start)
+    return TrainResult(np.concatenate(losses), time.perf_counter() - start, state)

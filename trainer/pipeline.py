@@ -10,7 +10,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any
@@ -330,8 +330,19 @@ def params_train_on_old(params: Any) -> bool:
     return bool(getattr(params, "trains_on_old", lambda: False)())
 
 
-def predict(uri: str, data_uri: str, out_uri: str, *, version: str | None = None) -> dict[str, Any]:
-    """Write the rows of `data_uri` plus `prediction` (and `probability` of class 1 for two classes)."""
+def predict(
+    uri: str,
+    data_uri: str,
+    out_uri: str,
+    *,
+    version: str | None = None,
+    scorer: Callable[[Store, str, str], np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Write the rows of `data_uri` plus `prediction` (and `probability` of class 1 for two classes).
+
+    `scorer(store, version, data_uri)` computes the class probabilities elsewhere, e.g.
+    on several Ray actors reading their own row groups; by default this process does.
+    """
     if resolve(out_uri)[1] == resolve(data_uri)[1]:
         raise UserError(f"--out {redact(out_uri)}: is the input file; choose another path")
     store = Store.open(uri)
@@ -344,8 +355,10 @@ def predict(uri: str, data_uri: str, out_uri: str, *, version: str | None = None
     for name in ("prediction", "probability"):
         if name in table.column_names:
             raise UserError(f"{redact(data_uri)}: already has a column {name!r}; rename it")
-    candidate = load_candidate(store, version)
-    proba = candidate.predict_proba(schema.features_matrix(table), schema.n_classes)
+    if scorer is None:
+        proba = load_candidate(store, version).predict_proba(schema.features_matrix(table), schema.n_classes)
+    else:
+        proba = scorer(store, version, data_uri)
     classes = np.asarray(schema.classes, dtype=object)
     label_type = table.schema.field(schema.label).type if schema.label in table.column_names else None
     labels = pa.array(classes[proba.argmax(axis=1)].tolist(), type=label_type)
