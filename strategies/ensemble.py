@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,6 +12,9 @@ from strategies.base import TrainAllParams, TrainParams, UpdateInputs, fit
 from strategies.registry import register
 from trainer.candidate import Candidate, member_proba
 from trainer.models import build_model
+
+if TYPE_CHECKING:
+    import keras
 
 ENSEMBLE_WEIGHTS = ("equal", "fitted")
 
@@ -53,7 +57,12 @@ class EnsembleAllParams(TrainAllParams, EnsembleOptions):
 def ensemble(inputs: UpdateInputs, params: EnsembleParams | EnsembleAllParams) -> Candidate:
     """Add a fresh member (covering every class the store knows) to the current ones."""
     new = fit(build_model(inputs.model_spec, inputs.n_features, inputs.n_classes, inputs.seed), inputs, params)
-    members = (*inputs.current.members, new)
+    return combine(inputs, (new,), params)
+
+
+def combine(inputs: UpdateInputs, new: tuple[keras.Model, ...], params: EnsembleOptions) -> Candidate:
+    """The current members plus `new` ones, capped at `max_members` and weighted."""
+    members = (*inputs.current.members, *new)
     if params.max_members:
         members = members[-params.max_members :]
     if params.ensemble_weights == "fitted":

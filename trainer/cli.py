@@ -115,7 +115,23 @@ def cmd_update(args: argparse.Namespace) -> None:
     from trainer.pipeline import update
 
     strategies.get(args.strategy).make_params(_settings(args.set))  # fail fast, before TensorFlow loads
-    o = update(Store.open(args.store), args.strategy, _settings(args.set), seed=args.seed, promote=args.promote)
+    if args.actors:
+        from cluster.parallel import update_parallel
+        from cluster.runtime import connect
+
+        store = Store.open(args.store)
+        connect()
+        o = update_parallel(
+            store,
+            args.strategy,
+            _settings(args.set),
+            seed=args.seed,
+            promote=args.promote,
+            actors=args.actors,
+            sync_steps=args.sync_steps,
+        )
+    else:
+        o = update(Store.open(args.store), args.strategy, _settings(args.set), seed=args.seed, promote=args.promote)
     _emit(args, "" if args.json else _outcome_text(o), o.to_json())
 
 
@@ -289,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="a strategy parameter (repeatable)")
     c.add_argument("--promote", choices=("auto", "always", "never"), default="auto")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument(
+        "--actors",
+        type=int,
+        default=0,
+        help="train data-parallel on N Ray actors: model averaging for finetune_*, bagging for ensemble_*",
+    )
+    c.add_argument("--sync-steps", type=int, default=100, help="with --actors and finetune_*: average every K steps")
 
     c = command("predict", cmd_predict, "write predictions of a stored version")
     c.add_argument("--store", required=True)

@@ -247,7 +247,17 @@ def run_strategy(
     """Run one strategy and score it; touches no files (it may run on any worker)."""
     start = time.perf_counter()
     candidate = strategy(data.inputs(current, seed), params)
-    seconds = time.perf_counter() - start
+    return score_candidate(data, current, candidate, time.perf_counter() - start, extra_eval)
+
+
+def score_candidate(
+    data: UpdateData,
+    current: Candidate,
+    candidate: Candidate,
+    seconds: float,
+    extra_eval: Mapping[str, Rows] | None = None,
+) -> TrialResult:
+    """Metrics of a candidate and of the current model on the same row sets."""
     sets = data.eval_sets(extra_eval)
     return TrialResult(
         candidate, evaluate_sets(candidate, sets, data.n_classes), evaluate_sets(current, sets, data.n_classes), seconds
@@ -255,9 +265,19 @@ def run_strategy(
 
 
 def commit(
-    store: Store, data: UpdateData, strategy_name: str, params: Any, seed: int, result: TrialResult, promote: str
+    store: Store,
+    data: UpdateData,
+    strategy_name: str,
+    params: Any,
+    seed: int,
+    result: TrialResult,
+    promote: str,
+    execution: Mapping[str, Any] | None = None,
 ) -> UpdateOutcome:
-    """Save a trial's candidate as a new version, then promote it as `promote` says."""
+    """Save a trial's candidate as a new version, then promote it as `promote` says.
+
+    `execution` records how it was trained when that was not one local process.
+    """
     version = store.new_version_id(strategy_name)
     trained_old = data.old_ids if params_train_on_old(params) else []
     save_candidate(
@@ -275,6 +295,7 @@ def commit(
             "metrics": result.metrics,
             "current_metrics": result.current_metrics,
             "train_seconds": result.train_seconds,
+            "execution": dict(execution or {"mode": "local"}),
         },
     )
     wins = better(_unprefixed(result.metrics, "holdout"), _unprefixed(result.current_metrics, "holdout"))

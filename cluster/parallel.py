@@ -1,0 +1,200 @@
+"""Data-parallel updates on actors: model averaging for fine-tuning, bagging for ensembles.
+
+- Fine-tuning (`finetune_*`): every actor holds a disjoint shard of the training rows
+  and a copy of the model with its own optimizer state; every `sync_steps` steps the
+  driver averages the copies' weights (by shard size) and sends the average back
+  (synchronous local SGD), for the strategy's number of epochs over each shard.
+- Ensembles (`ensemble_*`): each actor fits one new member on its own shard (bagging);
+  the members join the current ones under the strategy's `max_members` and weighting.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import ray
+
+from cluster.runtime import pin_threads
+from data.errors import UserError
+from data.rows import Rows
+from data.storage import Store
+from strategies.base import TrainParams, training_set
+from strategies.ensemble import combine
+from trainer.candidate import Candidate
+from trainer.loop import LoopConfig
+from trainer.models import ModelSpec
+from trainer.pipeline import UpdateData, UpdateOutcome
+
+ACTOR_MEMORY = 1024**3
+
+
+def _shards(n_rows: int, n: int, seed: int) -> list[np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n_rows)
+    return [np.sort(s) for s in np.array_split(perm, n) if len(s)]
+
+
+@ray.remote
+class ShardTrainer:
+    """A model copy training on one shard, `steps` at a time, keeping its optimizer state."""
+
+    def __init__(self, model: bytes, rows: Rows, weights: np.ndarray | None, config: LoopConfig, seed: int) -> None:
+        pin_threads()
+        from trainer.models import from_bytes
+
+        self.model = from_bytes(model)
+        self.rows, self.weights, self.config = rows, weights, config
+        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.order = self.rng.permutation(len(rows))
+        self.pos = 0
+        self.rounds = 0
+        self.state: Any = None
+
+    def steps(self, weights: list[np.ndarray] | None, steps: int) -> list[np.ndarray]:
+        from trainer.loop import train
+
+        if weights is not None:
+            self.model.set_weights(weights)
+        take = []
+        need = steps * self.config.batch_size
+        while need > 0:  # the next rows of this shard's epoch; a new permutation when it ends
+            if self.pos == len(self.order):
+                self.order, self.pos = self.rng.permutation(len(self.order)), 0
+            chunk = self.order[self.pos : self.pos + need]
+            take.append(chunk)
+            self.pos += len(chunk)
+            need -= len(chunk)
+        index = np.concatenate(take)
+        w = None if self.weights is None else self.weights[index]
+        one_pass = LoopConfig(
+            1, self.config.batch_size, self.config.learning_rate, self.config.momentum, self.config.optimizer
+        )
+        result = train(
+            self.model,
+            self.rows.x[index],
+            self.rows.y[index],
+            one_pass,
+            sample_weight=w,
+            seed=self.seed,
+            state=self.state,
+            first_epoch=self.rounds,
+        )
+        self.state, self.rounds = result.state, self.rounds + 1
+        return self.model.get_weights()
+
+
+def finetune_averaged(
+    data: UpdateData, current: Candidate, params: TrainParams, seed: int, *, actors: int, sync_steps: int
+) -> Candidate:
+    """Fine-tune the current (single) network on `actors` shards with model averaging."""
+    from trainer.models import clone, model_classes, to_bytes
+
+    if len(current.members) != 1:
+        raise UserError(
+            f"--actors: data-parallel fine-tuning needs a single network; current has {len(current.members)} members"
+        )
+    if model_classes(current.members[0]) < data.n_classes:
+        raise UserError("the current model lacks the store's new classes: use new_head, graft or a fresh_* strategy")
+    if sync_steps < 1:
+        raise UserError(f"--sync-steps must be >= 1, got {sync_steps}")
+    rows, weights = training_set(data.inputs(current, seed), params)
+    shards = _shards(len(rows), actors, seed)
+    config = params.loop_config()
+    model_ref = ray.put(to_bytes(current.members[0]))
+    trainers = [
+        ShardTrainer.options(num_cpus=1, memory=ACTOR_MEMORY).remote(
+            model_ref, rows.take(s), None if weights is None else weights[s], config, seed + i
+        )
+        for i, s in enumerate(shards)
+    ]
+    sizes = np.array([len(s) for s in shards], np.float64)
+    total = params.epochs * math.ceil(max(sizes) / config.batch_size)
+    averaged, done = None, 0
+    try:
+        while done < total:
+            k = min(sync_steps, total - done)
+            copies = ray.get([t.steps.remote(averaged, k) for t in trainers])
+            averaged = [
+                np.average(np.stack(ws), axis=0, weights=sizes).astype(ws[0].dtype) for ws in zip(*copies, strict=True)
+            ]
+            done += k
+    finally:
+        for t in trainers:
+            ray.kill(t)
+    model = clone(current.members[0])
+    model.set_weights(averaged)
+    return Candidate.single(model)
+
+
+@ray.remote(num_cpus=1)
+def _fit_member(
+    spec: ModelSpec, n_classes: int, rows: Rows, weights: np.ndarray | None, config: LoopConfig, seed: int
+) -> bytes:
+    pin_threads()
+    from trainer.loop import train
+    from trainer.models import build_model, to_bytes
+
+    model = build_model(spec, rows.x.shape[1], n_classes, seed)
+    train(model, rows.x, rows.y, config, sample_weight=weights, seed=seed)
+    return to_bytes(model)
+
+
+def bagged_ensemble(data: UpdateData, current: Candidate, params: Any, seed: int, *, actors: int) -> Candidate:
+    """Fit one new member per actor, each on its own shard, and add them to the current members."""
+    from trainer.models import from_bytes
+
+    inputs = data.inputs(current, seed)
+    rows, weights = training_set(inputs, params)
+    shards = _shards(len(rows), actors, seed)
+    refs = [
+        _fit_member.options(memory=ACTOR_MEMORY).remote(
+            data.model_spec,
+            data.n_classes,
+            rows.take(s),
+            None if weights is None else weights[s],
+            params.loop_config(),
+            seed + i,
+        )
+        for i, s in enumerate(shards)
+    ]
+    members = tuple(from_bytes(b) for b in ray.get(refs))
+    return combine(inputs, members, params)
+
+
+def parallel_update(
+    data: UpdateData, current: Candidate, strategy: Any, params: Any, seed: int, *, actors: int, sync_steps: int = 100
+) -> tuple[Candidate, dict[str, Any]]:
+    """Run `strategy` data-parallel on `actors` actors; return the candidate and how it ran."""
+    if actors < 1:
+        raise UserError(f"--actors must be >= 1, got {actors}")
+    if strategy.name.startswith("finetune_"):
+        candidate = finetune_averaged(data, current, params, seed, actors=actors, sync_steps=sync_steps)
+        return candidate, {"mode": "model_averaging", "actors": actors, "sync_steps": sync_steps}
+    if strategy.name.startswith("ensemble_"):
+        return bagged_ensemble(data, current, params, seed, actors=actors), {"mode": "bagging", "actors": actors}
+    raise UserError(
+        f"--actors: data-parallel updates apply to finetune_* (model averaging) and ensemble_* "
+        f"(bagging), not {strategy.name}"
+    )
+
+
+def update_parallel(
+    store: Store, strategy_name: str, values: Any, *, seed: int, promote: str, actors: int, sync_steps: int
+) -> UpdateOutcome:
+    """`ctrain update --actors N`: the pipeline's update, trained data-parallel on actors."""
+    import time
+
+    import strategies
+    from trainer.pipeline import check_promote, commit, load_candidate, load_update_data, score_candidate
+
+    strategy = strategies.get(strategy_name)
+    params = strategy.make_params(values)
+    check_promote(promote)
+    data = load_update_data(store)
+    current = load_candidate(store, data.parent)
+    start = time.perf_counter()
+    candidate, execution = parallel_update(data, current, strategy, params, seed, actors=actors, sync_steps=sync_steps)
+    result = score_candidate(data, current, candidate, time.perf_counter() - start)
+    return commit(store, data, strategy_name, params, seed, result, promote, execution)
