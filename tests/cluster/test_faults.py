@@ -1,0 +1,57 @@
+"""A worker node removed in the middle of a sweep: the sweep still finishes, every trial once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.test_parallel import _drift_store
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, threading, time
+    import ray
+    from ray.cluster_utils import Cluster
+    from cluster.sweep import SweepSpec, run_sweep
+    from data.storage import Store
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+    spec = SweepSpec.parse(
+        "strategies: [{fresh_all: {epochs: 40}}]\\nseeds: [0, 1, 2, 3, 4, 5]\\nmax_failures: 3\\n")
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(r=run_sweep(Store.open(sys.argv[1]), spec, progress=False)))
+    thread.start()
+    time.sleep(float(sys.argv[2]))
+    removed_while_running = thread.is_alive()
+    cluster.remove_node(worker)
+    thread.join(timeout=600)
+    r = out["r"]
+    print(json.dumps({"removed_while_running": removed_while_running, "finished": r.finished,
+                      "trials": r.trials, "ids": r.table.column("trial_id").to_pylist()}))
+    ray.shutdown()
+    cluster.shutdown()
+""")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_survives_losing_a_worker_node(tmp_path: Path) -> None:
+    store = _drift_store(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, store, "12"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=Path(__file__).parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["removed_while_running"], "the sweep ended before the node was removed; lengthen the trials"
+    assert result["finished"] == result["trials"] == 6
+    assert len(set(result["ids"])) == 6
