@@ -2,8 +2,11 @@
 
 A sweep lives in `<store>/sweeps/<id>/`: the spec it ran (`sweep.yaml`), one JSON
 record per finished trial (`trials/`, the source of truth, written atomically by the
-trial itself), Ray Tune's experiment state (`tune/`, for `--resume`), and the
-outputs: `results.parquet`, `report.md` and `plots/*.png`.
+trial itself), and the outputs: `results.parquet`, `report.md` and `plots/*.png`.
+
+`--resume` reruns exactly the trials without a record, so it works the same on every
+storage backend. Ray Tune's own experiment state (which holds pickles) is therefore
+not needed afterwards: it lives in scratch space on the driver, never in the store.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import logging
 import math
 import os
 import resource
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -226,12 +231,11 @@ def _fit(
     from ray import tune
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter honours verbose=0: our bar only
-    path = store.path("sweeps", sweep_id)
+    scratch = tempfile.mkdtemp(prefix=f"ctrain-{sweep_id}-")
     callback = _Progress(len(todo) + already, already, progress)
     run_config = tune.RunConfig(
         name="tune",
-        storage_path=path,
-        storage_filesystem=store.fs,
+        storage_path=scratch,
         verbose=0,
         callbacks=[callback],
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -246,6 +250,7 @@ def _fit(
         tuner.fit()
     finally:
         callback.close()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class _Progress:

@@ -20,7 +20,7 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-        raise UserError(f"{redact(uri)}: cannot open ({exc})") from exc
+        raise UserError(f"{redact(uri)}: cannot open ({scrub(str(exc), uri)})") from None
 
 
 def redact(uri: str) -> str:
@@ -31,6 +31,17 @@ def redact(uri: str) -> str:
     host, sep, path = rest.partition("/")
     host = host.rsplit("@", 1)[-1]
     return f"{scheme}://{host}{sep}{path.split('?', 1)[0]}"
+
+
+def scrub(text: str, uri: str) -> str:
+    """`text` (e.g. a library's error message) with the URI's credentials and query removed."""
+    if "://" not in uri:
+        return text
+    rest = uri.split("://", 1)[1]
+    secrets = [uri, rest.split("/", 1)[0], *rest.split("/", 1)[0].rsplit("@", 1)[0].split(":"), rest.partition("?")[2]]
+    for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def read_bytes(uri: str) -> bytes:
@@ -45,7 +56,7 @@ def read_bytes(uri: str) -> bytes:
         with fs.open_input_stream(path) as f:
             return f.read()
     except OSError as exc:
-        raise UserError(f"{redact(uri)}: cannot read ({exc})") from exc
+        raise UserError(f"{redact(uri)}: cannot read ({scrub(str(exc), uri)})") from None
 
 
 def table_from_bytes(data: bytes, source: str) -> pa.Table:
@@ -84,4 +95,4 @@ def write_table(uri: str, table: pa.Table) -> None:
             with fs.open_output_stream(path) as f:
                 f.write(data)
     except OSError as exc:
-        raise UserError(f"{redact(uri)}: cannot write ({exc})") from exc
+        raise UserError(f"{redact(uri)}: cannot write ({scrub(str(exc), uri)})") from None

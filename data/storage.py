@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -32,7 +33,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from data.errors import UserError
-from data.parquet import redact, resolve
+from data.parquet import redact, resolve, scrub
 from data.schema import Schema
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class Store:
                 raise UserError(f"{redact(uri)}: a store already exists here; use another --store")
             fs.create_dir(root, recursive=True)
         except OSError as exc:
-            raise UserError(f"{redact(uri)}: cannot reach the store ({exc})") from exc
+            raise UserError(f"{redact(uri)}: cannot reach the store ({scrub(str(exc), uri)})") from None
         store.write_json("store.json", meta.to_json())
         return store
 
@@ -124,7 +125,7 @@ class Store:
                 f"{redact(uri)}: not a ctrain store (no store.json); create one with `ctrain init`"
             ) from None
         except OSError as exc:
-            raise UserError(f"{redact(uri)}: cannot reach the store ({exc})") from exc
+            raise UserError(f"{redact(uri)}: cannot reach the store ({scrub(str(exc), uri)})") from None
         try:
             d = json.loads(raw)
         except ValueError as exc:
@@ -211,7 +212,12 @@ class Store:
             os.unlink(tmp)
 
     def cleanup_temporary(self) -> int:
-        """Remove temporary files left by writers that died; return how many."""
+        """Remove what writers that died left behind; return how many things.
+
+        That is temporary files, and batch or version folders that never got their
+        commit marker (`batch.json`, `manifest.json`) and whose writer is gone. Only on
+        local disks, where a writer's pid can be checked.
+        """
         if not self._local:
             return 0
         removed = 0
@@ -224,8 +230,21 @@ class Store:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(dirpath, name))
                         removed += 1
+        for folder, owner, marker in (("batches", ".claim", "batch.json"), ("models", ".writer", "manifest.json")):
+            for name in self.list_dirs(folder):
+                path = os.path.join(self.root, folder, name)
+                if os.path.exists(os.path.join(path, marker)):
+                    continue
+                try:
+                    with open(os.path.join(path, owner)) as f:
+                        pid = int(f.read().strip() or 0)
+                except (FileNotFoundError, ValueError):
+                    pid = 0
+                if not _pid_alive(pid):
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed += 1
         if removed:
-            log.info("removed %d temporary file(s) left by earlier runs", removed)
+            log.info("removed %d leftover(s) of interrupted writers", removed)
         return removed
 
     @contextlib.contextmanager
@@ -294,7 +313,7 @@ class Store:
             taken = self.list_dirs("batches")
             seq = max((int(b.split("-", 1)[0]) for b in taken), default=0) + 1
             batch_id = f"{seq:06d}-{digest[:12]}"
-            if self.create_exclusive(f"batches/{batch_id}/.claim", b""):
+            if self.create_exclusive(f"batches/{batch_id}/.claim", str(os.getpid()).encode()):
                 break
         self.write(f"batches/{batch_id}/data.parquet", data)
         self.write_json(
@@ -324,6 +343,8 @@ class Store:
 
     def write_version(self, version: str, files: dict[str, bytes], manifest: dict[str, Any]) -> dict[str, Any]:
         """Write a version's files, then its manifest (with their sha256) as the commit marker."""
+        if not self.create_exclusive(f"models/{version}/.writer", str(os.getpid()).encode()):
+            raise RuntimeError(f"version {version} is being written by another process")
         for name, data in files.items():
             self.write(f"models/{version}/{name}", data)
         manifest = {**manifest, "version": version, "files": {n: sha256(d) for n, d in files.items()}}

@@ -12,6 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Credentials for the S3-compatible test server, set before any Ray worker starts so
+# that workers writing to an s3:// store inherit them.
+for key, value in {
+    "AWS_ACCESS_KEY_ID": "ctrain-test",
+    "AWS_SECRET_ACCESS_KEY": "ctrain-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}.items():
+    os.environ.setdefault(key, value)
 
 N_FEATURES = 5
 TINY_EPOCHS = {"epochs": "3"}
@@ -80,3 +89,41 @@ def snapshot(root: str) -> dict[str, bytes]:
                 with open(full, "rb") as f:
                     out[rel] = f.read()
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible server (moto) on loopback; yields a function making store URIs."""
+    import socket
+    import uuid
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+
+    def uri(name: str = "store") -> str:
+        return (
+            f"s3://ctrain-{uuid.uuid4().hex[:8]}/{name}?endpoint_override=127.0.0.1:{port}"
+            "&scheme=http&allow_bucket_creation=true"
+        )
+
+    yield uri
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A session-wide local Ray (2 CPUs, token authentication as Ray 2.60 sets it up)."""
+    import ray
+
+    from cluster.runtime import connect
+
+    started = not ray.is_initialized()
+    resources = connect(num_cpus=2)
+    yield resources
+    if started:
+        ray.shutdown()

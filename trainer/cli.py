@@ -111,10 +111,21 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 def cmd_update(args: argparse.Namespace) -> None:
     import strategies
+    from trainer.pipeline import NothingNew
+
+    strategies.get(args.strategy).make_params(_settings(args.set))  # fail fast, before TensorFlow loads
+    try:
+        o = _run_update(args)
+    except NothingNew as exc:  # a scheduled or retried updater with nothing to do succeeds
+        _emit(args, "" if args.json else str(exc), {"version": None, "promoted": False, "reason": str(exc)})
+        return
+    _emit(args, "" if args.json else _outcome_text(o), o.to_json())
+
+
+def _run_update(args: argparse.Namespace) -> Any:
     from data.storage import Store
     from trainer.pipeline import update
 
-    strategies.get(args.strategy).make_params(_settings(args.set))  # fail fast, before TensorFlow loads
     if args.actors:
         from cluster.parallel import update_parallel
         from cluster.runtime import connect
@@ -132,7 +143,7 @@ def cmd_update(args: argparse.Namespace) -> None:
         )
     else:
         o = update(Store.open(args.store), args.strategy, _settings(args.set), seed=args.seed, promote=args.promote)
-    _emit(args, "" if args.json else _outcome_text(o), o.to_json())
+    return o
 
 
 def cmd_predict(args: argparse.Namespace) -> None:

@@ -200,8 +200,15 @@ class UpdateData:
         return strategies.UpdateInputs(current, self.old, self.new, self.holdout, self.n_classes, self.model_spec, seed)
 
 
+class NothingNew(UserError):
+    """No batches arrived since the current version: there is nothing to update."""
+
+
 def load_update_data(store: Store, *, require_new: bool = True) -> UpdateData:
-    """The current version and the rows of the batches it has and has not seen."""
+    """The current version and the rows of the batches it has and has not seen.
+
+    Raises NothingNew if `require_new` and every batch has been seen.
+    """
     parent = store.current()
     if parent is None:
         raise UserError(f"{store.display}: no current model; create one with `ctrain init`")
@@ -210,7 +217,7 @@ def load_update_data(store: Store, *, require_new: bool = True) -> UpdateData:
     new_ids = [b for b in batches if b not in seen]
     old_ids = [b for b in batches if b in seen]
     if require_new and not new_ids:
-        raise UserError(f"{store.display}: no new batches since version {parent}; add some with `ctrain ingest`")
+        raise NothingNew(f"no new batches since version {parent}; nothing to update (add some with `ctrain ingest`)")
     old, old_holdout = load_rows(store, old_ids)
     new, new_holdout = load_rows(store, new_ids)
     return UpdateData(

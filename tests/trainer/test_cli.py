@@ -224,24 +224,13 @@ def test_store_problems_exit_2(tmp_path: Path, tiny_store: str, capsys) -> None:
     assert code == 2 and "format version 7 is newer" in err
 
 
-def test_update_without_new_batches_is_refused(tiny_store: str, capsys) -> None:
-    assert (
-        run(
-            capsys,
-            "update",
-            "--store",
-            tiny_store,
-            "--strategy",
-            "fresh_new",
-            "--set",
-            "epochs=2",
-            "--promote",
-            "always",
-        )[0]
-        == 0
-    )
-    code, _, err = run(capsys, "update", "--store", tiny_store, "--strategy", "fresh_new")
-    assert code == 2 and "no new batches since version" in err
+def test_update_without_new_batches_is_a_reported_no_op(tiny_store: str, capsys) -> None:
+    first = ["update", "--store", tiny_store, "--strategy", "fresh_new", "--set", "epochs=2", "--promote", "always"]
+    assert run(capsys, *first)[0] == 0
+    before = snapshot(tiny_store)
+    code, out, _ = run(capsys, "update", "--store", tiny_store, "--strategy", "fresh_new", "--json")
+    assert code == 0 and "no new batches since version" in out and last_json(out)["version"] is None
+    assert snapshot(tiny_store) == before
 
 
 def test_init_refuses_an_existing_store_and_bad_data(tiny_store: str, write_parquet, capsys) -> None:

@@ -1,0 +1,84 @@
+"""The same store, ingest, update, predict, sweep and stream flows on s3:// (moto on loopback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from data.storage import Store
+from tests.conftest import make_table
+from tests.trainer.test_reliability import check_store
+from trainer.cli import main
+
+
+@pytest.fixture
+def s3_store(s3_server, write_parquet, capsys) -> str:
+    uri = s3_server()
+    old = write_parquet(make_table(seed=0), "old.parquet")
+    assert main(["init", "--store", uri, "--data", old, "--label", "y", "--model", "mlp:8,4", "--epochs", "3"]) == 0
+    assert main(["ingest", "--store", uri, write_parquet(make_table(seed=1, shift=0.4), "new.parquet")]) == 0
+    capsys.readouterr()
+    return uri
+
+
+def test_store_flow_on_s3(s3_store: str, write_parquet, tmp_path: Path, capsys) -> None:
+    assert (
+        main(["update", "--store", s3_store, "--strategy", "ensemble_all", "--set", "epochs=3", "--promote", "always"])
+        == 0
+    )
+    assert main(["history", "--store", s3_store, "--json"]) == 0
+    assert '"current": true' in capsys.readouterr().out
+    src = write_parquet(make_table(seed=4).drop_columns(["y"]), "score.parquet")
+    assert main(["predict", "--store", s3_store, "--data", src, "--out", str(tmp_path / "p.parquet")]) == 0
+    assert pq.read_table(tmp_path / "p.parquet").num_rows == 120
+    check_store(s3_store)
+
+
+def test_bad_input_is_quarantined_on_s3(s3_store: str, write_parquet, capsys) -> None:
+    store = Store.open(s3_store)
+    before = (store.batch_ids(), store.versions(), store.current())
+    assert main(["ingest", "--store", s3_store, write_parquet(b"PAR1 not really", "bad.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.parquet: not a Parquet file" in err and len(err.splitlines()) == 1
+    assert "endpoint_override" not in err
+    after = Store.open(s3_store)
+    assert (after.batch_ids(), after.versions(), after.current()) == before
+    (folder,) = after.list_dirs("quarantine")
+    assert after.read("quarantine", folder, "bad.parquet") == b"PAR1 not really"
+
+
+def test_unreachable_store_is_one_clear_line(capsys) -> None:
+    uri = "s3://nowhere/store?endpoint_override=127.0.0.1:9&scheme=http&connect_timeout=1&request_timeout=1"
+    assert main(["history", "--store", uri]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "s3://nowhere/store" in err
+
+
+@pytest.mark.ray
+def test_sweep_on_s3(ray_cluster, s3_store: str) -> None:
+    from cluster.sweep import SweepSpec, run_sweep
+
+    result = run_sweep(
+        Store.open(s3_store), SweepSpec.parse("strategies: [keep, fresh_all]\nparams: {epochs: 2}"), progress=False
+    )
+    assert result.finished == 2
+    store = Store.open(s3_store)
+    assert store.exists("sweeps", result.sweep_id, "results.parquet")
+    assert store.exists("sweeps", result.sweep_id, "plots", "accuracy_by_strategy.png")
+
+
+def test_stream_into_an_s3_store(s3_store: str, tmp_path: Path) -> None:
+    from cluster.stream import Policy, run_stream
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    pq.write_table(make_table(seed=8, shift=0.2), inbox / "a.parquet")
+    (inbox / "b.parquet").write_bytes(b"junk")
+    policy = Policy("finetune_new")
+    policy.jobs = [(s, s.make_params({"epochs": "2"})) for s, _ in policy.jobs]
+    events = run_stream(s3_store, str(inbox), policy, once=True)
+    assert [e.status for e in events][1] == "rejected" and events[0].batch
+    assert run_stream(s3_store, str(inbox), policy, once=True) == []
+    check_store(s3_store)
