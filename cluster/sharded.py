@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 
+from cluster.pool import ACTOR_MEMORY
 from cluster.runtime import pin_threads
 from data.errors import UserError
 from data.parquet import redact, resolve
@@ -69,7 +70,10 @@ class ScorerPool:
     def start(cls, store: Store, version: str, n: int) -> ScorerPool:
         files, weights = candidate_files(store, version)
         files_ref = ray.put(files)
-        actors = [ShardScorer.options(num_cpus=1).remote(files_ref, weights, store.schema) for _ in range(n)]
+        actors = [
+            ShardScorer.options(num_cpus=1, memory=ACTOR_MEMORY).remote(files_ref, weights, store.schema)
+            for _ in range(n)
+        ]
         ray.get([a.__ray_ready__.remote() for a in actors])
         return cls(actors)
 

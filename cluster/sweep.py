@@ -30,6 +30,7 @@ import pyarrow as pa
 import yaml
 
 import strategies
+from cluster.pool import ACTOR_MEMORY
 from data.errors import UserError
 from data.parquet import table_to_bytes
 from data.storage import Store, utc_stamp
@@ -220,7 +221,9 @@ def run_sweep(
             candidate_files(store, data.parent),  # bytes as stored: the driver never imports TensorFlow
             {t.strategy: strategies.get(t.strategy) for t in todo},
         )
-        trainable = tune.with_resources(tune.with_parameters(_trial, payload=payload), {"cpu": spec.cpus_per_trial})
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, payload=payload), {"cpu": spec.cpus_per_trial, "memory": ACTOR_MEMORY}
+        )
         _fit(store, sweep_id, spec, trainable, todo, len(done), progress)
     return _write_outputs(store, sweep_id, spec)
 

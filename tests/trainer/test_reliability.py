@@ -41,6 +41,17 @@ def leftovers(uri: str) -> list[str]:
     return [str(p) for p in Path(uri).rglob(".tmp-*")]
 
 
+def kill_at_random(cmd: list[str], duration: float, rng: random.Random) -> bool:
+    """Start `cmd`, SIGKILL it at a random point of its usual run; True if it was still running."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(rng.uniform(0.05, 0.8) * duration)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return killed
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_never_corrupts_the_store(tiny_store: str, tmp_path: Path) -> None:
     rng = random.Random(20261129)
@@ -66,12 +77,7 @@ def test_sigkill_at_random_moments_never_corrupts_the_store(tiny_store: str, tmp
         path = tmp_path / f"u{i}.parquet"
         pq.write_table(make_table(seed=100 + i), path)
         assert main(["ingest", "--store", tiny_store, str(path)]) == 0
-        proc = subprocess.Popen(update, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.05, 0.8) * duration)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        kills += kill_at_random(update, duration, rng)
         check_store(tiny_store)
         rerun = subprocess.run(update, capture_output=True, text=True)
         assert rerun.returncode == 0, rerun.stderr
@@ -88,12 +94,7 @@ def test_sigkill_at_random_moments_never_corrupts_the_store(tiny_store: str, tmp
         path = tmp_path / f"i{i}.parquet"
         pq.write_table(make_table(n=20000, seed=200 + i), path)
         ingest = [*CTRAIN, "ingest", "--store", tiny_store, str(path)]
-        proc = subprocess.Popen(ingest, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.05, 0.8) * duration)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        kills += kill_at_random(ingest, duration, rng)
         check_store(tiny_store)
         assert subprocess.run(ingest, capture_output=True).returncode == 0
         digests = [Store.open(tiny_store).batch_info(b)["sha256"] for b in Store.open(tiny_store).batch_ids()]
