@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 import strategies
-from data.batches import batch_rows, ingest
+from data.batches import batch_rows, ingest_bytes
 from data.errors import UserError
 from data.parquet import redact, resolve
 from data.storage import Store, sha256, utc_stamp
@@ -101,18 +101,19 @@ def inbox_files(inbox: str) -> list[tuple[pafs.FileSystem, str]]:
     return [(fs, f) for f in files]
 
 
-def process_file(store: Store, fs: pafs.FileSystem, path: str, uri: str, policy: Policy) -> StreamEvent | None:
+def process_file(store: Store, fs: pafs.FileSystem, path: str, policy: Policy) -> StreamEvent | None:
     """Handle one inbox file exactly once; None if it was processed before."""
     start = time.perf_counter()
     with fs.open_input_stream(path) as f:
-        digest = sha256(f.read())
+        data = f.read()
+    digest = sha256(data)
     marker = f"stream/processed/{digest}.json"
     if store.exists(marker):
         return None
     name = path.rsplit("/", 1)[-1]
     event = StreamEvent(name, digest, "rejected")
     try:
-        result = ingest(store, uri)
+        result = ingest_bytes(store, name, data)
     except UserError as exc:
         event.reason = str(exc)
     else:
@@ -154,12 +155,10 @@ def run_stream(
 ) -> list[StreamEvent]:
     """Process the inbox until interrupted (or, with `once`, until it holds nothing new)."""
     store = Store.open(store_uri)
-    fs_root = inbox.rstrip("/")
     events: list[StreamEvent] = []
     while True:
         for fs, path in inbox_files(inbox):
-            uri = path if "://" not in fs_root else f"{fs_root.split('://', 1)[0]}://{path}"
-            event = process_file(store, fs, path, uri, policy)
+            event = process_file(store, fs, path, policy)
             if event is not None:
                 events.append(event)
                 on_event(event)

@@ -235,7 +235,7 @@ def _fit(
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter honours verbose=0: our bar only
     scratch = tempfile.mkdtemp(prefix=f"ctrain-{sweep_id}-")
-    callback = _Progress(len(todo) + already, already, progress)
+    callback = _progress_callback(len(todo) + already, already, progress)
     run_config = tune.RunConfig(
         name="tune",
         storage_path=scratch,
@@ -256,29 +256,27 @@ def _fit(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-class _Progress:
+def _progress_callback(total: int, done: int, enabled: bool) -> Any:
     """A Tune callback drawing a progress bar: trials done and the best holdout accuracy."""
+    from ray import tune
+    from tqdm import tqdm
 
-    def __new__(cls, total: int, done: int, enabled: bool) -> Any:
-        from ray import tune
-        from tqdm import tqdm
+    class Progress(tune.Callback):
+        def __init__(self) -> None:
+            self.bar = tqdm(total=total, initial=done, desc="trials", unit="trial", disable=not enabled or None)
+            self.best = -math.inf
 
-        class Callback(tune.Callback):
-            def __init__(self) -> None:
-                self.bar = tqdm(total=total, initial=done, desc="trials", unit="trial", disable=not enabled or None)
-                self.best = -math.inf
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            acc = (trial.last_result or {}).get("holdout_accuracy")
+            if acc is not None and acc > self.best:
+                self.best = acc
+                self.bar.set_postfix_str(f"best {trial.config['trial']['strategy']} {acc:.3f}")
+            self.bar.update()
 
-            def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-                acc = (trial.last_result or {}).get("holdout_accuracy")
-                if acc is not None and acc > self.best:
-                    self.best = acc
-                    self.bar.set_postfix_str(f"best {trial.config['trial']['strategy']} {acc:.3f}")
-                self.bar.update()
+        def close(self) -> None:
+            self.bar.close()
 
-            def close(self) -> None:
-                self.bar.close()
-
-        return Callback()
+    return Progress()
 
 
 def _finished_ids(store: Store, sweep_id: str) -> set[str]:

@@ -37,8 +37,11 @@ def ingest(store: Store, uri: str, *, allow_new_classes: bool = False) -> Ingest
     A file the store already holds (same bytes) is a no-op. A file that fails
     validation is copied to quarantine with the reason, and UserError is raised.
     """
-    source = redact(uri)
-    data = read_bytes(uri)
+    return ingest_bytes(store, redact(uri), read_bytes(uri), allow_new_classes=allow_new_classes)
+
+
+def ingest_bytes(store: Store, source: str, data: bytes, *, allow_new_classes: bool = False) -> IngestResult:
+    """`ingest` for a file already read; `source` names it in messages and records."""
     existing = store.find_batch(sha256(data))
     if existing:
         return IngestResult(existing, int(store.batch_info(existing)["rows"]), added=False)

@@ -82,3 +82,19 @@ def test_stream_into_an_s3_store(s3_store: str, tmp_path: Path) -> None:
     assert [e.status for e in events][1] == "rejected" and events[0].batch
     assert run_stream(s3_store, str(inbox), policy, once=True) == []
     check_store(s3_store)
+
+
+def test_stream_from_an_s3_inbox(s3_store: str, s3_server) -> None:
+    from cluster.stream import Policy, run_stream
+    from data.parquet import resolve, table_to_bytes
+
+    inbox = s3_server("inbox")
+    fs, root = resolve(inbox)
+    fs.create_dir(root)
+    with fs.open_output_stream(f"{root}/a.parquet") as f:
+        f.write(table_to_bytes(make_table(seed=12, shift=0.3)))
+    policy = Policy("finetune_new")
+    policy.jobs = [(s, s.make_params({"epochs": "2"})) for s, _ in policy.jobs]
+    (event,) = run_stream(s3_store, inbox, policy, once=True)
+    assert event.file == "a.parquet" and event.batch and event.status in ("updated", "kept")
+    check_store(s3_store)
