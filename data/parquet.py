@@ -77,20 +77,37 @@ def table_to_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
+TMP_PREFIX = ".tmp-"
+
+
+def write_temp(directory: str, data: bytes) -> str:
+    """Write `data` durably to a new temporary file in `directory` (a local path); return its path.
+
+    The name carries this process's pid, so a later process can tell a dead writer's
+    leftovers from a live one's (see `Store.cleanup_temporary`).
+    """
+    import os
+    import uuid
+
+    tmp = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
 def write_table(uri: str, table: pa.Table) -> None:
     """Write `table` as Parquet at `uri` atomically (temporary name and rename, or one PUT)."""
     import os
-    import uuid
 
     data = table_to_bytes(table)
     fs, path = resolve(uri)
     try:
         if isinstance(fs, pafs.LocalFileSystem):
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            directory = os.path.dirname(path) or "."
+            os.makedirs(directory, exist_ok=True)
+            os.replace(write_temp(directory, data), path)
         else:
             with fs.open_output_stream(path) as f:
                 f.write(data)

@@ -33,13 +33,12 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from data.errors import UserError
-from data.parquet import redact, resolve, scrub
+from data.parquet import TMP_PREFIX, redact, resolve, scrub, write_temp
 from data.schema import Schema
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-_TMP_PREFIX = ".tmp-"
 _LOCK_STALE_SECONDS = 300.0
 
 
@@ -174,12 +173,7 @@ class Store:
             with self.fs.open_output_stream(target) as f:  # one PUT: all or nothing
                 f.write(data)
             return
-        tmp = f"{parent}/{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        os.replace(write_temp(parent, data), target)
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write(rel, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
@@ -198,11 +192,7 @@ class Store:
                 return False
             self.write(rel, data)
             return True
-        tmp = f"{parent}/{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = write_temp(parent, data)
         try:
             os.link(tmp, target)
             return True
@@ -223,9 +213,9 @@ class Store:
         removed = 0
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
-                if not name.startswith(_TMP_PREFIX):
+                if not name.startswith(TMP_PREFIX):
                     continue
-                pid = name[len(_TMP_PREFIX) :].split("-", 1)[0]
+                pid = name[len(TMP_PREFIX) :].split("-", 1)[0]
                 if pid.isdigit() and not _pid_alive(int(pid)):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(dirpath, name))
