@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -20,13 +21,12 @@ from cluster.pool import ACTOR_MEMORY
 from cluster.runtime import pin_threads
 from data.errors import UserError
 from data.rows import Rows
-from data.storage import Store
 from strategies.base import TrainParams, training_set
 from strategies.ensemble import combine
 from trainer.candidate import Candidate
 from trainer.loop import LoopConfig
 from trainer.models import ModelSpec
-from trainer.pipeline import UpdateData, UpdateOutcome
+from trainer.pipeline import UpdateData
 
 
 def _shards(n_rows: int, n: int, seed: int) -> list[np.ndarray]:
@@ -67,9 +67,7 @@ class ShardTrainer:
             need -= len(chunk)
         index = np.concatenate(take)
         w = None if self.weights is None else self.weights[index]
-        one_pass = LoopConfig(
-            1, self.config.batch_size, self.config.learning_rate, self.config.momentum, self.config.optimizer
-        )
+        one_pass = dataclasses.replace(self.config, epochs=1)
         result = train(
             self.model,
             self.rows.x[index],
@@ -177,23 +175,3 @@ def parallel_update(
         f"--actors: data-parallel updates apply to finetune_* (model averaging) and ensemble_* "
         f"(bagging), not {strategy.name}"
     )
-
-
-def update_parallel(
-    store: Store, strategy_name: str, values: Any, *, seed: int, promote: str, actors: int, sync_steps: int
-) -> UpdateOutcome:
-    """`ctrain update --actors N`: the pipeline's update, trained data-parallel on actors."""
-    import time
-
-    import strategies
-    from trainer.pipeline import check_promote, commit, load_candidate, load_update_data, score_candidate
-
-    strategy = strategies.get(strategy_name)
-    params = strategy.make_params(values)
-    check_promote(promote)
-    data = load_update_data(store)
-    current = load_candidate(store, data.parent)
-    start = time.perf_counter()
-    candidate, execution = parallel_update(data, current, strategy, params, seed, actors=actors, sync_steps=sync_steps)
-    result = score_candidate(data, current, candidate, time.perf_counter() - start)
-    return commit(store, data, strategy_name, params, seed, result, promote, execution)

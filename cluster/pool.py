@@ -36,16 +36,9 @@ class PackedResult:
     train_seconds: float
 
     def unpack(self) -> TrialResult:
-        from trainer.models import from_bytes
-
-        candidate = Candidate(tuple(from_bytes(f) for f in self.files), self.weights)
-        return TrialResult(candidate, self.metrics, self.current_metrics, self.train_seconds)
-
-
-def pack_current(current: Candidate) -> tuple[list[bytes], tuple[float, ...]]:
-    from trainer.models import to_bytes
-
-    return [to_bytes(m) for m in current.members], current.weights
+        return TrialResult(
+            Candidate.from_files(self.files, self.weights), self.metrics, self.current_metrics, self.train_seconds
+        )
 
 
 @ray.remote
@@ -64,11 +57,11 @@ class TrainerActor:
         job: Job,
         extra_eval: Mapping[str, Rows] | None = None,
     ) -> PackedResult:
-        from trainer.models import from_bytes, to_bytes
+        from trainer.models import to_bytes
 
         key = (data.parent, len(current[0]))
         if self._current_key != key:
-            self._current = Candidate(tuple(from_bytes(f) for f in current[0]), current[1])
+            self._current = Candidate.from_files(*current)
             self._current_key = key
         result = run_strategy(data, self._current, job.strategy, job.params, job.seed, extra_eval)
         files = [to_bytes(m) for m in result.candidate.members]
@@ -93,7 +86,7 @@ class TrainerActor:
 
 def run_jobs(
     data: UpdateData,
-    current: Candidate,
+    current: tuple[list[bytes], tuple[float, ...]],
     jobs: Sequence[Job],
     *,
     actors: int | None = None,
@@ -102,14 +95,16 @@ def run_jobs(
 ) -> list[TrialResult]:
     """Run `jobs` in parallel on trainer actors; results in the order of `jobs`.
 
-    The update data and the current model go into the object store once; every actor
-    reads them from there. An actor that dies is restarted and its job retried.
+    `current` is the current version's stored member files and weights
+    (`trainer.pipeline.candidate_files`). They and the update data go into the object
+    store once; every actor reads them from there. An actor that dies is restarted and
+    its job retried.
     """
     cpus = int(ray.available_resources().get("CPU", 1)) or 1
     n = max(1, min(actors or cpus, len(jobs)))
     options = {"num_cpus": 1, "memory": ACTOR_MEMORY, "max_restarts": 2, "max_task_retries": 2}
     idle = [TrainerActor.options(**options).remote() for _ in range(n)]
-    refs = (ray.put(data), ray.put(pack_current(current)), ray.put(dict(extra_eval or {})))
+    refs = (ray.put(data), ray.put(current), ray.put(dict(extra_eval or {})))
     queue = list(enumerate(jobs))
     pending: dict[Any, tuple[int, Any]] = {}
     results: list[TrialResult | None] = [None] * len(jobs)

@@ -29,9 +29,8 @@ class ShardScorer:
     def __init__(self, files: list[bytes], weights: tuple[float, ...], schema: Schema) -> None:
         pin_threads()
         from trainer.candidate import Candidate
-        from trainer.models import from_bytes
 
-        self.candidate = Candidate(tuple(from_bytes(f) for f in files), weights)
+        self.candidate = Candidate.from_files(files, weights)
         self.schema = schema
 
     def score(self, uri: str, row_groups: list[int], with_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:

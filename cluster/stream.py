@@ -20,12 +20,23 @@ from typing import Any
 import pyarrow.fs as pafs
 
 import strategies
-from data.batches import batch_rows, ingest_bytes
+from data.batches import ingest_bytes
 from data.errors import UserError
 from data.parquet import redact, resolve
+from data.rows import Rows
 from data.storage import Store, sha256, utc_stamp
+from trainer.candidate import Candidate
 from trainer.evaluate import better, score
-from trainer.pipeline import commit, load_candidate, load_update_data, run_strategy
+from trainer.pipeline import (
+    TrialResult,
+    UpdateData,
+    candidate_files,
+    commit,
+    holdout_metrics,
+    load_candidate,
+    load_update_data,
+    run_strategy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +80,21 @@ class Policy:
             raise UserError("--candidates: give at least one strategy")
         self.jobs = [(strategies.get(n), strategies.get(n).make_params()) for n in names]
 
-    def run(self, store: Store) -> tuple[str, Any, Any]:
-        """Run the policy on the current update data; return (strategy, params, result)."""
-        data = load_update_data(store)
-        current = load_candidate(store, data.parent)
+    def run(self, store: Store, data: UpdateData, current: Candidate) -> tuple[str, Any, TrialResult]:
+        """Run the policy on the update data; return (strategy, params, result)."""
         if self.name != "best":
             strategy, params = self.jobs[0]
-            return strategy.name, params, (data, run_strategy(data, current, strategy, params, self.seed))
+            return strategy.name, params, run_strategy(data, current, strategy, params, self.seed)
         from cluster.pool import Job, run_jobs
 
-        results = run_jobs(data, current, [Job(s, p, self.seed) for s, p in self.jobs])
+        files = candidate_files(store, data.parent)
+        results = run_jobs(data, files, [Job(s, p, self.seed) for s, p in self.jobs])
         best = 0
         for i, r in enumerate(results):
-            if better(_holdout(r.metrics), _holdout(results[best].metrics)):
+            if better(holdout_metrics(r.metrics), holdout_metrics(results[best].metrics)):
                 best = i
         strategy, params = self.jobs[best]
-        return strategy.name, params, (data, results[best])
-
-
-def _holdout(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k[len("holdout_") :]: v for k, v in metrics.items() if k.startswith("holdout_")}
+        return strategy.name, params, results[best]
 
 
 def inbox_files(inbox: str) -> list[tuple[pafs.FileSystem, str]]:
@@ -133,11 +139,12 @@ def _act(store: Store, policy: Policy, event: StreamEvent) -> None:
     if event.batch in store.manifest(current_version)["batches_seen"]:
         event.status, event.reason = "seen", f"already learned by {current_version}"
         return
-    train, hold = batch_rows(store, event.batch, store.batch_ids().index(event.batch), store.schema)
-    rows = type(train).concat([train, hold])
-    current = load_candidate(store, current_version)
-    event.drift = score(current.predict_proba(rows.x, store.schema.n_classes), rows.y)
-    name, params, (data, result) = policy.run(store)
+    data = load_update_data(store)
+    current = load_candidate(store, data.parent)
+    new = Rows.concat([data.new, data.new_holdout])
+    rows = new.take(new.order == store.batch_ids().index(event.batch))  # this file's rows: the drift signal
+    event.drift = score(current.predict_proba(rows.x, data.n_classes), rows.y)
+    name, params, result = policy.run(store, data, current)
     outcome = commit(store, data, name, params, policy.seed, result, "auto")
     event.status = "updated" if outcome.promoted else "kept"
     event.strategy, event.version = name, outcome.version

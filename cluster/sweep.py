@@ -154,7 +154,6 @@ def _trial(config: dict[str, Any], payload: Payload) -> dict[str, Any]:
 
     from cluster.runtime import pin_threads
     from trainer.candidate import Candidate
-    from trainer.models import from_bytes
     from trainer.pipeline import run_strategy
 
     pin_threads()
@@ -163,7 +162,7 @@ def _trial(config: dict[str, Any], payload: Payload) -> dict[str, Any]:
     key = payload.data.parent
     if key not in _current_cache:
         _current_cache.clear()
-        _current_cache[key] = Candidate(tuple(from_bytes(f) for f in payload.current[0]), payload.current[1])
+        _current_cache[key] = Candidate.from_files(*payload.current)
     result = run_strategy(payload.data, _current_cache[key], strategy, strategy.make_params(spec.params), spec.seed)
     record = {
         "trial_id": spec.trial_id,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trainer.models import model_classes
+from trainer.models import from_bytes, model_classes
 
 if TYPE_CHECKING:
     import keras
@@ -37,6 +37,11 @@ class Candidate:
     @classmethod
     def single(cls, model: keras.Model) -> Candidate:
         return cls((model,), (1.0,))
+
+    @classmethod
+    def from_files(cls, files: list[bytes], weights: tuple[float, ...]) -> Candidate:
+        """Members from their `.keras` bytes (loaded in safe mode) and the ensemble weights."""
+        return cls(tuple(from_bytes(f) for f in files), tuple(weights))
 
     def predict_proba(self, x: np.ndarray, n_classes: int) -> np.ndarray:
         """Class probabilities, shape (n, n_classes): the weighted mean of the members'."""

@@ -126,23 +126,17 @@ def _run_update(args: argparse.Namespace) -> Any:
     from data.storage import Store
     from trainer.pipeline import update
 
+    store = Store.open(args.store)
+    trainer = None
     if args.actors:
-        from cluster.parallel import update_parallel
+        import functools
+
+        from cluster.parallel import parallel_update
         from cluster.runtime import connect
 
-        store = Store.open(args.store)
         connect()
-        o = update_parallel(
-            store,
-            args.strategy,
-            _settings(args.set),
-            seed=args.seed,
-            promote=args.promote,
-            actors=args.actors,
-            sync_steps=args.sync_steps,
-        )
-    else:
-        o = update(Store.open(args.store), args.strategy, _settings(args.set), seed=args.seed, promote=args.promote)
+        trainer = functools.partial(parallel_update, actors=args.actors, sync_steps=args.sync_steps)
+    o = update(store, args.strategy, _settings(args.set), seed=args.seed, promote=args.promote, trainer=trainer)
     return o
 
 

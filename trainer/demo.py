@@ -71,7 +71,14 @@ def run_demo(
     """
     import strategies
     from data.batches import ingest
-    from trainer.pipeline import commit, init_store, load_candidate, load_update_data, run_strategy
+    from trainer.pipeline import (
+        candidate_files,
+        commit,
+        init_store,
+        load_candidate,
+        load_update_data,
+        run_strategy,
+    )
 
     store_uri = store_uri or tempfile.mkdtemp(prefix="ctrain-demo-")
     data = reference_data()
@@ -92,7 +99,6 @@ def run_demo(
         )
     }
     update_data = load_update_data(store)
-    current = load_candidate(store, update_data.parent)
     chosen = [strategies.get(n) for n in strategies.names()]
     params = {s.name: s.make_params() for s in chosen}
     rows: dict[str, dict[str, Any]] = {}
@@ -111,6 +117,7 @@ def run_demo(
             on_result(rows[strategy.name])
 
     if runner is None:
+        current = load_candidate(store, update_data.parent)
         for s in chosen:
             record(s, run_strategy(update_data, current, s, params[s.name], seed, test))
     else:
@@ -118,7 +125,7 @@ def run_demo(
 
         runner(
             update_data,
-            current,
+            candidate_files(store, update_data.parent),
             [Job(s, params[s.name], seed) for s in chosen],
             extra_eval=test,
             on_done=lambda job, result: record(job.strategy, result),

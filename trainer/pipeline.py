@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +29,7 @@ from data.storage import FORMAT_VERSION, Store, StoreMeta
 from trainer.candidate import Candidate
 from trainer.evaluate import better, score
 from trainer.loop import LoopConfig, train
-from trainer.models import ModelSpec, build_model, from_bytes, model_classes, to_bytes
+from trainer.models import ModelSpec, build_model, model_classes, to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -74,21 +75,20 @@ def evaluate_sets(candidate: Candidate, sets: Mapping[str, Rows], n_classes: int
     return out
 
 
-def _unprefixed(metrics: Mapping[str, float | None], prefix: str) -> dict[str, float | None]:
-    return {k[len(prefix) + 1 :]: v for k, v in metrics.items() if k.startswith(prefix + "_")}
-
-
-def load_candidate(store: Store, version: str) -> Candidate:
-    """A stored version's members, each checked against its sha256 and loaded in safe mode."""
-    manifest = store.manifest(version)
-    members = tuple(from_bytes(store.read_version_file(version, m["file"])) for m in manifest["members"])
-    return Candidate(members, tuple(manifest["weights"]))
+def holdout_metrics(metrics: Mapping[str, float | None]) -> dict[str, float | None]:
+    """The `holdout_*` entries of flat metrics, without the prefix (what promotion compares)."""
+    return {k[len("holdout_") :]: v for k, v in metrics.items() if k.startswith("holdout_")}
 
 
 def candidate_files(store: Store, version: str) -> tuple[list[bytes], tuple[float, ...]]:
     """A stored version's member files (checked against their sha256) and weights, without Keras."""
     manifest = store.manifest(version)
     return [store.read_version_file(version, m["file"]) for m in manifest["members"]], tuple(manifest["weights"])
+
+
+def load_candidate(store: Store, version: str) -> Candidate:
+    """A stored version's members, each checked against its sha256 and loaded in safe mode."""
+    return Candidate.from_files(*candidate_files(store, version))
 
 
 def save_candidate(store: Store, version: str, candidate: Candidate, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -189,7 +189,7 @@ class UpdateData:
     n_classes: int
     model_spec: ModelSpec
 
-    @property
+    @functools.cached_property
     def holdout(self) -> Rows:
         return Rows.concat([self.old_holdout, self.new_holdout])
 
@@ -198,6 +198,9 @@ class UpdateData:
 
     def inputs(self, current: Candidate, seed: int) -> strategies.UpdateInputs:
         return strategies.UpdateInputs(current, self.old, self.new, self.holdout, self.n_classes, self.model_spec, seed)
+
+
+Trainer = Callable[[UpdateData, Candidate, "strategies.Strategy", Any, int], tuple[Candidate, dict[str, Any]]]
 
 
 class NothingNew(UserError):
@@ -305,7 +308,7 @@ def commit(
             "execution": dict(execution or {"mode": "local"}),
         },
     )
-    wins = better(_unprefixed(result.metrics, "holdout"), _unprefixed(result.current_metrics, "holdout"))
+    wins = better(holdout_metrics(result.metrics), holdout_metrics(result.current_metrics))
     promoted, reason = _promote(store, version, data.parent, promote, wins)
     return UpdateOutcome(
         version,
@@ -329,6 +332,7 @@ def update(
     seed: int = 0,
     promote: str = "auto",
     extra_eval: Mapping[str, Rows] | None = None,
+    trainer: Trainer | None = None,
 ) -> UpdateOutcome:
     """Run one strategy against the current model and the batches that arrived since.
 
@@ -339,14 +343,21 @@ def update(
         seed: fixes initialisation, sampling and shuffling.
         promote: `auto` (if better on the holdout), `always` or `never`.
         extra_eval: more named row sets to report metrics on, e.g. a test split.
+        trainer: runs the strategy some other way (e.g. data-parallel on Ray actors) and
+            says how, for the manifest; by default the strategy runs in this process.
     """
     strategy = strategies.get(strategy_name)
     params = strategy.make_params(values)
     check_promote(promote)
     data = load_update_data(store, require_new=strategy_name != "keep")
     current = load_candidate(store, data.parent)
-    result = run_strategy(data, current, strategy, params, seed, extra_eval)
-    return commit(store, data, strategy_name, params, seed, result, promote)
+    if trainer is None:
+        result, execution = run_strategy(data, current, strategy, params, seed, extra_eval), None
+    else:
+        start = time.perf_counter()
+        candidate, execution = trainer(data, current, strategy, params, seed)
+        result = score_candidate(data, current, candidate, time.perf_counter() - start, extra_eval)
+    return commit(store, data, strategy_name, params, seed, result, promote, execution)
 
 
 def check_promote(promote: str) -> None:

@@ -8,7 +8,7 @@ import pytest
 import strategies
 from cluster.pool import Job, TrainerActor, run_jobs
 from data.storage import Store
-from trainer.pipeline import load_candidate, load_update_data, run_strategy
+from trainer.pipeline import candidate_files, load_candidate, load_update_data, run_strategy
 
 
 @pytest.mark.ray
@@ -19,7 +19,9 @@ def test_actor_results_match_local_results(ray_cluster, tiny_store: str) -> None
     names = ["finetune_new", "ensemble_all", "graft"]
     jobs = [Job(strategies.get(n), strategies.get(n).make_params({"epochs": "4"}), 3) for n in names]
     done = []
-    remote = run_jobs(data, current, jobs, on_done=lambda job, r: done.append(job.strategy.name))
+    remote = run_jobs(
+        data, candidate_files(store, data.parent), jobs, on_done=lambda job, r: done.append(job.strategy.name)
+    )
     assert sorted(done) == sorted(names)
     for job, r in zip(jobs, remote, strict=True):
         local = run_strategy(data, current, job.strategy, job.params, job.seed)
