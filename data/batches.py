@@ -50,11 +50,11 @@ def ingest_bytes(store: Store, source: str, data: bytes, *, allow_new_classes: b
         schema = store.schema.validate(table, source, allow_new_classes=allow_new_classes)
     except UserError as exc:
         folder = store.quarantine(os.path.basename(source.rstrip("/")), data, str(exc))
-        raise UserError(f"{exc} (quarantined in {folder})") from None
+        raise type(exc)(f"{exc} (quarantined in {folder})") from None
     new_classes = tuple(c for c in schema.classes if c not in store.schema.classes)
     if new_classes:
         store.set_classes(schema.classes)
-    batch_id = store.add_batch(
+    batch_id, added = store.add_batch(
         data,
         {
             "source": os.path.basename(source),
@@ -63,7 +63,7 @@ def ingest_bytes(store: Store, source: str, data: bytes, *, allow_new_classes: b
             "new_classes": list(new_classes),
         },
     )
-    return IngestResult(batch_id, table.num_rows, added=True, new_classes=new_classes)
+    return IngestResult(batch_id, table.num_rows, added=added, new_classes=new_classes if added else ())
 
 
 def batch_rows(store: Store, batch_id: str, order: int, schema: Schema) -> tuple[Rows, Rows]:

@@ -7,3 +7,7 @@ class UserError(Exception):
     The CLI prints its message as one line and exits with code 2; nothing else
     about it is special, so library callers can catch it like any exception.
     """
+
+
+class NewClassesRefused(UserError):
+    """A batch holds labels the store does not know, and the user did not accept new classes."""

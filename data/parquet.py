@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import io
+import os
+import socket
+import uuid
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -14,8 +16,6 @@ from data.errors import UserError
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """Split a path or URI (`s3://bucket/key`, `file:///x`, `./x`) into filesystem and path."""
     if "://" not in uri:
-        import os
-
         return pafs.LocalFileSystem(), os.path.abspath(uri)
     try:
         return pafs.FileSystem.from_uri(uri)
@@ -66,30 +66,56 @@ def table_from_bytes(data: bytes, source: str) -> pa.Table:
     if data[:4] != b"PAR1" or data[-4:] != b"PAR1":
         raise UserError(f"{source}: not a Parquet file (or truncated)")
     try:
-        return pq.read_table(io.BytesIO(data))
+        return pq.ParquetFile(pa.BufferReader(arrow_owned(data))).read()
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise UserError(f"{source}: unreadable Parquet ({exc})") from exc
 
 
-def table_to_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
+def arrow_owned(data: bytes) -> pa.Buffer:
+    """A copy of `data` in memory Arrow owns.
+
+    Arrow may release a reader's last reference on one of its own pool threads after
+    the read returned. If that reference is to a Python object (a `BytesIO`, or a
+    buffer over Python `bytes`), releasing it needs the GIL, and during interpreter
+    shutdown that aborts the process ("terminate called without an active
+    exception", exit 134). Memory Arrow owns is released without Python.
+    """
+    sink = pa.BufferOutputStream()
+    sink.write(data)
     return sink.getvalue()
 
 
+def table_to_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
 TMP_PREFIX = ".tmp-"
+HOST = socket.gethostname().replace("-", "_")[:40] or "host"
+
+
+def temp_name() -> str:
+    """A temporary file name naming this host and process, so that cleanup can tell a dead
+    writer's leftovers from a live one's (see `Store`)."""
+    return f"{TMP_PREFIX}{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def parse_temp_name(name: str) -> tuple[str, int] | None:
+    """(host, pid) of a name made by `temp_name`, or None if it is not one."""
+    if not name.startswith(TMP_PREFIX):
+        return None
+    parts = name[len(TMP_PREFIX) :].split("-")
+    if len(parts) >= 3 and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    if len(parts) == 2 and parts[0].isdigit():  # `.tmp-<pid>-<random>`, written before hosts were named
+        return HOST, int(parts[0])
+    return None
 
 
 def write_temp(directory: str, data: bytes) -> str:
-    """Write `data` durably to a new temporary file in `directory` (a local path); return its path.
-
-    The name carries this process's pid, so a later process can tell a dead writer's
-    leftovers from a live one's (see `Store.cleanup_temporary`).
-    """
-    import os
-    import uuid
-
-    tmp = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    """Write `data` durably to a new temporary file in `directory` (a local path); return its path."""
+    tmp = os.path.join(directory, temp_name())
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -99,8 +125,6 @@ def write_temp(directory: str, data: bytes) -> str:
 
 def write_table(uri: str, table: pa.Table) -> None:
     """Write `table` as Parquet at `uri` atomically (temporary name and rename, or one PUT)."""
-    import os
-
     data = table_to_bytes(table)
     fs, path = resolve(uri)
     try:

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data.errors import UserError
+from data.errors import NewClassesRefused, UserError
 
 
 def _is_numeric(t: pa.DataType) -> bool:
@@ -116,10 +116,10 @@ class Schema:
         labels = self.check_labels(table, source)
         new = self.unknown_classes(labels)
         if new and not allow_new_classes:
-            raise UserError(
+            raise NewClassesRefused(
                 f"{source}: label(s) {', '.join(map(repr, new))} are not among the store's classes "
                 f"{list(self.classes)}; to accept them run `ctrain ingest --new-classes`, then update "
-                "with new_head, graft or a fresh_* strategy"
+                "with a strategy that can learn new classes"
             )
         if not new:
             return self

@@ -5,18 +5,25 @@ Layout (see DESIGN.md)::
     store.json                       format version, schema, model spec, holdout fraction
     batches/<seq>-<sha12>/           data.parquet, then batch.json (the commit marker)
     quarantine/<when>-<name>/        the rejected file as it came, and reason.txt
-    models/<version>/                member-*.keras, then manifest.json (the commit marker)
+    models/<version>/                member-<i>.keras, then manifest.json (the commit marker)
     CURRENT                          the promoted version, replaced by compare-and-swap
-    sweeps/<id>/                     results and reports of sweeps and demos
+    sweeps/<id>/                     sweep.yaml, trials/<trial>.json, results and reports
+    stream/events/, stream/processed/  one event per inbox file; a marker per file's sha256
     locks/                           short-lived lock files
+
+Everything else asks the store by name (`add_batch`, `write_version`, `trial_records`,
+`stream_marker`, ...); nothing outside this module joins a store path.
 
 Writes are atomic: a temporary name then a rename on local disks, a single PUT on
 object stores. A batch or model version without its marker file does not exist.
+Leftovers of writers that died (temporary files, unmarked folders) are removed just
+before a write into the same folder, never while their writer may still be alive.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -33,13 +40,18 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from data.errors import UserError
-from data.parquet import TMP_PREFIX, redact, resolve, scrub, write_temp
+from data.manifest import FORMAT_VERSION, Manifest, ManifestError, Member
+from data.parquet import HOST, parse_temp_name, redact, resolve, scrub, write_temp
 from data.schema import Schema
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 _LOCK_STALE_SECONDS = 300.0
+# A leftover whose writer cannot be checked (another host, or no owner file yet) is
+# removed only once it is this old: a live writer is never that slow between steps.
+_GRACE_SECONDS = 3600.0
+_BATCH_MARKER, _BATCH_OWNER = "batch.json", ".claim"
+_VERSION_MARKER, _VERSION_OWNER = "manifest.json", ".writer"
 
 
 def sha256(data: bytes) -> str:
@@ -72,7 +84,9 @@ class StoreMeta:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], source: str) -> StoreMeta:
+    def from_json(cls, d: Any, source: str) -> StoreMeta:
+        if not isinstance(d, dict):
+            raise UserError(f"{source}: store.json is damaged (expected a JSON object)")
         version = d.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise UserError(
@@ -89,14 +103,21 @@ class Store:
     """A store on a local folder or any pyarrow filesystem.
 
     Use `Store.create` or `Store.open`; both fail with UserError on a bad URI.
+
+    Attributes:
+        uri: where the store is, as every process can reach it: an absolute path for a
+            local folder (a relative `--store` is resolved once, here), else the URI.
+        meta: the contents of store.json.
     """
 
-    def __init__(self, uri: str, fs: pafs.FileSystem, root: str, meta: StoreMeta) -> None:
-        self.uri = uri
-        self.fs = fs
-        self.root = root.rstrip("/")
-        self.meta = meta
+    def __init__(self, uri: str, fs: pafs.FileSystem, root: str, meta: StoreMeta | None) -> None:
+        self._fs = fs
+        self._root = root.rstrip("/")
         self._local = isinstance(fs, pafs.LocalFileSystem)
+        self._display = redact(uri)
+        self._cleaned: set[str] = set()
+        self.uri = self._root if "://" not in uri else uri
+        self.meta = meta  # type: ignore[assignment]
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -105,33 +126,32 @@ class Store:
         fs, root = resolve(uri)
         store = cls(uri, fs, root, meta)
         try:
-            if fs.get_file_info(store.path("store.json")).type != pafs.FileType.NotFound:
-                raise UserError(f"{redact(uri)}: a store already exists here; use another --store")
+            if store._exists("store.json"):
+                raise UserError(f"{store.display}: a store already exists here; use another --store")
             fs.create_dir(root, recursive=True)
         except OSError as exc:
-            raise UserError(f"{redact(uri)}: cannot reach the store ({scrub(str(exc), uri)})") from None
-        store.write_json("store.json", meta.to_json())
+            raise UserError(f"{store.display}: cannot reach the store ({scrub(str(exc), uri)})") from None
+        store._write_json("store.json", meta.to_json())
         return store
 
     @classmethod
     def open(cls, uri: str) -> Store:
         fs, root = resolve(uri)
-        probe = cls(uri, fs, root, None)  # type: ignore[arg-type]
+        store = cls(uri, fs, root, None)
         try:
-            raw = probe.read("store.json")
+            raw = store._read("store.json")
         except FileNotFoundError:
             raise UserError(
-                f"{redact(uri)}: not a ctrain store (no store.json); create one with `ctrain init`"
+                f"{store.display}: not a ctrain store (no store.json); create one with `ctrain init`"
             ) from None
         except OSError as exc:
-            raise UserError(f"{redact(uri)}: cannot reach the store ({scrub(str(exc), uri)})") from None
+            raise UserError(f"{store.display}: cannot reach the store ({scrub(str(exc), uri)})") from None
         try:
             d = json.loads(raw)
         except ValueError as exc:
-            raise UserError(f"{redact(uri)}: store.json is not valid JSON ({exc})") from exc
-        probe.meta = StoreMeta.from_json(d, redact(uri))
-        probe.cleanup_temporary()
-        return probe
+            raise UserError(f"{store.display}: store.json is not valid JSON ({exc})") from None
+        store.meta = StoreMeta.from_json(d, store.display)
+        return store
 
     @property
     def schema(self) -> Schema:
@@ -139,226 +159,158 @@ class Store:
 
     @property
     def display(self) -> str:
-        return redact(self.uri)
-
-    # -- paths and raw I/O -------------------------------------------------------------------
-
-    def path(self, *parts: str) -> str:
-        return "/".join([self.root, *parts])
-
-    def exists(self, *parts: str) -> bool:
-        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
-
-    def read(self, *parts: str) -> bytes:
-        """Raw bytes of a store file; FileNotFoundError if it is not there."""
-        p = self.path(*parts)
-        if self.fs.get_file_info(p).type == pafs.FileType.NotFound:
-            raise FileNotFoundError(p)
-        with self.fs.open_input_stream(p) as f:
-            return f.read()
-
-    def read_json(self, *parts: str) -> Any:
-        return json.loads(self.read(*parts))
-
-    def list_dirs(self, *parts: str) -> list[str]:
-        sel = pafs.FileSelector(self.path(*parts), allow_not_found=True)
-        return sorted(i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.Directory)
-
-    def write(self, rel: str, data: bytes) -> None:
-        """Write `data` at `rel` atomically: readers see the old file or the whole new one."""
-        target = self.path(rel)
-        parent = target.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
-        if not self._local:
-            with self.fs.open_output_stream(target) as f:  # one PUT: all or nothing
-                f.write(data)
-            return
-        os.replace(write_temp(parent, data), target)
-
-    def write_json(self, rel: str, obj: Any) -> None:
-        self.write(rel, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
-
-    def create_exclusive(self, rel: str, data: bytes) -> bool:
-        """Create `rel` with `data` unless it exists; True if this call created it.
-
-        Local disks: write a temporary file, then hard-link it into place, which fails if
-        the name is taken. Object stores: check, then PUT (not race-free; see README).
-        """
-        target = self.path(rel)
-        parent = target.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
-        if not self._local:
-            if self.exists(rel):
-                return False
-            self.write(rel, data)
-            return True
-        tmp = write_temp(parent, data)
-        try:
-            os.link(tmp, target)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
-
-    def cleanup_temporary(self) -> int:
-        """Remove what writers that died left behind; return how many things.
-
-        That is temporary files, and batch or version folders that never got their
-        commit marker (`batch.json`, `manifest.json`) and whose writer is gone. Only on
-        local disks, where a writer's pid can be checked.
-        """
-        if not self._local:
-            return 0
-        removed = 0
-        for dirpath, _dirs, files in os.walk(self.root):
-            for name in files:
-                if not name.startswith(TMP_PREFIX):
-                    continue
-                pid = name[len(TMP_PREFIX) :].split("-", 1)[0]
-                if pid.isdigit() and not _pid_alive(int(pid)):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(dirpath, name))
-                        removed += 1
-        for folder, owner, marker in (("batches", ".claim", "batch.json"), ("models", ".writer", "manifest.json")):
-            for name in self.list_dirs(folder):
-                path = os.path.join(self.root, folder, name)
-                if os.path.exists(os.path.join(path, marker)):
-                    continue
-                try:
-                    with open(os.path.join(path, owner)) as f:
-                        pid = int(f.read().strip() or 0)
-                except (FileNotFoundError, ValueError):
-                    pid = 0
-                if not _pid_alive(pid):
-                    shutil.rmtree(path, ignore_errors=True)
-                    removed += 1
-        if removed:
-            log.info("removed %d leftover(s) of interrupted writers", removed)
-        return removed
-
-    @contextlib.contextmanager
-    def lock(self, name: str, timeout: float = 60.0) -> Iterator[None]:
-        """Hold `locks/<name>` for a read-modify-write; breaks locks of dead holders."""
-        rel = f"locks/{name}"
-        me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}).encode()
-        deadline = time.monotonic() + timeout
-        while not self.create_exclusive(rel, me):
-            if self._lock_is_stale(rel):
-                log.warning("breaking stale lock %s", rel)
-                with contextlib.suppress(FileNotFoundError, OSError):
-                    self.fs.delete_file(self.path(rel))
-                continue
-            if time.monotonic() > deadline:
-                raise UserError(f"{self.display}: lock {name} is held by another process; try again")
-            time.sleep(0.05)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(FileNotFoundError, OSError):
-                self.fs.delete_file(self.path(rel))
-
-    def _lock_is_stale(self, rel: str) -> bool:
-        try:
-            holder = json.loads(self.read(rel))
-        except (FileNotFoundError, ValueError, OSError):
-            return False  # vanished or half-visible: just retry
-        if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))):
-            return True
-        return time.time() - float(holder.get("time", 0)) > _LOCK_STALE_SECONDS
+        """The store's URI fit to print (no credentials)."""
+        return self._display
 
     # -- store.json ----------------------------------------------------------------------------
 
     def set_classes(self, classes: tuple[Any, ...]) -> None:
         """Grow the class list (never shrinks or reorders existing classes)."""
         with self.lock("store"):
-            current = StoreMeta.from_json(self.read_json("store.json"), self.display)
+            current = StoreMeta.from_json(self._read_json("store.json"), self.display)
             merged = tuple(sorted(set(current.schema.classes) | set(classes)))
             schema = Schema(current.schema.features, current.schema.label, merged)
             self.meta = StoreMeta(schema, current.model, current.holdout_fraction, current.format_version, current.task)
-            self.write_json("store.json", self.meta.to_json())
+            self._write_json("store.json", self.meta.to_json())
 
     # -- batches -----------------------------------------------------------------------------
 
     def batch_ids(self) -> list[str]:
         """Committed batches in ingestion order."""
-        return [b for b in self.list_dirs("batches") if self.exists("batches", b, "batch.json")]
+        return [b for b in self._list_dirs("batches") if self._exists(f"batches/{b}/{_BATCH_MARKER}")]
 
     def batch_info(self, batch_id: str) -> dict[str, Any]:
+        """A committed batch's record: sha256, rows, source, ingestion time."""
+        rel = f"batches/{batch_id}/{_BATCH_MARKER}"
         try:
-            return self.read_json("batches", batch_id, "batch.json")
+            info = self._read_json(rel)
         except FileNotFoundError:
             raise UserError(f"{self.display}: no batch {batch_id}") from None
+        if not (isinstance(info, dict) and isinstance(info.get("sha256"), str) and isinstance(info.get("rows"), int)):
+            raise UserError(f"{self.display}: {rel} is damaged (expected an object with sha256 and rows)")
+        return info
 
     def find_batch(self, digest: str) -> str | None:
+        """The committed batch holding exactly these bytes (by sha256), if any."""
         return next(
             (b for b in self.batch_ids() if b.endswith("-" + digest[:12]) and self.batch_info(b)["sha256"] == digest),
             None,
         )
 
-    def add_batch(self, data: bytes, info: dict[str, Any]) -> str:
-        """Keep `data` (Parquet bytes, unaltered) as the next batch; return its id."""
+    def add_batch(self, data: bytes, info: dict[str, Any]) -> tuple[str, bool]:
+        """Keep `data` (Parquet bytes, unaltered) as the next batch, unless the store holds it.
+
+        Returns the batch id and whether it was added. Under the store's batch lock, so
+        any number of concurrent calls with the same bytes store exactly one copy.
+        """
         digest = sha256(data)
-        while True:
-            taken = self.list_dirs("batches")
-            seq = max((int(b.split("-", 1)[0]) for b in taken), default=0) + 1
+        with self.lock("batches"):
+            existing = self.find_batch(digest)
+            if existing:
+                return existing, False
+            self._remove_uncommitted("batches", _BATCH_MARKER, _BATCH_OWNER)
+            taken = self._list_dirs("batches")
+            seq = max((int(b.split("-", 1)[0]) for b in taken if b.split("-", 1)[0].isdigit()), default=0) + 1
             batch_id = f"{seq:06d}-{digest[:12]}"
-            if self.create_exclusive(f"batches/{batch_id}/.claim", str(os.getpid()).encode()):
-                break
-        self.write(f"batches/{batch_id}/data.parquet", data)
-        self.write_json(
-            f"batches/{batch_id}/batch.json", {**info, "id": batch_id, "sha256": digest, "bytes": len(data)}
-        )
-        return batch_id
+            folder = f"batches/{batch_id}"
+            if not self._claim(folder, _BATCH_OWNER):
+                raise RuntimeError(f"batch folder {batch_id} exists although the batch lock is held")
+            self._write(f"{folder}/data.parquet", data)
+            record = {**info, "id": batch_id, "sha256": digest, "bytes": len(data)}
+            self._write_json(f"{folder}/{_BATCH_MARKER}", record)
+        return batch_id, True
 
     def read_batch(self, batch_id: str) -> bytes:
+        """A batch's Parquet bytes, refused unless they match the recorded sha256."""
         info = self.batch_info(batch_id)
-        data = self.read("batches", batch_id, "data.parquet")
+        try:
+            data = self._read(f"batches/{batch_id}/data.parquet")
+        except FileNotFoundError:
+            raise UserError(f"{self.display}: batch {batch_id} has lost its data.parquet") from None
         if sha256(data) != info["sha256"]:
             raise UserError(f"{self.display}: batch {batch_id} fails its sha256 check; the file was altered")
         return data
 
+    # -- quarantine ------------------------------------------------------------------------------
+
     def quarantine(self, name: str, data: bytes, reason: str) -> str:
-        """Keep rejected input as it came, with the reason; return the folder."""
+        """Keep rejected input as it came, with the reason; return the folder's name."""
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:80] or "input"
-        folder = f"quarantine/{utc_stamp()}-{uuid.uuid4().hex[:4]}-{safe}"
-        self.write(f"{folder}/{safe}", data)
-        self.write(f"{folder}/reason.txt", (reason + "\n").encode())
-        return folder
+        folder = f"{utc_stamp()}-{uuid.uuid4().hex[:4]}-{safe}"
+        for earlier in self._list_dirs("quarantine") if self._local else []:
+            self._remove_dead_temporaries(self._path(f"quarantine/{earlier}"))
+        self._write(f"quarantine/{folder}/{safe}", data)
+        self._write(f"quarantine/{folder}/reason.txt", (reason + "\n").encode())
+        return f"quarantine/{folder}"
+
+    def quarantined(self) -> list[tuple[str, bytes, str]]:
+        """Every quarantined input, oldest first: (file name, bytes as received, reason)."""
+        out = []
+        for folder in self._list_dirs("quarantine"):
+            names = [n for n in self._list_files(f"quarantine/{folder}") if n != "reason.txt"]
+            for name in names:
+                reason = self._read(f"quarantine/{folder}/reason.txt").decode(errors="replace").strip()
+                out.append((name, self._read(f"quarantine/{folder}/{name}"), reason))
+        return out
 
     # -- model versions ----------------------------------------------------------------------
 
     def new_version_id(self, strategy: str) -> str:
         return f"{utc_stamp()}-{strategy}-{uuid.uuid4().hex[:4]}"
 
-    def write_version(self, version: str, files: dict[str, bytes], manifest: dict[str, Any]) -> dict[str, Any]:
-        """Write a version's files, then its manifest (with their sha256) as the commit marker."""
-        if not self.create_exclusive(f"models/{version}/.writer", str(os.getpid()).encode()):
+    def write_version(self, version: str, members: list[tuple[bytes, int]], manifest: Manifest) -> Manifest:
+        """Commit a version: its members' `.keras` bytes (with how many classes each
+        predicts), then its manifest, with every file's sha256, as the commit marker."""
+        if len(manifest.weights) != len(members) or not members:
+            raise ValueError(f"{len(members)} members but {len(manifest.weights)} weights")
+        self._remove_uncommitted("models", _VERSION_MARKER, _VERSION_OWNER)
+        folder = f"models/{version}"
+        if not self._claim(folder, _VERSION_OWNER):
             raise RuntimeError(f"version {version} is being written by another process")
-        for name, data in files.items():
-            self.write(f"models/{version}/{name}", data)
-        manifest = {**manifest, "version": version, "files": {n: sha256(d) for n, d in files.items()}}
-        body = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
-        if not self.create_exclusive(f"models/{version}/manifest.json", body):
+        files, entries = {}, []
+        for i, (data, classes) in enumerate(members):
+            name = f"member-{i}.keras"
+            self._write(f"{folder}/{name}", data)
+            files[name] = sha256(data)
+            entries.append(Member(name, classes))
+        manifest = dataclasses.replace(
+            manifest,
+            version=version,
+            members=tuple(entries),
+            files=files,
+            created=dt.datetime.now(dt.timezone.utc).isoformat(),
+            format_version=FORMAT_VERSION,
+        )
+        body = (json.dumps(manifest.to_json(), indent=2, sort_keys=True, default=str) + "\n").encode()
+        if not self._create_exclusive(f"{folder}/{_VERSION_MARKER}", body):
             raise RuntimeError(f"version {version} already has a manifest")
         return manifest
 
     def versions(self) -> list[str]:
         """Committed versions, oldest first."""
-        return [v for v in self.list_dirs("models") if self.exists("models", v, "manifest.json")]
+        return [v for v in self._list_dirs("models") if self._exists(f"models/{v}/{_VERSION_MARKER}")]
 
-    def manifest(self, version: str) -> dict[str, Any]:
+    def manifest(self, version: str) -> Manifest:
+        """A committed version's manifest; UserError if there is none or it is damaged."""
+        rel = f"models/{version}/{_VERSION_MARKER}"
         try:
-            return self.read_json("models", version, "manifest.json")
+            raw = self._read_json(rel)
         except FileNotFoundError:
             raise UserError(f"{self.display}: no model version {version!r}; see `ctrain history`") from None
+        try:
+            return Manifest.from_json(raw)
+        except ManifestError as exc:
+            raise UserError(f"{self.display}: {rel} is damaged ({exc})") from None
 
-    def read_version_file(self, version: str, name: str) -> bytes:
-        """A version's file, refused unless it matches the manifest's sha256."""
-        expected = self.manifest(version)["files"].get(name)
+    def read_member(self, version: str, name: str) -> bytes:
+        """A version's member file, refused unless it matches the manifest's sha256."""
+        expected = self.manifest(version).files.get(name)
         if expected is None:
             raise UserError(f"{self.display}: version {version} has no file {name}")
-        data = self.read("models", version, name)
+        try:
+            data = self._read(f"models/{version}/{name}")
+        except FileNotFoundError:
+            raise UserError(f"{self.display}: {version}/{name} is missing; the version is damaged") from None
         if sha256(data) != expected:
             raise UserError(
                 f"{self.display}: {version}/{name} fails its sha256 check; the file was altered or is corrupt"
@@ -366,8 +318,9 @@ class Store:
         return data
 
     def current(self) -> str | None:
+        """The promoted version, or None before the first."""
         try:
-            return self.read("CURRENT").decode().strip() or None
+            return self._read("CURRENT").decode(errors="replace").strip() or None
         except FileNotFoundError:
             return None
 
@@ -378,15 +331,268 @@ class Store:
         with self.lock("CURRENT"):
             if self.current() != expected:
                 return False
-            self.write("CURRENT", (version + "\n").encode())
+            self._write("CURRENT", (version + "\n").encode())
             return True
 
-    # -- reports -------------------------------------------------------------------------------
+    # -- sweeps and reports ------------------------------------------------------------------------
+
+    def write_sweep_spec(self, sweep_id: str, text: str) -> None:
+        self._write(f"sweeps/{sweep_id}/sweep.yaml", text.encode())
+
+    def sweep_spec(self, sweep_id: str) -> str | None:
+        """The spec a sweep ran with, or None if there is no such sweep."""
+        try:
+            return self._read(f"sweeps/{sweep_id}/sweep.yaml").decode(errors="replace")
+        except FileNotFoundError:
+            return None
+
+    def write_trial_record(self, sweep_id: str, trial_id: str, record: dict[str, Any]) -> None:
+        """Record one finished trial (atomically: a record is whole or absent)."""
+        self._write(f"sweeps/{sweep_id}/trials/{trial_id}.json", json.dumps(record, sort_keys=True).encode())
+
+    def trial_records(self, sweep_id: str) -> dict[str, dict[str, Any]]:
+        """Every recorded trial of a sweep, by trial id; a damaged record is skipped (and redone)."""
+        out = {}
+        for name in self._list_files(f"sweeps/{sweep_id}/trials"):
+            if name.endswith(".json"):
+                try:
+                    record = self._read_json(f"sweeps/{sweep_id}/trials/{name}")
+                except (FileNotFoundError, UserError):
+                    continue
+                if isinstance(record, dict):
+                    out[name[: -len(".json")]] = record
+        return out
 
     def write_report(self, report_id: str, files: dict[str, bytes]) -> str:
+        """Write a report's files (results, Markdown, plots) under `sweeps/<report_id>/`; return
+        where it is, fit to print."""
         for name, data in files.items():
-            self.write(f"sweeps/{report_id}/{name}", data)
-        return self.path("sweeps", report_id)
+            self._write(f"sweeps/{report_id}/{name}", data)
+        return self._where(f"sweeps/{report_id}")
+
+    def report_files(self, report_id: str) -> list[str]:
+        """The files under `sweeps/<report_id>/`, relative to it (e.g. `plots/x.png`)."""
+        base = self._path(f"sweeps/{report_id}")
+        sel = pafs.FileSelector(base, allow_not_found=True, recursive=True)
+        return sorted(i.path[len(base) + 1 :] for i in self._fs.get_file_info(sel) if i.type == pafs.FileType.File)
+
+    # -- streams -----------------------------------------------------------------------------------
+
+    def stream_marker(self, digest: str) -> dict[str, Any] | None:
+        """The event recorded for the inbox file with this sha256, or None if it was never finished."""
+        try:
+            record = self._read_json(f"stream/processed/{digest}.json")
+        except FileNotFoundError:
+            return None
+        return record if isinstance(record, dict) else {}
+
+    def record_stream_event(self, digest: str, event: dict[str, Any]) -> None:
+        """Keep one stream event, then the file's marker (written last: the file is done)."""
+        body = json.dumps(event, sort_keys=True, default=str).encode()
+        self._write(f"stream/events/{utc_stamp()}-{digest[:12]}.json", body)
+        self._write(f"stream/processed/{digest}.json", body)
+
+    def stream_events(self) -> list[dict[str, Any]]:
+        """Every stream event, oldest first."""
+        out = []
+        for name in self._list_files("stream/events"):
+            with contextlib.suppress(FileNotFoundError, UserError):
+                event = self._read_json(f"stream/events/{name}")
+                if isinstance(event, dict):
+                    out.append(event)
+        return out
+
+    # -- locks -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, name: str, timeout: float = 60.0) -> Iterator[None]:
+        """Hold `locks/<name>` for a read-modify-write; breaks locks of dead holders."""
+        rel = f"locks/{name}"
+        me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}).encode()
+        deadline = time.monotonic() + timeout
+        while not self._create_exclusive(rel, me):
+            if self._lock_is_stale(rel):
+                log.warning("breaking stale lock %s", rel)
+                self._delete(rel)
+                continue
+            if time.monotonic() > deadline:
+                raise UserError(f"{self.display}: lock {name} is held by another process; try again")
+            time.sleep(0.05)
+        try:
+            yield
+        finally:
+            self._delete(rel)
+
+    def _lock_is_stale(self, rel: str) -> bool:
+        try:
+            holder = json.loads(self._read(rel))
+            pid, when = int(holder.get("pid", 0)), float(holder.get("time", 0))
+        except (FileNotFoundError, ValueError, OSError, TypeError, AttributeError):
+            return False  # vanished or half-visible: just retry
+        if holder.get("host") == socket.gethostname() and not _pid_alive(pid):
+            return True
+        return time.time() - when > _LOCK_STALE_SECONDS
+
+    # -- raw I/O (private: the layout is this module's business) -------------------------------
+
+    def _path(self, rel: str) -> str:
+        return f"{self._root}/{rel}"
+
+    def _where(self, rel: str) -> str:
+        return self._path(rel) if self._local else f"{self.display.rstrip('/')}/{rel}"
+
+    def _exists(self, rel: str) -> bool:
+        return self._fs.get_file_info(self._path(rel)).type != pafs.FileType.NotFound
+
+    def _read(self, rel: str) -> bytes:
+        """Raw bytes of a store file; FileNotFoundError if it is not there."""
+        p = self._path(rel)
+        try:
+            with self._fs.open_input_stream(p) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise
+        except OSError:
+            if self._fs.get_file_info(p).type == pafs.FileType.NotFound:
+                raise FileNotFoundError(p) from None
+            raise
+
+    def _read_json(self, rel: str) -> Any:
+        """A JSON file's value; UserError naming the file if it is not JSON."""
+        raw = self._read(rel)
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise UserError(f"{self.display}: {rel} is damaged (not valid JSON: {exc})") from None
+
+    def _list_dirs(self, rel: str) -> list[str]:
+        return self._list(rel, pafs.FileType.Directory)
+
+    def _list_files(self, rel: str) -> list[str]:
+        return self._list(rel, pafs.FileType.File)
+
+    def _list(self, rel: str, kind: pafs.FileType) -> list[str]:
+        sel = pafs.FileSelector(self._path(rel), allow_not_found=True)
+        return sorted(i.base_name for i in self._fs.get_file_info(sel) if i.type == kind)
+
+    def _write(self, rel: str, data: bytes) -> None:
+        """Write `data` at `rel` atomically: readers see the old file or the whole new one."""
+        target = self._path(rel)
+        parent = target.rsplit("/", 1)[0]
+        self._fs.create_dir(parent, recursive=True)
+        if not self._local:
+            with self._fs.open_output_stream(target) as f:  # one PUT: all or nothing
+                f.write(data)
+            return
+        self._remove_dead_temporaries(parent)
+        os.replace(write_temp(parent, data), target)
+
+    def _write_json(self, rel: str, obj: Any) -> None:
+        self._write(rel, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+    def _create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Create `rel` with `data` unless it exists; True if this call created it.
+
+        Local disks: write a temporary file, then hard-link it into place, which fails if
+        the name is taken. Object stores: check, then PUT (not race-free; see README).
+        """
+        target = self._path(rel)
+        parent = target.rsplit("/", 1)[0]
+        self._fs.create_dir(parent, recursive=True)
+        if not self._local:
+            if self._exists(rel):
+                return False
+            self._write(rel, data)
+            return True
+        self._remove_dead_temporaries(parent)
+        tmp = write_temp(parent, data)
+        try:
+            os.link(tmp, target)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def _delete(self, rel: str) -> None:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self._fs.delete_file(self._path(rel))
+
+    def _claim(self, folder: str, owner: str) -> bool:
+        """Create `folder` for this process to fill; False if it exists.
+
+        On local disks the folder is made exclusively and its owner file (host, pid)
+        follows; until then cleanup leaves it alone for the grace period.
+        """
+        me = json.dumps({"host": HOST, "pid": os.getpid()}).encode()
+        if not self._local:
+            return self._create_exclusive(f"{folder}/{owner}", me)
+        self._fs.create_dir(self._path(folder).rsplit("/", 1)[0], recursive=True)
+        try:
+            os.mkdir(self._path(folder))
+        except FileExistsError:
+            return False
+        self._write(f"{folder}/{owner}", me)
+        return True
+
+    # -- leftovers of dead writers (local disks, where a writer can be checked) ----------------
+
+    def _remove_dead_temporaries(self, directory: str) -> None:
+        """Remove temporary files of dead writers in `directory` (once per process and folder)."""
+        if directory in self._cleaned:
+            return
+        self._cleaned.add(directory)
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(directory):
+                owner = parse_temp_name(entry.name)
+                if owner is not None and entry.is_file() and _is_dead(*owner, _age(entry.path)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        log.info("removed %s, left by a writer that died", entry.path)
+
+    def _remove_uncommitted(self, kind: str, marker: str, owner_file: str) -> None:
+        """Remove folders under `kind/` without their commit marker whose writer is dead (and
+        dead writers' temporary files there)."""
+        if not self._local:
+            return
+        self._remove_dead_temporaries(self._path(kind))
+        for name in self._list_dirs(kind):
+            folder = os.path.join(self._root, kind, name)
+            if os.path.exists(os.path.join(folder, marker)):
+                continue
+            owner = _read_owner(os.path.join(folder, owner_file))
+            dead = _age(folder) > _GRACE_SECONDS if owner is None else _is_dead(*owner, _age(folder))
+            if dead:
+                shutil.rmtree(folder, ignore_errors=True)
+                log.info("removed uncommitted %s/%s, left by a writer that died", kind, name)
+
+
+def _read_owner(path: str) -> tuple[str, int] | None:
+    """(host, pid) from an owner file; a bare pid (stores before 0.2) means this host."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return None
+    try:
+        d = json.loads(text)
+        if isinstance(d, int):
+            return HOST, d
+        return str(d["host"]), int(d["pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _age(path: str) -> float:
+    try:
+        return time.time() - os.stat(path).st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _is_dead(host: str, pid: int, age: float) -> bool:
+    """Whether the writer (host, pid) is gone: checked on this host, assumed after the grace period elsewhere."""
+    return not _pid_alive(pid) if host == HOST else age > _GRACE_SECONDS
 
 
 def _pid_alive(pid: int) -> bool:

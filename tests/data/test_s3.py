@@ -45,8 +45,8 @@ def test_bad_input_is_quarantined_on_s3(s3_store: str, write_parquet, capsys) ->
     assert "endpoint_override" not in err
     after = Store.open(s3_store)
     assert (after.batch_ids(), after.versions(), after.current()) == before
-    (folder,) = after.list_dirs("quarantine")
-    assert after.read("quarantine", folder, "bad.parquet") == b"PAR1 not really"
+    ((name, data, reason),) = after.quarantined()
+    assert name == "bad.parquet" and data == b"PAR1 not really" and "not a Parquet file" in reason
 
 
 def test_unreachable_store_is_one_clear_line(capsys) -> None:
@@ -58,43 +58,42 @@ def test_unreachable_store_is_one_clear_line(capsys) -> None:
 
 @pytest.mark.ray
 def test_sweep_on_s3(ray_cluster, s3_store: str) -> None:
-    from cluster.sweep import SweepSpec, run_sweep
+    from cluster.executor import RayExecutor
+    from trainer.sweep import SweepSpec, run_sweep
 
-    result = run_sweep(
-        Store.open(s3_store), SweepSpec.parse("strategies: [keep, fresh_all]\nparams: {epochs: 2}"), progress=False
-    )
+    spec = SweepSpec.parse("strategies: [keep, fresh_all]\nparams: {epochs: 2}")
+    result = run_sweep(Store.open(s3_store), RayExecutor(), spec)
     assert result.finished == 2
-    store = Store.open(s3_store)
-    assert store.exists("sweeps", result.sweep_id, "results.parquet")
-    assert store.exists("sweeps", result.sweep_id, "plots", "accuracy_by_strategy.png")
+    files = Store.open(s3_store).report_files(result.sweep_id)
+    assert {"results.parquet", "plots/accuracy_by_strategy.png"} <= set(files)
 
 
 def test_stream_into_an_s3_store(s3_store: str, tmp_path: Path) -> None:
-    from cluster.stream import Policy, run_stream
+    from trainer.executor import LocalExecutor
+    from trainer.stream import Policy, run_stream
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     pq.write_table(make_table(seed=8, shift=0.2), inbox / "a.parquet")
     (inbox / "b.parquet").write_bytes(b"junk")
-    policy = Policy("finetune_new")
-    policy.jobs = [(s, s.make_params({"epochs": "2"})) for s, _ in policy.jobs]
-    events = run_stream(s3_store, str(inbox), policy, once=True)
+    policy = Policy("finetune_new", values={"epochs": "2"})
+    events = run_stream(s3_store, str(inbox), policy, LocalExecutor(), once=True)
     assert [e.status for e in events][1] == "rejected" and events[0].batch
-    assert run_stream(s3_store, str(inbox), policy, once=True) == []
+    assert run_stream(s3_store, str(inbox), policy, LocalExecutor(), once=True) == []
     check_store(s3_store)
 
 
 def test_stream_from_an_s3_inbox(s3_store: str, s3_server) -> None:
-    from cluster.stream import Policy, run_stream
     from data.parquet import resolve, table_to_bytes
+    from trainer.executor import LocalExecutor
+    from trainer.stream import Policy, run_stream
 
     inbox = s3_server("inbox")
     fs, root = resolve(inbox)
     fs.create_dir(root)
     with fs.open_output_stream(f"{root}/a.parquet") as f:
         f.write(table_to_bytes(make_table(seed=12, shift=0.3)))
-    policy = Policy("finetune_new")
-    policy.jobs = [(s, s.make_params({"epochs": "2"})) for s, _ in policy.jobs]
-    (event,) = run_stream(s3_store, inbox, policy, once=True)
+    policy = Policy("finetune_new", values={"epochs": "2"})
+    (event,) = run_stream(s3_store, inbox, policy, LocalExecutor(), once=True)
     assert event.file == "a.parquet" and event.batch and event.status in ("updated", "kept")
     check_store(s3_store)

@@ -13,7 +13,8 @@ import pytest
 
 from data.batches import ingest, load_rows
 from data.errors import UserError
-from data.parquet import redact, table_to_bytes
+from data.manifest import Manifest
+from data.parquet import HOST, redact, table_to_bytes
 from data.sampling import holdout_mask, recency_weights
 from data.schema import Schema
 from data.storage import Store, StoreMeta
@@ -44,9 +45,8 @@ def test_rejected_input_is_quarantined_with_its_reason(store: Store, write_parqu
     with pytest.raises(UserError, match="feature 'f0' is string, not numeric"):
         ingest(store, path)
     assert store.batch_ids() == []
-    (folder,) = store.list_dirs("quarantine")
-    assert store.read("quarantine", folder, "bad.parquet") == Path(path).read_bytes()
-    assert b"not numeric" in store.read("quarantine", folder, "reason.txt")
+    ((name, data, reason),) = store.quarantined()
+    assert name == "bad.parquet" and data == Path(path).read_bytes() and "not numeric" in reason
 
 
 def test_new_classes_need_consent_then_grow_the_store(store: Store, write_parquet) -> None:
@@ -74,21 +74,27 @@ def test_recency_weights_halve_per_half_life() -> None:
     assert w[1] / w[0] == pytest.approx(2.0) and w[2] / w[1] == pytest.approx(2.0)
 
 
+def _manifest(strategy: str = "x") -> Manifest:
+    return Manifest(parent=None, strategy=strategy, weights=(1.0,))
+
+
 def test_versions_exist_only_with_a_manifest_and_checksums_hold(store: Store) -> None:
-    store.write("models/half-written/member-0.keras", b"partial")
+    half = Path(store.uri, "models", "half-written")
+    half.mkdir(parents=True)
+    (half / "member-0.keras").write_bytes(b"partial")
     assert store.versions() == []
-    manifest = store.write_version("v1", {"member-0.keras": b"abc"}, {"strategy": "x"})
-    assert store.versions() == ["v1"] and manifest["files"]["member-0.keras"]
-    assert store.read_version_file("v1", "member-0.keras") == b"abc"
-    with open(store.path("models", "v1", "member-0.keras"), "wb") as f:
-        f.write(b"abd")
+    manifest = store.write_version("v1", [(b"abc", 2)], _manifest())
+    assert store.versions() == ["v1"] and manifest.files["member-0.keras"] and manifest.version == "v1"
+    assert store.manifest("v1") == manifest  # one writer, one reader: what is written is what is read
+    assert store.read_member("v1", "member-0.keras") == b"abc"
+    Path(store.uri, "models", "v1", "member-0.keras").write_bytes(b"abd")
     with pytest.raises(UserError, match="fails its sha256 check"):
-        store.read_version_file("v1", "member-0.keras")
+        store.read_member("v1", "member-0.keras")
 
 
 def test_promotion_is_compare_and_swap(store: Store) -> None:
     for v in ("v1", "v2", "v3"):
-        store.write_version(v, {}, {})
+        store.write_version(v, [(b"m", 2)], _manifest())
     assert store.promote("v1", None)
     assert store.promote("v2", "v1")
     assert not store.promote("v3", "v1")  # someone else moved CURRENT: we lose, nothing overwritten
@@ -97,28 +103,44 @@ def test_promotion_is_compare_and_swap(store: Store) -> None:
 
 def test_a_lock_left_by_a_dead_process_is_broken(store: Store) -> None:
     dead = {"pid": 2**22 + 12345, "host": os.uname().nodename, "time": 0}
-    store.write("locks/CURRENT", json.dumps(dead).encode())
-    store.write_version("v1", {}, {})
+    Path(store.uri, "locks").mkdir()
+    Path(store.uri, "locks", "CURRENT").write_text(json.dumps(dead))
+    store.write_version("v1", [(b"m", 2)], _manifest())
     assert store.promote("v1", None)
 
 
 def test_open_refuses_what_it_cannot_read(tmp_path: Path, store: Store) -> None:
     with pytest.raises(UserError, match="not a ctrain store"):
         Store.open(str(tmp_path / "nowhere"))
-    meta = json.loads(store.read("store.json"))
-    store.write_json("store.json", {**meta, "format_version": 99})
+    meta_path = Path(store.uri, "store.json")
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(UserError, match="format version 99 is newer"):
         Store.open(store.uri)
 
 
-def test_temporary_files_of_dead_writers_are_cleaned(store: Store) -> None:
-    leftover = Path(store.path("batches", f".tmp-{2**22 + 4321}-deadbeef"))
-    leftover.parent.mkdir(parents=True, exist_ok=True)
-    leftover.write_bytes(b"x")
-    mine = Path(store.path("batches", f".tmp-{os.getpid()}-cafe"))
+def test_leftovers_of_dead_writers_are_removed_before_the_next_write_there(store: Store, write_parquet) -> None:
+    batches = Path(store.uri, "batches")
+    batches.mkdir(exist_ok=True)
+    dead_pid = 2**22 + 4321
+    leftovers = [batches / f".tmp-{HOST}-{dead_pid}-deadbeef", batches / f".tmp-{dead_pid}-cafe0000"]  # new, old names
+    for p in leftovers:
+        p.write_bytes(b"x")
+    mine = batches / f".tmp-{HOST}-{os.getpid()}-cafe"
     mine.write_bytes(b"y")
-    Store.open(store.uri)
-    assert not leftover.exists() and mine.exists()
+    elsewhere = batches / ".tmp-otherhost-1-beef"  # another host's writer: cannot be checked, so kept
+    elsewhere.write_bytes(b"z")
+    dead_folder = batches / "000007-0123456789ab"
+    dead_folder.mkdir()
+    (dead_folder / ".claim").write_text(json.dumps({"host": HOST, "pid": dead_pid}))
+    fresh_unclaimed = batches / "000008-0123456789ab"  # a writer between mkdir and its claim file
+    fresh_unclaimed.mkdir()
+
+    Store.open(store.uri)  # opening alone touches nothing
+    assert all(p.exists() for p in [*leftovers, mine, elsewhere, dead_folder, fresh_unclaimed])
+    ingest(store, write_parquet(make_table(seed=3)))  # a write into batches/ cleans batches/
+    assert not any(p.exists() for p in [*leftovers, dead_folder])
+    assert mine.exists() and elsewhere.exists() and fresh_unclaimed.exists()
 
 
 def test_redact_hides_credentials() -> None:
@@ -130,7 +152,8 @@ def test_data_modules_import_neither_ray_nor_tensorflow() -> None:
     import subprocess
 
     code = (
-        "import data.batches, data.storage, strategies, trainer.pipeline, trainer.cli, sys; "
+        "import data.batches, data.storage, strategies, trainer.commands, trainer.sweep, trainer.stream, "
+        "trainer.demo, trainer.executor, trainer.cli, sys; "
         "print('ray' in sys.modules, 'tensorflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
