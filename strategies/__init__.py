@@ -9,6 +9,6 @@ from strategies import retrain  # noqa: I001, F401
 from strategies import ensemble  # noqa: F401
 from strategies import transfer  # noqa: F401
 from strategies.base import UpdateInputs
-from strategies.registry import Strategy, get, names, register
+from strategies.registry import Capabilities, Strategy, get, names, register
 
-__all__ = ["Strategy", "UpdateInputs", "get", "names", "register"]
+__all__ = ["Capabilities", "Strategy", "UpdateInputs", "get", "names", "register"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -12,6 +11,7 @@ from data.rows import Rows
 from data.sampling import importance_weights, recency_weights, sample
 from trainer.loop import LoopConfig, train
 from trainer.models import ModelSpec
+from trainer.params import Choice, Interval, Params, Rule, param
 
 if TYPE_CHECKING:
     import keras
@@ -50,34 +50,29 @@ class UpdateInputs:
 
 
 @dataclass(frozen=True)
-class NoParams:
+class NoParams(Params):
     """A strategy without parameters."""
 
 
+FRACTION = Interval(float, 0, 1, low_open=True)
+
+
 @dataclass(frozen=True)
-class TrainParams:
+class TrainParams(LoopConfig):
     """Training on new data only: the reference recipe for a fresh model."""
 
     uses_old: ClassVar[bool] = False
 
-    learning_rate: float = 0.01
-    epochs: int = 150
-    batch_size: int = 32
-    momentum: float = 0.9
-    optimizer: str = "sgd"
-    new_fraction: float = 1.0
-    weighting: str = "none"
-    half_life: float = 1.0
+    new_fraction: float = param(1.0, FRACTION, "share of the new rows to sample")
+    weighting: str = param("none", Choice(WEIGHTINGS), "instance weights: none, recency or importance")
+    half_life: float = param(1.0, Interval(float, 0, low_open=True), "with weighting=recency: batches per halving")
 
-    def __post_init__(self) -> None:
-        self.loop_config()  # validates epochs, batch size, learning rate, momentum, optimizer
-        _check_fraction("new_fraction", self.new_fraction)
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
-        if not (self.half_life > 0 and math.isfinite(self.half_life)):
-            raise ValueError(f"half_life must be > 0, got {self.half_life}")
-        if self.weighting == "importance" and not self.trains_on_old():
-            raise ValueError("weighting=importance reweights old rows; this strategy trains on new data only")
+    rules = (
+        Rule(
+            lambda p: p.weighting != "importance" or p.trains_on_old(),
+            "weighting=importance reweights old rows; this strategy trains on new data only",
+        ),
+    )
 
     def trains_on_old(self) -> bool:
         return self.uses_old
@@ -92,16 +87,7 @@ class TrainAllParams(TrainParams):
 
     uses_old: ClassVar[bool] = True
 
-    old_fraction: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_fraction("old_fraction", self.old_fraction)
-
-
-def _check_fraction(name: str, value: float) -> None:
-    if not 0 < value <= 1:
-        raise ValueError(f"{name} must be in (0, 1], got {value}")
+    old_fraction: float = param(1.0, FRACTION, "share of the old rows to sample")
 
 
 def training_set(inputs: UpdateInputs, params: TrainParams) -> tuple[Rows, np.ndarray | None]:

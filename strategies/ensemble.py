@@ -9,9 +9,10 @@ import numpy as np
 
 from data.errors import UserError
 from strategies.base import TrainAllParams, TrainParams, UpdateInputs, fit
-from strategies.registry import register
+from strategies.registry import Capabilities, register
 from trainer.candidate import Candidate, member_proba
 from trainer.models import build_model
+from trainer.params import Choice, Interval, Params, Rule, param
 
 if TYPE_CHECKING:
     import keras
@@ -20,38 +21,23 @@ ENSEMBLE_WEIGHTS = ("equal", "fitted")
 
 
 @dataclass(frozen=True)
-class EnsembleOptions:
-    """How members are kept and weighted.
+class EnsembleOptions(Params):
+    """How members are kept and weighted."""
 
-    Attributes:
-        max_members: keep at most this many members, dropping the oldest (0: no limit).
-        ensemble_weights: `equal`, or `fitted` to minimise log loss on the holdout.
-    """
+    max_members: int = param(0, Interval(int, 0), "keep at most this many members, oldest dropped (0: no limit)")
+    ensemble_weights: str = param("equal", Choice(ENSEMBLE_WEIGHTS), "equal, or fitted to the holdout's log loss")
 
-    max_members: int = 0
-    ensemble_weights: str = "equal"
-
-    def check_ensemble(self) -> None:
-        if self.max_members < 0 or self.max_members == 1:
-            raise ValueError(f"max_members must be 0 (no limit) or >= 2, got {self.max_members}")
-        if self.ensemble_weights not in ENSEMBLE_WEIGHTS:
-            raise ValueError(
-                f"ensemble_weights must be one of {', '.join(ENSEMBLE_WEIGHTS)}, got {self.ensemble_weights!r}"
-            )
+    rules = (Rule(lambda p: p.max_members != 1, "max_members must be 0 (no limit) or >= 2, got 1"),)
 
 
 @dataclass(frozen=True)
 class EnsembleParams(TrainParams, EnsembleOptions):
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_ensemble()
+    """A new member fit on new data."""
 
 
 @dataclass(frozen=True)
 class EnsembleAllParams(TrainAllParams, EnsembleOptions):
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_ensemble()
+    """A new member fit on old + new data."""
 
 
 def ensemble(inputs: UpdateInputs, params: EnsembleParams | EnsembleAllParams) -> Candidate:
@@ -93,5 +79,6 @@ def fitted_weights(probas: list[np.ndarray], y: np.ndarray) -> tuple[float, ...]
     return tuple(float(v) for v in w)
 
 
-register("ensemble_new", EnsembleParams, "current model + a new member fit on new data only")(ensemble)
-register("ensemble_all", EnsembleAllParams, "current model + a new member fit on old + new data")(ensemble)
+ENSEMBLES = Capabilities(learns_new_classes=True, data_parallel="bagging")
+register("ensemble_new", EnsembleParams, "current model + a new member fit on new data only", ENSEMBLES)(ensemble)
+register("ensemble_all", EnsembleAllParams, "current model + a new member fit on old + new data", ENSEMBLES)(ensemble)

@@ -1,4 +1,8 @@
-"""The one registry of update strategies, and parsing of their parameters."""
+"""The one registry of update strategies: names, parameters, capabilities.
+
+Code elsewhere never compares a strategy's name: it asks what the strategy declared
+when it registered (`Capabilities`), as scikit-learn's tags and river's `_tags` do.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from data.errors import UserError
+from trainer import params as P
 
 if TYPE_CHECKING:
     from strategies.base import UpdateInputs
@@ -15,15 +20,41 @@ if TYPE_CHECKING:
 
 StrategyFn = Callable[["UpdateInputs", Any], "Candidate"]
 
+DATA_PARALLEL = ("averaging", "bagging")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a strategy can do, declared once when it registers.
+
+    Attributes:
+        trains: it trains something (False for `keep`); a strategy that does not train
+            may run when no new batch has arrived.
+        learns_new_classes: it can give the model outputs for classes the current model
+            lacks (after `ingest --new-classes`).
+        data_parallel: how `update --actors N` runs it: `averaging` (each actor trains
+            a copy on its shard, weights averaged every K steps), `bagging` (each actor
+            fits one new member on its shard), or None (not data-parallel).
+    """
+
+    trains: bool = True
+    learns_new_classes: bool = False
+    data_parallel: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.data_parallel not in (None, *DATA_PARALLEL):
+            raise ValueError(f"data_parallel must be None or one of {', '.join(DATA_PARALLEL)}")
+
 
 @dataclass(frozen=True)
 class Strategy:
-    """A registered strategy: its name, parameter dataclass and function."""
+    """A registered strategy: its name, parameter dataclass, function and capabilities."""
 
     name: str
     params: type
     fn: StrategyFn
     summary: str
+    can: Capabilities
 
     def __call__(self, inputs: UpdateInputs, params: Any) -> Candidate:
         if not isinstance(params, self.params):
@@ -31,24 +62,22 @@ class Strategy:
         return self.fn(inputs, params)
 
     def make_params(self, values: Mapping[str, Any] | None = None) -> Any:
-        """Build the parameters from `values` (strings are parsed), or raise UserError."""
-        fields = {f.name: f for f in dataclasses.fields(self.params)}
-        kwargs = {}
-        for key, raw in (values or {}).items():
-            if key not in fields:
-                known = ", ".join(sorted(fields)) or "none"
-                raise UserError(f"--set {key}: {self.name} has no parameter {key!r}; its parameters: {known}")
-            kwargs[key] = _parse(key, raw, fields[key].type)
+        """Build the parameters from `values` (strings are parsed), or raise UserError naming the key."""
         try:
-            return self.params(**kwargs)
+            return P.build(self.params, values)
+        except KeyError as exc:
+            key, known = exc.args[0], ", ".join(f.name for f in dataclasses.fields(self.params)) or "none"
+            raise UserError(f"--set {key}: {self.name} has no parameter {key!r}; its parameters: {known}") from None
         except ValueError as exc:
-            raise UserError(f"--set: {self.name}: {exc}") from None
+            raise UserError(f"--set {self.name}: {exc}") from None
 
 
 _REGISTRY: dict[str, Strategy] = {}
 
 
-def register(name: str, params: type, summary: str) -> Callable[[StrategyFn], StrategyFn]:
+def register(
+    name: str, params: type, summary: str, can: Capabilities = Capabilities()
+) -> Callable[[StrategyFn], StrategyFn]:
     """Register `fn(inputs, params) -> Candidate` under `name`; a duplicate name is an error."""
 
     def decorate(fn: StrategyFn) -> StrategyFn:
@@ -56,7 +85,7 @@ def register(name: str, params: type, summary: str) -> Callable[[StrategyFn], St
             raise ValueError(f"strategy {name!r} is already registered")
         if not dataclasses.is_dataclass(params):
             raise TypeError(f"parameters of {name!r} must be a dataclass")
-        _REGISTRY[name] = Strategy(name, params, fn, summary)
+        _REGISTRY[name] = Strategy(name, params, fn, summary, can)
         return fn
 
     return decorate
@@ -69,19 +98,9 @@ def get(name: str) -> Strategy:
         raise UserError(f"--strategy {name}: unknown strategy; choose one of {', '.join(names())}") from None
 
 
-def names() -> list[str]:
-    return list(_REGISTRY)
+def names(**wanted: Any) -> list[str]:
+    """Registered names in registration order, optionally only those whose capabilities match.
 
-
-def _parse(key: str, raw: Any, annotation: Any) -> Any:
-    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    if not isinstance(raw, str):
-        return raw
-    try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-    except ValueError:
-        raise UserError(f"--set {key}={raw}: expected {'a whole number' if kind == 'int' else 'a number'}") from None
-    return raw
+    `names(learns_new_classes=True)` lists the strategies that can learn new classes.
+    """
+    return [n for n, s in _REGISTRY.items() if all(getattr(s.can, k) == v for k, v in wanted.items())]

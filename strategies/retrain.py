@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from data.errors import UserError
 from strategies.base import NoParams, TrainAllParams, TrainParams, UpdateInputs, fit
-from strategies.registry import register
+from strategies.registry import Capabilities, names, register
 from trainer.candidate import Candidate
 from trainer.models import build_model, clone, model_classes
 
@@ -27,7 +27,7 @@ class FinetuneAllParams(TrainAllParams):
     epochs: int = 100
 
 
-@register("keep", NoParams, "do nothing: the current model stays")
+@register("keep", NoParams, "do nothing: the current model stays", Capabilities(trains=False))
 def keep(inputs: UpdateInputs, params: NoParams) -> Candidate:
     return inputs.current
 
@@ -38,7 +38,7 @@ def finetune(inputs: UpdateInputs, params: TrainParams) -> Candidate:
         if model_classes(model) < inputs.n_classes:
             raise UserError(
                 f"the current model knows {model_classes(model)} classes but the store has {inputs.n_classes}; "
-                "fine-tuning cannot add outputs: use new_head, graft or a fresh_* strategy"
+                f"fine-tuning cannot add outputs: use one of {', '.join(names(learns_new_classes=True))}"
             )
     members = tuple(fit(clone(m), inputs, params, seed_offset=i) for i, m in enumerate(inputs.current.members))
     return Candidate(members, inputs.current.weights)
@@ -50,11 +50,16 @@ def fresh(inputs: UpdateInputs, params: TrainParams) -> Candidate:
     return Candidate.single(fit(model, inputs, params))
 
 
-register("finetune_new", FinetuneParams, "continue training the current model on new data, smaller learning rate")(
-    finetune
-)
+FINETUNE = Capabilities(data_parallel="averaging")
+FRESH = Capabilities(learns_new_classes=True)
 register(
-    "finetune_all", FinetuneAllParams, "continue training the current model on old + new data, smaller learning rate"
+    "finetune_new", FinetuneParams, "continue training the current model on new data, smaller learning rate", FINETUNE
 )(finetune)
-register("fresh_new", TrainParams, "fit a new model on new data only, discard the old")(fresh)
-register("fresh_all", TrainAllParams, "fit a new model on old + new data")(fresh)
+register(
+    "finetune_all",
+    FinetuneAllParams,
+    "continue training the current model on old + new data, smaller learning rate",
+    FINETUNE,
+)(finetune)
+register("fresh_new", TrainParams, "fit a new model on new data only, discard the old", FRESH)(fresh)
+register("fresh_all", TrainAllParams, "fit a new model on old + new data", FRESH)(fresh)

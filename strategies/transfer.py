@@ -9,9 +9,10 @@ import numpy as np
 
 from data.errors import UserError
 from strategies.base import TrainAllParams, UpdateInputs, fit
-from strategies.registry import register
+from strategies.registry import Capabilities, register
 from trainer.candidate import Candidate
 from trainer.models import clone, head_layer, hidden_layers, model_classes
+from trainer.params import Choice, Interval, Rule, Sizes, param
 
 if TYPE_CHECKING:
     import keras
@@ -23,17 +24,10 @@ DATA_CHOICES = ("new", "all")
 class TransferParams(TrainAllParams):
     """Train on `data` (`new` or `all`) with the first `freeze` body layers frozen (-1: all)."""
 
-    data: str = "all"
-    freeze: int = -1
+    data: str = param("all", Choice(DATA_CHOICES), "train on new data or on all (old + new)")
+    freeze: int = param(-1, Interval(int, -1), "body layers kept frozen, from the input (-1: all)")
 
-    def __post_init__(self) -> None:
-        if self.data not in DATA_CHOICES:
-            raise ValueError(f"data must be one of {', '.join(DATA_CHOICES)}, got {self.data!r}")
-        super().__post_init__()
-        if self.freeze < -1:
-            raise ValueError(f"freeze must be -1 (all body layers) or >= 0, got {self.freeze}")
-        if self.data == "new" and self.old_fraction != 1.0:
-            raise ValueError("old_fraction has no effect with data=new")
+    rules = (Rule(lambda p: p.data == "all" or p.old_fraction == 1.0, "old_fraction has no effect with data=new"),)
 
     def trains_on_old(self) -> bool:
         return self.data == "all"
@@ -43,20 +37,10 @@ class TransferParams(TrainAllParams):
 class GraftParams(TransferParams):
     """`layers`: hidden sizes of the grafted layers, comma separated (empty: head only)."""
 
-    layers: str = "10"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.graft_sizes()
+    layers: str = param("10", Sizes(), "hidden sizes of the grafted layers (empty: head only)")
 
     def graft_sizes(self) -> tuple[int, ...]:
-        try:
-            sizes = tuple(int(s) for s in self.layers.split(",") if s.strip())
-        except ValueError:
-            raise ValueError(f"layers must be comma-separated whole numbers, got {self.layers!r}") from None
-        if any(s < 1 for s in sizes):
-            raise ValueError(f"layers must be >= 1, got {self.layers!r}")
-        return sizes
+        return tuple(int(s) for s in self.layers.split(",") if s.strip())
 
 
 def _frozen_body(inputs: UpdateInputs, freeze: int, strategy: str) -> tuple[keras.Model, list[keras.layers.Layer]]:
@@ -75,7 +59,12 @@ def _frozen_body(inputs: UpdateInputs, freeze: int, strategy: str) -> tuple[kera
     return model, body
 
 
-@register("graft", GraftParams, "freeze the current model's layers, add new trainable layers and head")
+@register(
+    "graft",
+    GraftParams,
+    "freeze the current model's layers, add new trainable layers and head",
+    Capabilities(learns_new_classes=True),
+)
 def graft(inputs: UpdateInputs, params: GraftParams) -> Candidate:
     import keras
 
@@ -94,7 +83,12 @@ class NewHeadParams(TransferParams):
     freeze: int = 0
 
 
-@register("new_head", NewHeadParams, "keep the body, replace the output layer with one for every class")
+@register(
+    "new_head",
+    NewHeadParams,
+    "keep the body, replace the output layer with one for every class",
+    Capabilities(learns_new_classes=True),
+)
 def new_head(inputs: UpdateInputs, params: NewHeadParams) -> Candidate:
     """Old classes keep their output weights (a sigmoid unit becomes the class-1 softmax
     column), classes the old head lacked start fresh."""

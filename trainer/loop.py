@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trainer.params import Choice, Interval, Params, param
+
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
@@ -32,27 +34,21 @@ OPTIMIZERS = ("sgd", "adam")
 _ACTIVATIONS = ("relu", "linear", "tanh", "sigmoid", "softmax")
 
 
+EPOCHS = Interval(int, 1)
+BATCH_SIZE = Interval(int, 1)
+LEARNING_RATE = Interval(float, 0, low_open=True)
+MOMENTUM = Interval(float, 0, 1, high_open=True)
+
+
 @dataclass(frozen=True)
-class LoopConfig:
+class LoopConfig(Params):
     """How to train: the reference recipe by default (SGD 0.01, momentum 0.9, 150 x 32)."""
 
-    epochs: int = 150
-    batch_size: int = 32
-    learning_rate: float = 0.01
-    momentum: float = 0.9
-    optimizer: str = "sgd"
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+    epochs: int = param(150, EPOCHS, "passes over the training rows")
+    batch_size: int = param(32, BATCH_SIZE, "rows per optimizer step")
+    learning_rate: float = param(0.01, LEARNING_RATE, "optimizer step size")
+    momentum: float = param(0.9, MOMENTUM, "SGD momentum (ignored by adam)")
+    optimizer: str = param("sgd", Choice(OPTIMIZERS), "sgd (with momentum) or adam")
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,16 @@ import pytest
 
 import strategies
 from data.errors import UserError
+from data.manifest import Manifest
 from data.rows import Rows
 from data.schema import Schema
 from data.storage import Store, StoreMeta
 from strategies.base import UpdateInputs
+from trainer import params as P
 from trainer.candidate import Candidate
 from trainer.loop import LoopConfig, train
 from trainer.models import ModelSpec, build_model, model_classes
-from trainer.pipeline import load_candidate, save_candidate
+from trainer.versions import load_candidate, save_candidate
 
 SPEC = ModelSpec((8, 4))
 N_FEATURES = 5
@@ -85,28 +87,61 @@ def test_strategy_contract(name: str, current_model, tmp_path: Path) -> None:
     schema = Schema(tuple(f"f{i}" for i in range(N_FEATURES)), "y", (0, 1))
     store = Store.create(str(tmp_path / "store"), StoreMeta(schema, str(SPEC)))
     version = store.new_version_id(name)
-    save_candidate(store, version, candidate, {"parent": None, "strategy": name})
+    save_candidate(store, version, candidate, Manifest(parent=None, strategy=name))
     loaded = load_candidate(store, version)
     assert loaded.weights == candidate.weights
     np.testing.assert_allclose(loaded.predict_proba(x, 2), proba, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", [n for n in strategies.names() if n != "keep"])
-def test_strategy_parameters_are_frozen_and_validated(name: str) -> None:
+@pytest.mark.parametrize("name", strategies.names())
+def test_strategy_parameters_are_frozen_declared_and_validated(name: str) -> None:
     strategy = strategies.get(name)
     params = strategy.make_params()
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        params.epochs = 5  # type: ignore[misc]
-    with pytest.raises(UserError, match="epochs must be >= 1"):
-        strategy.make_params({"epochs": "0"})
+    for f in dataclasses.fields(params):
+        assert P.constraint_of(strategy.params, f.name) is not None, f"{name}.{f.name} declares no constraint"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(params, f.name, getattr(params, f.name))
+        # The default satisfies its own constraint and survives a round trip through `--set`.
+        assert strategy.make_params({f.name: str(getattr(params, f.name))}) == params
     with pytest.raises(UserError, match="has no parameter 'nope'"):
         strategy.make_params({"nope": "1"})
 
 
-NEW_CLASS_CAPABLE = ["fresh_new", "fresh_all", "ensemble_new", "ensemble_all", "graft", "new_head"]
+INVALID = [
+    (name, key, value)
+    for name in strategies.names()
+    for key, values in P.invalid_values(strategies.get(name).params).items()
+    for value in values
+]
 
 
-@pytest.mark.parametrize("name", NEW_CLASS_CAPABLE)
+@pytest.fixture(scope="module")
+def cli_store(tmp_path_factory) -> str:
+    """A store for the CLI checks below (parameters are refused before it is read)."""
+    from tests.conftest import make_table
+    from trainer.commands import init_store
+
+    tmp = tmp_path_factory.mktemp("params")
+    path = tmp / "old.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(make_table(), path)
+    uri = str(tmp / "store")
+    init_store(uri, str(path), "y", model="mlp:4", loop=LoopConfig(epochs=1))
+    return uri
+
+
+@pytest.mark.parametrize(("name", "key", "value"), INVALID, ids=[f"{n}-{k}={v}" for n, k, v in INVALID])
+def test_every_invalid_parameter_value_is_exit_2_naming_it(name: str, key: str, value: str, cli_store, capsys) -> None:
+    """Generated from each parameter's declared constraint, as scikit-learn's common checks do."""
+    from trainer.cli import main
+
+    code = main(["update", "--store", cli_store, "--strategy", name, "--set", f"{key}={value}"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and key in err, err
+
+
+@pytest.mark.parametrize("name", strategies.names(learns_new_classes=True))
 def test_strategies_that_can_learn_a_new_class(name: str, current_model) -> None:
     strategy = strategies.get(name)
     params = strategy.make_params()  # the shipped recipe
@@ -118,11 +153,19 @@ def test_strategies_that_can_learn_a_new_class(name: str, current_model) -> None
     assert (proba.argmax(axis=1) == 2).any(), "the new class is never predicted"
 
 
-@pytest.mark.parametrize("name", ["finetune_new", "finetune_all"])
-def test_finetune_refuses_new_classes_with_a_pointer(name: str, current_model) -> None:
+@pytest.mark.parametrize("name", strategies.names(trains=True, learns_new_classes=False))
+def test_strategies_that_cannot_learn_new_classes_refuse_with_a_pointer(name: str, current_model) -> None:
     strategy = strategies.get(name)
-    with pytest.raises(UserError, match="new_head, graft or a fresh_"):
+    with pytest.raises(UserError, match="use one of " + ", ".join(strategies.names(learns_new_classes=True))):
         strategy(_inputs(current_model, n_classes=3), _tiny_params(strategy))
+
+
+def test_capabilities_are_declared_not_inferred_from_names() -> None:
+    for name in strategies.names():
+        can = strategies.get(name).can
+        assert isinstance(can, strategies.Capabilities)
+        assert can.data_parallel is None or can.trains
+    assert strategies.names(trains=False) == ["keep"]
 
 
 def test_default_parameters_are_the_reference_recipe() -> None:
