@@ -1,11 +1,11 @@
-"""Data-parallel updates on actors: model averaging for fine-tuning, bagging for ensembles.
+"""Data-parallel updates on actors, in the way each strategy declares (`can.data_parallel`).
 
-- Fine-tuning (`finetune_*`): every actor holds a disjoint shard of the training rows
-  and a copy of the model with its own optimizer state; every `sync_steps` steps the
-  driver averages the copies' weights (by shard size) and sends the average back
-  (synchronous local SGD), for the strategy's number of epochs over each shard.
-- Ensembles (`ensemble_*`): each actor fits one new member on its own shard (bagging);
-  the members join the current ones under the strategy's `max_members` and weighting.
+- `averaging` (the fine-tuning strategies): every actor holds a disjoint shard of the
+  training rows and a copy of the model with its own optimizer state; every
+  `sync_steps` steps the driver averages the copies' weights (by shard size) and sends
+  the average back (synchronous local SGD), for the strategy's epochs over each shard.
+- `bagging` (the ensembles): each actor fits one new member on its own shard; the
+  members join the current ones under the strategy's `max_members` and weighting.
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ import numpy as np
 import ray
 
 from cluster.pool import ACTOR_MEMORY
-from cluster.runtime import pin_threads
+from cluster.runtime import get, kill, pin_threads
 from data.errors import UserError
 from data.rows import Rows
 from strategies.base import TrainParams, training_set
 from strategies.ensemble import combine
 from trainer.candidate import Candidate
+from trainer.executor import Job
 from trainer.loop import LoopConfig
 from trainer.models import ModelSpec
-from trainer.pipeline import UpdateData
+from trainer.updatedata import UpdateData
 
 
 def _shards(n_rows: int, n: int, seed: int) -> list[np.ndarray]:
@@ -93,9 +94,7 @@ def finetune_averaged(
             f"--actors: data-parallel fine-tuning needs a single network; current has {len(current.members)} members"
         )
     if model_classes(current.members[0]) < data.n_classes:
-        raise UserError("the current model lacks the store's new classes: use new_head, graft or a fresh_* strategy")
-    if sync_steps < 1:
-        raise UserError(f"--sync-steps must be >= 1, got {sync_steps}")
+        raise UserError("the current model lacks the store's new classes; fine-tuning cannot add outputs")
     rows, weights = training_set(data.inputs(current, seed), params)
     shards = _shards(len(rows), actors, seed)
     config = params.loop_config()
@@ -112,14 +111,13 @@ def finetune_averaged(
     try:
         while done < total:
             k = min(sync_steps, total - done)
-            copies = ray.get([t.steps.remote(averaged, k) for t in trainers])
+            copies = get([t.steps.remote(averaged, k) for t in trainers])
             averaged = [
                 np.average(np.stack(ws), axis=0, weights=sizes).astype(ws[0].dtype) for ws in zip(*copies, strict=True)
             ]
             done += k
     finally:
-        for t in trainers:
-            ray.kill(t)
+        kill(trainers)
     model = clone(current.members[0])
     model.set_weights(averaged)
     return Candidate.single(model)
@@ -156,22 +154,20 @@ def bagged_ensemble(data: UpdateData, current: Candidate, params: Any, seed: int
         )
         for i, s in enumerate(shards)
     ]
-    members = tuple(from_bytes(b) for b in ray.get(refs))
+    members = tuple(from_bytes(b) for b in get(refs))
     return combine(inputs, members, params)
 
 
-def parallel_update(
-    data: UpdateData, current: Candidate, strategy: Any, params: Any, seed: int, *, actors: int, sync_steps: int = 100
-) -> tuple[Candidate, dict[str, Any]]:
-    """Run `strategy` data-parallel on `actors` actors; return the candidate and how it ran."""
-    if actors < 1:
-        raise UserError(f"--actors must be >= 1, got {actors}")
-    if strategy.name.startswith("finetune_"):
-        candidate = finetune_averaged(data, current, params, seed, actors=actors, sync_steps=sync_steps)
-        return candidate, {"mode": "model_averaging", "actors": actors, "sync_steps": sync_steps}
-    if strategy.name.startswith("ensemble_"):
-        return bagged_ensemble(data, current, params, seed, actors=actors), {"mode": "bagging", "actors": actors}
-    raise UserError(
-        f"--actors: data-parallel updates apply to finetune_* (model averaging) and ensemble_* "
-        f"(bagging), not {strategy.name}"
-    )
+def fit_parallel(data: UpdateData, current: Candidate, job: Job) -> tuple[Candidate, dict[str, Any]]:
+    """Train `job` data-parallel on `job.actors` actors, the way its strategy declares; return
+    the candidate and how it ran (for the manifest)."""
+    mode = job.strategy.can.data_parallel
+    if mode == "averaging":
+        if job.sync_steps < 1:
+            raise UserError(f"--sync-steps must be >= 1, got {job.sync_steps}")
+        candidate = finetune_averaged(data, current, job.params, job.seed, actors=job.actors, sync_steps=job.sync_steps)
+        return candidate, {"mode": "model_averaging", "actors": job.actors, "sync_steps": job.sync_steps}
+    if mode == "bagging":
+        candidate = bagged_ensemble(data, current, job.params, job.seed, actors=job.actors)
+        return candidate, {"mode": "bagging", "actors": job.actors}
+    raise UserError(f"--actors: {job.strategy.name} does not train data-parallel")

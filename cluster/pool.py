@@ -1,73 +1,68 @@
-"""Trainer actors: long-lived workers that import TensorFlow once and run strategies."""
+"""Trainer actors: long-lived workers that import TensorFlow once and run jobs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 
-from cluster.runtime import pin_threads
+from cluster.runtime import kill, pin_threads
 from data.rows import Rows
-from trainer.candidate import Candidate
-from trainer.pipeline import TrialResult, UpdateData, run_strategy
+from trainer.executor import Failure, Job, OnDone, Outcome, run_job
+from trainer.trials import TrialResult
+from trainer.updatedata import UpdateData
+from trainer.versions import StoredCandidate
 
 ACTOR_MEMORY = 1024**3  # what one trainer declares to Ray; peak measured at 933 MiB (scripts/bench_sweep.py)
 
 
 @dataclass(frozen=True)
-class Job:
-    """One strategy run to do on an actor."""
-
-    strategy: Any  # strategies.Strategy: shipped whole, so strategies registered by the caller work too
-    params: Any
-    seed: int
-
-
-@dataclass(frozen=True)
 class PackedResult:
-    """A TrialResult with its members as `.keras` bytes, fit to cross process boundaries."""
+    """A TrialResult with its candidate as `.keras` bytes, fit to cross process boundaries."""
 
-    files: list[bytes]
-    weights: tuple[float, ...]
-    metrics: dict[str, float | None]
-    current_metrics: dict[str, float | None]
-    train_seconds: float
+    result: TrialResult
+    candidate: StoredCandidate
+
+    @classmethod
+    def pack(cls, outcome: Outcome) -> PackedResult | Failure:
+        if isinstance(outcome, Failure):
+            return outcome
+        assert outcome.candidate is not None
+        return cls(dataclasses.replace(outcome, candidate=None), StoredCandidate.of(outcome.candidate))
 
     def unpack(self) -> TrialResult:
-        return TrialResult(
-            Candidate.from_files(self.files, self.weights), self.metrics, self.current_metrics, self.train_seconds
-        )
+        return dataclasses.replace(self.result, candidate=self.candidate.load())
+
+
+class CurrentCache:
+    """The current model, loaded once per worker process for as long as jobs use the same one."""
+
+    def __init__(self) -> None:
+        self._key: Any = None
+        self._model: Any = None
+
+    def get(self, data: UpdateData, current: StoredCandidate) -> Any:
+        key = (data.parent, current.weights, tuple(len(f) for f in current.files))
+        if key != self._key:
+            self._model, self._key = current.load(), key
+        return self._model
 
 
 @ray.remote
 class TrainerActor:
-    """Runs strategies against shared update data; caches the current model it was sent."""
+    """Runs jobs against shared update data; keeps the current model it was sent."""
 
     def __init__(self) -> None:
         self.threads = pin_threads()
-        self._current_key: Any = None
-        self._current: Candidate | None = None
+        self.current = CurrentCache()
 
     def run(
-        self,
-        data: UpdateData,
-        current: tuple[list[bytes], tuple[float, ...]],
-        job: Job,
-        extra_eval: Mapping[str, Rows] | None = None,
-    ) -> PackedResult:
-        from trainer.models import to_bytes
-
-        key = (data.parent, len(current[0]))
-        if self._current_key != key:
-            self._current = Candidate.from_files(*current)
-            self._current_key = key
-        result = run_strategy(data, self._current, job.strategy, job.params, job.seed, extra_eval)
-        files = [to_bytes(m) for m in result.candidate.members]
-        return PackedResult(
-            files, result.candidate.weights, result.metrics, result.current_metrics, result.train_seconds
-        )
+        self, data: UpdateData, current: StoredCandidate, job: Job, extra_eval: Mapping[str, Rows]
+    ) -> PackedResult | Failure:
+        return PackedResult.pack(run_job(data, self.current.get(data, current), job, extra_eval))
 
     def thread_pools(self) -> tuple[int, int]:
         """TensorFlow's (intra-op, inter-op) pool sizes in this actor."""
@@ -86,19 +81,18 @@ class TrainerActor:
 
 def run_jobs(
     data: UpdateData,
-    current: tuple[list[bytes], tuple[float, ...]],
+    current: StoredCandidate,
     jobs: Sequence[Job],
     *,
     actors: int | None = None,
     extra_eval: Mapping[str, Rows] | None = None,
-    on_done: Callable[[Job, TrialResult], None] | None = None,
-) -> list[TrialResult]:
-    """Run `jobs` in parallel on trainer actors; results in the order of `jobs`.
+    on_done: OnDone | None = None,
+) -> list[Outcome]:
+    """Run `jobs` in parallel on trainer actors; outcomes in the order of `jobs`.
 
-    `current` is the current version's stored member files and weights
-    (`trainer.pipeline.candidate_files`). They and the update data go into the object
-    store once; every actor reads them from there. An actor that dies is restarted and
-    its job retried.
+    The update data, the current model's stored files and `extra_eval` go into the
+    object store once; every actor reads them from there. An actor that dies is
+    restarted and its job retried; one that keeps dying gives a Failure.
     """
     cpus = int(ray.available_resources().get("CPU", 1)) or 1
     n = max(1, min(actors or cpus, len(jobs)))
@@ -107,18 +101,23 @@ def run_jobs(
     refs = (ray.put(data), ray.put(current), ray.put(dict(extra_eval or {})))
     queue = list(enumerate(jobs))
     pending: dict[Any, tuple[int, Any]] = {}
-    results: list[TrialResult | None] = [None] * len(jobs)
-    while queue or pending:
-        while queue and idle:
-            i, job = queue.pop(0)
-            actor = idle.pop()
-            pending[actor.run.remote(refs[0], refs[1], job, refs[2])] = (i, actor)
-        (done,), _ = ray.wait(list(pending), num_returns=1)
-        i, actor = pending.pop(done)
-        idle.append(actor)
-        results[i] = ray.get(done).unpack()
-        if on_done:
-            on_done(jobs[i], results[i])
-    for actor in idle:
-        ray.kill(actor)
-    return results  # type: ignore[return-value]
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    try:
+        while queue or pending:
+            while queue and idle:
+                i, job = queue.pop(0)
+                actor = idle.pop()
+                pending[actor.run.remote(refs[0], refs[1], job, refs[2])] = (i, actor)
+            (done,), _ = ray.wait(list(pending), num_returns=1)
+            i, actor = pending.pop(done)
+            idle.append(actor)
+            try:
+                packed = ray.get(done)
+            except ray.exceptions.RayActorError as exc:
+                packed = Failure(f"{jobs[i].strategy.name}: its worker died ({type(exc).__name__})", user_error=False)
+            outcomes[i] = packed if isinstance(packed, Failure) else packed.unpack()
+            if on_done:
+                on_done(i, outcomes[i])
+    finally:
+        kill(idle + [a for _, a in pending.values()])
+    return outcomes  # type: ignore[return-value]

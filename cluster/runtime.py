@@ -1,10 +1,13 @@
-"""Joining a Ray cluster (or starting an embedded one) and configuring workers."""
+"""Joining a Ray cluster (or starting an embedded one), configuring workers, and getting results."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
+
+from data.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +29,55 @@ def connect(num_cpus: int | None = None) -> dict[str, Any]:
         address = os.environ.get("RAY_ADDRESS")
         if not address:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p)
-        ray.init(
-            address=address or "local",
-            num_cpus=None if address else num_cpus,
-            include_dashboard=False,
-            logging_level=logging.ERROR,
-            log_to_driver=False,
-            runtime_env={"env_vars": env},
-        )
+        try:
+            ray.init(
+                address=address or "local",
+                num_cpus=None if address else num_cpus,
+                include_dashboard=False,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                runtime_env={"env_vars": env},
+            )
+        except ConnectionError as exc:
+            raise UserError(f"RAY_ADDRESS={address}: cannot join the Ray cluster ({exc})") from None
         log.info("connected to Ray at %s", address or "a new local instance")
     return ray.cluster_resources()
+
+
+def disconnect() -> None:
+    """Leave the cluster; a local Ray this process started stops with it."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def describe() -> str:
+    """Where Ray work runs, in words: the cluster's address or a local Ray, and its CPUs."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    address = os.environ.get("RAY_ADDRESS")
+    return f"the Ray cluster at {address} ({cpus} CPUs)" if address else f"a local Ray started here ({cpus} CPUs)"
+
+
+def get(refs: Any) -> Any:
+    """`ray.get`, with a user's mistake raised on a worker turned back into the same UserError."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, UserError):
+            raise UserError(str(exc.cause)) from None
+        raise
+
+
+def kill(actors: Sequence[Any]) -> None:
+    import ray
+
+    for actor in actors:
+        ray.kill(actor)
 
 
 def pin_threads() -> int:

@@ -14,23 +14,21 @@ import pyarrow.parquet as pq
 import ray
 
 from cluster.pool import ACTOR_MEMORY
-from cluster.runtime import pin_threads
+from cluster.runtime import get, kill, pin_threads
 from data.errors import UserError
 from data.parquet import redact, resolve
 from data.schema import Schema
 from data.storage import Store
-from trainer.pipeline import candidate_files
+from trainer.versions import StoredCandidate, stored_candidate
 
 
 @ray.remote
 class ShardScorer:
     """Holds one model version; scores row groups of Parquet files it reads itself."""
 
-    def __init__(self, files: list[bytes], weights: tuple[float, ...], schema: Schema) -> None:
+    def __init__(self, stored: StoredCandidate, schema: Schema) -> None:
         pin_threads()
-        from trainer.candidate import Candidate
-
-        self.candidate = Candidate.from_files(files, weights)
+        self.candidate = stored.load()
         self.schema = schema
 
     def score(self, uri: str, row_groups: list[int], with_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -67,13 +65,9 @@ class ScorerPool:
 
     @classmethod
     def start(cls, store: Store, version: str, n: int) -> ScorerPool:
-        files, weights = candidate_files(store, version)
-        files_ref = ray.put(files)
-        actors = [
-            ShardScorer.options(num_cpus=1, memory=ACTOR_MEMORY).remote(files_ref, weights, store.schema)
-            for _ in range(n)
-        ]
-        ray.get([a.__ray_ready__.remote() for a in actors])
+        stored = ray.put(stored_candidate(store, version))
+        actors = [ShardScorer.options(num_cpus=1, memory=ACTOR_MEMORY).remote(stored, store.schema) for _ in range(n)]
+        get([a.__ray_ready__.remote() for a in actors])
         return cls(actors)
 
     def score(self, uri: str, *, with_labels: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
@@ -120,14 +114,7 @@ class ScorerPool:
         except (OSError, ValueError) as exc:
             raise UserError(f"{redact(uri)}: not a readable Parquet file ({exc})") from None
         shards = [[int(g) for g in s] for s in np.array_split(np.arange(n_groups), min(len(self.actors), n_groups))]
-        refs = [call(actor, shard) for actor, shard in zip(self.actors, shards, strict=False) if shard]
-        try:
-            return ray.get(refs)
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, UserError):
-                raise UserError(str(exc.cause)) from None
-            raise
+        return get([call(actor, shard) for actor, shard in zip(self.actors, shards, strict=False) if shard])
 
     def stop(self) -> None:
-        for a in self.actors:
-            ray.kill(a)
+        kill(self.actors)

@@ -39,15 +39,11 @@ def main() -> None:
     from cluster.runtime import connect
     from data.rows import Rows
     from data.storage import Store
+    from trainer.commands import ingest_files, init_store
     from trainer.loop import LoopConfig
-    from trainer.pipeline import (
-        ingest_files,
-        init_store,
-        load_candidate,
-        load_update_data,
-        run_strategy,
-        score_candidate,
-    )
+    from trainer.trials import run_strategy, score_candidate
+    from trainer.updatedata import load_update_data
+    from trainer.versions import load_candidate
 
     x, y = make_classification(n_samples=220_000, n_features=20, n_informative=12, random_state=11)
     x[100_000:, :5] += 0.75

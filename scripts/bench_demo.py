@@ -1,9 +1,10 @@
 """`ctrain demo` against the tutorial's sequential Keras scripts doing the same work.
 
 Wall-clock timings of fresh processes, run one after another:
-  - `ctrain demo`: old model, all nine strategies in parallel on Ray trainer actors
-    (an embedded Ray started on demand), scored on a test split, report saved;
-  - `ctrain demo --local`: the same, the strategies one by one in one process;
+  - `ctrain demo` (the default a new user runs: in this process, as no RAY_ADDRESS is
+    set): old model, all nine strategies one by one, scored on a test split, report saved;
+  - `ctrain demo --ray`: the same, the strategies in parallel on Ray trainer actors
+    (an embedded Ray started on demand);
   - the tutorial's work in one Keras process: the old model once, then every update
     (scripts/tutorial_keras.py --strategy all): the strict same-work baseline;
   - the tutorial's scripts as written, one process per strategy, each refitting the
@@ -25,9 +26,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
 
 
-def timed(argv: list[str]) -> float:
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     return time.perf_counter() - start
 
 
@@ -41,9 +42,10 @@ def main() -> None:
     tutorial = [sys.executable, os.path.join(HERE, "tutorial_keras.py"), "--strategy"]
     ctrain = os.path.join(BIN, "ctrain")
     with tempfile.TemporaryDirectory() as tmp:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         demo = {
-            "ctrain demo (Ray actors)": timed([ctrain, "demo", "--store", os.path.join(tmp, "ray")]),
-            "ctrain demo --local": timed([ctrain, "demo", "--local", "--store", os.path.join(tmp, "local")]),
+            "ctrain demo (default: this process)": timed([ctrain, "demo", "--store", os.path.join(tmp, "a")], env),
+            "ctrain demo --ray (Ray actors)": timed([ctrain, "demo", "--ray", "--store", os.path.join(tmp, "r")], env),
         }
     baselines = {"tutorial's work in one Keras process": timed([*tutorial, "all"])}
     if not args.no_per_script:

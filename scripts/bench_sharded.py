@@ -31,8 +31,8 @@ def main() -> None:
     from cluster.runtime import connect
     from cluster.sharded import ScorerPool
     from data.storage import Store
+    from trainer.commands import init_store
     from trainer.loop import LoopConfig
-    from trainer.pipeline import init_store
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.rows, 20)).astype(np.float32)

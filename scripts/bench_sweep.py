@@ -34,8 +34,8 @@ def make_store(path: str) -> None:
     import pyarrow.parquet as pq
     from sklearn.datasets import make_classification
 
+    from trainer.commands import ingest_files, init_store
     from trainer.loop import LoopConfig
-    from trainer.pipeline import ingest_files, init_store
 
     x, y = make_classification(n_samples=16000, n_features=20, n_informative=12, random_state=3)
     x[8000:, :5] += 0.75  # drift in the new batch
@@ -51,29 +51,24 @@ SEQUENTIAL = textwrap.dedent("""
     import json, sys, time
     start = time.perf_counter()
     sys.path.insert(0, {root!r})
-    from cluster.sweep import SweepSpec
     from data.storage import Store
-    from trainer.pipeline import load_candidate, load_update_data, run_strategy
-    import strategies
-    store = Store.open({store!r})
-    data = load_update_data(store)
-    current = load_candidate(store, data.parent)
-    for t in SweepSpec.parse({spec!r}).trials:
-        s = strategies.get(t.strategy)
-        run_strategy(data, current, s, s.make_params(t.params), t.seed)
+    from trainer.executor import LocalExecutor
+    from trainer.sweep import SweepSpec, run_sweep
+    run_sweep(Store.open({store!r}), LocalExecutor(), SweepSpec.parse({spec!r}))
     print(json.dumps({{"seconds": time.perf_counter() - start}}))
 """)
 
 RAY = textwrap.dedent("""
     import json, sys, time
     sys.path.insert(0, {root!r})
+    from cluster.executor import RayExecutor
     from cluster.runtime import connect
-    from cluster.sweep import SweepSpec, run_sweep
     from data.storage import Store
+    from trainer.sweep import SweepSpec, run_sweep
     t0 = time.perf_counter()
     connect(num_cpus=2)
     t1 = time.perf_counter()
-    result = run_sweep(Store.open({store!r}), SweepSpec.parse({spec!r}), progress=False)
+    result = run_sweep(Store.open({store!r}), RayExecutor(), SweepSpec.parse({spec!r}))
     t2 = time.perf_counter()
     rows = result.table.to_pylist()
     print(json.dumps({{"start": t1 - t0, "seconds": t2 - t1, "trials": result.finished,

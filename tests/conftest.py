@@ -67,8 +67,8 @@ def write_parquet(tmp_path: Path) -> Callable[..., str]:
 @pytest.fixture
 def tiny_store(tmp_path: Path, write_parquet: Callable[..., str]) -> str:
     """A store with a first model (3 epochs) and one new batch waiting."""
+    from trainer.commands import ingest_files, init_store
     from trainer.loop import LoopConfig
-    from trainer.pipeline import ingest_files, init_store
 
     uri = str(tmp_path / "store")
     init_store(

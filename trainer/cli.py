@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from data.errors import UserError
 
 EXIT_USER_ERROR = 2
+EXIT_WORK_FAILED = 1
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        print(f"ctrain: error: {message} (see `ctrain {self.prog.split(' ', 1)[-1]} --help`)", file=sys.stderr)
+        print(f"ctrain: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
 
 
@@ -79,8 +82,8 @@ def _outcome_text(o: Any) -> str:
 
 
 def cmd_init(args: argparse.Namespace) -> None:
+    from trainer.commands import init_store
     from trainer.loop import LoopConfig
-    from trainer.pipeline import init_store
 
     try:
         loop = LoopConfig(args.epochs, args.batch_size, args.learning_rate)
@@ -93,7 +96,7 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-    from trainer.pipeline import ingest_files
+    from trainer.commands import ingest_files
 
     results = ingest_files(args.store, args.files, allow_new_classes=args.new_classes)
     lines = []
@@ -111,58 +114,45 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 def cmd_update(args: argparse.Namespace) -> None:
     import strategies
-    from trainer.pipeline import NothingNew
+    from data.storage import Store
+    from trainer.commands import update
+    from trainer.executor import make_executor
+    from trainer.updatedata import NothingNew
 
     strategies.get(args.strategy).make_params(_settings(args.set))  # fail fast, before TensorFlow loads
+    if args.actors < 0:
+        raise UserError(f"--actors must be >= 0, got {args.actors}")
+    store = Store.open(args.store)
     try:
-        o = _run_update(args)
+        o = update(
+            store,
+            args.strategy,
+            _settings(args.set),
+            seed=args.seed,
+            promote=args.promote,
+            executor=make_executor(ray=bool(args.actors) or None, actors=args.actors),
+            actors=args.actors,
+            sync_steps=args.sync_steps,
+        )
     except NothingNew as exc:  # a scheduled or retried updater with nothing to do succeeds
         _emit(args, "" if args.json else str(exc), {"version": None, "promoted": False, "reason": str(exc)})
         return
     _emit(args, "" if args.json else _outcome_text(o), o.to_json())
 
 
-def _run_update(args: argparse.Namespace) -> Any:
-    from data.storage import Store
-    from trainer.pipeline import update
-
-    store = Store.open(args.store)
-    trainer = None
-    if args.actors:
-        import functools
-
-        from cluster.parallel import parallel_update
-        from cluster.runtime import connect
-
-        connect()
-        trainer = functools.partial(parallel_update, actors=args.actors, sync_steps=args.sync_steps)
-    o = update(store, args.strategy, _settings(args.set), seed=args.seed, promote=args.promote, trainer=trainer)
-    return o
-
-
 def cmd_predict(args: argparse.Namespace) -> None:
-    from trainer.pipeline import predict
+    from trainer.commands import predict
+    from trainer.executor import LocalExecutor, make_executor
 
-    scorer = None
-    if args.actors:
-        from cluster.runtime import connect
-        from cluster.sharded import ScorerPool
-
-        connect()
-
-        def scorer(store: Any, version: str, data_uri: str) -> Any:
-            pool = ScorerPool.start(store, version, args.actors)
-            try:
-                return pool.score(data_uri)[0]
-            finally:
-                pool.stop()
-
-    r = predict(args.store, args.data, args.out, version=args.version, scorer=scorer)
+    if args.actors < 0:
+        raise UserError(f"--actors must be >= 0, got {args.actors}")
+    executor = make_executor(ray=True, actors=args.actors) if args.actors else LocalExecutor()
+    r = predict(args.store, args.data, args.out, version=args.version, executor=executor)
     _emit(args, "" if args.json else f"wrote {r['rows']} predictions of version {r['version']} to {r['out']}", r)
 
 
 def cmd_history(args: argparse.Namespace) -> None:
-    from trainer.pipeline import history
+    from trainer.commands import history
 
     rows = history(args.store)
     lines = [f"{'':1} {'version':45} {'strategy':13} {'parent':45} {'holdout acc':>11} {'seconds':>8}"]
@@ -175,56 +165,75 @@ def cmd_history(args: argparse.Namespace) -> None:
     _emit(args, "" if args.json else "\n".join(lines), {"versions": rows})
 
 
+def _where_flag(args: argparse.Namespace, default: bool | None) -> bool | None:
+    """Ray or not, from --ray / --local, else the command's default (None: if RAY_ADDRESS is set)."""
+    if getattr(args, "ray", False):
+        return True
+    if getattr(args, "local", False):
+        return False
+    return default
+
+
 def cmd_sweep(args: argparse.Namespace) -> None:
     from data.storage import Store
+    from trainer.executor import make_executor
+    from trainer.sweep import SweepSpec, run_sweep, summarize
 
     if not args.config and not args.resume:
         raise UserError("sweep: give --config SWEEP.yaml, or --resume SWEEP_ID")
     spec = None
     if args.config:
-        from cluster.sweep import SweepSpec
         from data.parquet import read_bytes
 
         spec = SweepSpec.parse(read_bytes(args.config).decode(errors="replace"), args.config)
     store = Store.open(args.store)
-    from cluster.runtime import connect
-    from cluster.sweep import run_sweep, summarize
-
-    connect()
-    r = run_sweep(store, spec, resume=args.resume, progress=not args.json)
-    lines = [f"sweep {r.sweep_id}: {r.finished} of {r.trials} trials finished; results in {r.folder}"]
+    executor = make_executor(ray=_where_flag(args, True))
+    r = run_sweep(store, executor, spec, resume=args.resume, progress=not args.json and not args.quiet)
+    done = f"{r.finished} of {r.trials} trials finished on {executor.where}"
+    lines = [f"sweep {r.sweep_id}: {done}; results in {r.folder}"]
     for row in summarize(r.table.to_pylist()) if r.finished else []:
         mean, std = row["holdout_accuracy"]
         acc = "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
         lines.append(f"  {row['strategy']:13} {row['params']:40} holdout accuracy {acc}")
+    for trial_id, failure in r.failures:
+        print(f"ctrain: warning: trial {trial_id} failed: {failure.message}", file=sys.stderr)
     _emit(
         args,
         "" if args.json else "\n".join(lines),
-        {"sweep": r.sweep_id, "folder": r.folder, "trials": r.trials, "finished": r.finished},
+        {
+            "sweep": r.sweep_id,
+            "folder": r.folder,
+            "trials": r.trials,
+            "finished": r.finished,
+            "failed": len(r.failures),
+            "executor": executor.where,
+        },
     )
 
 
 def cmd_stream(args: argparse.Namespace) -> None:
-    from cluster.stream import DEFAULT_CANDIDATES, Policy, run_stream
+    from dataclasses import asdict
+
+    from trainer.executor import make_executor
+    from trainer.stream import DEFAULT_CANDIDATES, Policy, run_stream
 
     candidates = [c for c in (args.candidates or ",".join(DEFAULT_CANDIDATES)).split(",") if c]
-    policy = Policy(args.policy, candidates, seed=args.seed)
-    if args.policy == "best":
-        from cluster.runtime import connect
-
-        connect()
+    policy = Policy(args.policy, candidates, seed=args.seed, values=_settings(args.set))
+    executor = make_executor(ray=_where_flag(args, True if args.policy == "best" else None))
+    if not args.json:
+        print(f"stream: {args.inbox} -> {args.store}, policy {args.policy}, on {executor.where}", flush=True)
     events = run_stream(
         args.store,
         args.inbox,
         policy,
+        executor,
         once=args.once,
         interval=args.interval,
         on_event=None if args.json else lambda e: print(e.line(), flush=True),
     )
-    if args.json:
-        from dataclasses import asdict
-
-        _emit(args, "", {"events": [asdict(e) for e in events]})
+    if events and all(e.status in ("rejected", "failed") for e in events):
+        raise UserError(f"none of the {len(events)} new file(s) was learned; first: {events[0].line()}")
+    _emit(args, "", {"events": [asdict(e) for e in events], "executor": executor.where})
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -232,47 +241,64 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     import strategies
     from trainer.demo import render_table, run_demo
+    from trainer.executor import make_executor
 
+    executor = make_executor(ray=_where_flag(args, None))
     bar = tqdm(
-        total=len(strategies.names()), desc="strategies", unit="strategy", disable=args.json or None, file=sys.stderr
+        total=len(strategies.names()),
+        desc="strategies",
+        unit="strategy",
+        disable=args.json or args.quiet or None,
+        file=sys.stderr,
     )
 
     def step(row: dict[str, Any]) -> None:
         bar.set_postfix_str(f"{row['strategy']}: acc {row['test_accuracy']:.3f}")
         bar.update()
 
-    runner = None
-    if not args.local:
-        from cluster.pool import run_jobs
-        from cluster.runtime import connect
-
-        connect()
-        runner = run_jobs
-    store, results, report = run_demo(args.store, seed=args.seed, on_result=step, runner=runner)
+    store, results, report = run_demo(executor, args.store, seed=args.seed, on_result=step)
     bar.close()
-    text = "" if args.json else f"{render_table(results)}\nstore: {store}\nreport: {report}"
-    _emit(args, text, {"store": store, "report": report, "results": results})
+    text = (
+        f"{render_table(results)}\nran on: {executor.where}\nstore: {store}\nreport: {report}\n"
+        f"next: ctrain sweep --store {store} --config examples/sweep.yaml"
+    )
+    _emit(
+        args,
+        "" if args.json else text,
+        {"store": store, "report": report, "results": results, "executor": executor.where},
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from trainer import __version__
+
     p = _Parser(prog="ctrain", description="Update trained networks as new labelled data arrives.")
+    p.add_argument("--version", action="version", version=f"ctrain {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def command(name: str, func: Any, help_text: str, needs_tf: bool = True) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_text, description=help_text)
         c.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+        c.add_argument("--quiet", action="store_true", help="no progress bars")
         c.set_defaults(func=func, needs_tf=needs_tf)
         return c
 
-    c = command("demo", cmd_demo, "the reference experiment end to end, locally")
+    def where(c: argparse.ArgumentParser, default: str) -> None:
+        group = c.add_mutually_exclusive_group()
+        ray_help = f"run on Ray: RAY_ADDRESS's cluster, else a local one (default: {default})"
+        group.add_argument("--ray", action="store_true", help=ray_help)
+        group.add_argument("--local", action="store_true", help="run in this process, one job after another")
+
+    c = command("demo", cmd_demo, "the reference experiment end to end (in this process unless RAY_ADDRESS or --ray)")
     c.add_argument("--store", help="store folder or URI (default: a new temporary folder)")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--local", action="store_true", help="run the strategies one by one in this process, not on Ray")
+    where(c, "this process, or Ray when RAY_ADDRESS is set")
 
-    c = command("sweep", cmd_sweep, "strategies x parameters x seeds on Ray Tune")
+    c = command("sweep", cmd_sweep, "strategies x parameters x seeds on Ray Tune (--local: in this process)")
     c.add_argument("--store", required=True)
     c.add_argument("--config", help="sweep YAML (see examples/sweep.yaml)")
     c.add_argument("--resume", metavar="SWEEP_ID", help="finish an interrupted sweep without redoing finished trials")
+    where(c, "Ray")
 
     c = command("stream", cmd_stream, "ingest and update on every new Parquet file in an inbox")
     c.add_argument("--store", required=True)
@@ -284,9 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
         "parallel and promote the winner if it beats the current model",
     )
     c.add_argument("--candidates", help="comma-separated strategies for --policy best")
+    c.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="a parameter for every strategy that has it (repeatable)"
+    )
     c.add_argument("--once", action="store_true", help="process what is in the inbox now, then exit")
     c.add_argument("--interval", type=float, default=5.0, help="seconds between inbox polls")
     c.add_argument("--seed", type=int, default=0)
+    where(c, "Ray for --policy best, else this process")
 
     c = command("init", cmd_init, "create a store from a first batch and train its first model")
     c.add_argument("--store", required=True)
@@ -314,9 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--actors",
         type=int,
         default=0,
-        help="train data-parallel on N Ray actors: model averaging for finetune_*, bagging for ensemble_*",
+        help="train data-parallel on N Ray actors, as the strategy declares (model averaging or bagging)",
     )
-    c.add_argument("--sync-steps", type=int, default=100, help="with --actors and finetune_*: average every K steps")
+    c.add_argument("--sync-steps", type=int, default=100, help="with --actors and model averaging: every K steps")
 
     c = command("predict", cmd_predict, "write predictions of a stored version")
     c.add_argument("--store", required=True)
@@ -331,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code (0, 1 when work failed, 2 for a user's mistake)."""
+    from trainer.executor import WorkFailed
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="ctrain: %(levelname)s: %(message)s")
     try:
@@ -338,9 +371,50 @@ def main(argv: Sequence[str] | None = None) -> int:
             _import_tensorflow_quietly()
         args.func(args)
     except UserError as exc:
-        print(f"ctrain: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _fail(args, str(exc), EXIT_USER_ERROR)
+    except WorkFailed as exc:
+        return _fail(args, str(exc), EXIT_WORK_FAILED)
     except KeyboardInterrupt:
-        print("ctrain: interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, "interrupted", 130)
     return 0
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """One line on stderr; with --json also one JSON object with the error on stdout."""
+    print(f"ctrain: error: {message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"error": message, "exit_code": code}), flush=True)
+    return code
+
+
+def run() -> NoReturn:
+    """The `ctrain` console script: `main`, then leave without the interpreter's teardown.
+
+    TensorFlow and Arrow keep native threads that may still hold Python objects when
+    Python finalizes; dropping one then needs the GIL, which finalization no longer
+    hands out, and the process aborts ("terminate called without an active
+    exception", exit 134) after it has already printed its result. Everything a
+    command writes is flushed (and store files fsynced) before it returns, so leaving
+    with `os._exit` loses nothing; a local Ray this process started is shut down first.
+    """
+    try:
+        code = main()
+    except SystemExit as exc:  # --help, --version and argparse's own errors
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USER_ERROR)
+    except BaseException:
+        traceback.print_exc()
+        code = EXIT_WORK_FAILED
+    _leave(code)
+
+
+def _leave(code: int) -> NoReturn:
+    if "ray" in sys.modules:
+        from cluster.runtime import disconnect
+
+        with contextlib.suppress(Exception):
+            disconnect()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

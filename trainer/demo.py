@@ -6,7 +6,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +14,9 @@ import pyarrow as pa
 from data.parquet import table_to_bytes, write_table
 from data.rows import Rows
 from data.storage import Store, utc_stamp
+
+if TYPE_CHECKING:
+    from trainer.executor import Executor
 
 N_FEATURES = 20
 
@@ -51,34 +54,34 @@ def reference_data(n_samples: int = 1000) -> ReferenceData:
 
 
 def run_demo(
+    executor: Executor,
     store_uri: str | None = None,
     *,
     seed: int = 0,
     on_result: Callable[[dict[str, Any]], None] | None = None,
-    runner: Callable[..., list[Any]] | None = None,
 ) -> tuple[str, list[dict[str, Any]], str]:
     """Fit the old model, run every strategy against the new batch, score on the test split.
 
+    The store keeps the default holdout (a fifth of each batch), so it is a store every
+    command works on afterwards (`ctrain sweep`, `update`, `stream`); the table scores
+    every strategy on the separate test split as well.
+
     Args:
+        executor: where the strategies run (this process, or Ray actors).
         store_uri: where to create the store (default: a new temporary folder).
         seed: fixes every model's initialisation and shuffling.
         on_result: called with each result row as it arrives.
-        runner: runs the strategies, e.g. `cluster.pool.run_jobs` on Ray actors; by
-            default they run one by one in this process.
 
     Returns:
         The store URI, one result row per strategy, and the folder of the saved report.
     """
     import strategies
     from data.batches import ingest
-    from trainer.pipeline import (
-        candidate_files,
-        commit,
-        init_store,
-        load_candidate,
-        load_update_data,
-        run_strategy,
-    )
+    from trainer.commands import init_store
+    from trainer.executor import Job, result_or_raise
+    from trainer.promotion import commit
+    from trainer.updatedata import load_update_data
+    from trainer.versions import stored_candidate
 
     store_uri = store_uri or tempfile.mkdtemp(prefix="ctrain-demo-")
     data = reference_data()
@@ -87,8 +90,7 @@ def run_demo(
         for name in ("old", "new"):
             paths[name] = os.path.join(tmp, f"{name}.parquet")
             write_table(paths[name], getattr(data, name))
-        # The tutorial trains on every old and new row; the separate test split scores them.
-        first = init_store(store_uri, paths["old"], "y", seed=seed, holdout_fraction=0.0)
+        first = init_store(store_uri, paths["old"], "y", seed=seed)
         store = Store.open(store_uri)
         ingest(store, paths["new"])
     test = {
@@ -99,38 +101,26 @@ def run_demo(
         )
     }
     update_data = load_update_data(store)
-    chosen = [strategies.get(n) for n in strategies.names()]
-    params = {s.name: s.make_params() for s in chosen}
-    rows: dict[str, dict[str, Any]] = {}
+    jobs = [Job(s, s.make_params(), seed) for s in map(strategies.get, strategies.names())]
+    rows: dict[int, dict[str, Any]] = {}
 
-    def record(strategy: Any, result: Any) -> None:
-        outcome = commit(store, update_data, strategy.name, params[strategy.name], seed, result, "never")
-        rows[strategy.name] = {
-            "strategy": strategy.name,
-            "test_accuracy": outcome.metrics["test_accuracy"],
-            "test_log_loss": outcome.metrics["test_log_loss"],
-            "train_seconds": outcome.train_seconds,
-            "members": outcome.members,
-            "version": outcome.version,
+    def record(i: int, outcome: Any) -> None:
+        job = jobs[i]
+        result = result_or_raise(outcome)
+        committed = commit(store, update_data, job.strategy.name, job.params, seed, result, "never")
+        rows[i] = {
+            "strategy": job.strategy.name,
+            "test_accuracy": committed.metrics["test_accuracy"],
+            "test_log_loss": committed.metrics["test_log_loss"],
+            "train_seconds": committed.train_seconds,
+            "members": committed.members,
+            "version": committed.version,
         }
         if on_result:
-            on_result(rows[strategy.name])
+            on_result(rows[i])
 
-    if runner is None:
-        current = load_candidate(store, update_data.parent)
-        for s in chosen:
-            record(s, run_strategy(update_data, current, s, params[s.name], seed, test))
-    else:
-        from cluster.pool import Job
-
-        runner(
-            update_data,
-            candidate_files(store, update_data.parent),
-            [Job(s, params[s.name], seed) for s in chosen],
-            extra_eval=test,
-            on_done=lambda job, result: record(job.strategy, result),
-        )
-    results = [rows[s.name] for s in chosen]
+    executor.run(update_data, stored_candidate(store, update_data.parent), jobs, extra_eval=test, on_done=record)
+    results = [rows[i] for i in range(len(jobs))]
     report = store.write_report(
         f"demo-{utc_stamp()}",
         {
@@ -140,7 +130,7 @@ def run_demo(
             ).encode(),
         },
     )
-    return store_uri, results, report
+    return store.uri, results, report
 
 
 def render_table(results: list[dict[str, Any]], note: str = "") -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -38,13 +40,17 @@ def score(proba: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
     return metrics
 
 
-def better(candidate: dict[str, float | None], current: dict[str, float | None]) -> bool:
-    """Whether `candidate` beats `current`: higher accuracy, then lower log loss."""
+def rank_key(metrics: Mapping[str, float | None]) -> tuple[float, float]:
+    """How models are ordered everywhere (promotion, sweeps, a stream's best candidate):
+    higher accuracy first, then lower log loss. Missing values rank last."""
+    acc, loss = metrics.get("accuracy"), metrics.get("log_loss")
+    return (-math.inf if acc is None else acc, -math.inf if loss is None else -loss)
+
+
+def better(candidate: Mapping[str, float | None], current: Mapping[str, float | None]) -> bool:
+    """Whether `candidate` beats `current` by `rank_key`; anything beats no metrics at all."""
     if not candidate:
         return False
     if not current:
         return True
-    ca, cu = candidate["accuracy"], current["accuracy"]
-    if ca != cu:
-        return ca > cu
-    return candidate["log_loss"] < current["log_loss"]
+    return rank_key(candidate) > rank_key(current)

@@ -13,21 +13,24 @@ import pytest
 from tests.cluster.test_parallel import _drift_store
 
 SCRIPT = textwrap.dedent("""
-    import json, sys, threading, time
+    import glob, json, sys, threading, time
     import ray
     from ray.cluster_utils import Cluster
-    from cluster.sweep import SweepSpec, run_sweep
+    from cluster.executor import RayExecutor
     from data.storage import Store
+    from trainer.sweep import SweepSpec, run_sweep
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     worker = cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
     spec = SweepSpec.parse(
-        "strategies: [{fresh_all: {epochs: 40}}]\\nseeds: [0, 1, 2, 3, 4, 5]\\nmax_failures: 3\\n")
+        "strategies: [{fresh_all: {epochs: 300}}]\\nseeds: [0, 1, 2, 3, 4, 5]\\nmax_failures: 3\\n")
     out = {}
-    thread = threading.Thread(target=lambda: out.update(r=run_sweep(Store.open(sys.argv[1]), spec, progress=False)))
+    thread = threading.Thread(target=lambda: out.update(r=run_sweep(Store.open(sys.argv[1]), RayExecutor(), spec)))
     thread.start()
-    time.sleep(float(sys.argv[2]))
+    deadline = time.monotonic() + float(sys.argv[2])
+    while not glob.glob(sys.argv[1] + "/sweeps/*/trials/*.json") and time.monotonic() < deadline:
+        time.sleep(0.2)  # remove the node once the first trial is recorded, while others run
     removed_while_running = thread.is_alive()
     cluster.remove_node(worker)
     thread.join(timeout=600)
@@ -44,7 +47,7 @@ SCRIPT = textwrap.dedent("""
 def test_sweep_survives_losing_a_worker_node(tmp_path: Path) -> None:
     store = _drift_store(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, store, "12"],
+        [sys.executable, "-c", SCRIPT, store, "120"],
         capture_output=True,
         text=True,
         timeout=900,

@@ -12,8 +12,8 @@ import pytest
 
 from data.storage import Store
 from trainer.cli import main
+from trainer.commands import ingest_files, init_store
 from trainer.loop import LoopConfig
-from trainer.pipeline import ingest_files, init_store
 
 
 def _drift_store(tmp_path: Path, n: int = 3000) -> str:
@@ -55,8 +55,8 @@ def test_model_averaging_matches_single_process_accuracy(ray_cluster, tmp_path: 
     averaged = _json(capsys.readouterr().out)
     assert abs(averaged["metrics"]["holdout_accuracy"] - local["metrics"]["holdout_accuracy"]) <= 0.02
     manifest = Store.open(store).manifest(averaged["version"])
-    assert manifest["execution"] == {"mode": "model_averaging", "actors": 2, "sync_steps": 20}
-    assert Store.open(store).manifest(local["version"])["execution"] == {"mode": "local"}
+    assert manifest.execution == {"mode": "model_averaging", "actors": 2, "sync_steps": 20}
+    assert Store.open(store).manifest(local["version"]).execution == {"mode": "local"}
 
 
 @pytest.mark.ray
@@ -82,7 +82,7 @@ def test_bagging_adds_a_member_per_shard_and_others_refuse(ray_cluster, tiny_sto
     )
     out = _json(capsys.readouterr().out)
     assert out["members"] == 3
-    assert Store.open(tiny_store).manifest(out["version"])["execution"] == {"mode": "bagging", "actors": 2}
+    assert Store.open(tiny_store).manifest(out["version"]).execution == {"mode": "bagging", "actors": 2}
     assert main(["update", "--store", tiny_store, "--strategy", "graft", "--actors", "2"]) == 2
     err = capsys.readouterr().err
-    assert "apply to finetune_* (model averaging) and ensemble_* (bagging)" in err and len(err.splitlines()) == 1
+    assert "graft does not train data-parallel; these do: finetune_new" in err and len(err.splitlines()) == 1

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 
 import strategies
-from cluster.pool import Job, TrainerActor, run_jobs
+from cluster.pool import TrainerActor, run_jobs
 from data.storage import Store
-from trainer.pipeline import candidate_files, load_candidate, load_update_data, run_strategy
+from trainer.executor import Job
+from trainer.trials import run_strategy
+from trainer.updatedata import load_update_data
+from trainer.versions import load_candidate, stored_candidate
 
 
 @pytest.mark.ray
@@ -20,7 +23,7 @@ def test_actor_results_match_local_results(ray_cluster, tiny_store: str) -> None
     jobs = [Job(strategies.get(n), strategies.get(n).make_params({"epochs": "4"}), 3) for n in names]
     done = []
     remote = run_jobs(
-        data, candidate_files(store, data.parent), jobs, on_done=lambda job, r: done.append(job.strategy.name)
+        data, stored_candidate(store, data.parent), jobs, on_done=lambda i, r: done.append(jobs[i].strategy.name)
     )
     assert sorted(done) == sorted(names)
     for job, r in zip(jobs, remote, strict=True):

@@ -15,7 +15,7 @@ from data.storage import Store
 from tests.conftest import make_table
 from trainer.cli import main
 from trainer.evaluate import score
-from trainer.pipeline import load_candidate
+from trainer.versions import load_candidate
 
 
 @pytest.mark.ray

@@ -106,7 +106,7 @@ def test_new_class_flow_through_the_cli(tiny_store: str, write_parquet, capsys) 
     code, out, _ = run(capsys, "ingest", "--store", tiny_store, "--new-classes", three)
     assert code == 0 and "new classes [2]" in out
     code, _, err = run(capsys, "update", "--store", tiny_store, "--strategy", "finetune_new")
-    assert code == 2 and "use new_head" in err
+    assert code == 2 and "use one of" in err and "new_head" in err
     code, out, _ = run(
         capsys,
         "update",

@@ -17,7 +17,8 @@ import pytest
 from data.storage import Store
 from tests.conftest import make_table
 from trainer.cli import main
-from trainer.pipeline import history, load_candidate
+from trainer.commands import history
+from trainer.versions import load_candidate
 
 CTRAIN = [sys.executable, "-m", "trainer"]
 
@@ -29,8 +30,8 @@ def check_store(uri: str) -> None:
     current = store.current()
     assert current in versions, f"CURRENT names {current}, which is not a committed version"
     for v in versions:  # every committed version is whole: each file matches its sha256
-        for name in store.manifest(v)["files"]:
-            store.read_version_file(v, name)
+        for name in store.manifest(v).files:
+            store.read_member(v, name)
     load_candidate(store, current)
     assert [h["version"] for h in history(uri)] == versions
     for b in store.batch_ids():
@@ -144,7 +145,7 @@ def test_two_updaters_racing_both_keep_their_versions_and_one_wins(tiny_store: s
 
 def test_a_changed_byte_in_a_member_is_refused(tiny_store: str, tmp_path: Path, capsys) -> None:
     store = Store.open(tiny_store)
-    member = Path(store.path("models", store.current(), "member-0.keras"))
+    member = Path(store.uri, "models", store.current(), "member-0.keras")
     data = bytearray(member.read_bytes())
     data[len(data) // 2] ^= 0x01
     member.write_bytes(bytes(data))

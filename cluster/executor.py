@@ -1,0 +1,74 @@
+"""The Ray implementation of `trainer.executor.Executor`: trainer actors, Tune trials, sharded scoring."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from cluster import pool, runtime
+from data.rows import Rows
+from trainer.executor import Job, OnDone, Outcome, SweepSettings, run_job
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+    from data.storage import Store
+    from trainer.updatedata import UpdateData
+    from trainer.versions import StoredCandidate
+
+
+class RayExecutor:
+    """Work on the Ray cluster at RAY_ADDRESS, or on a local Ray started on first use.
+
+    Args:
+        actors: how many actors score a file (`predict --actors`) or run jobs at
+            once (default: one per CPU of the cluster).
+    """
+
+    def __init__(self, actors: int = 0) -> None:
+        runtime.connect()
+        self.actors = actors
+        self.where = runtime.describe()
+
+    def run(
+        self,
+        data: UpdateData,
+        current: StoredCandidate,
+        jobs: Sequence[Job],
+        *,
+        extra_eval: Mapping[str, Rows] | None = None,
+        on_done: OnDone | None = None,
+    ) -> list[Outcome]:
+        parallel = [i for i, job in enumerate(jobs) if job.actors > 1]
+        if not parallel:
+            return pool.run_jobs(
+                data, current, jobs, actors=self.actors or None, extra_eval=extra_eval, on_done=on_done
+            )
+        from cluster.parallel import fit_parallel
+
+        model = current.load()
+        outcomes = []
+        for i, job in enumerate(jobs):  # each data-parallel job uses the whole cluster in turn
+            outcomes.append(run_job(data, model, job, extra_eval, fit=fit_parallel if i in parallel else None))
+            if on_done:
+                on_done(i, outcomes[-1])
+        return outcomes
+
+    def sweep(
+        self, data: UpdateData, current: StoredCandidate, jobs: Sequence[Job], settings: SweepSettings, on_done: OnDone
+    ) -> None:
+        from cluster.tune import run_trials
+
+        run_trials(data, current, jobs, settings, on_done)
+
+    def score(self, store: Store, version: str, uri: str, table: pa.Table) -> np.ndarray:
+        import ray
+
+        from cluster.sharded import ScorerPool
+
+        scorers = ScorerPool.start(store, version, self.actors or max(1, int(ray.cluster_resources().get("CPU", 1))))
+        try:
+            return scorers.score(uri)[0]
+        finally:
+            scorers.stop()

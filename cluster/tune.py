@@ -1,0 +1,101 @@
+"""A sweep's trials on Ray Tune: resources per trial, concurrency, and retries of dead workers.
+
+Each trial runs one job (`trainer.executor.run_job`) and reports its scores; the
+driver receives them through a Tune callback and hands them to the sweep, which
+records them in the store. Workers never open the store. Tune's own experiment
+state (which holds pickles) lives in scratch space on the driver, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+from cluster.pool import ACTOR_MEMORY, CurrentCache
+from trainer.executor import Failure, Job, OnDone, Outcome, SweepSettings, run_job
+from trainer.trials import TrialResult
+from trainer.updatedata import UpdateData
+from trainer.versions import StoredCandidate
+
+_current = CurrentCache()
+
+
+def _trial(config: dict[str, Any], payload: tuple[UpdateData, StoredCandidate, Sequence[Job]]) -> None:
+    from ray import tune
+
+    from cluster.runtime import pin_threads
+
+    pin_threads()
+    data, current, jobs = payload
+    tune.report(_report(run_job(data, _current.get(data, current), jobs[config["index"]])))
+
+
+def _report(outcome: Outcome) -> dict[str, Any]:
+    """An outcome as a Tune result (scores only; the candidate stays on the worker)."""
+    if isinstance(outcome, Failure):
+        return {"failed": 1, "user_error": int(outcome.user_error), "message": outcome.message}
+    return {
+        "failed": 0,
+        "holdout_accuracy": outcome.metrics.get("holdout_accuracy"),
+        "metrics": json.dumps(outcome.metrics),
+        "current_metrics": json.dumps(outcome.current_metrics),
+        "train_seconds": outcome.train_seconds,
+        "members": outcome.members,
+        "peak_rss_mb": outcome.peak_rss_mb,
+    }
+
+
+def _outcome(result: dict[str, Any]) -> Outcome:
+    if result.get("failed", 1):
+        return Failure(str(result.get("message", "the trial reported nothing")), bool(result.get("user_error")))
+    return TrialResult(
+        None,
+        json.loads(result["metrics"]),
+        json.loads(result["current_metrics"]),
+        float(result["train_seconds"]),
+        int(result["members"]),
+        peak_rss_mb=float(result["peak_rss_mb"]),
+    )
+
+
+def run_trials(
+    data: UpdateData, current: StoredCandidate, jobs: Sequence[Job], settings: SweepSettings, on_done: OnDone
+) -> None:
+    """Run every job as a Tune trial; `on_done(index, outcome)` in the driver as each ends."""
+    from ray import tune
+
+    class Relay(tune.Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            on_done(trial.config["index"], _outcome(trial.last_result or {}))
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            retries = settings.max_failures
+            message = f"{jobs[trial.config['index']].strategy.name}: its worker failed {retries + 1} time(s)"
+            on_done(trial.config["index"], Failure(message, user_error=False))
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter honours verbose=0
+    scratch = tempfile.mkdtemp(prefix="ctrain-tune-")
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, payload=(data, current, list(jobs))),
+        {"cpu": settings.cpus_per_trial, "memory": ACTOR_MEMORY},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"index": tune.grid_search(list(range(len(jobs))))},
+        tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=settings.max_concurrent or None),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=scratch,
+            verbose=0,
+            callbacks=[Relay()],
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+        ),
+    )
+    try:
+        tuner.fit()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

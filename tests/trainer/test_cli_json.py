@@ -1,0 +1,96 @@
+"""Every command with --json: exit 0 and one JSON object on the last line (errors too)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import make_table
+from trainer.cli import build_parser, main
+
+COMMANDS_TESTED: set[str] = set()
+
+
+def run_json(capsys, *argv: str) -> dict:
+    COMMANDS_TESTED.add(argv[0])
+    code = main([*argv, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    last = json.loads(out.strip().splitlines()[-1])
+    assert isinstance(last, dict)
+    return last
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, str]:
+    paths = {}
+    for name, table in {
+        "old": make_table(seed=0),
+        "new": make_table(seed=1, shift=0.3),
+        "score": make_table(seed=2).drop_columns(["y"]),
+    }.items():
+        paths[name] = str(tmp_path / f"{name}.parquet")
+        pq.write_table(table, paths[name])
+    (tmp_path / "inbox").mkdir()
+    paths["inbox"] = str(tmp_path / "inbox")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("strategies: [keep, finetune_new]\nparams: {epochs: 2}\n")
+    paths["sweep"] = str(sweep)
+    return paths
+
+
+def test_every_command_prints_json_on_its_last_line(tmp_path: Path, inputs, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    store = "store"  # relative, as users type it
+    first = run_json(capsys, "init", "--store", store, "--data", inputs["old"], "--label", "y", "--epochs", "3")
+    assert first["promoted"] and first["version"]
+    assert run_json(capsys, "ingest", "--store", store, inputs["new"])["batches"][0]["added"]
+    upd = run_json(
+        capsys, "update", "--store", store, "--strategy", "finetune_new", "--set", "epochs=2", "--promote", "never"
+    )
+    assert upd["version"] and "holdout_accuracy" in upd["metrics"]
+    assert len(run_json(capsys, "history", "--store", store)["versions"]) == 2
+    pred = run_json(capsys, "predict", "--store", store, "--data", inputs["score"], "--out", "scored.parquet")
+    assert pred["rows"] == 120 and os.path.exists("scored.parquet")
+    sweep = run_json(capsys, "sweep", "--store", store, "--config", inputs["sweep"], "--local")
+    assert sweep["finished"] == sweep["trials"] == 2 and sweep["executor"] == "this process (no Ray)"
+    for policy in ("finetune_new", "best"):  # best crashed with --json (on_event=None)
+        drop_file(inputs["inbox"], policy)
+        stream = run_json(
+            capsys,
+            "stream",
+            "--store",
+            store,
+            "--inbox",
+            inputs["inbox"],
+            "--once",
+            "--policy",
+            policy,
+            "--candidates",
+            "finetune_new,fresh_new",
+            "--set",
+            "epochs=2",
+            "--local",
+        )
+        assert len(stream["events"]) == 1 and stream["events"][0]["status"] in ("updated", "kept")
+    demo = run_json(capsys, "demo", "--store", "demo-store", "--local")
+    assert len(demo["results"]) >= 9 and demo["executor"] == "this process (no Ray)"
+    assert set(build_parser()._subparsers._group_actions[0].choices) <= COMMANDS_TESTED
+
+
+def drop_file(inbox: str, tag: str) -> None:
+    """A new labelled file in the inbox for each stream run."""
+    pq.write_table(make_table(seed=len(tag), shift=0.5), Path(inbox) / f"{tag}.parquet")
+
+
+def test_errors_with_json_are_one_json_object_too(tmp_path: Path, capsys) -> None:
+    code = main(["history", "--store", str(tmp_path / "nowhere"), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    last = json.loads(out.strip().splitlines()[-1])
+    assert last["exit_code"] == 2 and "not a ctrain store" in last["error"]

@@ -1,0 +1,73 @@
+"""One executor: every command that trains or scores hands its work to it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from data.errors import UserError
+from data.storage import Store
+from tests.conftest import make_table
+from trainer.commands import predict, update
+from trainer.demo import run_demo
+from trainer.executor import LocalExecutor, make_executor
+from trainer.stream import Policy, run_stream
+from trainer.sweep import SweepSpec, run_sweep
+
+
+class Recording(LocalExecutor):
+    """The local executor, noting which of its operations each command used."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def run(self, *args, **kwargs):
+        self.calls.append("run")
+        return super().run(*args, **kwargs)
+
+    def sweep(self, *args, **kwargs):
+        self.calls.append("sweep")
+        return super().sweep(*args, **kwargs)
+
+    def score(self, *args, **kwargs):
+        self.calls.append("score")
+        return super().score(*args, **kwargs)
+
+
+def test_update_predict_sweep_stream_and_demo_go_through_the_executor(tiny_store: str, tmp_path: Path) -> None:
+    used = {}
+    ex = Recording()
+    update(Store.open(tiny_store), "finetune_new", {"epochs": "2"}, promote="never", executor=ex)
+    used["update"], ex.calls = ex.calls, []
+
+    score = tmp_path / "score.parquet"
+    pq.write_table(make_table(seed=5).drop_columns(["y"]), score)
+    predict(tiny_store, str(score), str(tmp_path / "out.parquet"), executor=ex)
+    used["predict"], ex.calls = ex.calls, []
+
+    run_sweep(Store.open(tiny_store), ex, SweepSpec.parse("strategies: [keep]"))
+    used["sweep"], ex.calls = ex.calls, []
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    pq.write_table(make_table(seed=6, shift=0.4), inbox / "f.parquet")
+    run_stream(tiny_store, str(inbox), Policy("finetune_new", values={"epochs": "2"}), ex, once=True)
+    used["stream"], ex.calls = ex.calls, []
+
+    run_demo(ex, str(tmp_path / "demo"))
+    used["demo"] = ex.calls
+    first = {command: calls[0] for command, calls in used.items()}  # the local sweep runs its trials with `run`
+    assert first == {"update": "run", "predict": "score", "sweep": "sweep", "stream": "run", "demo": "run"}
+
+
+def test_data_parallel_work_needs_ray(tiny_store: str) -> None:
+    with pytest.raises(UserError, match="runs on Ray actors"):
+        update(Store.open(tiny_store), "finetune_new", {"epochs": "1"}, executor=LocalExecutor(), actors=2)
+
+
+def test_without_ray_address_work_stays_in_this_process(monkeypatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert isinstance(make_executor(), LocalExecutor)
+    assert isinstance(make_executor(ray=False), LocalExecutor)

@@ -1,0 +1,94 @@
+"""Sweeps without Ray: the grid, outputs, resume, ranking and failed trials."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from data.errors import UserError
+from data.storage import Store
+from trainer.executor import LocalExecutor
+from trainer.sweep import SweepSpec, run_sweep, summarize
+
+SPEC = """
+strategies:
+  - keep
+  - finetune_all:
+      weighting: [none, recency]
+params: {epochs: 3}
+seeds: [0, 1]
+"""
+
+
+def test_spec_expands_the_grid_and_validates_early() -> None:
+    spec = SweepSpec.parse(SPEC)
+    assert len(spec.trials) == 2 + 2 * 2
+    assert {t.strategy for t in spec.trials} == {"keep", "finetune_all"}
+    keep = [t for t in spec.trials if t.strategy == "keep"]
+    assert all(t.params == {} for t in keep)  # shared params apply only where they exist
+    assert len({t.trial_id for t in spec.trials}) == len(spec.trials)
+    for bad, message in [
+        ("strategies: [retrain]", "unknown strategy"),
+        ("strategies: [keep]\nparams: {epochs: 3}", "no listed strategy has parameter(s) epochs"),
+        ("strategies: [{fresh_new: {epochs: [0]}}]", "epochs must be >= 1"),
+        ("strategies: [keep]\nseeds: x", "`seeds` must be"),
+        ("strategies: [keep]\ncolour: blue", "unknown key(s) colour"),
+        ("strategies: [keep]\nmax_failures: -1", "max_failures must be >= 0"),
+        ("strategies: [keep]\ncpus_per_trial: zero", "cpus_per_trial=zero: expected a number"),
+        ("strategies: [keep", "not valid YAML"),
+    ]:
+        with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            SweepSpec.parse(bad)
+
+
+def test_example_sweep_file_parses() -> None:
+    path = Path(__file__).parents[2] / "examples" / "sweep.yaml"
+    assert len(SweepSpec.parse(path.read_text()).trials) == 8 * 3
+
+
+def test_local_sweep_writes_results_report_and_plots_and_resumes(tiny_store: str) -> None:
+    store = Store.open(tiny_store)
+    result = run_sweep(store, LocalExecutor(), SweepSpec.parse(SPEC))
+    assert result.finished == result.trials == 6 and not result.failures
+    folder = Path(result.folder)
+    table = pq.read_table(folder / "results.parquet")
+    assert table.num_rows == 6 and len(set(table.column("trial_id").to_pylist())) == 6
+    assert {"holdout_accuracy", "old_accuracy", "new_accuracy", "train_seconds", "seed", "params"} <= set(
+        table.column_names
+    )
+    report = (folder / "report.md").read_text()
+    assert "| 1 |" in report and "finetune_all" in report and "±" in report
+    files = store.report_files(result.sweep_id)
+    for png in ("plots/accuracy_by_strategy.png", "plots/accuracy_vs_seconds.png"):
+        assert (folder / png).read_bytes()[:4] == b"\x89PNG" and png in report
+    for mentioned in re.findall(r"`(plots/[^`]+)`", report):  # the report names only files that exist
+        assert mentioned in files
+
+    # Resume: finished trials are not redone; a lost one is.
+    trials = folder / "trials"
+    kept = {p.name: p.read_bytes() for p in trials.iterdir()}
+    lost = sorted(kept)[0]
+    (trials / lost).unlink()
+    again = run_sweep(store, LocalExecutor(), resume=result.sweep_id)
+    assert again.finished == 6
+    for name, body in kept.items():
+        if name != lost:
+            assert (trials / name).read_bytes() == body
+    assert (trials / lost).exists()
+
+
+def test_a_sweep_whose_trials_all_fail_through_the_users_input_raises_it(tiny_store: str) -> None:
+    spec = SweepSpec.parse("strategies: [{graft: {freeze: 9, epochs: 2}}]\nseeds: [0, 1]")
+    with pytest.raises(UserError, match=r"none of 2 trials finished.*only 2 hidden layers"):
+        run_sweep(Store.open(tiny_store), LocalExecutor(), spec)
+
+
+def test_ranking_is_accuracy_then_log_loss_as_in_promotion() -> None:
+    def rec(strategy: str, acc: float, loss: float) -> dict:
+        return {"strategy": strategy, "params": "{}", "holdout_accuracy": acc, "holdout_log_loss": loss}
+
+    rows = summarize([rec("a", 0.9, 0.5), rec("b", 0.9, 0.3), rec("c", 0.8, 0.1)])
+    assert [r["strategy"] for r in rows] == ["b", "a", "c"]

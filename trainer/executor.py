@@ -1,0 +1,199 @@
+"""Where work runs: one small protocol, for this process here and for Ray in `cluster.executor`.
+
+Every command that trains or scores (update, predict, demo, sweep, stream) hands its
+work to an `Executor`; nothing else decides where code runs. A job is one strategy run
+against one update's data; its outcome is a `TrialResult` or a `Failure`. A user's
+mistake found while a job runs (a bad parameter for this store, a model that cannot
+learn the new classes) is caught in one place, `run_job`, wherever the job runs, and
+comes back as a `Failure` that is reported, not retried.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from data.errors import UserError
+from data.rows import Rows
+from trainer.params import Interval, Params, param
+from trainer.trials import TrialResult, run_strategy, score_candidate
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+    import strategies
+    from data.storage import Store
+    from trainer.candidate import Candidate
+    from trainer.updatedata import UpdateData
+    from trainer.versions import StoredCandidate
+
+
+@dataclass(frozen=True)
+class Job:
+    """One strategy run.
+
+    Attributes:
+        strategy: the registered strategy, shipped whole (so strategies a caller
+            registered at run time work on workers too).
+        params: its parameter dataclass.
+        seed: fixes initialisation, sampling and shuffling.
+        actors: more than 1: train data-parallel on that many Ray actors, as the
+            strategy's `can.data_parallel` says; 0 or 1: in one process.
+        sync_steps: with `actors` and averaging: steps between weight averages.
+    """
+
+    strategy: strategies.Strategy
+    params: Any
+    seed: int
+    actors: int = 0
+    sync_steps: int = 100
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A job that produced no result, and why.
+
+    Attributes:
+        message: one line for the user.
+        user_error: the user's input or configuration is at fault (exit code 2; never
+            retried); otherwise the work itself failed, e.g. workers died beyond retries.
+    """
+
+    message: str
+    user_error: bool
+
+
+Outcome = TrialResult | Failure
+OnDone = Callable[[int, Outcome], None]
+
+
+class WorkFailed(Exception):
+    """Work failed for a reason other than the user's input; the CLI exits with code 1."""
+
+
+@dataclass(frozen=True)
+class SweepSettings(Params):
+    """How a sweep's trials are scheduled (ignored where there is one process)."""
+
+    cpus_per_trial: float = param(1.0, Interval(float, 0, low_open=True), "Ray CPUs per trial")
+    max_failures: int = param(2, Interval(int, 0), "retries of a trial whose worker died")
+    max_concurrent: int = param(0, Interval(int, 0), "trials at once (0: as many as there are CPUs)")
+
+
+class Executor(Protocol):
+    """Runs jobs and scoring somewhere: in this process, or on Ray."""
+
+    @property
+    def where(self) -> str:
+        """Where the work runs, in words for the user."""
+
+    def run(
+        self,
+        data: UpdateData,
+        current: StoredCandidate,
+        jobs: Sequence[Job],
+        *,
+        extra_eval: Mapping[str, Rows] | None = None,
+        on_done: OnDone | None = None,
+    ) -> list[Outcome]:
+        """Run `jobs` (in parallel where possible); outcomes in the order of `jobs`, each also
+        passed to `on_done(index, outcome)` as it arrives. Candidates come back whole."""
+
+    def sweep(
+        self, data: UpdateData, current: StoredCandidate, jobs: Sequence[Job], settings: SweepSettings, on_done: OnDone
+    ) -> None:
+        """Run a sweep's trials, retrying those whose worker dies; only scores come back."""
+
+    def score(self, store: Store, version: str, uri: str, table: pa.Table) -> np.ndarray:
+        """Class probabilities of a stored version for every row of the Parquet file `uri`
+        (already read and checked here as `table`)."""
+
+
+Fit = Callable[["UpdateData", "Candidate", Job], tuple["Candidate", dict[str, Any]]]
+
+
+def run_job(
+    data: UpdateData,
+    current: Candidate,
+    job: Job,
+    extra_eval: Mapping[str, Rows] | None = None,
+    fit: Fit | None = None,
+) -> Outcome:
+    """Run one job from this process and score it; a user's mistake becomes a `Failure`.
+
+    By default the strategy trains here; `fit` trains it some other way (data-parallel
+    on actors) and says how, for the manifest.
+    """
+    try:
+        if fit is None:
+            return run_strategy(data, current, job.strategy, job.params, job.seed, extra_eval)
+        start = time.perf_counter()
+        candidate, execution = fit(data, current, job)
+        return score_candidate(data, current, candidate, time.perf_counter() - start, extra_eval, execution)
+    except UserError as exc:
+        return Failure(str(exc), user_error=True)
+
+
+def result_or_raise(outcome: Outcome) -> TrialResult:
+    """The result, or the failure raised as UserError (exit 2) or WorkFailed (exit 1)."""
+    if isinstance(outcome, Failure):
+        raise (UserError if outcome.user_error else WorkFailed)(outcome.message)
+    return outcome
+
+
+class LocalExecutor:
+    """Everything in this process, one job after another."""
+
+    where = "this process (no Ray)"
+
+    def run(
+        self,
+        data: UpdateData,
+        current: StoredCandidate,
+        jobs: Sequence[Job],
+        *,
+        extra_eval: Mapping[str, Rows] | None = None,
+        on_done: OnDone | None = None,
+    ) -> list[Outcome]:
+        model = current.load()
+        outcomes: list[Outcome] = []
+        for i, job in enumerate(jobs):
+            if job.actors > 1:
+                outcomes.append(Failure("data-parallel training (--actors) runs on Ray actors", user_error=True))
+            else:
+                outcomes.append(run_job(data, model, job, extra_eval))
+            if on_done:
+                on_done(i, outcomes[-1])
+        return outcomes
+
+    def sweep(
+        self, data: UpdateData, current: StoredCandidate, jobs: Sequence[Job], settings: SweepSettings, on_done: OnDone
+    ) -> None:
+        self.run(data, current, jobs, on_done=on_done)
+
+    def score(self, store: Store, version: str, uri: str, table: pa.Table) -> np.ndarray:
+        from trainer.versions import load_candidate
+
+        schema = store.schema
+        return load_candidate(store, version).predict_proba(schema.features_matrix(table), schema.n_classes)
+
+
+def make_executor(ray: bool | None = None, *, actors: int = 0) -> Executor:
+    """This process, or Ray.
+
+    Args:
+        ray: True asks for Ray (the cluster at RAY_ADDRESS, else a local one started
+            here); None means Ray exactly when RAY_ADDRESS names a cluster.
+        actors: on Ray, how many actors score or run jobs at once (default: all CPUs).
+    """
+    if ray is None:
+        ray = bool(os.environ.get("RAY_ADDRESS"))
+    if not ray:
+        return LocalExecutor()
+    from cluster.executor import RayExecutor
+
+    return RayExecutor(actors)

@@ -1,0 +1,195 @@
+"""Streaming: every new Parquet file in an inbox is validated, ingested and acted on, once.
+
+For each file, in name order: ingest it (a bad file is quarantined and the stream goes
+on), score the current model on it before any update (the drift signal), run the
+policy, and record one event. The store keeps a marker per file's sha256, written
+last: a file whose marker exists is never processed again, and one interrupted before
+its marker is redone safely (ingest is idempotent; a promoted update that already saw
+the batch is recognised). An update that fails is recorded as such and the stream goes
+on; the batch stays in the store as new data for the next update.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow.fs as pafs
+
+import strategies
+from data.batches import ingest_bytes
+from data.errors import UserError
+from data.parquet import redact, resolve
+from data.rows import Rows
+from data.storage import Store, sha256
+from trainer.evaluate import better, score
+from trainer.executor import Executor, Failure, Job, WorkFailed, result_or_raise
+from trainer.promotion import commit
+from trainer.trials import TrialResult, holdout_metrics
+from trainer.updatedata import UpdateData, load_update_data
+from trainer.versions import stored_candidate
+
+DEFAULT_CANDIDATES = ("finetune_new", "finetune_all", "fresh_all", "ensemble_all")
+STATUSES = ("updated", "kept", "seen", "rejected", "failed")
+
+
+@dataclass
+class StreamEvent:
+    """What happened to one inbox file: its status is one of `STATUSES`."""
+
+    file: str
+    sha256: str
+    status: str
+    batch: str | None = None
+    rows: int = 0
+    drift: dict[str, float | None] = field(default_factory=dict)
+    strategy: str | None = None
+    version: str | None = None
+    promoted: bool = False
+    reason: str = ""
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        head = f"{self.file}: "
+        if self.status == "rejected":
+            return head + f"rejected ({self.reason})"
+        drift = self.drift.get("accuracy")
+        parts = [f"batch {self.batch}, {self.rows} rows", f"current model on it: acc {drift:.3f}" if drift else ""]
+        if self.version:
+            parts.append(f"{self.strategy} -> {self.version} {'promoted' if self.promoted else 'not promoted'}")
+        parts.append(f"update failed: {self.reason}" if self.status == "failed" else self.reason)
+        return head + "; ".join(p for p in parts if p) + f" ({self.seconds:.1f} s)"
+
+
+class Policy:
+    """A strategy name, or `best`: a set of candidate strategies, the best of which is kept.
+
+    Args:
+        name: a registered strategy, or `best`.
+        candidates: with `best`, the strategies to try.
+        seed: the seed of every run.
+        values: parameters for every strategy that has them (`--set`); a key no
+            strategy of the policy has is an error.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        candidates: Sequence[str] = DEFAULT_CANDIDATES,
+        seed: int = 0,
+        values: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.seed = seed
+        names = list(candidates) if name == "best" else [name]
+        if not names:
+            raise UserError("--candidates: give at least one strategy")
+        chosen = [strategies.get(n) for n in names]
+        values = dict(values or {})
+        unused = set(values) - {f for s in chosen for f in s.params.__dataclass_fields__}
+        if unused:
+            raise UserError(f"--set {sorted(unused)[0]}: no strategy of the policy has this parameter")
+        self.jobs = [
+            Job(s, s.make_params({k: v for k, v in values.items() if k in s.params.__dataclass_fields__}), seed)
+            for s in chosen
+        ]
+
+    def run(self, store: Store, data: UpdateData, executor: Executor) -> tuple[Job, TrialResult]:
+        """Run the policy's jobs; return the best successful one (ranked as promotion ranks).
+
+        Raises the first failure if none succeeded.
+        """
+        outcomes = executor.run(data, stored_candidate(store, data.parent), self.jobs)
+        best: tuple[Job, TrialResult] | None = None
+        for job, outcome in zip(self.jobs, outcomes, strict=True):
+            if isinstance(outcome, Failure):
+                continue
+            if best is None or better(holdout_metrics(outcome.metrics), holdout_metrics(best[1].metrics)):
+                best = (job, outcome)
+        if best is None:  # every job failed: raise the first user's mistake, else the first failure
+            result_or_raise(next((o for o in outcomes if isinstance(o, Failure) and o.user_error), outcomes[0]))
+        assert best is not None
+        return best
+
+
+def inbox_files(inbox: str) -> list[tuple[pafs.FileSystem, str]]:
+    fs, root = resolve(inbox)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=False))
+    except (FileNotFoundError, OSError) as exc:
+        raise UserError(f"--inbox {redact(inbox)}: cannot list ({exc})") from None
+    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
+    return [(fs, f) for f in files]
+
+
+def process_file(
+    store: Store, fs: pafs.FileSystem, path: str, policy: Policy, executor: Executor
+) -> StreamEvent | None:
+    """Handle one inbox file exactly once; None if it was processed before."""
+    start = time.perf_counter()
+    with fs.open_input_stream(path) as f:
+        data = f.read()
+    digest = sha256(data)
+    if store.stream_marker(digest) is not None:
+        return None
+    name = path.rsplit("/", 1)[-1]
+    event = StreamEvent(name, digest, "rejected")
+    try:
+        result = ingest_bytes(store, name, data)
+    except UserError as exc:
+        event.reason = str(exc)
+    else:
+        event.batch, event.rows = result.batch_id, result.rows
+        try:
+            _act(store, policy, executor, event)
+        except (UserError, WorkFailed) as exc:
+            event.status, event.reason = "failed", str(exc)
+    event.seconds = time.perf_counter() - start
+    store.record_stream_event(digest, asdict(event))
+    return event
+
+
+def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent) -> None:
+    current_version = store.current()
+    if current_version is None:
+        raise UserError(f"{store.display}: no current model; create one with `ctrain init`")
+    if event.batch in store.manifest(current_version).batches_seen:
+        event.status, event.reason = "seen", f"already learned by {current_version}"
+        return
+    data = load_update_data(store)
+    new = Rows.concat([data.new, data.new_holdout])
+    rows = new.take(new.order == store.batch_ids().index(event.batch))  # this file's rows: the drift signal
+    current = stored_candidate(store, data.parent).load()
+    event.drift = score(current.predict_proba(rows.x, data.n_classes), rows.y)
+    job, result = policy.run(store, data, executor)
+    outcome = commit(store, data, job.strategy.name, job.params, job.seed, result, "auto")
+    event.status = "updated" if outcome.promoted else "kept"
+    event.strategy, event.version = job.strategy.name, outcome.version
+    event.promoted, event.reason = outcome.promoted, outcome.reason
+
+
+def run_stream(
+    store_uri: str,
+    inbox: str,
+    policy: Policy,
+    executor: Executor,
+    *,
+    once: bool = False,
+    interval: float = 5.0,
+    on_event: Callable[[StreamEvent], None] | None = None,
+) -> list[StreamEvent]:
+    """Process the inbox until interrupted (or, with `once`, until it holds nothing new)."""
+    store = Store.open(store_uri)
+    events: list[StreamEvent] = []
+    while True:
+        for fs, path in inbox_files(inbox):
+            event = process_file(store, fs, path, policy, executor)
+            if event is not None:
+                events.append(event)
+                if on_event is not None:
+                    on_event(event)
+        if once:
+            return events
+        time.sleep(interval)

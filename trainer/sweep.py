@@ -1,0 +1,348 @@
+"""Sweeps: strategies x parameters x seeds, every trial on the same holdouts, wherever they run.
+
+A sweep lives in the store under its id: the spec it ran, one record per finished
+trial (the source of truth, written as each trial ends), and the outputs: a results
+table, a Markdown report ranking the configurations and plots. `--resume` reruns
+exactly the trials without a record, so an interrupted sweep finishes the same way on
+every storage backend. The executor decides where trials run (Ray Tune on a cluster,
+or one after another in this process); nothing here touches Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import logging
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import yaml
+
+import strategies
+from data.errors import UserError
+from data.parquet import table_to_bytes
+from data.storage import Store, utc_stamp
+from trainer import params as P
+from trainer.evaluate import rank_key
+from trainer.executor import Executor, Failure, Job, Outcome, SweepSettings, WorkFailed
+from trainer.updatedata import load_update_data
+from trainer.versions import stored_candidate
+
+log = logging.getLogger(__name__)
+
+METRICS = (
+    "holdout_accuracy",
+    "holdout_log_loss",
+    "holdout_roc_auc",
+    "old_accuracy",
+    "old_log_loss",
+    "new_accuracy",
+    "new_log_loss",
+)
+_GRID_KEYS = {"strategies", "params", "seeds"}
+_SETTING_KEYS = {f for f in SweepSettings.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    strategy: str
+    params: dict[str, Any]
+    seed: int
+
+    @property
+    def trial_id(self) -> str:
+        key = json.dumps([self.strategy, self.params, self.seed], sort_keys=True, default=str)
+        return f"{self.strategy}-s{self.seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+    def job(self) -> Job:
+        strategy = strategies.get(self.strategy)
+        return Job(strategy, strategy.make_params(self.params), self.seed)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed sweep file; `trials` is the full grid, validated against the registry."""
+
+    trials: tuple[TrialSpec, ...]
+    source: str
+    settings: SweepSettings = field(default_factory=SweepSettings)
+
+    @classmethod
+    def parse(cls, text: str, name: str = "sweep config") -> SweepSpec:
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UserError(f"{name}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(doc, dict) or "strategies" not in doc:
+            raise UserError(f"{name}: expected a mapping with a `strategies` list (see examples/sweep.yaml)")
+        unknown = set(doc) - _GRID_KEYS - _SETTING_KEYS
+        if unknown:
+            known = ", ".join(sorted(_GRID_KEYS | _SETTING_KEYS))
+            raise UserError(f"{name}: unknown key(s) {', '.join(sorted(unknown))}; known: {known}")
+        shared = doc.get("params") or {}
+        if not isinstance(shared, dict):
+            raise UserError(f"{name}: `params` must be a mapping of parameter to value or list of values")
+        seeds = doc.get("seeds", [0])
+        seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+            raise UserError(f"{name}: `seeds` must be a whole number or a list of them")
+        if not isinstance(doc["strategies"], list | type(None)):
+            raise UserError(f"{name}: `strategies` must be a list")
+        trials, used = [], set()
+        for entry in doc["strategies"] or []:
+            strategy_name, own = (entry, {}) if isinstance(entry, str) else _one_item(entry, name)
+            strategy = strategies.get(strategy_name)
+            accepted = set(strategy.params.__dataclass_fields__)
+            grid = {k: v for k, v in shared.items() if k in accepted}
+            used |= set(grid)
+            grid.update(own)
+            for combo in _product(grid):
+                strategy.make_params(combo)  # validate now, before any cluster work
+                trials.extend(TrialSpec(strategy_name, combo, seed) for seed in seeds)
+        stray = set(shared) - used
+        if stray:
+            raise UserError(f"{name}: no listed strategy has parameter(s) {', '.join(sorted(stray))}")
+        if not trials:
+            raise UserError(f"{name}: no strategies listed")
+        try:
+            settings = P.build(SweepSettings, {k: doc[k] for k in _SETTING_KEYS if k in doc})
+        except ValueError as exc:
+            raise UserError(f"{name}: {exc}") from None
+        return cls(tuple(trials), text, settings)
+
+
+def _one_item(entry: Any, name: str) -> tuple[str, dict[str, Any]]:
+    if not (isinstance(entry, dict) and len(entry) == 1):
+        raise UserError(f"{name}: each strategy is a name or `name: {{param: values}}`, got {entry!r}")
+    ((strategy_name, grid),) = entry.items()
+    if grid is not None and not isinstance(grid, dict):
+        raise UserError(f"{name}: parameters of {strategy_name} must be a mapping")
+    return str(strategy_name), dict(grid or {})
+
+
+def _product(grid: Mapping[str, Any]) -> list[dict[str, Any]]:
+    keys = sorted(grid)
+    axes = [grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys]
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*axes)]
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What a sweep left: its id, where its outputs are, its results, and what failed.
+
+    Attributes:
+        failures: (trial id, Failure) of every trial that ended without a result in this run.
+    """
+
+    sweep_id: str
+    folder: str
+    table: pa.Table
+    trials: int
+    finished: int
+    failures: list[tuple[str, Failure]] = field(default_factory=list)
+
+
+def run_sweep(
+    store: Store,
+    executor: Executor,
+    spec: SweepSpec | None = None,
+    *,
+    resume: str | None = None,
+    progress: bool = False,
+) -> SweepResult:
+    """Run (or, with `resume`, finish) a sweep; trials run where `executor` says.
+
+    Raises UserError if every trial failed through the user's input, WorkFailed if
+    every trial failed otherwise.
+    """
+    if resume:
+        text = store.sweep_spec(resume)
+        if text is None:
+            raise UserError(f"--resume {resume}: no such sweep in {store.display}")
+        spec = SweepSpec.parse(text, f"sweep {resume}'s spec")
+    if spec is None:
+        raise ValueError("give a spec or a sweep id to resume")
+    sweep_id = resume or f"sweep-{utc_stamp()}"
+    data = load_update_data(store)
+    if len(data.holdout) == 0:
+        raise UserError(f"{store.display}: sweeps score trials on held-out rows; this store's holdout_fraction is 0")
+    if not resume:
+        store.write_sweep_spec(sweep_id, spec.source)
+    done = set(store.trial_records(sweep_id))
+    todo = [t for t in spec.trials if t.trial_id not in done]
+    failures: list[tuple[str, Failure]] = []
+    if todo:
+        bar = _Progress(len(spec.trials), len(spec.trials) - len(todo), progress)
+
+        def record(i: int, outcome: Outcome) -> None:
+            trial = todo[i]
+            if isinstance(outcome, Failure):
+                failures.append((trial.trial_id, outcome))
+            else:
+                store.write_trial_record(sweep_id, trial.trial_id, _record(trial, outcome))
+                bar.best(trial.strategy, outcome.metrics)
+            bar.update()
+
+        try:
+            executor.sweep(data, stored_candidate(store, data.parent), [t.job() for t in todo], spec.settings, record)
+        finally:
+            bar.close()
+    result = _write_outputs(store, sweep_id, spec, failures)
+    if result.finished == 0 and failures:
+        first = next((f for _, f in failures if f.user_error), failures[0][1])
+        message = f"sweep {sweep_id}: none of {result.trials} trials finished; first failure: {first.message}"
+        raise (UserError if first.user_error else WorkFailed)(message)
+    return result
+
+
+def _record(trial: TrialSpec, outcome: Any) -> dict[str, Any]:
+    return {
+        "trial_id": trial.trial_id,
+        "strategy": trial.strategy,
+        "params": json.dumps(trial.params, sort_keys=True),
+        "seed": trial.seed,
+        "train_seconds": outcome.train_seconds,
+        "members": outcome.members,
+        "worker_peak_rss_mb": outcome.peak_rss_mb,
+        **{m: outcome.metrics.get(m) for m in METRICS},
+    }
+
+
+class _Progress:
+    """Trials done, on a progress bar, with the best so far (ranked as everywhere)."""
+
+    def __init__(self, total: int, done: int, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, initial=done, desc="trials", unit="trial", disable=not enabled, file=sys.stderr)
+        self._best: tuple[float, float] | None = None
+
+    def best(self, strategy: str, metrics: Mapping[str, float | None]) -> None:
+        key = rank_key({"accuracy": metrics.get("holdout_accuracy"), "log_loss": metrics.get("holdout_log_loss")})
+        if self._best is None or key > self._best:
+            self._best = key
+            self._bar.set_postfix_str(f"best {strategy} {key[0]:.3f}")
+
+    def update(self) -> None:
+        self._bar.update()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _write_outputs(store: Store, sweep_id: str, spec: SweepSpec, failures: list[tuple[str, Failure]]) -> SweepResult:
+    wanted = {t.trial_id for t in spec.trials}
+    recorded = store.trial_records(sweep_id)
+    records = [recorded[i] for i in sorted(set(recorded) & wanted)]
+    table = pa.Table.from_pylist(records) if records else pa.table({"trial_id": pa.array([], pa.string())})
+    plots = _plots(records) if records else {}
+    report = render_report(records, spec, sweep_id, sorted(plots), failures)
+    files = {"results.parquet": table_to_bytes(table), "report.md": report.encode(), **plots}
+    folder = store.write_report(sweep_id, files)
+    return SweepResult(sweep_id, folder, table, len(spec.trials), len(records), failures)
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std over seeds of each (strategy, params), ranked as promotion ranks models."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["strategy"], r["params"]), []).append(r)
+    rows = []
+    for (strategy, params), rs in groups.items():
+        row: dict[str, Any] = {"strategy": strategy, "params": params, "seeds": len(rs)}
+        for m in (*METRICS, "train_seconds"):
+            values = [r[m] for r in rs if r.get(m) is not None]
+            row[m] = (float(np.mean(values)), float(np.std(values))) if values else (None, None)
+        rows.append(row)
+
+    def key(row: dict[str, Any]) -> tuple[float, float]:
+        return rank_key({"accuracy": row["holdout_accuracy"][0], "log_loss": row["holdout_log_loss"][0]})
+
+    return sorted(rows, key=key, reverse=True)
+
+
+def render_report(
+    records: list[dict[str, Any]],
+    spec: SweepSpec,
+    sweep_id: str,
+    plots: list[str],
+    failures: list[tuple[str, Failure]] = (),  # type: ignore[assignment]
+) -> str:
+    def pm(v: tuple[float | None, float | None], d: int = 3) -> str:
+        return "n/a" if v[0] is None else f"{v[0]:.{d}f} ± {v[1]:.{d}f}"
+
+    lines = [
+        f"# Sweep {sweep_id}",
+        "",
+        f"{len(records)} of {len(spec.trials)} trials finished. Every trial is scored on the same held-out rows: "
+        "`holdout` is all of them, `old` the old batches' (forgetting), `new` the new batches' (plasticity). "
+        "Mean ± std over seeds; ranked by holdout accuracy, then log loss.",
+        "",
+    ]
+    if records:
+        lines += [
+            "| rank | strategy | params | seeds | holdout accuracy | old accuracy | new accuracy | holdout log loss "
+            "| train s |",
+            "| ---: | --- | --- | ---: | --- | --- | --- | --- | ---: |",
+        ]
+        for i, r in enumerate(summarize(records), 1):
+            params = r["params"] if r["params"] != "{}" else "defaults"
+            lines.append(
+                f"| {i} | {r['strategy']} | `{params}` | {r['seeds']} | {pm(r['holdout_accuracy'])} | "
+                f"{pm(r['old_accuracy'])} | {pm(r['new_accuracy'])} | {pm(r['holdout_log_loss'])} | "
+                f"{pm(r['train_seconds'], 2)} |"
+            )
+        lines.append("")
+    if failures:
+        lines += ["## Failed trials", ""]
+        lines += [f"- `{trial_id}`: {f.message}" for trial_id, f in failures]
+        lines.append("")
+    if plots:
+        lines += ["Plots: " + ", ".join(f"`{p}`" for p in plots) + ".", ""]
+    return "\n".join(lines)
+
+
+def _plots(records: list[dict[str, Any]]) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summarize(records)
+    labels = [r["strategy"] + ("" if r["params"] == "{}" else f"\n{r['params']}") for r in rows]
+    out = {}
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4.5))
+    means = [r["holdout_accuracy"][0] or 0 for r in rows]
+    stds = [r["holdout_accuracy"][1] or 0 for r in rows]
+    ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color="#4c72b0")
+    ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("holdout accuracy (mean ± std over seeds)")
+    ax.set_ylim(max(0.0, min(means) - 0.1), min(1.0, max(means) + 0.05))
+    ax.set_title("Accuracy by strategy")
+    fig.tight_layout()
+    out["plots/accuracy_by_strategy.png"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for strategy in sorted({r["strategy"] for r in records}):
+        rs = [r for r in records if r["strategy"] == strategy and r.get("holdout_accuracy") is not None]
+        ax.scatter([r["train_seconds"] for r in rs], [r["holdout_accuracy"] for r in rs], label=strategy, s=24)
+    ax.set_xlabel("train seconds")
+    ax.set_ylabel("holdout accuracy")
+    ax.set_title("Accuracy against training time (one point per trial)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out["plots/accuracy_vs_seconds.png"] = _png(fig)
+    plt.close("all")
+    return out
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()

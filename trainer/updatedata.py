@@ -1,0 +1,77 @@
+"""What one update sees: the current version and the rows of the batches it has and has not seen."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import strategies
+from data.batches import load_rows
+from data.errors import UserError
+from data.rows import Rows
+from data.storage import Store
+from trainer.candidate import Candidate
+from trainer.models import ModelSpec
+
+
+@dataclass(frozen=True)
+class UpdateData:
+    """What every strategy of one update sees: the current version and the rows.
+
+    Built once by the driver; on a cluster it goes into Ray's object store once and
+    every job reads it from there.
+    """
+
+    parent: str
+    old_ids: list[str]
+    new_ids: list[str]
+    old: Rows
+    new: Rows
+    old_holdout: Rows
+    new_holdout: Rows
+    n_classes: int
+    model_spec: ModelSpec
+
+    @functools.cached_property
+    def holdout(self) -> Rows:
+        return Rows.concat([self.old_holdout, self.new_holdout])
+
+    def eval_sets(self, extra: Mapping[str, Rows] | None = None) -> dict[str, Rows]:
+        return {"holdout": self.holdout, "old": self.old_holdout, "new": self.new_holdout, **(extra or {})}
+
+    def inputs(self, current: Candidate, seed: int) -> strategies.UpdateInputs:
+        return strategies.UpdateInputs(current, self.old, self.new, self.holdout, self.n_classes, self.model_spec, seed)
+
+
+class NothingNew(UserError):
+    """No batches arrived since the current version: there is nothing to update."""
+
+
+def load_update_data(store: Store, *, require_new: bool = True) -> UpdateData:
+    """The current version and the rows of the batches it has and has not seen.
+
+    Raises NothingNew if `require_new` and every batch has been seen.
+    """
+    parent = store.current()
+    if parent is None:
+        raise UserError(f"{store.display}: no current model; create one with `ctrain init`")
+    seen = set(store.manifest(parent).batches_seen)
+    batches = store.batch_ids()
+    new_ids = [b for b in batches if b not in seen]
+    old_ids = [b for b in batches if b in seen]
+    if require_new and not new_ids:
+        raise NothingNew(f"no new batches since version {parent}; nothing to update (add some with `ctrain ingest`)")
+    old, old_holdout = load_rows(store, old_ids)
+    new, new_holdout = load_rows(store, new_ids)
+    return UpdateData(
+        parent,
+        old_ids,
+        new_ids,
+        old,
+        new,
+        old_holdout,
+        new_holdout,
+        store.schema.n_classes,
+        ModelSpec.parse(store.meta.model),
+    )
