@@ -67,12 +67,17 @@ def ingest_bytes(store: Store, source: str, data: bytes, *, allow_new_classes: b
 
 
 def batch_rows(store: Store, batch_id: str, order: int, schema: Schema) -> tuple[Rows, Rows]:
-    """A batch as (train rows, holdout rows), split by the store's fixed holdout."""
+    """A stored batch as (train rows, holdout rows), split by the store's fixed holdout."""
     table = table_from_bytes(store.read_batch(batch_id), batch_id)
+    return split_rows(table, batch_id, order, schema, store.meta.holdout_fraction)
+
+
+def split_rows(table: pa.Table, batch_id: str, order: int, schema: Schema, fraction: float) -> tuple[Rows, Rows]:
+    """A batch's table as (train rows, holdout rows); the holdout is fixed by the batch id."""
     x = schema.features_matrix(table)
     y = schema.label_indices(table)
     rows = Rows(x, y, np.full(len(y), order, np.int32))
-    mask = holdout_mask(batch_id, len(y), store.meta.holdout_fraction)
+    mask = holdout_mask(batch_id, len(y), fraction)
     return rows.take(~mask), rows.take(mask)
 
 

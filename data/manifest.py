@@ -7,10 +7,12 @@ shape is versioned with the store format.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 FORMAT_VERSION = 1
+FILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")  # a name inside a version's folder: never a path
 
 
 class ManifestError(ValueError):
@@ -76,12 +78,15 @@ class Manifest:
             members_t = tuple(Member(str(m["file"]), int(m["classes"])) for m in members)
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"a member entry is malformed ({exc!r})") from None
-        weights = tuple(float(w) for w in _list(d, "weights", (int, float)))
-        if len(weights) != len(members_t) or not members_t:
-            raise ManifestError(f"{len(members_t)} members but {len(weights)} weights")
         files = d.get("files")
         if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
             raise ManifestError("files is not a mapping of name to sha256")
+        for name in [m.file for m in members_t] + list(files):
+            if not FILE_NAME.fullmatch(name) or name.startswith("."):
+                raise ManifestError(f"{name!r} is not a file name of a version's folder")
+        weights = tuple(float(w) for w in _list(d, "weights", (int, float)))
+        if len(weights) != len(members_t) or not members_t:
+            raise ManifestError(f"{len(members_t)} members but {len(weights)} weights")
         return cls(
             parent=_opt_str(d, "parent"),
             strategy=_str(d, "strategy"),

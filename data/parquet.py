@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -21,6 +22,17 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise UserError(f"{redact(uri)}: cannot open ({scrub(str(exc), uri)})") from None
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths or URIs name the same file (through symlinks and hard links, on local disks)."""
+    (fs_a, path_a), (fs_b, path_b) = resolve(a), resolve(b)
+    if isinstance(fs_a, pafs.LocalFileSystem) and isinstance(fs_b, pafs.LocalFileSystem):
+        try:
+            return os.path.samefile(path_a, path_b)
+        except OSError:  # one does not exist yet
+            return os.path.realpath(path_a) == os.path.realpath(path_b)
+    return type(fs_a) is type(fs_b) and path_a.rstrip("/") == path_b.rstrip("/")
 
 
 def redact(uri: str) -> str:
@@ -68,7 +80,13 @@ def table_from_bytes(data: bytes, source: str) -> pa.Table:
     try:
         return pq.ParquetFile(pa.BufferReader(arrow_owned(data))).read()
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise UserError(f"{source}: unreadable Parquet ({exc})") from exc
+        raise UserError(f"{source}: unreadable Parquet ({one_line(str(exc))})") from None
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """A library's message fit for one line: its first non-empty line, shortened."""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def arrow_owned(data: bytes) -> pa.Buffer:
@@ -114,12 +132,21 @@ def parse_temp_name(name: str) -> tuple[str, int] | None:
 
 
 def write_temp(directory: str, data: bytes) -> str:
-    """Write `data` durably to a new temporary file in `directory` (a local path); return its path."""
+    """Write `data` durably to a new temporary file in `directory` (a local path); return its path.
+
+    If the write fails (disk full, file-size limit), the partial file is removed and the
+    OSError raised.
+    """
     tmp = os.path.join(directory, temp_name())
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return tmp
 
 
@@ -127,13 +154,22 @@ def write_table(uri: str, table: pa.Table) -> None:
     """Write `table` as Parquet at `uri` atomically (temporary name and rename, or one PUT)."""
     data = table_to_bytes(table)
     fs, path = resolve(uri)
+    tmp = None
     try:
+        if fs.get_file_info(path).type == pafs.FileType.Directory:
+            raise UserError(f"{redact(uri)}: is a directory; give a file name")
         if isinstance(fs, pafs.LocalFileSystem):
             directory = os.path.dirname(path) or "."
             os.makedirs(directory, exist_ok=True)
-            os.replace(write_temp(directory, data), path)
+            tmp = write_temp(directory, data)
+            os.replace(tmp, path)
+            tmp = None
         else:
             with fs.open_output_stream(path) as f:
                 f.write(data)
     except OSError as exc:
-        raise UserError(f"{redact(uri)}: cannot write ({scrub(str(exc), uri)})") from None
+        raise UserError(f"{redact(uri)}: cannot write ({one_line(scrub(str(exc), uri))})") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)

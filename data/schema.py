@@ -11,9 +11,23 @@ import pyarrow.compute as pc
 
 from data.errors import NewClassesRefused, UserError
 
+# Columns `predict` adds to its output: a feature of that name could never be predicted.
+OUTPUT_COLUMNS = ("prediction", "probability")
+# The largest magnitude the model's float32 arithmetic represents.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def _is_numeric(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def check_unique_columns(table: pa.Table, source: str) -> None:
+    """Raise UserError if a column name appears more than once."""
+    seen: set[str] = set()
+    for name in table.column_names:
+        if name in seen:
+            raise UserError(f"{source}: column {name!r} appears {table.column_names.count(name)} times")
+        seen.add(name)
 
 
 def _label_key(value: Any) -> Any:
@@ -50,20 +64,37 @@ class Schema:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Schema:
-        return cls(tuple(d["features"]), d["label"], tuple(d["classes"]))
+        """Read the schema part of store.json; ValueError if it has the wrong shape."""
+        features, label, classes = d["features"], d["label"], d["classes"]
+        if not (isinstance(features, list) and all(isinstance(f, str) for f in features) and isinstance(label, str)):
+            raise ValueError("features must be a list of names and label a name")
+        if not isinstance(classes, list):
+            raise ValueError("classes must be a list")
+        return cls(tuple(features), label, tuple(classes))
+
+    def class_type(self) -> pa.DataType:
+        """The Arrow type of the class labels (what `predict` writes as `prediction`)."""
+        return pa.array(list(self.classes)).type
 
     @classmethod
     def infer(cls, table: pa.Table, label: str, source: str) -> Schema:
         """Take the schema from a first batch: every column but the label is a feature."""
+        check_unique_columns(table, source)
         if label not in table.column_names:
             raise UserError(f"{source}: no label column {label!r}; columns are {', '.join(table.column_names)}")
         features = tuple(c for c in table.column_names if c != label)
+        clash = [c for c in features if c in OUTPUT_COLUMNS]
+        if clash:
+            raise UserError(
+                f"{source}: a feature may not be called {clash[0]!r}: `ctrain predict` writes a column of that name"
+            )
         schema = cls(features, label, ())
         schema.check_features(table, source)
         labels = schema.check_labels(table, source)
         classes = tuple(sorted(set(labels)))
         if len(classes) < 2:
             raise UserError(f"{source}: label {label!r} has only one class ({classes[0]!r})")
+        _check_looks_like_classes(table.column(label), classes, label, source)
         return cls(features, label, classes)
 
     def check_features(self, table: pa.Table, source: str, *, allow_extra: bool = False) -> None:
@@ -74,6 +105,7 @@ class Schema:
         """
         if table.num_rows == 0:
             raise UserError(f"{source}: the file has no rows")
+        check_unique_columns(table, source)
         missing = [c for c in self.features if c not in table.column_names]
         if missing:
             raise UserError(f"{source}: missing feature column(s) {', '.join(missing)}")
@@ -89,10 +121,17 @@ class Schema:
                 raise UserError(f"{source}: feature {name!r} is {col.type}, not numeric")
             if col.null_count:
                 raise UserError(f"{source}: feature {name!r} has {col.null_count} missing value(s)")
-            if pa.types.is_floating(col.type):
-                bad = int(pc.sum(pc.invert(pc.is_finite(col))).as_py() or 0)
+            if pa.types.is_floating(col.type):  # checked as the model computes: in float32
+                x = col.to_numpy()
+                bad = int(np.count_nonzero(~np.isfinite(x)))
                 if bad:
                     raise UserError(f"{source}: feature {name!r} has {bad} NaN or infinite value(s)")
+                huge = int(np.count_nonzero(np.abs(x) > FLOAT32_MAX))
+                if huge:
+                    raise UserError(
+                        f"{source}: feature {name!r} has {huge} value(s) beyond float32's range (|x| > 3.4e38), "
+                        "infinite where the model computes"
+                    )
 
     def check_labels(self, table: pa.Table, source: str) -> list[Any]:
         """Return the labels as Python values, raising UserError if any is missing."""
@@ -146,3 +185,15 @@ class Schema:
             unknown = self.unknown_classes(labels)
             raise UserError(f"label(s) {unknown} are not among the classes {list(self.classes)}")
         return index.to_numpy().astype(np.int32)
+
+
+def _check_looks_like_classes(col: pa.ChunkedArray, classes: tuple[Any, ...], label: str, source: str) -> None:
+    """Refuse a label that looks like a quantity to predict (regression), not classes."""
+    fractional = pa.types.is_floating(col.type) and any(isinstance(c, float) and not c.is_integer() for c in classes)
+    many = len(classes) > 20 and len(classes) > 0.5 * len(col)
+    if fractional or many:
+        why = "fractional values" if fractional else f"{len(classes)} distinct values in {len(col)} rows"
+        raise UserError(
+            f"{source}: label {label!r} has {why}; it looks like a number to predict (regression), which "
+            "ctrain does not do yet: a classification label has a few repeated values"
+        )

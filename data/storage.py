@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -41,7 +42,8 @@ import pyarrow.fs as pafs
 
 from data.errors import UserError
 from data.manifest import FORMAT_VERSION, Manifest, ManifestError, Member
-from data.parquet import HOST, parse_temp_name, redact, resolve, scrub, write_temp
+from data.objectstore import S3Conditional
+from data.parquet import HOST, one_line, parse_temp_name, redact, resolve, scrub, write_temp
 from data.schema import Schema
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ _LOCK_STALE_SECONDS = 300.0
 # A leftover whose writer cannot be checked (another host, or no owner file yet) is
 # removed only once it is this old: a live writer is never that slow between steps.
 _GRACE_SECONDS = 3600.0
+_VERSION_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _BATCH_MARKER, _BATCH_OWNER = "batch.json", ".claim"
 _VERSION_MARKER, _VERSION_OWNER = "manifest.json", ".writer"
 
@@ -99,6 +102,10 @@ class StoreMeta:
             raise UserError(f"{source}: store.json is damaged ({exc!r})") from exc
 
 
+class NotAStore(UserError):
+    """There is no store (no store.json) at the URI."""
+
+
 class Store:
     """A store on a local folder or any pyarrow filesystem.
 
@@ -114,6 +121,7 @@ class Store:
         self._fs = fs
         self._root = root.rstrip("/")
         self._local = isinstance(fs, pafs.LocalFileSystem)
+        self._conditional = None if self._local else S3Conditional.for_uri(uri)
         self._display = redact(uri)
         self._cleaned: set[str] = set()
         self.uri = self._root if "://" not in uri else uri
@@ -123,16 +131,26 @@ class Store:
 
     @classmethod
     def create(cls, uri: str, meta: StoreMeta) -> Store:
+        """A new store with `meta`; or, if an `init` that did not finish left a store without a
+        current version here, that store with `meta` written anew (nothing depends on it yet).
+
+        Raises UserError if a store with a current version exists here.
+        """
         fs, root = resolve(uri)
         store = cls(uri, fs, root, meta)
         try:
-            if store._exists("store.json"):
-                raise UserError(f"{store.display}: a store already exists here; use another --store")
             fs.create_dir(root, recursive=True)
+            body = (json.dumps(meta.to_json(), indent=2, sort_keys=True) + "\n").encode()
+            if store._create_exclusive("store.json", body):
+                return store
         except OSError as exc:
-            raise UserError(f"{store.display}: cannot reach the store ({scrub(str(exc), uri)})") from None
-        store._write_json("store.json", meta.to_json())
-        return store
+            raise UserError(f"{store.display}: cannot reach the store ({one_line(scrub(str(exc), uri))})") from None
+        existing = cls.open(uri)
+        if existing.current() is not None:
+            raise UserError(f"{store.display}: a store already exists here; use another --store")
+        existing.meta = meta
+        existing._write_json("store.json", meta.to_json())
+        return existing
 
     @classmethod
     def open(cls, uri: str) -> Store:
@@ -141,11 +159,11 @@ class Store:
         try:
             raw = store._read("store.json")
         except FileNotFoundError:
-            raise UserError(
+            raise NotAStore(
                 f"{store.display}: not a ctrain store (no store.json); create one with `ctrain init`"
             ) from None
         except OSError as exc:
-            raise UserError(f"{store.display}: cannot reach the store ({scrub(str(exc), uri)})") from None
+            raise UserError(f"{store.display}: cannot reach the store ({one_line(scrub(str(exc), uri))})") from None
         try:
             d = json.loads(raw)
         except ValueError as exc:
@@ -161,6 +179,21 @@ class Store:
     def display(self) -> str:
         """The store's URI fit to print (no credentials)."""
         return self._display
+
+    def contains(self, uri: str) -> bool:
+        """Whether `uri` names this store or a path inside it (symlinks resolved on local disks).
+
+        No command writes a user-named output there: it could replace a file the store
+        relies on.
+        """
+        fs, path = resolve(uri)
+        if self._local != isinstance(fs, pafs.LocalFileSystem) or type(fs) is not type(self._fs):
+            return False
+        if self._local:
+            root, path = os.path.realpath(self._root), os.path.realpath(path)
+            return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+        path = path.rstrip("/")
+        return path == self._root or path.startswith(self._root + "/")
 
     # -- store.json ----------------------------------------------------------------------------
 
@@ -211,13 +244,14 @@ class Store:
             self._remove_uncommitted("batches", _BATCH_MARKER, _BATCH_OWNER)
             taken = self._list_dirs("batches")
             seq = max((int(b.split("-", 1)[0]) for b in taken if b.split("-", 1)[0].isdigit()), default=0) + 1
-            batch_id = f"{seq:06d}-{digest[:12]}"
+            batch_id = batch_name(seq, data)
             folder = f"batches/{batch_id}"
             if not self._claim(folder, _BATCH_OWNER):
                 raise RuntimeError(f"batch folder {batch_id} exists although the batch lock is held")
-            self._write(f"{folder}/data.parquet", data)
-            record = {**info, "id": batch_id, "sha256": digest, "bytes": len(data)}
-            self._write_json(f"{folder}/{_BATCH_MARKER}", record)
+            with self._abandon_on_failure(folder):
+                self._write(f"{folder}/data.parquet", data)
+                record = {**info, "id": batch_id, "sha256": digest, "bytes": len(data)}
+                self._write_json(f"{folder}/{_BATCH_MARKER}", record)
         return batch_id, True
 
     def read_batch(self, batch_id: str) -> bytes:
@@ -268,22 +302,23 @@ class Store:
         if not self._claim(folder, _VERSION_OWNER):
             raise RuntimeError(f"version {version} is being written by another process")
         files, entries = {}, []
-        for i, (data, classes) in enumerate(members):
-            name = f"member-{i}.keras"
-            self._write(f"{folder}/{name}", data)
-            files[name] = sha256(data)
-            entries.append(Member(name, classes))
-        manifest = dataclasses.replace(
-            manifest,
-            version=version,
-            members=tuple(entries),
-            files=files,
-            created=dt.datetime.now(dt.timezone.utc).isoformat(),
-            format_version=FORMAT_VERSION,
-        )
-        body = (json.dumps(manifest.to_json(), indent=2, sort_keys=True, default=str) + "\n").encode()
-        if not self._create_exclusive(f"{folder}/{_VERSION_MARKER}", body):
-            raise RuntimeError(f"version {version} already has a manifest")
+        with self._abandon_on_failure(folder):
+            for i, (data, classes) in enumerate(members):
+                name = f"member-{i}.keras"
+                self._write(f"{folder}/{name}", data)
+                files[name] = sha256(data)
+                entries.append(Member(name, classes))
+            manifest = dataclasses.replace(
+                manifest,
+                version=version,
+                members=tuple(entries),
+                files=files,
+                created=dt.datetime.now(dt.timezone.utc).isoformat(),
+                format_version=FORMAT_VERSION,
+            )
+            body = (json.dumps(manifest.to_json(), indent=2, sort_keys=True, default=str) + "\n").encode()
+            if not self._create_exclusive(f"{folder}/{_VERSION_MARKER}", body):
+                raise RuntimeError(f"version {version} already has a manifest")
         return manifest
 
     def versions(self) -> list[str]:
@@ -293,6 +328,8 @@ class Store:
     def manifest(self, version: str) -> Manifest:
         """A committed version's manifest; UserError if there is none or it is damaged."""
         rel = f"models/{version}/{_VERSION_MARKER}"
+        if not _VERSION_ID.fullmatch(version) or version.startswith("."):
+            raise UserError(f"{self.display}: no model version {version!r}; see `ctrain history`")
         try:
             raw = self._read_json(rel)
         except FileNotFoundError:
@@ -318,21 +355,41 @@ class Store:
         return data
 
     def current(self) -> str | None:
-        """The promoted version, or None before the first."""
+        """The promoted version, or None before the first; UserError if CURRENT names no committed version."""
         try:
-            return self._read("CURRENT").decode(errors="replace").strip() or None
+            return self._current_of(self._read("CURRENT"))
         except FileNotFoundError:
             return None
 
     def promote(self, version: str, expected: str | None) -> bool:
-        """Compare-and-swap CURRENT from `expected` to `version`; False if another won."""
+        """Compare-and-swap CURRENT from `expected` to `version`; False if another won.
+
+        Under the CURRENT lock; on S3 the write is also conditional on CURRENT's ETag (or
+        on its absence), so two updaters cannot both win even if a lock were broken.
+        """
         if version not in self.versions():
             raise ValueError(f"cannot promote uncommitted version {version}")
+        body = (version + "\n").encode()
         with self.lock("CURRENT"):
-            if self.current() != expected:
+            if self._conditional is None:
+                if self.current() != expected:
+                    return False
+                self._write("CURRENT", body)
+                return True
+            seen = self._conditional.get("CURRENT")
+            if (self._current_of(seen[0]) if seen else None) != expected:
                 return False
-            self._write("CURRENT", (version + "\n").encode())
-            return True
+            if seen is None:
+                return self._conditional.put_if_absent("CURRENT", body)
+            return self._conditional.put_if_unchanged("CURRENT", body, seen[1])
+
+    def _current_of(self, raw: bytes) -> str | None:
+        version = raw.decode(errors="replace").strip()
+        if not version:
+            return None
+        if not _VERSION_ID.fullmatch(version) or not self._exists(f"models/{version}/{_VERSION_MARKER}"):
+            raise UserError(f"{self.display}: CURRENT is damaged: it names no committed version ({version[:60]!r})")
+        return version
 
     # -- sweeps and reports ------------------------------------------------------------------------
 
@@ -341,6 +398,8 @@ class Store:
 
     def sweep_spec(self, sweep_id: str) -> str | None:
         """The spec a sweep ran with, or None if there is no such sweep."""
+        if not _VERSION_ID.fullmatch(sweep_id) or sweep_id.startswith("."):
+            return None
         try:
             return self._read(f"sweeps/{sweep_id}/sweep.yaml").decode(errors="replace")
         except FileNotFoundError:
@@ -384,6 +443,8 @@ class Store:
             record = self._read_json(f"stream/processed/{digest}.json")
         except FileNotFoundError:
             return None
+        except UserError:  # damaged, but there: the file was processed
+            return {}
         return record if isinstance(record, dict) else {}
 
     def record_stream_event(self, digest: str, event: dict[str, Any]) -> None:
@@ -391,6 +452,23 @@ class Store:
         body = json.dumps(event, sort_keys=True, default=str).encode()
         self._write(f"stream/events/{utc_stamp()}-{digest[:12]}.json", body)
         self._write(f"stream/processed/{digest}.json", body)
+
+    def claim_stream_file(self, digest: str) -> bool:
+        """Claim the inbox file with this sha256 for this process; False if a live process has it.
+
+        So that two streams on one inbox never process the same file at once.
+        """
+        rel = f"stream/claims/{digest}.json"
+        me = json.dumps({"host": HOST, "pid": os.getpid(), "time": time.time()}).encode()
+        if self._create_exclusive(rel, me):
+            return True
+        if not self._holder_is_gone(rel, _GRACE_SECONDS):
+            return False
+        self._delete(rel)
+        return self._create_exclusive(rel, me)
+
+    def release_stream_file(self, digest: str) -> None:
+        self._delete(f"stream/claims/{digest}.json")
 
     def stream_events(self) -> list[dict[str, Any]]:
         """Every stream event, oldest first."""
@@ -411,7 +489,7 @@ class Store:
         me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}).encode()
         deadline = time.monotonic() + timeout
         while not self._create_exclusive(rel, me):
-            if self._lock_is_stale(rel):
+            if self._holder_is_gone(rel, _LOCK_STALE_SECONDS):
                 log.warning("breaking stale lock %s", rel)
                 self._delete(rel)
                 continue
@@ -423,15 +501,20 @@ class Store:
         finally:
             self._delete(rel)
 
-    def _lock_is_stale(self, rel: str) -> bool:
+    def _holder_is_gone(self, rel: str, stale_after: float) -> bool:
+        """Whether the process holding a lock or claim file has died (checked on this host, assumed
+        after `stale_after` seconds elsewhere), or the file is unreadable and not new."""
         try:
             holder = json.loads(self._read(rel))
             pid, when = int(holder.get("pid", 0)), float(holder.get("time", 0))
-        except (FileNotFoundError, ValueError, OSError, TypeError, AttributeError):
-            return False  # vanished or half-visible: just retry
-        if holder.get("host") == socket.gethostname() and not _pid_alive(pid):
+        except FileNotFoundError:
+            return False  # released meanwhile: just retry
+        except (ValueError, OSError, TypeError, AttributeError):  # unreadable: a holder writes it whole at once
+            info = self._fs.get_file_info(self._path(rel))
+            return info.mtime is not None and time.time() - info.mtime.timestamp() > 5.0
+        if holder.get("host") in (socket.gethostname(), HOST) and not _pid_alive(pid):
             return True
-        return time.time() - when > _LOCK_STALE_SECONDS
+        return time.time() - when > stale_after
 
     # -- raw I/O (private: the layout is this module's business) -------------------------------
 
@@ -476,16 +559,29 @@ class Store:
         return sorted(i.base_name for i in self._fs.get_file_info(sel) if i.type == kind)
 
     def _write(self, rel: str, data: bytes) -> None:
-        """Write `data` at `rel` atomically: readers see the old file or the whole new one."""
+        """Write `data` at `rel` atomically: readers see the old file or the whole new one.
+
+        A write that fails (disk full, file-size limit, permissions) leaves nothing behind
+        and raises UserError naming the file.
+        """
         target = self._path(rel)
         parent = target.rsplit("/", 1)[0]
-        self._fs.create_dir(parent, recursive=True)
-        if not self._local:
-            with self._fs.open_output_stream(target) as f:  # one PUT: all or nothing
-                f.write(data)
-            return
-        self._remove_dead_temporaries(parent)
-        os.replace(write_temp(parent, data), target)
+        try:
+            self._fs.create_dir(parent, recursive=True)
+            if not self._local:
+                with self._fs.open_output_stream(target) as f:  # one PUT: all or nothing
+                    f.write(data)
+                return
+            self._remove_dead_temporaries(parent)
+            tmp = write_temp(parent, data)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            raise UserError(f"{self.display}: cannot write {rel} ({one_line(scrub(str(exc), self.uri))})") from None
 
     def _write_json(self, rel: str, obj: Any) -> None:
         self._write(rel, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
@@ -494,11 +590,14 @@ class Store:
         """Create `rel` with `data` unless it exists; True if this call created it.
 
         Local disks: write a temporary file, then hard-link it into place, which fails if
-        the name is taken. Object stores: check, then PUT (not race-free; see README).
+        the name is taken. S3: a PUT with `If-None-Match: *`. Other object stores: check,
+        then PUT (not race-free; see README).
         """
         target = self._path(rel)
         parent = target.rsplit("/", 1)[0]
         self._fs.create_dir(parent, recursive=True)
+        if self._conditional is not None:
+            return self._conditional.put_if_absent(rel, data)
         if not self._local:
             if self._exists(rel):
                 return False
@@ -517,6 +616,16 @@ class Store:
     def _delete(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError, OSError):
             self._fs.delete_file(self._path(rel))
+
+    @contextlib.contextmanager
+    def _abandon_on_failure(self, folder: str) -> Iterator[None]:
+        """Remove a claimed folder if filling it fails (it never got its commit marker)."""
+        try:
+            yield
+        except BaseException:
+            if self._local:
+                shutil.rmtree(self._path(folder), ignore_errors=True)
+            raise
 
     def _claim(self, folder: str, owner: str) -> bool:
         """Create `folder` for this process to fill; False if it exists.
@@ -562,9 +671,25 @@ class Store:
                 continue
             owner = _read_owner(os.path.join(folder, owner_file))
             dead = _age(folder) > _GRACE_SECONDS if owner is None else _is_dead(*owner, _age(folder))
-            if dead:
-                shutil.rmtree(folder, ignore_errors=True)
-                log.info("removed uncommitted %s/%s, left by a writer that died", kind, name)
+            if not dead:
+                continue
+            if kind == "batches" and os.path.exists(os.path.join(folder, "data.parquet")):
+                # Input data is never deleted: the bytes go to quarantine, with the reason.
+                dest = self._path(f"quarantine/{utc_stamp()}-{uuid.uuid4().hex[:4]}-uncommitted-{name}")
+                with contextlib.suppress(OSError):
+                    os.makedirs(os.path.dirname(dest), exist_ok=True)
+                    os.replace(folder, dest)
+                    with open(os.path.join(dest, "reason.txt"), "w") as f:
+                        f.write("an ingest stopped before committing this batch (no batch.json); not in the store\n")
+                    log.info("moved uncommitted batches/%s to %s", name, dest)
+                    continue
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed uncommitted %s/%s, left by a writer that died", kind, name)
+
+
+def batch_name(seq: int, data: bytes) -> str:
+    """The id of the `seq`-th batch (1 is the first) holding `data`: sortable, and naming its content."""
+    return f"{seq:06d}-{sha256(data)[:12]}"
 
 
 def _read_owner(path: str) -> tuple[str, int] | None:

@@ -97,3 +97,37 @@ def test_stream_from_an_s3_inbox(s3_store: str, s3_server) -> None:
     (event,) = run_stream(s3_store, inbox, policy, LocalExecutor(), once=True)
     assert event.file == "a.parquet" and event.batch and event.status in ("updated", "kept")
     check_store(s3_store)
+
+
+def test_conditional_writes_on_s3(s3_store: str) -> None:
+    from data.objectstore import S3Conditional
+
+    s3 = S3Conditional.for_uri(s3_store)
+    assert s3 is not None and S3Conditional.for_uri("/local/path") is None
+    assert s3.put_if_absent("probe", b"one") and not s3.put_if_absent("probe", b"two")
+    data, etag = s3.get("probe")
+    assert data == b"one"
+    assert s3.put_if_unchanged("probe", b"three", etag)
+    assert not s3.put_if_unchanged("probe", b"four", etag)  # changed since it was read
+    assert s3.get("probe")[0] == b"three" and s3.get("missing") is None
+
+
+@pytest.mark.slow
+def test_two_updaters_racing_on_s3_one_wins_none_is_lost(s3_store: str) -> None:
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "trainer", "update", "--store", s3_store, "--set", "epochs=3", "--promote", "always"]
+    procs = [
+        subprocess.Popen([*cmd, "--strategy", s, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for s in ("fresh_all", "finetune_all", "ensemble_all")
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    results = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    assert sorted(r["promoted"] for r in results) == [False, False, True]
+    store = Store.open(s3_store)
+    winner = next(r["version"] for r in results if r["promoted"])
+    assert store.current() == winner and {r["version"] for r in results} <= set(store.versions())
+    check_store(s3_store)

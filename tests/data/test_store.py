@@ -164,3 +164,13 @@ def test_parquet_round_trip_bytes(tiny_table: pa.Table) -> None:
     from data.parquet import table_from_bytes
 
     assert table_from_bytes(table_to_bytes(tiny_table), "x").equals(tiny_table)
+
+
+def test_a_manifest_cannot_point_outside_its_version(store: Store) -> None:
+    store.write_version("v1", [(b"m", 2)], _manifest())
+    path = Path(store.uri, "models", "v1", "manifest.json")
+    d = json.loads(path.read_text())
+    d["members"][0]["file"] = d["files"]["../../store.json"] = "../../store.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(UserError, match=r"manifest.json is damaged \('\.\./\.\./store.json' is not a file name"):
+        store.manifest("v1")
