@@ -68,21 +68,14 @@ def run_trials(
     """Run every job as a Tune trial; `on_done(index, outcome)` in the driver as each ends."""
     from ray import tune
 
-    class Relay(tune.Callback):
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            on_done(trial.config["index"], _outcome(trial.last_result or {}))
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            retries = settings.max_failures
-            message = f"{jobs[trial.config['index']].strategy.name}: its worker failed {retries + 1} time(s)"
-            on_done(trial.config["index"], Failure(message, user_error=False))
-
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter honours verbose=0
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C stops the sweep like any command
     scratch = tempfile.mkdtemp(prefix="ctrain-tune-")
     trainable = tune.with_resources(
         tune.with_parameters(_trial, payload=(data, current, list(jobs))),
         {"cpu": settings.cpus_per_trial, "memory": ACTOR_MEMORY},
     )
+    relay = _relay_class()(on_done, [job.strategy.name for job in jobs], settings.max_failures)
     tuner = tune.Tuner(
         trainable,
         param_space={"index": tune.grid_search(list(range(len(jobs))))},
@@ -91,7 +84,7 @@ def run_trials(
             name="tune",
             storage_path=scratch,
             verbose=0,
-            callbacks=[Relay()],
+            callbacks=[relay],
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         ),
     )
@@ -99,3 +92,27 @@ def run_trials(
         tuner.fit()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _relay_class() -> type:
+    """A Tune callback handing each trial's outcome to `on_done` in the driver."""
+    from ray import tune
+
+    class Relay(tune.Callback):
+        def __init__(self, on_done: OnDone, names: list[str], retries: int) -> None:
+            self.on_done, self.names, self.retries = on_done, names, retries
+
+        def __getstate__(self) -> dict[str, Any]:
+            # Tune saves its callbacks with its experiment state, which is never restored here;
+            # `on_done` holds live objects (the store and its S3 client) that do not pickle.
+            return {"names": self.names, "retries": self.retries}
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.on_done(trial.config["index"], _outcome(trial.last_result or {}))
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            name = self.names[trial.config["index"]]
+            message = f"{name}: its worker failed {self.retries + 1} time(s)"
+            self.on_done(trial.config["index"], Failure(message, user_error=False))
+
+    return Relay

@@ -7,21 +7,51 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from data.errors import UserError
+from trainer.params import Constraint, Interval
 
 EXIT_USER_ERROR = 2
 EXIT_WORK_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM and SIGHUP exit with 128 + their number too
+
+
+class Terminated(Exception):
+    """SIGTERM or SIGHUP arrived (raised in the main thread by `ctrain`'s handler)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"ctrain: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+
+
+SEED = Interval(int, 0, 2**31 - 1)
+HOLDOUT = Interval(float, 0, 1, high_open=True)
+
+
+def _checked(constraint: Constraint) -> Any:
+    """An argparse `type` parsing and checking an option by a declared constraint (see trainer.params)."""
+
+    def parse(raw: str) -> Any:
+        try:
+            value = constraint.parse(raw)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{raw!r}: {exc}") from None
+        if not constraint.accepts(value):
+            raise argparse.ArgumentTypeError(f"{raw!r}: must be {constraint.describe()}")
+        return value
+
+    return parse
 
 
 def _settings(pairs: Sequence[str] | None) -> dict[str, str]:
@@ -120,8 +150,6 @@ def cmd_update(args: argparse.Namespace) -> None:
     from trainer.updatedata import NothingNew
 
     strategies.get(args.strategy).make_params(_settings(args.set))  # fail fast, before TensorFlow loads
-    if args.actors < 0:
-        raise UserError(f"--actors must be >= 0, got {args.actors}")
     store = Store.open(args.store)
     try:
         o = update(
@@ -144,8 +172,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from trainer.commands import predict
     from trainer.executor import LocalExecutor, make_executor
 
-    if args.actors < 0:
-        raise UserError(f"--actors must be >= 0, got {args.actors}")
     executor = make_executor(ray=True, actors=args.actors) if args.actors else LocalExecutor()
     r = predict(args.store, args.data, args.out, version=args.version, executor=executor)
     _emit(args, "" if args.json else f"wrote {r['rows']} predictions of version {r['version']} to {r['out']}", r)
@@ -291,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = command("demo", cmd_demo, "the reference experiment end to end (in this process unless RAY_ADDRESS or --ray)")
     c.add_argument("--store", help="store folder or URI (default: a new temporary folder)")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=_checked(SEED), default=0, help="fixes initialisation, sampling, shuffling")
     where(c, "this process, or Ray when RAY_ADDRESS is set")
 
     c = command("sweep", cmd_sweep, "strategies x parameters x seeds on Ray Tune (--local: in this process)")
@@ -314,8 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="KEY=VALUE", help="a parameter for every strategy that has it (repeatable)"
     )
     c.add_argument("--once", action="store_true", help="process what is in the inbox now, then exit")
-    c.add_argument("--interval", type=float, default=5.0, help="seconds between inbox polls")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument(
+        "--interval", type=_checked(Interval(float, 0, low_open=True)), default=5.0, help="seconds between polls"
+    )
+    c.add_argument("--seed", type=_checked(SEED), default=0, help="fixes initialisation, sampling, shuffling")
     where(c, "Ray for --policy best, else this process")
 
     c = command("init", cmd_init, "create a store from a first batch and train its first model")
@@ -326,8 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=int, default=150)
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--learning-rate", type=float, default=0.01)
-    c.add_argument("--holdout", type=float, default=0.2, help="fraction of each batch held out for evaluation")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument(
+        "--holdout", type=_checked(HOLDOUT), default=0.2, help="fraction of each batch held out for evaluation"
+    )
+    c.add_argument("--seed", type=_checked(SEED), default=0, help="fixes initialisation, sampling, shuffling")
 
     c = command("ingest", cmd_ingest, "validate and add new batches", needs_tf=False)
     c.add_argument("--store", required=True)
@@ -339,21 +369,31 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strategy", required=True)
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="a strategy parameter (repeatable)")
     c.add_argument("--promote", choices=("auto", "always", "never"), default="auto")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=_checked(SEED), default=0, help="fixes initialisation, sampling, shuffling")
     c.add_argument(
         "--actors",
-        type=int,
+        type=_checked(Interval(int, 0)),
         default=0,
         help="train data-parallel on N Ray actors, as the strategy declares (model averaging or bagging)",
     )
-    c.add_argument("--sync-steps", type=int, default=100, help="with --actors and model averaging: every K steps")
+    c.add_argument(
+        "--sync-steps",
+        type=_checked(Interval(int, 1)),
+        default=100,
+        help="with --actors and model averaging: every K steps",
+    )
 
     c = command("predict", cmd_predict, "write predictions of a stored version")
     c.add_argument("--store", required=True)
     c.add_argument("--data", required=True)
     c.add_argument("--out", required=True)
     c.add_argument("--version", help="a stored version (default: the current one)")
-    c.add_argument("--actors", type=int, default=0, help="score on N Ray actors, each reading its own row groups")
+    c.add_argument(
+        "--actors",
+        type=_checked(Interval(int, 0)),
+        default=0,
+        help="score on N Ray actors, each reading its row groups",
+    )
 
     c = command("history", cmd_history, "versions, lineage and metrics", needs_tf=False)
     c.add_argument("--store", required=True)
@@ -375,7 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WorkFailed as exc:
         return _fail(args, str(exc), EXIT_WORK_FAILED)
     except KeyboardInterrupt:
-        return _fail(args, "interrupted", 130)
+        return _fail(args, "interrupted", EXIT_INTERRUPTED)
+    except Terminated as exc:
+        return _fail(args, "terminated", 128 + exc.signum)
     return 0
 
 
@@ -397,6 +439,11 @@ def run() -> NoReturn:
     command writes is flushed (and store files fsynced) before it returns, so leaving
     with `os._exit` loses nothing; a local Ray this process started is shut down first.
     """
+    # Both stop every command, also when started in the background by a shell, which starts
+    # it with SIGINT ignored: the heavy work returns to Python often (see trainer.loop).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)  # the terminal went away: stop as cleanly as for SIGTERM
     try:
         code = main()
     except SystemExit as exc:  # --help, --version and argparse's own errors
@@ -405,6 +452,10 @@ def run() -> NoReturn:
         traceback.print_exc()
         code = EXIT_WORK_FAILED
     _leave(code)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
 
 
 def _leave(code: int) -> NoReturn:

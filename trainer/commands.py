@@ -14,13 +14,13 @@ import numpy as np
 import pyarrow as pa
 
 import strategies
-from data.batches import IngestResult, ingest, load_rows, load_table
+from data.batches import IngestResult, ingest, load_table, split_rows
 from data.errors import NewClassesRefused, UserError
 from data.manifest import Manifest
-from data.parquet import redact, resolve, write_table
+from data.parquet import redact, same_file, write_table
 from data.rows import Rows
-from data.schema import Schema
-from data.storage import Store, StoreMeta
+from data.schema import OUTPUT_COLUMNS, Schema
+from data.storage import NotAStore, Store, StoreMeta, batch_name
 from trainer.candidate import Candidate
 from trainer.executor import Executor, Job, LocalExecutor, result_or_raise
 from trainer.loop import LoopConfig, train
@@ -41,22 +41,40 @@ def init_store(
     seed: int = 0,
     holdout_fraction: float = 0.2,
 ) -> UpdateOutcome:
-    """Create a store from a first labelled batch and train its first model on it."""
+    """Create a store from a first labelled batch and train its first model on it.
+
+    The model is trained before the store is written, so a run that fails or is
+    interrupted while training leaves nothing. If an earlier `init` died after writing
+    its store but before promoting its first version, this one finishes that store
+    (with the same first batch) instead of refusing it.
+    """
     spec = ModelSpec.parse(model)
     loop = loop or LoopConfig()
     if not 0 <= holdout_fraction < 1:
         raise UserError(f"--holdout {holdout_fraction}: must be in [0, 1)")
     data, table = load_table(data_uri)
-    schema = Schema.infer(table, label, redact(data_uri))
-    store = Store.create(uri, StoreMeta(schema, str(spec), holdout_fraction))
-    batch, _ = store.add_batch(data, {"source": redact(data_uri).rsplit("/", 1)[-1], "rows": table.num_rows})
-    rows, holdout = load_rows(store, [batch])
+    source = redact(data_uri)
+    schema = Schema.infer(table, label, source)
+    _refuse_existing_store(uri)
+    batch = batch_name(1, data)
+    rows, holdout = split_rows(table, batch, 0, schema, holdout_fraction)
     start = time.perf_counter()
     net = build_model(spec, len(schema.features), schema.n_classes, seed)
     train(net, rows.x, rows.y, loop, seed=seed)
     seconds = time.perf_counter() - start
     candidate = Candidate.single(net)
     metrics = evaluate_sets(candidate, {"holdout": holdout, "new": holdout}, schema.n_classes)
+
+    store = Store.create(uri, StoreMeta(schema, str(spec), holdout_fraction))
+    others = [b for b in store.batch_ids() if b != batch]
+    if others:
+        raise UserError(
+            f"{store.display}: an init that did not finish left this store with another first batch "
+            f"({others[0]}); run init again with that file, or use another --store"
+        )
+    added, _ = store.add_batch(data, {"source": source.rsplit("/", 1)[-1], "rows": table.num_rows})
+    if added != batch:  # another init raced us here with other data
+        raise UserError(f"{store.display}: another init is creating this store; use another --store")
     version = store.new_version_id("init")
     manifest = Manifest(
         parent=None,
@@ -73,6 +91,16 @@ def init_store(
     promoted = store.promote(version, None)
     reason = "first model" if promoted else f"another init promoted {store.current()} first"
     return UpdateOutcome(version, None, "init", promoted, reason, metrics, {}, seconds, 1)
+
+
+def _refuse_existing_store(uri: str) -> None:
+    """UserError if a store with a current model exists at `uri` (checked before any training)."""
+    try:
+        existing = Store.open(uri)
+    except NotAStore:
+        return
+    if existing.current() is not None:
+        raise UserError(f"{existing.display}: a store already exists here; use another --store")
 
 
 def ingest_files(uri: str, files: Sequence[str], *, allow_new_classes: bool = False) -> list[IngestResult]:
@@ -128,10 +156,15 @@ def update(
 def predict(
     uri: str, data_uri: str, out_uri: str, *, version: str | None = None, executor: Executor | None = None
 ) -> dict[str, Any]:
-    """Write the rows of `data_uri` plus `prediction` (and `probability` of class 1 for two classes)."""
-    if resolve(out_uri)[1] == resolve(data_uri)[1]:
+    """Write the rows of `data_uri` plus `prediction` (and `probability` of class 1 for two classes).
+
+    Columns that are not features, the label included whatever its type, pass through.
+    """
+    if same_file(out_uri, data_uri):
         raise UserError(f"--out {redact(out_uri)}: is the input file; choose another path")
     store = Store.open(uri)
+    if store.contains(out_uri):
+        raise UserError(f"--out {redact(out_uri)}: is inside the store {store.display}; write predictions elsewhere")
     version = version or store.current()
     if version is None:
         raise UserError(f"{store.display}: no current model; create one with `ctrain init`")
@@ -139,14 +172,20 @@ def predict(
     _, table = load_table(data_uri)
     schema = store.schema
     schema.check_features(table, redact(data_uri), allow_extra=True)
-    for name in ("prediction", "probability"):
+    for name in OUTPUT_COLUMNS:
         if name in table.column_names:
-            raise UserError(f"{redact(data_uri)}: already has a column {name!r}; rename it")
+            raise UserError(f"{redact(data_uri)}: already has a column {name!r}; rename or drop it")
     proba = (executor or LocalExecutor()).score(store, version, data_uri, table)
-    classes = np.asarray(schema.classes, dtype=object)
-    label_type = table.schema.field(schema.label).type if schema.label in table.column_names else None
-    labels = pa.array(classes[proba.argmax(axis=1)].tolist(), type=label_type)
-    out = table.append_column("prediction", labels)
+    bad = int(np.count_nonzero(~np.isfinite(proba).all(axis=1)))
+    if bad:
+        raise UserError(
+            f"{redact(data_uri)}: version {version} gives no finite prediction for {bad} row(s); "
+            "their features are far outside what it was trained on"
+        )
+    classes = list(schema.classes)
+    out = table.append_column(
+        "prediction", pa.array([classes[i] for i in proba.argmax(axis=1)], type=schema.class_type())
+    )
     if schema.n_classes == 2:
         out = out.append_column("probability", pa.array(proba[:, 1], pa.float64()))
     write_table(out_uri, out)

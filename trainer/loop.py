@@ -4,6 +4,8 @@ Keras `fit` returns to Python after every epoch and pays callbacks, data adapter
 and per-step dispatch; for the small networks this tool updates, that overhead is
 most of the time. Here one `tf.function` runs many epochs of shuffling, batching,
 forward, loss, gradients and the optimizer step, for any stack of Dense layers.
+Calls are sized to about half a second, so that Ctrl-C and progress reports are never
+far away; a loss that becomes NaN or infinite stops training with a clear error.
 
 The mathematics match `fit` with the same settings: a fresh shuffle each epoch,
 the last partial batch kept, the loss a sample-weighted mean over the batch
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from data.errors import UserError
 from trainer.params import Choice, Interval, Params, param
 
 if TYPE_CHECKING:
@@ -31,6 +34,13 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 OPTIMIZERS = ("sgd", "adam")
+CHUNK_SECONDS = 0.5
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite: the settings or the data's scale are to blame."""
+
+
 _ACTIVATIONS = ("relu", "linear", "tanh", "sigmoid", "softmax")
 
 
@@ -275,10 +285,10 @@ def train(
         else _cached_epochs_fn(shapes, label_mode, config.optimizer, weighted)
     )
     args = (tf.constant(x, tf.float32), tf.constant(targets), tf.constant(w))
-    chunk = config.epochs if progress is None else max(1, config.epochs // 20)
-    losses, done = [], 0
+    losses, done, chunk = [], 0, 1
     while done < config.epochs:
         k = min(chunk, config.epochs - done)
+        call_start = time.perf_counter()
         out = fn(
             weights,
             slots,
@@ -288,9 +298,20 @@ def train(
             tf.constant(seed % 2**31),
             tf.constant(config.batch_size),
             hp,
-        )
-        losses.append(out.numpy())
+        ).numpy()
+        if not np.isfinite(out).all():
+            bad = done + int(np.argmin(np.isfinite(out))) + 1
+            raise TrainingDiverged(
+                f"training diverged: the loss became {'NaN' if np.isnan(out).any() else 'infinite'} in epoch {bad} "
+                f"(learning_rate {config.learning_rate:g}); nothing was saved. Lower the learning rate or scale the "
+                f"features (the largest |value| is {float(np.max(np.abs(x))):.3g})"
+            )
+        losses.append(out)
         done += k
+        # Chunks of about CHUNK_SECONDS (the first call, which traces, is one epoch): the
+        # process returns to Python often enough to notice Ctrl-C and report progress.
+        per_epoch = (time.perf_counter() - call_start) / k
+        chunk = 2 if done == k else max(1, int(CHUNK_SECONDS / max(per_epoch, 1e-9)))
         if progress is not None:
             progress(done)
     return TrainResult(np.concatenate(losses), time.perf_counter() - start, state)

@@ -132,9 +132,19 @@ def process_file(
     with fs.open_input_stream(path) as f:
         data = f.read()
     digest = sha256(data)
-    if store.stream_marker(digest) is not None:
-        return None
-    name = path.rsplit("/", 1)[-1]
+    if store.stream_marker(digest) is not None or not store.claim_stream_file(digest):
+        return None  # done before, or another stream is on it now
+    try:
+        if store.stream_marker(digest) is not None:  # finished by another stream just before our claim
+            return None
+        return _process(store, path.rsplit("/", 1)[-1], data, digest, policy, executor, start)
+    finally:
+        store.release_stream_file(digest)
+
+
+def _process(
+    store: Store, name: str, data: bytes, digest: str, policy: Policy, executor: Executor, start: float
+) -> StreamEvent:
     event = StreamEvent(name, digest, "rejected")
     try:
         result = ingest_bytes(store, name, data)

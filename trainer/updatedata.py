@@ -58,6 +58,12 @@ def load_update_data(store: Store, *, require_new: bool = True) -> UpdateData:
         raise UserError(f"{store.display}: no current model; create one with `ctrain init`")
     seen = set(store.manifest(parent).batches_seen)
     batches = store.batch_ids()
+    lost = sorted(seen - set(batches))
+    if lost:
+        raise UserError(
+            f"{store.display}: version {parent} learned batch {lost[0]}, which the store no longer holds "
+            "(its batch.json is missing); restore it from a backup"
+        )
     new_ids = [b for b in batches if b not in seen]
     old_ids = [b for b in batches if b in seen]
     if require_new and not new_ids:
