@@ -3,30 +3,36 @@
 Keras `fit` returns to Python after every epoch and pays callbacks, data adapters
 and per-step dispatch; for the small networks this tool updates, that overhead is
 most of the time. Here one `tf.function` runs many epochs of shuffling, batching,
-forward, loss, gradients and the optimizer step, for any stack of Dense layers.
-Calls are sized to about half a second, so that Ctrl-C and progress reports are never
-far away; a loss that becomes NaN or infinite stops training with a clear error.
+forward, loss, gradients and the optimizer step. Any Keras model trains through its
+own call in training mode and its trainable variables (Conv, pooling, Embedding,
+Normalization, Dropout, BatchNormalization with its moving statistics, regularization
+losses, frozen layers); a pure stack of Dense layers takes a fast path with the same
+mathematics whose trace is shared by every model of that shape. Calls are sized to
+about half a second, so that Ctrl-C and progress reports are never far away; a loss
+that becomes NaN or infinite stops training with a clear error.
 
 The mathematics match `fit` with the same settings: a fresh shuffle each epoch,
 the last partial batch kept, the loss a sample-weighted mean over the batch
 (Keras's `sum_over_batch_size`), and the same update rules as Keras `SGD` (with
 momentum) and `Adam`, applied by TensorFlow's fused kernels for those rules.
 
-The traced function is cached by network structure, so training many models of the
-same shape (seeds, strategies, ensemble members) traces it once per process.
+The general path traces once per model object; the fast path once per Dense structure,
+so training many small networks (seeds, strategies, ensemble members) traces it once.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from data.errors import UserError
+from data.parquet import one_line
 from trainer.params import Choice, Interval, Params, param
 
 if TYPE_CHECKING:
@@ -83,33 +89,62 @@ class _LayerShape:
 
 
 ExtraLoss = Callable[[list["tf.Variable"]], "tf.Tensor"]
+LABEL_MODES = ("binary", "sparse", "soft", "mse")
 
 
-def _structure(model: keras.Model) -> tuple[tuple[_LayerShape, ...], list[Any]]:
-    """The static shape of a Dense stack and its weight variables in order."""
+def label_mode(model: keras.Model, y: np.ndarray, task: str = "classification") -> str:
+    """How the targets meet the model's output: `binary` (one sigmoid unit), `sparse` (class
+    indices for a softmax), `soft` (class probabilities, as in distillation) or `mse`."""
+    if task == "regression":
+        return "mse"
+    if output_units(model) == 1:
+        return "binary"
+    return "soft" if y.ndim == 2 else "sparse"
+
+
+def output_units(model: keras.Model) -> int:
+    return int(model.outputs[0].shape[-1])
+
+
+def _targets(y: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "sparse":
+        return y.astype(np.int32)
+    y = y.astype(np.float32)
+    return y if y.ndim == 2 else y[:, None]
+
+
+# -- the fast path: a stack of Dense layers, traced once per structure ---------------------------
+
+
+def _dense_structure(model: keras.Model, mode: str) -> tuple[tuple[_LayerShape, ...], list[Any]] | None:
+    """The static shape of a pure Dense stack and its weight variables in order, or None if the
+    model is anything else (then the general path trains it)."""
     import keras
 
     shapes, weights = [], []
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        if not isinstance(layer, keras.layers.Dense):
-            raise ValueError(f"the training loop supports Dense stacks; layer {layer.name!r} is {type(layer).__name__}")
+        if type(layer) is not keras.layers.Dense or layer.kernel_regularizer or layer.bias_regularizer:
+            return None
+        if layer.activity_regularizer or layer.kernel_constraint or layer.bias_constraint:
+            return None
         act = keras.activations.serialize(layer.activation)
         act = act if isinstance(act, str) else act.get("config", {}).get("name", act)
         if act not in _ACTIVATIONS:
-            raise ValueError(f"layer {layer.name!r}: unsupported activation {act!r}")
+            return None
         shapes.append(_LayerShape(act, layer.use_bias, bool(layer.trainable)))
         weights.append(layer.kernel.value)
         if layer.use_bias:
             weights.append(layer.bias.value)
-    if not shapes or shapes[-1].activation not in ("sigmoid", "softmax"):
-        raise ValueError("the last layer must be a sigmoid or softmax head")
+    head = {"binary": ("sigmoid",), "sparse": ("softmax",), "soft": ("softmax",), "mse": ("linear",)}[mode]
+    if not shapes or shapes[-1].activation not in head or len(model.inputs) != 1:
+        return None
     return tuple(shapes), weights
 
 
 def _forward(shapes: tuple[_LayerShape, ...], weights: list[Any], x: tf.Tensor) -> tf.Tensor:
-    """Logits of the head (its activation is folded into the loss)."""
+    """The head's pre-activation (its activation is folded into the loss)."""
     import tensorflow as tf
 
     act = {
@@ -141,23 +176,87 @@ def _trainable_index(shapes: tuple[_LayerShape, ...]) -> list[int]:
     return index
 
 
-def _make_epochs_fn(
-    shapes: tuple[_LayerShape, ...], label_mode: str, optimizer: str, weighted: bool, extra_loss: ExtraLoss | None
-) -> Any:
+def _dense_loss(mode: str) -> Callable[[Any, Any], Any]:
+    """Per-row loss from the head's pre-activation, as Keras computes it for that head."""
     import tensorflow as tf
 
+    if mode == "binary":
+        return lambda y, z: tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z)[:, 0]
+    if mode == "sparse":
+        return lambda y, z: tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z)
+    if mode == "soft":
+        return lambda y, z: tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=z)
+    return lambda y, z: tf.reduce_mean(tf.square(z - y), axis=-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_dense_fn(shapes: tuple[_LayerShape, ...], mode: str, optimizer: str, weighted: bool) -> Any:
+    return _make_dense_fn(shapes, mode, optimizer, weighted, None)
+
+
+def _make_dense_fn(
+    shapes: tuple[_LayerShape, ...], mode: str, optimizer: str, weighted: bool, extra_loss: ExtraLoss | None
+) -> Any:
     train_idx = _trainable_index(shapes)
+    per_row = _dense_loss(mode)
 
-    def batch_loss(logits: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
-        if label_mode == "binary":
-            per_row = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits)[:, 0]
-        elif label_mode == "sparse":
-            per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-        else:
-            per_row = tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=logits)
-        return tf.reduce_mean(per_row * w if weighted else per_row)
+    def step_loss(weights: list[Any], xb: Any, yb: Any) -> Any:
+        return per_row(yb, _forward(shapes, weights, xb))
 
-    def apply(params: list[Any], grads: list[tf.Tensor], slots: list[Any], lr: Any, b1: Any, b2: Any) -> None:
+    return _epochs_fn(step_loss, lambda weights: [weights[i] for i in train_idx], optimizer, weighted, extra_loss)
+
+
+# -- the general path: any Keras model, through its own call ------------------------------------
+
+
+_GENERAL_FNS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+
+
+def _general_fn(model: keras.Model, mode: str, optimizer: str, weighted: bool, extra_loss: ExtraLoss | None) -> Any:
+    """The compiled epochs of one model (traced once per model and settings)."""
+    import keras
+
+    key = (mode, optimizer, weighted, extra_loss)
+    fns = _GENERAL_FNS.setdefault(model, {})
+    if key not in fns:
+        loss = {
+            "binary": keras.losses.binary_crossentropy,
+            "sparse": keras.losses.sparse_categorical_crossentropy,
+            "soft": keras.losses.categorical_crossentropy,
+            "mse": keras.losses.mean_squared_error,
+        }[mode]
+
+        def step_loss(_: Any, xb: Any, yb: Any) -> Any:
+            # The model's own call in training mode: Dropout drops, BatchNormalization updates
+            # its moving statistics; Keras recovers the logits of a sigmoid/softmax output.
+            return loss(yb, model(xb, training=True))
+
+        def regularization(_: Any) -> Any:
+            return model.losses
+
+        fns[key] = _epochs_fn(step_loss, None, optimizer, weighted, extra_loss, regularization)
+    return fns[key]
+
+
+# -- shared: one compiled function running many epochs ---------------------------------------------
+
+
+def _epochs_fn(
+    step_loss: Callable[[Any, Any, Any], Any],
+    pick_trainable: Callable[[list[Any]], list[Any]] | None,
+    optimizer: str,
+    weighted: bool,
+    extra_loss: ExtraLoss | None,
+    regularization: Callable[[Any], list[Any]] | None = None,
+) -> Any:
+    """A `tf.function` running `n_epochs` epochs: shuffle, batch, loss, gradients, optimizer step.
+
+    `weights` are the variables `step_loss` reads; the trainable ones among them are
+    `pick_trainable(weights)` (all of them if None).
+    """
+    import tensorflow as tf
+
+    def apply(params: list[Any], grads: list[Any], slots: list[Any], lr: Any, b1: Any, b2: Any) -> None:
         if optimizer == "sgd":
             for v, g, accum in zip(params, grads, slots, strict=True):
                 tf.raw_ops.ResourceApplyKerasMomentum(var=v.handle, accum=accum.handle, lr=lr, grad=g, momentum=b1)
@@ -182,25 +281,33 @@ def _make_epochs_fn(
 
     @tf.function(reduce_retracing=True)
     def run_epochs(weights, slots, x, y, w, first_epoch, n_epochs, seed, batch_size, hp):
-        n = tf.shape(x)[0]
+        n = tf.shape(y)[0]
         steps = (n + batch_size - 1) // batch_size
-        params = [weights[i] for i in train_idx]
+        params = weights if pick_trainable is None else pick_trainable(weights)
         lr, b1, b2 = tf.unstack(hp)
         losses = tf.TensorArray(tf.float32, size=n_epochs)
         for e in tf.range(n_epochs):
             perm = tf.argsort(tf.random.stateless_uniform([n], seed=tf.stack([seed, first_epoch + e])))
-            xs, ys = tf.gather(x, perm), tf.gather(y, perm)
+            xs = tf.nest.map_structure(lambda t: tf.gather(t, perm), x)  # noqa: B023 - used at once
+            ys = tf.gather(y, perm)
             ws = tf.gather(w, perm) if weighted else w
             total = tf.constant(0.0)
             for s in tf.range(steps):
                 a = s * batch_size
                 b = tf.minimum(a + batch_size, n)
+                xb = tf.nest.map_structure(lambda t: t[a:b], xs)  # noqa: B023 - used at once, in this step
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(params)
-                    loss = batch_loss(_forward(shapes, weights, xs[a:b]), ys[a:b], ws[a:b])
+                    rows = step_loss(weights, xb, ys[a:b])
+                    loss = tf.reduce_mean(rows * ws[a:b] if weighted else rows)
+                    if regularization is not None:
+                        extra = regularization(weights)
+                        if extra:
+                            loss += tf.add_n(extra)
                     if extra_loss is not None:
-                        loss += extra_loss(weights)
-                apply(params, tape.gradient(loss, params), slots, lr, b1, b2)
+                        loss += extra_loss(params)
+                grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, params)]
+                apply(params, grads, slots, lr, b1, b2)
                 total += loss
             losses = losses.write(e, total / tf.cast(steps, tf.float32))
         return losses.stack()
@@ -208,14 +315,9 @@ def _make_epochs_fn(
     return run_epochs
 
 
-@functools.lru_cache(maxsize=64)
-def _cached_epochs_fn(shapes: tuple[_LayerShape, ...], label_mode: str, optimizer: str, weighted: bool) -> Any:
-    return _make_epochs_fn(shapes, label_mode, optimizer, weighted, None)
-
-
 def train(
     model: keras.Model,
-    x: np.ndarray,
+    x: np.ndarray | Mapping[str, np.ndarray],
     y: np.ndarray,
     config: LoopConfig,
     *,
@@ -225,86 +327,100 @@ def train(
     progress: Callable[[int], None] | None = None,
     state: OptimizerState | None = None,
     first_epoch: int = 0,
+    task: str = "classification",
 ) -> TrainResult:
     """Train `model` in place on (x, y).
 
     Args:
-        model: a stack of Dense layers ending in a sigmoid (1 unit) or softmax head;
-            layers with `trainable = False` are left untouched.
-        x: float features, shape (n, n_features).
-        y: class indices, shape (n,), or soft targets: probabilities of class 1,
-            shape (n, 1), for a sigmoid head; class probabilities, shape (n, k),
-            for a softmax head (as in distillation).
+        model: any built Keras model (Sequential or functional, TensorFlow backend) with one
+            output: a sigmoid (1 unit) or softmax head for classification, a linear one for
+            regression. Layers with `trainable = False` are left untouched. A pure stack of
+            Dense layers takes a fast path (the same mathematics, traced once per shape).
+        x: the model's input: an array, or a mapping from input name to array.
+        y: class indices, shape (n,); or soft targets: probabilities of class 1, shape (n, 1),
+            for a sigmoid head, class probabilities, shape (n, k), for a softmax head (as in
+            distillation); or numbers to predict (regression).
         config: epochs, batch size and optimizer.
         sample_weight: per-row loss weights (default all 1).
         seed: fixes the shuffling order.
-        extra_loss: a term added to every batch's loss, given the weight variables
-            (kernel, bias per layer), e.g. an EWC penalty. Its function is not cached.
+        extra_loss: a term added to every batch's loss, given the trainable variables (in
+            the model's `trainable_variables` order), e.g. an EWC penalty.
         progress: called with the number of epochs finished after each chunk.
         state: optimizer state from an earlier call on the same model, to continue
             (e.g. between rounds of model averaging); fresh if None.
         first_epoch: index of the first epoch, so continued calls shuffle differently.
+        task: `classification` or `regression` (mean squared error).
 
     Returns:
         The mean training loss of each epoch, the wall-clock seconds and the optimizer
         state.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite (the model is left as it was
+            then; callers train copies and discard them).
     """
     import tensorflow as tf
 
     start = time.perf_counter()
-    shapes, weights = _structure(model)
-    if len(x) == 0:
+    n = len(y)
+    if n == 0:
         raise ValueError("no training rows")
-    soft = y.ndim == 2
-    binary = shapes[-1].activation == "sigmoid"
-    if binary:
-        label_mode, targets = "binary", (y if soft else y[:, None]).astype(np.float32)
-    elif soft:
-        label_mode, targets = "soft", y.astype(np.float32)
-    else:
-        label_mode, targets = "sparse", y.astype(np.int32)
+    mode = label_mode(model, y, task)
+    targets = _targets(y, mode)
     weighted = sample_weight is not None
     w = np.asarray(sample_weight, np.float32) if weighted else np.ones(1, np.float32)
-
-    train_idx = _trainable_index(shapes)
+    single = x if isinstance(x, np.ndarray) else None
+    dense = _dense_structure(model, mode) if single is not None else None
+    if dense is not None:
+        shapes, weights = dense
+        trainable = [weights[i] for i in _trainable_index(shapes)]
+        fn = (
+            _make_dense_fn(shapes, mode, config.optimizer, weighted, extra_loss)
+            if extra_loss is not None
+            else _cached_dense_fn(shapes, mode, config.optimizer, weighted)
+        )
+        inputs: Any = tf.constant(single, tf.float32)
+    else:
+        weights = trainable = [v.value for v in model.trainable_variables]
+        fn = _general_fn(model, mode, config.optimizer, weighted, extra_loss)
+        inputs = tf.nest.map_structure(tf.constant, x if single is None else single)
     per_param = 1 if config.optimizer == "sgd" else 2
     if state is None:
-        slots = [tf.Variable(tf.zeros_like(weights[i])) for i in train_idx for _ in range(per_param)]
+        slots = [tf.Variable(tf.zeros_like(v)) for v in trainable for _ in range(per_param)]
         if config.optimizer == "adam":
             slots.append(tf.Variable(0.0))
         state = OptimizerState(slots)
-    slots = state.slots
     if config.optimizer == "adam":
         hp = tf.constant([config.learning_rate, 0.9, 0.999], tf.float32)
     else:
         hp = tf.constant([config.learning_rate, config.momentum, 0.0], tf.float32)
-
-    fn = (
-        _make_epochs_fn(shapes, label_mode, config.optimizer, weighted, extra_loss)
-        if extra_loss is not None
-        else _cached_epochs_fn(shapes, label_mode, config.optimizer, weighted)
-    )
-    args = (tf.constant(x, tf.float32), tf.constant(targets), tf.constant(w))
+    args = (inputs, tf.constant(targets), tf.constant(w))
     losses, done, chunk = [], 0, 1
     while done < config.epochs:
         k = min(chunk, config.epochs - done)
         call_start = time.perf_counter()
-        out = fn(
-            weights,
-            slots,
-            *args,
-            tf.constant(first_epoch + done),
-            tf.constant(k),
-            tf.constant(seed % 2**31),
-            tf.constant(config.batch_size),
-            hp,
-        ).numpy()
+        try:
+            out = fn(
+                weights,
+                state.slots,
+                *args,
+                tf.constant(first_epoch + done),
+                tf.constant(k),
+                tf.constant(seed % 2**31),
+                tf.constant(config.batch_size),
+                hp,
+            ).numpy()
+        except (TypeError, ValueError, NotImplementedError, tf.errors.OpError) as exc:
+            if done:
+                raise
+            what = f"model {model.name!r} cannot be trained by the compiled loop"
+            raise UserError(f"{what}: {one_line(str(exc))}") from exc
         if not np.isfinite(out).all():
             bad = done + int(np.argmin(np.isfinite(out))) + 1
             raise TrainingDiverged(
                 f"training diverged: the loss became {'NaN' if np.isnan(out).any() else 'infinite'} in epoch {bad} "
                 f"(learning_rate {config.learning_rate:g}); nothing was saved. Lower the learning rate or scale the "
-                f"features (the largest |value| is {float(np.max(np.abs(x))):.3g})"
+                f"features (the largest |value| is {_largest(x):.3g})"
             )
         losses.append(out)
         done += k
@@ -315,3 +431,8 @@ def train(
         if progress is not None:
             progress(done)
     return TrainResult(np.concatenate(losses), time.perf_counter() - start, state)
+
+
+def _largest(x: np.ndarray | Mapping[str, np.ndarray]) -> float:
+    arrays = [x] if isinstance(x, np.ndarray) else list(x.values())
+    return max((float(np.max(np.abs(a))) for a in arrays if a.size and a.dtype.kind == "f"), default=0.0)
