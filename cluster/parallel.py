@@ -26,7 +26,6 @@ from strategies.ensemble import combine
 from trainer.candidate import Candidate
 from trainer.executor import Job
 from trainer.loop import LoopConfig
-from trainer.models import ModelSpec
 from trainer.updatedata import UpdateData
 
 
@@ -39,11 +38,14 @@ def _shards(n_rows: int, n: int, seed: int) -> list[np.ndarray]:
 class ShardTrainer:
     """A model copy training on one shard, `steps` at a time, keeping its optimizer state."""
 
-    def __init__(self, model: bytes, rows: Rows, weights: np.ndarray | None, config: LoopConfig, seed: int) -> None:
+    def __init__(
+        self, model: bytes, rows: Rows, weights: np.ndarray | None, config: LoopConfig, seed: int, task: str
+    ) -> None:
         pin_threads()
         from trainer.models import from_bytes
 
         self.model = from_bytes(model)
+        self.task = task
         self.rows, self.weights, self.config = rows, weights, config
         self.rng = np.random.default_rng(seed)
         self.seed = seed
@@ -54,6 +56,7 @@ class ShardTrainer:
 
     def steps(self, weights: list[np.ndarray] | None, steps: int) -> list[np.ndarray]:
         from trainer.loop import train
+        from trainer.models import feed
 
         if weights is not None:
             self.model.set_weights(weights)
@@ -69,15 +72,17 @@ class ShardTrainer:
         index = np.concatenate(take)
         w = None if self.weights is None else self.weights[index]
         one_pass = dataclasses.replace(self.config, epochs=1)
+        part = self.rows.take(index)
         result = train(
             self.model,
-            self.rows.x[index],
-            self.rows.y[index],
+            feed(self.model, part.x),
+            part.y,
             one_pass,
             sample_weight=w,
             seed=self.seed,
             state=self.state,
             first_epoch=self.rounds,
+            task=self.task,
         )
         self.state, self.rounds = result.state, self.rounds + 1
         return self.model.get_weights()
@@ -93,7 +98,7 @@ def finetune_averaged(
         raise UserError(
             f"--actors: data-parallel fine-tuning needs a single network; current has {len(current.members)} members"
         )
-    if model_classes(current.members[0]) < data.n_classes:
+    if data.n_classes and model_classes(current.members[0]) < data.n_classes:
         raise UserError("the current model lacks the store's new classes; fine-tuning cannot add outputs")
     rows, weights = training_set(data.inputs(current, seed), params)
     shards = _shards(len(rows), actors, seed)
@@ -101,7 +106,7 @@ def finetune_averaged(
     model_ref = ray.put(to_bytes(current.members[0]))
     trainers = [
         ShardTrainer.options(num_cpus=1, memory=ACTOR_MEMORY).remote(
-            model_ref, rows.take(s), None if weights is None else weights[s], config, seed + i
+            model_ref, rows.take(s), None if weights is None else weights[s], config, seed + i, _task(data)
         )
         for i, s in enumerate(shards)
     ]
@@ -123,16 +128,18 @@ def finetune_averaged(
     return Candidate.single(model)
 
 
+def _task(data: UpdateData) -> str:
+    return "regression" if data.n_classes == 0 else "classification"
+
+
 @ray.remote(num_cpus=1)
-def _fit_member(
-    spec: ModelSpec, n_classes: int, rows: Rows, weights: np.ndarray | None, config: LoopConfig, seed: int
-) -> bytes:
+def _fit_member(data: UpdateData, rows: Rows, weights: np.ndarray | None, config: LoopConfig, seed: int) -> bytes:
     pin_threads()
     from trainer.loop import train
-    from trainer.models import build_model, to_bytes
+    from trainer.models import build_model, feed, to_bytes
 
-    model = build_model(spec, rows.x.shape[1], n_classes, seed)
-    train(model, rows.x, rows.y, config, sample_weight=weights, seed=seed)
+    model = build_model(data.model_spec, data.input_spec, data.n_classes, seed)
+    train(model, feed(model, rows.x), rows.y, config, sample_weight=weights, seed=seed, task=_task(data))
     return to_bytes(model)
 
 
@@ -143,10 +150,10 @@ def bagged_ensemble(data: UpdateData, current: Candidate, params: Any, seed: int
     inputs = data.inputs(current, seed)
     rows, weights = training_set(inputs, params)
     shards = _shards(len(rows), actors, seed)
+    shipped = ray.put(data)
     refs = [
         _fit_member.options(memory=ACTOR_MEMORY).remote(
-            data.model_spec,
-            data.n_classes,
+            shipped,
             rows.take(s),
             None if weights is None else weights[s],
             params.loop_config(),

@@ -27,8 +27,9 @@ def connect(num_cpus: int | None = None) -> dict[str, Any]:
     if not ray.is_initialized():
         env = {"TF_CPP_MIN_LOG_LEVEL": "3"}
         address = os.environ.get("RAY_ADDRESS")
-        if not address:
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p)
+        if not address:  # this checkout, and the current folder (where a user's model builder may be)
+            paths = (_PROJECT_ROOT, os.getcwd(), os.environ.get("PYTHONPATH"))
+            env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         try:
             ray.init(
                 address=address or "local",

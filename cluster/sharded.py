@@ -38,12 +38,22 @@ class ShardScorer:
             table = pq.ParquetFile(f).read_row_groups(row_groups, columns=columns)
         source = f"{redact(uri)} (row groups {row_groups[0]}-{row_groups[-1]})"
         self.schema.check_features(table, source, allow_extra=True)
-        proba = self.candidate.predict_proba(self.schema.features_matrix(table), self.schema.n_classes)
-        return proba.astype(np.float32), self.schema.label_indices(table) if with_labels else None
+        pred = self.candidate.predict(self.schema.inputs(table), self.schema.n_classes)
+        return pred.astype(np.float32), self.schema.targets(table, source) if with_labels else None
 
     def evaluate(self, uri: str, row_groups: list[int]) -> dict[str, Any]:
         """Additive parts of the metrics of these row groups (see `ScorerPool.evaluate`)."""
         proba, y = self.score(uri, row_groups, True)
+        if proba.ndim == 1:  # regression: sums of errors and of the targets
+            err = proba.astype(np.float64) - y
+            yy = y.astype(np.float64)
+            return {
+                "rows": len(y),
+                "sse": float(err @ err),
+                "sae": float(np.abs(err).sum()),
+                "sy": float(yy.sum()),
+                "syy": float(yy @ yy),
+            }
         picked = np.clip(proba[np.arange(len(y)), y].astype(np.float64), 1e-15, 1)
         parts: dict[str, Any] = {
             "rows": len(y),
@@ -86,6 +96,15 @@ class ScorerPool:
         """
         parts = self._map(uri, lambda actor, groups: actor.evaluate.remote(uri, groups))
         n = sum(p["rows"] for p in parts)
+        if "sse" in parts[0]:
+            sse, sy, syy = (sum(p[k] for p in parts) for k in ("sse", "sy", "syy"))
+            spread = syy - sy * sy / n
+            return {
+                "mae": sum(p["sae"] for p in parts) / n,
+                "rmse": float(np.sqrt(sse / n)),
+                "r2": 1 - sse / spread if n > 1 and spread > 0 else None,
+                "rows": float(n),
+            }
         metrics: dict[str, float | None] = {
             "accuracy": sum(p["correct"] for p in parts) / n,
             "log_loss": sum(p["log_loss_sum"] for p in parts) / n,

@@ -52,8 +52,8 @@ def ingest_bytes(store: Store, source: str, data: bytes, *, allow_new_classes: b
         folder = store.quarantine(os.path.basename(source.rstrip("/")), data, str(exc))
         raise type(exc)(f"{exc} (quarantined in {folder})") from None
     new_classes = tuple(c for c in schema.classes if c not in store.schema.classes)
-    if new_classes:
-        store.set_classes(schema.classes)
+    if schema != store.schema:  # new classes or categorical values
+        store.grow_schema(schema)
     batch_id, added = store.add_batch(
         data,
         {
@@ -74,9 +74,8 @@ def batch_rows(store: Store, batch_id: str, order: int, schema: Schema) -> tuple
 
 def split_rows(table: pa.Table, batch_id: str, order: int, schema: Schema, fraction: float) -> tuple[Rows, Rows]:
     """A batch's table as (train rows, holdout rows); the holdout is fixed by the batch id."""
-    x = schema.features_matrix(table)
-    y = schema.label_indices(table)
-    rows = Rows(x, y, np.full(len(y), order, np.int32))
+    y = schema.targets(table, batch_id)
+    rows = Rows(schema.inputs(table), y, np.full(len(y), order, np.int32))
     mask = holdout_mask(batch_id, len(y), fraction)
     return rows.take(~mask), rows.take(mask)
 
@@ -85,7 +84,7 @@ def load_rows(store: Store, batch_ids: list[str]) -> tuple[Rows, Rows]:
     """Several batches as (train rows, holdout rows); `order` is each batch's ingestion order."""
     schema = store.schema
     if not batch_ids:
-        empty = Rows.empty(len(schema.features))
+        empty = Rows.empty(schema.input_spec(), schema.is_regression)
         return empty, empty
     position = {b: i for i, b in enumerate(store.batch_ids())}
     parts = [batch_rows(store, b, position[b], schema) for b in batch_ids]

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: column kinds, vocabularies and statistics in store.json; regression
 FILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")  # a name inside a version's folder: never a path
 
 

@@ -1,10 +1,17 @@
-"""Training rows in memory: features, label indices and the batch each row came from."""
+"""Training rows in memory: the model's inputs, the targets and the batch each row came from."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from data.schema import InputInfo
+
+NUMERIC = "numeric"  # the input holding the scalar numeric features (see data.schema)
 
 
 @dataclass(frozen=True)
@@ -12,36 +19,52 @@ class Rows:
     """A view of labelled rows, ready for a model.
 
     Attributes:
-        x: float32 features, shape (n, n_features).
-        y: int32 class indices, shape (n,).
+        x: the model's inputs by name (see `data.schema`): float32 arrays of shape (n, ...)
+            and, for categorical columns, arrays of strings. A plain float matrix is taken
+            as the `numeric` input.
+        y: int32 class indices, or float32 numbers for regression; shape (n,).
         order: the ingestion order of each row's batch (0 is the first batch), so
             recency weighting and replay can tell old rows from new.
     """
 
-    x: np.ndarray
+    x: Mapping[str, np.ndarray]
     y: np.ndarray
     order: np.ndarray
 
     def __post_init__(self) -> None:
-        if not (len(self.x) == len(self.y) == len(self.order)):
-            raise ValueError(f"x, y and order lengths differ: {len(self.x)}, {len(self.y)}, {len(self.order)}")
+        if isinstance(self.x, np.ndarray):
+            object.__setattr__(self, "x", {NUMERIC: self.x})
+        lengths = {len(a) for a in self.x.values()} | {len(self.y), len(self.order)}
+        if len(lengths) != 1:
+            raise ValueError(f"inputs, targets and order differ in length: {sorted(lengths)}")
 
     def __len__(self) -> int:
         return len(self.y)
 
     @classmethod
-    def empty(cls, n_features: int) -> Rows:
-        return cls(np.empty((0, n_features), np.float32), np.empty(0, np.int32), np.empty(0, np.int32))
+    def empty(cls, spec: Mapping[str, InputInfo], regression: bool = False) -> Rows:
+        """No rows, with inputs shaped as `spec` says."""
+        x = {
+            name: np.empty((0, *info.shape), object if info.dtype == "string" else np.float32)
+            for name, info in spec.items()
+        }
+        return cls(x, np.empty(0, np.float32 if regression else np.int32), np.empty(0, np.int32))
 
     @classmethod
     def concat(cls, parts: list[Rows]) -> Rows:
         if not parts:
             raise ValueError("concat needs at least one part")
         return cls(
-            np.concatenate([p.x for p in parts]),
+            {name: np.concatenate([p.x[name] for p in parts]) for name in parts[0].x},
             np.concatenate([p.y for p in parts]),
             np.concatenate([p.order for p in parts]),
         )
 
     def take(self, index: np.ndarray) -> Rows:
-        return Rows(self.x[index], self.y[index], self.order[index])
+        return Rows({name: a[index] for name, a in self.x.items()}, self.y[index], self.order[index])
+
+    def matrix(self) -> np.ndarray:
+        """The numeric and tensor inputs flattened side by side as one float matrix (for
+        models outside the network, such as a domain classifier); strings are left out."""
+        parts = [a.reshape(len(a), -1).astype(np.float32) for a in self.x.values() if a.dtype != object]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((len(self), 0), np.float32)

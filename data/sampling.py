@@ -58,7 +58,7 @@ def importance_weights(x_old: np.ndarray, x_new: np.ndarray, seed: int, clip: fl
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    if len(x_old) == 0 or len(x_new) == 0:
+    if len(x_old) == 0 or len(x_new) == 0 or x_old.shape[1] == 0:
         return np.ones(len(x_old), np.float32)
     x = np.concatenate([x_old, x_new])
     d = np.concatenate([np.zeros(len(x_old)), np.ones(len(x_new))])

@@ -1,8 +1,26 @@
-"""The feature schema of a store, and validation of incoming tables against it."""
+"""The columns of a store, and validation of incoming tables against them.
+
+A feature column is one of three kinds, taken from its Arrow type when the store is
+created:
+- `numeric`: a scalar integer, float or boolean; the model gets all of them as one
+  float32 matrix, the input named `numeric`, in column order;
+- `tensor`: a list of numbers of one fixed size (an image as 784 floats, an embedding
+  of 128), shaped as the store records (`--shape image=28,28,1`, else the list's
+  length); the model gets a float32 input of that shape named after the column;
+- `categorical`: a string or dictionary column; the model gets the strings, an input
+  named after the column, and maps them with a vocabulary it carries (values it never
+  saw go to its out-of-vocabulary bucket). The store keeps the vocabulary seen so far;
+  it grows as batches bring new values.
+The store also records each numeric and tensor column's mean and variance over the
+first batch, which the default network uses to normalise its inputs.
+
+The task is `classification` (labels are classes) or `regression` (labels are numbers).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -10,15 +28,39 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data.errors import NewClassesRefused, UserError
+from data.rows import NUMERIC
 
 # Columns `predict` adds to its output: a feature of that name could never be predicted.
 OUTPUT_COLUMNS = ("prediction", "probability")
+KINDS = ("numeric", "tensor", "categorical")
+TASKS = ("classification", "regression")
 # The largest magnitude the model's float32 arithmetic represents.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _is_numeric(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        return _is_text(t.value_type)
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def kind_of(t: pa.DataType) -> str | None:
+    """The feature kind an Arrow type makes, or None if it cannot be a feature."""
+    if _is_numeric(t):
+        return "numeric"
+    if _is_list(t) and _is_numeric(t.value_type):
+        return "tensor"
+    if _is_text(t):
+        return "categorical"
+    return None
 
 
 def check_unique_columns(table: pa.Table, source: str) -> None:
@@ -36,69 +78,274 @@ def _label_key(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class Column:
+    """One feature column.
+
+    Attributes:
+        name: the column's name.
+        kind: `numeric`, `tensor` or `categorical`.
+        shape: a tensor's shape per row.
+        vocabulary: a categorical column's values seen so far, sorted within each batch
+            that brought them (earlier values keep their position).
+        mean, variance: over the store's first batch (all elements, for a tensor); None
+            in stores made before they were recorded.
+    """
+
+    name: str
+    kind: str = "numeric"
+    shape: tuple[int, ...] = ()
+    vocabulary: tuple[str, ...] = ()
+    mean: float | None = None
+    variance: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"column kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        if self.kind == "tensor":
+            d["shape"] = list(self.shape)
+        if self.kind == "categorical":
+            d["vocabulary"] = list(self.vocabulary)
+        if self.mean is not None:
+            d["mean"], d["variance"] = self.mean, self.variance
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any) -> Column:
+        if isinstance(d, str):  # stores of format 1 list feature names only: all numeric
+            return cls(d)
+        if not isinstance(d, dict) or not isinstance(d.get("name"), str):
+            raise ValueError("a column is not an object with a name")
+        shape = tuple(int(s) for s in d.get("shape", ()))
+        vocabulary = tuple(str(v) for v in d.get("vocabulary", ()))
+        mean = None if d.get("mean") is None else float(d["mean"])
+        variance = None if d.get("variance") is None else float(d["variance"])
+        return cls(d["name"], str(d.get("kind", "numeric")), shape, vocabulary, mean, variance)
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """One model input, as a model builder sees it.
+
+    Attributes:
+        shape: per row, e.g. `(5,)` for five numeric features, `(8, 8, 1)` for an image,
+            `()` for a categorical column.
+        dtype: `float32`, or `string` for a categorical column.
+        vocabulary: a categorical column's values (a model maps them, e.g. with
+            `keras.layers.StringLookup(vocabulary=...)`, and sends others to its OOV bucket).
+        mean, variance: per feature (numeric) or over all elements (tensor), from the
+            store's first batch, for normalisation; None if unknown.
+    """
+
+    shape: tuple[int, ...]
+    dtype: str
+    vocabulary: tuple[str, ...] = ()
+    mean: tuple[float, ...] | None = None
+    variance: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
 class Schema:
     """What every batch of a store must look like.
 
     Attributes:
-        features: feature column names, in model input order.
+        columns: the feature columns, in order (names are accepted and mean numeric).
         label: the label column.
-        classes: known class labels, in the order of the model's outputs.
+        classes: known class labels, in the order of the model's outputs (classification).
+        task: `classification` or `regression`.
+        target: a regression label's mean and standard deviation over the first batch: the
+            default network predicts in these units, and training measures its squared
+            error in them (None: not recorded, or classification).
     """
 
-    features: tuple[str, ...]
+    columns: tuple[Column, ...]
     label: str
     classes: tuple[Any, ...] = field(default=())
+    task: str = "classification"
+    target: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        if not self.features:
+        object.__setattr__(self, "columns", tuple(c if isinstance(c, Column) else Column(c) for c in self.columns))
+        if not self.columns:
             raise UserError("the data has no feature columns besides the label")
         if self.label in self.features:
             raise ValueError(f"label {self.label!r} is also listed as a feature")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
 
     @property
     def n_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def is_regression(self) -> bool:
+        return self.task == "regression"
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+    # -- JSON ----------------------------------------------------------------------------------------
+
     def to_json(self) -> dict[str, Any]:
-        return {"features": list(self.features), "label": self.label, "classes": list(self.classes)}
+        return {
+            "features": list(self.features),
+            "columns": [c.to_json() for c in self.columns],
+            "label": self.label,
+            "classes": list(self.classes),
+            "task": self.task,
+            **({"target": list(self.target)} if self.target else {}),
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Schema:
         """Read the schema part of store.json; ValueError if it has the wrong shape."""
-        features, label, classes = d["features"], d["label"], d["classes"]
-        if not (isinstance(features, list) and all(isinstance(f, str) for f in features) and isinstance(label, str)):
-            raise ValueError("features must be a list of names and label a name")
+        columns, label, classes = d.get("columns", d["features"]), d["label"], d["classes"]
+        if not isinstance(columns, list) or not isinstance(label, str):
+            raise ValueError("features must be a list of columns and label a name")
         if not isinstance(classes, list):
             raise ValueError("classes must be a list")
-        return cls(tuple(features), label, tuple(classes))
+        target = d.get("target")
+        if target is not None and not (isinstance(target, list) and len(target) == 2):
+            raise ValueError("target must be [mean, std]")
+        return cls(
+            tuple(Column.from_json(c) for c in columns),
+            label,
+            tuple(classes),
+            str(d.get("task", TASKS[0])),
+            (float(target[0]), float(target[1])) if target else None,
+        )
 
-    def class_type(self) -> pa.DataType:
-        """The Arrow type of the class labels (what `predict` writes as `prediction`)."""
-        return pa.array(list(self.classes)).type
+    # -- what a model sees --------------------------------------------------------------------------
+
+    def input_spec(self) -> dict[str, InputInfo]:
+        """The model inputs this schema gives, by name (see the module's docstring)."""
+        spec: dict[str, InputInfo] = {}
+        numeric = [c for c in self.columns if c.kind == "numeric"]
+        if numeric:
+            known = all(c.mean is not None for c in numeric)
+            spec[NUMERIC] = InputInfo(
+                (len(numeric),),
+                "float32",
+                mean=tuple(float(c.mean) for c in numeric) if known else None,  # type: ignore[arg-type]
+                variance=tuple(float(c.variance) for c in numeric) if known else None,  # type: ignore[arg-type]
+            )
+        for c in self.columns:
+            if c.kind == "tensor":
+                stats = c.mean is not None
+                spec[c.name] = InputInfo(
+                    c.shape,
+                    "float32",
+                    mean=(float(c.mean),) if stats else None,  # type: ignore[arg-type]
+                    variance=(float(c.variance),) if stats else None,  # type: ignore[arg-type]
+                )
+            elif c.kind == "categorical":
+                spec[c.name] = InputInfo((), "string", c.vocabulary)
+        return spec
+
+    def inputs(self, table: pa.Table) -> dict[str, np.ndarray]:
+        """The features of a (checked) table as model inputs, by input name."""
+        n = table.num_rows
+        out: dict[str, np.ndarray] = {}
+        numeric = [c.name for c in self.columns if c.kind == "numeric"]
+        if numeric:
+            cols = [table.column(c).to_numpy().astype(np.float32, copy=False) for c in numeric]
+            out[NUMERIC] = np.ascontiguousarray(np.stack(cols, axis=1))
+        for c in self.columns:
+            col = table.column(c.name)
+            if c.kind == "tensor":
+                flat = col.combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+                out[c.name] = flat.reshape((n, *c.shape))
+            elif c.kind == "categorical":
+                out[c.name] = np.asarray(_strings(col), dtype=object)
+        return out
+
+    def features_matrix(self, table: pa.Table) -> np.ndarray:
+        """The scalar numeric features as a float32 matrix (stores of numeric columns only)."""
+        return self.inputs(table)[NUMERIC]
+
+    # -- checking tables ------------------------------------------------------------------------------
 
     @classmethod
-    def infer(cls, table: pa.Table, label: str, source: str) -> Schema:
-        """Take the schema from a first batch: every column but the label is a feature."""
+    def infer(
+        cls,
+        table: pa.Table,
+        label: str,
+        source: str,
+        *,
+        shapes: Mapping[str, tuple[int, ...]] | None = None,
+        task: str | None = None,
+    ) -> Schema:
+        """Take the schema from a first batch: every column but the label is a feature.
+
+        Args:
+            shapes: tensor shapes by column (`--shape`); otherwise a list column's length.
+            task: `classification` or `regression`; by default regression for a float label
+                with fractional values or more than 20 distinct ones, classification otherwise.
+        """
         check_unique_columns(table, source)
         if label not in table.column_names:
             raise UserError(f"{source}: no label column {label!r}; columns are {', '.join(table.column_names)}")
-        features = tuple(c for c in table.column_names if c != label)
-        clash = [c for c in features if c in OUTPUT_COLUMNS]
+        names = [c for c in table.column_names if c != label]
+        clash = [c for c in names if c in OUTPUT_COLUMNS]
         if clash:
             raise UserError(
                 f"{source}: a feature may not be called {clash[0]!r}: `ctrain predict` writes a column of that name"
             )
-        schema = cls(features, label, ())
+        shapes = dict(shapes or {})
+        unknown = sorted(set(shapes) - set(names))
+        if unknown:
+            raise UserError(f"--shape {unknown[0]}: no feature column of that name in {source}")
+        columns = [_infer_column(table, name, shapes.pop(name, None), source) for name in names]
+        for c in columns:
+            if c.name == NUMERIC and c.kind != "numeric":
+                raise UserError(f"{source}: a {c.kind} column may not be called {NUMERIC!r} (the numeric input's name)")
+        schema = cls(tuple(columns), label, (), task or "classification")
         schema.check_features(table, source)
+        schema = schema.with_stats(table)._grow_vocabularies(table)
+        if task is None and _looks_like_regression(table.column(label)):
+            schema = replace(schema, task="regression")
+        if schema.is_regression:
+            y = schema.label_values(table, source).astype(np.float64)
+            return replace(schema, target=(float(y.mean()), float(y.std()) if y.std() > 0 else 1.0))
         labels = schema.check_labels(table, source)
         classes = tuple(sorted(set(labels)))
         if len(classes) < 2:
             raise UserError(f"{source}: label {label!r} has only one class ({classes[0]!r})")
-        _check_looks_like_classes(table.column(label), classes, label, source)
-        return cls(features, label, classes)
+        if len(classes) > 20 and len(classes) > 0.5 * len(labels):
+            raise UserError(
+                f"{source}: label {label!r} has {len(classes)} distinct values in {len(labels)} rows; "
+                "to predict it as a number, give --task regression"
+            )
+        return replace(schema, classes=classes)
+
+    def with_stats(self, table: pa.Table) -> Schema:
+        """This schema with each numeric and tensor column's mean and variance over `table`."""
+        inputs = self.inputs(table)
+        numeric = [c.name for c in self.columns if c.kind == "numeric"]
+        columns = []
+        for c in self.columns:
+            if c.kind == "numeric":
+                x = inputs[NUMERIC][:, numeric.index(c.name)].astype(np.float64)
+            elif c.kind == "tensor":
+                x = inputs[c.name].astype(np.float64).ravel()
+            else:
+                columns.append(c)
+                continue
+            columns.append(replace(c, mean=float(x.mean()), variance=float(x.var())))
+        return replace(self, columns=tuple(columns))
 
     def check_features(self, table: pa.Table, source: str, *, allow_extra: bool = False) -> None:
-        """Raise UserError unless every feature is present, numeric and finite.
+        """Raise UserError unless every feature is present, of its kind, and usable.
 
         Columns that are neither features nor the label are an error unless
         `allow_extra` (prediction input may carry ids and the like).
@@ -115,23 +362,8 @@ class Schema:
                 f"{source}: column(s) {', '.join(extra)} are not in the store's "
                 f"{len(self.features)} features; the model's input width is fixed"
             )
-        for name in self.features:
-            col = table.column(name)
-            if not _is_numeric(col.type):
-                raise UserError(f"{source}: feature {name!r} is {col.type}, not numeric")
-            if col.null_count:
-                raise UserError(f"{source}: feature {name!r} has {col.null_count} missing value(s)")
-            if pa.types.is_floating(col.type):  # checked as the model computes: in float32
-                x = col.to_numpy()
-                bad = int(np.count_nonzero(~np.isfinite(x)))
-                if bad:
-                    raise UserError(f"{source}: feature {name!r} has {bad} NaN or infinite value(s)")
-                huge = int(np.count_nonzero(np.abs(x) > FLOAT32_MAX))
-                if huge:
-                    raise UserError(
-                        f"{source}: feature {name!r} has {huge} value(s) beyond float32's range (|x| > 3.4e38), "
-                        "infinite where the model computes"
-                    )
+        for c in self.columns:
+            _check_column(table.column(c.name), c, source)
 
     def check_labels(self, table: pa.Table, source: str) -> list[Any]:
         """Return the labels as Python values, raising UserError if any is missing."""
@@ -145,13 +377,31 @@ class Schema:
             raise UserError(f"{source}: label {self.label!r} has missing or NaN values")
         return [_label_key(v) for v in values]
 
+    def label_values(self, table: pa.Table, source: str) -> np.ndarray:
+        """A regression label as float32 numbers, raising UserError if any is missing or not finite."""
+        if self.label not in table.column_names:
+            raise UserError(f"{source}: missing label column {self.label!r}")
+        col = table.column(self.label)
+        if not _is_numeric(col.type):
+            raise UserError(f"{source}: label {self.label!r} is {col.type}; a regression label is a number")
+        y = col.to_numpy(zero_copy_only=False).astype(np.float64)
+        bad = int(np.count_nonzero(~np.isfinite(y) | (np.abs(y) > FLOAT32_MAX)))
+        if col.null_count or bad:
+            raise UserError(f"{source}: label {self.label!r} has {col.null_count + bad} missing or non-finite values")
+        return y.astype(np.float32)
+
     def unknown_classes(self, labels: list[Any]) -> list[Any]:
         known = set(self.classes)
         return sorted({v for v in labels if v not in known}, key=repr)
 
     def validate(self, table: pa.Table, source: str, *, allow_new_classes: bool = False) -> Schema:
-        """Check a labelled batch; return the schema, grown by new classes if allowed."""
+        """Check a labelled batch; return the schema, grown by new categorical values and, if
+        allowed, new classes."""
         self.check_features(table, source)
+        grown = self._grow_vocabularies(table)
+        if self.is_regression:
+            self.label_values(table, source)
+            return grown
         labels = self.check_labels(table, source)
         new = self.unknown_classes(labels)
         if new and not allow_new_classes:
@@ -161,17 +411,31 @@ class Schema:
                 "with a strategy that can learn new classes"
             )
         if not new:
-            return self
+            return grown
         try:
             classes = tuple(sorted([*self.classes, *new]))
         except TypeError as exc:
             raise UserError(f"{source}: new labels {new} cannot be ordered with {list(self.classes)}") from exc
-        return Schema(self.features, self.label, classes)
+        return replace(grown, classes=classes)
 
-    def features_matrix(self, table: pa.Table) -> np.ndarray:
-        """The features as a float32 matrix in schema order."""
-        cols = [table.column(c).to_numpy().astype(np.float32, copy=False) for c in self.features]
-        return np.ascontiguousarray(np.stack(cols, axis=1)) if cols else np.empty((table.num_rows, 0), np.float32)
+    def merged(self, other: Schema) -> Schema:
+        """This schema grown by `other`'s new classes and vocabulary values (never shrunk or reordered)."""
+        columns = []
+        for c in self.columns:
+            o = other.column(c.name) if c.name in other.features else c
+            extra = tuple(v for v in o.vocabulary if v not in set(c.vocabulary))
+            columns.append(replace(c, vocabulary=c.vocabulary + extra))
+        return replace(self, columns=tuple(columns), classes=tuple(sorted(set(self.classes) | set(other.classes))))
+
+    def _grow_vocabularies(self, table: pa.Table) -> Schema:
+        columns = []
+        for c in self.columns:
+            if c.kind == "categorical":
+                known = set(c.vocabulary)
+                new = sorted({v for v in _strings(table.column(c.name)) if v not in known})
+                c = replace(c, vocabulary=c.vocabulary + tuple(new))
+            columns.append(c)
+        return replace(self, columns=tuple(columns))
 
     def label_indices(self, table: pa.Table) -> np.ndarray:
         """The labels as int32 indices into `classes`."""
@@ -186,14 +450,88 @@ class Schema:
             raise UserError(f"label(s) {unknown} are not among the classes {list(self.classes)}")
         return index.to_numpy().astype(np.int32)
 
+    def targets(self, table: pa.Table, source: str = "") -> np.ndarray:
+        """What the model learns: class indices (classification) or float32 numbers (regression)."""
+        return self.label_values(table, source) if self.is_regression else self.label_indices(table)
 
-def _check_looks_like_classes(col: pa.ChunkedArray, classes: tuple[Any, ...], label: str, source: str) -> None:
-    """Refuse a label that looks like a quantity to predict (regression), not classes."""
-    fractional = pa.types.is_floating(col.type) and any(isinstance(c, float) and not c.is_integer() for c in classes)
-    many = len(classes) > 20 and len(classes) > 0.5 * len(col)
-    if fractional or many:
-        why = "fractional values" if fractional else f"{len(classes)} distinct values in {len(col)} rows"
+    def class_type(self) -> pa.DataType:
+        """The Arrow type of `prediction`: the class labels' type, or float64 for regression."""
+        return pa.float64() if self.is_regression else pa.array(list(self.classes)).type
+
+
+def _strings(col: pa.ChunkedArray) -> list[str]:
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    return [str(v) for v in col.to_pylist()]
+
+
+def _looks_like_regression(col: pa.ChunkedArray) -> bool:
+    """A float label is a number to predict, unless it holds a few whole values (classes written
+    as floats, as pandas does after missing values)."""
+    if not pa.types.is_floating(col.type):
+        return False
+    y = col.to_numpy(zero_copy_only=False)
+    y = y[np.isfinite(y)]
+    return bool(len(y)) and (not np.all(y == np.round(y)) or len(np.unique(y)) > 20)
+
+
+def _infer_column(table: pa.Table, name: str, shape: tuple[int, ...] | None, source: str) -> Column:
+    col = table.column(name)
+    kind = kind_of(col.type)
+    if kind is None:
         raise UserError(
-            f"{source}: label {label!r} has {why}; it looks like a number to predict (regression), which "
-            "ctrain does not do yet: a classification label has a few repeated values"
+            f"{source}: feature {name!r} is {col.type}; features are numbers, fixed-size lists of numbers or strings"
+        )
+    if shape is not None and kind != "tensor":
+        raise UserError(f"--shape {name}: {name!r} is {col.type}, not a list of numbers")
+    if kind != "tensor":
+        return Column(name, kind)
+    if pa.types.is_fixed_size_list(col.type):
+        size = col.type.list_size
+    else:
+        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False) if len(col) else np.zeros(0)
+        valid = lengths[~np.isnan(lengths.astype(float))] if lengths.size else lengths
+        size = int(valid[0]) if len(valid) else 0
+    shape = shape or (size,)
+    if int(np.prod(shape)) != size or size < 1:
+        raise UserError(f"{source}: feature {name!r} holds {size} numbers per row, which shape {shape} cannot take")
+    return Column(name, "tensor", tuple(shape))
+
+
+def _check_column(col: pa.ChunkedArray, column: Column, source: str) -> None:
+    name, kind = column.name, kind_of(col.type)
+    if kind != column.kind:
+        raise UserError(f"{source}: feature {name!r} is {col.type} here; the store holds it as {column.kind}")
+    if col.null_count:
+        raise UserError(f"{source}: feature {name!r} has {col.null_count} missing value(s)")
+    if kind == "categorical":
+        return
+    if kind == "tensor":
+        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        wrong = int(np.count_nonzero(lengths != column.size))
+        if wrong:
+            raise UserError(
+                f"{source}: feature {name!r} has {wrong} row(s) whose length is not {column.size} "
+                f"(shape {column.shape})"
+            )
+        values = col.combine_chunks().flatten()
+        if values.null_count:
+            raise UserError(f"{source}: feature {name!r} has {values.null_count} missing value(s) inside its lists")
+        _check_finite(values.to_numpy(zero_copy_only=False), name, source)
+    elif pa.types.is_floating(col.type):
+        _check_finite(col.to_numpy(), name, source)
+
+
+def _check_finite(x: np.ndarray, name: str, source: str) -> None:
+    """Values as the model computes them, in float32: finite and within its range."""
+    if x.dtype.kind != "f":
+        return
+    bad = int(np.count_nonzero(~np.isfinite(x)))
+    if bad:
+        raise UserError(f"{source}: feature {name!r} has {bad} NaN or infinite value(s)")
+    huge = int(np.count_nonzero(np.abs(x) > FLOAT32_MAX))
+    if huge:
+        raise UserError(
+            f"{source}: feature {name!r} has {huge} value(s) beyond float32's range (|x| > 3.4e38), "
+            "infinite where the model computes"
         )

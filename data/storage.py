@@ -52,6 +52,7 @@ _LOCK_STALE_SECONDS = 300.0
 # A leftover whose writer cannot be checked (another host, or no owner file yet) is
 # removed only once it is this old: a live writer is never that slow between steps.
 _GRACE_SECONDS = 3600.0
+_ARCHITECTURE = "architecture.keras"
 _VERSION_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _BATCH_MARKER, _BATCH_OWNER = "batch.json", ".claim"
 _VERSION_MARKER, _VERSION_OWNER = "manifest.json", ".writer"
@@ -69,21 +70,26 @@ def utc_stamp() -> str:
 
 @dataclass(frozen=True)
 class StoreMeta:
-    """The contents of store.json."""
+    """The contents of store.json: the schema (columns, label, classes, task), the network
+    recipe, the holdout fraction and the store format (1: numeric columns only)."""
 
     schema: Schema
     model: str
     holdout_fraction: float = 0.2
     format_version: int = FORMAT_VERSION
-    task: str = "classification"
+    architecture_sha256: str | None = None
+
+    @property
+    def task(self) -> str:
+        return self.schema.task
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version,
-            "task": self.task,
             **self.schema.to_json(),
             "model": self.model,
             "holdout_fraction": self.holdout_fraction,
+            **({"architecture_sha256": self.architecture_sha256} if self.architecture_sha256 else {}),
         }
 
     @classmethod
@@ -91,15 +97,18 @@ class StoreMeta:
         if not isinstance(d, dict):
             raise UserError(f"{source}: store.json is damaged (expected a JSON object)")
         version = d.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int):
+            raise UserError(f"{source}: store.json is damaged (no format_version)")
+        if version > FORMAT_VERSION:
             raise UserError(
-                f"{source}: store format version {version!r} is newer than this ctrain reads "
+                f"{source}: store format version {version} is newer than this ctrain reads "
                 f"({FORMAT_VERSION}); upgrade continual-trainer"
             )
         try:
-            return cls(Schema.from_json(d), d["model"], float(d["holdout_fraction"]), version, d["task"])
+            sha = d.get("architecture_sha256")
+            return cls(Schema.from_json(d), str(d["model"]), float(d["holdout_fraction"]), version, sha)
         except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{source}: store.json is damaged ({exc!r})") from exc
+            raise UserError(f"{source}: store.json is damaged ({exc!r})") from None
 
 
 class NotAStore(UserError):
@@ -130,27 +139,35 @@ class Store:
     # -- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, uri: str, meta: StoreMeta) -> Store:
+    def create(cls, uri: str, meta: StoreMeta, architecture: bytes | None = None) -> Store:
         """A new store with `meta`; or, if an `init` that did not finish left a store without a
         current version here, that store with `meta` written anew (nothing depends on it yet).
+
+        `architecture` is an imported model's `.keras` file, the recipe for fresh networks
+        (kept checksummed, read back by `architecture()`).
 
         Raises UserError if a store with a current version exists here.
         """
         fs, root = resolve(uri)
+        if architecture is not None:
+            meta = dataclasses.replace(meta, architecture_sha256=sha256(architecture))
         store = cls(uri, fs, root, meta)
         try:
             fs.create_dir(root, recursive=True)
             body = (json.dumps(meta.to_json(), indent=2, sort_keys=True) + "\n").encode()
-            if store._create_exclusive("store.json", body):
-                return store
+            created = store._create_exclusive("store.json", body)
         except OSError as exc:
             raise UserError(f"{store.display}: cannot reach the store ({one_line(scrub(str(exc), uri))})") from None
-        existing = cls.open(uri)
-        if existing.current() is not None:
-            raise UserError(f"{store.display}: a store already exists here; use another --store")
-        existing.meta = meta
-        existing._write_json("store.json", meta.to_json())
-        return existing
+        if not created:
+            store = cls.open(uri)
+            if store.current() is not None:
+                raise UserError(f"{store.display}: a store already exists here; use another --store")
+            store.meta = meta
+        if architecture is not None:
+            store._write(_ARCHITECTURE, architecture)
+        if not created:
+            store._write_json("store.json", meta.to_json())
+        return store
 
     @classmethod
     def open(cls, uri: str) -> Store:
@@ -175,6 +192,20 @@ class Store:
     def schema(self) -> Schema:
         return self.meta.schema
 
+    def architecture(self) -> bytes | None:
+        """The imported model's `.keras` file, checked against its sha256; None if there is none."""
+        if not self.meta.architecture_sha256:
+            return None
+        try:
+            data = self._read(_ARCHITECTURE)
+        except FileNotFoundError:
+            raise UserError(
+                f"{self.display}: {_ARCHITECTURE} is missing; the store cannot build fresh models"
+            ) from None
+        if sha256(data) != self.meta.architecture_sha256:
+            raise UserError(f"{self.display}: {_ARCHITECTURE} fails its sha256 check; the file was altered")
+        return data
+
     @property
     def display(self) -> str:
         """The store's URI fit to print (no credentials)."""
@@ -197,13 +228,12 @@ class Store:
 
     # -- store.json ----------------------------------------------------------------------------
 
-    def set_classes(self, classes: tuple[Any, ...]) -> None:
-        """Grow the class list (never shrinks or reorders existing classes)."""
+    def grow_schema(self, grown: Schema) -> None:
+        """Add a batch's new classes and categorical values to store.json (never shrinks or
+        reorders what is there; under a lock, so concurrent ingests both add theirs)."""
         with self.lock("store"):
             current = StoreMeta.from_json(self._read_json("store.json"), self.display)
-            merged = tuple(sorted(set(current.schema.classes) | set(classes)))
-            schema = Schema(current.schema.features, current.schema.label, merged)
-            self.meta = StoreMeta(schema, current.model, current.holdout_fraction, current.format_version, current.task)
+            self.meta = dataclasses.replace(current, schema=current.schema.merged(grown))
             self._write_json("store.json", self.meta.to_json())
 
     # -- batches -----------------------------------------------------------------------------

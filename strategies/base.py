@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -10,12 +11,13 @@ import numpy as np
 from data.rows import Rows
 from data.sampling import importance_weights, recency_weights, sample
 from trainer.loop import LoopConfig, train
-from trainer.models import ModelSpec
+from trainer.models import ModelSpec, build_model, feed
 from trainer.params import Choice, Interval, Params, Rule, param
 
 if TYPE_CHECKING:
     import keras
 
+    from data.schema import InputInfo
     from trainer.candidate import Candidate
 
 WEIGHTINGS = ("none", "recency", "importance")
@@ -31,8 +33,12 @@ class UpdateInputs:
         new: training rows of the batches that arrived since.
         holdout: held-out rows of old and new batches, for model selection such as
             fitted ensemble weights (the caller reports metrics on the same rows).
-        n_classes: classes the store knows now (may exceed what `current` knows).
+        n_classes: classes the store knows now (may exceed what `current` knows); 0 for
+            regression.
         model_spec: the store's network recipe, for fresh models.
+        input_spec: the model inputs the store's columns give (`data.schema.InputInfo`).
+        target: a regression label's first-batch mean and standard deviation (see
+            `data.schema.Schema.target`).
         seed: fixes initialisation, sampling and shuffling.
     """
 
@@ -43,10 +49,16 @@ class UpdateInputs:
     n_classes: int
     model_spec: ModelSpec
     seed: int
+    input_spec: Mapping[str, InputInfo] = field(default_factory=dict)
+    target: tuple[float, float] | None = None
 
     @property
-    def n_features(self) -> int:
-        return self.new.x.shape[1]
+    def regression(self) -> bool:
+        return self.n_classes == 0
+
+    def fresh_model(self, seed_offset: int = 0) -> keras.Model:
+        """A new network of the store's recipe, covering every class the store knows."""
+        return build_model(self.model_spec, self.input_spec, self.n_classes, self.seed + seed_offset, self.target)
 
 
 @dataclass(frozen=True)
@@ -107,7 +119,7 @@ def training_set(inputs: UpdateInputs, params: TrainParams) -> tuple[Rows, np.nd
     if params.weighting == "recency":
         return rows, recency_weights(rows.order, params.half_life)
     if params.weighting == "importance" and old is not None:
-        w = np.concatenate([importance_weights(old.x, new.x, inputs.seed), np.ones(len(new), np.float32)])
+        w = np.concatenate([importance_weights(old.matrix(), new.matrix(), inputs.seed), np.ones(len(new), np.float32)])
         return rows, (w / w.mean()).astype(np.float32)
     return rows, None
 
@@ -115,5 +127,14 @@ def training_set(inputs: UpdateInputs, params: TrainParams) -> tuple[Rows, np.nd
 def fit(model: keras.Model, inputs: UpdateInputs, params: TrainParams, seed_offset: int = 0) -> keras.Model:
     """Train `model` in place on the strategy's training set; return it."""
     rows, weights = training_set(inputs, params)
-    train(model, rows.x, rows.y, params.loop_config(), sample_weight=weights, seed=inputs.seed + seed_offset)
+    train(
+        model,
+        feed(model, rows.x),
+        rows.y,
+        params.loop_config(),
+        sample_weight=weights,
+        seed=inputs.seed + seed_offset,
+        task="regression" if inputs.regression else "classification",
+        target_std=inputs.target[1] if inputs.target else 1.0,
+    )
     return model

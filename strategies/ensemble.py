@@ -10,8 +10,7 @@ import numpy as np
 from data.errors import UserError
 from strategies.base import TrainAllParams, TrainParams, UpdateInputs, fit
 from strategies.registry import Capabilities, register
-from trainer.candidate import Candidate, member_proba
-from trainer.models import build_model
+from trainer.candidate import Candidate, member_output, member_proba
 from trainer.params import Choice, Interval, Params, Rule, param
 
 if TYPE_CHECKING:
@@ -25,7 +24,9 @@ class EnsembleOptions(Params):
     """How members are kept and weighted."""
 
     max_members: int = param(0, Interval(int, 0), "keep at most this many members, oldest dropped (0: no limit)")
-    ensemble_weights: str = param("equal", Choice(ENSEMBLE_WEIGHTS), "equal, or fitted to the holdout's log loss")
+    ensemble_weights: str = param(
+        "equal", Choice(ENSEMBLE_WEIGHTS), "equal, or fitted to the holdout (log loss or squared error)"
+    )
 
     rules = (Rule(lambda p: p.max_members != 1, "max_members must be 0 (no limit) or >= 2, got 1"),)
 
@@ -42,8 +43,7 @@ class EnsembleAllParams(TrainAllParams, EnsembleOptions):
 
 def ensemble(inputs: UpdateInputs, params: EnsembleParams | EnsembleAllParams) -> Candidate:
     """Add a fresh member (covering every class the store knows) to the current ones."""
-    new = fit(build_model(inputs.model_spec, inputs.n_features, inputs.n_classes, inputs.seed), inputs, params)
-    return combine(inputs, (new,), params)
+    return combine(inputs, (fit(inputs.fresh_model(), inputs, params),), params)
 
 
 def combine(inputs: UpdateInputs, new: tuple[keras.Model, ...], params: EnsembleOptions) -> Candidate:
@@ -54,29 +54,40 @@ def combine(inputs: UpdateInputs, new: tuple[keras.Model, ...], params: Ensemble
     if params.ensemble_weights == "fitted":
         if len(inputs.holdout) == 0:
             raise UserError("ensemble_weights=fitted needs held-out rows, and this store's holdout_fraction is 0")
-        weights = fitted_weights(
-            [member_proba(m, inputs.holdout.x, inputs.n_classes) for m in members], inputs.holdout.y
-        )
+        x, y = inputs.holdout.x, inputs.holdout.y
+        if inputs.regression:
+            weights = fitted_weights([member_output(m, x)[:, 0] for m in members], y, regression=True)
+        else:
+            weights = fitted_weights([member_proba(m, x, inputs.n_classes) for m in members], y)
     else:
         weights = tuple(1 / len(members) for _ in members)
     return Candidate(members, weights)
 
 
-def fitted_weights(probas: list[np.ndarray], y: np.ndarray) -> tuple[float, ...]:
-    """Simplex weights minimising the log loss of the weighted mean of `probas`."""
+def fitted_weights(preds: list[np.ndarray], y: np.ndarray, regression: bool = False) -> tuple[float, ...]:
+    """Simplex weights minimising the log loss (classification: `preds` are class
+    probabilities) or the squared error (regression) of the weighted mean of `preds`."""
     from scipy.optimize import minimize
 
-    picked = np.stack([p[np.arange(len(y)), y] for p in probas], axis=1)  # (n, members)
+    if regression:
+        stacked = np.stack(preds, axis=1)  # (n, members)
 
-    def loss(z: np.ndarray) -> float:
-        w = np.exp(z - z.max())
-        w /= w.sum()
-        return float(-np.mean(np.log(np.clip(picked @ w, 1e-15, None))))
+        def loss(z: np.ndarray) -> float:
+            return float(np.mean((stacked @ _simplex(z) - y) ** 2))
 
-    z = minimize(loss, np.zeros(len(probas)), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7}).x
+    else:
+        picked = np.stack([p[np.arange(len(y)), y] for p in preds], axis=1)  # (n, members)
+
+        def loss(z: np.ndarray) -> float:
+            return float(-np.mean(np.log(np.clip(picked @ _simplex(z), 1e-15, None))))
+
+    z = minimize(loss, np.zeros(len(preds)), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7}).x
+    return tuple(float(v) for v in _simplex(z))
+
+
+def _simplex(z: np.ndarray) -> np.ndarray:
     w = np.exp(z - z.max())
-    w /= w.sum()
-    return tuple(float(v) for v in w)
+    return w / w.sum()
 
 
 ENSEMBLES = Capabilities(learns_new_classes=True, data_parallel="bagging")

@@ -8,7 +8,7 @@ from data.errors import UserError
 from strategies.base import NoParams, TrainAllParams, TrainParams, UpdateInputs, fit
 from strategies.registry import Capabilities, names, register
 from trainer.candidate import Candidate
-from trainer.models import build_model, clone, model_classes
+from trainer.models import clone, model_classes
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def keep(inputs: UpdateInputs, params: NoParams) -> Candidate:
 def finetune(inputs: UpdateInputs, params: TrainParams) -> Candidate:
     """Continue training a copy of every current member; ensemble weights stay."""
     for model in inputs.current.members:
-        if model_classes(model) < inputs.n_classes:
+        if not inputs.regression and model_classes(model) < inputs.n_classes:
             raise UserError(
                 f"the current model knows {model_classes(model)} classes but the store has {inputs.n_classes}; "
                 f"fine-tuning cannot add outputs: use one of {', '.join(names(learns_new_classes=True))}"
@@ -46,8 +46,7 @@ def finetune(inputs: UpdateInputs, params: TrainParams) -> Candidate:
 
 def fresh(inputs: UpdateInputs, params: TrainParams) -> Candidate:
     """Fit a new network of the store's recipe; the current model is discarded."""
-    model = build_model(inputs.model_spec, inputs.n_features, inputs.n_classes, inputs.seed)
-    return Candidate.single(fit(model, inputs, params))
+    return Candidate.single(fit(inputs.fresh_model(), inputs, params))
 
 
 FINETUNE = Capabilities(data_parallel="averaging")

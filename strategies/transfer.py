@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -11,7 +11,7 @@ from data.errors import UserError
 from strategies.base import TrainAllParams, UpdateInputs, fit
 from strategies.registry import Capabilities, register
 from trainer.candidate import Candidate
-from trainer.models import clone, head_layer, hidden_layers, model_classes
+from trainer.models import clone, head_layer, hidden_layers, input_structure, model_classes, output_layer
 from trainer.params import Choice, Interval, Rule, Sizes, param
 
 if TYPE_CHECKING:
@@ -43,20 +43,33 @@ class GraftParams(TransferParams):
         return tuple(int(s) for s in self.layers.split(",") if s.strip())
 
 
-def _frozen_body(inputs: UpdateInputs, freeze: int, strategy: str) -> tuple[keras.Model, list[keras.layers.Layer]]:
-    """A copy of the current network and its hidden layers, the first `freeze` frozen."""
+def _frozen_body(
+    inputs: UpdateInputs, freeze: int, strategy: str
+) -> tuple[keras.Model, Any, keras.layers.Layer, list[keras.layers.Layer]]:
+    """A copy of the current network; the tensor its head reads (the body's output); the head
+    (the last layer with weights before the output); and the weightless layers after the head
+    (e.g. a rescaling to the label's units), to apply again after a new head. The first
+    `freeze` body layers with weights are frozen (-1: all)."""
+    import keras
+
     if len(inputs.current.members) != 1:
         raise UserError(
             f"{strategy} needs a single-network current model; it has {len(inputs.current.members)} members"
         )
     model = clone(inputs.current.members[0])
-    body = list(model.layers[:-1])
+    head, tail = output_layer(model), []
+    while not head.weights and not isinstance(head, keras.layers.InputLayer):
+        tail.insert(0, head)
+        head = head.input._keras_history.operation
+    body = [layer for layer in model.layers if layer is not head and layer.weights]
     if freeze > len(body):
         raise UserError(f"--set freeze={freeze}: the current model has only {len(body)} hidden layers")
     n_frozen = len(body) if freeze == -1 else freeze
     for i, layer in enumerate(body):
         layer.trainable = i >= n_frozen
-    return model, body
+    if isinstance(head, keras.layers.InputLayer):
+        raise UserError(f"{strategy}: the current model has no layers with weights")
+    return model, head.input, head, tail
 
 
 @register(
@@ -66,14 +79,17 @@ def _frozen_body(inputs: UpdateInputs, freeze: int, strategy: str) -> tuple[kera
     Capabilities(learns_new_classes=True),
 )
 def graft(inputs: UpdateInputs, params: GraftParams) -> Candidate:
+    """New Dense layers and a new head on the current network's body (its output up to the
+    input of its output layer), for Sequential and functional models alike."""
     import keras
 
-    _, body = _frozen_body(inputs, params.freeze, "graft")
-    prefix = f"graft{len(body)}"
-    new_layers = hidden_layers(params.graft_sizes(), inputs.seed, prefix=prefix)
-    head = head_layer(inputs.n_classes, inputs.seed + 1000, name="head")
-    model = keras.Sequential([keras.Input((inputs.n_features,)), *body, *new_layers, head], name="grafted")
-    return Candidate.single(fit(model, inputs, params))
+    model, h, _, tail = _frozen_body(inputs, params.freeze, "graft")
+    for layer in hidden_layers(params.graft_sizes(), inputs.seed, prefix="graft"):
+        h = layer(h)
+    out = head_layer(inputs.n_classes, inputs.seed + 1000, name="graft_head")(h)
+    for layer in tail:
+        out = layer(out)
+    return Candidate.single(fit(keras.Model(input_structure(model), out, name="grafted"), inputs, params))
 
 
 @dataclass(frozen=True)
@@ -94,10 +110,14 @@ def new_head(inputs: UpdateInputs, params: NewHeadParams) -> Candidate:
     column), classes the old head lacked start fresh."""
     import keras
 
-    old, body = _frozen_body(inputs, params.freeze, "new_head")
-    head = head_layer(inputs.n_classes, inputs.seed + 1000, name="head")
-    model = keras.Sequential([keras.Input((inputs.n_features,)), *body, head], name="new_head")
-    w_old, b_old = old.layers[-1].get_weights()
+    if inputs.regression:
+        raise UserError("new_head gives a model outputs for new classes; a regression store has no classes")
+    old, h, old_head, _ = _frozen_body(inputs, params.freeze, "new_head")
+    if not isinstance(old_head, keras.layers.Dense):
+        raise UserError(f"new_head replaces a Dense output layer; this model's is {type(old_head).__name__}")
+    head = head_layer(inputs.n_classes, inputs.seed + 1000, name="new_head")
+    model = keras.Model(input_structure(old), head(h), name="new_head")
+    w_old, b_old = old_head.get_weights()
     w, b = head.get_weights()
     b[:] = 0
     known = model_classes(old)

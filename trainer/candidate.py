@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trainer.models import from_bytes, model_classes
+from data.rows import NUMERIC
+from trainer.models import feed, from_bytes, model_classes
 
 if TYPE_CHECKING:
     import keras
@@ -43,31 +45,50 @@ class Candidate:
         """Members from their `.keras` bytes (loaded in safe mode) and the ensemble weights."""
         return cls(tuple(from_bytes(f) for f in files), tuple(weights))
 
-    def predict_proba(self, x: np.ndarray, n_classes: int) -> np.ndarray:
+    def predict(self, x: Mapping[str, np.ndarray] | np.ndarray, n_classes: int) -> np.ndarray:
+        """The weighted mean of the members' predictions: class probabilities, shape
+        (n, n_classes), or for regression (`n_classes` 0) the predicted numbers, shape (n,).
+
+        `x` is the inputs by name (a plain matrix is the `numeric` input)."""
+        if n_classes == 0:
+            return sum(w * member_output(m, x)[:, 0] for m, w in zip(self.members, self.weights, strict=True) if w)
+        return self.predict_proba(x, n_classes)
+
+    def predict_proba(self, x: Mapping[str, np.ndarray] | np.ndarray, n_classes: int) -> np.ndarray:
         """Class probabilities, shape (n, n_classes): the weighted mean of the members'."""
-        out = np.zeros((len(x), n_classes), np.float64)
+        x = _inputs(x)
+        n = len(next(iter(x.values())))
+        out = np.zeros((n, n_classes), np.float64)
         for model, weight in zip(self.members, self.weights, strict=True):
             if weight:
                 out += weight * member_proba(model, x, n_classes)
         return out
 
 
-def member_proba(model: keras.Model, x: np.ndarray, n_classes: int) -> np.ndarray:
+def _inputs(x: Mapping[str, np.ndarray] | np.ndarray) -> Mapping[str, np.ndarray]:
+    return {NUMERIC: x} if isinstance(x, np.ndarray) else x
+
+
+def member_output(model: keras.Model, x: Mapping[str, np.ndarray] | np.ndarray) -> np.ndarray:
+    """One network's raw output for every row, in chunks, shape (n, units)."""
+    x = _inputs(x)
+    n = len(next(iter(x.values())))
+    if n == 0:
+        return np.zeros((0, int(model.outputs[0].shape[-1])), np.float64)
+    chunks = []
+    for i in range(0, n, _PREDICT_CHUNK):
+        part = {name: a[i : i + _PREDICT_CHUNK] for name, a in x.items()}
+        chunks.append(np.asarray(model(feed(model, part), training=False), np.float64))
+    return np.concatenate(chunks)
+
+
+def member_proba(model: keras.Model, x: Mapping[str, np.ndarray], n_classes: int) -> np.ndarray:
     """One network's class probabilities, padded with zeros for classes it does not know."""
     known = model_classes(model)
     if known > n_classes:
         raise ValueError(f"model predicts {known} classes but the data has {n_classes}")
-    raw = (
-        np.concatenate(
-            [
-                np.asarray(model(x[i : i + _PREDICT_CHUNK], training=False))
-                for i in range(0, max(len(x), 1), _PREDICT_CHUNK)
-            ]
-        )
-        if len(x)
-        else np.zeros((0, model.layers[-1].units), np.float32)
-    )
+    raw = member_output(model, x)
     probs = np.hstack([1 - raw, raw]) if raw.shape[1] == 1 else raw
-    out = np.zeros((len(x), n_classes), np.float64)
+    out = np.zeros((len(raw), n_classes), np.float64)
     out[:, :known] = probs
     return out

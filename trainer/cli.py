@@ -54,6 +54,17 @@ def _checked(constraint: Constraint) -> Any:
     return parse
 
 
+def _shape(raw: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, dims = raw.partition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r}: expected COLUMN=D1,D2,... with whole numbers >= 1")
+    return name, shape
+
+
 def _settings(pairs: Sequence[str] | None) -> dict[str, str]:
     out = {}
     for pair in pairs or []:
@@ -98,13 +109,21 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _headline(metrics: dict[str, Any]) -> tuple[str, str]:
+    """The two metrics a version is judged by: RMSE and MAE for regression, else accuracy and log loss."""
+    from trainer.evaluate import headline
+
+    return headline("regression" if any(k.endswith("_rmse") for k in metrics) else "classification")
+
+
 def _outcome_text(o: Any) -> str:
     m, c = o.metrics, o.current_metrics
+    first, second = _headline(m)
     lines = [f"version {o.version} ({o.strategy}, parent {o.parent or '-'})"]
-    if "holdout_accuracy" in m:
+    if f"holdout_{first}" in m:
         lines.append(
-            f"holdout accuracy {_fmt(m['holdout_accuracy'])} (current {_fmt(c.get('holdout_accuracy'))}), "
-            f"log loss {_fmt(m['holdout_log_loss'])}"
+            f"holdout {first.replace('_', ' ')} {_fmt(m[f'holdout_{first}'])} "
+            f"(current {_fmt(c.get(f'holdout_{first}'))}), {second.replace('_', ' ')} {_fmt(m[f'holdout_{second}'])}"
         )
     lines.append(f"trained in {o.train_seconds:.2f} s, {o.members} member(s)")
     lines.append(f"promoted: {'yes' if o.promoted else 'no'} ({o.reason})")
@@ -120,7 +139,16 @@ def cmd_init(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise UserError(f"init: {exc}") from None
     o = init_store(
-        args.store, args.data, args.label, model=args.model, loop=loop, seed=args.seed, holdout_fraction=args.holdout
+        args.store,
+        args.data,
+        args.label,
+        model=args.model,
+        loop=loop,
+        seed=args.seed,
+        holdout_fraction=args.holdout,
+        shapes=dict(args.shape or []),
+        task=args.task,
+        train_imported=args.train,
     )
     _emit(args, "" if args.json else _outcome_text(o), o.to_json())
 
@@ -181,12 +209,13 @@ def cmd_history(args: argparse.Namespace) -> None:
     from trainer.commands import history
 
     rows = history(args.store)
-    lines = [f"{'':1} {'version':45} {'strategy':13} {'parent':45} {'holdout acc':>11} {'seconds':>8}"]
+    first = _headline(rows[0]["metrics"] if rows else {})[0]
+    title = {"accuracy": "holdout acc", "rmse": "holdout rmse"}[first]
+    lines = [f"{'':1} {'version':45} {'strategy':13} {'parent':45} {title:>12} {'seconds':>8}"]
     for r in rows:
-        acc = r["metrics"].get("holdout_accuracy")
         lines.append(
             f"{'*' if r['current'] else ' ':1} {r['version']:45} {r['strategy']:13} {r['parent'] or '-':45} "
-            f"{_fmt(acc):>11} {_fmt(r['train_seconds'], 2):>8}"
+            f"{_fmt(r['metrics'].get(f'holdout_{first}')):>12} {_fmt(r['train_seconds'], 2):>8}"
         )
     _emit(args, "" if args.json else "\n".join(lines), {"versions": rows})
 
@@ -202,6 +231,7 @@ def _where_flag(args: argparse.Namespace, default: bool | None) -> bool | None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from data.storage import Store
+    from trainer.evaluate import headline
     from trainer.executor import make_executor
     from trainer.sweep import SweepSpec, run_sweep, summarize
 
@@ -217,10 +247,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     r = run_sweep(store, executor, spec, resume=args.resume, progress=not args.json and not args.quiet)
     done = f"{r.finished} of {r.trials} trials finished on {executor.where}"
     lines = [f"sweep {r.sweep_id}: {done}; results in {r.folder}"]
-    for row in summarize(r.table.to_pylist()) if r.finished else []:
-        mean, std = row["holdout_accuracy"]
-        acc = "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
-        lines.append(f"  {row['strategy']:13} {row['params']:40} holdout accuracy {acc}")
+    first = headline(store.schema.task)[0]
+    for row in summarize(r.table.to_pylist(), store.schema.task) if r.finished else []:
+        mean, std = row[f"holdout_{first}"]
+        value = "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
+        lines.append(f"  {row['strategy']:13} {row['params']:40} holdout {first} {value}")
     for trial_id, failure in r.failures:
         print(f"ctrain: warning: trial {trial_id} failed: {failure.message}", file=sys.stderr)
     _emit(
@@ -350,7 +381,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--store", required=True)
     c.add_argument("--data", required=True, help="Parquet file of the first batch")
     c.add_argument("--label", required=True, help="the label column")
-    c.add_argument("--model", default="mlp:20,10", help="network recipe (default mlp:20,10)")
+    c.add_argument(
+        "--model",
+        default="mlp:20,10",
+        help="mlp:UNITS,... (default mlp:20,10), a builder package.module:function, or a trained FILE.keras "
+        "to import as the first version",
+    )
+    c.add_argument("--train", action="store_true", help="with --model FILE.keras: train it on the batch first")
+    c.add_argument(
+        "--shape",
+        action="append",
+        type=_shape,
+        metavar="COL=D1,D2,...",
+        help="the shape of a list column's values, e.g. image=28,28,1 (repeatable; default: the list's length)",
+    )
+    c.add_argument(
+        "--task",
+        choices=("classification", "regression"),
+        help="default: regression for a float label with fractional values or over 20 distinct ones",
+    )
     c.add_argument("--epochs", type=int, default=150)
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--learning-rate", type=float, default=0.01)

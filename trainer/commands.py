@@ -5,6 +5,7 @@ Everything here raises UserError for mistakes a user can make.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -17,14 +18,14 @@ import strategies
 from data.batches import IngestResult, ingest, load_table, split_rows
 from data.errors import NewClassesRefused, UserError
 from data.manifest import Manifest
-from data.parquet import redact, same_file, write_table
+from data.parquet import read_bytes, redact, same_file, write_table
 from data.rows import Rows
 from data.schema import OUTPUT_COLUMNS, Schema
 from data.storage import NotAStore, Store, StoreMeta, batch_name
 from trainer.candidate import Candidate
 from trainer.executor import Executor, Job, LocalExecutor, result_or_raise
 from trainer.loop import LoopConfig, train
-from trainer.models import ModelSpec, build_model
+from trainer.models import ModelSpec, build_model, check_model, feed, from_bytes
 from trainer.promotion import UpdateOutcome, check_promote, commit
 from trainer.trials import evaluate_sets
 from trainer.updatedata import load_update_data
@@ -40,32 +41,57 @@ def init_store(
     loop: LoopConfig | None = None,
     seed: int = 0,
     holdout_fraction: float = 0.2,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    task: str | None = None,
+    train_imported: bool = False,
 ) -> UpdateOutcome:
-    """Create a store from a first labelled batch and train its first model on it.
+    """Create a store from a first labelled batch and its first model.
+
+    Args:
+        model: a recipe (`mlp:20,10`, or a builder `package.module:function`), whose network
+            is trained on the batch; or a trained `.keras` file, imported as it is (scored on
+            the batch's holdout) unless `train_imported`, and kept as the recipe for fresh
+            networks (its architecture, re-initialised).
+        shapes: tensor shapes of list columns, by column.
+        task: `classification` or `regression` (default: regression for a float label with
+            fractional values).
 
     The model is trained before the store is written, so a run that fails or is
     interrupted while training leaves nothing. If an earlier `init` died after writing
     its store but before promoting its first version, this one finishes that store
     (with the same first batch) instead of refusing it.
     """
-    spec = ModelSpec.parse(model)
     loop = loop or LoopConfig()
     if not 0 <= holdout_fraction < 1:
         raise UserError(f"--holdout {holdout_fraction}: must be in [0, 1)")
+    imported = model.endswith(".keras") or "/" in model or os.path.isfile(model)
+    spec = None if imported else ModelSpec.parse(model)
+    if train_imported and not imported:
+        raise UserError("--train applies to --model FILE.keras (a recipe's network is always trained)")
     data, table = load_table(data_uri)
     source = redact(data_uri)
-    schema = Schema.infer(table, label, source)
+    schema = Schema.infer(table, label, source, shapes=shapes, task=task)
     _refuse_existing_store(uri)
     batch = batch_name(1, data)
     rows, holdout = split_rows(table, batch, 0, schema, holdout_fraction)
+    architecture = None
     start = time.perf_counter()
-    net = build_model(spec, len(schema.features), schema.n_classes, seed)
-    train(net, rows.x, rows.y, loop, seed=seed)
+    if imported:
+        architecture = read_bytes(model)
+        net = from_bytes(architecture, source=redact(model))
+        check_model(net, schema.input_spec(), schema.n_classes, f"--model {redact(model)}")
+        spec = ModelSpec((), "imported")
+    else:
+        net = build_model(spec, schema.input_spec(), schema.n_classes, seed, schema.target)
+    trained = not imported or train_imported
+    if trained:
+        target_std = schema.target[1] if schema.target else 1.0
+        train(net, feed(net, rows.x), rows.y, loop, seed=seed, task=schema.task, target_std=target_std)
     seconds = time.perf_counter() - start
     candidate = Candidate.single(net)
     metrics = evaluate_sets(candidate, {"holdout": holdout, "new": holdout}, schema.n_classes)
 
-    store = Store.create(uri, StoreMeta(schema, str(spec), holdout_fraction))
+    store = Store.create(uri, StoreMeta(schema, str(spec), holdout_fraction), architecture)
     others = [b for b in store.batch_ids() if b != batch]
     if others:
         raise UserError(
@@ -75,22 +101,23 @@ def init_store(
     added, _ = store.add_batch(data, {"source": source.rsplit("/", 1)[-1], "rows": table.num_rows})
     if added != batch:  # another init raced us here with other data
         raise UserError(f"{store.display}: another init is creating this store; use another --store")
-    version = store.new_version_id("init")
+    strategy = "init" if trained and not imported else "import" if not trained else "import+train"
+    version = store.new_version_id(strategy.replace("+", "-"))
     manifest = Manifest(
         parent=None,
-        strategy="init",
-        params=asdict(loop),
+        strategy=strategy,
+        params=asdict(loop) if trained else {},
         seed=seed,
         model=str(spec),
         batches_seen=(batch,),
-        batches_trained=(batch,),
+        batches_trained=(batch,) if trained else (),
         metrics=metrics,
-        train_seconds=seconds,
+        train_seconds=seconds if trained else 0.0,
     )
     save_candidate(store, version, candidate, manifest)
     promoted = store.promote(version, None)
     reason = "first model" if promoted else f"another init promoted {store.current()} first"
-    return UpdateOutcome(version, None, "init", promoted, reason, metrics, {}, seconds, 1)
+    return UpdateOutcome(version, None, strategy, promoted, reason, metrics, {}, manifest.train_seconds, 1)
 
 
 def _refuse_existing_store(uri: str) -> None:
@@ -175,19 +202,21 @@ def predict(
     for name in OUTPUT_COLUMNS:
         if name in table.column_names:
             raise UserError(f"{redact(data_uri)}: already has a column {name!r}; rename or drop it")
-    proba = (executor or LocalExecutor()).score(store, version, data_uri, table)
-    bad = int(np.count_nonzero(~np.isfinite(proba).all(axis=1)))
+    pred = (executor or LocalExecutor()).score(store, version, data_uri, table)
+    bad = int(np.count_nonzero(~np.isfinite(pred.reshape(len(pred), -1)).all(axis=1)))
     if bad:
         raise UserError(
             f"{redact(data_uri)}: version {version} gives no finite prediction for {bad} row(s); "
             "their features are far outside what it was trained on"
         )
-    classes = list(schema.classes)
-    out = table.append_column(
-        "prediction", pa.array([classes[i] for i in proba.argmax(axis=1)], type=schema.class_type())
-    )
-    if schema.n_classes == 2:
-        out = out.append_column("probability", pa.array(proba[:, 1], pa.float64()))
+    if schema.is_regression:
+        out = table.append_column("prediction", pa.array(pred, pa.float64()))
+    else:
+        classes = list(schema.classes)
+        labels = pa.array([classes[i] for i in pred.argmax(axis=1)], type=schema.class_type())
+        out = table.append_column("prediction", labels)
+        if schema.n_classes == 2:
+            out = out.append_column("probability", pa.array(pred[:, 1], pa.float64()))
     write_table(out_uri, out)
     return {"version": version, "rows": out.num_rows, "out": redact(out_uri)}
 

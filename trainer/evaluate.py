@@ -1,4 +1,4 @@
-"""Scoring predictions with scikit-learn metrics."""
+"""Scoring predictions with scikit-learn metrics, and the one ranking of models."""
 
 from __future__ import annotations
 
@@ -9,16 +9,29 @@ from collections.abc import Mapping
 import numpy as np
 
 
-def score(proba: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
+def score(pred: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
+    """Metrics of predictions against targets: class probabilities (n, k) against class
+    indices, or predicted numbers (n,) against numbers (regression). Empty input: {}."""
+    if len(y) == 0:
+        return {}
+    bad = ~np.isfinite(pred.reshape(len(pred), -1)).all(axis=1)
+    if bad.any():  # a model that gives no number for a row is scored as knowing nothing about it
+        pred = pred.copy()
+        pred[bad] = float(np.mean(y)) if pred.ndim == 1 else 1.0 / pred.shape[1]
+    metrics = score_regression(pred, y) if pred.ndim == 1 else score_classes(pred, y)
+    if bad.any():
+        metrics["nonfinite_rows"] = float(bad.sum())
+    return metrics
+
+
+def score_classes(proba: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
     """Accuracy, log loss and ROC AUC of class probabilities against class indices.
 
     ROC AUC is one-vs-rest for more than two classes, and None where it is undefined
-    (a single class among the labels). Empty input gives an empty dict.
+    (a single class among the labels).
     """
     from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
-    if len(y) == 0:
-        return {}
     n_classes = proba.shape[1]
     labels = list(range(n_classes))
     p = np.clip(proba, 1e-15, 1)
@@ -40,11 +53,32 @@ def score(proba: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
     return metrics
 
 
+def score_regression(pred: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
+    """Mean absolute error, root mean squared error and R² (None for a constant target)."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
+    return {
+        "mae": float(mean_absolute_error(y, pred)),
+        "rmse": float(math.sqrt(mean_squared_error(y, pred))),
+        "r2": float(r2_score(y, pred)) if len(y) > 1 and np.ptp(y) > 0 else None,
+        "rows": float(len(y)),
+    }
+
+
 def rank_key(metrics: Mapping[str, float | None]) -> tuple[float, float]:
-    """How models are ordered everywhere (promotion, sweeps, a stream's best candidate):
-    higher accuracy first, then lower log loss. Missing values rank last."""
-    acc, loss = metrics.get("accuracy"), metrics.get("log_loss")
-    return (-math.inf if acc is None else acc, -math.inf if loss is None else -loss)
+    """How models are ordered everywhere (promotion, sweeps, a stream's best candidate), larger
+    first: for classification higher accuracy, then lower log loss; for regression lower
+    RMSE, then lower MAE. Missing values rank last."""
+
+    def low(key: str) -> float:
+        value = metrics.get(key)
+        return -math.inf if value is None else -value
+
+    if "rmse" in metrics:
+        return (low("rmse"), low("mae"))
+    acc = metrics.get("accuracy")
+    return (-math.inf if acc is None else acc, low("log_loss"))
 
 
 def better(candidate: Mapping[str, float | None], current: Mapping[str, float | None]) -> bool:
@@ -54,3 +88,8 @@ def better(candidate: Mapping[str, float | None], current: Mapping[str, float | 
     if not current:
         return True
     return rank_key(candidate) > rank_key(current)
+
+
+def headline(task: str) -> tuple[str, str]:
+    """The metric a task is judged by first and second (for tables and reports)."""
+    return ("rmse", "mae") if task == "regression" else ("accuracy", "log_loss")

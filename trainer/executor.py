@@ -179,7 +179,7 @@ class LocalExecutor:
         from trainer.versions import load_candidate
 
         schema = store.schema
-        return load_candidate(store, version).predict_proba(schema.features_matrix(table), schema.n_classes)
+        return load_candidate(store, version).predict(schema.inputs(table), schema.n_classes)
 
 
 def make_executor(ray: bool | None = None, *, actors: int = 0) -> Executor:

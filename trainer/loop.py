@@ -117,13 +117,18 @@ def _targets(y: np.ndarray, mode: str) -> np.ndarray:
 
 
 def _dense_structure(model: keras.Model, mode: str) -> tuple[tuple[_LayerShape, ...], list[Any]] | None:
-    """The static shape of a pure Dense stack and its weight variables in order, or None if the
-    model is anything else (then the general path trains it)."""
+    """The static shape of a pure Dense stack (optionally after a Normalization layer) and its
+    weight variables in order, or None if the model is anything else (the general path)."""
     import keras
+    import tensorflow as tf
 
     shapes, weights = [], []
-    for layer in model.layers:
+    for k, layer in enumerate(model.layers):
         if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if k == 0 and type(layer) is keras.layers.Normalization and _plain_normalization(layer):
+            shapes.append(_LayerShape("normalize", True, False))  # fixed (x - mean) / std: two constants
+            weights += [tf.cast(layer.mean, tf.float32), tf.cast(layer.variance, tf.float32)]
             continue
         if type(layer) is not keras.layers.Dense or layer.kernel_regularizer or layer.bias_regularizer:
             return None
@@ -156,6 +161,10 @@ def _forward(shapes: tuple[_LayerShape, ...], weights: list[Any], x: tf.Tensor) 
     }
     h, i = x, 0
     for k, layer in enumerate(shapes):
+        if layer.activation == "normalize":  # as keras.layers.Normalization computes it
+            h = (h - weights[i]) / tf.maximum(tf.sqrt(weights[i + 1]), 1e-7)
+            i += 2
+            continue
         h = tf.matmul(h, weights[i])
         i += 1
         if layer.has_bias:
@@ -164,6 +173,11 @@ def _forward(shapes: tuple[_LayerShape, ...], weights: list[Any], x: tf.Tensor) 
         if k < len(shapes) - 1:
             h = act[layer.activation](h)
     return h
+
+
+def _plain_normalization(layer: Any) -> bool:
+    axis = layer.axis if isinstance(layer.axis, tuple | list) else (layer.axis,)
+    return not layer.invert and tuple(axis) == (-1,) and layer.mean is not None
 
 
 def _trainable_index(shapes: tuple[_LayerShape, ...]) -> list[int]:
@@ -328,6 +342,7 @@ def train(
     state: OptimizerState | None = None,
     first_epoch: int = 0,
     task: str = "classification",
+    target_std: float = 1.0,
 ) -> TrainResult:
     """Train `model` in place on (x, y).
 
@@ -350,6 +365,9 @@ def train(
             (e.g. between rounds of model averaging); fresh if None.
         first_epoch: index of the first epoch, so continued calls shuffle differently.
         task: `classification` or `regression` (mean squared error).
+        target_std: for regression, the squared error is measured in units of this (the
+            label's first-batch standard deviation), so a learning rate means the same
+            whatever the label's scale; `fit` with `learning_rate / target_std**2` matches.
 
     Returns:
         The mean training loss of each epoch, the wall-clock seconds and the optimizer
@@ -367,6 +385,9 @@ def train(
         raise ValueError("no training rows")
     mode = label_mode(model, y, task)
     targets = _targets(y, mode)
+    if mode == "mse" and target_std != 1.0:  # the error in label standard deviations: weights carry the scale
+        sample_weight = (1.0 if sample_weight is None else np.asarray(sample_weight)) / np.float32(target_std**2)
+        sample_weight = np.broadcast_to(sample_weight, (n,)).astype(np.float32)
     weighted = sample_weight is not None
     w = np.asarray(sample_weight, np.float32) if weighted else np.ones(1, np.float32)
     single = x if isinstance(x, np.ndarray) else None
@@ -430,6 +451,12 @@ def train(
         chunk = 2 if done == k else max(1, int(CHUNK_SECONDS / max(per_epoch, 1e-9)))
         if progress is not None:
             progress(done)
+    if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in trainable):  # the last steps overflowed
+        raise TrainingDiverged(
+            f"training diverged: the weights became infinite or NaN (learning_rate {config.learning_rate:g}); "
+            f"nothing was saved. Lower the learning rate or scale the features (the largest |value| is "
+            f"{_largest(x):.3g})"
+        )
     return TrainResult(np.concatenate(losses), time.perf_counter() - start, state)
 
 

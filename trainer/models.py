@@ -1,53 +1,97 @@
-"""Model specs, building Dense-stack networks, and saving them as `.keras` bytes."""
+"""Network recipes, building networks from them, feeding them inputs, saving them as `.keras` bytes.
+
+A store records how it builds a fresh network (`fresh_*`, new ensemble members):
+- `mlp:20,10` (the default): Dense layers (relu, he_normal) and a head; numeric and
+  tensor inputs normalised with the store's first-batch statistics inside the model,
+  categorical ones looked up in the store's vocabulary and embedded;
+- `package.module:function`: a builder, `function(inputs, n_outputs, seed) -> keras.Model`,
+  where `inputs` maps input names to `data.schema.InputInfo` (shape, dtype, vocabulary,
+  statistics), `n_outputs` is the head's width (1 for two classes with a sigmoid, k for k
+  classes with a softmax, 1 for regression with a linear output) and `seed` fixes the
+  initialisation; it must be importable wherever the store is updated (a job's working
+  directory ships it to a cluster);
+- `imported`: the architecture of the `.keras` model imported by `init --model`, kept in
+  the store, cloned with freshly seeded initial weights.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 import tempfile
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from data.errors import UserError
+from data.rows import NUMERIC
 
 if TYPE_CHECKING:
     import keras
 
+    from data.schema import InputInfo
+
+KINDS = ("mlp", "builder", "imported")
+
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A network family and its hidden sizes, e.g. `mlp:20,10`."""
+    """How a store builds a fresh network (see the module's docstring).
+
+    Attributes:
+        hidden: the `mlp` recipe's hidden sizes.
+        kind: `mlp`, `builder` or `imported`.
+        builder: `package.module:function` for `builder`.
+        architecture: the imported `.keras` bytes for `imported` (not part of the recipe's text).
+    """
 
     hidden: tuple[int, ...] = (20, 10)
     kind: str = "mlp"
+    builder: str = ""
+    architecture: bytes | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
-        kind, _, sizes = text.partition(":")
-        if kind != "mlp":
-            raise UserError(f"--model {text!r}: unknown model family {kind!r}; use mlp:UNITS,UNITS,...")
-        try:
-            hidden = tuple(int(s) for s in sizes.split(",") if s.strip()) if sizes else ()
-        except ValueError:
-            raise UserError(f"--model {text!r}: hidden sizes must be whole numbers, e.g. mlp:20,10") from None
-        if any(h < 1 for h in hidden):
-            raise UserError(f"--model {text!r}: hidden sizes must be >= 1")
-        return cls(hidden, kind)
+        if text == "imported":
+            return cls((), "imported")
+        kind, _, rest = text.partition(":")
+        if kind == "mlp":
+            try:
+                hidden = tuple(int(s) for s in rest.split(",") if s.strip()) if rest else ()
+            except ValueError:
+                raise UserError(f"--model {text!r}: hidden sizes must be whole numbers, e.g. mlp:20,10") from None
+            if any(h < 1 for h in hidden):
+                raise UserError(f"--model {text!r}: hidden sizes must be >= 1")
+            return cls(hidden, "mlp")
+        if rest and all(part.isidentifier() for part in [*kind.split("."), rest]):
+            return cls((), "builder", text)
+        raise UserError(
+            f"--model {text!r}: unknown model family {kind!r}; use mlp:UNITS,UNITS,..., a builder "
+            "package.module:function, or a .keras file"
+        )
 
     def __str__(self) -> str:
-        return f"{self.kind}:{','.join(map(str, self.hidden))}"
+        if self.kind == "mlp":
+            return f"mlp:{','.join(map(str, self.hidden))}"
+        return self.builder if self.kind == "builder" else "imported"
 
 
 def n_outputs(n_classes: int) -> int:
-    """One sigmoid unit for two classes, a softmax unit per class for more."""
-    return 1 if n_classes == 2 else n_classes
+    """The head's width: one sigmoid unit for two classes, one softmax unit per class for more,
+    one linear unit for regression (`n_classes` 0)."""
+    return 1 if n_classes in (0, 2) else n_classes
 
 
 def head_layer(n_classes: int, seed: int, name: str = "head") -> keras.layers.Dense:
     import keras
 
+    activation = "linear" if n_classes == 0 else "sigmoid" if n_classes == 2 else "softmax"
     return keras.layers.Dense(
         n_outputs(n_classes),
-        activation="sigmoid" if n_classes == 2 else "softmax",
+        activation=activation,
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
         name=name,
     )
@@ -67,18 +111,200 @@ def hidden_layers(sizes: tuple[int, ...], seed: int, prefix: str = "hidden") -> 
     ]
 
 
-def build_model(spec: ModelSpec, n_features: int, n_classes: int, seed: int) -> keras.Model:
-    """The reference network: relu/he_normal hidden layers and a sigmoid or softmax head."""
+def build_model(
+    spec: ModelSpec,
+    inputs: Mapping[str, InputInfo] | int,
+    n_classes: int,
+    seed: int,
+    target: tuple[float, float] | None = None,
+) -> keras.Model:
+    """A fresh network of the recipe for these inputs and classes (`n_classes` 0: regression).
+
+    `inputs` may be a number of numeric features (one un-normalised `numeric` input);
+    `target` is a regression label's mean and std, which the `mlp` head rescales to.
+    """
+    if isinstance(inputs, int):
+        from data.schema import InputInfo
+
+        inputs = {NUMERIC: InputInfo((inputs,), "float32")}
+    if spec.kind == "builder":
+        return _from_builder(spec.builder, inputs, n_classes, seed)
+    if spec.kind == "imported":
+        if spec.architecture is None:
+            raise ValueError("an imported recipe needs its architecture")
+        return with_head(reinitialised(from_bytes(spec.architecture), seed), n_classes, seed)
+    return _mlp(spec.hidden, inputs, n_classes, seed, target)
+
+
+def _mlp(
+    hidden: tuple[int, ...],
+    inputs: Mapping[str, InputInfo],
+    n_classes: int,
+    seed: int,
+    target: tuple[float, float] | None = None,
+) -> keras.Model:
+    """The default recipe; a single numeric input gives a Sequential Dense stack (the fast path)."""
     import keras
 
-    layers = [keras.Input((n_features,)), *hidden_layers(spec.hidden, seed), head_layer(n_classes, seed + 1000)]
-    return keras.Sequential(layers, name="mlp")
+    body = [*hidden_layers(hidden, seed), head_layer(n_classes, seed + 1000)]
+    if n_classes == 0 and target is not None:  # predict standardised values, output the label's units
+        body.append(keras.layers.Rescaling(scale=target[1], offset=target[0], name="to_label_units"))
+    if list(inputs) == [NUMERIC]:
+        info = inputs[NUMERIC]
+        norm = [_normalization(info, "normalize")] if info.mean is not None else []
+        return keras.Sequential([keras.Input(info.shape, name=NUMERIC), *norm, *body], name="mlp")
+    tensors, parts = {}, []
+    for i, (name, info) in enumerate(inputs.items()):
+        tensors[name] = inp = keras.Input(info.shape, dtype=info.dtype, name=name)
+        if info.dtype == "string":
+            ids = keras.layers.StringLookup(vocabulary=list(info.vocabulary), name=f"lookup_{i}")(inp)
+            size = len(info.vocabulary) + 1
+            parts.append(
+                keras.layers.Embedding(
+                    size,
+                    min(16, max(2, round(1.6 * size**0.56))),
+                    embeddings_initializer=keras.initializers.RandomUniform(-0.05, 0.05, seed=seed + 500 + i),
+                    name=f"embed_{i}",
+                )(ids)
+            )
+            continue
+        h = keras.layers.Flatten(name=f"flatten_{i}")(inp) if len(info.shape) > 1 else inp
+        parts.append(_normalization(info, f"normalize_{i}")(h) if info.mean is not None else h)
+    h = keras.layers.Concatenate(name="features")(parts) if len(parts) > 1 else parts[0]
+    for layer in body:
+        h = layer(h)
+    return keras.Model(tensors, h, name="mlp")
+
+
+def _normalization(info: InputInfo, name: str) -> keras.layers.Layer:
+    """(x - mean) / std with the store's first-batch statistics; a constant feature is only centred."""
+    import keras
+
+    mean, variance = list(info.mean or ()), [v if v > 1e-12 else 1.0 for v in info.variance or ()]
+    if len(mean) == 1 and info.shape != (1,):  # a tensor: one mean and variance over all its elements
+        return keras.layers.Normalization(axis=None, mean=mean[0], variance=variance[0], name=name)
+    return keras.layers.Normalization(mean=mean, variance=variance, name=name)
+
+
+def _from_builder(text: str, inputs: Mapping[str, InputInfo], n_classes: int, seed: int) -> keras.Model:
+    import keras
+
+    module_name, _, function = text.partition(":")
+    if os.getcwd() not in sys.path:  # a builder next to the user's data, as `python -m` would find it
+        sys.path.append(os.getcwd())
+    try:
+        fn = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as exc:
+        raise UserError(f"model builder {text}: cannot import it here ({exc})") from None
+    try:
+        model = fn(dict(inputs), n_outputs(n_classes), seed)
+    except Exception as exc:  # the user's code: any failure is theirs to see, in one line
+        raise UserError(f"model builder {text} raised {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(model, keras.Model):
+        raise UserError(f"model builder {text} returned {type(model).__name__}, not a keras.Model")
+    check_model(model, inputs, n_classes, f"model builder {text}")
+    return model
+
+
+def check_model(model: keras.Model, inputs: Mapping[str, InputInfo], n_classes: int, what: str) -> None:
+    """UserError unless `model` takes these inputs and has one output of the right width."""
+    if len(model.outputs) != 1:
+        raise UserError(f"{what}: the model has {len(model.outputs)} outputs; ctrain trains models with one")
+    units = int(model.outputs[0].shape[-1])
+    if units != n_outputs(n_classes):
+        kind = "regression" if n_classes == 0 else f"{n_classes} classes"
+        raise UserError(f"{what}: the model's output has {units} unit(s); {kind} needs {n_outputs(n_classes)}")
+    expected = input_names(model)
+    if len(expected) > 1 and set(expected) - set(inputs):
+        raise UserError(
+            f"{what}: the model's inputs {expected} do not match the store's columns, which give {list(inputs)}"
+        )
+    if len(expected) == 1 and len(inputs) != 1:
+        raise UserError(f"{what}: the model takes one input; the store's columns give {len(inputs)}: {list(inputs)}")
+    structure = input_structure(model)
+    for name, info in inputs.items():
+        if len(expected) == 1:
+            tensor = model.inputs[0]
+        else:
+            tensor = structure[name] if isinstance(structure, dict) else model.inputs[expected.index(name)]
+        shape = tuple(tensor.shape[1:])
+        if shape != tuple(info.shape) and None not in shape:
+            raise UserError(f"{what}: the model's input {name!r} has shape {shape}; the store gives {info.shape}")
+
+
+def input_names(model: keras.Model) -> list[str]:
+    """The names the model's inputs are fed by: the keys of a dict-structured model, else the
+    input layers' names."""
+    if _dict_inputs(model):
+        return list(model.input)
+    return [t.name for t in model.inputs]
+
+
+def input_structure(model: keras.Model) -> Any:
+    """The model's inputs as it was built with them (a dict, a list), to build a new model on."""
+    if _dict_inputs(model):
+        return dict(model.input)
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
+
+
+def _dict_inputs(model: keras.Model) -> bool:
+    try:
+        return isinstance(model.input, dict)
+    except (AttributeError, ValueError):
+        return False
+
+
+def feed(model: keras.Model, x: Mapping[str, np.ndarray]) -> Any:
+    """The inputs as `model` takes them: the one array for a single-input model, else a dict
+    by input name."""
+    names = input_names(model)
+    if len(names) == 1:
+        if len(x) != 1:
+            raise UserError(f"model {model.name!r} takes one input; the store's columns give {list(x)}")
+        value = next(iter(x.values()))
+        return {names[0]: value} if _dict_inputs(model) else value
+    missing = [n for n in names if n not in x]
+    if missing:
+        raise UserError(f"model {model.name!r} needs input(s) {missing}; the store's columns give {list(x)}")
+    return {n: x[n] for n in names}
 
 
 def model_classes(model: keras.Model) -> int:
-    """How many classes a model's head predicts."""
-    units = int(model.layers[-1].units)
+    """How many classes a classifier's head predicts (a single sigmoid unit: two)."""
+    units = int(model.outputs[0].shape[-1])
     return 2 if units == 1 else units
+
+
+def output_layer(model: keras.Model) -> keras.layers.Layer:
+    """The layer producing the model's output."""
+    return model.outputs[0]._keras_history.operation
+
+
+def with_head(model: keras.Model, n_classes: int, seed: int) -> keras.Model:
+    """`model` if its output fits `n_classes`, else the same body with a new Dense head."""
+    if int(model.outputs[0].shape[-1]) == n_outputs(n_classes):
+        return model
+    import keras
+
+    body_output = output_layer(model).input
+    return keras.Model(model.inputs, head_layer(n_classes, seed + 1000, name="head")(body_output), name=model.name)
+
+
+def reinitialised(model: keras.Model, seed: int) -> keras.Model:
+    """A clone of `model`'s architecture with fresh initial weights, seeded layer by layer."""
+    import keras
+
+    counter = iter(range(10**6))
+
+    def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+        config = layer.get_config()
+        offset = next(counter)
+        for key, value in list(config.items()):
+            if key.endswith("_initializer") and isinstance(value, dict) and "seed" in value.get("config", {}):
+                config[key] = {**value, "config": {**value["config"], "seed": seed + 97 * offset + len(key)}}
+        return layer.__class__.from_config(config)
+
+    return keras.models.clone_model(model, clone_function=clone_layer)
 
 
 def clone(model: keras.Model) -> keras.Model:
@@ -100,12 +326,21 @@ def to_bytes(model: keras.Model) -> bytes:
             return f.read()
 
 
-def from_bytes(data: bytes) -> keras.Model:
-    """Load a `.keras` archive with safe mode on (no arbitrary code in the file runs)."""
+def from_bytes(data: bytes, source: str = "") -> keras.Model:
+    """Load a `.keras` archive with safe mode on (no arbitrary code in the file runs).
+
+    With `source` (a file a user gave), any failure is a UserError naming it.
+    """
     import keras
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.keras")
         with open(path, "wb") as f:
             f.write(data)
-        return keras.models.load_model(path, compile=False, safe_mode=True)
+        if not source:
+            return keras.models.load_model(path, compile=False, safe_mode=True)
+        try:
+            return keras.models.load_model(path, compile=False, safe_mode=True)
+        except Exception as exc:  # a file from outside: every way it can be wrong is the user's to see
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise UserError(f"{source}: not a Keras model that loads in safe mode ({first[:200]})") from None

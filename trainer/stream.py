@@ -55,8 +55,10 @@ class StreamEvent:
         head = f"{self.file}: "
         if self.status == "rejected":
             return head + f"rejected ({self.reason})"
-        drift = self.drift.get("accuracy")
-        parts = [f"batch {self.batch}, {self.rows} rows", f"current model on it: acc {drift:.3f}" if drift else ""]
+        name = "rmse" if "rmse" in self.drift else "accuracy"
+        drift = self.drift.get(name)
+        on_it = f"current model on it: {name} {drift:.3f}" if drift is not None else ""
+        parts = [f"batch {self.batch}, {self.rows} rows", on_it]
         if self.version:
             parts.append(f"{self.strategy} -> {self.version} {'promoted' if self.promoted else 'not promoted'}")
         parts.append(f"update failed: {self.reason}" if self.status == "failed" else self.reason)
@@ -172,7 +174,7 @@ def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent) -
     new = Rows.concat([data.new, data.new_holdout])
     rows = new.take(new.order == store.batch_ids().index(event.batch))  # this file's rows: the drift signal
     current = stored_candidate(store, data.parent).load()
-    event.drift = score(current.predict_proba(rows.x, data.n_classes), rows.y)
+    event.drift = score(current.predict(rows.x, data.n_classes), rows.y)
     job, result = policy.run(store, data, executor)
     outcome = commit(store, data, job.strategy.name, job.params, job.seed, result, "auto")
     event.status = "updated" if outcome.promoted else "kept"

@@ -29,22 +29,23 @@ from data.errors import UserError
 from data.parquet import table_to_bytes
 from data.storage import Store, utc_stamp
 from trainer import params as P
-from trainer.evaluate import rank_key
+from trainer.evaluate import headline, rank_key
 from trainer.executor import Executor, Failure, Job, Outcome, SweepSettings, WorkFailed
 from trainer.updatedata import load_update_data
 from trainer.versions import stored_candidate
 
 log = logging.getLogger(__name__)
 
-METRICS = (
-    "holdout_accuracy",
-    "holdout_log_loss",
-    "holdout_roc_auc",
-    "old_accuracy",
-    "old_log_loss",
-    "new_accuracy",
-    "new_log_loss",
-)
+
+def metric_names(task: str) -> tuple[str, ...]:
+    """The metrics a sweep records per trial: the task's two headline metrics on the whole
+    holdout, the old batches' and the new batches', and ROC AUC or R² on the whole holdout."""
+    first, second = headline(task)
+    extra = "r2" if task == "regression" else "roc_auc"
+    pairs = [f"{part}_{m}" for part in ("holdout", "old", "new") for m in (first, second)]
+    return (*pairs, f"holdout_{extra}")
+
+
 _GRID_KEYS = {"strategies", "params", "seeds"}
 _SETTING_KEYS = {f for f in SweepSettings.__dataclass_fields__}
 
@@ -176,16 +177,17 @@ def run_sweep(
         store.write_sweep_spec(sweep_id, spec.source)
     done = set(store.trial_records(sweep_id))
     todo = [t for t in spec.trials if t.trial_id not in done]
+    task = store.schema.task
     failures: list[tuple[str, Failure]] = []
     if todo:
-        bar = _Progress(len(spec.trials), len(spec.trials) - len(todo), progress)
+        bar = _Progress(len(spec.trials), len(spec.trials) - len(todo), progress, task)
 
         def record(i: int, outcome: Outcome) -> None:
             trial = todo[i]
             if isinstance(outcome, Failure):
                 failures.append((trial.trial_id, outcome))
             else:
-                store.write_trial_record(sweep_id, trial.trial_id, _record(trial, outcome))
+                store.write_trial_record(sweep_id, trial.trial_id, _record(trial, outcome, task))
                 bar.best(trial.strategy, outcome.metrics)
             bar.update()
 
@@ -193,7 +195,7 @@ def run_sweep(
             executor.sweep(data, stored_candidate(store, data.parent), [t.job() for t in todo], spec.settings, record)
         finally:
             bar.close()
-    result = _write_outputs(store, sweep_id, spec, failures)
+    result = _write_outputs(store, sweep_id, spec, failures, task)
     if result.finished == 0 and failures:
         first = next((f for _, f in failures if f.user_error), failures[0][1])
         message = f"sweep {sweep_id}: none of {result.trials} trials finished; first failure: {first.message}"
@@ -201,7 +203,7 @@ def run_sweep(
     return result
 
 
-def _record(trial: TrialSpec, outcome: Any) -> dict[str, Any]:
+def _record(trial: TrialSpec, outcome: Any, task: str) -> dict[str, Any]:
     return {
         "trial_id": trial.trial_id,
         "strategy": trial.strategy,
@@ -210,24 +212,25 @@ def _record(trial: TrialSpec, outcome: Any) -> dict[str, Any]:
         "train_seconds": outcome.train_seconds,
         "members": outcome.members,
         "worker_peak_rss_mb": outcome.peak_rss_mb,
-        **{m: outcome.metrics.get(m) for m in METRICS},
+        **{m: outcome.metrics.get(m) for m in metric_names(task)},
     }
 
 
 class _Progress:
     """Trials done, on a progress bar, with the best so far (ranked as everywhere)."""
 
-    def __init__(self, total: int, done: int, enabled: bool) -> None:
+    def __init__(self, total: int, done: int, enabled: bool, task: str) -> None:
         from tqdm import tqdm
 
         self._bar = tqdm(total=total, initial=done, desc="trials", unit="trial", disable=not enabled, file=sys.stderr)
         self._best: tuple[float, float] | None = None
+        self._names = headline(task)
 
     def best(self, strategy: str, metrics: Mapping[str, float | None]) -> None:
-        key = rank_key({"accuracy": metrics.get("holdout_accuracy"), "log_loss": metrics.get("holdout_log_loss")})
+        key = rank_key({m: metrics.get(f"holdout_{m}") for m in self._names})
         if self._best is None or key > self._best:
             self._best = key
-            self._bar.set_postfix_str(f"best {strategy} {key[0]:.3f}")
+            self._bar.set_postfix_str(f"best {strategy} {self._names[0]} {abs(key[0]):.3f}")
 
     def update(self) -> None:
         self._bar.update()
@@ -236,19 +239,21 @@ class _Progress:
         self._bar.close()
 
 
-def _write_outputs(store: Store, sweep_id: str, spec: SweepSpec, failures: list[tuple[str, Failure]]) -> SweepResult:
+def _write_outputs(
+    store: Store, sweep_id: str, spec: SweepSpec, failures: list[tuple[str, Failure]], task: str
+) -> SweepResult:
     wanted = {t.trial_id for t in spec.trials}
     recorded = store.trial_records(sweep_id)
     records = [recorded[i] for i in sorted(set(recorded) & wanted)]
     table = pa.Table.from_pylist(records) if records else pa.table({"trial_id": pa.array([], pa.string())})
-    plots = _plots(records) if records else {}
-    report = render_report(records, spec, sweep_id, sorted(plots), failures)
+    plots = _plots(records, task) if records else {}
+    report = render_report(records, spec, sweep_id, sorted(plots), failures, task)
     files = {"results.parquet": table_to_bytes(table), "report.md": report.encode(), **plots}
     folder = store.write_report(sweep_id, files)
     return SweepResult(sweep_id, folder, table, len(spec.trials), len(records), failures)
 
 
-def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarize(records: list[dict[str, Any]], task: str = "classification") -> list[dict[str, Any]]:
     """Mean and std over seeds of each (strategy, params), ranked as promotion ranks models."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
@@ -256,13 +261,13 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for (strategy, params), rs in groups.items():
         row: dict[str, Any] = {"strategy": strategy, "params": params, "seeds": len(rs)}
-        for m in (*METRICS, "train_seconds"):
+        for m in (*metric_names(task), "train_seconds"):
             values = [r[m] for r in rs if r.get(m) is not None]
             row[m] = (float(np.mean(values)), float(np.std(values))) if values else (None, None)
         rows.append(row)
 
     def key(row: dict[str, Any]) -> tuple[float, float]:
-        return rank_key({"accuracy": row["holdout_accuracy"][0], "log_loss": row["holdout_log_loss"][0]})
+        return rank_key({m: row[f"holdout_{m}"][0] for m in headline(task)})
 
     return sorted(rows, key=key, reverse=True)
 
@@ -273,29 +278,33 @@ def render_report(
     sweep_id: str,
     plots: list[str],
     failures: list[tuple[str, Failure]] = (),  # type: ignore[assignment]
+    task: str = "classification",
 ) -> str:
     def pm(v: tuple[float | None, float | None], d: int = 3) -> str:
         return "n/a" if v[0] is None else f"{v[0]:.{d}f} ± {v[1]:.{d}f}"
 
+    first, second = headline(task)
+    how = "lower RMSE, then lower MAE" if task == "regression" else "higher accuracy, then lower log loss"
     lines = [
         f"# Sweep {sweep_id}",
         "",
         f"{len(records)} of {len(spec.trials)} trials finished. Every trial is scored on the same held-out rows: "
         "`holdout` is all of them, `old` the old batches' (forgetting), `new` the new batches' (plasticity). "
-        "Mean ± std over seeds; ranked by holdout accuracy, then log loss.",
+        f"Mean ± std over seeds; ranked as promotion ranks versions ({how}).",
         "",
     ]
+    name1, name2 = first.replace("_", " "), second.replace("_", " ")
     if records:
         lines += [
-            "| rank | strategy | params | seeds | holdout accuracy | old accuracy | new accuracy | holdout log loss "
+            f"| rank | strategy | params | seeds | holdout {name1} | old {name1} | new {name1} | holdout {name2} "
             "| train s |",
             "| ---: | --- | --- | ---: | --- | --- | --- | --- | ---: |",
         ]
-        for i, r in enumerate(summarize(records), 1):
+        for i, r in enumerate(summarize(records, task), 1):
             params = r["params"] if r["params"] != "{}" else "defaults"
             lines.append(
-                f"| {i} | {r['strategy']} | `{params}` | {r['seeds']} | {pm(r['holdout_accuracy'])} | "
-                f"{pm(r['old_accuracy'])} | {pm(r['new_accuracy'])} | {pm(r['holdout_log_loss'])} | "
+                f"| {i} | {r['strategy']} | `{params}` | {r['seeds']} | {pm(r[f'holdout_{first}'])} | "
+                f"{pm(r[f'old_{first}'])} | {pm(r[f'new_{first}'])} | {pm(r[f'holdout_{second}'])} | "
                 f"{pm(r['train_seconds'], 2)} |"
             )
         lines.append("")
@@ -308,36 +317,42 @@ def render_report(
     return "\n".join(lines)
 
 
-def _plots(records: list[dict[str, Any]]) -> dict[str, bytes]:
+def _plots(records: list[dict[str, Any]], task: str = "classification") -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = summarize(records)
+    first = headline(task)[0]
+    metric, label = f"holdout_{first}", f"holdout {first.replace('_', ' ')}"
+    rows = summarize(records, task)
     labels = [r["strategy"] + ("" if r["params"] == "{}" else f"\n{r['params']}") for r in rows]
     out = {}
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4.5))
-    means = [r["holdout_accuracy"][0] or 0 for r in rows]
-    stds = [r["holdout_accuracy"][1] or 0 for r in rows]
+    means = [r[metric][0] or 0 for r in rows]
+    stds = [r[metric][1] or 0 for r in rows]
     ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color="#4c72b0")
     ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel("holdout accuracy (mean ± std over seeds)")
-    ax.set_ylim(max(0.0, min(means) - 0.1), min(1.0, max(means) + 0.05))
-    ax.set_title("Accuracy by strategy")
+    ax.set_ylabel(f"{label} (mean ± std over seeds)")
+    if task == "regression":
+        ax.set_ylim(0, max(m + s for m, s in zip(means, stds, strict=True)) * 1.1 or 1)
+        ax.set_title(f"{first.upper()} by strategy (lower is better)")
+    else:
+        ax.set_ylim(max(0.0, min(means) - 0.1), min(1.0, max(means) + 0.05))
+        ax.set_title("Accuracy by strategy")
     fig.tight_layout()
-    out["plots/accuracy_by_strategy.png"] = _png(fig)
+    out[f"plots/{first}_by_strategy.png"] = _png(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for strategy in sorted({r["strategy"] for r in records}):
-        rs = [r for r in records if r["strategy"] == strategy and r.get("holdout_accuracy") is not None]
-        ax.scatter([r["train_seconds"] for r in rs], [r["holdout_accuracy"] for r in rs], label=strategy, s=24)
+        rs = [r for r in records if r["strategy"] == strategy and r.get(metric) is not None]
+        ax.scatter([r["train_seconds"] for r in rs], [r[metric] for r in rs], label=strategy, s=24)
     ax.set_xlabel("train seconds")
-    ax.set_ylabel("holdout accuracy")
-    ax.set_title("Accuracy against training time (one point per trial)")
+    ax.set_ylabel(label)
+    ax.set_title(f"{first.replace('_', ' ').capitalize()} against training time (one point per trial)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    out["plots/accuracy_vs_seconds.png"] = _png(fig)
+    out[f"plots/{first}_vs_seconds.png"] = _png(fig)
     plt.close("all")
     return out
 

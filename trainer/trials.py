@@ -42,7 +42,7 @@ def evaluate_sets(candidate: Candidate, sets: Mapping[str, Rows], n_classes: int
     out: dict[str, float | None] = {}
     for name, rows in sets.items():
         if len(rows):
-            for metric, value in score(candidate.predict_proba(rows.x, n_classes), rows.y).items():
+            for metric, value in score(candidate.predict(rows.x, n_classes), rows.y).items():
                 out[f"{name}_{metric}"] = value
     return out
 

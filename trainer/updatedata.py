@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import strategies
 from data.batches import load_rows
 from data.errors import UserError
 from data.rows import Rows
+from data.schema import InputInfo
 from data.storage import Store
 from trainer.candidate import Candidate
 from trainer.models import ModelSpec
@@ -32,6 +33,8 @@ class UpdateData:
     new_holdout: Rows
     n_classes: int
     model_spec: ModelSpec
+    input_spec: Mapping[str, InputInfo] = field(default_factory=dict)
+    target: tuple[float, float] | None = None
 
     @functools.cached_property
     def holdout(self) -> Rows:
@@ -41,7 +44,17 @@ class UpdateData:
         return {"holdout": self.holdout, "old": self.old_holdout, "new": self.new_holdout, **(extra or {})}
 
     def inputs(self, current: Candidate, seed: int) -> strategies.UpdateInputs:
-        return strategies.UpdateInputs(current, self.old, self.new, self.holdout, self.n_classes, self.model_spec, seed)
+        return strategies.UpdateInputs(
+            current,
+            self.old,
+            self.new,
+            self.holdout,
+            self.n_classes,
+            self.model_spec,
+            seed,
+            self.input_spec,
+            self.target,
+        )
 
 
 class NothingNew(UserError):
@@ -79,5 +92,13 @@ def load_update_data(store: Store, *, require_new: bool = True) -> UpdateData:
         old_holdout,
         new_holdout,
         store.schema.n_classes,
-        ModelSpec.parse(store.meta.model),
+        model_spec(store),
+        store.schema.input_spec(),
+        store.schema.target,
     )
+
+
+def model_spec(store: Store) -> ModelSpec:
+    """The store's recipe for fresh networks, with the imported architecture if it has one."""
+    spec = ModelSpec.parse(store.meta.model)
+    return replace(spec, architecture=store.architecture()) if spec.kind == "imported" else spec

@@ -47,7 +47,8 @@ def load_candidate(store: Store, version: str) -> Candidate:
 def save_candidate(store: Store, version: str, candidate: Candidate, manifest: Manifest) -> Manifest:
     """Commit `candidate` as `version`: its members, then `manifest` completed with what the
     store and this process know (classes, features, weights, library versions)."""
-    members = [(to_bytes(m), model_classes(m)) for m in candidate.members]
+    regression = store.schema.is_regression
+    members = [(to_bytes(m), 0 if regression else model_classes(m)) for m in candidate.members]
     manifest = dataclasses.replace(
         manifest,
         classes=tuple(store.schema.classes),

@@ -42,11 +42,11 @@ def test_ingest_keeps_bytes_and_is_idempotent(store: Store, write_parquet) -> No
 def test_rejected_input_is_quarantined_with_its_reason(store: Store, write_parquet) -> None:
     bad = make_table().set_column(0, "f0", pa.array(["a"] * 120))
     path = write_parquet(bad, "bad.parquet")
-    with pytest.raises(UserError, match="feature 'f0' is string, not numeric"):
+    with pytest.raises(UserError, match="feature 'f0' is string here; the store holds it as numeric"):
         ingest(store, path)
     assert store.batch_ids() == []
     ((name, data, reason),) = store.quarantined()
-    assert name == "bad.parquet" and data == Path(path).read_bytes() and "not numeric" in reason
+    assert name == "bad.parquet" and data == Path(path).read_bytes() and "holds it as numeric" in reason
 
 
 def test_new_classes_need_consent_then_grow_the_store(store: Store, write_parquet) -> None:

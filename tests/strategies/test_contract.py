@@ -12,45 +12,95 @@ import strategies
 from data.errors import UserError
 from data.manifest import Manifest
 from data.rows import Rows
-from data.schema import Schema
+from data.schema import Column, Schema
 from data.storage import Store, StoreMeta
 from strategies.base import UpdateInputs
 from trainer import params as P
 from trainer.candidate import Candidate
 from trainer.loop import LoopConfig, train
-from trainer.models import ModelSpec, build_model, model_classes
+from trainer.models import ModelSpec, build_model, feed, model_classes
 from trainer.versions import load_candidate, save_candidate
 
 SPEC = ModelSpec((8, 4))
 N_FEATURES = 5
+FAMILIES = ("mlp", "cnn", "tabular")
+COLOURS = ("red", "green", "blue", "violet")
 
 
-def _rows(n: int, seed: int, n_classes: int = 2, order: int = 0) -> Rows:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
-    score = x[:, 0] + 0.5 * x[:, 1]
-    y = np.digitize(score, np.quantile(score, np.linspace(0, 1, n_classes + 1)[1:-1])).astype(np.int32)
-    return Rows(x, y, np.full(n, order, np.int32))
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A model family: the store's columns, its recipe, and a trained current model."""
+
+    name: str
+    schema: Schema
+    spec: ModelSpec
+    model: object
+
+    def rows(self, n: int, seed: int, n_classes: int = 2, order: int = 0) -> Rows:
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
+        score = x[:, 0] + 0.5 * x[:, 1]
+        if self.name == "cnn":
+            image = rng.normal(size=(n, 6, 6, 1)).astype(np.float32)
+            score = image[:, :3, :3, 0].mean(axis=(1, 2)) * 3 + x[:, 0] * 0
+            inputs = {"image": image}
+        elif self.name == "tabular":
+            colour = rng.choice(COLOURS[:3], size=n)
+            score = x[:, 0] + (colour == "red")
+            inputs = {"numeric": x[:, :3], "colour": colour.astype(object)}
+        else:
+            inputs = {"numeric": x}
+        y = np.digitize(score, np.quantile(score, np.linspace(0, 1, n_classes + 1)[1:-1])).astype(np.int32)
+        return Rows(inputs, y, np.full(n, order, np.int32))
+
+    def inputs(self, seed: int = 0, n_classes: int = 2) -> UpdateInputs:
+        return UpdateInputs(
+            current=Candidate.single(self.model),
+            old=self.rows(80, seed=0),
+            new=self.rows(60, seed=1, n_classes=n_classes, order=1),
+            holdout=self.rows(30, seed=2, n_classes=n_classes),
+            n_classes=n_classes,
+            model_spec=self.spec,
+            seed=seed,
+            input_spec=self.schema.input_spec(),
+        )
+
+
+def _family(name: str) -> Family:
+    from tests.strategies import families
+    from trainer.models import to_bytes
+
+    if name == "cnn":
+        schema = Schema((Column("image", "tensor", (6, 6, 1)),), "y", (0, 1))
+        spec = ModelSpec.parse("tests.strategies.families:cnn")  # a builder
+    elif name == "tabular":
+        columns = [Column(f"f{i}", mean=0.0, variance=1.0) for i in range(3)]
+        schema = Schema((*columns, Column("colour", "categorical", vocabulary=COLOURS[:3])), "y", (0, 1))
+        spec = ModelSpec((), "imported", architecture=to_bytes(families.tabular(schema.input_spec(), 1, 9)))
+    else:
+        schema = Schema(tuple(f"f{i}" for i in range(N_FEATURES)), "y", (0, 1))
+        spec = SPEC
+    model = build_model(spec, schema.input_spec(), 2, seed=0)
+    family = Family(name, schema, spec, model)
+    rows = family.rows(80, seed=0)
+    train(model, feed(model, rows.x), rows.y, LoopConfig(epochs=5))
+    return family
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request) -> Family:
+    return _family(request.param)
 
 
 @pytest.fixture(scope="module")
 def current_model():
-    model = build_model(SPEC, N_FEATURES, 2, seed=0)
-    rows = _rows(80, seed=0)
-    train(model, rows.x, rows.y, LoopConfig(epochs=5))
-    return model
+    return _family("mlp").model
 
 
 def _inputs(current_model, seed: int = 0, n_classes: int = 2) -> UpdateInputs:
-    return UpdateInputs(
-        current=Candidate.single(current_model),
-        old=_rows(80, seed=0),
-        new=_rows(60, seed=1, n_classes=n_classes, order=1),
-        holdout=_rows(30, seed=2, n_classes=n_classes),
-        n_classes=n_classes,
-        model_spec=SPEC,
-        seed=seed,
-    )
+    """The MLP family's inputs with another current model (e.g. an ensemble of it)."""
+    mlp = Family("mlp", Schema(tuple(f"f{i}" for i in range(N_FEATURES)), "y", (0, 1)), SPEC, current_model)
+    return mlp.inputs(seed, n_classes)
 
 
 def _tiny_params(strategy: strategies.Strategy, **extra: str):
@@ -59,33 +109,33 @@ def _tiny_params(strategy: strategies.Strategy, **extra: str):
 
 
 @pytest.mark.parametrize("name", strategies.names())
-def test_strategy_contract(name: str, current_model, tmp_path: Path) -> None:
+def test_strategy_contract(name: str, family: Family, tmp_path: Path) -> None:
     strategy = strategies.get(name)
     params = _tiny_params(strategy)
-    before = [w.copy() for w in current_model.get_weights()]
-    flags = [layer.trainable for layer in current_model.layers]
+    model = family.model
+    before = [w.copy() for w in model.get_weights()]
+    flags = [layer.trainable for layer in model.layers]
 
-    candidate = strategy(_inputs(current_model), params)
+    candidate = strategy(family.inputs(), params)
 
     assert isinstance(candidate, Candidate)
     assert abs(sum(candidate.weights) - 1) < 1e-6 and min(candidate.weights) >= 0
     # The input model is untouched: weights and trainable flags.
-    for a, b in zip(before, current_model.get_weights(), strict=True):
+    for a, b in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert flags == [layer.trainable for layer in current_model.layers]
+    assert flags == [layer.trainable for layer in model.layers]
 
-    x = _rows(40, seed=9).x
+    x = family.rows(40, seed=9).x
     proba = candidate.predict_proba(x, 2)
     assert proba.shape == (40, 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-5)
 
     # Same seed, same result.
-    again = strategy(_inputs(current_model), params)
+    again = strategy(family.inputs(), params)
     np.testing.assert_allclose(again.predict_proba(x, 2), proba, atol=1e-5)
 
     # Save and load round trip through a store, with checksums.
-    schema = Schema(tuple(f"f{i}" for i in range(N_FEATURES)), "y", (0, 1))
-    store = Store.create(str(tmp_path / "store"), StoreMeta(schema, str(SPEC)))
+    store = Store.create(str(tmp_path / "store"), StoreMeta(family.schema, str(family.spec)))
     version = store.new_version_id(name)
     save_candidate(store, version, candidate, Manifest(parent=None, strategy=name))
     loaded = load_candidate(store, version)
@@ -142,10 +192,12 @@ def test_every_invalid_parameter_value_is_exit_2_naming_it(name: str, key: str, 
 
 
 @pytest.mark.parametrize("name", strategies.names(learns_new_classes=True))
-def test_strategies_that_can_learn_a_new_class(name: str, current_model) -> None:
+def test_strategies_that_can_learn_a_new_class(name: str, family: Family) -> None:
     strategy = strategies.get(name)
-    params = strategy.make_params()  # the shipped recipe
-    inputs = _inputs(current_model, n_classes=3)
+    fields = {f.name for f in dataclasses.fields(strategy.params)}
+    quick = {"epochs": "100", "learning_rate": "0.05", **({"freeze": "0"} if "freeze" in fields else {})}
+    params = strategy.make_params({} if family.name == "mlp" else quick)  # the mlp: the shipped recipe
+    inputs = family.inputs(n_classes=3)
     candidate = strategy(inputs, params)
     proba = candidate.predict_proba(inputs.new.x, 3)
     assert proba.shape == (60, 3)
@@ -154,10 +206,10 @@ def test_strategies_that_can_learn_a_new_class(name: str, current_model) -> None
 
 
 @pytest.mark.parametrize("name", strategies.names(trains=True, learns_new_classes=False))
-def test_strategies_that_cannot_learn_new_classes_refuse_with_a_pointer(name: str, current_model) -> None:
+def test_strategies_that_cannot_learn_new_classes_refuse_with_a_pointer(name: str, family: Family) -> None:
     strategy = strategies.get(name)
     with pytest.raises(UserError, match="use one of " + ", ".join(strategies.names(learns_new_classes=True))):
-        strategy(_inputs(current_model, n_classes=3), _tiny_params(strategy))
+        strategy(family.inputs(n_classes=3), _tiny_params(strategy))
 
 
 def test_capabilities_are_declared_not_inferred_from_names() -> None:
@@ -195,8 +247,10 @@ def test_graft_freezes_the_body_and_ensemble_caps_members(current_model) -> None
     graft = strategies.get("graft")
     candidate = graft(_inputs(current_model), _tiny_params(graft))
     (model,) = candidate.members
-    body = current_model.layers[:-1]
-    for old, new in zip(body, model.layers[: len(body)], strict=True):
+    body = [layer for layer in current_model.layers[:-1] if layer.weights]
+    assert len(body) == 2
+    for old in body:
+        new = model.get_layer(old.name)
         assert not new.trainable
         for a, b in zip(old.get_weights(), new.get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)  # frozen: trained, yet unchanged

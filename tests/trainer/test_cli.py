@@ -145,7 +145,10 @@ def _bad_inputs() -> dict[str, tuple[object, str]]:
         "zero_rows": (good.slice(0, 0), "has no rows"),
         "no_label": (good.drop_columns(["y"]), "missing label column 'y'"),
         "no_feature": (good.drop_columns(["f3"]), "missing feature column(s) f3"),
-        "string_feature": (good.set_column(2, "f2", pa.array(["x"] * good.num_rows)), "'f2' is string, not numeric"),
+        "string_feature": (
+            good.set_column(2, "f2", pa.array(["x"] * good.num_rows)),
+            "'f2' is string here; the store holds it as numeric",
+        ),
         "nan_feature": (good.set_column(1, "f1", pa.array(nan)), "'f1' has 1 NaN or infinite"),
         "inf_feature": (good.set_column(2, "f2", pa.array(inf)), "'f2' has 1 NaN or infinite"),
         "nan_label": (good.set_column(5, "y", pa.array(label_nan)), "missing or NaN values"),

@@ -131,9 +131,8 @@ def test_a_failed_init_leaves_no_store_and_a_half_one_is_finished(tmp_path: Path
     for bad in (["--learning-rate", "inf"], ["--learning-rate", "nan"], ["--epochs", "0"]):
         code, _, err = run(capsys, "init", "--store", store, "--data", data, "--label", "y", *bad)
         assert code == 2 and one_line(err) and not os.path.exists(store), err
-    # Poison that only shows in training: the loss diverges, nothing is written.
-    huge = make_table(seed=0).set_column(0, "f0", pa.array(np.full(120, 2.0**63), pa.uint64()))
-    code, _, err = run(capsys, "init", "--store", store, "--data", write_parquet(huge, "huge.parquet"), "--label", "y")
+    # Training that diverges: nothing is written.
+    code, _, err = run(capsys, "init", "--store", store, "--data", data, "--label", "y", "--learning-rate", "1e30")
     assert code == 2 and one_line(err) and "training diverged" in err and not os.path.exists(store), err
     # A store an init left before its first version (as a kill at that moment would): init finishes it.
     from data.parquet import read_bytes
@@ -173,12 +172,16 @@ def test_values_are_checked_as_the_model_computes_them(tiny_store: str, write_pa
     assert code == 2 and one_line(err) and "learning_rate must be > 0 and finite" in err
 
 
-def test_a_diverging_update_writes_nothing(tiny_store: str, capsys) -> None:
+def test_a_diverging_update_writes_nothing(tiny_store: str, write_parquet, capsys) -> None:
+    # 1e30 is finite in float32, but far outside what the first batch's statistics normalise.
+    poison = make_table(seed=8).set_column(0, "f0", pa.array(np.full(120, 1e30)))
+    assert run(capsys, "ingest", "--store", tiny_store, write_parquet(poison, "poison.parquet"))[0] == 0
     before = snapshot(tiny_store)
-    argv = ["update", "--store", tiny_store, "--strategy", "fresh_new", "--set", "learning_rate=1e30"]
-    code, _, err = run(capsys, *argv)
-    assert code == 2 and one_line(err) and "training diverged" in err and "nothing was saved" in err, err
+    for strategy in ("finetune_all", "fresh_all"):
+        code, _, err = run(capsys, "update", "--store", tiny_store, "--strategy", strategy, "--set", "epochs=3")
+        assert code == 2 and one_line(err) and "training diverged" in err and "1e+30" in err, err
     assert snapshot(tiny_store) == before
+    assert run(capsys, "history", "--store", tiny_store)[0] == 0
 
 
 # -- 6. signals ----------------------------------------------------------------------------------
@@ -265,17 +268,17 @@ def test_paths_from_the_user_never_leave_the_store(tiny_store: str, tmp_path: Pa
         assert exc.value.code == 2 and "--seed" in capsys.readouterr().err
 
 
-def test_features_named_like_outputs_and_continuous_labels_are_refused_at_init(
+def test_features_named_like_outputs_and_labels_that_are_ids_are_refused_at_init(
     tmp_path: Path, write_parquet, capsys
 ) -> None:
     t = make_table(seed=1)
     clash = t.rename_columns(["prediction", *t.column_names[1:]])
     code, _, err = run(capsys, "init", "--store", str(tmp_path / "a"), "--data", write_parquet(clash), "--label", "y")
     assert code == 2 and one_line(err) and "may not be called 'prediction'" in err
-    continuous = t.set_column(5, "y", pa.array(np.linspace(0, 1, t.num_rows)))
-    src = write_parquet(continuous, "reg.parquet")
+    many = t.set_column(5, "y", pa.array(np.arange(t.num_rows)))  # an id, not a class
+    src = write_parquet(many, "ids.parquet")
     code, _, err = run(capsys, "init", "--store", str(tmp_path / "b"), "--data", src, "--label", "y")
-    assert code == 2 and one_line(err) and "looks like a number to predict" in err
+    assert code == 2 and one_line(err) and "120 distinct values in 120 rows" in err and "--task regression" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

@@ -162,3 +162,20 @@ def test_a_model_that_does_not_fit_the_data_is_one_clear_error() -> None:
     x, y = _images()
     with pytest.raises(UserError, match="cannot be trained by the compiled loop"):
         train(cnn(), x.reshape(len(x), 64), y, LoopConfig(epochs=1))
+
+
+def test_regression_follows_fit_with_the_learning_rate_in_label_units() -> None:
+
+    from trainer.models import ModelSpec, build_model
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(50, 4)).astype(np.float32)
+    y = (x @ [3.0, -2.0, 0.5, 1.0] * 40 + 500).astype(np.float32)
+    ours = build_model(ModelSpec((4,)), 4, 0, seed=2)  # a linear head: regression
+    theirs = _twin(ours)
+    std = float(y.std())
+    config = LoopConfig(epochs=10, batch_size=len(y), learning_rate=0.05)
+    train(ours, x, y, config, task="regression", target_std=std)
+    scaled = LoopConfig(epochs=10, batch_size=len(y), learning_rate=0.05 / std**2)
+    _fit(theirs, x, y, scaled, "mean_squared_error")
+    _same(ours, theirs, rtol=1e-3, atol=1e-4)
