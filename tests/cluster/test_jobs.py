@@ -127,6 +127,42 @@ def test_sweep_submitted_as_a_ray_job(tiny_store: str, tmp_path: Path) -> None:
         (sweep,) = Path(tiny_store, "sweeps").iterdir()
         table = pq.read_table(sweep / "results.parquet")
         assert table.num_rows == 4
+
+        # A model builder from the checkout (examples/digits.py) ships with the job's working
+        # directory: the driver builds the first model with it, and Tune's workers fresh ones.
+        data = tmp_path / "data"
+        subprocess.run([sys.executable, str(REPO / "examples" / "make_data.py"), str(data)], check=True)
+        digits, spec2 = tmp_path / "digits", tmp_path / "fresh.yaml"
+        spec2.write_text("strategies: [{fresh_all: {epochs: 2}}, {ensemble_all: {epochs: 2}}]\n")
+        trainer = "python -m trainer"
+        steps = [
+            f"{trainer} init --store {digits} --data {data}/digits-old.parquet --label digit --shape image=8,8,1 "
+            "--model examples.digits:cnn --epochs 2",
+            f"{trainer} ingest --store {digits} {data}/digits-new.parquet",
+            f"{trainer} sweep --store {digits} --config {spec2} --json",
+        ]
+        job = subprocess.run(
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--working-dir",
+                str(REPO),
+                "--",
+                "sh",
+                "-c",
+                " && ".join(steps),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
+        (sweep,) = (digits / "sweeps").iterdir()
+        assert pq.read_table(sweep / "results.parquet").num_rows == 2
     finally:
         _stop_session(head.pid)
         head.wait(timeout=30)
