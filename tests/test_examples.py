@@ -66,12 +66,14 @@ def test_digits_cnn_from_a_builder(data: Path, tmp_path: Path, capsys, monkeypat
 def test_diabetes_regression_with_a_string_column(data: Path, tmp_path: Path, capsys) -> None:
     store = str(tmp_path / "diabetes")
     first = run(
-        capsys, "init", "--store", store, "--data", str(data / "diabetes-old.parquet"), "--label", "progression"
-    )
-    assert "holdout_rmse" in first["metrics"]
+        capsys, "init", "--store", store, "--data", str(data / "diabetes-old.parquet"), "--label", "progression",
+        "--epochs", "30",
+    )  # fmt: skip
+    assert first["metrics"]["holdout_r2"] > 0.15, first["metrics"]  # 0.30 here; a ridge regression gets 0.34
     run(capsys, "ingest", "--store", store, str(data / "diabetes-new.parquet"))
-    update = run(capsys, "update", "--store", store, "--strategy", "ensemble_all", "--set", "ensemble_weights=fitted")
-    assert update["metrics"]["holdout_rmse"] < 100  # the label's standard deviation is about 77
+    update = run(capsys, "update", "--store", store, "--strategy", "ensemble_all", "--set", "ensemble_weights=fitted",
+                 "--set", "epochs=30")  # fmt: skip
+    assert update["metrics"]["holdout_rmse"] < 72, update["metrics"]  # 61.9 here; the label's std is about 77
     run(
         capsys,
         "predict",
