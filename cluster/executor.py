@@ -5,17 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from cluster import pool, runtime
-from data.rows import Rows
-from trainer.executor import Job, OnDone, Outcome, SweepSettings, run_job
+from continual_trainer.cluster import pool, runtime
+from continual_trainer.data.rows import Rows
+from continual_trainer.trainer.executor import Job, OnDone, Outcome, SweepSettings, run_job
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    from data.storage import Store
-    from trainer.updatedata import UpdateData
-    from trainer.versions import StoredCandidate
+    from continual_trainer.data.storage import Store
+    from continual_trainer.trainer.updatedata import UpdateData
+    from continual_trainer.trainer.versions import StoredCandidate
 
 
 class RayExecutor:
@@ -45,7 +45,7 @@ class RayExecutor:
             return pool.run_jobs(
                 data, current, jobs, actors=self.actors or None, extra_eval=extra_eval, on_done=on_done
             )
-        from cluster.parallel import fit_parallel
+        from continual_trainer.cluster.parallel import fit_parallel
 
         model = current.load()
         outcomes = []
@@ -58,14 +58,14 @@ class RayExecutor:
     def sweep(
         self, data: UpdateData, current: StoredCandidate, jobs: Sequence[Job], settings: SweepSettings, on_done: OnDone
     ) -> None:
-        from cluster.tune import run_trials
+        from continual_trainer.cluster.tune import run_trials
 
         run_trials(data, current, jobs, settings, on_done)
 
     def score(self, store: Store, version: str, uri: str, table: pa.Table) -> np.ndarray:
         import ray
 
-        from cluster.sharded import ScorerPool
+        from continual_trainer.cluster.sharded import ScorerPool
 
         scorers = ScorerPool.start(store, version, self.actors or max(1, int(ray.cluster_resources().get("CPU", 1))))
         try:

@@ -17,16 +17,16 @@ from typing import Any
 import numpy as np
 import ray
 
-from cluster.pool import ACTOR_MEMORY
-from cluster.runtime import get, kill, pin_threads
-from data.errors import UserError
-from data.rows import Rows
-from strategies.base import TrainParams, training_set
-from strategies.ensemble import combine
-from trainer.candidate import Candidate
-from trainer.executor import Job
-from trainer.loop import LoopConfig
-from trainer.updatedata import UpdateData
+from continual_trainer.cluster.pool import ACTOR_MEMORY
+from continual_trainer.cluster.runtime import get, kill, pin_threads
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.rows import Rows
+from continual_trainer.strategies.base import TrainParams, training_set
+from continual_trainer.strategies.ensemble import combine
+from continual_trainer.trainer.candidate import Candidate
+from continual_trainer.trainer.executor import Job
+from continual_trainer.trainer.loop import LoopConfig
+from continual_trainer.trainer.updatedata import UpdateData
 
 
 def _shards(n_rows: int, n: int, seed: int) -> list[np.ndarray]:
@@ -39,13 +39,19 @@ class ShardTrainer:
     """A model copy training on one shard, `steps` at a time, keeping its optimizer state."""
 
     def __init__(
-        self, model: bytes, rows: Rows, weights: np.ndarray | None, config: LoopConfig, seed: int, task: str
+        self,
+        model: bytes,
+        rows: Rows,
+        weights: np.ndarray | None,
+        config: LoopConfig,
+        seed: int,
+        task: tuple[str, float],
     ) -> None:
         pin_threads()
-        from trainer.models import from_bytes
+        from continual_trainer.trainer.models import from_bytes
 
         self.model = from_bytes(model)
-        self.task = task
+        self.task, self.target_std = task
         self.rows, self.weights, self.config = rows, weights, config
         self.rng = np.random.default_rng(seed)
         self.seed = seed
@@ -55,8 +61,8 @@ class ShardTrainer:
         self.state: Any = None
 
     def steps(self, weights: list[np.ndarray] | None, steps: int) -> list[np.ndarray]:
-        from trainer.loop import train
-        from trainer.models import feed
+        from continual_trainer.trainer.loop import train
+        from continual_trainer.trainer.models import feed
 
         if weights is not None:
             self.model.set_weights(weights)
@@ -83,6 +89,7 @@ class ShardTrainer:
             state=self.state,
             first_epoch=self.rounds,
             task=self.task,
+            target_std=self.target_std,
         )
         self.state, self.rounds = result.state, self.rounds + 1
         return self.model.get_weights()
@@ -92,7 +99,7 @@ def finetune_averaged(
     data: UpdateData, current: Candidate, params: TrainParams, seed: int, *, actors: int, sync_steps: int
 ) -> Candidate:
     """Fine-tune the current (single) network on `actors` shards with model averaging."""
-    from trainer.models import clone, model_classes, to_bytes
+    from continual_trainer.trainer.models import clone, model_classes, to_bytes
 
     if len(current.members) != 1:
         raise UserError(
@@ -128,24 +135,30 @@ def finetune_averaged(
     return Candidate.single(model)
 
 
-def _task(data: UpdateData) -> str:
-    return "regression" if data.n_classes == 0 else "classification"
+def _task(data: UpdateData) -> tuple[str, float]:
+    """The task and, for regression, the label's scale the loss is measured in (as locally)."""
+    if data.n_classes == 0:
+        return "regression", data.target[1] if data.target else 1.0
+    return "classification", 1.0
 
 
 @ray.remote(num_cpus=1)
 def _fit_member(data: UpdateData, rows: Rows, weights: np.ndarray | None, config: LoopConfig, seed: int) -> bytes:
     pin_threads()
-    from trainer.loop import train
-    from trainer.models import build_model, feed, to_bytes
+    from continual_trainer.trainer.loop import train
+    from continual_trainer.trainer.models import build_model, feed, to_bytes
 
-    model = build_model(data.model_spec, data.input_spec, data.n_classes, seed)
-    train(model, feed(model, rows.x), rows.y, config, sample_weight=weights, seed=seed, task=_task(data))
+    model = build_model(data.model_spec, data.input_spec, data.n_classes, seed, data.target)
+    task, target_std = _task(data)
+    train(
+        model, feed(model, rows.x), rows.y, config, sample_weight=weights, seed=seed, task=task, target_std=target_std
+    )
     return to_bytes(model)
 
 
 def bagged_ensemble(data: UpdateData, current: Candidate, params: Any, seed: int, *, actors: int) -> Candidate:
     """Fit one new member per actor, each on its own shard, and add them to the current members."""
-    from trainer.models import from_bytes
+    from continual_trainer.trainer.models import from_bytes
 
     inputs = data.inputs(current, seed)
     rows, weights = training_set(inputs, params)

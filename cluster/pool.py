@@ -9,12 +9,12 @@ from typing import Any
 
 import ray
 
-from cluster.runtime import kill, pin_threads
-from data.rows import Rows
-from trainer.executor import Failure, Job, OnDone, Outcome, run_job
-from trainer.trials import TrialResult
-from trainer.updatedata import UpdateData
-from trainer.versions import StoredCandidate
+from continual_trainer.cluster.runtime import kill, pin_threads
+from continual_trainer.data.rows import Rows
+from continual_trainer.trainer.executor import Failure, Job, OnDone, Outcome, run_job
+from continual_trainer.trainer.trials import TrialResult
+from continual_trainer.trainer.updatedata import UpdateData
+from continual_trainer.trainer.versions import StoredCandidate
 
 ACTOR_MEMORY = 1024**3  # what one trainer declares to Ray; peak measured at 933 MiB (scripts/bench_sweep.py)
 

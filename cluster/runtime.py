@@ -7,11 +7,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from data.errors import UserError
+from continual_trainer.data.errors import UserError
 
 log = logging.getLogger(__name__)
-
-_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def connect(num_cpus: int | None = None) -> dict[str, Any]:
@@ -19,16 +17,16 @@ def connect(num_cpus: int | None = None) -> dict[str, Any]:
 
     Idempotent. Ray's token authentication stays as Ray configures it (on by default
     in 2.60: a local Ray generates its token; a cluster's comes from RAY_AUTH_TOKEN or
-    `ray get-auth-token`). Workers get this checkout on their PYTHONPATH, unless they
-    run from a job's working directory already.
+    `ray get-auth-token`). Workers of a local Ray get the current folder (where a
+    user's model builder may be) and this package's folder on their PYTHONPATH.
     """
     import ray
 
     if not ray.is_initialized():
         env = {"TF_CPP_MIN_LOG_LEVEL": "3"}
         address = os.environ.get("RAY_ADDRESS")
-        if not address:  # this checkout, and the current folder (where a user's model builder may be)
-            paths = (_PROJECT_ROOT, os.getcwd(), os.environ.get("PYTHONPATH"))
+        if not address:  # the current folder (a user's model builder), and where this package is
+            paths = (os.getcwd(), os.environ.get("PYTHONPATH"), _package_parent())
             env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         try:
             ray.init(
@@ -43,6 +41,13 @@ def connect(num_cpus: int | None = None) -> dict[str, Any]:
             raise UserError(f"RAY_ADDRESS={address}: cannot join the Ray cluster ({exc})") from None
         log.info("connected to Ray at %s", address or "a new local instance")
     return ray.cluster_resources()
+
+
+def _package_parent() -> str:
+    """The folder `continual_trainer` is imported from (site-packages, or a checkout)."""
+    import continual_trainer
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(continual_trainer.__file__)))
 
 
 def disconnect() -> None:

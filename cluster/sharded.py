@@ -13,13 +13,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 
-from cluster.pool import ACTOR_MEMORY
-from cluster.runtime import get, kill, pin_threads
-from data.errors import UserError
-from data.parquet import redact, resolve
-from data.schema import Schema
-from data.storage import Store
-from trainer.versions import StoredCandidate, stored_candidate
+from continual_trainer.cluster.pool import ACTOR_MEMORY
+from continual_trainer.cluster.runtime import get, kill, pin_threads
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.parquet import redact, resolve
+from continual_trainer.data.schema import Schema
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer.versions import StoredCandidate, stored_candidate
 
 
 @ray.remote
@@ -119,7 +119,7 @@ class ScorerPool:
                 ties = np.searchsorted(neg, pos, side="right") - below
                 metrics["roc_auc"] = float((below.sum() + 0.5 * ties.sum()) / (len(pos) * len(neg)))
         else:
-            from trainer.evaluate import score
+            from continual_trainer.trainer.evaluate import score
 
             proba = np.concatenate([p["proba"] for p in parts])
             metrics["roc_auc"] = score(proba, np.concatenate([p["y"] for p in parts]))["roc_auc"]

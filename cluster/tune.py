@@ -15,11 +15,11 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from cluster.pool import ACTOR_MEMORY, CurrentCache
-from trainer.executor import Failure, Job, OnDone, Outcome, SweepSettings, run_job
-from trainer.trials import TrialResult
-from trainer.updatedata import UpdateData
-from trainer.versions import StoredCandidate
+from continual_trainer.cluster.pool import ACTOR_MEMORY, CurrentCache
+from continual_trainer.trainer.executor import Failure, Job, OnDone, Outcome, SweepSettings, run_job
+from continual_trainer.trainer.trials import TrialResult
+from continual_trainer.trainer.updatedata import UpdateData
+from continual_trainer.trainer.versions import StoredCandidate
 
 _current = CurrentCache()
 
@@ -27,7 +27,7 @@ _current = CurrentCache()
 def _trial(config: dict[str, Any], payload: tuple[UpdateData, StoredCandidate, Sequence[Job]]) -> None:
     from ray import tune
 
-    from cluster.runtime import pin_threads
+    from continual_trainer.cluster.runtime import pin_threads
 
     pin_threads()
     data, current, jobs = payload

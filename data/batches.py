@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from data.errors import UserError
-from data.parquet import read_bytes, redact, table_from_bytes
-from data.rows import Rows
-from data.sampling import holdout_mask
-from data.schema import Schema
-from data.storage import Store, sha256
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.parquet import read_bytes, redact, table_from_bytes
+from continual_trainer.data.rows import Rows
+from continual_trainer.data.sampling import holdout_mask
+from continual_trainer.data.schema import Schema
+from continual_trainer.data.storage import Store, sha256
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ class Manifest:
     current_metrics: dict[str, float | None] = field(default_factory=dict)
     train_seconds: float = 0.0
     execution: dict[str, Any] = field(default_factory=lambda: {"mode": "local"})
+    origin: dict[str, Any] = field(default_factory=dict)  # where else it comes from, e.g. a sweep's trial
     classes: tuple[Any, ...] = ()
     features: tuple[str, ...] = ()
     weights: tuple[float, ...] = ()
@@ -99,6 +100,7 @@ class Manifest:
             current_metrics=_dict(d, "current_metrics"),
             train_seconds=float(d.get("train_seconds") or 0.0),
             execution=_dict(d, "execution") or {"mode": "local"},
+            origin=_dict(d, "origin"),
             classes=tuple(_list(d, "classes", object, required=False)),
             features=tuple(_list(d, "features", str, required=False)),
             weights=weights,

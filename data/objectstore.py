@@ -14,8 +14,8 @@ import time
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from data.errors import UserError
-from data.parquet import one_line, redact
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.parquet import one_line, redact
 
 
 class S3Conditional:

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from data.errors import UserError
+from continual_trainer.data.errors import UserError
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from data.schema import InputInfo
+    from continual_trainer.data.schema import InputInfo
 
 NUMERIC = "numeric"  # the input holding the scalar numeric features (see data.schema)
 

@@ -6,7 +6,7 @@ import hashlib
 
 import numpy as np
 
-from data.rows import Rows
+from continual_trainer.data.rows import Rows
 
 
 def stable_seed(*parts: object) -> int:

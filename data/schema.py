@@ -15,11 +15,18 @@ The store also records each numeric and tensor column's mean and variance over t
 first batch, which the default network uses to normalise its inputs.
 
 The task is `classification` (labels are classes) or `regression` (labels are numbers).
+
+Columns that are neither features nor the label (an id, a comment) are *kept*: the store
+records name patterns for them (`init --ignore id,comment*`, or every other column after
+`init --features ...`); batches may carry such columns, the store keeps them byte for
+byte, training ignores them and `predict` passes them through. Any other extra column is
+refused, so a renamed or misspelt feature is never silently dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import fnmatch
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,8 +34,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data.errors import NewClassesRefused, UserError
-from data.rows import NUMERIC
+from continual_trainer.data.errors import NewClassesRefused, UserError
+from continual_trainer.data.rows import NUMERIC
 
 # Columns `predict` adds to its output: a feature of that name could never be predicted.
 OUTPUT_COLUMNS = ("prediction", "probability")
@@ -169,6 +176,7 @@ class Schema:
     classes: tuple[Any, ...] = field(default=())
     task: str = "classification"
     target: tuple[float, float] | None = None
+    ignore: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "columns", tuple(c if isinstance(c, Column) else Column(c) for c in self.columns))
@@ -204,6 +212,7 @@ class Schema:
             "classes": list(self.classes),
             "task": self.task,
             **({"target": list(self.target)} if self.target else {}),
+            **({"ignore": list(self.ignore)} if self.ignore else {}),
         }
 
     @classmethod
@@ -217,12 +226,16 @@ class Schema:
         target = d.get("target")
         if target is not None and not (isinstance(target, list) and len(target) == 2):
             raise ValueError("target must be [mean, std]")
+        ignore = d.get("ignore", [])
+        if not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore):
+            raise ValueError("ignore must be a list of column name patterns")
         return cls(
             tuple(Column.from_json(c) for c in columns),
             label,
             tuple(classes),
             str(d.get("task", TASKS[0])),
             (float(target[0]), float(target[1])) if target else None,
+            tuple(ignore),
         )
 
     # -- what a model sees --------------------------------------------------------------------------
@@ -284,18 +297,36 @@ class Schema:
         *,
         shapes: Mapping[str, tuple[int, ...]] | None = None,
         task: str | None = None,
+        features: Sequence[str] | None = None,
+        ignore: Sequence[str] | None = None,
     ) -> Schema:
-        """Take the schema from a first batch: every column but the label is a feature.
+        """Take the schema from a first batch: every column but the label is a feature, unless
+        `features` or `ignore` say otherwise.
 
         Args:
             shapes: tensor shapes by column (`--shape`); otherwise a list column's length.
             task: `classification` or `regression`; by default regression for a float label
                 with fractional values or more than 20 distinct ones, classification otherwise.
+            features: the feature columns (names or patterns such as `x*`); every other
+                column is kept and ignored, in this batch and later ones.
+            ignore: columns (names or patterns) to keep but not use; later batches may carry
+                them or not.
         """
         check_unique_columns(table, source)
         if label not in table.column_names:
             raise UserError(f"{source}: no label column {label!r}; columns are {', '.join(table.column_names)}")
-        names = [c for c in table.column_names if c != label]
+        if features and ignore:
+            raise UserError("--features and --ignore: give one of them")
+        others = [c for c in table.column_names if c != label]
+        if features:
+            names = _matching(others, features, "--features", source)
+            kept = ("*",)
+        else:
+            kept = tuple(ignore or ())
+            skipped = _matching(others, kept, "--ignore", source) if kept else []
+            names = [c for c in others if c not in skipped]
+        if not names:
+            raise UserError(f"{source}: no feature columns are left besides the label")
         clash = [c for c in names if c in OUTPUT_COLUMNS]
         if clash:
             raise UserError(
@@ -309,8 +340,9 @@ class Schema:
         for c in columns:
             if c.name == NUMERIC and c.kind != "numeric":
                 raise UserError(f"{source}: a {c.kind} column may not be called {NUMERIC!r} (the numeric input's name)")
-        schema = cls(tuple(columns), label, (), task or "classification")
+        schema = cls(tuple(columns), label, (), task or "classification", ignore=kept)
         schema.check_features(table, source)
+        _refuse_identifiers(table, columns, source)
         schema = schema.with_stats(table)._grow_vocabularies(table)
         if task is None and _looks_like_regression(table.column(label)):
             schema = replace(schema, task="regression")
@@ -356,14 +388,23 @@ class Schema:
         missing = [c for c in self.features if c not in table.column_names]
         if missing:
             raise UserError(f"{source}: missing feature column(s) {', '.join(missing)}")
-        extra = [c for c in table.column_names if c not in self.features and c != self.label]
+        extra = [c for c in table.column_names if c not in self.features and c != self.label and not self.kept(c)]
         if extra and not allow_extra:
             raise UserError(
                 f"{source}: column(s) {', '.join(extra)} are not in the store's "
-                f"{len(self.features)} features; the model's input width is fixed"
+                f"{len(self.features)} features; the model's input width is fixed (to keep such "
+                "columns, create the store with --ignore or --features)"
             )
         for c in self.columns:
             _check_column(table.column(c.name), c, source)
+
+    def kept(self, column: str) -> bool:
+        """Whether `column` is one the store keeps but does not train on (see the module docstring)."""
+        return (
+            column != self.label
+            and column not in self.features
+            and any(fnmatch.fnmatchcase(column, p) for p in self.ignore)
+        )
 
     def check_labels(self, table: pa.Table, source: str) -> list[Any]:
         """Return the labels as Python values, raising UserError if any is missing."""
@@ -473,6 +514,26 @@ def _looks_like_regression(col: pa.ChunkedArray) -> bool:
     y = col.to_numpy(zero_copy_only=False)
     y = y[np.isfinite(y)]
     return bool(len(y)) and (not np.all(y == np.round(y)) or len(np.unique(y)) > 20)
+
+
+def _matching(columns: list[str], patterns: Sequence[str], option: str, source: str) -> list[str]:
+    """The columns that names or patterns select, in table order; UserError for one that selects none."""
+    for p in patterns:
+        if not any(fnmatch.fnmatchcase(c, p) for c in columns):
+            raise UserError(f"{option} {p}: no column of {source} matches (columns: {', '.join(columns)})")
+    return [c for c in columns if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
+
+
+def _refuse_identifiers(table: pa.Table, columns: Sequence[Column], source: str) -> None:
+    """A string column with a different value in every row is an identifier, not a feature:
+    as a category it would teach the model nothing and grow its vocabulary by every row."""
+    for c in columns:
+        distinct = len(set(_strings(table.column(c.name)))) if c.kind == "categorical" else 0
+        if table.num_rows >= 20 and distinct == table.num_rows:
+            raise UserError(
+                f"{source}: column {c.name!r} has a different value in every row (an identifier?); "
+                f"keep it out of the features with --ignore {c.name}"
+            )
 
 
 def _infer_column(table: pa.Table, name: str, shape: tuple[int, ...] | None, source: str) -> Column:

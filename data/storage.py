@@ -7,6 +7,7 @@ Layout (see DESIGN.md)::
     quarantine/<when>-<name>/        the rejected file as it came, and reason.txt
     models/<version>/                member-<i>.keras, then manifest.json (the commit marker)
     CURRENT                          the promoted version, replaced by compare-and-swap
+    events/<when>-<kind>-<rand>.json the store's event log: every promotion, rollback and pruning
     sweeps/<id>/                     sweep.yaml, trials/<trial>.json, results and reports
     stream/events/, stream/processed/  one event per inbox file; a marker per file's sha256
     locks/                           short-lived lock files
@@ -40,11 +41,11 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from data.errors import UserError
-from data.manifest import FORMAT_VERSION, Manifest, ManifestError, Member
-from data.objectstore import S3Conditional
-from data.parquet import HOST, one_line, parse_temp_name, redact, resolve, scrub, write_temp
-from data.schema import Schema
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.manifest import FORMAT_VERSION, Manifest, ManifestError, Member
+from continual_trainer.data.objectstore import S3Conditional
+from continual_trainer.data.parquet import HOST, one_line, parse_temp_name, redact, resolve, scrub, write_temp
+from continual_trainer.data.schema import Schema
 
 log = logging.getLogger(__name__)
 
@@ -391,11 +392,12 @@ class Store:
         except FileNotFoundError:
             return None
 
-    def promote(self, version: str, expected: str | None) -> bool:
+    def promote(self, version: str, expected: str | None, *, by: str = "update", reason: str = "") -> bool:
         """Compare-and-swap CURRENT from `expected` to `version`; False if another won.
 
         Under the CURRENT lock; on S3 the write is also conditional on CURRENT's ETag (or
-        on its absence), so two updaters cannot both win even if a lock were broken.
+        on its absence), so two updaters cannot both win even if a lock were broken. A
+        promotion that took effect is recorded in the event log (`by`: the command, and why).
         """
         if version not in self.versions():
             raise ValueError(f"cannot promote uncommitted version {version}")
@@ -405,13 +407,75 @@ class Store:
                 if self.current() != expected:
                     return False
                 self._write("CURRENT", body)
-                return True
-            seen = self._conditional.get("CURRENT")
-            if (self._current_of(seen[0]) if seen else None) != expected:
-                return False
-            if seen is None:
-                return self._conditional.put_if_absent("CURRENT", body)
-            return self._conditional.put_if_unchanged("CURRENT", body, seen[1])
+                won = True
+            else:
+                seen = self._conditional.get("CURRENT")
+                if (self._current_of(seen[0]) if seen else None) != expected:
+                    return False
+                if seen is None:
+                    won = self._conditional.put_if_absent("CURRENT", body)
+                else:
+                    won = self._conditional.put_if_unchanged("CURRENT", body, seen[1])
+        if won:
+            self.record_event("promote", {"version": version, "previous": expected, "by": by, "reason": reason})
+        return won
+
+    def resolve(self, ref: str) -> str:
+        """The version a user's reference names: a full id, `current`, `parent` (of the current
+        version), or a unique prefix or suffix of an id (`2ae2`, `20261129-1224`).
+
+        Raises UserError naming the candidates if it names none or several.
+        """
+        if ref in ("current", "parent"):
+            current = self.current()
+            if current is None:
+                raise UserError(f"{self.display}: no current version yet; create one with `ctrain init`")
+            if ref == "current":
+                return current
+            parent = self.manifest(current).parent
+            if parent is None:
+                raise UserError(f"{self.display}: the current version {current} has no parent")
+            return parent
+        versions = self.versions()
+        if ref in versions:
+            return ref
+        found = [v for v in versions if ref and (v.startswith(ref) or v.endswith(ref))]
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise UserError(f"{self.display}: no model version {ref!r}; see `ctrain history`")
+        listed = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        raise UserError(f"{self.display}: {ref!r} names {len(found)} versions ({listed}); give more of it")
+
+    def delete_version(self, version: str) -> None:
+        """Remove a committed version that is not current: its manifest first (from then on
+        it does not exist), then its files. Recorded in the event log."""
+        if version == self.current():
+            raise ValueError(f"cannot delete the current version {version}")
+        folder = f"models/{version}"
+        names = [m.file for m in self.manifest(version).members]
+        self._delete(f"{folder}/{_VERSION_MARKER}")
+        for name in [*names, _VERSION_OWNER]:
+            self._delete(f"{folder}/{name}")
+        if self._local:
+            shutil.rmtree(self._path(folder), ignore_errors=True)
+        self.record_event("delete", {"version": version})
+
+    # -- the event log: one file per event, never rewritten --------------------------------------
+
+    def record_event(self, kind: str, event: dict[str, Any]) -> None:
+        body = {"kind": kind, "time": dt.datetime.now(dt.timezone.utc).isoformat(), **event}
+        self._write(f"events/{utc_stamp()}-{kind}-{uuid.uuid4().hex[:6]}.json", json.dumps(body, default=str).encode())
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The store's events (promotions, deletions), oldest first; unreadable ones skipped."""
+        out = []
+        for name in sorted(self._list_files("events")):
+            with contextlib.suppress(FileNotFoundError, UserError, ValueError):
+                event = self._read_json(f"events/{name}")
+                if isinstance(event, dict) and (kind is None or event.get("kind") == kind):
+                    out.append(event)
+        return out
 
     def _current_of(self, raw: bytes) -> str | None:
         version = raw.decode(errors="replace").strip()

@@ -2,7 +2,7 @@
 
 A builder is `function(inputs, n_outputs, seed) -> keras.Model`: `inputs` maps each model
 input's name to its shape, dtype, vocabulary and first-batch statistics
-(`data.schema.InputInfo`), `n_outputs` is the head's width and `seed` fixes the initial
+(`continual_trainer.InputInfo`), `n_outputs` is the head's width and `seed` fixes the initial
 weights. The store records `examples.digits:cnn` and calls it again whenever it needs a
 fresh network (fresh_*, new ensemble members), on this machine or a cluster's workers.
 """

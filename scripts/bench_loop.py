@@ -32,9 +32,9 @@ def accuracy(model, x, y) -> float:
 
 
 def reference(seeds: int) -> None:
-    from trainer.demo import N_FEATURES, reference_data
-    from trainer.loop import LoopConfig, train
-    from trainer.models import ModelSpec, build_model, clone
+    from continual_trainer.trainer.demo import N_FEATURES, reference_data
+    from continual_trainer.trainer.loop import LoopConfig, train
+    from continual_trainer.trainer.models import ModelSpec, build_model, clone
 
     data = reference_data()
 
@@ -83,8 +83,8 @@ def throughput(rows: int, epochs: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from trainer.loop import LoopConfig, train
-    from trainer.models import ModelSpec, build_model, clone
+    from continual_trainer.trainer.loop import LoopConfig, train
+    from continual_trainer.trainer.models import ModelSpec, build_model, clone
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(rows, 20)).astype(np.float32)

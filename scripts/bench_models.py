@@ -45,7 +45,7 @@ def predicted(model, x) -> np.ndarray:
 
 
 def compare(title: str, make, x, y, xt, yt, seeds: int, epochs: int, lr: float, loss: str) -> None:
-    from trainer.loop import LoopConfig, train
+    from continual_trainer.trainer.loop import LoopConfig, train
 
     print(f"\n{title}")
     # A 1-epoch first call on each side, charged separately: Keras's set-up and our tracing
@@ -94,8 +94,8 @@ def main() -> None:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from trainer.demo import N_FEATURES, reference_data
-    from trainer.models import ModelSpec, build_model
+    from continual_trainer.trainer.demo import N_FEATURES, reference_data
+    from continual_trainer.trainer.models import ModelSpec, build_model
 
     data = reference_data()
 

@@ -28,11 +28,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
 
-    from cluster.runtime import connect
-    from cluster.sharded import ScorerPool
-    from data.storage import Store
-    from trainer.commands import init_store
-    from trainer.loop import LoopConfig
+    from continual_trainer.cluster.runtime import connect
+    from continual_trainer.cluster.sharded import ScorerPool
+    from continual_trainer.data.storage import Store
+    from continual_trainer.trainer.commands import init_store
+    from continual_trainer.trainer.loop import LoopConfig
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.rows, 20)).astype(np.float32)

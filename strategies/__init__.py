@@ -5,10 +5,10 @@ a strategy runs.
 """
 
 # Importing a module registers its strategies; this order is the listing order.
-from strategies import retrain  # noqa: I001, F401
-from strategies import ensemble  # noqa: F401
-from strategies import transfer  # noqa: F401
-from strategies.base import UpdateInputs
-from strategies.registry import Capabilities, Strategy, get, names, register
+from continual_trainer.strategies import retrain  # noqa: I001, F401
+from continual_trainer.strategies import ensemble  # noqa: F401
+from continual_trainer.strategies import transfer  # noqa: F401
+from continual_trainer.strategies.base import UpdateInputs
+from continual_trainer.strategies.registry import Capabilities, Strategy, get, names, register
 
 __all__ = ["Capabilities", "Strategy", "UpdateInputs", "get", "names", "register"]

@@ -8,17 +8,17 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from data.rows import Rows
-from data.sampling import importance_weights, recency_weights, sample
-from trainer.loop import LoopConfig, train
-from trainer.models import ModelSpec, build_model, feed
-from trainer.params import Choice, Interval, Params, Rule, param
+from continual_trainer.data.rows import Rows
+from continual_trainer.data.sampling import importance_weights, recency_weights, sample
+from continual_trainer.trainer.loop import LoopConfig, train
+from continual_trainer.trainer.models import ModelSpec, build_model, feed
+from continual_trainer.trainer.params import Choice, Interval, Params, Rule, param
 
 if TYPE_CHECKING:
     import keras
 
-    from data.schema import InputInfo
-    from trainer.candidate import Candidate
+    from continual_trainer.data.schema import InputInfo
+    from continual_trainer.trainer.candidate import Candidate
 
 WEIGHTINGS = ("none", "recency", "importance")
 

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from data.errors import UserError
-from strategies.base import TrainAllParams, TrainParams, UpdateInputs, fit
-from strategies.registry import Capabilities, register
-from trainer.candidate import Candidate, member_output, member_proba
-from trainer.params import Choice, Interval, Params, Rule, param
+from continual_trainer.data.errors import UserError
+from continual_trainer.strategies.base import TrainAllParams, TrainParams, UpdateInputs, fit
+from continual_trainer.strategies.registry import Capabilities, register
+from continual_trainer.trainer.candidate import Candidate, member_output, member_proba
+from continual_trainer.trainer.params import Choice, Interval, Params, Rule, param
 
 if TYPE_CHECKING:
     import keras

@@ -11,12 +11,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from data.errors import UserError
-from trainer import params as P
+from continual_trainer.data.errors import UserError
+from continual_trainer.trainer import params as P
 
 if TYPE_CHECKING:
-    from strategies.base import UpdateInputs
-    from trainer.candidate import Candidate
+    from continual_trainer.strategies.base import UpdateInputs
+    from continual_trainer.trainer.candidate import Candidate
 
 StrategyFn = Callable[["UpdateInputs", Any], "Candidate"]
 

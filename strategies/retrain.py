@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from data.errors import UserError
-from strategies.base import NoParams, TrainAllParams, TrainParams, UpdateInputs, fit
-from strategies.registry import Capabilities, names, register
-from trainer.candidate import Candidate
-from trainer.models import clone, model_classes
+from continual_trainer.data.errors import UserError
+from continual_trainer.strategies.base import NoParams, TrainAllParams, TrainParams, UpdateInputs, fit
+from continual_trainer.strategies.registry import Capabilities, names, register
+from continual_trainer.trainer.candidate import Candidate
+from continual_trainer.trainer.models import clone, model_classes
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data.errors import UserError
-from strategies.base import TrainAllParams, UpdateInputs, fit
-from strategies.registry import Capabilities, register
-from trainer.candidate import Candidate
-from trainer.models import clone, head_layer, hidden_layers, input_structure, model_classes, output_layer
-from trainer.params import Choice, Interval, Rule, Sizes, param
+from continual_trainer.data.errors import UserError
+from continual_trainer.strategies.base import TrainAllParams, UpdateInputs, fit
+from continual_trainer.strategies.registry import Capabilities, register
+from continual_trainer.trainer.candidate import Candidate
+from continual_trainer.trainer.models import (
+    clone,
+    head_layer,
+    hidden_layers,
+    input_structure,
+    model_classes,
+    output_layer,
+)
+from continual_trainer.trainer.params import Choice, Interval, Rule, Sizes, param
 
 if TYPE_CHECKING:
     import keras

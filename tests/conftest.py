@@ -67,8 +67,8 @@ def write_parquet(tmp_path: Path) -> Callable[..., str]:
 @pytest.fixture
 def tiny_store(tmp_path: Path, write_parquet: Callable[..., str]) -> str:
     """A store with a first model (3 epochs) and one new batch waiting."""
-    from trainer.commands import ingest_files, init_store
-    from trainer.loop import LoopConfig
+    from continual_trainer.trainer.commands import ingest_files, init_store
+    from continual_trainer.trainer.loop import LoopConfig
 
     uri = str(tmp_path / "store")
     init_store(
@@ -120,7 +120,7 @@ def ray_cluster():
     """A session-wide local Ray (2 CPUs, token authentication as Ray 2.60 sets it up)."""
     import ray
 
-    from cluster.runtime import connect
+    from continual_trainer.cluster.runtime import connect
 
     started = not ray.is_initialized()
     resources = connect(num_cpus=2)

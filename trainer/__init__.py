@@ -1,3 +1,1 @@
-"""continual-trainer: update deployed neural networks as new labelled data arrives."""
-
-__version__ = "0.1.0"
+"""Model building, the training loop, evaluation, update pipeline, sweeps, streams and the CLI."""

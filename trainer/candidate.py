@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from data.rows import NUMERIC
-from trainer.models import feed, from_bytes, model_classes
+from continual_trainer.data.rows import NUMERIC
+from continual_trainer.trainer.models import feed, from_bytes, model_classes
 
 if TYPE_CHECKING:
     import keras

@@ -13,8 +13,8 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from data.errors import UserError
-from trainer.params import Constraint, Interval
+from continual_trainer.data.errors import UserError
+from continual_trainer.trainer.params import Constraint, Interval
 
 EXIT_USER_ERROR = 2
 EXIT_WORK_FAILED = 1
@@ -75,6 +75,11 @@ def _settings(pairs: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
+def _names(raw: str | None) -> list[str] | None:
+    """`--features a,b,x*` as names and patterns."""
+    return [n.strip() for n in raw.split(",") if n.strip()] if raw else None
+
+
 def _import_tensorflow_quietly() -> None:
     """Import TensorFlow and Keras with file descriptor 2 pointed at /dev/null.
 
@@ -111,7 +116,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def _headline(metrics: dict[str, Any]) -> tuple[str, str]:
     """The two metrics a version is judged by: RMSE and MAE for regression, else accuracy and log loss."""
-    from trainer.evaluate import headline
+    from continual_trainer.trainer.evaluate import headline
 
     return headline("regression" if any(k.endswith("_rmse") for k in metrics) else "classification")
 
@@ -121,42 +126,48 @@ def _outcome_text(o: Any) -> str:
     first, second = _headline(m)
     lines = [f"version {o.version} ({o.strategy}, parent {o.parent or '-'})"]
     if f"holdout_{first}" in m:
+        baseline = m.get("holdout_majority") if first == "accuracy" else m.get("holdout_baseline_rmse")
+        base = "majority class" if first == "accuracy" else "predicting the mean"
+        extra, extra_name = ("roc_auc", "ROC AUC") if first == "accuracy" else ("r2", "R²")
         lines.append(
             f"holdout {first.replace('_', ' ')} {_fmt(m[f'holdout_{first}'])} "
-            f"(current {_fmt(c.get(f'holdout_{first}'))}), {second.replace('_', ' ')} {_fmt(m[f'holdout_{second}'])}"
+            f"(current {_fmt(c.get(f'holdout_{first}'))}; {base} {_fmt(baseline)}), "
+            f"{second.replace('_', ' ')} {_fmt(m[f'holdout_{second}'])}, "
+            f"{extra_name} {_fmt(m.get(f'holdout_{extra}'))}, on {int(m.get('holdout_rows') or 0)} rows"
         )
     lines.append(f"trained in {o.train_seconds:.2f} s, {o.members} member(s)")
     lines.append(f"promoted: {'yes' if o.promoted else 'no'} ({o.reason})")
+    lines += [f"warning: this model may have learned nothing: {w}" for w in o.warnings]
     return "\n".join(lines)
 
 
 def cmd_init(args: argparse.Namespace) -> None:
-    from trainer.commands import init_store
-    from trainer.loop import LoopConfig
+    import continual_trainer as ct
 
-    try:
-        loop = LoopConfig(args.epochs, args.batch_size, args.learning_rate)
-    except ValueError as exc:
-        raise UserError(f"init: {exc}") from None
-    o = init_store(
+    store = ct.init_store(
         args.store,
         args.data,
         args.label,
         model=args.model,
-        loop=loop,
-        seed=args.seed,
-        holdout_fraction=args.holdout,
+        features=_names(args.features),
+        ignore=_names(args.ignore),
         shapes=dict(args.shape or []),
         task=args.task,
-        train_imported=args.train,
+        train=args.train,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        holdout=args.holdout,
+        seed=args.seed,
     )
+    o = store.last_outcome
     _emit(args, "" if args.json else _outcome_text(o), o.to_json())
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-    from trainer.commands import ingest_files
+    import continual_trainer as ct
 
-    results = ingest_files(args.store, args.files, allow_new_classes=args.new_classes)
+    results = ct.open_store(args.store).ingest(list(args.files), new_classes=args.new_classes)
     lines = []
     for path, r in zip(args.files, results, strict=True):
         state = "added as" if r.added else "already in the store as"
@@ -171,34 +182,34 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def cmd_update(args: argparse.Namespace) -> None:
-    import strategies
-    from data.storage import Store
-    from trainer.commands import update
-    from trainer.executor import make_executor
-    from trainer.updatedata import NothingNew
+    import continual_trainer as ct
+    from continual_trainer import strategies
+    from continual_trainer.trainer.tracking import mirror_for
 
-    strategies.get(args.strategy).make_params(_settings(args.set))  # fail fast, before TensorFlow loads
-    store = Store.open(args.store)
+    settings = _settings(args.set)
+    strategies.get(args.strategy).make_params(settings)  # fail fast, before TensorFlow loads
+    store = ct.open_store(args.store)
+    mirror = mirror_for(args.mlflow, store.uri)
     try:
-        o = update(
-            store,
+        o = store.update(
             args.strategy,
-            _settings(args.set),
-            seed=args.seed,
             promote=args.promote,
-            executor=make_executor(ray=bool(args.actors) or None, actors=args.actors),
+            seed=args.seed,
             actors=args.actors,
             sync_steps=args.sync_steps,
+            **settings,
         )
-    except NothingNew as exc:  # a scheduled or retried updater with nothing to do succeeds
+    except ct.NothingNew as exc:  # a scheduled or retried updater with nothing to do succeeds
         _emit(args, "" if args.json else str(exc), {"version": None, "promoted": False, "reason": str(exc)})
         return
+    if mirror is not None:
+        mirror.log_update(o, {**settings, "seed": args.seed}, "update")
     _emit(args, "" if args.json else _outcome_text(o), o.to_json())
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from trainer.commands import predict
-    from trainer.executor import LocalExecutor, make_executor
+    from continual_trainer.trainer.commands import predict
+    from continual_trainer.trainer.executor import LocalExecutor, make_executor
 
     executor = make_executor(ray=True, actors=args.actors) if args.actors else LocalExecutor()
     r = predict(args.store, args.data, args.out, version=args.version, executor=executor)
@@ -206,18 +217,65 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_history(args: argparse.Namespace) -> None:
-    from trainer.commands import history
+    from continual_trainer.trainer.commands import history
 
     rows = history(args.store)
     first = _headline(rows[0]["metrics"] if rows else {})[0]
-    title = {"accuracy": "holdout acc", "rmse": "holdout rmse"}[first]
-    lines = [f"{'':1} {'version':45} {'strategy':13} {'parent':45} {title:>12} {'seconds':>8}"]
+    extra, extra_title = ("roc_auc", "auc") if first == "accuracy" else ("r2", "r2")
+    title = {"accuracy": "acc", "rmse": "rmse"}[first]
+    lines = [
+        f"  {'version':45} {'strategy':13} {'parent':14} {'rows':>5} {title:>6} {extra_title:>6} {'secs':>6} "
+        "promoted  params"
+    ]
     for r in rows:
+        m = r["metrics"]
+        mark = "" if r["same_holdout"] else "†"
         lines.append(
-            f"{'*' if r['current'] else ' ':1} {r['version']:45} {r['strategy']:13} {r['parent'] or '-':45} "
-            f"{_fmt(r['metrics'].get(f'holdout_{first}')):>12} {_fmt(r['train_seconds'], 2):>8}"
+            f"{'*' if r['current'] else ' '} {r['version']:45} {r['strategy']:13} {_short(r['parent']):14} "
+            f"{r['holdout_rows']:>5}{mark or ' '}{_fmt(m.get(f'holdout_{first}')):>6} "
+            f"{_fmt(m.get(f'holdout_{extra}')):>6} {_fmt(r['train_seconds'], 2):>6} "
+            f"{'yes' if r['promoted'] else 'no':8}  {r['params'][:60]}"
+        )
+    if any(not r["same_holdout"] for r in rows):
+        lines.append(
+            "† scored on other holdout rows than the current version (* ); its metrics do not compare directly"
         )
     _emit(args, "" if args.json else "\n".join(lines), {"versions": rows})
+
+
+def _short(version: str | None) -> str:
+    """A version id's tail (its unique suffix, as every command takes it)."""
+    return "-" if not version else "…" + version[-12:]
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    import continual_trainer as ct
+
+    store = ct.open_store(args.store)
+    previous = store.current
+    version = store.promote(args.version, reason=args.reason or "")
+    text = f"{version} is current" + (" already" if version == previous else f" (was {previous or '-'})")
+    _emit(args, "" if args.json else text, {"version": version, "previous": previous})
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    import continual_trainer as ct
+
+    store = ct.open_store(args.store)
+    previous = store.current
+    version = store.rollback(args.to, reason=args.reason or "")
+    _emit(
+        args, "" if args.json else f"{version} is current (was {previous})", {"version": version, "previous": previous}
+    )
+
+
+def cmd_gc(args: argparse.Namespace) -> None:
+    import continual_trainer as ct
+
+    doomed = ct.open_store(args.store).gc(args.keep, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    text = f"{verb} {len(doomed)} version(s) never promoted" + "".join(f"\n  {v}" for v in doomed)
+    _emit(args, "" if args.json else text, {"deleted": doomed, "dry_run": args.dry_run})
 
 
 def _where_flag(args: argparse.Namespace, default: bool | None) -> bool | None:
@@ -230,21 +288,23 @@ def _where_flag(args: argparse.Namespace, default: bool | None) -> bool | None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from data.storage import Store
-    from trainer.evaluate import headline
-    from trainer.executor import make_executor
-    from trainer.sweep import SweepSpec, run_sweep, summarize
+    from continual_trainer.data.storage import Store
+    from continual_trainer.trainer.evaluate import headline
+    from continual_trainer.trainer.executor import make_executor
+    from continual_trainer.trainer.sweep import SweepSpec, run_sweep, summarize
+    from continual_trainer.trainer.tracking import mirror_for
 
     if not args.config and not args.resume:
         raise UserError("sweep: give --config SWEEP.yaml, or --resume SWEEP_ID")
     spec = None
     if args.config:
-        from data.parquet import read_bytes
+        from continual_trainer.data.parquet import read_bytes
 
         spec = SweepSpec.parse(read_bytes(args.config).decode(errors="replace"), args.config)
     store = Store.open(args.store)
+    mirror = mirror_for(args.mlflow, args.store)
     executor = make_executor(ray=_where_flag(args, True))
-    r = run_sweep(store, executor, spec, resume=args.resume, progress=not args.json and not args.quiet)
+    r = run_sweep(store, executor, spec, resume=args.resume)
     done = f"{r.finished} of {r.trials} trials finished on {executor.where}"
     lines = [f"sweep {r.sweep_id}: {done}; results in {r.folder}"]
     first = headline(store.schema.task)[0]
@@ -254,6 +314,14 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         lines.append(f"  {row['strategy']:13} {row['params']:40} holdout {first} {value}")
     for trial_id, failure in r.failures:
         print(f"ctrain: warning: trial {trial_id} failed: {failure.message}", file=sys.stderr)
+    winner = None
+    if args.promote == "best":
+        from continual_trainer.trainer.commands import save_sweep_winner
+
+        winner = save_sweep_winner(store, r, executor=executor)
+        lines += ["best configuration, trained as a version:", _outcome_text(winner)]
+    if mirror is not None:
+        mirror.log_sweep(r, winner)
     _emit(
         args,
         "" if args.json else "\n".join(lines),
@@ -264,6 +332,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             "finished": r.finished,
             "failed": len(r.failures),
             "executor": executor.where,
+            **({"winner": winner.to_json()} if winner else {}),
         },
     )
 
@@ -271,12 +340,21 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_stream(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
-    from trainer.executor import make_executor
-    from trainer.stream import DEFAULT_CANDIDATES, Policy, run_stream
+    from continual_trainer.trainer.executor import make_executor
+    from continual_trainer.trainer.stream import DEFAULT_CANDIDATES, Policy, run_stream
+    from continual_trainer.trainer.tracking import mirror_for
 
     candidates = [c for c in (args.candidates or ",".join(DEFAULT_CANDIDATES)).split(",") if c]
     policy = Policy(args.policy, candidates, seed=args.seed, values=_settings(args.set))
+    mirror = mirror_for(args.mlflow, args.store)
     executor = make_executor(ray=_where_flag(args, True if args.policy == "best" else None))
+
+    def on_event(event: Any) -> None:
+        if mirror is not None:
+            mirror.log_stream_event(event)
+        if not args.json:
+            print(event.line(), flush=True)
+
     if not args.json:
         print(f"stream: {args.inbox} -> {args.store}, policy {args.policy}, on {executor.where}", flush=True)
     events = run_stream(
@@ -286,7 +364,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
         executor,
         once=args.once,
         interval=args.interval,
-        on_event=None if args.json else lambda e: print(e.line(), flush=True),
+        on_event=on_event,
     )
     if events and all(e.status in ("rejected", "failed") for e in events):
         raise UserError(f"none of the {len(events)} new file(s) was learned; first: {events[0].line()}")
@@ -294,40 +372,32 @@ def cmd_stream(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
-    import strategies
-    from trainer.demo import render_table, run_demo
-    from trainer.executor import make_executor
+    from continual_trainer import strategies
+    from continual_trainer.trainer.demo import render_table, run_demo
+    from continual_trainer.trainer.executor import make_executor
+    from continual_trainer.trainer.progress import report
 
     executor = make_executor(ray=_where_flag(args, None))
-    bar = tqdm(
-        total=len(strategies.names()),
-        desc="strategies",
-        unit="strategy",
-        disable=args.json or args.quiet or None,
-        file=sys.stderr,
-    )
+    total, done = len(strategies.names()), []
 
     def step(row: dict[str, Any]) -> None:
-        bar.set_postfix_str(f"{row['strategy']}: acc {row['test_accuracy']:.3f}")
-        bar.update()
+        done.append(row)
+        report("strategies", len(done), total, f"{row['strategy']}: acc {row['test_accuracy']:.3f}")
 
-    store, results, report = run_demo(executor, args.store, seed=args.seed, on_result=step)
-    bar.close()
+    store, results, report_folder = run_demo(executor, args.store, seed=args.seed, on_result=step)
     text = (
-        f"{render_table(results)}\nran on: {executor.where}\nstore: {store}\nreport: {report}\n"
+        f"{render_table(results)}\nran on: {executor.where}\nstore: {store}\nreport: {report_folder}\n"
         f"next: ctrain sweep --store {store} --config examples/sweep.yaml"
     )
     _emit(
         args,
         "" if args.json else text,
-        {"store": store, "report": report, "results": results, "executor": executor.where},
+        {"store": store, "report": report_folder, "results": results, "executor": executor.where},
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainer import __version__
+    from continual_trainer import __version__
 
     p = _Parser(prog="ctrain", description="Update trained networks as new labelled data arrives.")
     p.add_argument("--version", action="version", version=f"ctrain {__version__}")
@@ -336,9 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, func: Any, help_text: str, needs_tf: bool = True) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_text, description=help_text)
         c.add_argument("--json", action="store_true", help="print one JSON object on the last line")
-        c.add_argument("--quiet", action="store_true", help="no progress bars")
+        c.add_argument("--quiet", action="store_true", help="no progress on stderr")
         c.set_defaults(func=func, needs_tf=needs_tf)
         return c
+
+    def tracked(c: argparse.ArgumentParser) -> None:
+        c.add_argument(
+            "--mlflow",
+            metavar="URI",
+            help="also log runs to this MLflow tracking URI (default: MLFLOW_TRACKING_URI if MLflow is installed)",
+        )
 
     def where(c: argparse.ArgumentParser, default: str) -> None:
         group = c.add_mutually_exclusive_group()
@@ -355,6 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--store", required=True)
     c.add_argument("--config", help="sweep YAML (see examples/sweep.yaml)")
     c.add_argument("--resume", metavar="SWEEP_ID", help="finish an interrupted sweep without redoing finished trials")
+    c.add_argument(
+        "--promote",
+        choices=("best",),
+        help="best: train the winning configuration as a version and promote it if it beats the current one",
+    )
+    tracked(c)
     where(c, "Ray")
 
     c = command("stream", cmd_stream, "ingest and update on every new Parquet file in an inbox")
@@ -375,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=_checked(Interval(float, 0, low_open=True)), default=5.0, help="seconds between polls"
     )
     c.add_argument("--seed", type=_checked(SEED), default=0, help="fixes initialisation, sampling, shuffling")
+    tracked(c)
     where(c, "Ray for --policy best, else this process")
 
     c = command("init", cmd_init, "create a store from a first batch and train its first model")
@@ -388,6 +472,17 @@ def build_parser() -> argparse.ArgumentParser:
         "to import as the first version",
     )
     c.add_argument("--train", action="store_true", help="with --model FILE.keras: train it on the batch first")
+    cols = c.add_mutually_exclusive_group()
+    cols.add_argument(
+        "--features",
+        metavar="COL,...",
+        help="the feature columns (names or patterns like x*); every other column is kept, not trained on",
+    )
+    cols.add_argument(
+        "--ignore",
+        metavar="COL,...",
+        help="columns (names or patterns) to keep in the store and pass through predict, not train on",
+    )
     c.add_argument(
         "--shape",
         action="append",
@@ -431,12 +526,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=100,
         help="with --actors and model averaging: every K steps",
     )
+    tracked(c)
 
     c = command("predict", cmd_predict, "write predictions of a stored version")
     c.add_argument("--store", required=True)
     c.add_argument("--data", required=True)
     c.add_argument("--out", required=True)
-    c.add_argument("--version", help="a stored version (default: the current one)")
+    c.add_argument(
+        "--version", default="current", help="a version: an id, current (default), parent, or a unique prefix or suffix"
+    )
     c.add_argument(
         "--actors",
         type=_checked(Interval(int, 0)),
@@ -446,19 +544,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = command("history", cmd_history, "versions, lineage and metrics", needs_tf=False)
     c.add_argument("--store", required=True)
+
+    c = command("promote", cmd_promote, "make a stored version current (compare-and-swap)", needs_tf=False)
+    c.add_argument("--store", required=True)
+    c.add_argument("version", help="an id, parent, or a unique prefix or suffix of an id")
+    c.add_argument("--reason", help="why, kept in the store's event log")
+
+    c = command("rollback", cmd_rollback, "make the current version's parent current again", needs_tf=False)
+    c.add_argument("--store", required=True)
+    c.add_argument("--to", metavar="VERSION", help="another version to roll back to")
+    c.add_argument("--reason", help="why, kept in the store's event log")
+
+    c = command("gc", cmd_gc, "delete old versions that were never promoted", needs_tf=False)
+    c.add_argument("--store", required=True)
+    c.add_argument(
+        "--keep", type=_checked(Interval(int, 0)), default=5, help="never-promoted versions to keep, newest first"
+    )
+    c.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (0, 1 when work failed, 2 for a user's mistake)."""
-    from trainer.executor import WorkFailed
+    from continual_trainer.trainer.executor import WorkFailed
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="ctrain: %(levelname)s: %(message)s")
+    from continual_trainer.trainer.progress import Reporter, reporting
+
     try:
         if args.needs_tf:
             _import_tensorflow_quietly()
-        args.func(args)
+        with reporting(None if args.quiet else Reporter(args.command)):
+            args.func(args)
     except UserError as exc:
         return _fail(args, str(exc), EXIT_USER_ERROR)
     except WorkFailed as exc:
@@ -509,7 +627,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 def _leave(code: int) -> NoReturn:
     if "ray" in sys.modules:
-        from cluster.runtime import disconnect
+        from continual_trainer.cluster.runtime import disconnect
 
         with contextlib.suppress(Exception):
             disconnect()

@@ -5,6 +5,7 @@ Everything here raises UserError for mistakes a user can make.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -14,22 +15,24 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-import strategies
-from data.batches import IngestResult, ingest, load_table, split_rows
-from data.errors import NewClassesRefused, UserError
-from data.manifest import Manifest
-from data.parquet import read_bytes, redact, same_file, write_table
-from data.rows import Rows
-from data.schema import OUTPUT_COLUMNS, Schema
-from data.storage import NotAStore, Store, StoreMeta, batch_name
-from trainer.candidate import Candidate
-from trainer.executor import Executor, Job, LocalExecutor, result_or_raise
-from trainer.loop import LoopConfig, train
-from trainer.models import ModelSpec, build_model, check_model, feed, from_bytes
-from trainer.promotion import UpdateOutcome, check_promote, commit
-from trainer.trials import evaluate_sets
-from trainer.updatedata import load_update_data
-from trainer.versions import save_candidate, stored_candidate
+from continual_trainer import strategies
+from continual_trainer.data.batches import IngestResult, ingest, load_table, split_rows
+from continual_trainer.data.errors import NewClassesRefused, UserError
+from continual_trainer.data.manifest import Manifest
+from continual_trainer.data.parquet import read_bytes, redact, same_file, table_from_bytes, write_table
+from continual_trainer.data.rows import Rows
+from continual_trainer.data.schema import OUTPUT_COLUMNS, Schema
+from continual_trainer.data.storage import NotAStore, Store, StoreMeta, batch_name
+from continual_trainer.trainer.candidate import Candidate
+from continual_trainer.trainer.evaluate import headline, rank_key
+from continual_trainer.trainer.executor import Executor, Job, LocalExecutor, result_or_raise
+from continual_trainer.trainer.loop import LoopConfig, train
+from continual_trainer.trainer.models import ModelSpec, build_model, check_model, feed, from_bytes
+from continual_trainer.trainer.promotion import UpdateOutcome, check_promote, commit
+from continual_trainer.trainer.sweep import SweepResult, summarize
+from continual_trainer.trainer.trials import evaluate_sets
+from continual_trainer.trainer.updatedata import load_update_data
+from continual_trainer.trainer.versions import save_candidate, stored_candidate
 
 
 def init_store(
@@ -44,6 +47,9 @@ def init_store(
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     task: str | None = None,
     train_imported: bool = False,
+    features: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
+    data: bytes | None = None,
 ) -> UpdateOutcome:
     """Create a store from a first labelled batch and its first model.
 
@@ -55,6 +61,8 @@ def init_store(
         shapes: tensor shapes of list columns, by column.
         task: `classification` or `regression` (default: regression for a float label with
             fractional values).
+        features, ignore: which columns are features; the others are kept (see `data.schema`).
+        data: the first batch's Parquet bytes, if already in memory (`data_uri` then names it).
 
     The model is trained before the store is written, so a run that fails or is
     interrupted while training leaves nothing. If an earlier `init` died after writing
@@ -68,9 +76,12 @@ def init_store(
     spec = None if imported else ModelSpec.parse(model)
     if train_imported and not imported:
         raise UserError("--train applies to --model FILE.keras (a recipe's network is always trained)")
-    data, table = load_table(data_uri)
     source = redact(data_uri)
-    schema = Schema.infer(table, label, source, shapes=shapes, task=task)
+    if data is None:
+        data, table = load_table(data_uri)
+    else:
+        table = table_from_bytes(data, source)
+    schema = Schema.infer(table, label, source, shapes=shapes, task=task, features=features, ignore=ignore)
     _refuse_existing_store(uri)
     batch = batch_name(1, data)
     rows, holdout = split_rows(table, batch, 0, schema, holdout_fraction)
@@ -115,7 +126,7 @@ def init_store(
         train_seconds=seconds if trained else 0.0,
     )
     save_candidate(store, version, candidate, manifest)
-    promoted = store.promote(version, None)
+    promoted = store.promote(version, None, by="init", reason="first model")
     reason = "first model" if promoted else f"another init promoted {store.current()} first"
     return UpdateOutcome(version, None, strategy, promoted, reason, metrics, {}, manifest.train_seconds, 1)
 
@@ -151,6 +162,8 @@ def update(
     executor: Executor | None = None,
     actors: int = 0,
     sync_steps: int = 100,
+    by: str = "update",
+    origin: Mapping[str, Any] | None = None,
 ) -> UpdateOutcome:
     """Run one strategy against the current model and the batches that arrived since.
 
@@ -163,6 +176,8 @@ def update(
         extra_eval: more named row sets to report metrics on, e.g. a test split.
         executor: where to run it (default: this process).
         actors, sync_steps: train data-parallel on that many Ray actors (see `Job`).
+        by, origin: the command, and where else the version comes from (a sweep's trial),
+            kept in the event log and the manifest.
 
     Raises:
         NothingNew: no batch arrived since the current version and the strategy trains.
@@ -177,7 +192,7 @@ def update(
     executor = executor or LocalExecutor()
     job = Job(strategy, params, seed, actors, sync_steps)
     (outcome,) = executor.run(data, stored_candidate(store, data.parent), [job], extra_eval=extra_eval)
-    return commit(store, data, strategy_name, params, seed, result_or_raise(outcome), promote)
+    return commit(store, data, strategy_name, params, seed, result_or_raise(outcome), promote, by, dict(origin or {}))
 
 
 def predict(
@@ -192,53 +207,139 @@ def predict(
     store = Store.open(uri)
     if store.contains(out_uri):
         raise UserError(f"--out {redact(out_uri)}: is inside the store {store.display}; write predictions elsewhere")
-    version = version or store.current()
-    if version is None:
-        raise UserError(f"{store.display}: no current model; create one with `ctrain init`")
-    store.manifest(version)  # an unknown version is the user's mistake, found before any work
+    version = store.resolve(version or "current")  # an unknown version is the user's mistake, found before any work
     _, table = load_table(data_uri)
-    schema = store.schema
-    schema.check_features(table, redact(data_uri), allow_extra=True)
-    for name in OUTPUT_COLUMNS:
-        if name in table.column_names:
-            raise UserError(f"{redact(data_uri)}: already has a column {name!r}; rename or drop it")
-    pred = (executor or LocalExecutor()).score(store, version, data_uri, table)
-    bad = int(np.count_nonzero(~np.isfinite(pred.reshape(len(pred), -1)).all(axis=1)))
-    if bad:
-        raise UserError(
-            f"{redact(data_uri)}: version {version} gives no finite prediction for {bad} row(s); "
-            "their features are far outside what it was trained on"
-        )
-    if schema.is_regression:
-        out = table.append_column("prediction", pa.array(pred, pa.float64()))
-    else:
-        classes = list(schema.classes)
-        labels = pa.array([classes[i] for i in pred.argmax(axis=1)], type=schema.class_type())
-        out = table.append_column("prediction", labels)
-        if schema.n_classes == 2:
-            out = out.append_column("probability", pa.array(pred[:, 1], pa.float64()))
+    out = predict_table(store, table, redact(data_uri), version=version, data_uri=data_uri, executor=executor)
     write_table(out_uri, out)
     return {"version": version, "rows": out.num_rows, "out": redact(out_uri)}
 
 
+def predict_table(
+    store: Store,
+    table: pa.Table,
+    source: str,
+    *,
+    version: str = "current",
+    data_uri: str | None = None,
+    executor: Executor | None = None,
+) -> pa.Table:
+    """`table` plus `prediction` (and `probability` of class 1 for two classes) by `version`.
+
+    `data_uri` is where the table was read from, for executors that read their shares of it
+    themselves (sharded scoring); without it the table is scored in this process.
+    """
+    version = store.resolve(version)
+    schema = store.schema
+    schema.check_features(table, source, allow_extra=True)
+    for name in OUTPUT_COLUMNS:
+        if name in table.column_names:
+            raise UserError(f"{source}: already has a column {name!r}; rename or drop it")
+    if executor is None or data_uri is None:
+        executor = LocalExecutor()
+    pred = executor.score(store, version, data_uri or source, table)
+    bad = int(np.count_nonzero(~np.isfinite(pred.reshape(len(pred), -1)).all(axis=1)))
+    if bad:
+        raise UserError(
+            f"{source}: version {version} gives no finite prediction for {bad} row(s); "
+            "their features are far outside what it was trained on"
+        )
+    if schema.is_regression:
+        return table.append_column("prediction", pa.array(pred, pa.float64()))
+    classes = list(schema.classes)
+    labels = pa.array([classes[i] for i in pred.argmax(axis=1)], type=schema.class_type())
+    out = table.append_column("prediction", labels)
+    if schema.n_classes == 2:
+        out = out.append_column("probability", pa.array(pred[:, 1], pa.float64()))
+    return out
+
+
 def history(uri: str) -> list[dict[str, Any]]:
-    """Every committed version, oldest first, with lineage and holdout metrics."""
+    """Every committed version, oldest first: lineage, parameters in short, holdout metrics and
+    size, and whether it is or ever was current.
+
+    `same_holdout` says whether a version was scored on the same holdout rows as the current
+    version (the holdout grows with every batch a version has seen): metrics of versions
+    scored on different rows are not directly comparable.
+    """
     store = Store.open(uri)
     current = store.current()
+    promoted = {e.get("version") for e in store.events("promote")}
+    if current is not None:
+        promoted.add(current)
+    manifests = {v: store.manifest(v) for v in store.versions()}
+    seen_by_current = set(manifests[current].batches_seen) if current in manifests else None
     rows = []
-    for version in store.versions():
-        m = store.manifest(version)
+    for version, m in manifests.items():
         rows.append(
             {
                 "version": version,
                 "current": version == current,
+                "promoted": version in promoted,
                 "parent": m.parent,
                 "strategy": m.strategy,
+                "params": short_params(m.strategy, m.params),
                 "created": m.created,
                 "members": len(m.members),
                 "batches_seen": len(m.batches_seen),
+                "holdout_rows": int(m.metrics.get("holdout_rows") or 0),
+                "same_holdout": seen_by_current is None or set(m.batches_seen) == seen_by_current,
                 "train_seconds": m.train_seconds,
+                "origin": m.origin,
                 "metrics": m.metrics,
             }
         )
     return rows
+
+
+def short_params(strategy: str, params: Mapping[str, Any]) -> str:
+    """A version's parameters that differ from its strategy's defaults, as `key=value` pairs."""
+    try:
+        defaults = asdict(strategies.get(strategy).make_params({}))
+    except UserError:  # init, import: not a registered strategy
+        defaults = {}
+    return " ".join(f"{k}={v}" for k, v in sorted(params.items()) if k not in defaults or defaults[k] != v)
+
+
+def prune(uri: str, keep: int, *, dry_run: bool = False) -> list[str]:
+    """`ctrain gc`: delete versions that were never promoted, except the `keep` newest of them
+    and the current version's lineage; returns the versions deleted (or that would be)."""
+    if keep < 0:
+        raise UserError(f"--keep {keep}: must be >= 0")
+    store = Store.open(uri)
+    manifests = {v: store.manifest(v) for v in store.versions()}
+    lineage, version = set(), store.current()
+    while version in manifests and version not in lineage:
+        lineage.add(version)
+        version = manifests[version].parent
+    protected = lineage | {e.get("version") for e in store.events("promote")}
+    unpromoted = [v for v in manifests if v not in protected]  # oldest first
+    doomed = unpromoted[: max(0, len(unpromoted) - keep)]
+    if not dry_run:
+        for v in doomed:
+            store.delete_version(v)
+    return doomed
+
+
+def save_sweep_winner(
+    store: Store, result: SweepResult, *, promote: str = "auto", executor: Executor | None = None
+) -> UpdateOutcome:
+    """`ctrain sweep --promote best`: train the sweep's best configuration (mean over seeds,
+    ranked as promotion ranks) with its best seed on the same batches, save it as a version
+    with the sweep and trial in its manifest, and promote it through `update`'s gate."""
+    records = result.table.to_pylist() if result.finished else []
+    if not records:
+        raise UserError(f"sweep {result.sweep_id}: no trial finished; there is no winner to save")
+    task = store.schema.task
+    best = summarize(records, task)[0]
+    group = [r for r in records if (r["strategy"], r["params"]) == (best["strategy"], best["params"])]
+    top = max(group, key=lambda r: rank_key({m: r.get(f"holdout_{m}") for m in headline(task)}))
+    return update(
+        store,
+        best["strategy"],
+        json.loads(best["params"]),
+        seed=int(top["seed"]),
+        promote=promote,
+        executor=executor,
+        by="sweep",
+        origin={"sweep": result.sweep_id, "trial": top["trial_id"]},
+    )

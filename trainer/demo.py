@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from data.parquet import table_to_bytes, write_table
-from data.rows import Rows
-from data.storage import Store, utc_stamp
+from continual_trainer.data.parquet import table_to_bytes, write_table
+from continual_trainer.data.rows import Rows
+from continual_trainer.data.storage import Store, utc_stamp
 
 if TYPE_CHECKING:
-    from trainer.executor import Executor
+    from continual_trainer.trainer.executor import Executor
 
 N_FEATURES = 20
 
@@ -75,13 +75,13 @@ def run_demo(
     Returns:
         The store URI, one result row per strategy, and the folder of the saved report.
     """
-    import strategies
-    from data.batches import ingest
-    from trainer.commands import init_store
-    from trainer.executor import Job, result_or_raise
-    from trainer.promotion import commit
-    from trainer.updatedata import load_update_data
-    from trainer.versions import stored_candidate
+    from continual_trainer import strategies
+    from continual_trainer.data.batches import ingest
+    from continual_trainer.trainer.commands import init_store
+    from continual_trainer.trainer.executor import Job, result_or_raise
+    from continual_trainer.trainer.promotion import commit
+    from continual_trainer.trainer.updatedata import load_update_data
+    from continual_trainer.trainer.versions import stored_candidate
 
     store_uri = store_uri or tempfile.mkdtemp(prefix="ctrain-demo-")
     data = reference_data()

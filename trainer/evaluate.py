@@ -50,6 +50,9 @@ def score_classes(proba: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
             elif len(present) == n_classes:
                 metrics["roc_auc"] = float(roc_auc_score(y, p, multi_class="ovr", labels=labels))
     metrics["rows"] = float(len(y))
+    # What learning nothing looks like here: always the most frequent class, one class only.
+    metrics["majority"] = float(np.bincount(y.astype(np.int64), minlength=n_classes).max() / len(y))
+    metrics["predicted_classes"] = float(len(np.unique(p.argmax(axis=1))))
     return metrics
 
 
@@ -63,7 +66,37 @@ def score_regression(pred: np.ndarray, y: np.ndarray) -> dict[str, float | None]
         "rmse": float(math.sqrt(mean_squared_error(y, pred))),
         "r2": float(r2_score(y, pred)) if len(y) > 1 and np.ptp(y) > 0 else None,
         "rows": float(len(y)),
+        "baseline_rmse": float(np.std(y)),  # always predicting the mean
+        "prediction_std": float(np.std(pred)),
     }
+
+
+def learned_nothing(metrics: Mapping[str, float | None], prefix: str = "holdout_") -> list[str]:
+    """Warnings for a model whose `prefix` metrics look like it learned nothing: (nearly)
+    constant predictions, ROC AUC within 0.02 of 0.5, no better than always predicting the
+    most frequent class (or the mean)."""
+
+    def get(key: str) -> float | None:
+        return metrics.get(prefix + key)
+
+    out = []
+    if get("predicted_classes") == 1 and (get("majority") or 1) < 1:
+        out.append("it predicts the same class for every holdout row")
+    auc = get("roc_auc")
+    if auc is not None and abs(auc - 0.5) <= 0.02:
+        out.append(f"its ROC AUC is {auc:.3f}, no better than chance")
+    acc, majority = get("accuracy"), get("majority")
+    if acc is not None and majority is not None and acc <= majority and not out:
+        out.append(
+            f"its accuracy {acc:.3f} is no better than always predicting the most frequent class ({majority:.3f})"
+        )
+    spread, base = get("prediction_std"), get("baseline_rmse")
+    if spread is not None and base and spread < 0.01 * base:
+        out.append("its predictions are (nearly) constant")
+    rmse = get("rmse")
+    if rmse is not None and base and rmse >= base and spread is not None and spread >= 0.01 * base:
+        out.append(f"its RMSE {rmse:.3f} is no better than always predicting the mean ({base:.3f})")
+    return out
 
 
 def rank_key(metrics: Mapping[str, float | None]) -> tuple[float, float]:

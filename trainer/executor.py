@@ -16,20 +16,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from data.errors import UserError
-from data.rows import Rows
-from trainer.params import Interval, Params, param
-from trainer.trials import TrialResult, run_strategy, score_candidate
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.rows import Rows
+from continual_trainer.trainer.params import Interval, Params, param
+from continual_trainer.trainer.trials import TrialResult, run_strategy, score_candidate
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    import strategies
-    from data.storage import Store
-    from trainer.candidate import Candidate
-    from trainer.updatedata import UpdateData
-    from trainer.versions import StoredCandidate
+    from continual_trainer import strategies
+    from continual_trainer.data.storage import Store
+    from continual_trainer.trainer.candidate import Candidate
+    from continual_trainer.trainer.updatedata import UpdateData
+    from continual_trainer.trainer.versions import StoredCandidate
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ class LocalExecutor:
         self.run(data, current, jobs, on_done=on_done)
 
     def score(self, store: Store, version: str, uri: str, table: pa.Table) -> np.ndarray:
-        from trainer.versions import load_candidate
+        from continual_trainer.trainer.versions import load_candidate
 
         schema = store.schema
         return load_candidate(store, version).predict(schema.inputs(table), schema.n_classes)
@@ -194,6 +194,6 @@ def make_executor(ray: bool | None = None, *, actors: int = 0) -> Executor:
         ray = bool(os.environ.get("RAY_ADDRESS"))
     if not ray:
         return LocalExecutor()
-    from cluster.executor import RayExecutor
+    from continual_trainer.cluster.executor import RayExecutor
 
     return RayExecutor(actors)

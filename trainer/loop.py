@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data.errors import UserError
-from data.parquet import one_line
-from trainer.params import Choice, Interval, Params, param
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.parquet import one_line
+from continual_trainer.trainer.params import Choice, Interval, Params, param
+from continual_trainer.trainer.progress import report
 
 if TYPE_CHECKING:
     import keras
@@ -360,7 +361,8 @@ def train(
         seed: fixes the shuffling order.
         extra_loss: a term added to every batch's loss, given the trainable variables (in
             the model's `trainable_variables` order), e.g. an EWC penalty.
-        progress: called with the number of epochs finished after each chunk.
+        progress: called with the number of epochs finished after each chunk (epochs are
+            also counted on the command's open reporter, see `trainer.progress`).
         state: optimizer state from an earlier call on the same model, to continue
             (e.g. between rounds of model averaging); fresh if None.
         first_epoch: index of the first epoch, so continued calls shuffle differently.
@@ -451,6 +453,7 @@ def train(
         chunk = 2 if done == k else max(1, int(CHUNK_SECONDS / max(per_epoch, 1e-9)))
         if progress is not None:
             progress(done)
+        report("epochs", done, config.epochs, f"loss {float(out[-1]):.4g}")
     if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in trainable):  # the last steps overflowed
         raise TrainingDiverged(
             f"training diverged: the weights became infinite or NaN (learning_rate {config.learning_rate:g}); "

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data.errors import UserError
-from data.rows import NUMERIC
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.rows import NUMERIC
 
 if TYPE_CHECKING:
     import keras
 
-    from data.schema import InputInfo
+    from continual_trainer.data.schema import InputInfo
 
 KINDS = ("mlp", "builder", "imported")
 
@@ -124,7 +124,7 @@ def build_model(
     `target` is a regression label's mean and std, which the `mlp` head rescales to.
     """
     if isinstance(inputs, int):
-        from data.schema import InputInfo
+        from continual_trainer.data.schema import InputInfo
 
         inputs = {NUMERIC: InputInfo((inputs,), "float32")}
     if spec.kind == "builder":

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from data.errors import UserError
-from data.manifest import Manifest
-from data.storage import Store
-from trainer.evaluate import better
-from trainer.trials import TrialResult, holdout_metrics
-from trainer.updatedata import UpdateData
-from trainer.versions import save_candidate
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.manifest import Manifest
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer.evaluate import better, learned_nothing
+from continual_trainer.trainer.trials import TrialResult, holdout_metrics
+from continual_trainer.trainer.updatedata import UpdateData
+from continual_trainer.trainer.versions import save_candidate
 
 PROMOTE_MODES = ("auto", "always", "never")
 
@@ -30,8 +30,13 @@ class UpdateOutcome:
     train_seconds: float
     members: int
 
+    @property
+    def warnings(self) -> list[str]:
+        """Signs on the holdout that the model learned nothing (see `learned_nothing`)."""
+        return learned_nothing(self.metrics)
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "warnings": self.warnings}
 
 
 def check_promote(promote: str) -> None:
@@ -40,9 +45,22 @@ def check_promote(promote: str) -> None:
 
 
 def commit(
-    store: Store, data: UpdateData, strategy_name: str, params: Any, seed: int, result: TrialResult, promote: str
+    store: Store,
+    data: UpdateData,
+    strategy_name: str,
+    params: Any,
+    seed: int,
+    result: TrialResult,
+    promote: str,
+    by: str = "update",
+    origin: dict[str, Any] | None = None,
 ) -> UpdateOutcome:
-    """Save a trial's candidate as a new version, then promote it as `promote` says."""
+    """Save a trial's candidate as a new version, then promote it as `promote` says.
+
+    Args:
+        by: the command committing it (`update`, `stream`, `sweep`), kept in the event log.
+        origin: more of where it comes from, for its manifest (e.g. the sweep and trial).
+    """
     if result.candidate is None:
         raise ValueError("this trial's candidate did not come back; it cannot be committed")
     check_promote(promote)
@@ -64,10 +82,11 @@ def commit(
             current_metrics=result.current_metrics,
             train_seconds=result.train_seconds,
             execution=result.execution,
+            origin=origin or {},
         ),
     )
     wins = better(holdout_metrics(result.metrics), holdout_metrics(result.current_metrics))
-    promoted, reason = promote_version(store, version, data.parent, promote, wins)
+    promoted, reason = promote_version(store, version, data.parent, promote, wins, by)
     return UpdateOutcome(
         version,
         data.parent,
@@ -81,12 +100,41 @@ def commit(
     )
 
 
-def promote_version(store: Store, version: str, parent: str | None, mode: str, wins: bool) -> tuple[bool, str]:
+def promote_version(
+    store: Store, version: str, parent: str | None, mode: str, wins: bool, by: str = "update"
+) -> tuple[bool, str]:
     """Make `version` current if `mode` says so and nobody promoted another since `parent`."""
     if mode == "never":
         return False, "--promote never"
     if mode == "auto" and not wins:
         return False, "not better than the current model on the holdout"
-    if store.promote(version, parent):
-        return True, "promoted" if mode == "always" else "better than the current model on the holdout"
+    reason = "promoted" if mode == "always" else "better than the current model on the holdout"
+    if store.promote(version, parent, by=by, reason=f"--promote {mode}: {reason}"):
+        return True, reason
     return False, f"another update promoted {store.current()} first; this version is kept but not promoted"
+
+
+def promote_by_hand(store: Store, ref: str, reason: str = "") -> tuple[str, str | None]:
+    """`ctrain promote`: make the version `ref` names current (compare-and-swap, recorded with
+    `reason`); returns (version, the version it replaced)."""
+    version = store.resolve(ref)
+    previous = store.current()
+    if version == previous:
+        return version, previous
+    if not store.promote(version, previous, by="promote", reason=reason or "by hand"):
+        raise UserError(f"{store.display}: another process promoted {store.current()} meanwhile; run it again")
+    return version, previous
+
+
+def rollback(store: Store, to: str | None = None, reason: str = "") -> tuple[str, str]:
+    """`ctrain rollback`: make the current version's parent current (or `to`); returns (version,
+    the version it replaced). Walking back again goes one more step up the lineage."""
+    previous = store.current()
+    if previous is None:
+        raise UserError(f"{store.display}: no current version to roll back from")
+    version = store.resolve(to) if to else store.resolve("parent")
+    if version == previous:
+        raise UserError(f"{store.display}: {version} is already the current version")
+    if not store.promote(version, previous, by="rollback", reason=reason or f"rolled back from {previous}"):
+        raise UserError(f"{store.display}: another process promoted {store.current()} meanwhile; run it again")
+    return version, previous

@@ -18,18 +18,18 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-import strategies
-from data.batches import ingest_bytes
-from data.errors import UserError
-from data.parquet import redact, resolve
-from data.rows import Rows
-from data.storage import Store, sha256
-from trainer.evaluate import better, score
-from trainer.executor import Executor, Failure, Job, WorkFailed, result_or_raise
-from trainer.promotion import commit
-from trainer.trials import TrialResult, holdout_metrics
-from trainer.updatedata import UpdateData, load_update_data
-from trainer.versions import stored_candidate
+from continual_trainer import strategies
+from continual_trainer.data.batches import ingest_bytes
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.parquet import redact, resolve
+from continual_trainer.data.rows import Rows
+from continual_trainer.data.storage import Store, sha256
+from continual_trainer.trainer.evaluate import better, score
+from continual_trainer.trainer.executor import Executor, Failure, Job, WorkFailed, result_or_raise
+from continual_trainer.trainer.promotion import commit
+from continual_trainer.trainer.trials import TrialResult, holdout_metrics
+from continual_trainer.trainer.updatedata import UpdateData, load_update_data
+from continual_trainer.trainer.versions import stored_candidate
 
 DEFAULT_CANDIDATES = ("finetune_new", "finetune_all", "fresh_all", "ensemble_all")
 STATUSES = ("updated", "kept", "seen", "rejected", "failed")
@@ -176,7 +176,7 @@ def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent) -
     current = stored_candidate(store, data.parent).load()
     event.drift = score(current.predict(rows.x, data.n_classes), rows.y)
     job, result = policy.run(store, data, executor)
-    outcome = commit(store, data, job.strategy.name, job.params, job.seed, result, "auto")
+    outcome = commit(store, data, job.strategy.name, job.params, job.seed, result, "auto", by="stream")
     event.status = "updated" if outcome.promoted else "kept"
     event.strategy, event.version = job.strategy.name, outcome.version
     event.promoted, event.reason = outcome.promoted, outcome.reason

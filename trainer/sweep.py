@@ -15,7 +15,6 @@ import io
 import itertools
 import json
 import logging
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,15 +23,16 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
-import strategies
-from data.errors import UserError
-from data.parquet import table_to_bytes
-from data.storage import Store, utc_stamp
-from trainer import params as P
-from trainer.evaluate import headline, rank_key
-from trainer.executor import Executor, Failure, Job, Outcome, SweepSettings, WorkFailed
-from trainer.updatedata import load_update_data
-from trainer.versions import stored_candidate
+from continual_trainer import strategies
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.parquet import table_to_bytes
+from continual_trainer.data.storage import Store, utc_stamp
+from continual_trainer.trainer import params as P
+from continual_trainer.trainer.evaluate import headline, rank_key
+from continual_trainer.trainer.executor import Executor, Failure, Job, Outcome, SweepSettings, WorkFailed
+from continual_trainer.trainer.progress import report
+from continual_trainer.trainer.updatedata import load_update_data
+from continual_trainer.trainer.versions import stored_candidate
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,6 @@ def run_sweep(
     spec: SweepSpec | None = None,
     *,
     resume: str | None = None,
-    progress: bool = False,
 ) -> SweepResult:
     """Run (or, with `resume`, finish) a sweep; trials run where `executor` says.
 
@@ -180,7 +179,7 @@ def run_sweep(
     task = store.schema.task
     failures: list[tuple[str, Failure]] = []
     if todo:
-        bar = _Progress(len(spec.trials), len(spec.trials) - len(todo), progress, task)
+        bar = _Progress(len(spec.trials), len(spec.trials) - len(todo), task)
 
         def record(i: int, outcome: Outcome) -> None:
             trial = todo[i]
@@ -191,10 +190,7 @@ def run_sweep(
                 bar.best(trial.strategy, outcome.metrics)
             bar.update()
 
-        try:
-            executor.sweep(data, stored_candidate(store, data.parent), [t.job() for t in todo], spec.settings, record)
-        finally:
-            bar.close()
+        executor.sweep(data, stored_candidate(store, data.parent), [t.job() for t in todo], spec.settings, record)
     result = _write_outputs(store, sweep_id, spec, failures, task)
     if result.finished == 0 and failures:
         first = next((f for _, f in failures if f.user_error), failures[0][1])
@@ -217,26 +213,23 @@ def _record(trial: TrialSpec, outcome: Any, task: str) -> dict[str, Any]:
 
 
 class _Progress:
-    """Trials done, on a progress bar, with the best so far (ranked as everywhere)."""
+    """Trials done, with the best so far (ranked as everywhere), on the command's reporter."""
 
-    def __init__(self, total: int, done: int, enabled: bool, task: str) -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=total, initial=done, desc="trials", unit="trial", disable=not enabled, file=sys.stderr)
+    def __init__(self, total: int, done: int, task: str) -> None:
+        self._total, self._done = total, done
         self._best: tuple[float, float] | None = None
+        self._note: str | None = None
         self._names = headline(task)
 
     def best(self, strategy: str, metrics: Mapping[str, float | None]) -> None:
         key = rank_key({m: metrics.get(f"holdout_{m}") for m in self._names})
         if self._best is None or key > self._best:
             self._best = key
-            self._bar.set_postfix_str(f"best {strategy} {self._names[0]} {abs(key[0]):.3f}")
+            self._note = f"best {strategy} {self._names[0]} {abs(key[0]):.3f}"
 
     def update(self) -> None:
-        self._bar.update()
-
-    def close(self) -> None:
-        self._bar.close()
+        self._done += 1
+        report("trials", self._done, self._total, self._note)
 
 
 def _write_outputs(

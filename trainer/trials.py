@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import strategies
-from data.rows import Rows
-from trainer.candidate import Candidate
-from trainer.evaluate import score
-from trainer.updatedata import UpdateData
+from continual_trainer import strategies
+from continual_trainer.data.rows import Rows
+from continual_trainer.trainer.candidate import Candidate
+from continual_trainer.trainer.evaluate import score
+from continual_trainer.trainer.updatedata import UpdateData
 
 
 @dataclass(frozen=True)

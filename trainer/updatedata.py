@@ -6,14 +6,14 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-import strategies
-from data.batches import load_rows
-from data.errors import UserError
-from data.rows import Rows
-from data.schema import InputInfo
-from data.storage import Store
-from trainer.candidate import Candidate
-from trainer.models import ModelSpec
+from continual_trainer import strategies
+from continual_trainer.data.batches import load_rows
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.rows import Rows
+from continual_trainer.data.schema import InputInfo
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer.candidate import Candidate
+from continual_trainer.trainer.models import ModelSpec
 
 
 @dataclass(frozen=True)

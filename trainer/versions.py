@@ -7,10 +7,10 @@ import dataclasses
 from dataclasses import dataclass
 from importlib import metadata
 
-from data.manifest import Manifest
-from data.storage import Store
-from trainer.candidate import Candidate
-from trainer.models import model_classes, to_bytes
+from continual_trainer.data.manifest import Manifest
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer.candidate import Candidate
+from continual_trainer.trainer.models import model_classes, to_bytes
 
 
 @dataclass(frozen=True)

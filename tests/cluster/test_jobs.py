@@ -134,7 +134,7 @@ def test_sweep_submitted_as_a_ray_job(tiny_store: str, tmp_path: Path) -> None:
         subprocess.run([sys.executable, str(REPO / "examples" / "make_data.py"), str(data)], check=True)
         digits, spec2 = tmp_path / "digits", tmp_path / "fresh.yaml"
         spec2.write_text("strategies: [{fresh_all: {epochs: 2}}, {ensemble_all: {epochs: 2}}]\n")
-        trainer = "python -m trainer"
+        trainer = "python -m continual_trainer"
         steps = [
             f"{trainer} init --store {digits} --data {data}/digits-old.parquet --label digit --shape image=8,8,1 "
             "--model examples.digits:cnn --epochs 2",

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data.storage import Store
-from trainer.cli import main
-from trainer.commands import ingest_files, init_store
-from trainer.loop import LoopConfig
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer.cli import main
+from continual_trainer.trainer.commands import ingest_files, init_store
+from continual_trainer.trainer.loop import LoopConfig
 
 
 def _drift_store(tmp_path: Path, n: int = 3000) -> str:
@@ -86,3 +86,53 @@ def test_bagging_adds_a_member_per_shard_and_others_refuse(ray_cluster, tiny_sto
     assert main(["update", "--store", tiny_store, "--strategy", "graft", "--actors", "2"]) == 2
     err = capsys.readouterr().err
     assert "graft does not train data-parallel; these do: finetune_new" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_users_networks_and_columns_on_actors_sweeps_and_streams(ray_cluster, tmp_path: Path, capsys) -> None:
+    """A regression store with a categorical column, and a tensor store whose model comes from a
+    builder in the checkout (examples/digits.py): `--actors` (averaging and bagging), a sweep on
+    Tune and the stream's best-of policy on actors all run them, with the task's own metrics."""
+    from continual_trainer.cluster.executor import RayExecutor
+    from continual_trainer.trainer.stream import Policy, run_stream
+    from continual_trainer.trainer.sweep import SweepSpec, run_sweep
+    from tests.trainer.test_bring_your_own import images, tabular
+
+    reg = str(tmp_path / "reg")
+    pq.write_table(tabular(400, 0, regression=True), tmp_path / "reg-old.parquet")
+    pq.write_table(tabular(400, 1, regression=True), tmp_path / "reg-new.parquet")
+    init = ["init", "--store", reg, "--data", str(tmp_path / "reg-old.parquet"), "--label", "y"]
+    assert main([*init, "--epochs", "20"]) == 0
+    assert main(["ingest", "--store", reg, str(tmp_path / "reg-new.parquet")]) == 0
+    capsys.readouterr()
+    update = ["update", "--store", reg, "--set", "epochs=5", "--promote", "never", "--actors", "2", "--json"]
+    assert main([*update, "--strategy", "finetune_all"]) == 0
+    averaged = _json(capsys.readouterr().out)
+    assert averaged["metrics"]["holdout_r2"] > 0.5, averaged["metrics"]
+    assert main([*update, "--strategy", "ensemble_all"]) == 0
+    assert _json(capsys.readouterr().out)["members"] == 3
+
+    spec = SweepSpec.parse("strategies: [finetune_all, fresh_all]\nparams: {epochs: 3}")
+    result = run_sweep(Store.open(reg), RayExecutor(), spec)
+    table = pq.read_table(Path(result.folder) / "results.parquet")
+    assert table.num_rows == 2 and "holdout_rmse" in table.column_names and "holdout_accuracy" not in table.column_names
+    assert "plots/holdout_rmse_by_strategy.png" in Store.open(reg).report_files(result.sweep_id)
+
+    digits = str(tmp_path / "digits")
+    pq.write_table(images(300, 0), tmp_path / "digits-old.parquet")
+    argv = ["init", "--store", digits, "--data", str(tmp_path / "digits-old.parquet"), "--label", "digit"]
+    assert main([*argv, "--shape", "image=8,8,1", "--model", "examples.digits:cnn", "--epochs", "5"]) == 0
+    pq.write_table(images(300, 1, shift=0.1), tmp_path / "digits-new.parquet")
+    assert main(["ingest", "--store", digits, str(tmp_path / "digits-new.parquet")]) == 0
+    capsys.readouterr()
+    argv = ["update", "--store", digits, "--strategy", "finetune_all", "--set", "epochs=2", "--actors", "2", "--json"]
+    assert main(argv) == 0
+    version = _json(capsys.readouterr().out)["version"]
+    assert Store.open(digits).manifest(version).execution["mode"] == "model_averaging"
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    pq.write_table(images(300, 2, shift=0.2), inbox / "next.parquet")
+    policy = Policy("best", ["finetune_new", "fresh_all", "ensemble_all"], values={"epochs": "3"})
+    (event,) = run_stream(digits, str(inbox), policy, RayExecutor(), once=True)
+    assert event.version and Store.open(digits).stream_marker(event.sha256)["version"] == event.version

@@ -9,10 +9,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.executor import RayExecutor
-from data.storage import Store
+from continual_trainer.cluster.executor import RayExecutor
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer.stream import Policy, run_stream
 from tests.conftest import make_table
-from trainer.stream import Policy, run_stream
 
 
 @pytest.mark.ray

@@ -12,14 +12,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-import strategies
-from cluster.executor import RayExecutor
-from data.storage import Store
-from strategies.base import TrainParams, UpdateInputs
-from strategies.retrain import fresh
+from continual_trainer import strategies
+from continual_trainer.cluster.executor import RayExecutor
+from continual_trainer.data.storage import Store
+from continual_trainer.strategies.base import TrainParams, UpdateInputs
+from continual_trainer.strategies.retrain import fresh
+from continual_trainer.trainer.candidate import Candidate
+from continual_trainer.trainer.sweep import SweepSpec, run_sweep
 from tests.trainer.test_sweep import SPEC
-from trainer.candidate import Candidate
-from trainer.sweep import SweepSpec, run_sweep
 
 
 @pytest.mark.ray
@@ -50,7 +50,7 @@ def crash_once(inputs: UpdateInputs, params: CrashParams) -> Candidate:
 @pytest.fixture
 def crash_strategy():
     """`crash_once`, registered for one test only (the demo runs every registered strategy)."""
-    from strategies import registry
+    from continual_trainer.strategies import registry
 
     strategies.register("crash_once", CrashParams, "test: os._exit on the first attempt")(crash_once)
     yield "crash_once"
@@ -84,7 +84,7 @@ def test_a_relative_store_and_a_users_mistake_on_workers_through_the_cli(tiny_st
     good.write_text("strategies: [keep, fresh_all]\nparams: {epochs: 2}\n")
     bad = tmp_path / "bad.yaml"
     bad.write_text("strategies: [{graft: {freeze: 9, epochs: 2}}]\nseeds: [0, 1, 2]\nmax_failures: 3\n")
-    ctrain = [sys.executable, "-m", "trainer", "sweep", "--store", "./" + Path(tiny_store).name, "--json"]
+    ctrain = [sys.executable, "-m", "continual_trainer", "sweep", "--store", "./" + Path(tiny_store).name, "--json"]
     ok = subprocess.run([*ctrain, "--config", str(good)], cwd=cwd, capture_output=True, text=True, timeout=600)
     assert ok.returncode == 0, ok.stderr[-2000:]
     out = json.loads(ok.stdout.strip().splitlines()[-1])

@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.executor import RayExecutor
-from data.errors import UserError
-from data.storage import Store
+from continual_trainer.cluster.executor import RayExecutor
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer.cli import main
+from continual_trainer.trainer.sweep import SweepSpec, run_sweep
 from tests.conftest import make_table
-from trainer.cli import main
-from trainer.sweep import SweepSpec, run_sweep
 
 
 def _one_line(capsys, argv: list[str], expected: str) -> None:

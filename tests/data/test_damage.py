@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from continual_trainer.trainer.cli import main
 from tests.conftest import make_table
-from trainer.cli import main
 
 SWEEP_ID: list[str] = []
 DAMAGE = {

@@ -7,10 +7,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from data.storage import Store
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer.cli import main
 from tests.conftest import make_table
 from tests.trainer.test_reliability import check_store
-from trainer.cli import main
 
 
 @pytest.fixture
@@ -58,8 +58,8 @@ def test_unreachable_store_is_one_clear_line(capsys) -> None:
 
 @pytest.mark.ray
 def test_sweep_on_s3(ray_cluster, s3_store: str) -> None:
-    from cluster.executor import RayExecutor
-    from trainer.sweep import SweepSpec, run_sweep
+    from continual_trainer.cluster.executor import RayExecutor
+    from continual_trainer.trainer.sweep import SweepSpec, run_sweep
 
     spec = SweepSpec.parse("strategies: [keep, fresh_all]\nparams: {epochs: 2}")
     result = run_sweep(Store.open(s3_store), RayExecutor(), spec)
@@ -69,8 +69,8 @@ def test_sweep_on_s3(ray_cluster, s3_store: str) -> None:
 
 
 def test_stream_into_an_s3_store(s3_store: str, tmp_path: Path) -> None:
-    from trainer.executor import LocalExecutor
-    from trainer.stream import Policy, run_stream
+    from continual_trainer.trainer.executor import LocalExecutor
+    from continual_trainer.trainer.stream import Policy, run_stream
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -84,9 +84,9 @@ def test_stream_into_an_s3_store(s3_store: str, tmp_path: Path) -> None:
 
 
 def test_stream_from_an_s3_inbox(s3_store: str, s3_server) -> None:
-    from data.parquet import resolve, table_to_bytes
-    from trainer.executor import LocalExecutor
-    from trainer.stream import Policy, run_stream
+    from continual_trainer.data.parquet import resolve, table_to_bytes
+    from continual_trainer.trainer.executor import LocalExecutor
+    from continual_trainer.trainer.stream import Policy, run_stream
 
     inbox = s3_server("inbox")
     fs, root = resolve(inbox)
@@ -100,7 +100,7 @@ def test_stream_from_an_s3_inbox(s3_store: str, s3_server) -> None:
 
 
 def test_conditional_writes_on_s3(s3_store: str) -> None:
-    from data.objectstore import S3Conditional
+    from continual_trainer.data.objectstore import S3Conditional
 
     s3 = S3Conditional.for_uri(s3_store)
     assert s3 is not None and S3Conditional.for_uri("/local/path") is None
@@ -118,7 +118,18 @@ def test_two_updaters_racing_on_s3_one_wins_none_is_lost(s3_store: str) -> None:
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "trainer", "update", "--store", s3_store, "--set", "epochs=3", "--promote", "always"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "continual_trainer",
+        "update",
+        "--store",
+        s3_store,
+        "--set",
+        "epochs=3",
+        "--promote",
+        "always",
+    ]
     procs = [
         subprocess.Popen([*cmd, "--strategy", s, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for s in ("fresh_all", "finetune_all", "ensemble_all")

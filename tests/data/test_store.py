@@ -11,13 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from data.batches import ingest, load_rows
-from data.errors import UserError
-from data.manifest import Manifest
-from data.parquet import HOST, redact, table_to_bytes
-from data.sampling import holdout_mask, recency_weights
-from data.schema import Schema
-from data.storage import Store, StoreMeta
+from continual_trainer.data.batches import ingest, load_rows
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.manifest import Manifest
+from continual_trainer.data.parquet import HOST, redact, table_to_bytes
+from continual_trainer.data.sampling import holdout_mask, recency_weights
+from continual_trainer.data.schema import Schema
+from continual_trainer.data.storage import Store, StoreMeta
 from tests.conftest import make_table
 
 SCHEMA = Schema(tuple(f"f{i}" for i in range(5)), "y", (0, 1))
@@ -152,8 +152,9 @@ def test_data_modules_import_neither_ray_nor_tensorflow() -> None:
     import subprocess
 
     code = (
-        "import data.batches, data.storage, strategies, trainer.commands, trainer.sweep, trainer.stream, "
-        "trainer.demo, trainer.executor, trainer.cli, sys; "
+        "import continual_trainer as ct, sys; ct.open_store; "
+        "from continual_trainer.data import batches, storage; from continual_trainer import strategies; "
+        "from continual_trainer.trainer import commands, sweep, stream, demo, executor, cli; "
         "print('ray' in sys.modules, 'tensorflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -161,7 +162,7 @@ def test_data_modules_import_neither_ray_nor_tensorflow() -> None:
 
 
 def test_parquet_round_trip_bytes(tiny_table: pa.Table) -> None:
-    from data.parquet import table_from_bytes
+    from continual_trainer.data.parquet import table_from_bytes
 
     assert table_from_bytes(table_to_bytes(tiny_table), "x").equals(tiny_table)
 

@@ -8,18 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import strategies
-from data.errors import UserError
-from data.manifest import Manifest
-from data.rows import Rows
-from data.schema import Column, Schema
-from data.storage import Store, StoreMeta
-from strategies.base import UpdateInputs
-from trainer import params as P
-from trainer.candidate import Candidate
-from trainer.loop import LoopConfig, train
-from trainer.models import ModelSpec, build_model, feed, model_classes
-from trainer.versions import load_candidate, save_candidate
+from continual_trainer import strategies
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.manifest import Manifest
+from continual_trainer.data.rows import Rows
+from continual_trainer.data.schema import Column, Schema
+from continual_trainer.data.storage import Store, StoreMeta
+from continual_trainer.strategies.base import UpdateInputs
+from continual_trainer.trainer import params as P
+from continual_trainer.trainer.candidate import Candidate
+from continual_trainer.trainer.loop import LoopConfig, train
+from continual_trainer.trainer.models import ModelSpec, build_model, feed, model_classes
+from continual_trainer.trainer.versions import load_candidate, save_candidate
 
 SPEC = ModelSpec((8, 4))
 N_FEATURES = 5
@@ -67,8 +67,8 @@ class Family:
 
 
 def _family(name: str) -> Family:
+    from continual_trainer.trainer.models import to_bytes
     from tests.strategies import families
-    from trainer.models import to_bytes
 
     if name == "cnn":
         schema = Schema((Column("image", "tensor", (6, 6, 1)),), "y", (0, 1))
@@ -168,8 +168,8 @@ INVALID = [
 @pytest.fixture(scope="module")
 def cli_store(tmp_path_factory) -> str:
     """A store for the CLI checks below (parameters are refused before it is read)."""
+    from continual_trainer.trainer.commands import init_store
     from tests.conftest import make_table
-    from trainer.commands import init_store
 
     tmp = tmp_path_factory.mktemp("params")
     path = tmp / "old.parquet"
@@ -184,7 +184,7 @@ def cli_store(tmp_path_factory) -> str:
 @pytest.mark.parametrize(("name", "key", "value"), INVALID, ids=[f"{n}-{k}={v}" for n, k, v in INVALID])
 def test_every_invalid_parameter_value_is_exit_2_naming_it(name: str, key: str, value: str, cli_store, capsys) -> None:
     """Generated from each parameter's declared constraint, as scikit-learn's common checks do."""
-    from trainer.cli import main
+    from continual_trainer.trainer.cli import main
 
     code = main(["update", "--store", cli_store, "--strategy", name, "--set", f"{key}={value}"])
     err = capsys.readouterr().err

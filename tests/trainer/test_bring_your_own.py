@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data.storage import Store
-from trainer.cli import main
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer.cli import main
 
 
 def run(capsys, *argv: str) -> tuple[int, dict, str]:
@@ -165,7 +165,7 @@ def test_bad_tensor_columns_are_one_line_and_quarantined(table, expected: str, t
 def test_an_imported_keras_model_and_its_architecture(tmp_path: Path, capsys) -> None:
     import keras
 
-    from data.schema import Schema
+    from continual_trainer.data.schema import Schema
     from tests.strategies.families import tabular as tabular_model
 
     pq.write_table(tabular(300, 0), tmp_path / "t0.parquet")
@@ -182,7 +182,7 @@ def test_an_imported_keras_model_and_its_architecture(tmp_path: Path, capsys) ->
     assert first["strategy"] == "import" and first["train_seconds"] == 0 and "holdout_accuracy" in first["metrics"]
     stored = Store.open(store)
     assert stored.meta.model == "imported" and stored.architecture() == path.read_bytes()
-    from trainer.versions import load_candidate
+    from continual_trainer.trainer.versions import load_candidate
 
     (loaded,) = load_candidate(stored, stored.current()).members
     for a, b in zip(before, loaded.get_weights(), strict=True):
@@ -276,7 +276,7 @@ def wrong_builder(inputs, n_outputs, seed):
 def wide_builder(inputs, n_outputs, seed):
     import keras
 
-    from trainer.models import feed  # noqa: F401 - builders may use the project's helpers
+    from continual_trainer.trainer.models import feed  # noqa: F401 - builders may use the project's helpers
 
     a, b = keras.Input((3,), name="numeric"), keras.Input((), dtype="string", name="colour")
     return keras.Model({"numeric": a, "colour": b}, keras.layers.Dense(3, activation="softmax")(a))

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from continual_trainer.trainer.cli import main
 from tests.conftest import make_table, snapshot
-from trainer.cli import main
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -124,7 +124,7 @@ def test_new_class_flow_through_the_cli(tiny_store: str, write_parquet, capsys) 
 
 
 def _table_bytes(table: pa.Table) -> bytes:
-    from data.parquet import table_to_bytes
+    from continual_trainer.data.parquet import table_to_bytes
 
     return table_to_bytes(table)
 
@@ -255,7 +255,7 @@ def test_real_process_prints_one_line_and_no_traceback(tiny_store: str, write_pa
         ["update", "--store", tiny_store, "--strategy", "graft", "--set", "freeze=7"],
     ):
         proc = subprocess.run(
-            [sys.executable, "-m", "trainer", *argv],
+            [sys.executable, "-m", "continual_trainer", *argv],
             capture_output=True,
             text=True,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"},

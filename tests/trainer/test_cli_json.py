@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from continual_trainer.trainer.cli import build_parser, main
 from tests.conftest import make_table
-from trainer.cli import build_parser, main
 
 COMMANDS_TESTED: set[str] = set()
 
@@ -78,6 +78,13 @@ def test_every_command_prints_json_on_its_last_line(tmp_path: Path, inputs, caps
             "--local",
         )
         assert len(stream["events"]) == 1 and stream["events"][0]["status"] in ("updated", "kept")
+    versions = [v["version"] for v in run_json(capsys, "history", "--store", store)["versions"]]
+    back = run_json(capsys, "rollback", "--store", store, "--reason", "test")
+    assert back["previous"] == versions[-1] and back["version"] != back["previous"]
+    again = run_json(capsys, "promote", "--store", store, back["previous"][-4:])
+    assert again == {"version": back["previous"], "previous": back["version"]}
+    dry = run_json(capsys, "gc", "--store", store, "--keep", "0", "--dry-run")
+    assert dry["dry_run"] and set(dry["deleted"]) <= set(versions)
     demo = run_json(capsys, "demo", "--store", "demo-store", "--local")
     assert len(demo["results"]) >= 9 and demo["executor"] == "this process (no Ray)"
     assert set(build_parser()._subparsers._group_actions[0].choices) <= COMMANDS_TESTED

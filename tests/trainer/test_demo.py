@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from data.storage import Store
-from trainer.demo import run_demo
-from trainer.executor import LocalExecutor
-from trainer.sweep import SweepSpec, run_sweep
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer.demo import run_demo
+from continual_trainer.trainer.executor import LocalExecutor
+from continual_trainer.trainer.sweep import SweepSpec, run_sweep
 
 
 def test_the_demo_store_takes_the_next_step_a_sweep(tmp_path: Path) -> None:
@@ -30,7 +30,7 @@ def test_the_demo_store_takes_the_next_step_a_sweep(tmp_path: Path) -> None:
 def test_ctrain_demo_runs_in_this_process_unless_asked_and_says_where(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(
-        [sys.executable, "-m", "trainer", "demo", "--store", str(tmp_path / "d")],
+        [sys.executable, "-m", "continual_trainer", "demo", "--store", str(tmp_path / "d")],
         capture_output=True,
         text=True,
         env=env,
@@ -40,7 +40,7 @@ def test_ctrain_demo_runs_in_this_process_unless_asked_and_says_where(tmp_path: 
     assert "ran on: this process (no Ray)" in proc.stdout
     assert f"next: ctrain sweep --store {tmp_path / 'd'} --config examples/sweep.yaml" in proc.stdout
     proc = subprocess.run(
-        [sys.executable, "-m", "trainer", "demo", "--store", str(tmp_path / "r"), "--ray", "--json"],
+        [sys.executable, "-m", "continual_trainer", "demo", "--store", str(tmp_path / "r"), "--ray", "--json"],
         capture_output=True,
         text=True,
         env=env,

@@ -7,14 +7,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from data.errors import UserError
-from data.storage import Store
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer.commands import predict, update
+from continual_trainer.trainer.demo import run_demo
+from continual_trainer.trainer.executor import LocalExecutor, make_executor
+from continual_trainer.trainer.stream import Policy, run_stream
+from continual_trainer.trainer.sweep import SweepSpec, run_sweep
 from tests.conftest import make_table
-from trainer.commands import predict, update
-from trainer.demo import run_demo
-from trainer.executor import LocalExecutor, make_executor
-from trainer.stream import Policy, run_stream
-from trainer.sweep import SweepSpec, run_sweep
 
 
 class Recording(LocalExecutor):

@@ -26,7 +26,7 @@ def test_no_exit_path_aborts(tiny_store: str, tmp_path: Path) -> None:
     good, bad = tmp_path / "good.parquet", tmp_path / "bad.parquet"
     pq.write_table(make_table(seed=4).drop_columns(["y"]), good)
     pq.write_table(make_table(seed=4).drop_columns(["y", "f2"]), bad)
-    ctrain = [sys.executable, "-m", "trainer"]
+    ctrain = [sys.executable, "-m", "continual_trainer"]
     cases = {
         "predict ok": (0, ["predict", "--store", tiny_store, "--data", str(good), "--out", "{out}"]),
         "predict missing column": (2, ["predict", "--store", tiny_store, "--data", str(bad), "--out", "{out}"]),

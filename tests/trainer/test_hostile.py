@@ -20,12 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data.storage import Store
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer.cli import main
 from tests.conftest import make_table, snapshot
 from tests.trainer.test_reliability import check_store, leftovers
-from trainer.cli import main
 
-CTRAIN = [sys.executable, "-m", "trainer"]
+CTRAIN = [sys.executable, "-m", "continual_trainer"]
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -135,9 +135,9 @@ def test_a_failed_init_leaves_no_store_and_a_half_one_is_finished(tmp_path: Path
     code, _, err = run(capsys, "init", "--store", store, "--data", data, "--label", "y", "--learning-rate", "1e30")
     assert code == 2 and one_line(err) and "training diverged" in err and not os.path.exists(store), err
     # A store an init left before its first version (as a kill at that moment would): init finishes it.
-    from data.parquet import read_bytes
-    from data.schema import Schema
-    from data.storage import StoreMeta
+    from continual_trainer.data.parquet import read_bytes
+    from continual_trainer.data.schema import Schema
+    from continual_trainer.data.storage import StoreMeta
 
     half = Store.create(store, StoreMeta(Schema(tuple(f"f{i}" for i in range(5)), "y", (0, 1)), "mlp:8"))
     half.add_batch(read_bytes(data), {"source": "old.parquet", "rows": 120})

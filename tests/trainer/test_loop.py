@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.loop import LoopConfig, train
-from trainer.models import ModelSpec, build_model, clone
+from continual_trainer.trainer.loop import LoopConfig, train
+from continual_trainer.trainer.models import ModelSpec, build_model, clone
 
 
 def _data(n: int = 64, n_classes: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.errors import UserError
-from trainer.loop import LoopConfig, train
+from continual_trainer.data.errors import UserError
+from continual_trainer.trainer.loop import LoopConfig, train
 
 
 def _fit(model, x, y, config: LoopConfig, loss: str, sample_weight=None) -> None:
@@ -120,7 +120,7 @@ def test_regularization_losses_and_two_named_inputs_with_an_embedding_follow_fit
 def test_the_general_path_equals_the_fast_path_on_the_same_network() -> None:
     import keras
 
-    from trainer.models import ModelSpec, build_model
+    from continual_trainer.trainer.models import ModelSpec, build_model
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(100, 6)).astype(np.float32)
@@ -166,7 +166,7 @@ def test_a_model_that_does_not_fit_the_data_is_one_clear_error() -> None:
 
 def test_regression_follows_fit_with_the_learning_rate_in_label_units() -> None:
 
-    from trainer.models import ModelSpec, build_model
+    from continual_trainer.trainer.models import ModelSpec, build_model
 
     rng = np.random.default_rng(5)
     x = rng.normal(size=(50, 4)).astype(np.float32)

@@ -14,13 +14,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from data.storage import Store
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer.cli import main
+from continual_trainer.trainer.commands import history
+from continual_trainer.trainer.versions import load_candidate
 from tests.conftest import make_table
-from trainer.cli import main
-from trainer.commands import history
-from trainer.versions import load_candidate
 
-CTRAIN = [sys.executable, "-m", "trainer"]
+CTRAIN = [sys.executable, "-m", "continual_trainer"]
 
 
 def check_store(uri: str) -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from data.errors import UserError
-from data.storage import Store
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer.commands import history
+from continual_trainer.trainer.executor import LocalExecutor
+from continual_trainer.trainer.stream import Policy, run_stream
 from tests.conftest import make_table
-from trainer.commands import history
-from trainer.executor import LocalExecutor
-from trainer.stream import Policy, run_stream
 
 LOCAL = LocalExecutor()
 

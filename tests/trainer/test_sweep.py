@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from data.errors import UserError
-from data.storage import Store
-from trainer.executor import LocalExecutor
-from trainer.sweep import SweepSpec, run_sweep, summarize
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer.executor import LocalExecutor
+from continual_trainer.trainer.sweep import SweepSpec, run_sweep, summarize
 
 SPEC = """
 strategies:

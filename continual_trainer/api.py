@@ -1,0 +1,296 @@
+"""The Python API: the same operations as `ctrain`, for notebooks and pipelines.
+
+    import continual_trainer as ct
+
+    store = ct.init_store("store", "old.parquet", label="y", ignore=["id"])
+    store.ingest(new_df)                                  # a DataFrame, an Arrow table or a file
+    outcome = store.update("finetune_all", epochs=20)     # strategy parameters as keywords
+    scored = store.predict(df)                            # the rows plus `prediction`
+    store.history()                                       # a DataFrame, one row per version
+    store.rollback()
+
+Every mistake a user can make raises `UserError` with the same one-line message the CLI
+prints; nothing here starts Ray unless asked (`ray=True`, `actors=N`, or a sweep).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from continual_trainer.data.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    from continual_trainer.data.batches import IngestResult
+    from continual_trainer.data.schema import Schema
+    from continual_trainer.trainer.promotion import UpdateOutcome
+    from continual_trainer.trainer.sweep import SweepResult
+
+
+def init_store(
+    uri: str,
+    data: Any,
+    label: str,
+    *,
+    model: str = "mlp:20,10",
+    features: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    task: str | None = None,
+    train: bool = False,
+    epochs: int = 150,
+    batch_size: int = 32,
+    learning_rate: float = 0.01,
+    holdout: float = 0.2,
+    seed: int = 0,
+) -> ModelStore:
+    """Create a store from a first labelled batch and train (or import) its first model.
+
+    Args:
+        uri: a local folder or `s3://bucket/prefix` (any pyarrow filesystem URI).
+        data: the first batch: a Parquet file or URI, an Arrow table or a pandas DataFrame.
+        label: the label column.
+        model: `mlp:UNITS,...`, a builder `package.module:function`, or a trained `.keras`
+            file to import as the first version (trained first if `train`).
+        features, ignore: which columns are features (names or patterns); the other columns
+            are kept in the store and passed through by `predict`, never trained on.
+        shapes: tensor shapes of list columns, e.g. `{"image": (8, 8, 1)}`.
+        task: `classification` or `regression` (default: from the label).
+        epochs, batch_size, learning_rate: how the first model trains.
+        holdout: the fraction of every batch held out for evaluation.
+        seed: fixes initialisation, sampling and shuffling.
+
+    Returns:
+        The store, with `last_outcome` set to the first version's outcome.
+    """
+    from continual_trainer.trainer.commands import init_store as init
+    from continual_trainer.trainer.loop import LoopConfig
+
+    source, raw = _source(data)
+    try:
+        loop = LoopConfig(epochs, batch_size, learning_rate)
+    except ValueError as exc:
+        raise UserError(f"init: {exc}") from None
+    outcome = init(
+        uri,
+        source,
+        label,
+        model=model,
+        loop=loop,
+        seed=seed,
+        holdout_fraction=holdout,
+        shapes=shapes,
+        task=task,
+        train_imported=train,
+        features=features,
+        ignore=ignore,
+        data=raw,
+    )
+    store = open_store(uri)
+    store.last_outcome = outcome
+    return store
+
+
+def open_store(uri: str) -> ModelStore:
+    """Open an existing store; UserError if there is none at `uri`."""
+    from continual_trainer.data.storage import Store
+
+    return ModelStore(Store.open(uri).uri)
+
+
+class ModelStore:
+    """A store of labelled batches and model versions, and what can be done with it.
+
+    Attributes:
+        uri: where the store is (an absolute path for a local folder).
+        last_outcome: what the last `update` (or `init_store`) of this object produced.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.last_outcome: UpdateOutcome | None = None
+
+    def __repr__(self) -> str:
+        return f"ModelStore({self.uri!r}, current={self.current!r})"
+
+    def _store(self) -> Any:
+        from continual_trainer.data.storage import Store
+
+        return Store.open(self.uri)
+
+    @property
+    def current(self) -> str | None:
+        """The current (promoted) version's id."""
+        return self._store().current()
+
+    @property
+    def schema(self) -> Schema:
+        """The store's columns, label, classes and task."""
+        return self._store().schema
+
+    def resolve(self, ref: str) -> str:
+        """The version id a reference names: an id, `current`, `parent`, or a unique prefix or suffix."""
+        return self._store().resolve(ref)
+
+    def ingest(self, data: Any, *, new_classes: bool = False) -> list[IngestResult]:
+        """Validate and keep new labelled batches (one, or a list): files, Arrow tables or
+        DataFrames. A batch the store holds already is a no-op; a bad one is quarantined and
+        raises UserError (the ones before it are kept)."""
+        from continual_trainer.data.batches import ingest_bytes
+        from continual_trainer.trainer.commands import ingest_files
+
+        items = data if isinstance(data, (list, tuple)) else [data]
+        out: list[IngestResult] = []
+        for item in items:
+            if isinstance(item, str):
+                out += ingest_files(self.uri, [item], allow_new_classes=new_classes)
+            else:
+                source, raw = _source(item)
+                out.append(ingest_bytes(self._store(), source, raw, allow_new_classes=new_classes))
+        return out
+
+    def update(
+        self,
+        strategy: str,
+        *,
+        promote: str = "auto",
+        seed: int = 0,
+        actors: int = 0,
+        sync_steps: int = 100,
+        ray: bool | None = None,
+        **params: Any,
+    ) -> UpdateOutcome:
+        """Run one strategy on the batches that arrived since the current version.
+
+        Args:
+            strategy: a registered strategy (see `continual_trainer.strategies.names()`).
+            promote: `auto` (if better on the holdout), `always` or `never`.
+            actors: train data-parallel on that many Ray actors (model averaging or bagging).
+            ray: run on Ray (True), here (False), or on Ray when RAY_ADDRESS is set (None).
+            **params: the strategy's parameters, e.g. `epochs=20, learning_rate=0.001`.
+
+        Raises:
+            NothingNew: no batch arrived since the current version (and the strategy trains).
+        """
+        from continual_trainer.trainer.commands import update
+        from continual_trainer.trainer.executor import make_executor
+
+        outcome = update(
+            self._store(),
+            strategy,
+            params,
+            seed=seed,
+            promote=promote,
+            executor=make_executor(ray=True if actors else ray, actors=actors),
+            actors=actors,
+            sync_steps=sync_steps,
+        )
+        self.last_outcome = outcome
+        return outcome
+
+    def sweep(self, config: str | Mapping[str, Any], *, ray: bool = False, promote_best: bool = False) -> SweepResult:
+        """Run strategies x parameters x seeds, every trial on the same holdouts.
+
+        Args:
+            config: the sweep as a mapping (`{"strategies": [...], "params": {...}, "seeds":
+                [...]}`), as YAML text, or a YAML file's path.
+            ray: on Ray Tune (the cluster at RAY_ADDRESS, else a local Ray) or in this process.
+            promote_best: train the winning configuration as a version and promote it if it
+                beats the current one (its outcome is then `last_outcome`).
+        """
+        import os
+
+        import yaml
+
+        from continual_trainer.trainer.commands import save_sweep_winner
+        from continual_trainer.trainer.executor import make_executor
+        from continual_trainer.trainer.sweep import SweepSpec, run_sweep
+
+        if isinstance(config, Mapping):
+            spec = SweepSpec.parse(yaml.safe_dump(dict(config)), "sweep config")
+        elif "\n" not in config and os.path.exists(config):
+            from continual_trainer.data.parquet import read_bytes
+
+            spec = SweepSpec.parse(read_bytes(config).decode(errors="replace"), config)
+        else:
+            spec = SweepSpec.parse(config)
+        store = self._store()
+        executor = make_executor(ray=ray)
+        result = run_sweep(store, executor, spec)
+        if promote_best:
+            self.last_outcome = save_sweep_winner(store, result, executor=executor)
+        return result
+
+    def predict(self, data: Any, *, version: str = "current") -> Any:
+        """`data`'s rows plus `prediction` (and `probability` of class 1 for two classes), by
+        `version` (an id, `current`, `parent`, or a unique prefix or suffix). Columns that
+        are not features pass through. Returns a DataFrame for a DataFrame, else an Arrow table."""
+        from continual_trainer.data.batches import load_table
+        from continual_trainer.data.parquet import redact
+        from continual_trainer.trainer.commands import predict_table
+
+        if isinstance(data, str):
+            _, table = load_table(data)
+            source = redact(data)
+        else:
+            table, source = _table(data), "the data"
+        out = predict_table(self._store(), table, source, version=version)
+        return out.to_pandas() if _is_pandas(data) else out
+
+    def history(self) -> pd.DataFrame:
+        """One row per version, oldest first: lineage, strategy, parameters in short, holdout
+        size and metrics, whether it is or ever was current, and `same_holdout` (scored on the
+        current version's holdout rows, so its metrics compare with the current one's)."""
+        import pandas as pd
+
+        from continual_trainer.trainer.commands import history
+
+        rows = history(self.uri)
+        flat = [{**{k: v for k, v in r.items() if k != "metrics"}, **r["metrics"]} for r in rows]
+        return pd.DataFrame(flat)
+
+    def promote(self, version: str, *, reason: str = "") -> str:
+        """Make a stored version current (compare-and-swap; recorded with `reason`); returns its id."""
+        from continual_trainer.trainer.promotion import promote_by_hand
+
+        return promote_by_hand(self._store(), version, reason)[0]
+
+    def rollback(self, to: str | None = None, *, reason: str = "") -> str:
+        """Make the current version's parent (or `to`) current; returns its id."""
+        from continual_trainer.trainer.promotion import rollback
+
+        return rollback(self._store(), to, reason)[0]
+
+    def gc(self, keep: int = 5, *, dry_run: bool = False) -> list[str]:
+        """Delete versions that were never promoted, but the `keep` newest of them; never the
+        current version or its lineage. Returns the versions deleted (or, dry, that would be)."""
+        from continual_trainer.trainer.commands import prune
+
+        return prune(self.uri, keep, dry_run=dry_run)
+
+
+def _is_pandas(data: Any) -> bool:
+    return type(data).__module__.startswith("pandas")
+
+
+def _table(data: Any) -> pa.Table:
+    import pyarrow as pa
+
+    if isinstance(data, pa.Table):
+        return data
+    if _is_pandas(data):
+        return pa.Table.from_pandas(data, preserve_index=False)
+    raise UserError(f"expected a Parquet path, an Arrow table or a pandas DataFrame, got {type(data).__name__}")
+
+
+def _source(data: Any) -> tuple[str, bytes | None]:
+    """A batch as (its name for messages and records, its Parquet bytes or None to read the file)."""
+    if isinstance(data, str):
+        return data, None
+    from continual_trainer.data.parquet import table_to_bytes
+
+    table = _table(data)
+    return f"{type(data).__name__.lower()}.parquet", table_to_bytes(table)

@@ -1,0 +1,274 @@
+"""Everyday use: the columns users have, registry verbs, honest results, progress, one import name."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer.cli import main
+from continual_trainer.trainer.progress import Reporter, report, reporting
+from tests.conftest import make_table
+
+ROOT = Path(__file__).parents[2]
+
+
+def run(capsys, *argv: str, code: int = 0) -> dict:
+    got = main([*argv, "--json"])
+    out, err = capsys.readouterr()
+    assert got == code, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def breast_cancer(tmp_path: Path) -> dict[str, Path]:
+    """scikit-learn's breast-cancer data as a user has it: an id, a free-text note, unscaled
+    measurements with their real names, a string label; in three files."""
+    from sklearn.datasets import load_breast_cancer
+
+    df = load_breast_cancer(as_frame=True).frame.rename(columns={"target": "diagnosis"})
+    df["diagnosis"] = np.where(df["diagnosis"] == 1, "benign", "malignant")
+    df.insert(0, "patient_id", [f"P{i:05d}" for i in range(len(df))])
+    df["note"] = np.random.default_rng(0).choice(["", "follow-up", "second opinion"], size=len(df))
+    df = df.sample(frac=1, random_state=0)
+    paths = {name: tmp_path / f"{name}.parquet" for name in ("old", "new", "score")}
+    df.iloc[:250].to_parquet(paths["old"], index=False)
+    df.iloc[250:450].drop(columns=["note"]).to_parquet(paths["new"], index=False)  # a batch without the note
+    df.iloc[450:].drop(columns=["diagnosis"]).to_parquet(paths["score"], index=False)
+    return paths
+
+
+def test_the_breast_cancer_journey_keeps_id_and_note_columns(tmp_path: Path, capsys) -> None:
+    files = breast_cancer(tmp_path)
+    store = str(tmp_path / "store")
+    init = ["init", "--store", store, "--data", str(files["old"]), "--label", "diagnosis", "--epochs", "40"]
+    err = run(capsys, *init, code=2)["error"]
+    assert "'patient_id' has a different value in every row" in err and "--ignore patient_id" in err
+    assert not os.path.exists(store)
+
+    first = run(capsys, *init, "--ignore", "patient_id,no*")
+    assert first["metrics"]["holdout_accuracy"] > 0.9 and first["warnings"] == []
+    assert first["metrics"]["holdout_majority"] < first["metrics"]["holdout_accuracy"]
+    schema = Store.open(store).schema
+    assert "patient_id" not in schema.features and "note" not in schema.features and len(schema.features) == 30
+    assert schema.ignore == ("patient_id", "no*")
+
+    assert run(capsys, "ingest", "--store", store, str(files["new"]))["batches"][0]["added"]
+    stored = Store.open(store)
+    assert stored.read_batch(stored.batch_ids()[0]) == files["old"].read_bytes()  # kept byte for byte
+    out = tmp_path / "scored.parquet"
+    run(capsys, "predict", "--store", store, "--data", str(files["score"]), "--out", str(out))
+    scored = pq.read_table(out)
+    assert scored.column("patient_id").to_pylist() == pq.read_table(files["score"]).column("patient_id").to_pylist()
+    assert {"note", "prediction", "probability"} <= set(scored.column_names)
+
+    # A column nobody declared is still refused (a renamed feature must not vanish silently).
+    renamed = pq.read_table(files["new"]).rename_columns(
+        [("radius" if c == "mean radius" else c) for c in pq.read_table(files["new"]).column_names]
+    )
+    pq.write_table(renamed, tmp_path / "renamed.parquet")
+    err = run(capsys, "ingest", "--store", store, str(tmp_path / "renamed.parquet"), code=2)["error"]
+    assert "missing feature column(s) mean radius" in err
+
+
+def test_features_by_pattern_keep_every_other_column(tmp_path: Path, capsys) -> None:
+    files = breast_cancer(tmp_path)
+    store = str(tmp_path / "store")
+    run(
+        capsys,
+        *("init", "--store", store, "--data", str(files["old"]), "--label", "diagnosis"),
+        *("--features", "mean *", "--epochs", "5"),
+    )
+    assert len(Store.open(store).schema.features) == 10
+    table = pq.read_table(files["new"])
+    pq.write_table(table.append_column("added_later", pa.array(["x"] * table.num_rows)), tmp_path / "more.parquet")
+    assert run(capsys, "ingest", "--store", store, str(tmp_path / "more.parquet"))["batches"][0]["added"]
+    err = run(capsys, "init", "--store", str(tmp_path / "s2"), "--data", str(files["old"]), "--label", "diagnosis",
+              "--features", "nothing*", code=2)["error"]  # fmt: skip
+    assert "--features nothing*: no column" in err
+
+
+def _store_with_versions(tmp_path: Path, capsys) -> tuple[str, list[str]]:
+    store = str(tmp_path / "store")
+    for i in range(3):
+        pq.write_table(make_table(seed=i, shift=0.2 * i), tmp_path / f"b{i}.parquet")
+    versions = [run(capsys, "init", "--store", store, "--data", str(tmp_path / "b0.parquet"), "--label", "y",
+                    "--epochs", "3")["version"]]  # fmt: skip
+    for i in (1, 2):
+        run(capsys, "ingest", "--store", store, str(tmp_path / f"b{i}.parquet"))
+        for strategy, promote in (("fresh_new", "never"), ("finetune_all", "always")):
+            argv = ["update", "--store", store, "--strategy", strategy, "--set", "epochs=2", "--promote", promote]
+            versions.append(run(capsys, *argv)["version"])
+    return store, versions
+
+
+def test_promote_rollback_and_version_references(tmp_path: Path, capsys) -> None:
+    store, (init, fresh1, tune1, fresh2, tune2) = _store_with_versions(tmp_path, capsys)
+    assert Store.open(store).current() == tune2
+    assert run(capsys, "rollback", "--store", store) == {"version": tune1, "previous": tune2}
+    assert run(capsys, "rollback", "--store", store, "--reason", "bad week") == {"version": init, "previous": tune1}
+    err = run(capsys, "rollback", "--store", store, code=2)["error"]
+    assert "has no parent" in err
+    assert run(capsys, "promote", "--store", store, fresh2[-4:])["version"] == fresh2  # a unique suffix
+    assert run(capsys, "promote", "--store", store, "parent")["version"] == tune1  # fresh2's parent
+    assert run(capsys, "promote", "--store", store, "current")["version"] == tune1
+    err = run(capsys, "promote", "--store", store, fresh2[:9], code=2)["error"]  # the date: 5 versions
+    assert "names 5 versions" in err
+    assert "no model version" in run(capsys, "promote", "--store", store, "zzzz", code=2)["error"]
+    events = Store.open(store).events("promote")
+    assert [e["by"] for e in events] == ["init", "update", "update", "rollback", "rollback", "promote", "promote"]
+    assert events[4]["reason"] == "bad week" and events[4]["previous"] == tune1
+
+    out = tmp_path / "p.parquet"
+    pq.write_table(pq.read_table(tmp_path / "b2.parquet").drop_columns(["y"]), tmp_path / "score.parquet")
+    got = run(capsys, "predict", "--store", store, "--data", str(tmp_path / "score.parquet"), "--out", str(out),
+              "--version", fresh1[-4:])  # fmt: skip
+    assert got["version"] == fresh1
+
+
+def test_gc_keeps_the_lineage_and_promoted_versions(tmp_path: Path, capsys) -> None:
+    store, (init, fresh1, tune1, fresh2, tune2) = _store_with_versions(tmp_path, capsys)
+    run(capsys, "promote", "--store", store, fresh1)
+    run(capsys, "promote", "--store", store, tune2)
+    dry = run(capsys, "gc", "--store", store, "--keep", "0", "--dry-run")
+    assert dry["deleted"] == [fresh2] and Store.open(store).versions() == sorted([init, fresh1, tune1, fresh2, tune2])
+    assert run(capsys, "gc", "--store", store, "--keep", "1")["deleted"] == []
+    assert run(capsys, "gc", "--store", store, "--keep", "0")["deleted"] == [fresh2]
+    assert fresh2 not in Store.open(store).versions()
+    assert len(run(capsys, "history", "--store", store)["versions"]) == 4
+    assert Store.open(store).events("delete")[0]["version"] == fresh2
+
+
+def test_history_is_honest_about_rows_params_and_promotion(tmp_path: Path, capsys) -> None:
+    store, (init, fresh1, tune1, fresh2, tune2) = _store_with_versions(tmp_path, capsys)
+    rows = {r["version"]: r for r in run(capsys, "history", "--store", store)["versions"]}
+    assert [rows[v]["promoted"] for v in (init, fresh1, tune1, fresh2, tune2)] == [True, False, True, False, True]
+    assert rows[tune2]["same_holdout"] and rows[fresh2]["same_holdout"] and not rows[tune1]["same_holdout"]
+    assert rows[init]["holdout_rows"] < rows[tune1]["holdout_rows"] < rows[tune2]["holdout_rows"]
+    assert rows[tune2]["params"] == "epochs=2"
+    assert "roc_auc" in json.dumps(rows[tune2]["metrics"])
+    assert main(["history", "--store", store]) == 0
+    text = capsys.readouterr().out
+    assert "†" in text and "promoted" in text and "auc" in text
+
+
+def test_a_model_that_learned_nothing_is_called_out(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    n = 200
+    table = pa.table({"a": np.ones(n), "b": np.full(n, 3.0), "y": (rng.random(n) < 0.4).astype(np.int64)})
+    pq.write_table(table, tmp_path / "flat.parquet")
+    argv = ["init", "--store", str(tmp_path / "s"), "--data", str(tmp_path / "flat.parquet"), "--label", "y"]
+    assert main([*argv, "--epochs", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "majority class" in out and "warning: this model may have learned nothing" in out
+    assert "predicts the same class for every holdout row" in out
+
+
+def test_sweep_promote_best_saves_the_winner_as_a_version(tmp_path: Path, capsys) -> None:
+    store, _ = _store_with_versions(tmp_path, capsys)
+    pq.write_table(make_table(seed=9, shift=0.8), tmp_path / "b9.parquet")
+    run(capsys, "ingest", "--store", store, str(tmp_path / "b9.parquet"))
+    (tmp_path / "sweep.yaml").write_text("strategies: [keep, finetune_all, fresh_all]\nparams: {epochs: 3}\n")
+    out = run(
+        capsys, "sweep", "--store", store, "--config", str(tmp_path / "sweep.yaml"), "--local", "--promote", "best"
+    )
+    winner = out["winner"]
+    manifest = Store.open(store).manifest(winner["version"])
+    assert manifest.origin["sweep"] == out["sweep"] and manifest.origin["trial"].startswith(winner["strategy"])
+    if winner["promoted"]:
+        assert Store.open(store).events("promote")[-1]["by"] == "sweep"
+
+
+def test_the_python_api(tmp_path: Path) -> None:
+    import continual_trainer as ct
+
+    files = breast_cancer(tmp_path)
+    old = pd.read_parquet(files["old"])
+    store = ct.init_store(str(tmp_path / "store"), old, "diagnosis", ignore=["patient_id", "note"], epochs=30)
+    assert store.current == store.last_outcome.version and store.last_outcome.promoted
+    new = pd.read_parquet(files["new"])
+    (added,) = store.ingest(new)
+    assert added.added and not store.ingest(new)[0].added  # the same rows again: a no-op
+    with pytest.raises(ct.UserError, match="unknown strategy"):
+        store.update("finetune_everything")
+    outcome = store.update("finetune_all", epochs=10, learning_rate=0.001)
+    assert outcome.strategy == "finetune_all" and outcome.version == store.resolve("current")
+    scored = store.predict(pd.read_parquet(files["score"]))
+    assert isinstance(scored, pd.DataFrame) and {"patient_id", "prediction"} <= set(scored.columns)
+    assert isinstance(store.predict(str(files["score"]), version="parent"), pa.Table)
+    history = store.history()
+    assert list(history["strategy"]) == ["init", "finetune_all"] and "holdout_accuracy" in history.columns
+    assert store.rollback() == history["version"][0] and store.promote(outcome.version[-4:]) == outcome.version
+    store.ingest(pa.Table.from_pandas(new.assign(**{"mean radius": new["mean radius"] * 1.01}), preserve_index=False))
+    result = store.sweep({"strategies": ["keep", "fresh_all"], "params": {"epochs": 3}}, promote_best=True)
+    assert result.finished == 2 and store.last_outcome.strategy in ("keep", "fresh_all")
+    assert store.gc(keep=0, dry_run=True) == [
+        v for v in [store.last_outcome.version] if not store.last_outcome.promoted
+    ]
+    with pytest.raises(ct.UserError, match="not a ctrain store"):
+        ct.open_store(str(tmp_path / "nowhere"))
+
+
+def test_one_import_name_and_no_generic_modules(tmp_path: Path) -> None:
+    import importlib.metadata as md
+
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert all(p.split(".")[0] == "continual_trainer" for p in project["tool"]["setuptools"]["packages"])
+    top = md.distribution("continual-trainer").read_text("top_level.txt")
+    assert top is None or top.split() == ["continual_trainer"]
+    # A user's own `data` package beside their notebook is theirs, and ours still works.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "__init__.py").write_text("MINE = True\n")
+    code = (
+        "import data, continual_trainer as ct; from continual_trainer.data.storage import Store; "
+        "assert data.MINE and ct.open_store and Store; import sys; "
+        "assert not any(m.split('.')[0] in ('trainer', 'strategies', 'cluster') for m in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": ""}
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, env=env)
+
+
+def test_progress_is_a_bar_on_a_terminal_and_status_lines_otherwise() -> None:
+    lines = io.StringIO()
+    with reporting(Reporter("update", stream=lines, tty=False, interval=0)):
+        for done in (10, 20):
+            report("epochs", done, 20, f"loss {1 / done:.3f}")
+    assert lines.getvalue().splitlines() == [
+        "ctrain: update: epochs 10/20; loss 0.100 (0 s)",
+        "ctrain: update: epochs 20/20; loss 0.050 (0 s)",
+    ]
+    quiet = io.StringIO()
+    with reporting(Reporter("update", stream=quiet, tty=False, interval=3600)):
+        report("epochs", 1, 2)
+    assert quiet.getvalue() == ""
+    bar = io.StringIO()
+    with reporting(Reporter("sweep", stream=bar, tty=True)):
+        report("trials", 3, 8, "best keep accuracy 0.900")
+    assert "trials" in bar.getvalue() and "3/8" in bar.getvalue() and "best keep" in bar.getvalue()
+    report("epochs", 1, 2)  # no reporter open: nothing happens
+
+
+@pytest.mark.slow
+def test_long_commands_report_progress_on_stderr_and_quiet_silences_it(tmp_path: Path) -> None:
+    pq.write_table(make_table(seed=0), tmp_path / "old.parquet")
+    cmd = [sys.executable, "-m", "continual_trainer", "init", "--store", str(tmp_path / "s"), "--data",
+           str(tmp_path / "old.parquet"), "--label", "y", "--epochs", "300"]  # fmt: skip
+    env = {**os.environ, "CTRAIN_STATUS_SECONDS": "0"}
+    loud = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert loud.returncode == 0, loud.stderr
+    assert "ctrain: init: epochs" in loud.stderr and "/300" in loud.stderr
+    quiet = subprocess.run(
+        [*cmd[:5], str(tmp_path / "q"), *cmd[6:], "--quiet"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert quiet.returncode == 0 and quiet.stderr == ""

@@ -1,0 +1,108 @@
+"""Feedback on long work, on stderr: a progress bar on a terminal, else a status line now and then.
+
+A command opens one `Reporter` for its run (`with reporting(Reporter("update"))`); the
+code doing the work reports to whichever reporter is open, if any: the training loop
+its epochs, sweeps their trials, the demo its strategies. Without an open reporter
+(the Python API, tests, Ray workers) reporting costs nothing and prints nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import IO, Any
+
+_OPEN: ContextVar[Reporter | None] = ContextVar("ctrain_reporter", default=None)
+STATUS_SECONDS = 10.0  # between status lines when stderr is not a terminal (CTRAIN_STATUS_SECONDS)
+
+
+class Reporter:
+    """Counts of one kind of work at a time (`epochs`, `trials`, ...), with a note such as the
+    best result so far.
+
+    Args:
+        command: names the command in status lines.
+        stream: where to write (stderr).
+        tty: a bar (True) or status lines (False); default: whether `stream` is a terminal.
+        interval: seconds between status lines (default CTRAIN_STATUS_SECONDS, else 10).
+    """
+
+    def __init__(
+        self, command: str, *, stream: IO[str] | None = None, tty: bool | None = None, interval: float | None = None
+    ) -> None:
+        self._command = command
+        self._stream = stream or sys.stderr
+        self._tty = _isatty(self._stream) if tty is None else tty
+        self._interval = (
+            float(os.environ.get("CTRAIN_STATUS_SECONDS", STATUS_SECONDS)) if interval is None else interval
+        )
+        self._start = self._last = time.monotonic()
+        self._bar: Any = None
+        self._what, self._done, self._total, self._note = "", 0, 0, ""
+
+    def count(self, what: str, done: int, total: int, note: str | None = None) -> None:
+        """`done` of `total` `what` (e.g. 40 of 150 epochs); a new count when `what` changes or
+        `done` goes back (the next model's training)."""
+        if what != self._what or done < self._done or total != self._total:
+            self._close_bar()
+            self._what, self._total = what, total
+        self._done = done
+        if note is not None:
+            self._note = note
+        if self._tty:
+            self._draw()
+        elif time.monotonic() - self._last >= self._interval:
+            self._last = time.monotonic()
+            note = f"; {self._note}" if self._note else ""
+            elapsed = time.monotonic() - self._start
+            print(
+                f"ctrain: {self._command}: {what} {done}/{total}{note} ({elapsed:.0f} s)", file=self._stream, flush=True
+            )
+
+    def _draw(self) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=self._total, desc=self._what, file=self._stream, leave=False, dynamic_ncols=True)
+        self._bar.n = self._done
+        if self._note:
+            self._bar.set_postfix_str(self._note, refresh=False)
+        self._bar.refresh()
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def close(self) -> None:
+        self._close_bar()
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def reporting(reporter: Reporter | None) -> Iterator[Reporter | None]:
+    """Make `reporter` the one work reports to, for the duration (None: report nowhere)."""
+    token = _OPEN.set(reporter)
+    try:
+        yield reporter
+    finally:
+        _OPEN.reset(token)
+        if reporter is not None:
+            reporter.close()
+
+
+def report(what: str, done: int, total: int, note: str | None = None) -> None:
+    """Count `done` of `total` `what` on the open reporter, if there is one."""
+    reporter = _OPEN.get()
+    if reporter is not None:
+        reporter.count(what, done, total, note)
