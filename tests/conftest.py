@@ -43,6 +43,14 @@ def make_table(n: int = 120, seed: int = 0, n_classes: int = 2, shift: float = 0
     return pa.table({**{f"f{i}": pa.array(x[:, i]) for i in range(N_FEATURES)}, "y": pa.array(y.astype(np.int64))})
 
 
+@pytest.fixture(autouse=True)
+def no_status_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands print a progress status line to a non-terminal stderr every 10 s; on a busy
+    machine a slow test would see one beside the one error line it checks. Tests of progress
+    set CTRAIN_STATUS_SECONDS themselves."""
+    monkeypatch.setenv("CTRAIN_STATUS_SECONDS", "3600")
+
+
 @pytest.fixture
 def tiny_table() -> pa.Table:
     return make_table()

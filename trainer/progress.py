@@ -83,9 +83,10 @@ class Reporter:
 
 
 def _isatty(stream: IO[str]) -> bool:
+    """A terminal a bar can be drawn on (a pseudo-terminal without a size draws nothing)."""
     try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
+        return stream.isatty() and os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, ValueError, OSError):
         return False
 
 

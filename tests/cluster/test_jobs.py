@@ -110,7 +110,7 @@ def test_sweep_submitted_as_a_ray_job(tiny_store: str, tmp_path: Path) -> None:
                 "--",
                 "python",
                 "-m",
-                "trainer",
+                "continual_trainer",
                 "sweep",
                 "--store",
                 tiny_store,

@@ -117,7 +117,7 @@ def test_users_networks_and_columns_on_actors_sweeps_and_streams(ray_cluster, tm
     result = run_sweep(Store.open(reg), RayExecutor(), spec)
     table = pq.read_table(Path(result.folder) / "results.parquet")
     assert table.num_rows == 2 and "holdout_rmse" in table.column_names and "holdout_accuracy" not in table.column_names
-    assert "plots/holdout_rmse_by_strategy.png" in Store.open(reg).report_files(result.sweep_id)
+    assert "plots/rmse_by_strategy.png" in Store.open(reg).report_files(result.sweep_id)
 
     digits = str(tmp_path / "digits")
     pq.write_table(images(300, 0), tmp_path / "digits-old.parquet")

@@ -248,7 +248,7 @@ def test_init_refuses_an_existing_store_and_bad_data(tiny_store: str, write_parq
 
 @pytest.mark.slow
 def test_real_process_prints_one_line_and_no_traceback(tiny_store: str, write_parquet) -> None:
-    """Through a real `python -m trainer`: TensorFlow's start-up noise must not reach stderr."""
+    """Through a real `python -m continual_trainer`: TensorFlow's start-up noise must not reach stderr."""
     bad = write_parquet(b"garbage", "garbage.parquet")
     for argv in (
         ["ingest", "--store", tiny_store, bad],

@@ -272,3 +272,23 @@ def test_long_commands_report_progress_on_stderr_and_quiet_silences_it(tmp_path:
         [*cmd[:5], str(tmp_path / "q"), *cmd[6:], "--quiet"], capture_output=True, text=True, env=env, timeout=300
     )
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_a_checkout_runs_its_own_code_from_its_folder(tmp_path: Path) -> None:
+    """A Ray job's working directory is a checkout: run from there, the package and its
+    subpackages are the checkout's files, not an installed copy."""
+    import shutil
+
+    for name in ("continual_trainer", "data", "trainer", "strategies", "cluster"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    code = (
+        "import continual_trainer.data.storage as s, continual_trainer.trainer.cli as c; "
+        "print(s.__file__); print(c.__file__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert all(line.startswith(str(tmp_path)) for line in out.stdout.split()), out.stdout
+    version = subprocess.run(
+        [sys.executable, "-m", "continual_trainer", "--version"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert version.returncode == 0 and version.stdout.startswith("ctrain ")
