@@ -46,6 +46,8 @@ def init_store(
     learning_rate: float = 0.01,
     holdout: float = 0.2,
     seed: int = 0,
+    mlflow: str | None = None,
+    progress: bool = False,
 ) -> ModelStore:
     """Create a store from a first labelled batch and train (or import) its first model.
 
@@ -62,6 +64,8 @@ def init_store(
         epochs, batch_size, learning_rate: how the first model trains.
         holdout: the fraction of every batch held out for evaluation.
         seed: fixes initialisation, sampling and shuffling.
+        mlflow, progress: as for `open_store`, for this store's later updates and sweeps
+            (the first model trains with progress too).
 
     Returns:
         The store, with `last_outcome` set to the first version's outcome.
@@ -74,31 +78,38 @@ def init_store(
         loop = LoopConfig(epochs, batch_size, learning_rate)
     except ValueError as exc:
         raise UserError(f"init: {exc}") from None
-    outcome = init(
-        uri,
-        source,
-        label,
-        model=model,
-        loop=loop,
-        seed=seed,
-        holdout_fraction=holdout,
-        shapes=shapes,
-        task=task,
-        train_imported=train,
-        features=features,
-        ignore=ignore,
-        data=raw,
-    )
-    store = open_store(uri)
+    with _reporting("init", progress):
+        outcome = init(
+            uri,
+            source,
+            label,
+            model=model,
+            loop=loop,
+            seed=seed,
+            holdout_fraction=holdout,
+            shapes=shapes,
+            task=task,
+            train_imported=train,
+            features=features,
+            ignore=ignore,
+            data=raw,
+        )
+    store = open_store(uri, mlflow=mlflow, progress=progress)
     store.last_outcome = outcome
     return store
 
 
-def open_store(uri: str) -> ModelStore:
-    """Open an existing store; UserError if there is none at `uri`."""
+def open_store(uri: str, *, mlflow: str | None = None, progress: bool = False) -> ModelStore:
+    """Open an existing store; UserError if there is none at `uri`.
+
+    Args:
+        mlflow: an MLflow tracking URI to mirror updates and sweeps to (needs the `mlflow`
+            extra); MLFLOW_TRACKING_URI is not read here: a notebook says what it wants.
+        progress: report epochs and trials on stderr, as `ctrain` does.
+    """
     from continual_trainer.data.storage import Store
 
-    return ModelStore(Store.open(uri).uri)
+    return ModelStore(Store.open(uri).uri, mlflow=mlflow, progress=progress)
 
 
 class ModelStore:
@@ -109,9 +120,18 @@ class ModelStore:
         last_outcome: what the last `update` (or `init_store`) of this object produced.
     """
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, *, mlflow: str | None = None, progress: bool = False) -> None:
         self.uri = uri
         self.last_outcome: UpdateOutcome | None = None
+        self._mirror = None
+        if mlflow:
+            from continual_trainer.trainer.tracking import MlflowMirror
+
+            self._mirror = MlflowMirror(mlflow, self._store())
+        self._progress = progress
+
+    def _reporting(self, command: str) -> Any:
+        return _reporting(command, self._progress)
 
     def __repr__(self) -> str:
         return f"ModelStore({self.uri!r}, current={self.current!r})"
@@ -178,16 +198,19 @@ class ModelStore:
         from continual_trainer.trainer.commands import update
         from continual_trainer.trainer.executor import make_executor
 
-        outcome = update(
-            self._store(),
-            strategy,
-            params,
-            seed=seed,
-            promote=promote,
-            executor=make_executor(ray=True if actors else ray, actors=actors),
-            actors=actors,
-            sync_steps=sync_steps,
-        )
+        with self._reporting("update"):
+            outcome = update(
+                self._store(),
+                strategy,
+                params,
+                seed=seed,
+                promote=promote,
+                executor=make_executor(ray=True if actors else ray, actors=actors),
+                actors=actors,
+                sync_steps=sync_steps,
+            )
+        if self._mirror is not None:
+            self._mirror.log_update(outcome, {**params, "seed": seed}, "update")
         self.last_outcome = outcome
         return outcome
 
@@ -219,9 +242,13 @@ class ModelStore:
             spec = SweepSpec.parse(config)
         store = self._store()
         executor = make_executor(ray=ray)
-        result = run_sweep(store, executor, spec)
-        if promote_best:
-            self.last_outcome = save_sweep_winner(store, result, executor=executor)
+        winner = None
+        with self._reporting("sweep"):
+            result = run_sweep(store, executor, spec)
+            if promote_best:
+                winner = self.last_outcome = save_sweep_winner(store, result, executor=executor)
+        if self._mirror is not None:
+            self._mirror.log_sweep(result, winner)
         return result
 
     def predict(self, data: Any, *, version: str = "current") -> Any:
@@ -270,6 +297,16 @@ class ModelStore:
         from continual_trainer.trainer.commands import prune
 
         return prune(self.uri, keep, dry_run=dry_run)
+
+
+def _reporting(command: str, progress: bool) -> Any:
+    """Progress on stderr for one call if asked; otherwise whatever reporter the caller has
+    open stays (`ctrain` opens one for every command)."""
+    import contextlib
+
+    from continual_trainer.trainer.progress import Reporter, reporting
+
+    return reporting(Reporter(command)) if progress else contextlib.nullcontext()
 
 
 def _is_pandas(data: Any) -> bool:

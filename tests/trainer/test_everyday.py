@@ -292,3 +292,13 @@ def test_a_checkout_runs_its_own_code_from_its_folder(tmp_path: Path) -> None:
         [sys.executable, "-m", "continual_trainer", "--version"], cwd=tmp_path, capture_output=True, text=True
     )
     assert version.returncode == 0 and version.stdout.startswith("ctrain ")
+
+
+def test_the_python_api_reports_progress_when_asked(tiny_store: str, capsys, monkeypatch) -> None:
+    import continual_trainer as ct
+
+    monkeypatch.setenv("CTRAIN_STATUS_SECONDS", "0")
+    ct.open_store(tiny_store).update("finetune_new", epochs=3, promote="never")
+    assert capsys.readouterr().err == ""  # not asked: silent, like any library
+    ct.open_store(tiny_store, progress=True).update("finetune_new", epochs=3, promote="never")
+    assert "ctrain: update: epochs 3/3" in capsys.readouterr().err

@@ -60,3 +60,15 @@ def test_a_bad_tracking_uri_is_one_line_and_exit_2(tiny_store: str, capsys) -> N
         err.startswith("ctrain: error: --mlflow nosuchscheme://x: cannot use this tracking store")
         and err.count("\n") == 1
     )
+
+
+def test_the_python_api_mirrors_updates_and_sweeps(tmp_path: Path, tiny_store: str, monkeypatch) -> None:
+    import continual_trainer as ct
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    store = ct.open_store(tiny_store, mlflow=uri)
+    outcome = store.update("finetune_new", epochs=2, promote="never")
+    store.sweep({"strategies": ["keep"]})
+    names = {r.info.run_name for r in runs(uri, f"ctrain {tiny_store}")}
+    assert outcome.version in names and any(n.startswith("sweep-") for n in names)
