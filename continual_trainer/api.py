@@ -276,7 +276,7 @@ class ModelStore:
         from continual_trainer.trainer.commands import history
 
         rows = history(self.uri)
-        flat = [{**{k: v for k, v in r.items() if k != "metrics"}, **r["metrics"]} for r in rows]
+        flat = [{**r["metrics"], **{k: v for k, v in r.items() if k != "metrics"}} for r in rows]
         return pd.DataFrame(flat)
 
     def promote(self, version: str, *, reason: str = "") -> str:
