@@ -181,6 +181,8 @@ class ModelStore:
         actors: int = 0,
         sync_steps: int = 100,
         ray: bool | None = None,
+        max_forgetting: float | None = None,
+        max_flip_rate: float | None = None,
         **params: Any,
     ) -> UpdateOutcome:
         """Run one strategy on the batches that arrived since the current version.
@@ -190,6 +192,8 @@ class ModelStore:
             promote: `auto` (if better on the holdout), `always` or `never`.
             actors: train data-parallel on that many Ray actors (model averaging or bagging).
             ray: run on Ray (True), here (False), or on Ray when RAY_ADDRESS is set (None).
+            max_forgetting, max_flip_rate: with `auto`, refuse a winner that forgets more than
+                this on an earlier batch or flips more holdout rows from right to wrong.
             **params: the strategy's parameters, e.g. `epochs=20, learning_rate=0.001`.
 
         Raises:
@@ -197,6 +201,7 @@ class ModelStore:
         """
         from continual_trainer.trainer.commands import update
         from continual_trainer.trainer.executor import make_executor
+        from continual_trainer.trainer.forgetting import Gate
 
         with self._reporting("update"):
             outcome = update(
@@ -208,6 +213,7 @@ class ModelStore:
                 executor=make_executor(ray=True if actors else ray, actors=actors),
                 actors=actors,
                 sync_steps=sync_steps,
+                gate=Gate(max_forgetting, max_flip_rate),
             )
         if self._mirror is not None:
             self._mirror.log_update(outcome, {**params, "seed": seed}, "update")

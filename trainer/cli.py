@@ -75,6 +75,13 @@ def _settings(pairs: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
+def _gate(args: argparse.Namespace) -> Any:
+    """The promotion gate the command's --max-forgetting and --max-flip-rate ask for."""
+    from continual_trainer.trainer.forgetting import Gate
+
+    return Gate(args.max_forgetting, args.max_flip_rate)
+
+
 def _names(raw: str | None) -> list[str] | None:
     """`--features a,b,x*` as names and patterns."""
     return [n.strip() for n in raw.split(",") if n.strip()] if raw else None
@@ -197,6 +204,8 @@ def cmd_update(args: argparse.Namespace) -> None:
             seed=args.seed,
             actors=args.actors,
             sync_steps=args.sync_steps,
+            max_forgetting=args.max_forgetting,
+            max_flip_rate=args.max_flip_rate,
             **settings,
         )
     except ct.NothingNew as exc:  # a scheduled or retried updater with nothing to do succeeds
@@ -224,8 +233,8 @@ def cmd_history(args: argparse.Namespace) -> None:
     extra, extra_title = ("roc_auc", "auc") if first == "accuracy" else ("r2", "r2")
     title = {"accuracy": "acc", "rmse": "rmse"}[first]
     lines = [
-        f"  {'version':45} {'strategy':13} {'parent':14} {'rows':>5} {title:>6} {extra_title:>6} {'secs':>6} "
-        "promoted  params"
+        f"  {'version':45} {'strategy':13} {'parent':14} {'rows':>5} {title:>6} {extra_title:>6} {'forget':>6} "
+        f"{'flips':>6} {'secs':>6} promoted  params"
     ]
     for r in rows:
         m = r["metrics"]
@@ -233,7 +242,8 @@ def cmd_history(args: argparse.Namespace) -> None:
         lines.append(
             f"{'*' if r['current'] else ' '} {r['version']:45} {r['strategy']:13} {_short(r['parent']):14} "
             f"{r['holdout_rows']:>5}{mark or ' '}{_fmt(m.get(f'holdout_{first}')):>6} "
-            f"{_fmt(m.get(f'holdout_{extra}')):>6} {_fmt(r['train_seconds'], 2):>6} "
+            f"{_fmt(m.get(f'holdout_{extra}')):>6} {_fmt(r['forgetting']):>6} {_fmt(r['negative_flip_rate']):>6} "
+            f"{_fmt(r['train_seconds'], 2):>6} "
             f"{'yes' if r['promoted'] else 'no':8}  {r['params'][:60]}"
         )
     if any(not r["same_holdout"] for r in rows):
@@ -318,7 +328,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if args.promote == "best":
         from continual_trainer.trainer.commands import save_sweep_winner
 
-        winner = save_sweep_winner(store, r, executor=executor)
+        winner = save_sweep_winner(store, r, executor=executor, gate=_gate(args))
         lines += ["best configuration, trained as a version:", _outcome_text(winner)]
     if mirror is not None:
         mirror.log_sweep(r, winner)
@@ -345,7 +355,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
     from continual_trainer.trainer.tracking import mirror_for
 
     candidates = [c for c in (args.candidates or ",".join(DEFAULT_CANDIDATES)).split(",") if c]
-    policy = Policy(args.policy, candidates, seed=args.seed, values=_settings(args.set))
+    policy = Policy(args.policy, candidates, seed=args.seed, values=_settings(args.set), gate=_gate(args))
     mirror = mirror_for(args.mlflow, args.store)
     executor = make_executor(ray=_where_flag(args, True if args.policy == "best" else None))
 
@@ -410,6 +420,22 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(func=func, needs_tf=needs_tf)
         return c
 
+    def gated(c: argparse.ArgumentParser) -> None:
+        share = _checked(Interval(float, 0, 1))
+        c.add_argument(
+            "--max-forgetting",
+            type=share,
+            metavar="X",
+            help="auto promotion also refuses a version whose accuracy on an earlier batch fell more than X "
+            "below the best before it (RMSE: rose more than X); default: no limit",
+        )
+        c.add_argument(
+            "--max-flip-rate",
+            type=share,
+            metavar="X",
+            help="... or whose share of holdout rows the current model gets right and it gets wrong exceeds X",
+        )
+
     def tracked(c: argparse.ArgumentParser) -> None:
         c.add_argument(
             "--mlflow",
@@ -437,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("best",),
         help="best: train the winning configuration as a version and promote it if it beats the current one",
     )
+    gated(c)
     tracked(c)
     where(c, "Ray")
 
@@ -458,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=_checked(Interval(float, 0, low_open=True)), default=5.0, help="seconds between polls"
     )
     c.add_argument("--seed", type=_checked(SEED), default=0, help="fixes initialisation, sampling, shuffling")
+    gated(c)
     tracked(c)
     where(c, "Ray for --policy best, else this process")
 
@@ -526,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=100,
         help="with --actors and model averaging: every K steps",
     )
+    gated(c)
     tracked(c)
 
     c = command("predict", cmd_predict, "write predictions of a stored version")

@@ -26,11 +26,12 @@ from continual_trainer.data.storage import NotAStore, Store, StoreMeta, batch_na
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.evaluate import headline, rank_key
 from continual_trainer.trainer.executor import Executor, Job, LocalExecutor, result_or_raise
+from continual_trainer.trainer.forgetting import Gate, forgetting, lineage
 from continual_trainer.trainer.loop import LoopConfig, train
 from continual_trainer.trainer.models import ModelSpec, build_model, check_model, feed, from_bytes
 from continual_trainer.trainer.promotion import UpdateOutcome, check_promote, commit
 from continual_trainer.trainer.sweep import SweepResult, summarize
-from continual_trainer.trainer.trials import evaluate_sets
+from continual_trainer.trainer.trials import evaluate_sets, per_batch
 from continual_trainer.trainer.updatedata import load_update_data
 from continual_trainer.trainer.versions import save_candidate, stored_candidate
 
@@ -101,6 +102,7 @@ def init_store(
     seconds = time.perf_counter() - start
     candidate = Candidate.single(net)
     metrics = evaluate_sets(candidate, {"holdout": holdout, "new": holdout}, schema.n_classes)
+    metrics.update(per_batch(candidate, None, holdout, schema.n_classes, [batch])[0])
 
     store = Store.create(uri, StoreMeta(schema, str(spec), holdout_fraction), architecture)
     others = [b for b in store.batch_ids() if b != batch]
@@ -164,6 +166,7 @@ def update(
     sync_steps: int = 100,
     by: str = "update",
     origin: Mapping[str, Any] | None = None,
+    gate: Gate | None = None,
 ) -> UpdateOutcome:
     """Run one strategy against the current model and the batches that arrived since.
 
@@ -178,6 +181,7 @@ def update(
         actors, sync_steps: train data-parallel on that many Ray actors (see `Job`).
         by, origin: the command, and where else the version comes from (a sweep's trial),
             kept in the event log and the manifest.
+        gate: with `promote="auto"`, the forgetting and negative-flip limits a winner must keep.
 
     Raises:
         NothingNew: no batch arrived since the current version and the strategy trains.
@@ -192,7 +196,8 @@ def update(
     executor = executor or LocalExecutor()
     job = Job(strategy, params, seed, actors, sync_steps)
     (outcome,) = executor.run(data, stored_candidate(store, data.parent), [job], extra_eval=extra_eval)
-    return commit(store, data, strategy_name, params, seed, result_or_raise(outcome), promote, by, dict(origin or {}))
+    result = result_or_raise(outcome)
+    return commit(store, data, strategy_name, params, seed, result, promote, by, dict(origin or {}), gate)
 
 
 def predict(
@@ -255,7 +260,8 @@ def predict_table(
 
 def history(uri: str) -> list[dict[str, Any]]:
     """Every committed version, oldest first: lineage, parameters in short, holdout metrics and
-    size, and whether it is or ever was current.
+    size, whether it is or ever was current, its forgetting along its lineage (the worst batch,
+    see `trainer.forgetting`), backward transfer and negative flip rate against its parent.
 
     `same_holdout` says whether a version was scored on the same holdout rows as the current
     version (the holdout grows with every batch a version has seen): metrics of versions
@@ -270,6 +276,7 @@ def history(uri: str) -> list[dict[str, Any]]:
     seen_by_current = set(manifests[current].batches_seen) if current in manifests else None
     rows = []
     for version, m in manifests.items():
+        f = forgetting(m.metrics, lineage(manifests, m.parent))
         rows.append(
             {
                 "version": version,
@@ -285,6 +292,10 @@ def history(uri: str) -> list[dict[str, Any]]:
                 "same_holdout": seen_by_current is None or set(m.batches_seen) == seen_by_current,
                 "train_seconds": m.train_seconds,
                 "origin": m.origin,
+                "forgetting": f.worst,
+                "forgetting_batch": f.batch,
+                "backward_transfer": f.backward_transfer,
+                "negative_flip_rate": m.metrics.get("holdout_negative_flip_rate"),
                 "metrics": m.metrics,
             }
         )
@@ -321,7 +332,12 @@ def prune(uri: str, keep: int, *, dry_run: bool = False) -> list[str]:
 
 
 def save_sweep_winner(
-    store: Store, result: SweepResult, *, promote: str = "auto", executor: Executor | None = None
+    store: Store,
+    result: SweepResult,
+    *,
+    promote: str = "auto",
+    executor: Executor | None = None,
+    gate: Gate | None = None,
 ) -> UpdateOutcome:
     """`ctrain sweep --promote best`: train the sweep's best configuration (mean over seeds,
     ranked as promotion ranks) with its best seed on the same batches, save it as a version
@@ -342,4 +358,5 @@ def save_sweep_winner(
         executor=executor,
         by="sweep",
         origin={"sweep": result.sweep_id, "trial": top["trial_id"]},
+        gate=gate,
     )

@@ -9,6 +9,7 @@ from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import Manifest
 from continual_trainer.data.storage import Store
 from continual_trainer.trainer.evaluate import better, learned_nothing
+from continual_trainer.trainer.forgetting import Gate
 from continual_trainer.trainer.trials import TrialResult, holdout_metrics
 from continual_trainer.trainer.updatedata import UpdateData
 from continual_trainer.trainer.versions import save_candidate
@@ -54,12 +55,14 @@ def commit(
     promote: str,
     by: str = "update",
     origin: dict[str, Any] | None = None,
+    gate: Gate | None = None,
 ) -> UpdateOutcome:
     """Save a trial's candidate as a new version, then promote it as `promote` says.
 
     Args:
         by: the command committing it (`update`, `stream`, `sweep`), kept in the event log.
         origin: more of where it comes from, for its manifest (e.g. the sweep and trial).
+        gate: with `auto`, limits on forgetting and negative flips a winner must also keep.
     """
     if result.candidate is None:
         raise ValueError("this trial's candidate did not come back; it cannot be committed")
@@ -86,7 +89,12 @@ def commit(
         ),
     )
     wins = better(holdout_metrics(result.metrics), holdout_metrics(result.current_metrics))
-    promoted, reason = promote_version(store, version, data.parent, promote, wins, by)
+    gated = gate is not None and gate.active and wins
+    refused = gate.refuses(result.metrics, ancestors(store, data.parent)) if gated else None
+    if promote == "auto" and refused:
+        promoted, reason = False, f"better on the holdout, but {refused}"
+    else:
+        promoted, reason = promote_version(store, version, data.parent, promote, wins, by)
     return UpdateOutcome(
         version,
         data.parent,
@@ -112,6 +120,19 @@ def promote_version(
     if store.promote(version, parent, by=by, reason=f"--promote {mode}: {reason}"):
         return True, reason
     return False, f"another update promoted {store.current()} first; this version is kept but not promoted"
+
+
+def ancestors(store: Store, parent: str | None) -> list[Manifest]:
+    """The manifests of `parent` and its ancestors, nearest first (up to a version gc removed)."""
+    out: list[Manifest] = []
+    while parent is not None and len(out) < 10_000:
+        try:
+            manifest = store.manifest(parent)
+        except UserError:
+            break
+        out.append(manifest)
+        parent = manifest.parent
+    return out
 
 
 def promote_by_hand(store: Store, ref: str, reason: str = "") -> tuple[str, str | None]:

@@ -26,6 +26,7 @@ from continual_trainer.data.rows import Rows
 from continual_trainer.data.storage import Store, sha256
 from continual_trainer.trainer.evaluate import better, score
 from continual_trainer.trainer.executor import Executor, Failure, Job, WorkFailed, result_or_raise
+from continual_trainer.trainer.forgetting import Gate
 from continual_trainer.trainer.promotion import commit
 from continual_trainer.trainer.trials import TrialResult, holdout_metrics
 from continual_trainer.trainer.updatedata import UpdateData, load_update_data
@@ -74,6 +75,7 @@ class Policy:
         seed: the seed of every run.
         values: parameters for every strategy that has them (`--set`); a key no
             strategy of the policy has is an error.
+        gate: limits on forgetting and negative flips the winner must also keep.
     """
 
     def __init__(
@@ -82,9 +84,11 @@ class Policy:
         candidates: Sequence[str] = DEFAULT_CANDIDATES,
         seed: int = 0,
         values: Mapping[str, Any] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.name = name
         self.seed = seed
+        self.gate = gate
         names = list(candidates) if name == "best" else [name]
         if not names:
             raise UserError("--candidates: give at least one strategy")
@@ -176,7 +180,9 @@ def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent) -
     current = stored_candidate(store, data.parent).load()
     event.drift = score(current.predict(rows.x, data.n_classes), rows.y)
     job, result = policy.run(store, data, executor)
-    outcome = commit(store, data, job.strategy.name, job.params, job.seed, result, "auto", by="stream")
+    outcome = commit(
+        store, data, job.strategy.name, job.params, job.seed, result, "auto", by="stream", gate=policy.gate
+    )
     event.status = "updated" if outcome.promoted else "kept"
     event.strategy, event.version = job.strategy.name, outcome.version
     event.promoted, event.reason = outcome.promoted, outcome.reason

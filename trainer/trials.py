@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from continual_trainer import strategies
 from continual_trainer.data.rows import Rows
@@ -52,6 +54,36 @@ def holdout_metrics(metrics: Mapping[str, float | None]) -> dict[str, float | No
     return {k[len("holdout_") :]: v for k, v in metrics.items() if k.startswith("holdout_")}
 
 
+def per_batch(
+    candidate: Candidate, current: Candidate | None, holdout: Rows, n_classes: int, batch_ids: Sequence[str]
+) -> tuple[dict[str, float], dict[str, float], float | None]:
+    """Each batch's holdout scored apart, by the task's first metric (`batch_<id>_accuracy`, or
+    `_rmse`), for the candidate and the current model; and the candidate's negative flip rate:
+    the share of holdout rows the current model gets right and the candidate wrong
+    (classification; None for regression or without a current model)."""
+    if not len(holdout) or not batch_ids:
+        return {}, {}, None
+    name = "rmse" if n_classes == 0 else "accuracy"
+
+    def scores(pred: np.ndarray) -> dict[str, float]:
+        out = {}
+        for order in np.unique(holdout.order):
+            rows = holdout.order == order
+            out[f"batch_{batch_ids[int(order)]}_{name}"] = float(score(pred[rows], holdout.y[rows])[name])
+        return out
+
+    mine_pred = candidate.predict(holdout.x, n_classes)
+    if current is None:
+        return scores(mine_pred), {}, None
+    theirs_pred = current.predict(holdout.x, n_classes)
+    flips = None
+    if n_classes:
+        right_before = theirs_pred.argmax(axis=1) == holdout.y
+        wrong_now = mine_pred.argmax(axis=1) != holdout.y
+        flips = float(np.mean(right_before & wrong_now))
+    return scores(mine_pred), scores(theirs_pred), flips
+
+
 def run_strategy(
     data: UpdateData,
     current: Candidate,
@@ -74,12 +106,17 @@ def score_candidate(
     extra_eval: Mapping[str, Rows] | None = None,
     execution: Mapping[str, Any] | None = None,
 ) -> TrialResult:
-    """Metrics of a candidate and of the current model on the same row sets."""
+    """Metrics of a candidate and of the current model on the same row sets, with each seen
+    batch's holdout scored apart (`batch_<id>_<metric>`, a row of the accuracy matrix) and the
+    candidate's negative flip rate against the current model."""
     sets = data.eval_sets(extra_eval)
+    metrics = evaluate_sets(candidate, sets, data.n_classes)
+    current_metrics = evaluate_sets(current, sets, data.n_classes)
+    mine, theirs, flips = per_batch(candidate, current, data.holdout, data.n_classes, data.batch_ids)
     return TrialResult(
         candidate,
-        evaluate_sets(candidate, sets, data.n_classes),
-        evaluate_sets(current, sets, data.n_classes),
+        {**metrics, **mine, **({"holdout_negative_flip_rate": flips} if flips is not None else {})},
+        {**current_metrics, **theirs},
         seconds,
         len(candidate.members),
         dict(execution or {"mode": "local"}),

@@ -35,6 +35,7 @@ class UpdateData:
     model_spec: ModelSpec
     input_spec: Mapping[str, InputInfo] = field(default_factory=dict)
     target: tuple[float, float] | None = None
+    batch_ids: tuple[str, ...] = ()  # every batch in ingestion order: a row's `order` indexes it
 
     @functools.cached_property
     def holdout(self) -> Rows:
@@ -95,6 +96,7 @@ def load_update_data(store: Store, *, require_new: bool = True) -> UpdateData:
         model_spec(store),
         store.schema.input_spec(),
         store.schema.target,
+        tuple(batches),
     )
 
 
