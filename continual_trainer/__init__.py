@@ -14,28 +14,22 @@ if _os.path.isfile(_os.path.join(_checkout, "pyproject.toml")) and _os.path.isfi
 ):
     __path__.append(_checkout)
 
-# The Python API (continual_trainer/api.py), imported on first use so that `ctrain` and
-# `import continual_trainer` stay fast; neither imports TensorFlow or Ray.
-_API = ("ModelStore", "init_store", "open_store")
-_ERRORS = ("UserError",)
-__all__ = [*_API, *_ERRORS, "InputInfo", "NothingNew", "__version__"]
+# The Python API (continual_trainer/api.py) and a few names users need, imported on first use
+# so that `ctrain` and `import continual_trainer` stay fast; neither imports TensorFlow or Ray.
+_LAZY = {
+    "ModelStore": "continual_trainer.api",
+    "init_store": "continual_trainer.api",
+    "open_store": "continual_trainer.api",
+    "UserError": "continual_trainer.data.errors",
+    "NothingNew": "continual_trainer.trainer.updatedata",
+    "InputInfo": "continual_trainer.data.schema",
+}
+__all__ = [*_LAZY, "__version__"]
 
 
 def __getattr__(name: str):
-    if name in _API:
-        from continual_trainer import api
+    if name in _LAZY:
+        import importlib
 
-        return getattr(api, name)
-    if name == "UserError":
-        from continual_trainer.data.errors import UserError
-
-        return UserError
-    if name == "NothingNew":
-        from continual_trainer.trainer.updatedata import NothingNew
-
-        return NothingNew
-    if name == "InputInfo":
-        from continual_trainer.data.schema import InputInfo
-
-        return InputInfo
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'continual_trainer' has no attribute {name!r}")

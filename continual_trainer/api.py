@@ -127,7 +127,7 @@ class ModelStore:
         if mlflow:
             from continual_trainer.trainer.tracking import MlflowMirror
 
-            self._mirror = MlflowMirror(mlflow, self._store())
+            self._mirror = MlflowMirror(mlflow, uri)
         self._progress = progress
 
     def _reporting(self, command: str) -> Any:
@@ -159,18 +159,11 @@ class ModelStore:
         """Validate and keep new labelled batches (one, or a list): files, Arrow tables or
         DataFrames. A batch the store holds already is a no-op; a bad one is quarantined and
         raises UserError (the ones before it are kept)."""
-        from continual_trainer.data.batches import ingest_bytes
         from continual_trainer.trainer.commands import ingest_files
 
         items = data if isinstance(data, (list, tuple)) else [data]
-        out: list[IngestResult] = []
-        for item in items:
-            if isinstance(item, str):
-                out += ingest_files(self.uri, [item], allow_new_classes=new_classes)
-            else:
-                source, raw = _source(item)
-                out.append(ingest_bytes(self._store(), source, raw, allow_new_classes=new_classes))
-        return out
+        batches = [item if isinstance(item, str) else _source(item) for item in items]
+        return ingest_files(self.uri, batches, allow_new_classes=new_classes)
 
     def update(
         self,

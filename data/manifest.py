@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +112,21 @@ class Manifest:
             created=str(d.get("created") or ""),
             format_version=version,
         )
+
+
+def lineage(start: str | None, manifest_of: Callable[[str], Manifest | None]) -> list[Manifest]:
+    """`start`'s manifest and its ancestors', nearest first, following `parent`; it stops at a
+    version `manifest_of` does not know (None: e.g. removed by `ctrain gc`)."""
+    out: list[Manifest] = []
+    seen: set[str] = set()
+    while start is not None and start not in seen:
+        seen.add(start)
+        manifest = manifest_of(start)
+        if manifest is None:
+            break
+        out.append(manifest)
+        start = manifest.parent
+    return out
 
 
 def _str(d: dict[str, Any], key: str) -> str:

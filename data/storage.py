@@ -470,7 +470,7 @@ class Store:
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         """The store's events (promotions, deletions), oldest first; unreadable ones skipped."""
         out = []
-        for name in sorted(self._list_files("events")):
+        for name in self._list_files("events"):  # sorted: oldest first
             with contextlib.suppress(FileNotFoundError, UserError, ValueError):
                 event = self._read_json(f"events/{name}")
                 if isinstance(event, dict) and (kind is None or event.get("kind") == kind):

@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 
 from continual_trainer import strategies
-from continual_trainer.data.batches import IngestResult, ingest, load_table, split_rows
+from continual_trainer.data.batches import IngestResult, ingest, ingest_bytes, load_table, split_rows
 from continual_trainer.data.errors import NewClassesRefused, UserError
-from continual_trainer.data.manifest import Manifest
+from continual_trainer.data.manifest import Manifest, lineage
 from continual_trainer.data.parquet import read_bytes, redact, same_file, table_from_bytes, write_table
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.schema import OUTPUT_COLUMNS, Schema
@@ -26,12 +26,12 @@ from continual_trainer.data.storage import NotAStore, Store, StoreMeta, batch_na
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.evaluate import headline, rank_key
 from continual_trainer.trainer.executor import Executor, Job, LocalExecutor, result_or_raise
-from continual_trainer.trainer.forgetting import Gate, forgetting, lineage
+from continual_trainer.trainer.forgetting import Gate, forgetting
 from continual_trainer.trainer.loop import LoopConfig, train
 from continual_trainer.trainer.models import ModelSpec, build_model, check_model, feed, from_bytes
 from continual_trainer.trainer.promotion import UpdateOutcome, check_promote, commit
 from continual_trainer.trainer.sweep import SweepResult, summarize
-from continual_trainer.trainer.trials import evaluate_sets, per_batch
+from continual_trainer.trainer.trials import evaluate_sets
 from continual_trainer.trainer.updatedata import load_update_data
 from continual_trainer.trainer.versions import save_candidate, stored_candidate
 
@@ -101,8 +101,7 @@ def init_store(
         train(net, feed(net, rows.x), rows.y, loop, seed=seed, task=schema.task, target_std=target_std)
     seconds = time.perf_counter() - start
     candidate = Candidate.single(net)
-    metrics = evaluate_sets(candidate, {"holdout": holdout, "new": holdout}, schema.n_classes)
-    metrics.update(per_batch(candidate, None, holdout, schema.n_classes, [batch])[0])
+    metrics = evaluate_sets(candidate, {"holdout": holdout, "new": holdout}, schema.n_classes, [batch])
 
     store = Store.create(uri, StoreMeta(schema, str(spec), holdout_fraction), architecture)
     others = [b for b in store.batch_ids() if b != batch]
@@ -143,11 +142,19 @@ def _refuse_existing_store(uri: str) -> None:
         raise UserError(f"{existing.display}: a store already exists here; use another --store")
 
 
-def ingest_files(uri: str, files: Sequence[str], *, allow_new_classes: bool = False) -> list[IngestResult]:
-    """Validate and add each file in turn; stop at the first bad one (it is quarantined)."""
+def ingest_files(
+    uri: str, batches: Sequence[str | tuple[str, bytes]], *, allow_new_classes: bool = False
+) -> list[IngestResult]:
+    """Validate and add each batch in turn (a file's URI, or a name and Parquet bytes already
+    in memory); stop at the first bad one (it is quarantined)."""
     store = Store.open(uri)
     try:
-        return [ingest(store, f, allow_new_classes=allow_new_classes) for f in files]
+        return [
+            ingest(store, b, allow_new_classes=allow_new_classes)
+            if isinstance(b, str)
+            else ingest_bytes(store, *b, allow_new_classes=allow_new_classes)
+            for b in batches
+        ]
     except NewClassesRefused as exc:
         able = ", ".join(strategies.names(learns_new_classes=True))
         raise UserError(f"{exc}; strategies that can learn them: {able}") from None
@@ -276,7 +283,7 @@ def history(uri: str) -> list[dict[str, Any]]:
     seen_by_current = set(manifests[current].batches_seen) if current in manifests else None
     rows = []
     for version, m in manifests.items():
-        f = forgetting(m.metrics, lineage(manifests, m.parent))
+        f = forgetting(m.metrics, lineage(m.parent, manifests.get))
         rows.append(
             {
                 "version": version,
@@ -318,11 +325,8 @@ def prune(uri: str, keep: int, *, dry_run: bool = False) -> list[str]:
         raise UserError(f"--keep {keep}: must be >= 0")
     store = Store.open(uri)
     manifests = {v: store.manifest(v) for v in store.versions()}
-    lineage, version = set(), store.current()
-    while version in manifests and version not in lineage:
-        lineage.add(version)
-        version = manifests[version].parent
-    protected = lineage | {e.get("version") for e in store.events("promote")}
+    protected = {m.version for m in lineage(store.current(), manifests.get)}
+    protected |= {e.get("version") for e in store.events("promote")}
     unpromoted = [v for v in manifests if v not in protected]  # oldest first
     doomed = unpromoted[: max(0, len(unpromoted) - keep)]
     if not dry_run:

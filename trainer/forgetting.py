@@ -41,16 +41,6 @@ class Forgetting:
     backward_transfer: float | None = None
 
 
-def lineage(manifests: Mapping[str, Manifest], parent: str | None) -> list[Manifest]:
-    """The ancestors from `parent` up, nearest first (stops at a version no longer stored)."""
-    out, seen = [], set()
-    while parent in manifests and parent not in seen:
-        seen.add(parent)
-        out.append(manifests[parent])
-        parent = manifests[parent].parent
-    return out
-
-
 def forgetting(metrics: Mapping[str, Any], ancestors: list[Manifest]) -> Forgetting:
     """This version's forgetting and backward transfer against its ancestors' matrix rows."""
     name, row = matrix_row(metrics)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from continual_trainer.data.errors import UserError
-from continual_trainer.data.manifest import Manifest
+from continual_trainer.data.manifest import Manifest, lineage
 from continual_trainer.data.storage import Store
 from continual_trainer.trainer.evaluate import better, learned_nothing
 from continual_trainer.trainer.forgetting import Gate
@@ -90,7 +91,7 @@ def commit(
     )
     wins = better(holdout_metrics(result.metrics), holdout_metrics(result.current_metrics))
     gated = gate is not None and gate.active and wins
-    refused = gate.refuses(result.metrics, ancestors(store, data.parent)) if gated else None
+    refused = gate.refuses(result.metrics, lineage(data.parent, _stored_manifest(store))) if gated else None
     if promote == "auto" and refused:
         promoted, reason = False, f"better on the holdout, but {refused}"
     else:
@@ -122,17 +123,14 @@ def promote_version(
     return False, f"another update promoted {store.current()} first; this version is kept but not promoted"
 
 
-def ancestors(store: Store, parent: str | None) -> list[Manifest]:
-    """The manifests of `parent` and its ancestors, nearest first (up to a version gc removed)."""
-    out: list[Manifest] = []
-    while parent is not None and len(out) < 10_000:
+def _stored_manifest(store: Store) -> Callable[[str], Manifest | None]:
+    def manifest_of(version: str) -> Manifest | None:
         try:
-            manifest = store.manifest(parent)
-        except UserError:
-            break
-        out.append(manifest)
-        parent = manifest.parent
-    return out
+            return store.manifest(version)
+        except UserError:  # removed by gc, or damaged: the lineage known ends there
+            return None
+
+    return manifest_of
 
 
 def promote_by_hand(store: Store, ref: str, reason: str = "") -> tuple[str, str | None]:
@@ -142,8 +140,7 @@ def promote_by_hand(store: Store, ref: str, reason: str = "") -> tuple[str, str 
     previous = store.current()
     if version == previous:
         return version, previous
-    if not store.promote(version, previous, by="promote", reason=reason or "by hand"):
-        raise UserError(f"{store.display}: another process promoted {store.current()} meanwhile; run it again")
+    _swap(store, version, previous, "promote", reason or "by hand")
     return version, previous
 
 
@@ -156,6 +153,11 @@ def rollback(store: Store, to: str | None = None, reason: str = "") -> tuple[str
     version = store.resolve(to) if to else store.resolve("parent")
     if version == previous:
         raise UserError(f"{store.display}: {version} is already the current version")
-    if not store.promote(version, previous, by="rollback", reason=reason or f"rolled back from {previous}"):
-        raise UserError(f"{store.display}: another process promoted {store.current()} meanwhile; run it again")
+    _swap(store, version, previous, "rollback", reason or f"rolled back from {previous}")
     return version, previous
+
+
+def _swap(store: Store, version: str, previous: str | None, by: str, reason: str) -> None:
+    """A promotion a user asked for: compare-and-swap, or UserError if another process won."""
+    if not store.promote(version, previous, by=by, reason=reason):
+        raise UserError(f"{store.display}: another process promoted {store.current()} meanwhile; run it again")

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from continual_trainer.data.errors import UserError
-from continual_trainer.data.storage import Store
+from continual_trainer.data.parquet import redact
 
 
 class MlflowMirror:
@@ -26,15 +27,16 @@ class MlflowMirror:
     tracking URI (and MLFLOW_TRACKING_URI) for everything that runs after it.
     """
 
-    def __init__(self, tracking_uri: str, store: Store) -> None:
+    def __init__(self, tracking_uri: str, store_uri: str) -> None:
         try:
             from mlflow import MlflowClient
         except ImportError:
             raise UserError(
                 "--mlflow: MLflow is not installed; install the extra: pip install 'continual-trainer[mlflow]'"
             ) from None
-        self._store = store
-        name = f"ctrain {store.display}"
+        # One experiment per store, however its path was typed (relative or absolute).
+        self._store = redact(store_uri if "://" in store_uri else os.path.abspath(store_uri))
+        name = f"ctrain {self._store}"
         try:
             self._client = MlflowClient(tracking_uri=tracking_uri)
             found = self._client.get_experiment_by_name(name)
@@ -53,7 +55,7 @@ class MlflowMirror:
         """One finished run; returns its id."""
         from mlflow.entities import Metric, Param, RunTag
 
-        all_tags = {**tags, "ctrain.store": self._store.display, **({"mlflow.parentRunId": parent} if parent else {})}
+        all_tags = {**tags, "ctrain.store": self._store, **({"mlflow.parentRunId": parent} if parent else {})}
         run = self._client.create_run(self._experiment, run_name=name, tags=all_tags)
         now = int(time.time() * 1000)
         self._client.log_batch(
@@ -110,13 +112,12 @@ def mirror_for(tracking_uri: str | None, store_uri: str) -> MlflowMirror | None:
     """The mirror `--mlflow URI` asks for, else MLFLOW_TRACKING_URI's if MLflow is installed
     (a variable set for other tools is no reason to fail), else None."""
     import importlib.util
-    import os
 
     if tracking_uri:
-        return MlflowMirror(tracking_uri, Store.open(store_uri))
+        return MlflowMirror(tracking_uri, store_uri)
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri and importlib.util.find_spec("mlflow") is not None:
-        return MlflowMirror(uri, Store.open(store_uri))
+        return MlflowMirror(uri, store_uri)
     return None
 
 

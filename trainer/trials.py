@@ -39,14 +39,36 @@ class TrialResult:
     peak_rss_mb: float = 0.0
 
 
-def evaluate_sets(candidate: Candidate, sets: Mapping[str, Rows], n_classes: int) -> dict[str, float | None]:
-    """Flat metrics `<set>_<metric>` of a candidate on each non-empty set."""
+def evaluate_sets(
+    candidate: Candidate, sets: Mapping[str, Rows], n_classes: int, batch_ids: Sequence[str] = ()
+) -> dict[str, float | None]:
+    """Flat metrics `<set>_<metric>` of a candidate on each non-empty set (see `scored`)."""
+    return scored(candidate, sets, n_classes, batch_ids)[0]
+
+
+def scored(
+    candidate: Candidate, sets: Mapping[str, Rows], n_classes: int, batch_ids: Sequence[str] = ()
+) -> tuple[dict[str, float | None], np.ndarray | None]:
+    """Flat metrics `<set>_<metric>` of a candidate on each non-empty set and, with `batch_ids`
+    (every batch in ingestion order), each batch's rows of the `holdout` set scored apart by
+    the task's first metric (`batch_<id>_accuracy`, or `_rmse`: a row of the accuracy matrix);
+    and its predictions on the `holdout` set."""
     out: dict[str, float | None] = {}
+    holdout_pred = None
     for name, rows in sets.items():
-        if len(rows):
-            for metric, value in score(candidate.predict(rows.x, n_classes), rows.y).items():
-                out[f"{name}_{metric}"] = value
-    return out
+        if not len(rows):
+            continue
+        pred = candidate.predict(rows.x, n_classes)
+        for metric, value in score(pred, rows.y).items():
+            out[f"{name}_{metric}"] = value
+        if name == "holdout":
+            holdout_pred = pred
+            if batch_ids:
+                first = "rmse" if n_classes == 0 else "accuracy"
+                for order in np.unique(rows.order):
+                    part = rows.order == order
+                    out[f"batch_{batch_ids[int(order)]}_{first}"] = score(pred[part], rows.y[part])[first]
+    return out, holdout_pred
 
 
 def holdout_metrics(metrics: Mapping[str, float | None]) -> dict[str, float | None]:
@@ -54,34 +76,9 @@ def holdout_metrics(metrics: Mapping[str, float | None]) -> dict[str, float | No
     return {k[len("holdout_") :]: v for k, v in metrics.items() if k.startswith("holdout_")}
 
 
-def per_batch(
-    candidate: Candidate, current: Candidate | None, holdout: Rows, n_classes: int, batch_ids: Sequence[str]
-) -> tuple[dict[str, float], dict[str, float], float | None]:
-    """Each batch's holdout scored apart, by the task's first metric (`batch_<id>_accuracy`, or
-    `_rmse`), for the candidate and the current model; and the candidate's negative flip rate:
-    the share of holdout rows the current model gets right and the candidate wrong
-    (classification; None for regression or without a current model)."""
-    if not len(holdout) or not batch_ids:
-        return {}, {}, None
-    name = "rmse" if n_classes == 0 else "accuracy"
-
-    def scores(pred: np.ndarray) -> dict[str, float]:
-        out = {}
-        for order in np.unique(holdout.order):
-            rows = holdout.order == order
-            out[f"batch_{batch_ids[int(order)]}_{name}"] = float(score(pred[rows], holdout.y[rows])[name])
-        return out
-
-    mine_pred = candidate.predict(holdout.x, n_classes)
-    if current is None:
-        return scores(mine_pred), {}, None
-    theirs_pred = current.predict(holdout.x, n_classes)
-    flips = None
-    if n_classes:
-        right_before = theirs_pred.argmax(axis=1) == holdout.y
-        wrong_now = mine_pred.argmax(axis=1) != holdout.y
-        flips = float(np.mean(right_before & wrong_now))
-    return scores(mine_pred), scores(theirs_pred), flips
+def negative_flip_rate(pred: np.ndarray, before: np.ndarray, y: np.ndarray) -> float:
+    """The share of rows the model before got right and this one gets wrong (class probabilities)."""
+    return float(np.mean((before.argmax(axis=1) == y) & (pred.argmax(axis=1) != y)))
 
 
 def run_strategy(
@@ -106,17 +103,17 @@ def score_candidate(
     extra_eval: Mapping[str, Rows] | None = None,
     execution: Mapping[str, Any] | None = None,
 ) -> TrialResult:
-    """Metrics of a candidate and of the current model on the same row sets, with each seen
-    batch's holdout scored apart (`batch_<id>_<metric>`, a row of the accuracy matrix) and the
-    candidate's negative flip rate against the current model."""
+    """Metrics of a candidate and of the current model on the same row sets, each seen batch's
+    holdout scored apart, and (classification) the candidate's negative flip rate."""
     sets = data.eval_sets(extra_eval)
-    metrics = evaluate_sets(candidate, sets, data.n_classes)
-    current_metrics = evaluate_sets(current, sets, data.n_classes)
-    mine, theirs, flips = per_batch(candidate, current, data.holdout, data.n_classes, data.batch_ids)
+    metrics, pred = scored(candidate, sets, data.n_classes, data.batch_ids)
+    current_metrics, before = scored(current, sets, data.n_classes, data.batch_ids)
+    if data.n_classes and pred is not None and before is not None:
+        metrics["holdout_negative_flip_rate"] = negative_flip_rate(pred, before, data.holdout.y)
     return TrialResult(
         candidate,
-        {**metrics, **mine, **({"holdout_negative_flip_rate": flips} if flips is not None else {})},
-        {**current_metrics, **theirs},
+        metrics,
+        current_metrics,
         seconds,
         len(candidate.members),
         dict(execution or {"mode": "local"}),

@@ -98,32 +98,29 @@ def test_sweep_submitted_as_a_ray_job(tiny_store: str, tmp_path: Path) -> None:
 
         spec = tmp_path / "sweep.yaml"
         spec.write_text("strategies: [keep, finetune_all]\nparams: {epochs: 3}\nseeds: [0, 1]\n")
-        job = subprocess.run(
-            [
-                str(BIN / "ray"),
-                "job",
-                "submit",
-                "--address",
-                address,
-                "--working-dir",
-                str(REPO),
-                "--",
-                "python",
-                "-m",
-                "continual_trainer",
-                "sweep",
-                "--store",
-                tiny_store,
-                "--config",
-                str(spec),
-                "--json",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
+
+        def submit(*entrypoint: str) -> None:
+            """`ray job submit --working-dir <this checkout>`; the job must succeed."""
+            job = subprocess.run(
+                [
+                    str(BIN / "ray"),
+                    "job",
+                    "submit",
+                    "--address",
+                    address,
+                    "--working-dir",
+                    str(REPO),
+                    "--",
+                    *entrypoint,
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
+
+        submit("python", "-m", "continual_trainer", "sweep", "--store", tiny_store, "--config", str(spec), "--json")
         (sweep,) = Path(tiny_store, "sweeps").iterdir()
         table = pq.read_table(sweep / "results.parquet")
         assert table.num_rows == 4
@@ -141,26 +138,7 @@ def test_sweep_submitted_as_a_ray_job(tiny_store: str, tmp_path: Path) -> None:
             f"{trainer} ingest --store {digits} {data}/digits-new.parquet",
             f"{trainer} sweep --store {digits} --config {spec2} --json",
         ]
-        job = subprocess.run(
-            [
-                str(BIN / "ray"),
-                "job",
-                "submit",
-                "--address",
-                address,
-                "--working-dir",
-                str(REPO),
-                "--",
-                "sh",
-                "-c",
-                " && ".join(steps),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
+        submit("sh", "-c", " && ".join(steps))
         (sweep,) = (digits / "sweeps").iterdir()
         assert pq.read_table(sweep / "results.parquet").num_rows == 2
     finally:
