@@ -80,12 +80,17 @@ def split_rows(table: pa.Table, batch_id: str, order: int, schema: Schema, fract
     return rows.take(~mask), rows.take(mask)
 
 
-def load_rows(store: Store, batch_ids: list[str]) -> tuple[Rows, Rows]:
-    """Several batches as (train rows, holdout rows); `order` is each batch's ingestion order."""
+def load_rows(store: Store, batch_ids: list[str], *, train: bool = True) -> tuple[Rows, Rows]:
+    """Several batches as (train rows, holdout rows); `order` is each batch's ingestion order.
+    With `train=False` only the holdout rows are kept (the train rows come back empty)."""
     schema = store.schema
+    empty = Rows.empty(schema.input_spec(), schema.is_regression)
     if not batch_ids:
-        empty = Rows.empty(schema.input_spec(), schema.is_regression)
         return empty, empty
     position = {b: i for i, b in enumerate(store.batch_ids())}
-    parts = [batch_rows(store, b, position[b], schema) for b in batch_ids]
-    return Rows.concat([p[0] for p in parts]), Rows.concat([p[1] for p in parts])
+    trains, holdouts = [], []
+    for b in batch_ids:
+        rows, holdout = batch_rows(store, b, position[b], schema)
+        trains.append(rows if train else empty)
+        holdouts.append(holdout)
+    return Rows.concat(trains), Rows.concat(holdouts)

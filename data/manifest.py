@@ -49,6 +49,7 @@ class Manifest:
     train_seconds: float = 0.0
     execution: dict[str, Any] = field(default_factory=lambda: {"mode": "local"})
     origin: dict[str, Any] = field(default_factory=dict)  # where else it comes from, e.g. a sweep's trial
+    state: dict[str, Any] = field(default_factory=dict)  # continual-learning state: files and summaries
     classes: tuple[Any, ...] = ()
     features: tuple[str, ...] = ()
     weights: tuple[float, ...] = ()
@@ -102,6 +103,7 @@ class Manifest:
             train_seconds=float(d.get("train_seconds") or 0.0),
             execution=_dict(d, "execution") or {"mode": "local"},
             origin=_dict(d, "origin"),
+            state=_dict(d, "state"),
             classes=tuple(_list(d, "classes", object, required=False)),
             features=tuple(_list(d, "features", str, required=False)),
             weights=weights,

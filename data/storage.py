@@ -35,14 +35,14 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.fs as pafs
 
 from continual_trainer.data.errors import UserError
-from continual_trainer.data.manifest import FORMAT_VERSION, Manifest, ManifestError, Member
+from continual_trainer.data.manifest import FILE_NAME, FORMAT_VERSION, Manifest, ManifestError, Member
 from continual_trainer.data.objectstore import S3Conditional
 from continual_trainer.data.parquet import HOST, one_line, parse_temp_name, redact, resolve, scrub, write_temp
 from continual_trainer.data.schema import Schema
@@ -323,9 +323,16 @@ class Store:
     def new_version_id(self, strategy: str) -> str:
         return f"{utc_stamp()}-{strategy}-{uuid.uuid4().hex[:4]}"
 
-    def write_version(self, version: str, members: list[tuple[bytes, int]], manifest: Manifest) -> Manifest:
+    def write_version(
+        self,
+        version: str,
+        members: list[tuple[bytes, int]],
+        manifest: Manifest,
+        extra: Mapping[str, bytes] | None = None,
+    ) -> Manifest:
         """Commit a version: its members' `.keras` bytes (with how many classes each
-        predicts), then its manifest, with every file's sha256, as the commit marker."""
+        predicts) and `extra` files (name -> bytes, e.g. state arrays), then its manifest,
+        with every file's sha256, as the commit marker."""
         if len(manifest.weights) != len(members) or not members:
             raise ValueError(f"{len(members)} members but {len(manifest.weights)} weights")
         self._remove_uncommitted("models", _VERSION_MARKER, _VERSION_OWNER)
@@ -339,6 +346,11 @@ class Store:
                 self._write(f"{folder}/{name}", data)
                 files[name] = sha256(data)
                 entries.append(Member(name, classes))
+            for name, data in (extra or {}).items():
+                if not FILE_NAME.fullmatch(name) or name.startswith((".", "member-")) or name == _VERSION_MARKER:
+                    raise ValueError(f"{name!r} cannot be a file of a version")
+                self._write(f"{folder}/{name}", data)
+                files[name] = sha256(data)
             manifest = dataclasses.replace(
                 manifest,
                 version=version,
@@ -453,7 +465,8 @@ class Store:
         if version == self.current():
             raise ValueError(f"cannot delete the current version {version}")
         folder = f"models/{version}"
-        names = [m.file for m in self.manifest(version).members]
+        manifest = self.manifest(version)
+        names = sorted({m.file for m in manifest.members} | set(manifest.files))
         self._delete(f"{folder}/{_VERSION_MARKER}")
         for name in [*names, _VERSION_OWNER]:
             self._delete(f"{folder}/{name}")

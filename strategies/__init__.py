@@ -8,6 +8,7 @@ a strategy runs.
 from continual_trainer.strategies import retrain  # noqa: I001, F401
 from continual_trainer.strategies import ensemble  # noqa: F401
 from continual_trainer.strategies import transfer  # noqa: F401
+from continual_trainer.strategies import continual  # noqa: F401
 from continual_trainer.strategies.base import UpdateInputs
 from continual_trainer.strategies.registry import Capabilities, Strategy, get, names, register
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -65,6 +65,17 @@ class UpdateInputs:
 class NoParams(Params):
     """A strategy without parameters."""
 
+    def reads_old(self, state: Mapping[str, Any]) -> bool:
+        return False
+
+
+def reads_old(params: Any, state: Mapping[str, Any]) -> bool:
+    """Whether a strategy with these parameters needs the old batches' training rows, given
+    the current version's state (a replay memory can stand in for them). Parameters that do
+    not say are assumed to."""
+    method = getattr(params, "reads_old", None)
+    return True if method is None else bool(method(state))
+
 
 FRACTION = Interval(float, 0, 1, low_open=True)
 
@@ -88,6 +99,9 @@ class TrainParams(LoopConfig):
 
     def trains_on_old(self) -> bool:
         return self.uses_old
+
+    def reads_old(self, state: Mapping[str, Any]) -> bool:
+        return self.trains_on_old()
 
     def loop_config(self) -> LoopConfig:
         return LoopConfig(self.epochs, self.batch_size, self.learning_rate, self.momentum, self.optimizer)

@@ -50,20 +50,24 @@ class GraftParams(TransferParams):
         return tuple(int(s) for s in self.layers.split(",") if s.strip())
 
 
-def _frozen_body(
-    inputs: UpdateInputs, freeze: int, strategy: str
-) -> tuple[keras.Model, Any, keras.layers.Layer, list[keras.layers.Layer]]:
-    """A copy of the current network; the tensor its head reads (the body's output); the head
-    (the last layer with weights before the output); and the weightless layers after the head
-    (e.g. a rescaling to the label's units), to apply again after a new head. The first
-    `freeze` body layers with weights are frozen (-1: all)."""
-    import keras
-
+def single_network(inputs: UpdateInputs, strategy: str) -> keras.Model:
     if len(inputs.current.members) != 1:
         raise UserError(
             f"{strategy} needs a single-network current model; it has {len(inputs.current.members)} members"
         )
-    model = clone(inputs.current.members[0])
+    return inputs.current.members[0]
+
+
+def _frozen_body(
+    current: keras.Model, freeze: int, strategy: str
+) -> tuple[keras.Model, Any, keras.layers.Layer, list[keras.layers.Layer]]:
+    """A copy of `current`; the tensor its head reads (the body's output); the head (the
+    last layer with weights before the output); and the weightless layers after the head
+    (e.g. a rescaling to the label's units), to apply again after a new head. The first
+    `freeze` body layers with weights are frozen (-1: all)."""
+    import keras
+
+    model = clone(current)
     head, tail = output_layer(model), []
     while not head.weights and not isinstance(head, keras.layers.InputLayer):
         tail.insert(0, head)
@@ -90,7 +94,7 @@ def graft(inputs: UpdateInputs, params: GraftParams) -> Candidate:
     input of its output layer), for Sequential and functional models alike."""
     import keras
 
-    model, h, _, tail = _frozen_body(inputs, params.freeze, "graft")
+    model, h, _, tail = _frozen_body(single_network(inputs, "graft"), params.freeze, "graft")
     for layer in hidden_layers(params.graft_sizes(), inputs.seed, prefix="graft"):
         h = layer(h)
     out = head_layer(inputs.n_classes, inputs.seed + 1000, name="graft_head")(h)
@@ -115,15 +119,31 @@ class NewHeadParams(TransferParams):
 def new_head(inputs: UpdateInputs, params: NewHeadParams) -> Candidate:
     """Old classes keep their output weights (a sigmoid unit becomes the class-1 softmax
     column), classes the old head lacked start fresh."""
-    import keras
-
     if inputs.regression:
         raise UserError("new_head gives a model outputs for new classes; a regression store has no classes")
-    old, h, old_head, _ = _frozen_body(inputs, params.freeze, "new_head")
+    old, h, old_head, _ = _frozen_body(single_network(inputs, "new_head"), params.freeze, "new_head")
+    return Candidate.single(fit(_grown(old, h, old_head, inputs.n_classes, inputs.seed, "new_head"), inputs, params))
+
+
+def with_classes(model: keras.Model, n_classes: int, seed: int, strategy: str) -> keras.Model:
+    """A trainable copy of `model` whose head predicts `n_classes` classes: the same network
+    if it already does, else its body with a head that keeps the known classes' weights
+    (as `new_head` makes it). For regression (`n_classes` 0), a copy."""
+    if n_classes == 0 or model_classes(model) >= n_classes:
+        return clone(model)
+    old, h, old_head, _ = _frozen_body(model, 0, strategy)
+    return _grown(old, h, old_head, n_classes, seed, strategy)
+
+
+def _grown(old: keras.Model, h: Any, old_head: Any, n_classes: int, seed: int, strategy: str) -> keras.Model:
+    """`old`'s body (ending in tensor `h`) with a new Dense head for `n_classes`, keeping
+    `old_head`'s weights for the classes it knew."""
+    import keras
+
     if not isinstance(old_head, keras.layers.Dense):
-        raise UserError(f"new_head replaces a Dense output layer; this model's is {type(old_head).__name__}")
-    head = head_layer(inputs.n_classes, inputs.seed + 1000, name="new_head")
-    model = keras.Model(input_structure(old), head(h), name="new_head")
+        raise UserError(f"{strategy} replaces a Dense output layer; this model's is {type(old_head).__name__}")
+    head = head_layer(n_classes, seed + 1000, name=f"{strategy}_head")
+    model = keras.Model(input_structure(old), head(h), name=strategy)
     w_old, b_old = old_head.get_weights()
     w, b = head.get_weights()
     b[:] = 0
@@ -132,7 +152,7 @@ def new_head(inputs: UpdateInputs, params: NewHeadParams) -> Candidate:
         w[:, 0], b[0] = 0.0, 0.0
         w[:, 1], b[1] = w_old[:, 0], b_old[0]
     else:
-        cols = min(w_old.shape[1], w.shape[1]) if known <= inputs.n_classes else 0
+        cols = min(w_old.shape[1], w.shape[1]) if known <= n_classes else 0
         w[:, :cols], b[:cols] = w_old[:, :cols], b_old[:cols]
     head.set_weights([w.astype(np.float32), b.astype(np.float32)])
-    return Candidate.single(fit(model, inputs, params))
+    return model

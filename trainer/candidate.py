@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,12 +21,18 @@ _PREDICT_CHUNK = 65536
 class Candidate:
     """Members and their ensemble weights (non-negative, summing to 1).
 
-    A member may know fewer classes than the store (it predates new classes): its
-    probability for the classes it does not know is 0.
+    A member may know fewer classes than the store (it predates new classes): each class's
+    probability is the weighted mean over the members that know it, and each row's
+    probabilities are then normalised (see `predict_proba`).
+
+    `state` is what continual-learning strategies keep with a version besides its
+    networks (a replay memory, Fisher information): named NumPy arrays of numbers or
+    fixed-width strings, stored pickle-free (see `trainer.versions`).
     """
 
     members: tuple[keras.Model, ...]
     weights: tuple[float, ...]
+    state: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -41,9 +47,11 @@ class Candidate:
         return cls((model,), (1.0,))
 
     @classmethod
-    def from_files(cls, files: list[bytes], weights: tuple[float, ...]) -> Candidate:
-        """Members from their `.keras` bytes (loaded in safe mode) and the ensemble weights."""
-        return cls(tuple(from_bytes(f) for f in files), tuple(weights))
+    def from_files(
+        cls, files: list[bytes], weights: tuple[float, ...], state: Mapping[str, np.ndarray] | None = None
+    ) -> Candidate:
+        """Members from their `.keras` bytes (loaded in safe mode), the ensemble weights and state."""
+        return cls(tuple(from_bytes(f) for f in files), tuple(weights), dict(state or {}))
 
     def predict(self, x: Mapping[str, np.ndarray] | np.ndarray, n_classes: int) -> np.ndarray:
         """The weighted mean of the members' predictions: class probabilities, shape
@@ -55,14 +63,21 @@ class Candidate:
         return self.predict_proba(x, n_classes)
 
     def predict_proba(self, x: Mapping[str, np.ndarray] | np.ndarray, n_classes: int) -> np.ndarray:
-        """Class probabilities, shape (n, n_classes): the weighted mean of the members'."""
+        """Class probabilities, shape (n, n_classes): for each class, the weighted mean of the
+        probabilities of the members that know it. Members that predate a class do not vote
+        against it: with members knowing different class sets, rows are normalised after."""
         x = _inputs(x)
         n = len(next(iter(x.values())))
         out = np.zeros((n, n_classes), np.float64)
+        cover = np.zeros(n_classes, np.float64)
         for model, weight in zip(self.members, self.weights, strict=True):
             if weight:
                 out += weight * member_proba(model, x, n_classes)
-        return out
+                cover[: model_classes(model)] += weight
+        if np.allclose(cover, 1.0):
+            return out
+        out[:, cover > 0] /= cover[cover > 0]
+        return out / np.maximum(out.sum(axis=1, keepdims=True), 1e-300)
 
 
 def _inputs(x: Mapping[str, np.ndarray] | np.ndarray) -> Mapping[str, np.ndarray]:

@@ -199,7 +199,7 @@ def update(
     if actors > 1 and strategy.can.data_parallel is None:
         able = ", ".join(strategies.names(data_parallel="averaging") + strategies.names(data_parallel="bagging"))
         raise UserError(f"--actors: {strategy_name} does not train data-parallel; these do: {able}")
-    data = load_update_data(store, require_new=strategy.can.trains)
+    data = load_update_data(store, require_new=strategy.can.trains, params=[params])
     executor = executor or LocalExecutor()
     job = Job(strategy, params, seed, actors, sync_steps)
     (outcome,) = executor.run(data, stored_candidate(store, data.parent), [job], extra_eval=extra_eval)
@@ -303,6 +303,7 @@ def history(uri: str) -> list[dict[str, Any]]:
                 "forgetting_batch": f.batch,
                 "backward_transfer": f.backward_transfer,
                 "negative_flip_rate": m.metrics.get("holdout_negative_flip_rate"),
+                "memory_rows": (m.state.get("memory") or {}).get("rows"),
                 "metrics": m.metrics,
             }
         )

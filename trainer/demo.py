@@ -100,8 +100,8 @@ def run_demo(
             np.zeros(data.test.num_rows, np.int32),
         )
     }
-    update_data = load_update_data(store)
     jobs = [Job(s, s.make_params(), seed) for s in map(strategies.get, strategies.names())]
+    update_data = load_update_data(store, params=[job.params for job in jobs])
     rows: dict[int, dict[str, Any]] = {}
 
     def record(i: int, outcome: Any) -> None:

@@ -23,6 +23,7 @@ so training many small networks (seeds, strategies, ensemble members) traces it 
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -90,7 +91,22 @@ class _LayerShape:
 
 
 ExtraLoss = Callable[[list["tf.Variable"]], "tf.Tensor"]
-LABEL_MODES = ("binary", "sparse", "soft", "mse")
+LABEL_MODES = ("binary", "sparse", "soft", "mse", "distill")
+
+
+@dataclass(frozen=True)
+class LogitMatch:
+    """Dark experience replay's term: per row, `weight` times the mean squared distance
+    between the model's logits and `targets` over the classes whose target is not NaN.
+
+    For a softmax head both sides are centred over those classes first, so logits and
+    log-probabilities (logits up to a per-row constant) compare. With it, the row's
+    classification loss is scaled by `ce_weight` (0 for rows that are only matched).
+    """
+
+    targets: np.ndarray  # (n, units), NaN for classes the stored model did not know
+    weight: np.ndarray  # (n,)
+    ce_weight: np.ndarray  # (n,)
 
 
 def label_mode(model: keras.Model, y: np.ndarray, task: str = "classification") -> str:
@@ -98,6 +114,8 @@ def label_mode(model: keras.Model, y: np.ndarray, task: str = "classification") 
     indices for a softmax), `soft` (class probabilities, as in distillation) or `mse`."""
     if task == "regression":
         return "mse"
+    if task == "distill":
+        return "distill"
     if output_units(model) == 1:
         return "binary"
     return "soft" if y.ndim == 2 else "sparse"
@@ -107,7 +125,15 @@ def output_units(model: keras.Model) -> int:
     return int(model.outputs[0].shape[-1])
 
 
-def _targets(y: np.ndarray, mode: str) -> np.ndarray:
+def _targets(y: np.ndarray, mode: str, units: int = 1, match: LogitMatch | None = None) -> np.ndarray:
+    if mode == "distill":  # [targets, logit targets, their mask, ce weight, match weight] side by side
+        assert match is not None
+        if y.ndim == 1:
+            y = y[:, None].astype(np.float32) if units == 1 else np.eye(units, dtype=np.float32)[y.astype(np.int64)]
+        mask = np.isfinite(match.targets)
+        return np.concatenate(
+            [y, np.where(mask, match.targets, 0), mask, match.ce_weight[:, None], match.weight[:, None]], axis=1
+        ).astype(np.float32)
     if mode == "sparse":
         return y.astype(np.int32)
     y = y.astype(np.float32)
@@ -143,7 +169,13 @@ def _dense_structure(model: keras.Model, mode: str) -> tuple[tuple[_LayerShape, 
         weights.append(layer.kernel.value)
         if layer.use_bias:
             weights.append(layer.bias.value)
-    head = {"binary": ("sigmoid",), "sparse": ("softmax",), "soft": ("softmax",), "mse": ("linear",)}[mode]
+    head = {
+        "binary": ("sigmoid",),
+        "sparse": ("softmax",),
+        "soft": ("softmax",),
+        "mse": ("linear",),
+        "distill": ("sigmoid", "softmax"),
+    }[mode]
     if not shapes or shapes[-1].activation not in head or len(model.inputs) != 1:
         return None
     return tuple(shapes), weights
@@ -191,10 +223,17 @@ def _trainable_index(shapes: tuple[_LayerShape, ...]) -> list[int]:
     return index
 
 
-def _dense_loss(mode: str) -> Callable[[Any, Any], Any]:
+def _dense_loss(mode: str, units: int = 1) -> Callable[[Any, Any], Any]:
     """Per-row loss from the head's pre-activation, as Keras computes it for that head."""
     import tensorflow as tf
 
+    if mode == "distill":
+
+        def distill(y: Any, z: Any) -> Any:
+            head = "binary" if units == 1 else "soft"
+            return _distill_loss(y, z, units, _dense_loss(head)(y[:, :units], z))
+
+        return distill
     if mode == "binary":
         return lambda y, z: tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z)[:, 0]
     if mode == "sparse":
@@ -204,16 +243,34 @@ def _dense_loss(mode: str) -> Callable[[Any, Any], Any]:
     return lambda y, z: tf.reduce_mean(tf.square(z - y), axis=-1)
 
 
+def _distill_loss(y: Any, z: Any, units: int, ce: Any) -> Any:
+    """`ce_weight * ce + weight * (centred) squared logit distance`, per row (see LogitMatch)."""
+    import tensorflow as tf
+
+    target, mask = y[:, units : 2 * units], y[:, 2 * units : 3 * units]
+    count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+    if units > 1:
+        z = z - tf.reduce_sum(mask * z, axis=1, keepdims=True) / count
+        target = target - tf.reduce_sum(mask * target, axis=1, keepdims=True) / count
+    match = tf.reduce_sum(mask * tf.square(z - target), axis=1) / count[:, 0]
+    return y[:, 3 * units] * ce + y[:, 3 * units + 1] * match
+
+
 @functools.lru_cache(maxsize=64)
-def _cached_dense_fn(shapes: tuple[_LayerShape, ...], mode: str, optimizer: str, weighted: bool) -> Any:
-    return _make_dense_fn(shapes, mode, optimizer, weighted, None)
+def _cached_dense_fn(shapes: tuple[_LayerShape, ...], mode: str, optimizer: str, weighted: bool, units: int = 1) -> Any:
+    return _make_dense_fn(shapes, mode, optimizer, weighted, None, units)
 
 
 def _make_dense_fn(
-    shapes: tuple[_LayerShape, ...], mode: str, optimizer: str, weighted: bool, extra_loss: ExtraLoss | None
+    shapes: tuple[_LayerShape, ...],
+    mode: str,
+    optimizer: str,
+    weighted: bool,
+    extra_loss: ExtraLoss | None,
+    units: int = 1,
 ) -> Any:
     train_idx = _trainable_index(shapes)
-    per_row = _dense_loss(mode)
+    per_row = _dense_loss(mode, units)
 
     def step_loss(weights: list[Any], xb: Any, yb: Any) -> Any:
         return per_row(yb, _forward(shapes, weights, xb))
@@ -234,23 +291,37 @@ def _general_fn(model: keras.Model, mode: str, optimizer: str, weighted: bool, e
     key = (mode, optimizer, weighted, extra_loss)
     fns = _GENERAL_FNS.setdefault(model, {})
     if key not in fns:
+        units = output_units(model)
+        head = "binary" if units == 1 else "soft"
         loss = {
             "binary": keras.losses.binary_crossentropy,
             "sparse": keras.losses.sparse_categorical_crossentropy,
             "soft": keras.losses.categorical_crossentropy,
             "mse": keras.losses.mean_squared_error,
-        }[mode]
+        }[head if mode == "distill" else mode]
 
         def step_loss(_: Any, xb: Any, yb: Any) -> Any:
             # The model's own call in training mode: Dropout drops, BatchNormalization updates
             # its moving statistics; Keras recovers the logits of a sigmoid/softmax output.
-            return loss(yb, model(xb, training=True))
+            out = model(xb, training=True)
+            if mode != "distill":
+                return loss(yb, out)
+            return _distill_loss(yb, _logits(out, units), units, loss(yb[:, :units], out))
 
         def regularization(_: Any) -> Any:
             return model.losses
 
         fns[key] = _epochs_fn(step_loss, None, optimizer, weighted, extra_loss, regularization)
     return fns[key]
+
+
+def _logits(out: Any, units: int) -> Any:
+    """Logits from a head's probabilities: the log-probabilities of a softmax (logits up to a
+    per-row constant), the logit of a sigmoid unit."""
+    import tensorflow as tf
+
+    p = tf.clip_by_value(out, 1e-7, 1 - 1e-7 if units == 1 else 1.0)
+    return tf.math.log(p) - (tf.math.log(1 - p) if units == 1 else 0.0)
 
 
 # -- shared: one compiled function running many epochs ---------------------------------------------
@@ -344,6 +415,7 @@ def train(
     first_epoch: int = 0,
     task: str = "classification",
     target_std: float = 1.0,
+    logit_match: LogitMatch | None = None,
 ) -> TrainResult:
     """Train `model` in place on (x, y).
 
@@ -370,6 +442,8 @@ def train(
         target_std: for regression, the squared error is measured in units of this (the
             label's first-batch standard deviation), so a learning rate means the same
             whatever the label's scale; `fit` with `learning_rate / target_std**2` matches.
+        logit_match: for classification, a logit-matching term per row (dark experience
+            replay), see `LogitMatch`.
 
     Returns:
         The mean training loss of each epoch, the wall-clock seconds and the optimizer
@@ -381,12 +455,16 @@ def train(
     """
     import tensorflow as tf
 
+    # A penalty (`extra_loss`) is a new function each update: its traces are expected, not a
+    # mistake worth TensorFlow's retracing warning on the user's terminal.
+    tf.get_logger().setLevel(logging.ERROR)
     start = time.perf_counter()
     n = len(y)
     if n == 0:
         raise ValueError("no training rows")
-    mode = label_mode(model, y, task)
-    targets = _targets(y, mode)
+    mode = label_mode(model, y, "distill" if logit_match is not None and task != "regression" else task)
+    units = output_units(model)
+    targets = _targets(y, mode, units, logit_match)
     if mode == "mse" and target_std != 1.0:  # the error in label standard deviations: weights carry the scale
         sample_weight = (1.0 if sample_weight is None else np.asarray(sample_weight)) / np.float32(target_std**2)
         sample_weight = np.broadcast_to(sample_weight, (n,)).astype(np.float32)
@@ -398,9 +476,9 @@ def train(
         shapes, weights = dense
         trainable = [weights[i] for i in _trainable_index(shapes)]
         fn = (
-            _make_dense_fn(shapes, mode, config.optimizer, weighted, extra_loss)
+            _make_dense_fn(shapes, mode, config.optimizer, weighted, extra_loss, units)
             if extra_loss is not None
-            else _cached_dense_fn(shapes, mode, config.optimizer, weighted)
+            else _cached_dense_fn(shapes, mode, config.optimizer, weighted, units if mode == "distill" else 1)
         )
         inputs: Any = tf.constant(single, tf.float32)
     else:

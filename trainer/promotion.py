@@ -91,7 +91,7 @@ def commit(
     )
     wins = better(holdout_metrics(result.metrics), holdout_metrics(result.current_metrics))
     gated = gate is not None and gate.active and wins
-    refused = gate.refuses(result.metrics, lineage(data.parent, _stored_manifest(store))) if gated else None
+    refused = gate.refuses(result.metrics, lineage(data.parent, stored_manifest(store))) if gated else None
     if promote == "auto" and refused:
         promoted, reason = False, f"better on the holdout, but {refused}"
     else:
@@ -123,7 +123,9 @@ def promote_version(
     return False, f"another update promoted {store.current()} first; this version is kept but not promoted"
 
 
-def _stored_manifest(store: Store) -> Callable[[str], Manifest | None]:
+def stored_manifest(store: Store) -> Callable[[str], Manifest | None]:
+    """`store.manifest`, with None for a version that is gone (for `data.manifest.lineage`)."""
+
     def manifest_of(version: str) -> Manifest | None:
         try:
             return store.manifest(version)

@@ -174,7 +174,7 @@ def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent) -
     if event.batch in store.manifest(current_version).batches_seen:
         event.status, event.reason = "seen", f"already learned by {current_version}"
         return
-    data = load_update_data(store)
+    data = load_update_data(store, params=[job.params for job in policy.jobs])
     new = Rows.concat([data.new, data.new_holdout])
     rows = new.take(new.order == store.batch_ids().index(event.batch))  # this file's rows: the drift signal
     current = stored_candidate(store, data.parent).load()

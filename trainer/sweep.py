@@ -25,12 +25,15 @@ import yaml
 
 from continual_trainer import strategies
 from continual_trainer.data.errors import UserError
+from continual_trainer.data.manifest import Manifest, lineage
 from continual_trainer.data.parquet import table_to_bytes
 from continual_trainer.data.storage import Store, utc_stamp
 from continual_trainer.trainer import params as P
 from continual_trainer.trainer.evaluate import headline, rank_key
 from continual_trainer.trainer.executor import Executor, Failure, Job, Outcome, SweepSettings, WorkFailed
+from continual_trainer.trainer.forgetting import forgetting, matrix_row
 from continual_trainer.trainer.progress import report
+from continual_trainer.trainer.promotion import stored_manifest
 from continual_trainer.trainer.updatedata import load_update_data
 from continual_trainer.trainer.versions import stored_candidate
 
@@ -169,7 +172,7 @@ def run_sweep(
     if spec is None:
         raise ValueError("give a spec or a sweep id to resume")
     sweep_id = resume or f"sweep-{utc_stamp()}"
-    data = load_update_data(store)
+    data = load_update_data(store, params=[t.job().params for t in spec.trials])
     if len(data.holdout) == 0:
         raise UserError(f"{store.display}: sweeps score trials on held-out rows; this store's holdout_fraction is 0")
     if not resume:
@@ -178,6 +181,7 @@ def run_sweep(
     todo = [t for t in spec.trials if t.trial_id not in done]
     task = store.schema.task
     failures: list[tuple[str, Failure]] = []
+    ancestors = lineage(data.parent, stored_manifest(store))
     if todo:
         bar = _Progress(len(spec.trials), len(spec.trials) - len(todo), task)
 
@@ -186,12 +190,12 @@ def run_sweep(
             if isinstance(outcome, Failure):
                 failures.append((trial.trial_id, outcome))
             else:
-                store.write_trial_record(sweep_id, trial.trial_id, _record(trial, outcome, task))
+                store.write_trial_record(sweep_id, trial.trial_id, _record(trial, outcome, task, ancestors))
                 bar.best(trial.strategy, outcome.metrics)
             bar.update()
 
         executor.sweep(data, stored_candidate(store, data.parent), [t.job() for t in todo], spec.settings, record)
-    result = _write_outputs(store, sweep_id, spec, failures, task)
+    result = _write_outputs(store, sweep_id, spec, failures, task, ancestors)
     if result.finished == 0 and failures:
         first = next((f for _, f in failures if f.user_error), failures[0][1])
         message = f"sweep {sweep_id}: none of {result.trials} trials finished; first failure: {first.message}"
@@ -199,7 +203,13 @@ def run_sweep(
     return result
 
 
-def _record(trial: TrialSpec, outcome: Any, task: str) -> dict[str, Any]:
+FORGETTING = ("forgetting", "backward_transfer", "negative_flip_rate")
+
+
+def _record(trial: TrialSpec, outcome: Any, task: str, ancestors: list[Manifest]) -> dict[str, Any]:
+    """A finished trial's row: its metrics, forgetting along the current version's lineage, and
+    its accuracy-matrix row (`batch_<id>_<metric>`, one per batch)."""
+    f = forgetting(outcome.metrics, ancestors)
     return {
         "trial_id": trial.trial_id,
         "strategy": trial.strategy,
@@ -209,6 +219,11 @@ def _record(trial: TrialSpec, outcome: Any, task: str) -> dict[str, Any]:
         "members": outcome.members,
         "worker_peak_rss_mb": outcome.peak_rss_mb,
         **{m: outcome.metrics.get(m) for m in metric_names(task)},
+        "forgetting": f.worst,
+        "forgetting_batch": f.batch,
+        "backward_transfer": f.backward_transfer,
+        "negative_flip_rate": outcome.metrics.get("holdout_negative_flip_rate"),
+        **{k: v for k, v in outcome.metrics.items() if k.startswith("batch_")},
     }
 
 
@@ -233,13 +248,21 @@ class _Progress:
 
 
 def _write_outputs(
-    store: Store, sweep_id: str, spec: SweepSpec, failures: list[tuple[str, Failure]], task: str
+    store: Store,
+    sweep_id: str,
+    spec: SweepSpec,
+    failures: list[tuple[str, Failure]],
+    task: str,
+    ancestors: list[Manifest],
 ) -> SweepResult:
     wanted = {t.trial_id for t in spec.trials}
     recorded = store.trial_records(sweep_id)
     records = [recorded[i] for i in sorted(set(recorded) & wanted)]
     table = pa.Table.from_pylist(records) if records else pa.table({"trial_id": pa.array([], pa.string())})
     plots = _plots(records, task) if records else {}
+    matrix = accuracy_matrix_png(records, ancestors, store.batch_ids(), task)
+    if matrix:
+        plots["plots/accuracy_matrix.png"] = matrix
     report = render_report(records, spec, sweep_id, sorted(plots), failures, task)
     files = {"results.parquet": table_to_bytes(table), "report.md": report.encode(), **plots}
     folder = store.write_report(sweep_id, files)
@@ -254,7 +277,7 @@ def summarize(records: list[dict[str, Any]], task: str = "classification") -> li
     rows = []
     for (strategy, params), rs in groups.items():
         row: dict[str, Any] = {"strategy": strategy, "params": params, "seeds": len(rs)}
-        for m in (*metric_names(task), "train_seconds"):
+        for m in (*metric_names(task), *FORGETTING, "train_seconds", *_batch_keys(rs)):
             values = [r[m] for r in rs if r.get(m) is not None]
             row[m] = (float(np.mean(values)), float(np.std(values))) if values else (None, None)
         rows.append(row)
@@ -263,6 +286,11 @@ def summarize(records: list[dict[str, Any]], task: str = "classification") -> li
         return rank_key({m: row[f"holdout_{m}"][0] for m in headline(task)})
 
     return sorted(rows, key=key, reverse=True)
+
+
+def _batch_keys(records: list[dict[str, Any]]) -> list[str]:
+    """The accuracy-matrix columns of the records, in batch order."""
+    return sorted({k for r in records for k in r if k.startswith("batch_")})
 
 
 def render_report(
@@ -283,22 +311,24 @@ def render_report(
         "",
         f"{len(records)} of {len(spec.trials)} trials finished. Every trial is scored on the same held-out rows: "
         "`holdout` is all of them, `old` the old batches' (forgetting), `new` the new batches' (plasticity). "
-        f"Mean ± std over seeds; ranked as promotion ranks versions ({how}).",
+        f"Mean ± std over seeds; ranked as promotion ranks versions ({how}). `forgetting`: on the worst "
+        "earlier batch, the best score an earlier version in the current model's lineage reached minus the "
+        "trial's; `flips`: the share of holdout rows the current model got right and the trial gets wrong.",
         "",
     ]
     name1, name2 = first.replace("_", " "), second.replace("_", " ")
     if records:
         lines += [
             f"| rank | strategy | params | seeds | holdout {name1} | old {name1} | new {name1} | holdout {name2} "
-            "| train s |",
-            "| ---: | --- | --- | ---: | --- | --- | --- | --- | ---: |",
+            "| forgetting | flips | train s |",
+            "| ---: | --- | --- | ---: | --- | --- | --- | --- | --- | --- | ---: |",
         ]
         for i, r in enumerate(summarize(records, task), 1):
             params = r["params"] if r["params"] != "{}" else "defaults"
             lines.append(
                 f"| {i} | {r['strategy']} | `{params}` | {r['seeds']} | {pm(r[f'holdout_{first}'])} | "
                 f"{pm(r[f'old_{first}'])} | {pm(r[f'new_{first}'])} | {pm(r[f'holdout_{second}'])} | "
-                f"{pm(r['train_seconds'], 2)} |"
+                f"{pm(r['forgetting'])} | {pm(r['negative_flip_rate'])} | {pm(r['train_seconds'], 2)} |"
             )
         lines.append("")
     if failures:
@@ -348,6 +378,56 @@ def _plots(records: list[dict[str, Any]], task: str = "classification") -> dict[
     out[f"plots/{first}_vs_seconds.png"] = _png(fig)
     plt.close("all")
     return out
+
+
+def accuracy_matrix_png(
+    records: list[dict[str, Any]], ancestors: list[Manifest], batch_ids: list[str], task: str
+) -> bytes | None:
+    """A heatmap of the accuracy matrix: one row per version of the current model's lineage
+    (oldest first, at most five) and per configuration of the sweep (mean over seeds), one
+    column per batch; None if no record has per-batch scores."""
+    columns = [b for b in batch_ids if any(f"batch_{b}_{headline(task)[0]}" in r for r in records)]
+    if not columns:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name = headline(task)[0]
+    labels, rows = [], []
+    for m in reversed(ancestors[:5]):
+        scores = matrix_row(m.metrics)[1]
+        labels.append(f"version {m.version}")
+        rows.append([scores.get(b, np.nan) for b in columns])
+    for r in summarize(records, task):
+        labels.append(r["strategy"] + ("" if r["params"] == "{}" else f" {r['params']}"))
+        rows.append([(r.get(f"batch_{b}_{name}") or (None,))[0] for b in columns])
+    values = np.array([[np.nan if v is None else v for v in row] for row in rows], float)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(columns) + 3.5), 0.42 * len(rows) + 1.6))
+    cmap = "viridis_r" if name == "rmse" else "viridis"
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            ax.text(
+                j,
+                i,
+                f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if v < np.nanmean(values) else "black",
+            )
+    ax.set_xticks(range(len(columns)), [f"batch {batch_ids.index(b) + 1}" for b in columns], fontsize=8)
+    ax.set_yticks(range(len(rows)), [t[:60] for t in labels], fontsize=7)
+    if ancestors:
+        ax.axhline(min(len(ancestors), 5) - 0.5, color="white", linewidth=2)
+    ax.set_title(f"Holdout {name} per batch: the current lineage (top), then each configuration")
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
 
 
 def _png(fig: Any) -> bytes:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from continual_trainer import strategies
 from continual_trainer.data.batches import load_rows
@@ -12,6 +13,7 @@ from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.schema import InputInfo
 from continual_trainer.data.storage import Store
+from continual_trainer.strategies.base import reads_old
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.models import ModelSpec
 
@@ -62,8 +64,12 @@ class NothingNew(UserError):
     """No batches arrived since the current version: there is nothing to update."""
 
 
-def load_update_data(store: Store, *, require_new: bool = True) -> UpdateData:
+def load_update_data(store: Store, *, require_new: bool = True, params: Sequence[Any] | None = None) -> UpdateData:
     """The current version and the rows of the batches it has and has not seen.
+
+    With `params` (of the strategies that will run), the old batches' training rows are
+    read only if one of them needs them (see `strategies.base.reads_old`): an update that
+    replays a memory reads the old batches' holdout rows only.
 
     Raises NothingNew if `require_new` and every batch has been seen.
     """
@@ -82,7 +88,9 @@ def load_update_data(store: Store, *, require_new: bool = True) -> UpdateData:
     old_ids = [b for b in batches if b in seen]
     if require_new and not new_ids:
         raise NothingNew(f"no new batches since version {parent}; nothing to update (add some with `ctrain ingest`)")
-    old, old_holdout = load_rows(store, old_ids)
+    state = store.manifest(parent).state.get("files", {})
+    old_train = params is None or any(reads_old(p, state) for p in params)
+    old, old_holdout = load_rows(store, old_ids, train=old_train)
     new, new_holdout = load_rows(store, new_ids)
     return UpdateData(
         parent,

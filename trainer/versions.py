@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from dataclasses import dataclass
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 
+import numpy as np
+
+from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import Manifest
 from continual_trainer.data.storage import Store
 from continual_trainer.trainer.candidate import Candidate
@@ -23,20 +28,48 @@ class StoredCandidate:
 
     files: tuple[bytes, ...]
     weights: tuple[float, ...]
+    state: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def load(self) -> Candidate:
-        """The members, each loaded in Keras safe mode."""
-        return Candidate.from_files(list(self.files), self.weights)
+        """The members, each loaded in Keras safe mode, with the version's state."""
+        return Candidate.from_files(list(self.files), self.weights, self.state)
 
     @classmethod
     def of(cls, candidate: Candidate) -> StoredCandidate:
-        return cls(tuple(to_bytes(m) for m in candidate.members), candidate.weights)
+        return cls(tuple(to_bytes(m) for m in candidate.members), candidate.weights, dict(candidate.state))
 
 
 def stored_candidate(store: Store, version: str) -> StoredCandidate:
-    """A stored version's member files (each checked against its sha256) and weights, without Keras."""
+    """A stored version's member files and state arrays (each checked against its sha256) and
+    weights, without Keras."""
     manifest = store.manifest(version)
-    return StoredCandidate(tuple(store.read_member(version, m.file) for m in manifest.members), manifest.weights)
+    files = tuple(store.read_member(version, m.file) for m in manifest.members)
+    state = {key: _array(store, version, name) for key, name in state_files(manifest).items()}
+    return StoredCandidate(files, manifest.weights, state)
+
+
+def state_files(manifest: Manifest) -> dict[str, str]:
+    """A version's state arrays: key -> file name in its folder."""
+    files = manifest.state.get("files", {})
+    return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
+
+
+def _array(store: Store, version: str, name: str) -> np.ndarray:
+    data = store.read_member(version, name)  # checked against its sha256
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        raise UserError(f"{store.display}: {version}/{name} is not a NumPy array without pickles ({exc})") from None
+
+
+def array_bytes(array: np.ndarray) -> bytes:
+    """An array as `.npy` bytes, refusing anything that would need pickle to read back."""
+    array = np.asarray(array)
+    if array.dtype.kind == "O":  # strings of categorical inputs: fixed-width unicode instead
+        array = array.astype(str)
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
 
 
 def load_candidate(store: Store, version: str) -> Candidate:
@@ -49,14 +82,22 @@ def save_candidate(store: Store, version: str, candidate: Candidate, manifest: M
     store and this process know (classes, features, weights, library versions)."""
     regression = store.schema.is_regression
     members = [(to_bytes(m), 0 if regression else model_classes(m)) for m in candidate.members]
+    names = {key: f"state-{i}.npy" for i, key in enumerate(sorted(candidate.state))}
+    extra = {names[key]: array_bytes(candidate.state[key]) for key in names}
+    state = dict(manifest.state)
+    if names:
+        from continual_trainer.strategies.memory import summary
+
+        state.update({"files": names, **summary(candidate.state, store.batch_ids())})
     manifest = dataclasses.replace(
         manifest,
         classes=tuple(store.schema.classes),
         features=tuple(store.schema.features),
         weights=tuple(candidate.weights),
         libraries=libraries(),
+        state=state,
     )
-    return store.write_version(version, members, manifest)
+    return store.write_version(version, members, manifest, extra)
 
 
 def libraries() -> dict[str, str]:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import matplotlib
+import matplotlib.image
+import pyarrow as pa
+import pyarrow.compute
 import pyarrow.parquet as pq
 import pytest
 
@@ -12,6 +16,8 @@ from continual_trainer.data.errors import UserError
 from continual_trainer.data.storage import Store
 from continual_trainer.trainer.executor import LocalExecutor
 from continual_trainer.trainer.sweep import SweepSpec, run_sweep, summarize
+
+matplotlib.use("Agg")
 
 SPEC = """
 strategies:
@@ -59,11 +65,19 @@ def test_local_sweep_writes_results_report_and_plots_and_resumes(tiny_store: str
     assert {"holdout_accuracy", "old_accuracy", "new_accuracy", "train_seconds", "seed", "params"} <= set(
         table.column_names
     )
+    # Forgetting along the current lineage, flips and one accuracy-matrix column per batch.
+    assert {"forgetting", "backward_transfer", "negative_flip_rate"} <= set(table.column_names)
+    batches = [c for c in table.column_names if c.startswith("batch_")]
+    assert [f"batch_{b}_accuracy" for b in store.batch_ids()] == batches
+    keep = table.filter(pa.compute.equal(table.column("strategy"), "keep"))
+    assert keep.column("forgetting").to_pylist() == [0.0, 0.0] and keep.column("negative_flip_rate")[0].as_py() == 0
     report = (folder / "report.md").read_text()
-    assert "| 1 |" in report and "finetune_all" in report and "±" in report
+    assert "| 1 |" in report and "finetune_all" in report and "±" in report and "| forgetting | flips |" in report
     files = store.report_files(result.sweep_id)
-    for png in ("plots/accuracy_by_strategy.png", "plots/accuracy_vs_seconds.png"):
+    for png in ("plots/accuracy_by_strategy.png", "plots/accuracy_vs_seconds.png", "plots/accuracy_matrix.png"):
         assert (folder / png).read_bytes()[:4] == b"\x89PNG" and png in report
+    image = matplotlib.image.imread(folder / "plots/accuracy_matrix.png")  # decodes
+    assert image.shape[0] > 100 and image.shape[1] > 100
     for mentioned in re.findall(r"`(plots/[^`]+)`", report):  # the report names only files that exist
         assert mentioned in files
 

@@ -1,0 +1,251 @@
+"""Forgetting on continual-learning benchmarks, every strategy through the product's API.
+
+1. Class-incremental split digits: scikit-learn's 8x8 digits (1797 images) split into five
+   batches of two classes arriving in order (0-1, 2-3, ..., 8-9); a 30% test split of every
+   class is kept aside. Each run: `init_store` on the first batch, then for each later batch
+   `ingest(new_classes=True)` and `update(strategy, promote="always")`. Final accuracy on
+   the test rows of all ten classes, mean and range over the seeds, and each run's update
+   time. `naive` is fine-tuning the whole network on the new rows with a head grown for the
+   new classes (`new_head freeze=0 data=new`); `joint` refits on every row so far
+   (`fresh_all`), the upper bound.
+2. Domain-incremental permuted digits: five batches of all ten classes, each with its own
+   fixed permutation of the 64 pixels. Final accuracy averaged over the five tasks' test
+   rows, and forgetting: the mean over the first four tasks of (accuracy just after
+   learning the task - final accuracy).
+3. Peak memory: `ctrain update` in a fresh process (peak RSS of that process) on a store of
+   five batches of `--rows` rows x 20 features (four learned by `replay` updates, whose
+   current version keeps a replay memory, and one new): `replay` (reads the memory and the
+   old batches' holdout rows) against `finetune_all` (reads every old row), one epoch each.
+
+Run: .venv/bin/python scripts/bench_forgetting.py [--seeds 3] [--rows 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+BIN = os.path.dirname(sys.executable)
+MODEL = "mlp:100,100"
+BASE_EPOCHS = 60
+
+CLASS_IL: dict[str, tuple[str, dict[str, str]]] = {
+    "naive": ("new_head", {"freeze": "0", "data": "new"}),
+    "lwf": ("lwf", {}),
+    "ewc": ("ewc", {}),
+    "replay": ("replay", {"memory_size": "200"}),
+    "der": ("der", {"memory_size": "200"}),
+    "joint": ("fresh_all", {"epochs": str(BASE_EPOCHS)}),
+}
+DOMAIN_IL: dict[str, tuple[str, dict[str, str]]] = {
+    "naive": ("finetune_new", {}),
+    "lwf": ("lwf", {}),
+    "ewc": ("ewc", {}),
+    "replay": ("replay", {"memory_size": "200"}),
+    "der": ("der", {"memory_size": "200"}),
+    "joint": ("fresh_all", {"epochs": str(BASE_EPOCHS)}),
+}
+
+
+def digits(seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    frame = _frame(data.data.astype(np.float32), data.target.astype(np.int64))
+    return train_test_split(frame, test_size=0.3, stratify=frame["digit"], random_state=seed)
+
+
+def _frame(pixels: np.ndarray, digit: np.ndarray, index: pd.Index | None = None) -> pd.DataFrame:
+    """The images as one tensor column (normalised by one mean and variance over all pixels)."""
+    return pd.DataFrame({"pixels": list(pixels), "digit": digit}, index=index)
+
+
+def run_stream(
+    batches: list[pd.DataFrame],
+    tests: list[pd.DataFrame],
+    strategy: str,
+    params: dict[str, str],
+    seed: int,
+    workdir: str,
+) -> tuple[list[list[float]], float]:
+    """One stream through the API: the accuracy on each test set after each batch, and the
+    seconds spent in updates."""
+    import continual_trainer as ct
+
+    uri = os.path.join(workdir, f"{strategy}-{seed}-{time.monotonic_ns()}")
+    store = ct.init_store(uri, batches[0], "digit", model=MODEL, epochs=BASE_EPOCHS, seed=seed)
+    accuracy = [_accuracies(store, tests)]
+    seconds = 0.0
+    for batch in batches[1:]:
+        store.ingest(batch, new_classes=True)
+        start = time.perf_counter()
+        store.update(strategy, promote="always", seed=seed, **params)
+        seconds += time.perf_counter() - start
+        accuracy.append(_accuracies(store, tests))
+    shutil.rmtree(uri, ignore_errors=True)
+    return accuracy, seconds
+
+
+def _accuracies(store, tests: list[pd.DataFrame]) -> list[float]:
+    return [float((store.predict(t)["prediction"].to_numpy() == t["digit"].to_numpy()).mean()) for t in tests]
+
+
+def class_incremental(seeds: int, workdir: str) -> list[dict]:
+    rows = []
+    for name, (strategy, params) in CLASS_IL.items():
+        finals, times = [], []
+        for seed in range(seeds):
+            train, test = digits(seed)
+            batches = [train[train.digit // 2 == k] for k in range(5)]
+            acc, seconds = run_stream(batches, [test], strategy, params, seed, workdir)
+            finals.append(acc[-1][0])
+            times.append(seconds)
+        rows.append(_row(name, strategy, params, finals, times))
+        print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def domain_incremental(seeds: int, workdir: str) -> list[dict]:
+    rows = []
+    for name, (strategy, params) in DOMAIN_IL.items():
+        finals, forgets, times = [], [], []
+        for seed in range(seeds):
+            train, test = digits(seed)
+            rng = np.random.default_rng(100 + seed)
+            perms = [np.arange(64)] + [rng.permutation(64) for _ in range(4)]
+            shuffled = train.sample(frac=1.0, random_state=seed)
+            parts = [shuffled.iloc[idx] for idx in np.array_split(np.arange(len(shuffled)), 5)]
+            batches = [_permuted(p, perm) for p, perm in zip(parts, perms, strict=True)]
+            tests = [_permuted(test, perm) for perm in perms]
+            acc, seconds = run_stream(batches, tests, strategy, params, seed, workdir)
+            finals.append(float(np.mean(acc[-1])))
+            forgets.append(float(np.mean([acc[t][t] - acc[-1][t] for t in range(4)])))
+            times.append(seconds)
+        row = _row(name, strategy, params, finals, times)
+        row["forgetting"] = float(np.mean(forgets))
+        rows.append(row)
+        print(_line(row) + f"  forgetting {row['forgetting']:.3f}", flush=True)
+    return rows
+
+
+def _permuted(frame: pd.DataFrame, perm: np.ndarray) -> pd.DataFrame:
+    pixels = np.stack(frame["pixels"].to_list())[:, perm]
+    return _frame(pixels, frame["digit"].to_numpy(), frame.index)
+
+
+def _row(name: str, strategy: str, params: dict[str, str], finals: list[float], times: list[float]) -> dict:
+    setting = " ".join(f"{k}={v}" for k, v in params.items())
+    return {
+        "method": name,
+        "strategy": f"{strategy} {setting}".strip(),
+        "accuracy": float(np.mean(finals)),
+        "low": float(np.min(finals)),
+        "high": float(np.max(finals)),
+        "update_seconds": float(np.mean(times)),
+    }
+
+
+def _line(row: dict) -> str:
+    return (
+        f"  {row['method']:<7} {row['strategy']:<36} accuracy {row['accuracy']:.3f} "
+        f"[{row['low']:.3f}, {row['high']:.3f}]  updates {row['update_seconds']:5.1f} s"
+    )
+
+
+def peak_memory(rows: int, workdir: str) -> dict[str, float]:
+    """Peak RSS (MiB) of `ctrain update` processes on a store with a replay memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(rows * 5, 20, n_informative=10, n_classes=4, random_state=0)
+    files = []
+    for k in range(5):
+        part = slice(k * rows, (k + 1) * rows)
+        table = pa.table({**{f"f{i}": x[part, i].astype(np.float32) for i in range(20)}, "y": y[part]})
+        files.append(os.path.join(workdir, f"big{k}.parquet"))
+        pq.write_table(table, files[-1])
+    store = os.path.join(workdir, "big")
+    ctrain = os.path.join(BIN, "ctrain")
+    quick = ["--set", "epochs=1", "--set", "batch_size=1024"]
+    _run(
+        [ctrain, "init", "--store", store, "--data", files[0], "--label", "y", "--epochs", "1", "--batch-size", "1024"]
+    )
+    for file in files[1:4]:  # the first replay fills the memory from the old rows; later ones read it
+        _run([ctrain, "ingest", "--store", store, file])
+        _run([ctrain, "update", "--store", store, "--strategy", "replay", "--promote", "always", *quick])
+    _run([ctrain, "ingest", "--store", store, files[4]])  # four old batches, one new
+    out = {}
+    for strategy in ("keep", "replay", "finetune_all"):  # keep: the floor (Python, TensorFlow, new rows)
+        copy = f"{store}-{strategy}"
+        shutil.copytree(store, copy)
+        settings = quick if strategy != "keep" else []
+        out[strategy] = _peak(
+            [ctrain, "update", "--store", copy, "--strategy", strategy, "--promote", "never", *settings]
+        )
+    return out
+
+
+def _run(argv: list[str]) -> None:
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+
+
+def _peak(argv: list[str]) -> float:
+    """Peak RSS of one child process, in MiB (each measured in its own helper process)."""
+    code = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *argv], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--rows", type=int, default=200_000, help="rows per batch in the memory comparison")
+    p.add_argument("--only", choices=("class", "domain", "memory"), action="append")
+    args = p.parse_args()
+    parts: dict[str, Callable[[str], object]] = {
+        "class": lambda w: class_incremental(args.seeds, w),
+        "domain": lambda w: domain_incremental(args.seeds, w),
+        "memory": lambda w: peak_memory(args.rows, w),
+    }
+    titles = {
+        "class": f"Class-incremental split digits (5 batches x 2 classes, {MODEL}, {args.seeds} seeds): final accuracy",
+        "domain": f"Domain-incremental permuted digits (5 permutations, {args.seeds} seeds): mean final accuracy",
+        "memory": f"Peak RSS of `ctrain update`, 5 batches x {args.rows:,} rows x 20 features, one epoch",
+    }
+    start = time.perf_counter()
+    for key in args.only or list(parts):
+        print(titles[key], flush=True)
+        with tempfile.TemporaryDirectory() as workdir:
+            result = parts[key](workdir)
+        if key == "memory":
+            assert isinstance(result, dict)
+            for name, mib in result.items():
+                print(f"  {name:<13} {mib:8.0f} MiB")
+            print(f"  ratio         {result['finetune_all'] / result['replay']:8.2f}x (finetune_all / replay)")
+            above = (result["finetune_all"] - result["keep"]) / max(result["replay"] - result["keep"], 1)
+            print(f"  above keep's  {above:8.2f}x (each minus keep's peak)")
+    print(f"total {time.perf_counter() - start:.0f} s; this process peak {_self_peak():.0f} MiB")
+
+
+def _self_peak() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+if __name__ == "__main__":
+    main()

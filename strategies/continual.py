@@ -1,0 +1,322 @@
+"""Learning the new without forgetting the old: replay, dark experience replay, LwF and EWC.
+
+Each starts from the current network (given a head for new classes where the store has
+more, see `transfer.with_classes`) and keeps what it needs for the next update in the
+new version's state: `replay` and `der` a bounded memory of old rows (`strategies.memory`),
+`ewc` the Fisher information. What they read of the old batches:
+- `replay`, `der`: the current version's memory only; a version without one (made by
+  another strategy) fills it from the old batches' training rows once;
+- `ewc`: the current version's Fisher information; without it, computed on its memory or
+  else on a sample of the old rows;
+- `lwf`: no old rows at all, only the current model's outputs on the new rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from continual_trainer.data.rows import Rows
+from continual_trainer.strategies.base import TrainParams, UpdateInputs, training_set
+from continual_trainer.strategies.memory import SELECTIONS, Memory, has_memory, logits_of, pad_logits, select
+from continual_trainer.strategies.registry import Capabilities, register
+from continual_trainer.strategies.transfer import single_network, with_classes
+from continual_trainer.trainer.candidate import Candidate
+from continual_trainer.trainer.loop import LogitMatch, LoopConfig, train
+from continual_trainer.trainer.models import feed
+from continual_trainer.trainer.params import Choice, Interval, Params, param
+
+if TYPE_CHECKING:
+    import keras
+
+FISHER = "fisher."
+CONTINUAL = Capabilities(learns_new_classes=True)
+
+
+@dataclass(frozen=True)
+class FinetuneRecipe(LoopConfig):
+    """The fine-tuning recipe: a tenth of the reference learning rate, 100 epochs."""
+
+    learning_rate: float = 0.001
+    epochs: int = 100
+
+
+@dataclass(frozen=True)
+class MemoryOptions(Params):
+    """The replay memory the new version keeps."""
+
+    memory_size: int = param(200, Interval(int, 1), "rows kept in the replay memory")
+    selection: str = param("reservoir", Choice(SELECTIONS), "reservoir or class_balanced")
+    replay_ratio: float = param(
+        0.5, Interval(float, 0, 1, low_open=True, high_open=True), "share of the training loss on memory rows"
+    )
+
+    def reads_old(self, state: Mapping[str, Any]) -> bool:
+        return not has_memory(state)
+
+
+@dataclass(frozen=True)
+class ReplayParams(FinetuneRecipe, MemoryOptions):
+    """Fine-tune on new rows + the replay memory."""
+
+
+@dataclass(frozen=True)
+class DerParams(ReplayParams):
+    """Dark experience replay: memory rows also pull the logits towards those stored with them."""
+
+    alpha: float = param(0.5, Interval(float, 0), "weight of matching memory rows' stored logits")
+    beta: float = param(1.0, Interval(float, 0), "weight of memory rows' labels (0: DER, above 0: DER++)")
+
+
+@dataclass(frozen=True)
+class LwfParams(FinetuneRecipe, TrainParams):
+    """Fine-tune on new rows towards targets mixed with the current model's softened outputs."""
+
+    alpha: float = param(0.5, Interval(float, 0, 1, high_open=True), "weight of the current model's outputs")
+    temperature: float = param(2.0, Interval(float, 0, low_open=True), "softens the current model's outputs")
+
+
+@dataclass(frozen=True)
+class EwcParams(FinetuneRecipe, TrainParams):
+    """Fine-tune on new rows with the elastic weight consolidation penalty (online EWC)."""
+
+    ewc_lambda: float = param(100.0, Interval(float, 0), "strength of the penalty (EWC's lambda)")
+    gamma: float = param(1.0, Interval(float, 0, 1), "decay of earlier versions' Fisher information")
+    fisher_rows: int = param(500, Interval(int, 1), "rows sampled to estimate the Fisher information")
+
+    def reads_old(self, state: Mapping[str, Any]) -> bool:
+        return not any(k.startswith(FISHER) for k in state) and not has_memory(state)
+
+
+# -- replay and DER -------------------------------------------------------------------------------
+
+
+def _memory(inputs: UpdateInputs, params: MemoryOptions, logits: bool) -> Memory:
+    """The current version's memory; one filled from the old rows if it keeps none (with
+    the current model's logits, for DER)."""
+    memory = Memory.from_state(inputs.current.state)
+    if memory is not None and (memory.logits is not None or not logits):
+        return memory
+    old = inputs.old if memory is None else memory.rows
+    stored = logits_of(inputs.current.members[0], old.x, inputs.regression) if logits else None
+    return select(None, old, params.memory_size, params.selection, inputs.seed + 3, stored)
+
+
+def _weights(n_new: int, n_memory: int, ratio: float) -> np.ndarray:
+    """Row weights giving the memory rows `ratio` of the loss, with mean 1."""
+    w = np.ones(n_new + n_memory, np.float32)
+    if n_memory and n_new:
+        w[n_new:] = ratio * n_new / ((1 - ratio) * n_memory)
+    return w / w.mean()
+
+
+@register("replay", ReplayParams, "fine-tune on new rows + a bounded memory of old rows", CONTINUAL)
+def replay(inputs: UpdateInputs, params: ReplayParams) -> Candidate:
+    """Experience replay: the memory's rows join each epoch; the new version keeps a memory
+    updated with the new rows."""
+    model = with_classes(single_network(inputs, "replay"), inputs.n_classes, inputs.seed, "replay")
+    memory = _memory(inputs, params, logits=False)
+    rows = Rows.concat([inputs.new, memory.rows])
+    _train(model, inputs, rows, params, _weights(len(inputs.new), len(memory), params.replay_ratio))
+    kept = select(memory, inputs.new, params.memory_size, params.selection, inputs.seed + 4)
+    return Candidate((model,), (1.0,), kept.to_state())
+
+
+@register("der", DerParams, "dark experience replay: memory rows with their stored logits", CONTINUAL)
+def der(inputs: UpdateInputs, params: DerParams) -> Candidate:
+    """DER (`beta=0`) and DER++ (Buzzega et al., 2020): memory rows are trained towards the
+    logits the model gave them when they were stored (`alpha`) and their labels (`beta`)."""
+    model = with_classes(single_network(inputs, "der"), inputs.n_classes, inputs.seed, "der")
+    memory = _memory(inputs, params, logits=True)
+    n_new, n_mem = len(inputs.new), len(memory)
+    rows = Rows.concat([inputs.new, memory.rows])
+    weights = _weights(n_new, n_mem, params.replay_ratio)
+    assert memory.logits is not None
+    if inputs.regression:  # both terms are squared errors: one mixed target, one weight
+        total = params.alpha + params.beta
+        stored = memory.logits[:, 0]
+        mixed = (params.alpha * stored + params.beta * memory.rows.y) / total if total else memory.rows.y
+        rows = Rows(rows.x, np.concatenate([inputs.new.y, mixed.astype(np.float32)]), rows.order)
+        weights[n_new:] *= total
+        _train(model, inputs, rows, params, weights)
+    else:
+        units = int(model.outputs[0].shape[-1])
+        targets = np.concatenate([np.full((n_new, units), np.nan, np.float32), _unit_logits(memory.logits, units)])
+        ce = np.concatenate([np.ones(n_new, np.float32), np.full(n_mem, params.beta, np.float32)])
+        match = np.concatenate([np.zeros(n_new, np.float32), np.full(n_mem, params.alpha, np.float32)])
+        _train(model, inputs, rows, params, weights, LogitMatch(targets, match, ce))
+    new_logits = logits_of(model, inputs.new.x, inputs.regression)
+    kept = select(memory, inputs.new, params.memory_size, params.selection, inputs.seed + 4, new_logits)
+    return Candidate((model,), (1.0,), kept.to_state())
+
+
+def _unit_logits(logits: np.ndarray, units: int) -> np.ndarray:
+    """Stored logits as the model's head has them: one column for a sigmoid unit, else one
+    per class (NaN for classes the storing model did not know)."""
+    if units == 1:
+        return logits[:, -1:] if logits.shape[1] == 1 else (logits[:, 1] - logits[:, 0])[:, None]
+    return pad_logits(logits, units)[:, :units]
+
+
+def _train(
+    model: keras.Model,
+    inputs: UpdateInputs,
+    rows: Rows,
+    config: LoopConfig,
+    weights: np.ndarray | None,
+    match: LogitMatch | None = None,
+    extra_loss: Any = None,
+) -> None:
+    train(
+        model,
+        feed(model, rows.x),
+        rows.y,
+        LoopConfig(config.epochs, config.batch_size, config.learning_rate, config.momentum, config.optimizer),
+        sample_weight=weights,
+        seed=inputs.seed,
+        task="regression" if inputs.regression else "classification",
+        target_std=inputs.target[1] if inputs.target else 1.0,
+        logit_match=match,
+        extra_loss=extra_loss,
+    )
+
+
+# -- LwF ------------------------------------------------------------------------------------------
+
+
+@register("lwf", LwfParams, "fine-tune on new rows, distilling the current model's outputs", CONTINUAL)
+def lwf(inputs: UpdateInputs, params: LwfParams) -> Candidate:
+    """Learning without forgetting (Li & Hoiem, 2016): each member trains towards
+    `(1 - alpha) * label + alpha * teacher`, the teacher being the member before training
+    at `temperature` (its known classes; new classes get 0 from it). For regression the
+    teacher's prediction is mixed into the label the same way."""
+    rows, weights = training_set(inputs, params)
+    members = []
+    for i, current in enumerate(inputs.current.members):
+        model = with_classes(current, inputs.n_classes, inputs.seed + i, "lwf")
+        teacher = logits_of(current, rows.x, inputs.regression)
+        if inputs.regression:
+            y = ((1 - params.alpha) * rows.y + params.alpha * teacher[:, 0]).astype(np.float32)
+        else:
+            y = _soft_targets(rows.y, teacher, params, int(model.outputs[0].shape[-1]))
+        _train(model, inputs, Rows(rows.x, y, rows.order), params, weights)
+        members.append(model)
+    return Candidate(tuple(members), inputs.current.weights)
+
+
+def _soft_targets(y: np.ndarray, teacher: np.ndarray, params: LwfParams, units: int) -> np.ndarray:
+    if units == 1:  # a sigmoid unit: the probability of class 1
+        p = 1 / (1 + np.exp(-teacher[:, 0] / params.temperature))
+        return ((1 - params.alpha) * y + params.alpha * p)[:, None].astype(np.float32)
+    soft = pad_logits(teacher, units)[:, :units] / params.temperature
+    soft = np.exp(soft - np.nanmax(soft, axis=1, keepdims=True))
+    soft = np.nan_to_num(soft, nan=0.0)
+    soft /= soft.sum(axis=1, keepdims=True)
+    onehot = np.eye(units, dtype=np.float32)[y.astype(np.int64)]
+    return ((1 - params.alpha) * onehot + params.alpha * soft).astype(np.float32)
+
+
+# -- EWC ------------------------------------------------------------------------------------------
+
+
+@register("ewc", EwcParams, "fine-tune on new rows, penalising changes to important weights (online EWC)", CONTINUAL)
+def ewc(inputs: UpdateInputs, params: EwcParams) -> Candidate:
+    """Elastic weight consolidation, online (Kirkpatrick et al., 2017; Schwarz et al., 2018):
+    the loss adds `ewc_lambda / 2 * sum(F * (w - w_current)**2)`, F the diagonal Fisher
+    information the current version keeps (decayed by `gamma` at each update, plus the new
+    version's own, estimated on `fisher_rows` of its training rows)."""
+    import tensorflow as tf
+
+    current = single_network(inputs, "ewc")
+    model = with_classes(current, inputs.n_classes, inputs.seed, "ewc")
+    anchor = [np.asarray(v.numpy()) for v in model.trainable_variables]  # the current weights
+    before = _stored_fisher(inputs.current.state)
+    if before is None:
+        memory = Memory.from_state(inputs.current.state)
+        rows = memory.rows if memory is not None else inputs.old
+        before = fisher(current, _sample(rows, params.fisher_rows, inputs.seed + 5), inputs)
+    before = [params.gamma * _padded(f, a.shape) for f, a in zip(before, anchor, strict=False)]
+    if len(before) != len(anchor):
+        before = [np.zeros_like(a) for a in anchor]  # a different network: nothing to consolidate
+    consts = [(tf.constant(f, tf.float32), tf.constant(a, tf.float32)) for f, a in zip(before, anchor, strict=True)]
+    strength = params.ewc_lambda / 2
+
+    def penalty(variables: list[Any]) -> Any:
+        return strength * tf.add_n(
+            [tf.reduce_sum(f * tf.square(v - a)) for v, (f, a) in zip(variables, consts, strict=True)]
+        )
+
+    rows, weights = training_set(inputs, params)
+    _train(model, inputs, rows, params, weights, extra_loss=penalty)
+    own = fisher(model, _sample(rows, params.fisher_rows, inputs.seed + 6), inputs)
+    state = {f"{FISHER}{i}": (f + g).astype(np.float32) for i, (f, g) in enumerate(zip(before, own, strict=True))}
+    return Candidate((model,), (1.0,), state)
+
+
+def _stored_fisher(state: Mapping[str, np.ndarray]) -> list[np.ndarray] | None:
+    keys = sorted((k for k in state if k.startswith(FISHER)), key=lambda k: int(k[len(FISHER) :]))
+    return [state[k] for k in keys] or None
+
+
+def _padded(f: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Fisher information of a variable that grew (a head with new classes): zero for the new part."""
+    if f.shape == shape:
+        return f
+    out = np.zeros(shape, np.float32)
+    if len(f.shape) != len(shape):
+        return out
+    out[tuple(slice(0, min(a, b)) for a, b in zip(f.shape, shape, strict=True))] = f[
+        tuple(slice(0, min(a, b)) for a, b in zip(f.shape, shape, strict=True))
+    ]
+    return out
+
+
+def _sample(rows: Rows, n: int, seed: int) -> Rows:
+    if len(rows) <= n:
+        return rows
+    return rows.take(np.sort(np.random.default_rng(seed).choice(len(rows), n, replace=False)))
+
+
+def fisher(model: keras.Model, rows: Rows, inputs: UpdateInputs) -> list[np.ndarray]:
+    """The diagonal of the empirical Fisher information of `model`'s trainable variables: the
+    mean over `rows` of each row's squared gradient of its loss (log-likelihood of its label;
+    for regression the squared error in label standard deviations)."""
+    import keras
+    import tensorflow as tf
+
+    variables = model.trainable_variables
+    if not len(rows):
+        return [np.zeros(v.shape, np.float32) for v in variables]
+    units = int(model.outputs[0].shape[-1])
+    if inputs.regression:
+        scale = inputs.target[1] if inputs.target else 1.0
+        loss, y = keras.losses.mean_squared_error, (rows.y / scale)[:, None].astype(np.float32)
+        model_out = _scaled(model, scale)
+    elif units == 1:
+        loss, y, model_out = keras.losses.binary_crossentropy, rows.y[:, None].astype(np.float32), model
+    else:
+        loss, y, model_out = keras.losses.sparse_categorical_crossentropy, rows.y.astype(np.int32), model
+    x = tf.nest.map_structure(tf.constant, feed(model, rows.x))
+
+    @tf.function
+    def accumulate(x: Any, y: Any) -> Any:
+        total = [tf.zeros(v.shape, tf.float32) for v in variables]
+        for i in tf.range(tf.shape(y)[0]):
+            xi = tf.nest.map_structure(lambda t: t[i : i + 1], x)  # noqa: B023 - used at once
+            with tf.GradientTape() as tape:
+                value = tf.reduce_sum(loss(y[i : i + 1], model_out(xi, training=False)))
+            grads = tape.gradient(value, variables)
+            total = [
+                t + tf.square(tf.zeros(v.shape) if g is None else g)
+                for t, g, v in zip(total, grads, variables, strict=True)
+            ]
+        return total
+
+    return [np.asarray(t) / len(rows) for t in accumulate(x, tf.constant(y))]
+
+
+def _scaled(model: keras.Model, scale: float) -> Any:
+    return lambda x, training=False: model(x, training=training) / scale
