@@ -19,7 +19,8 @@ The task is `classification` (labels are classes) or `regression` (labels are nu
 Columns that are neither features nor the label (an id, a comment) are *kept*: the store
 records name patterns for them (`init --ignore id,comment*`, or every other column after
 `init --features ...`); batches may carry such columns, the store keeps them byte for
-byte, training ignores them and `predict` passes them through. Any other extra column is
+byte, training ignores them and `predict` passes them through. A DataFrame's index that pandas
+wrote into the file (`__index_level_0__`) is always such a column. Any other extra column is
 refused, so a renamed or misspelt feature is never silently dropped.
 """
 
@@ -317,7 +318,7 @@ class Schema:
             raise UserError(f"{source}: no label column {label!r}; columns are {', '.join(table.column_names)}")
         if features and ignore:
             raise UserError("--features and --ignore: give one of them")
-        others = [c for c in table.column_names if c != label]
+        others = [c for c in table.column_names if c != label and not _pandas_index(c)]
         if features:
             names = _matching(others, features, "--features", source)
             kept = ("*",)
@@ -403,7 +404,7 @@ class Schema:
         return (
             column != self.label
             and column not in self.features
-            and any(fnmatch.fnmatchcase(column, p) for p in self.ignore)
+            and (_pandas_index(column) or any(fnmatch.fnmatchcase(column, p) for p in self.ignore))
         )
 
     def check_labels(self, table: pa.Table, source: str) -> list[Any]:
@@ -522,6 +523,12 @@ def _matching(columns: list[str], patterns: Sequence[str], option: str, source: 
         if not any(fnmatch.fnmatchcase(c, p) for c in columns):
             raise UserError(f"{option} {p}: no column of {source} matches (columns: {', '.join(columns)})")
     return [c for c in columns if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
+
+
+def _pandas_index(column: str) -> bool:
+    """A DataFrame's index that `DataFrame.to_parquet` wrote as a column (`__index_level_0__`):
+    row labels, never a feature; kept and passed through like an ignored column."""
+    return fnmatch.fnmatchcase(column, "__index_level_*__")
 
 
 def _refuse_identifiers(table: pa.Table, columns: Sequence[Column], source: str) -> None:

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import continual_trainer as ct
 from continual_trainer.data.storage import Store
 from continual_trainer.trainer.cli import main
 from continual_trainer.trainer.progress import Reporter, report, reporting
@@ -95,6 +96,20 @@ def test_features_by_pattern_keep_every_other_column(tmp_path: Path, capsys) -> 
     err = run(capsys, "init", "--store", str(tmp_path / "s2"), "--data", str(files["old"]), "--label", "diagnosis",
               "--features", "nothing*", code=2)["error"]  # fmt: skip
     assert "--features nothing*: no column" in err
+
+
+def test_a_dataframes_index_written_by_pandas_is_never_a_feature(tmp_path: Path, capsys) -> None:
+    """`df.sample(...).to_parquet(f)` writes the shuffled index as `__index_level_0__`."""
+    frame = make_table(n=200).to_pandas().sample(frac=1.0, random_state=0)
+    frame.iloc[:120].to_parquet(tmp_path / "a.parquet")
+    assert "__index_level_0__" in pq.read_table(tmp_path / "a.parquet").column_names
+    store = ct.init_store(str(tmp_path / "store"), str(tmp_path / "a.parquet"), "y", epochs=3)
+    assert "__index_level_0__" not in store.schema.features and len(store.schema.features) == 5
+    store.ingest(frame.iloc[120:])  # a DataFrame (no index column), then a file with one
+    frame.iloc[160:].assign(y=1 - frame.y.iloc[160:]).to_parquet(tmp_path / "b.parquet")
+    store.ingest(str(tmp_path / "b.parquet"))
+    scored = store.predict(str(tmp_path / "b.parquet"))
+    assert {"prediction", "__index_level_0__"} <= set(scored.column_names) and scored.num_rows == 40
 
 
 def _store_with_versions(tmp_path: Path, capsys) -> tuple[str, list[str]]:
