@@ -77,7 +77,7 @@ class ShardTrainer:
             need -= len(chunk)
         index = np.concatenate(take)
         w = None if self.weights is None else self.weights[index]
-        one_pass = dataclasses.replace(self.config, epochs=1)
+        one_pass = dataclasses.replace(self.config, epochs=1, patience=0, max_seconds=0.0)  # rounds: no stopping
         part = self.rows.take(index)
         result = train(
             self.model,

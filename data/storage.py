@@ -35,7 +35,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -529,12 +529,12 @@ class Store:
                     out[name[: -len(".json")]] = record
         return out
 
-    def write_report(self, report_id: str, files: dict[str, bytes]) -> str:
-        """Write a report's files (results, Markdown, plots) under `sweeps/<report_id>/`; return
-        where it is, fit to print."""
+    def write_report(self, report_id: str, files: dict[str, bytes], folder: str = "sweeps") -> str:
+        """Write a report's files (results, Markdown, plots) under `<folder>/<report_id>/`
+        (`sweeps` or `reports`); return where it is, fit to print."""
         for name, data in files.items():
-            self._write(f"sweeps/{report_id}/{name}", data)
-        return self._where(f"sweeps/{report_id}")
+            self._write(f"{folder}/{report_id}/{name}", data)
+        return self._where(f"{folder}/{report_id}")
 
     def report_files(self, report_id: str) -> list[str]:
         """The files under `sweeps/<report_id>/`, relative to it (e.g. `plots/x.png`)."""
@@ -576,6 +576,15 @@ class Store:
 
     def release_stream_file(self, digest: str) -> None:
         self._delete(f"stream/claims/{digest}.json")
+
+    def last_stream_event(self, wanted: Callable[[dict[str, Any]], bool] = lambda e: True) -> dict[str, Any] | None:
+        """The newest stream event `wanted` accepts, read from the newest back."""
+        for name in reversed(self._list_files("stream/events")):
+            with contextlib.suppress(FileNotFoundError, UserError):
+                event = self._read_json(f"stream/events/{name}")
+                if isinstance(event, dict) and wanted(event):
+                    return event
+        return None
 
     def stream_events(self) -> list[dict[str, Any]]:
         """Every stream event, oldest first."""

@@ -104,7 +104,7 @@ class TrainParams(LoopConfig):
         return self.trains_on_old()
 
     def loop_config(self) -> LoopConfig:
-        return LoopConfig(self.epochs, self.batch_size, self.learning_rate, self.momentum, self.optimizer)
+        return self.loop()
 
 
 @dataclass(frozen=True)

@@ -174,7 +174,7 @@ def _train(
         model,
         feed(model, rows.x),
         rows.y,
-        LoopConfig(config.epochs, config.batch_size, config.learning_rate, config.momentum, config.optimizer),
+        config.loop(),
         sample_weight=weights,
         seed=inputs.seed,
         task="regression" if inputs.regression else "classification",

@@ -253,6 +253,22 @@ def cmd_history(args: argparse.Namespace) -> None:
     _emit(args, "" if args.json else "\n".join(lines), {"versions": rows})
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from continual_trainer.trainer.commands import store_report
+
+    where, files = store_report(args.store, args.out)
+    page = f"{where}/index.html"
+    _emit(
+        args,
+        "" if args.json else f"report: {page}\nalso: {where}/report.md and {len(files) - 2} plot(s)",
+        {
+            "folder": where,
+            "page": page,
+            "files": files,
+        },
+    )
+
+
 def _short(version: str | None) -> str:
     """A version id's tail (its unique suffix, as every command takes it)."""
     return "-" if not version else "…" + version[-12:]
@@ -353,9 +369,13 @@ def cmd_stream(args: argparse.Namespace) -> None:
     from continual_trainer.trainer.executor import make_executor
     from continual_trainer.trainer.stream import DEFAULT_CANDIDATES, Policy, run_stream
     from continual_trainer.trainer.tracking import mirror_for
+    from continual_trainer.trainer.triggers import TriggerSet
 
     candidates = [c for c in (args.candidates or ",".join(DEFAULT_CANDIDATES)).split(",") if c]
-    policy = Policy(args.policy, candidates, seed=args.seed, values=_settings(args.set), gate=_gate(args))
+    triggers = TriggerSet.parse(args.trigger, _settings(args.trigger_set), args.trigger_combine)
+    policy = Policy(
+        args.policy, candidates, seed=args.seed, values=_settings(args.set), gate=_gate(args), triggers=triggers
+    )
     mirror = mirror_for(args.mlflow, args.store)
     executor = make_executor(ray=_where_flag(args, True if args.policy == "best" else None))
 
@@ -480,6 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="a parameter for every strategy that has it (repeatable)"
     )
+    c.add_argument(
+        "--trigger",
+        default="always",
+        help="when to update: always (default), every, performance, features, or several comma-separated",
+    )
+    c.add_argument(
+        "--trigger-set", action="append", metavar="KEY=VALUE", help="a parameter for every trigger that has it"
+    )
+    c.add_argument("--trigger-combine", choices=("any", "all"), default="any", help="several triggers: any or all")
     c.add_argument("--once", action="store_true", help="process what is in the inbox now, then exit")
     c.add_argument(
         "--interval", type=_checked(Interval(float, 0, low_open=True)), default=5.0, help="seconds between polls"
@@ -573,6 +602,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = command("history", cmd_history, "versions, lineage and metrics", needs_tf=False)
     c.add_argument("--store", required=True)
+
+    c = command("report", cmd_report, "the store's life on one HTML page and in Markdown, with plots", needs_tf=False)
+    c.add_argument("--store", required=True)
+    c.add_argument("--out", help="folder or URI to write to (default: the store's reports/report-<time>/)")
 
     c = command("promote", cmd_promote, "make a stored version current (compare-and-swap)", needs_tf=False)
     c.add_argument("--store", required=True)

@@ -19,10 +19,10 @@ from continual_trainer import strategies
 from continual_trainer.data.batches import IngestResult, ingest, ingest_bytes, load_table, split_rows
 from continual_trainer.data.errors import NewClassesRefused, UserError
 from continual_trainer.data.manifest import Manifest, lineage
-from continual_trainer.data.parquet import read_bytes, redact, same_file, table_from_bytes, write_table
+from continual_trainer.data.parquet import one_line, read_bytes, redact, same_file, table_from_bytes, write_table
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.schema import OUTPUT_COLUMNS, Schema
-from continual_trainer.data.storage import NotAStore, Store, StoreMeta, batch_name
+from continual_trainer.data.storage import NotAStore, Store, StoreMeta, batch_name, utc_stamp
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.evaluate import headline, rank_key
 from continual_trainer.trainer.executor import Executor, Job, LocalExecutor, result_or_raise
@@ -263,6 +263,27 @@ def predict_table(
     if schema.n_classes == 2:
         out = out.append_column("probability", pa.array(pred[:, 1], pa.float64()))
     return out
+
+
+def store_report(uri: str, out: str | None = None) -> tuple[str, list[str]]:
+    """Write `ctrain report`'s page, Markdown and plots to `out` (a folder or URI), by default
+    into the store under `reports/report-<time>/`; return where and the files' names."""
+    from continual_trainer.data.parquet import resolve
+    from continual_trainer.trainer.report import build_report
+
+    store = Store.open(uri)
+    files = build_report(store, history(uri))
+    if out is None:
+        return store.write_report(f"report-{utc_stamp()}", files, folder="reports"), sorted(files)
+    fs, root = resolve(out)
+    try:
+        for name, data in files.items():
+            fs.create_dir(os.path.dirname(f"{root}/{name}"), recursive=True)
+            with fs.open_output_stream(f"{root}/{name}") as f:
+                f.write(data)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write the report ({one_line(str(exc))})") from None
+    return redact(out), sorted(files)
 
 
 def history(uri: str) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ so training many small networks (seeds, strategies, ensemble members) traces it 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -67,6 +68,15 @@ class LoopConfig(Params):
     learning_rate: float = param(0.01, LEARNING_RATE, "optimizer step size")
     momentum: float = param(0.9, MOMENTUM, "SGD momentum (ignored by adam)")
     optimizer: str = param("sgd", Choice(OPTIMIZERS), "sgd (with momentum) or adam")
+    patience: int = param(0, Interval(int, 0), "early stopping: epochs without a better validation loss (0: off)")
+    validation: float = param(
+        0.1, Interval(float, 0, 0.5, low_open=True), "with patience: share of the training rows held out to stop on"
+    )
+    max_seconds: float = param(0.0, Interval(float, 0), "wall-clock budget of one training run (0: none)")
+
+    def loop(self) -> LoopConfig:
+        """Just the loop's settings (of a strategy's parameters, which extend them)."""
+        return LoopConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LoopConfig)})
 
 
 @dataclass(frozen=True)
@@ -78,9 +88,21 @@ class OptimizerState:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """Attributes:
+    epoch_loss: the mean training loss of each epoch run.
+    seconds: wall-clock seconds.
+    state: the optimizer state, to continue.
+    stopped: why training ended before `epochs`: `patience` (the validation loss stopped
+        improving; the best epoch's weights were restored) or `budget` (`max_seconds`); None
+        if it ran every epoch.
+    best_epoch: with patience, the epoch whose weights the model has (1-based).
+    """
+
     epoch_loss: np.ndarray
     seconds: float
     state: OptimizerState
+    stopped: str | None = None
+    best_epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -470,6 +492,14 @@ def train(
         sample_weight = np.broadcast_to(sample_weight, (n,)).astype(np.float32)
     weighted = sample_weight is not None
     w = np.asarray(sample_weight, np.float32) if weighted else np.ones(1, np.float32)
+    stopper = None
+    if config.patience and n >= 10:  # hold out a seeded slice of the rows to stop on
+        order = np.random.default_rng(seed).permutation(n)
+        cut = max(1, round(n * config.validation))
+        held, kept = np.sort(order[:cut]), np.sort(order[cut:])
+        stopper = _Stopper(model, _take(x, held), targets[held], w[held] if weighted else None, mode, units, config)
+        x, targets, n = _take(x, kept), targets[kept], len(kept)
+        w = w[kept] if weighted else w
     single = x if isinstance(x, np.ndarray) else None
     dense = _dense_structure(model, mode) if single is not None else None
     if dense is not None:
@@ -496,9 +526,14 @@ def train(
     else:
         hp = tf.constant([config.learning_rate, config.momentum, 0.0], tf.float32)
     args = (inputs, tf.constant(targets), tf.constant(w))
-    losses, done, chunk = [], 0, 1
+    losses, done, chunk, stopped, per_epoch = [], 0, 1, None, 0.0
     while done < config.epochs:
         k = min(chunk, config.epochs - done)
+        if stopper is not None:
+            k = 1  # the validation loss after every epoch
+        if config.max_seconds and done:  # no chunk expected to overrun the budget by much
+            left = config.max_seconds - (time.perf_counter() - start)
+            k = max(1, min(k, int(left / max(per_epoch, 1e-9))))
         call_start = time.perf_counter()
         try:
             out = fn(
@@ -532,13 +567,75 @@ def train(
         if progress is not None:
             progress(done)
         report("epochs", done, config.epochs, f"loss {float(out[-1]):.4g}")
+        if stopper is not None and stopper.stop(done):
+            stopped = "patience"
+            break
+        if config.max_seconds and time.perf_counter() - start >= config.max_seconds and done < config.epochs:
+            stopped = "budget"
+            break
+    best_epoch = stopper.restore() if stopper is not None else None
     if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in trainable):  # the last steps overflowed
         raise TrainingDiverged(
             f"training diverged: the weights became infinite or NaN (learning_rate {config.learning_rate:g}); "
             f"nothing was saved. Lower the learning rate or scale the features (the largest |value| is "
             f"{_largest(x):.3g})"
         )
-    return TrainResult(np.concatenate(losses), time.perf_counter() - start, state)
+    return TrainResult(np.concatenate(losses), time.perf_counter() - start, state, stopped, best_epoch)
+
+
+def _take(x: np.ndarray | Mapping[str, np.ndarray], index: np.ndarray) -> Any:
+    return x[index] if isinstance(x, np.ndarray) else {name: a[index] for name, a in x.items()}
+
+
+class _Stopper:
+    """Early stopping: the loss on held-out training rows after each epoch; the weights of the
+    best epoch are kept and put back at the end."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        x: Any,
+        y: np.ndarray,
+        w: np.ndarray | None,
+        mode: str,
+        units: int,
+        config: LoopConfig,
+    ) -> None:
+        self.model, self.x, self.y, self.w = model, x, y, w
+        self.mode, self.units, self.patience = mode, units, config.patience
+        self.best, self.best_epoch, self.weights = np.inf, 0, None
+
+    def loss(self) -> float:
+        from continual_trainer.trainer.candidate import member_output
+
+        p = member_output(self.model, self.x if isinstance(self.x, Mapping) else {"_": self.x})
+        y, eps = self.y, 1e-7
+        if self.mode == "mse":
+            rows = np.mean((p - y.reshape(len(y), -1)) ** 2, axis=1)
+        elif self.mode == "sparse":
+            rows = -np.log(np.clip(p[np.arange(len(y)), y], eps, None))
+        else:  # binary, soft, distill: cross-entropy with the (first `units`) target columns
+            t = y[:, : self.units]
+            if self.units == 1:
+                q = np.clip(p[:, :1], eps, 1 - eps)
+                rows = -(t * np.log(q) + (1 - t) * np.log(1 - q))[:, 0]
+            else:
+                rows = -np.sum(t * np.log(np.clip(p, eps, None)), axis=1)
+            if self.mode == "distill":
+                rows = rows * y[:, 3 * self.units]
+        return float(np.average(rows, weights=self.w) if self.w is not None else rows.mean())
+
+    def stop(self, epoch: int) -> bool:
+        """Record the epoch just finished; True when `patience` epochs passed without a better loss."""
+        value = self.loss()
+        if value < self.best - 1e-7:
+            self.best, self.best_epoch, self.weights = value, epoch, self.model.get_weights()
+        return epoch - self.best_epoch >= self.patience
+
+    def restore(self) -> int | None:
+        if self.weights is not None:
+            self.model.set_weights(self.weights)
+        return self.best_epoch or None
 
 
 def _largest(x: np.ndarray | Mapping[str, np.ndarray]) -> float:

@@ -24,21 +24,28 @@ from continual_trainer.data.errors import UserError
 from continual_trainer.data.parquet import redact, resolve
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.storage import Store, sha256
+from continual_trainer.strategies.base import reads_old
 from continual_trainer.trainer.evaluate import better, score
 from continual_trainer.trainer.executor import Executor, Failure, Job, WorkFailed, result_or_raise
 from continual_trainer.trainer.forgetting import Gate
 from continual_trainer.trainer.promotion import commit
 from continual_trainer.trainer.trials import TrialResult, holdout_metrics
+from continual_trainer.trainer.triggers import Observation, TriggerSet, per_row_loss
 from continual_trainer.trainer.updatedata import UpdateData, load_update_data
 from continual_trainer.trainer.versions import stored_candidate
 
 DEFAULT_CANDIDATES = ("finetune_new", "finetune_all", "fresh_all", "ensemble_all")
-STATUSES = ("updated", "kept", "seen", "rejected", "failed")
+STATUSES = ("updated", "kept", "ingested", "seen", "rejected", "failed")
 
 
 @dataclass
 class StreamEvent:
-    """What happened to one inbox file: its status is one of `STATUSES`."""
+    """What happened to one inbox file: its status is one of `STATUSES` (`ingested`: kept as a
+    batch, no trigger fired, the model stays).
+
+    `triggers` holds each trigger's decision, statistic and state; `since_update` the files
+    and rows that arrived since the model last changed; `candidates` what each strategy tried
+    scored (holdout metrics, seconds, or the error)."""
 
     file: str
     sha256: str
@@ -51,6 +58,9 @@ class StreamEvent:
     promoted: bool = False
     reason: str = ""
     seconds: float = 0.0
+    triggers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    since_update: dict[str, int] = field(default_factory=dict)
+    candidates: list[dict[str, Any]] = field(default_factory=list)
 
     def line(self) -> str:
         head = f"{self.file}: "
@@ -60,6 +70,9 @@ class StreamEvent:
         drift = self.drift.get(name)
         on_it = f"current model on it: {name} {drift:.3f}" if drift is not None else ""
         parts = [f"batch {self.batch}, {self.rows} rows", on_it]
+        fired = [n for n, d in self.triggers.items() if d.get("fire")]
+        if self.triggers and list(self.triggers) != ["always"]:
+            parts.append(f"trigger: {', '.join(fired) if fired else 'none'} fired")
         if self.version:
             parts.append(f"{self.strategy} -> {self.version} {'promoted' if self.promoted else 'not promoted'}")
         parts.append(f"update failed: {self.reason}" if self.status == "failed" else self.reason)
@@ -76,6 +89,7 @@ class Policy:
         values: parameters for every strategy that has them (`--set`); a key no
             strategy of the policy has is an error.
         gate: limits on forgetting and negative flips the winner must also keep.
+        triggers: when to update (default: every file).
     """
 
     def __init__(
@@ -85,10 +99,12 @@ class Policy:
         seed: int = 0,
         values: Mapping[str, Any] | None = None,
         gate: Gate | None = None,
+        triggers: TriggerSet | None = None,
     ) -> None:
         self.name = name
         self.seed = seed
         self.gate = gate
+        self.triggers = triggers or TriggerSet.parse("always")
         names = list(candidates) if name == "best" else [name]
         if not names:
             raise UserError("--candidates: give at least one strategy")
@@ -102,14 +118,19 @@ class Policy:
             for s in chosen
         ]
 
-    def run(self, store: Store, data: UpdateData, executor: Executor) -> tuple[Job, TrialResult]:
-        """Run the policy's jobs; return the best successful one (ranked as promotion ranks).
+    def run(
+        self, store: Store, data: UpdateData, executor: Executor, tried: list[dict[str, Any]] | None = None
+    ) -> tuple[Job, TrialResult]:
+        """Run the policy's jobs; return the best successful one (ranked as promotion ranks),
+        and append to `tried` what each scored.
 
         Raises the first failure if none succeeded.
         """
         outcomes = executor.run(data, stored_candidate(store, data.parent), self.jobs)
         best: tuple[Job, TrialResult] | None = None
         for job, outcome in zip(self.jobs, outcomes, strict=True):
+            if tried is not None:
+                tried.append(_tried(job, outcome))
             if isinstance(outcome, Failure):
                 continue
             if best is None or better(holdout_metrics(outcome.metrics), holdout_metrics(best[1].metrics)):
@@ -118,6 +139,18 @@ class Policy:
             result_or_raise(next((o for o in outcomes if isinstance(o, Failure) and o.user_error), outcomes[0]))
         assert best is not None
         return best
+
+
+def _tried(job: Job, outcome: TrialResult | Failure) -> dict[str, Any]:
+    if isinstance(outcome, Failure):
+        return {"strategy": job.strategy.name, "error": outcome.message}
+    scores = holdout_metrics(outcome.metrics)
+    keep = ("accuracy", "log_loss", "rmse", "mae", "negative_flip_rate")
+    return {
+        "strategy": job.strategy.name,
+        "holdout": {k: scores[k] for k in keep if k in scores},
+        "seconds": round(outcome.train_seconds, 3),
+    }
 
 
 def inbox_files(inbox: str) -> list[tuple[pafs.FileSystem, str]]:
@@ -174,18 +207,57 @@ def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent) -
     if event.batch in store.manifest(current_version).batches_seen:
         event.status, event.reason = "seen", f"already learned by {current_version}"
         return
-    data = load_update_data(store, params=[job.params for job in policy.jobs])
+    data = load_update_data(store, params=[])  # the old batches' holdout, the new rows
     new = Rows.concat([data.new, data.new_holdout])
     rows = new.take(new.order == store.batch_ids().index(event.batch))  # this file's rows: the drift signal
     current = stored_candidate(store, data.parent).load()
-    event.drift = score(current.predict(rows.x, data.n_classes), rows.y)
-    job, result = policy.run(store, data, executor)
+    pred = current.predict(rows.x, data.n_classes)
+    event.drift = score(pred, rows.y)
+    if not _triggered(store, policy, data, current, rows, pred, event):
+        event.status = "ingested"
+        event.reason = "the model stays"
+        return
+    if any(reads_old(job.params, store.manifest(data.parent).state.get("files", {})) for job in policy.jobs):
+        data = load_update_data(store, params=[job.params for job in policy.jobs])
+    job, result = policy.run(store, data, executor, event.candidates)
     outcome = commit(
         store, data, job.strategy.name, job.params, job.seed, result, "auto", by="stream", gate=policy.gate
     )
     event.status = "updated" if outcome.promoted else "kept"
     event.strategy, event.version = job.strategy.name, outcome.version
     event.promoted, event.reason = outcome.promoted, outcome.reason
+
+
+def _triggered(
+    store: Store,
+    policy: Policy,
+    data: UpdateData,
+    current: Any,
+    rows: Rows,
+    pred: Any,
+    event: StreamEvent,
+) -> bool:
+    """Ask the policy's triggers about this file (recording their decisions in the event)."""
+    previous = store.last_stream_event(lambda e: bool(e.get("triggers"))) or {}
+    changed = previous.get("status") == "updated"
+    since = {} if changed else dict(previous.get("since_update") or {})
+    since = {"files": int(since.get("files", 0)) + 1, "rows": int(since.get("rows", 0)) + event.rows}
+    states = {} if changed else {n: d.get("state", {}) for n, d in (previous.get("triggers") or {}).items()}
+    std = data.target[1] if data.target else 1.0
+    reference = data.old_holdout
+    observation = Observation(
+        rows,
+        reference,
+        per_row_loss(pred, rows.y, std),
+        per_row_loss(current.predict(reference.x, data.n_classes), reference.y, std),
+        since["files"],
+        since["rows"],
+        policy.seed,
+    )
+    fire, decisions = policy.triggers.decide(observation, states)
+    event.triggers = {name: d.to_json() for name, d in decisions.items()}
+    event.since_update = since
+    return fire
 
 
 def run_stream(

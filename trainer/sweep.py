@@ -11,7 +11,6 @@ or one after another in this process); nothing here touches Ray.
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -32,6 +31,7 @@ from continual_trainer.trainer import params as P
 from continual_trainer.trainer.evaluate import headline, rank_key
 from continual_trainer.trainer.executor import Executor, Failure, Job, Outcome, SweepSettings, WorkFailed
 from continual_trainer.trainer.forgetting import forgetting, matrix_row
+from continual_trainer.trainer.plots import heatmap_png, png
 from continual_trainer.trainer.progress import report
 from continual_trainer.trainer.promotion import stored_manifest
 from continual_trainer.trainer.updatedata import load_update_data
@@ -386,15 +386,10 @@ def accuracy_matrix_png(
     """A heatmap of the accuracy matrix: one row per version of the current model's lineage
     (oldest first, at most five) and per configuration of the sweep (mean over seeds), one
     column per batch; None if no record has per-batch scores."""
-    columns = [b for b in batch_ids if any(f"batch_{b}_{headline(task)[0]}" in r for r in records)]
+    name = headline(task)[0]
+    columns = [b for b in batch_ids if any(f"batch_{b}_{name}" in r for r in records)]
     if not columns:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    name = headline(task)[0]
     labels, rows = [], []
     for m in reversed(ancestors[:5]):
         scores = matrix_row(m.metrics)[1]
@@ -404,33 +399,15 @@ def accuracy_matrix_png(
         labels.append(r["strategy"] + ("" if r["params"] == "{}" else f" {r['params']}"))
         rows.append([(r.get(f"batch_{b}_{name}") or (None,))[0] for b in columns])
     values = np.array([[np.nan if v is None else v for v in row] for row in rows], float)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(columns) + 3.5), 0.42 * len(rows) + 1.6))
-    cmap = "viridis_r" if name == "rmse" else "viridis"
-    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
-    for (i, j), v in np.ndenumerate(values):
-        if np.isfinite(v):
-            ax.text(
-                j,
-                i,
-                f"{v:.2f}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if v < np.nanmean(values) else "black",
-            )
-    ax.set_xticks(range(len(columns)), [f"batch {batch_ids.index(b) + 1}" for b in columns], fontsize=8)
-    ax.set_yticks(range(len(rows)), [t[:60] for t in labels], fontsize=7)
-    if ancestors:
-        ax.axhline(min(len(ancestors), 5) - 0.5, color="white", linewidth=2)
-    ax.set_title(f"Holdout {name} per batch: the current lineage (top), then each configuration")
-    fig.colorbar(image, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return heatmap_png(
+        values,
+        labels,
+        [f"batch {batch_ids.index(b) + 1}" for b in columns],
+        f"Holdout {name} per batch: the current lineage (top), then each configuration",
+        lower_is_better=name == "rmse",
+        split_after=min(len(ancestors), 5),
+    )
 
 
 def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
+    return png(fig)

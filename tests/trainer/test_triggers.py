@@ -1,0 +1,288 @@
+"""Drift triggers, training budgets and the store report."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+import matplotlib.image
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.rows import Rows
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer import triggers as T
+from continual_trainer.trainer.cli import main
+from continual_trainer.trainer.executor import LocalExecutor
+from continual_trainer.trainer.loop import LoopConfig, train
+from continual_trainer.trainer.stream import Policy, run_stream
+from tests.conftest import make_table
+
+matplotlib.use("Agg")
+
+
+def _rows(n: int, seed: int, shift: float = 0.0, colours: tuple[str, ...] = ("a", "b", "c")) -> Rows:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    x[:, 1] += shift
+    return Rows(
+        {"numeric": x, "colour": rng.choice(colours, n).astype(object)},
+        (x[:, 0] > 0).astype(np.int32),
+        np.zeros(n, np.int32),
+    )
+
+
+def _obs(rows: Rows, reference: Rows, loss: float = 0.1, ref_loss: float = 0.1, seed: int = 0) -> T.Observation:
+    rng = np.random.default_rng(seed + 1000)
+    return T.Observation(
+        rows,
+        reference,
+        (rng.random(len(rows)) < loss).astype(float),
+        (rng.random(len(reference)) < ref_loss).astype(float),
+        seed=seed,
+    )
+
+
+def test_triggers_are_registered_with_declared_parameters() -> None:
+    from continual_trainer.trainer import params as P
+
+    assert T.names() == ["always", "every", "performance", "features"]
+    for name in T.names():
+        trigger = T.get(name)
+        for f in trigger.params.__dataclass_fields__:
+            assert P.constraint_of(trigger.params, f) is not None, f"{name}.{f}"
+    with pytest.raises(UserError, match="unknown trigger; choose from always, every"):
+        T.get("vibes")
+    with pytest.raises(UserError, match="--trigger-set nope: no trigger"):
+        T.TriggerSet.parse("performance", {"nope": "1"})
+    with pytest.raises(UserError, match="drop must be"):
+        T.TriggerSet.parse("performance,features", {"drop": "-1"})
+    both = T.TriggerSet.parse("performance,features", {"alpha": "0.05", "z": "2"}, "all")
+    assert both.names == ["performance", "features"] and both.triggers[1][1].alpha == 0.05
+
+
+def test_features_keeps_quiet_on_the_same_distribution_and_names_the_shifted_column() -> None:
+    reference = _rows(400, seed=0)
+    alarms = [
+        T.features(_obs(_rows(300, seed=s), reference, seed=s), T.FeaturesParams(), {}).fire for s in range(1, 21)
+    ]
+    assert sum(alarms) <= 1  # alpha 0.01 family-wise: about 0.2 expected in 20 files
+    shifted = T.features(_obs(_rows(300, seed=50, shift=0.5), reference), T.FeaturesParams(), {})
+    assert shifted.fire and "'numeric[1]'" in shifted.detail and shifted.statistic < 1e-3
+    colours = T.features(_obs(_rows(300, seed=51, colours=("a", "a", "a", "c")), reference), T.FeaturesParams(), {})
+    assert colours.fire and "'colour'" in colours.detail
+
+
+def test_features_domain_classifier_sees_what_no_single_column_shows() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(600, 2)).astype(np.float32)
+    b = rng.normal(size=(600, 2)).astype(np.float32)
+    b[:, 1] = np.where(rng.random(600) < 0.5, 1, -1) * np.abs(b[:, 0])  # same marginals, a new dependence
+    a[:, 1] = rng.permutation(np.abs(a[:, 0])) * np.where(rng.random(600) < 0.5, 1, -1)
+    rows = lambda x: Rows({"numeric": x}, np.zeros(len(x), np.int32), np.zeros(len(x), np.int32))  # noqa: E731
+    params = T.FeaturesParams()
+    decision = T.features(_obs(rows(b), rows(a)), params, {})
+    assert decision.fire and "domain classifier ROC AUC" in decision.detail
+    univariate = T.features(_obs(rows(b), rows(a)), T.FeaturesParams(multivariate=False), {})
+    assert not univariate.fire
+
+
+def test_performance_fires_on_a_clear_rise_and_page_hinkley_on_a_slow_one() -> None:
+    reference = _rows(500, seed=0)
+    params = T.PerformanceParams()
+    assert not T.performance(_obs(_rows(500, 1), reference, 0.1, 0.1), params, {}).fire
+    clear = T.performance(_obs(_rows(500, 2), reference, 0.4, 0.1), params, {})
+    assert clear.fire and clear.statistic == pytest.approx(0.3, abs=0.06)
+    # A rise of 0.01 more per file: too small for the z-test each time, not for Page-Hinkley.
+    state: dict = {}
+    fired_at = None
+    for i in range(1, 40):
+        decision = T.performance(_obs(_rows(500, i), reference, 0.1 + 0.01 * i, 0.1, seed=i), params, state)
+        state = decision.state
+        if decision.fire:
+            fired_at = i
+            break
+    assert fired_at is not None and fired_at < 20
+    off = T.PerformanceParams(detector="none", drop=0.5)
+    assert not T.performance(_obs(_rows(500, 3), reference, 0.3, 0.1), off, {"m": 9.0, "low": 0.0, "n": 5}).fire
+
+
+def test_every_counts_files_and_rows() -> None:
+    obs = _obs(_rows(10, 0), _rows(10, 1))
+    params = T.EveryParams(files=3, rows=1000)
+    assert not T.every(obs, params, {}).fire
+    assert T.every(T.Observation(obs.rows, obs.reference, obs.loss, obs.reference_loss, 3, 30), params, {}).fire
+    assert T.every(T.Observation(obs.rows, obs.reference, obs.loss, obs.reference_loss, 1, 1000), params, {}).fire
+
+
+def _stream_inbox(tmp_path: Path, flips: int) -> Path:
+    """Five files of the store's concept, then files with the labels reversed."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir(exist_ok=True)
+    for i in range(5 + flips):
+        table = make_table(n=400, seed=0)  # the store's first batch: resampled, the same distribution
+        rng = np.random.default_rng(i)
+        x = table.to_pandas().sample(n=200, replace=True, random_state=i)
+        if i >= 5:
+            x["y"] = 1 - x["y"]
+        x = x.reset_index(drop=True)
+        x["f4"] = x["f4"] + rng.normal(scale=0.01, size=len(x))
+        pq.write_table(pa.Table.from_pandas(x, preserve_index=False), inbox / f"f{i:02d}.parquet")
+    return inbox
+
+
+@pytest.fixture
+def store_of_table0(tmp_path: Path, write_parquet) -> str:
+    uri = str(tmp_path / "store")
+    main(["init", "--store", uri, "--data", write_parquet(make_table(n=400, seed=0)), "--label", "y", "--epochs", "30"])
+    return uri
+
+
+def test_a_stream_with_triggers_updates_only_when_they_fire(store_of_table0: str, tmp_path: Path, capsys) -> None:
+    inbox = _stream_inbox(tmp_path, flips=2)
+    argv = ["stream", "--store", store_of_table0, "--inbox", str(inbox), "--once", "--policy", "finetune_all"]
+    argv += ["--set", "epochs=5", "--trigger", "performance", "--json"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    events = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["events"]
+    assert [e["status"] for e in events[:5]] == ["ingested"] * 5
+    assert all(not e["triggers"]["performance"]["fire"] for e in events[:5])
+    assert events[5]["triggers"]["performance"]["fire"] and events[5]["status"] in ("updated", "kept")
+    assert (
+        events[5]["candidates"][0]["strategy"] == "finetune_all" and "accuracy" in events[5]["candidates"][0]["holdout"]
+    )
+    assert [e["since_update"]["files"] for e in events[:6]] == [1, 2, 3, 4, 5, 6]
+    # Page-Hinkley's state went from file to file through the events.
+    assert [e["triggers"]["performance"]["state"]["n"] for e in events[:6]] == [1, 2, 3, 4, 5, 6]
+    store = Store.open(store_of_table0)
+    assert len(store.batch_ids()) == 1 + 7  # every file kept as a batch, updated or not
+    # Exactly once: a second run finds nothing to do.
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["events"] == []
+    # Text output: a damaged file is rejected (and a run that learned nothing is exit 2).
+    (inbox / "f99.parquet").write_bytes((inbox / "f00.parquet").read_bytes()[:-8] + b"garbage!")
+    assert main(argv[:-1]) == 2
+    assert "f99.parquet: rejected" in capsys.readouterr().out
+
+
+def test_stream_trigger_flags_are_checked(store_of_table0: str, tmp_path: Path, capsys) -> None:
+    inbox = _stream_inbox(tmp_path, flips=0)
+    base = ["stream", "--store", store_of_table0, "--inbox", str(inbox), "--once", "--policy", "keep"]
+    for extra, message in (
+        (["--trigger", "vibes"], "unknown trigger"),
+        (["--trigger", "features", "--trigger-set", "alpha=2"], "alpha must be"),
+        (["--trigger", "every", "--trigger-set", "drop=1"], "no trigger of 'every' has"),
+    ):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def _check_report(folder: Path) -> None:
+    page = (folder / "index.html").read_text()
+    referenced = re.findall(r'src="([^"]+)"', page)
+    assert referenced and all((folder / r).exists() for r in referenced), referenced
+    for png in folder.glob("plots/*.png"):
+        image = matplotlib.image.imread(png)
+        assert image.shape[0] > 100 and image.shape[1] > 100
+    assert (folder / "report.md").read_text().startswith("# Store report")
+    for mentioned in re.findall(r"\]\((plots/[^)]+)\)", (folder / "report.md").read_text()):
+        assert (folder / mentioned).exists()
+
+
+def test_report_shows_the_store_life(store_of_table0: str, tmp_path: Path, capsys) -> None:
+    inbox = _stream_inbox(tmp_path, flips=1)
+    run_stream(
+        store_of_table0,
+        str(inbox),
+        Policy(
+            "best",
+            ["finetune_new", "fresh_all"],
+            values={"epochs": "5"},
+            triggers=T.TriggerSet.parse("features,performance"),
+        ),
+        LocalExecutor(),
+        once=True,
+    )
+    assert main(["report", "--store", store_of_table0]) == 0
+    out = capsys.readouterr().out
+    page = Path(re.search(r"report: (\S+index.html)", out).group(1))
+    _check_report(page.parent)
+    assert {p.name for p in page.parent.glob("plots/*.png")} == {
+        "holdout_over_time.png",
+        "stream.png",
+        "accuracy_matrix.png",
+    }
+    text = page.read_text()
+    assert "f05.parquet" in text and "finetune_new" in text and "performance" in text
+    assert main(["report", "--store", store_of_table0, "--out", str(tmp_path / "out"), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert payload["page"].endswith("index.html") and "plots/stream.png" in payload["files"]
+    _check_report(tmp_path / "out")
+    assert main(["report", "--store", str(tmp_path / "nothing")]) == 2
+
+
+def test_early_stopping_restores_the_best_epoch_and_a_budget_stops_in_time() -> None:
+    from sklearn.datasets import make_classification
+
+    from continual_trainer.data.schema import InputInfo
+    from continual_trainer.trainer.models import ModelSpec, build_model
+
+    x, y = make_classification(600, 10, n_informative=4, flip_y=0.3, random_state=0)  # noisy: it overfits
+    x = x.astype(np.float32)
+    spec = {"numeric": InputInfo((10,), "float32")}
+    model = build_model(ModelSpec((64, 64)), spec, 2, 0)
+    result = train(model, x, y, LoopConfig(epochs=300, learning_rate=0.05, patience=5))
+    assert result.stopped == "patience" and len(result.epoch_loss) < 300
+    assert result.best_epoch == len(result.epoch_loss) - 5
+    same = build_model(ModelSpec((64, 64)), spec, 2, 0)  # the same run without stopping, to the best epoch
+    again = train(same, x, y, LoopConfig(epochs=300, learning_rate=0.05, patience=5))
+    np.testing.assert_allclose(model.predict(x, verbose=0), same.predict(x, verbose=0), atol=1e-5)
+    assert again.best_epoch == result.best_epoch
+    budget = build_model(ModelSpec((64, 64)), spec, 2, 0)
+    quick = train(budget, x, y, LoopConfig(epochs=100_000, max_seconds=0.5))
+    assert quick.stopped == "budget" and len(quick.epoch_loss) < 100_000 and quick.seconds < 5
+
+
+def test_every_strategy_takes_the_budget_parameters() -> None:
+    from continual_trainer import strategies
+
+    for name in strategies.names(trains=True):
+        params = strategies.get(name).make_params({"patience": "3", "max_seconds": "10"})
+        assert params.loop().patience == 3 and params.loop().max_seconds == 10
+
+
+def test_stream_with_triggers_and_report_on_s3(s3_server, write_parquet, tmp_path: Path, capsys) -> None:
+    uri = s3_server()
+    assert (
+        main(
+            [
+                "init",
+                "--store",
+                uri,
+                "--data",
+                write_parquet(make_table(n=400, seed=0)),
+                "--label",
+                "y",
+                "--epochs",
+                "20",
+            ]
+        )
+        == 0
+    )
+    inbox = _stream_inbox(tmp_path, flips=1)
+    argv = ["stream", "--store", uri, "--inbox", str(inbox), "--once", "--policy", "finetune_new", "--set", "epochs=3"]
+    assert main([*argv, "--trigger", "performance,features", "--json"]) == 0
+    events = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["events"]
+    assert len(events) == 6 and events[-1]["triggers"]["performance"]["fire"]
+    assert main(["report", "--store", uri, "--json"]) == 0  # into the store, on S3
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert payload["folder"].startswith("s3://") and "/reports/report-" in payload["folder"]
+    assert "plots/stream.png" in payload["files"]
+    assert main(["report", "--store", uri, "--out", str(tmp_path / "local")]) == 0
+    _check_report(tmp_path / "local")

@@ -1,0 +1,279 @@
+"""`ctrain report`: the store's life on one page.
+
+An HTML page with PNG plots beside it (open it from disk; no server) and the same as
+Markdown: every batch's arrival, the stream's drift statistics and trigger decisions, the
+candidates it tried and their scores, every version with its holdout score, forgetting and
+flips, every promotion and rollback with its reason, holdout scores over time and the
+accuracy matrix of the current version's lineage.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from continual_trainer.data.manifest import lineage
+from continual_trainer.data.storage import Store
+from continual_trainer.trainer.evaluate import headline
+from continual_trainer.trainer.forgetting import matrix_row
+from continual_trainer.trainer.plots import heatmap_png, png, pyplot
+
+MATRIX_ROWS = 12
+
+
+def build_report(store: Store, history: list[dict[str, Any]]) -> dict[str, bytes]:
+    """`index.html`, `report.md` and the `plots/*.png` they show, by relative path."""
+    first = headline(store.schema.task)[0]
+    batches = [{"id": b, **store.batch_info(b)} for b in store.batch_ids()]
+    events = store.stream_events()
+    by_batch = {e.get("batch"): e for e in events if e.get("batch")}
+    promotions = store.events("promote")
+    plots: dict[str, bytes] = {}
+    if history:
+        plots["plots/holdout_over_time.png"] = _over_time(history, first)
+    if events:
+        plots["plots/stream.png"] = _stream_plot(events, first)
+    matrix = _matrix(store, first)
+    if matrix:
+        plots["plots/accuracy_matrix.png"] = matrix
+    sections = _sections(store, history, batches, by_batch, promotions, first, events)
+    return {
+        "index.html": _html(store, sections, plots).encode(),
+        "report.md": _markdown(store, sections, plots).encode(),
+        **plots,
+    }
+
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _sections(
+    store: Store,
+    history: list[dict[str, Any]],
+    batches: list[dict[str, Any]],
+    by_batch: Mapping[str, dict[str, Any]],
+    promotions: list[dict[str, Any]],
+    first: str,
+    events: list[dict[str, Any]],
+) -> list[tuple[str, str, Table | None]]:
+    """(title, one paragraph, table) per section."""
+    timeline: list[list[str]] = []
+    for i, b in enumerate(batches, 1):
+        e = by_batch.get(b["id"], {})
+        fired = [n for n, d in (e.get("triggers") or {}).items() if d.get("fire")]
+        stats = "; ".join(
+            f"{n}: {_fmt(d.get('statistic'))}{' fired' if d.get('fire') else ''}"
+            for n, d in (e.get("triggers") or {}).items()
+        )
+        tried = ", ".join(
+            f"{c['strategy']} {_fmt((c.get('holdout') or {}).get(first))}" if "error" not in c else f"{c['strategy']} ✗"
+            for c in e.get("candidates") or []
+        )
+        timeline.append(
+            [
+                str(i),
+                str(b.get("ingested", ""))[:19].replace("T", " "),
+                str(b.get("source", "")),
+                str(b.get("rows", "")),
+                ", ".join(map(str, b.get("new_classes") or [])) or "",
+                _fmt((e.get("drift") or {}).get(first)),
+                stats or ("" if not e else "–"),
+                "yes" if fired else ("no" if e.get("triggers") else ""),
+                tried,
+                f"{e.get('status', '')} {e.get('version') or ''}".strip(),
+            ]
+        )
+    versions = [
+        [
+            ("* " if h["current"] else "") + h["version"],
+            h["strategy"],
+            h["parent"] or "–",
+            _fmt(h["metrics"].get(f"holdout_{first}")),
+            str(h["holdout_rows"]),
+            _fmt(h["forgetting"]),
+            _fmt(h["negative_flip_rate"]),
+            _fmt(h["train_seconds"], 2),
+            "yes" if h["promoted"] else "no",
+        ]
+        for h in history
+    ]
+    moves = [
+        [
+            str(p.get("time", ""))[:19].replace("T", " "),
+            str(p.get("version", "")),
+            str(p.get("previous") or "–"),
+            str(p.get("by", "")),
+            str(p.get("reason", "")),
+        ]
+        for p in promotions
+    ]
+    current = store.current()
+    fired = sum(1 for e in events if any(d.get("fire") for d in (e.get("triggers") or {}).values()))
+    summary = (
+        f"{len(batches)} batches, {len(history)} versions, current {current or 'none'}; "
+        f"{len(events)} stream file(s), of which {fired} fired a trigger."
+    )
+    return [
+        ("Summary", summary, None),
+        (
+            "Batches as they arrived",
+            f"Each batch with the stream's view of it (if it came through `ctrain stream`): the current model's "
+            f"{first} on it before any update, each trigger's statistic (performance: the rise in error; "
+            "features: the smallest adjusted p-value), whether one fired, the candidates tried with their "
+            f"holdout {first}, and what happened.",
+            (
+                [
+                    "#",
+                    "ingested (UTC)",
+                    "source",
+                    "rows",
+                    "new classes",
+                    f"current model's {first}",
+                    "triggers",
+                    "fired",
+                    "candidates",
+                    "outcome",
+                ],
+                timeline,
+            ),
+        ),
+        (
+            "Versions",
+            f"Holdout {first} (on the holdout of the batches each version saw), forgetting along its lineage, "
+            "negative flip rate against its parent; * is current.",
+            (
+                ["version", "strategy", "parent", first, "holdout rows", "forgetting", "flips", "seconds", "promoted"],
+                versions,
+            ),
+        ),
+        (
+            "Promotions",
+            "Every change of the current version, by whom and why.",
+            (["time", "version", "previous", "by", "reason"], moves),
+        ),
+    ]
+
+
+def _over_time(history: list[dict[str, Any]], first: str) -> bytes:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    xs = np.arange(len(history))
+    ys = np.array([h["metrics"].get(f"holdout_{first}") or np.nan for h in history], float)
+    promoted = np.array([h["promoted"] for h in history])
+    ax.plot(xs, ys, color="#bbbbbb", linewidth=1, zorder=1)
+    ax.scatter(xs[promoted], ys[promoted], color="#2b8a3e", label="promoted", zorder=2)
+    ax.scatter(xs[~promoted], ys[~promoted], facecolors="none", edgecolors="#c92a2a", label="not promoted", zorder=2)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("version (in order of creation)")
+    ax.set_ylabel(f"holdout {first.replace('_', ' ')}")
+    ax.set_title(f"Holdout {first.replace('_', ' ')} of every version (each on the batches it saw)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return png(fig)
+
+
+def _stream_plot(events: list[dict[str, Any]], first: str) -> bytes:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    xs = np.arange(1, len(events) + 1)
+    drift = np.array([(e.get("drift") or {}).get(first) or np.nan for e in events], float)
+    ax.plot(xs, drift, marker="o", markersize=3, color="#1c7ed6", label=f"current model's {first} on the file")
+    fired = [i for i, e in enumerate(events) if any(d.get("fire") for d in (e.get("triggers") or {}).values())]
+    if fired:
+        ax.scatter(xs[fired], drift[fired], marker="^", s=60, color="#e8590c", label="a trigger fired", zorder=3)
+    for i, e in enumerate(events):
+        if e.get("status") == "updated":
+            ax.axvline(xs[i], color="#2b8a3e", alpha=0.4, linewidth=2)
+    ax.plot([], [], color="#2b8a3e", alpha=0.4, linewidth=2, label="update promoted")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("stream file")
+    ax.set_ylabel(first.replace("_", " "))
+    ax.set_title("The stream: each file as it arrived, before any update")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return png(fig)
+
+
+def _matrix(store: Store, first: str) -> bytes | None:
+    current = store.current()
+    if current is None:
+        return None
+    chain = list(reversed(lineage(current, lambda v: _manifest(store, v))))[-MATRIX_ROWS:]
+    batch_ids = store.batch_ids()
+    rows = [matrix_row(m.metrics)[1] for m in chain]
+    columns = [b for b in batch_ids if any(b in r for r in rows)]
+    if not columns:
+        return None
+    values = np.array([[r.get(b, np.nan) for b in columns] for r in rows], float)
+    return heatmap_png(
+        values,
+        [f"{m.strategy} {m.version}" for m in chain],
+        [f"batch {batch_ids.index(b) + 1}" for b in columns],
+        f"Accuracy matrix of the current lineage: holdout {first} per batch (oldest version on top)",
+        lower_is_better=first == "rmse",
+    )
+
+
+def _manifest(store: Store, version: str) -> Any:
+    from continual_trainer.trainer.promotion import stored_manifest
+
+    return stored_manifest(store)(version)
+
+
+def _markdown(store: Store, sections: list[tuple[str, str, Table | None]], plots: Mapping[str, bytes]) -> str:
+    lines = [f"# Store report: {store.display}", ""]
+    for title, text, table in sections:
+        lines += [f"## {title}", "", text, ""]
+        if table and table[1]:
+            head, rows = table
+            lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+            lines.append("")
+    if plots:
+        lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
+    return "\n".join(lines)
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; font-size: 13px; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f1f3f5; } tr:nth-child(even) td { background: #fafafa; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+p { max-width: 75em; }
+"""
+
+
+def _html(store: Store, sections: list[tuple[str, str, Table | None]], plots: Mapping[str, bytes]) -> str:
+    e = html.escape
+    out = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>ctrain report: {e(store.display)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>Store report: {e(store.display)}</h1>",
+    ]
+    for title, text, table in sections:
+        out += [f"<h2>{e(title)}</h2>", f"<p>{e(text)}</p>"]
+        if table and table[1]:
+            head, rows = table
+            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
+            out.append("</table>")
+        elif table:
+            out.append("<p><em>none</em></p>")
+    if plots:
+        out.append("<h2>Plots</h2>")
+        out += [f'<p><img src="{e(name)}" alt="{e(name)}"></p>' for name in plots]
+    out.append("</body></html>")
+    return "\n".join(out)

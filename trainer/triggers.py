@@ -1,0 +1,309 @@
+"""Whether an arriving batch calls for an update: drift triggers, one registry.
+
+A trigger looks at one arriving labelled file before anything is trained and decides
+whether the stream should update the model now. Each is registered like a strategy:
+a name, a frozen parameter dataclass whose fields declare their constraints, and a
+function `fn(observation, params, state) -> Decision`. `state` is what the trigger kept
+from the previous file (a sequential detector's sums); it is stored in that file's stream
+event, so a stream that restarts goes on where it stopped, and it is reset once an update
+is promoted.
+
+- `always`: every file (the stream's behaviour without triggers);
+- `every`: every `files` files or once `rows` rows arrived since the last update;
+- `performance`: the current model's error on the arriving rows against its error on the
+  held-out rows of the batches it learned: a two-sample z-test on per-row losses (0/1 error,
+  or squared error in label standard deviations) with a minimum effect `drop`, and a
+  Page-Hinkley detector over the per-file differences for slow drifts;
+- `features`: the arriving rows against the held-out rows of the batches the current model
+  learned (the same distribution as its training rows): a Kolmogorov-Smirnov test per numeric
+  feature (every element of a tensor), chi-squared per categorical column, Bonferroni-corrected,
+  and a domain classifier (gradient boosting telling the two apart; its out-of-fold ROC AUC
+  against the Mann-Whitney null), each at half of `alpha`.
+
+Several triggers combine with `any` (the default) or `all`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.rows import Rows
+from continual_trainer.trainer import params as P
+from continual_trainer.trainer.params import Boolean, Choice, Interval, Params, param
+
+COMBINE = ("any", "all")
+MAX_SAMPLE = 2000  # rows of each side the feature tests use at most (seeded)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a trigger sees for one arriving file.
+
+    Attributes:
+        rows: the file's rows (inputs, labels).
+        reference: held-out rows of the batches the current model learned.
+        loss: per-row loss of the current model on `rows` (0/1 error, or squared error in
+            label standard deviations for regression).
+        reference_loss: the same on `reference`.
+        files_since_update, rows_since_update: files and rows that arrived since the model
+            last changed, this one included.
+        seed: fixes the samples and the domain classifier.
+    """
+
+    rows: Rows
+    reference: Rows
+    loss: np.ndarray
+    reference_loss: np.ndarray
+    files_since_update: int = 1
+    rows_since_update: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A trigger's verdict on one file: whether it fires, its statistic, why, and its state."""
+
+    fire: bool
+    statistic: float | None = None
+    detail: str = ""
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+TriggerFn = Callable[[Observation, Any, Mapping[str, Any]], Decision]
+
+
+@dataclass(frozen=True)
+class Trigger:
+    name: str
+    params: type
+    fn: TriggerFn
+    summary: str
+
+    def make_params(self, values: Mapping[str, Any] | None = None) -> Any:
+        try:
+            return P.build(self.params, values)
+        except KeyError as exc:
+            known = ", ".join(f.name for f in dataclasses.fields(self.params)) or "none"
+            raise UserError(f"--trigger-set {exc.args[0]}: {self.name} has no such parameter; its: {known}") from None
+        except ValueError as exc:
+            raise UserError(f"--trigger-set {self.name}: {exc}") from None
+
+
+_TRIGGERS: dict[str, Trigger] = {}
+
+
+def register(name: str, params: type, summary: str) -> Callable[[TriggerFn], TriggerFn]:
+    def decorate(fn: TriggerFn) -> TriggerFn:
+        if name in _TRIGGERS:
+            raise ValueError(f"trigger {name!r} is already registered")
+        _TRIGGERS[name] = Trigger(name, params, fn, summary)
+        return fn
+
+    return decorate
+
+
+def get(name: str) -> Trigger:
+    try:
+        return _TRIGGERS[name]
+    except KeyError:
+        raise UserError(f"--trigger {name}: unknown trigger; choose from {', '.join(names())}") from None
+
+
+def names() -> list[str]:
+    return list(_TRIGGERS)
+
+
+# -- the triggers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoParams(Params):
+    """A trigger without parameters."""
+
+
+@register("always", NoParams, "every file")
+def always(obs: Observation, params: NoParams, state: Mapping[str, Any]) -> Decision:
+    return Decision(True, None, "every file")
+
+
+@dataclass(frozen=True)
+class EveryParams(Params):
+    files: int = param(5, Interval(int, 1), "update every this many files")
+    rows: int = param(0, Interval(int, 0), "... or once this many rows arrived since the last update (0: off)")
+
+
+@register("every", EveryParams, "every N files or N rows")
+def every(obs: Observation, params: EveryParams, state: Mapping[str, Any]) -> Decision:
+    by_rows = params.rows > 0 and obs.rows_since_update >= params.rows
+    fire = obs.files_since_update >= params.files or by_rows
+    detail = f"{obs.files_since_update} file(s), {obs.rows_since_update} rows since the last update"
+    return Decision(fire, float(obs.files_since_update), detail)
+
+
+@dataclass(frozen=True)
+class PerformanceParams(Params):
+    drop: float = param(
+        0.02, Interval(float, 0), "smallest error rise that counts (accuracy points; RMSE²: label std units)"
+    )
+    z: float = param(3.0, Interval(float, 0, low_open=True), "z-score the rise must reach (3: one-sided p 0.0013)")
+    detector: str = param("page_hinkley", Choice(("page_hinkley", "none")), "sequential detector over files")
+    ph_delta: float = param(0.01, Interval(float, 0), "Page-Hinkley: tolerated rise per file")
+    ph_lambda: float = param(0.2, Interval(float, 0, low_open=True), "Page-Hinkley: alarm threshold")
+
+
+@register("performance", PerformanceParams, "the current model's error on the new rows rose")
+def performance(obs: Observation, params: PerformanceParams, state: Mapping[str, Any]) -> Decision:
+    loss, ref = obs.loss, obs.reference_loss
+    if not len(loss) or not len(ref):
+        return Decision(False, None, "no rows to compare", dict(state))
+    rise = float(loss.mean() - ref.mean())
+    se = math.sqrt(loss.var(ddof=1) / len(loss) + ref.var(ddof=1) / len(ref)) if min(len(loss), len(ref)) > 1 else 0
+    z = rise / se if se > 0 else (math.inf if rise > 0 else 0.0)
+    now = rise > params.drop and z >= params.z
+    # Page-Hinkley over the per-file rises (Page 1954; Gama et al. 2013): alarm when the
+    # cumulative deviation above the running mean exceeds ph_lambda.
+    n = int(state.get("n", 0)) + 1
+    mean = float(state.get("mean", 0.0)) + (rise - float(state.get("mean", 0.0))) / n
+    m = float(state.get("m", 0.0)) + rise - mean - params.ph_delta
+    low = min(float(state.get("low", 0.0)), m)
+    slow = params.detector == "page_hinkley" and m - low > params.ph_lambda
+    detail = f"error {loss.mean():.3f} vs {ref.mean():.3f} on the learned batches' holdout (z {z:.1f})"
+    if slow and not now:
+        detail += f"; Page-Hinkley {m - low:.3f} > {params.ph_lambda:g}"
+    return Decision(now or slow, rise, detail, {"n": n, "mean": mean, "m": m, "low": low})
+
+
+@dataclass(frozen=True)
+class FeaturesParams(Params):
+    alpha: float = param(0.01, Interval(float, 0, 1, low_open=True, high_open=True), "family-wise false-alarm rate")
+    multivariate: bool = param(True, Boolean(), "also a domain classifier over all numeric inputs")
+
+
+@register("features", FeaturesParams, "the new rows' features differ from those the model learned")
+def features(obs: Observation, params: FeaturesParams, state: Mapping[str, Any]) -> Decision:
+    from scipy import stats
+
+    rng = np.random.default_rng(obs.seed)
+    new, ref = _sample(obs.rows, rng), _sample(obs.reference, rng)
+    if len(new) < 5 or len(ref) < 5:
+        return Decision(False, None, "too few rows to compare")
+    tests: list[tuple[str, float]] = []
+    a, b = new.matrix(), ref.matrix()
+    names = _column_names(new)
+    for j in range(a.shape[1]):
+        if a[:, j].min() == a[:, j].max() == b[:, j].min() == b[:, j].max():
+            continue
+        tests.append((names[j], float(stats.ks_2samp(a[:, j], b[:, j]).pvalue)))
+    for name, values in new.x.items():
+        if values.dtype == object:
+            tests.append((name, _chi2(values, ref.x[name])))
+    worst_name, worst_p = min(tests, key=lambda t: t[1]) if tests else ("", 1.0)
+    adjusted = min(1.0, worst_p * max(len(tests), 1))  # Bonferroni
+    fire = adjusted < params.alpha / (2 if params.multivariate else 1)
+    detail = f"most shifted {worst_name!r} (adjusted p {adjusted:.2g}, {len(tests)} tests)" if tests else "no tests"
+    statistic = adjusted
+    if params.multivariate and a.shape[1]:
+        auc, p = _domain_auc(a, b, obs.seed)
+        detail += f"; domain classifier ROC AUC {auc:.3f} (p {p:.2g})"
+        fire = fire or p < params.alpha / 2
+        statistic = min(statistic, p)
+    return Decision(fire, statistic, detail)
+
+
+def _sample(rows: Rows, rng: np.random.Generator) -> Rows:
+    if len(rows) <= MAX_SAMPLE:
+        return rows
+    return rows.take(np.sort(rng.choice(len(rows), MAX_SAMPLE, replace=False)))
+
+
+def _column_names(rows: Rows) -> list[str]:
+    """A name per column of `rows.matrix()`: the input, and the element index of a tensor."""
+    out = []
+    for name, a in rows.x.items():
+        if a.dtype == object:
+            continue
+        width = int(np.prod(a.shape[1:])) if a.ndim > 1 else 1
+        out += [name] if width == 1 else [f"{name}[{i}]" for i in range(width)]
+    return out
+
+
+def _chi2(new: np.ndarray, ref: np.ndarray) -> float:
+    from scipy import stats
+
+    values = sorted(set(new.tolist()) | set(ref.tolist()))
+    if len(values) < 2:
+        return 1.0
+    table = np.array([[np.sum(new == v) for v in values], [np.sum(ref == v) for v in values]])
+    return float(stats.chi2_contingency(table)[1])
+
+
+def _domain_auc(a: np.ndarray, b: np.ndarray, seed: int) -> tuple[float, float]:
+    """Out-of-fold ROC AUC of a classifier telling `a`'s rows from `b`'s, and its one-sided
+    p-value under "no difference" (the Mann-Whitney normal approximation)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    x = np.concatenate([a, b])
+    y = np.concatenate([np.ones(len(a)), np.zeros(len(b))])
+    model = HistGradientBoostingClassifier(max_iter=60, max_leaf_nodes=15, random_state=seed)
+    folds = StratifiedKFold(2, shuffle=True, random_state=seed)
+    p = cross_val_predict(model, x, y, cv=folds, method="predict_proba")[:, 1]
+    auc = float(roc_auc_score(y, p))
+    n1, n2 = len(a), len(b)
+    z = (auc - 0.5) / math.sqrt((n1 + n2 + 1) / (12 * n1 * n2))
+    return auc, float(0.5 * math.erfc(z / math.sqrt(2)))
+
+
+# -- several triggers -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TriggerSet:
+    """Triggers with their parameters, combined by `any` or `all`."""
+
+    triggers: tuple[tuple[Trigger, Any], ...]
+    combine: str = "any"
+
+    @classmethod
+    def parse(cls, text: str = "always", values: Mapping[str, Any] | None = None, combine: str = "any") -> TriggerSet:
+        """`performance,features` and `--trigger-set key=value` (for each trigger that has the key)."""
+        if combine not in COMBINE:
+            raise UserError(f"--trigger-combine {combine}: choose any or all")
+        chosen = [get(n.strip()) for n in text.split(",") if n.strip()]
+        if not chosen:
+            raise UserError("--trigger: give at least one trigger")
+        values = dict(values or {})
+        unused = set(values) - {f.name for t in chosen for f in dataclasses.fields(t.params)}
+        if unused:
+            raise UserError(f"--trigger-set {sorted(unused)[0]}: no trigger of {text!r} has this parameter")
+        fields = {t.name: {f.name for f in dataclasses.fields(t.params)} for t in chosen}
+        made = tuple((t, t.make_params({k: v for k, v in values.items() if k in fields[t.name]})) for t in chosen)
+        return cls(made, combine)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t, _ in self.triggers]
+
+    def decide(self, obs: Observation, states: Mapping[str, Any]) -> tuple[bool, dict[str, Decision]]:
+        decisions = {t.name: t.fn(obs, p, dict(states.get(t.name) or {})) for t, p in self.triggers}
+        fired = [d.fire for d in decisions.values()]
+        return (any(fired) if self.combine == "any" else all(fired)), decisions
+
+
+def per_row_loss(pred: np.ndarray, y: np.ndarray, target_std: float = 1.0) -> np.ndarray:
+    """The performance trigger's per-row loss: 0/1 error of class probabilities, or the squared
+    error in label standard deviations."""
+    if pred.ndim == 2:
+        return (pred.argmax(axis=1) != y).astype(np.float64)
+    return ((pred - y) / target_std) ** 2
