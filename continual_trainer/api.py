@@ -250,6 +250,65 @@ class ModelStore:
             self._mirror.log_sweep(result, winner)
         return result
 
+    def stream(
+        self,
+        inbox: str,
+        *,
+        policy: str = "best",
+        candidates: Sequence[str] | None = None,
+        trigger: str = "always",
+        trigger_params: Mapping[str, Any] | None = None,
+        combine: str = "any",
+        seed: int = 0,
+        ray: bool | None = None,
+        max_forgetting: float | None = None,
+        max_flip_rate: float | None = None,
+        **params: Any,
+    ) -> list[dict[str, Any]]:
+        """Process every Parquet file in `inbox` not processed before, once each (as `ctrain
+        stream --once`): ingest it, ask the triggers, and when they fire run the policy and
+        promote its winner by the gate. Returns one event per file (status, trigger decisions,
+        candidates, version).
+
+        Args:
+            policy: a strategy, or `best` of `candidates` (default: the stream's four).
+            trigger: `always`, `every`, `performance`, `features`, or several comma-separated,
+                combined by `combine` (`any` or `all`); `trigger_params` for those that take them.
+            **params: strategy parameters, for each strategy of the policy that has them.
+        """
+        from dataclasses import asdict
+
+        from continual_trainer.trainer.executor import make_executor
+        from continual_trainer.trainer.forgetting import Gate
+        from continual_trainer.trainer.stream import DEFAULT_CANDIDATES, Policy, run_stream
+        from continual_trainer.trainer.triggers import TriggerSet
+
+        triggers = TriggerSet.parse(trigger, trigger_params, combine)
+        chosen = Policy(
+            policy, candidates or DEFAULT_CANDIDATES, seed, params, Gate(max_forgetting, max_flip_rate), triggers
+        )
+        with self._reporting("stream"):
+            events = run_stream(self.uri, inbox, chosen, make_executor(ray=ray), once=True)
+        if self._mirror is not None:
+            for event in events:
+                self._mirror.log_stream_event(event)
+        return [asdict(e) for e in events]
+
+    def drift(self, data: Any, *, trigger: str = "performance,features", **trigger_params: Any) -> dict[str, Any]:
+        """Ask triggers whether a labelled batch (a file, Arrow table or DataFrame) differs from
+        what the current model learned, without keeping it: {trigger: {fire, statistic, detail}}."""
+        from continual_trainer.trainer.commands import drift
+
+        table, source = (_table(data), "the data") if not isinstance(data, str) else (None, data)
+        return drift(self._store(), table if table is not None else source, trigger, trigger_params, source)
+
+    def report(self, out: str | None = None) -> str:
+        """Write `ctrain report`'s page, Markdown and plots (by default into the store under
+        `reports/`); returns the page's location."""
+        from continual_trainer.trainer.commands import store_report
+
+        return f"{store_report(self.uri, out)[0]}/index.html"
+
     def predict(self, data: Any, *, version: str = "current") -> Any:
         """`data`'s rows plus `prediction` (and `probability` of class 1 for two classes), by
         `version` (an id, `current`, `parent`, or a unique prefix or suffix). Columns that

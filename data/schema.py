@@ -149,6 +149,7 @@ class InputInfo:
             `keras.layers.StringLookup(vocabulary=...)`, and sends others to its OOV bucket).
         mean, variance: per feature (numeric) or over all elements (tensor), from the
             store's first batch, for normalisation; None if unknown.
+        columns: for the numeric input, the columns it holds side by side.
     """
 
     shape: tuple[int, ...]
@@ -156,6 +157,7 @@ class InputInfo:
     vocabulary: tuple[str, ...] = ()
     mean: tuple[float, ...] | None = None
     variance: tuple[float, ...] | None = None
+    columns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -252,6 +254,7 @@ class Schema:
                 "float32",
                 mean=tuple(float(c.mean) for c in numeric) if known else None,  # type: ignore[arg-type]
                 variance=tuple(float(c.variance) for c in numeric) if known else None,  # type: ignore[arg-type]
+                columns=tuple(c.name for c in numeric),
             )
         for c in self.columns:
             if c.kind == "tensor":

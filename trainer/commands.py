@@ -265,6 +265,24 @@ def predict_table(
     return out
 
 
+def drift(
+    store: Store, data: str | pa.Table, trigger: str, values: Mapping[str, Any] | None, source: str
+) -> dict[str, Any]:
+    """The triggers' decisions on a labelled batch against the current model (nothing kept)."""
+    from continual_trainer.trainer.stream import observe
+    from continual_trainer.trainer.triggers import TriggerSet
+
+    triggers = TriggerSet.parse(trigger, values)
+    table = load_table(data)[1] if isinstance(data, str) else data
+    schema = store.schema.validate(table, source)
+    rows = Rows(schema.inputs(table), schema.targets(table, source), np.zeros(table.num_rows, np.int32))
+    update_data = load_update_data(store, require_new=False, params=[])
+    current = stored_candidate(store, update_data.parent).load()
+    pred = current.predict(rows.x, update_data.n_classes)
+    fire, decisions = triggers.decide(observe(update_data, current, rows, pred), {})
+    return {"fire": fire, **{name: d.to_json() for name, d in decisions.items()}}
+
+
 def store_report(uri: str, out: str | None = None) -> tuple[str, list[str]]:
     """Write `ctrain report`'s page, Markdown and plots to `out` (a folder or URI), by default
     into the store under `reports/report-<time>/`; return where and the files' names."""

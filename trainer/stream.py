@@ -243,21 +243,34 @@ def _triggered(
     since = {} if changed else dict(previous.get("since_update") or {})
     since = {"files": int(since.get("files", 0)) + 1, "rows": int(since.get("rows", 0)) + event.rows}
     states = {} if changed else {n: d.get("state", {}) for n, d in (previous.get("triggers") or {}).items()}
+    fire, decisions = policy.triggers.decide(observe(data, current, rows, pred, since, policy.seed), states)
+    event.triggers = {name: d.to_json() for name, d in decisions.items()}
+    event.since_update = since
+    return fire
+
+
+def observe(
+    data: UpdateData,
+    current: Any,
+    rows: Rows,
+    pred: Any,
+    since: Mapping[str, int] | None = None,
+    seed: int = 0,
+) -> Observation:
+    """What the triggers see of `rows` (with `pred`, the current model's predictions on them):
+    the reference is the held-out rows of the batches the current model learned."""
     std = data.target[1] if data.target else 1.0
     reference = data.old_holdout
-    observation = Observation(
+    return Observation(
         rows,
         reference,
         per_row_loss(pred, rows.y, std),
         per_row_loss(current.predict(reference.x, data.n_classes), reference.y, std),
-        since["files"],
-        since["rows"],
-        policy.seed,
+        int((since or {}).get("files", 1)),
+        int((since or {}).get("rows", len(rows))),
+        seed,
+        {name: info.columns for name, info in data.input_spec.items() if info.columns},
     )
-    fire, decisions = policy.triggers.decide(observation, states)
-    event.triggers = {name: d.to_json() for name, d in decisions.items()}
-    event.since_update = since
-    return fire
 
 
 def run_stream(

@@ -55,6 +55,8 @@ class Observation:
         files_since_update, rows_since_update: files and rows that arrived since the model
             last changed, this one included.
         seed: fixes the samples and the domain classifier.
+        columns: an input's column names where it holds several side by side (the numeric
+            input), to name them in decisions.
     """
 
     rows: Rows
@@ -64,6 +66,7 @@ class Observation:
     files_since_update: int = 1
     rows_since_update: int = 0
     seed: int = 0
+    columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,7 @@ def features(obs: Observation, params: FeaturesParams, state: Mapping[str, Any])
         return Decision(False, None, "too few rows to compare")
     tests: list[tuple[str, float]] = []
     a, b = new.matrix(), ref.matrix()
-    names = _column_names(new)
+    names = _column_names(new, obs.columns)
     for j in range(a.shape[1]):
         if a[:, j].min() == a[:, j].max() == b[:, j].min() == b[:, j].max():
             continue
@@ -226,14 +229,15 @@ def _sample(rows: Rows, rng: np.random.Generator) -> Rows:
     return rows.take(np.sort(rng.choice(len(rows), MAX_SAMPLE, replace=False)))
 
 
-def _column_names(rows: Rows) -> list[str]:
-    """A name per column of `rows.matrix()`: the input, and the element index of a tensor."""
+def _column_names(rows: Rows, columns: Mapping[str, tuple[str, ...]]) -> list[str]:
+    """A name per column of `rows.matrix()`: the column's, else the input's with the element's index."""
     out = []
     for name, a in rows.x.items():
         if a.dtype == object:
             continue
         width = int(np.prod(a.shape[1:])) if a.ndim > 1 else 1
-        out += [name] if width == 1 else [f"{name}[{i}]" for i in range(width)]
+        known = columns.get(name, ())
+        out += list(known) if len(known) == width else [name] if width == 1 else [f"{name}[{i}]" for i in range(width)]
     return out
 
 

@@ -286,3 +286,22 @@ def test_stream_with_triggers_and_report_on_s3(s3_server, write_parquet, tmp_pat
     assert "plots/stream.png" in payload["files"]
     assert main(["report", "--store", uri, "--out", str(tmp_path / "local")]) == 0
     _check_report(tmp_path / "local")
+
+
+def test_the_python_api_checks_drift_streams_with_triggers_and_reports(store_of_table0: str, tmp_path: Path) -> None:
+    import continual_trainer as ct
+
+    store = ct.open_store(store_of_table0)
+    same = make_table(n=400, seed=0).to_pandas().sample(n=200, random_state=1)
+    quiet = store.drift(same)
+    assert quiet["fire"] is False and set(quiet) == {"fire", "performance", "features"}
+    moved = same.assign(f2=same.f2 + 1.5)
+    loud = store.drift(moved, trigger="features", alpha=0.05)
+    assert loud["fire"] and "'f2'" in loud["features"]["detail"]  # named by its column
+    assert len(Store.open(store_of_table0).batch_ids()) == 1  # nothing kept
+    with pytest.raises(UserError, match="missing feature"):
+        store.drift(same.drop(columns=["f1"]))
+    events = store.stream(str(_stream_inbox(tmp_path, flips=1)), policy="finetune_new", trigger="performance", epochs=3)
+    assert [e["status"] for e in events][:5] == ["ingested"] * 5 and events[5]["triggers"]["performance"]["fire"]
+    page = store.report(str(tmp_path / "api-report"))
+    assert page.endswith("index.html") and (tmp_path / "api-report" / "index.html").exists()
