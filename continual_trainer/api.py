@@ -176,6 +176,7 @@ class ModelStore:
         ray: bool | None = None,
         max_forgetting: float | None = None,
         max_flip_rate: float | None = None,
+        promote_on: str = "holdout",
         **params: Any,
     ) -> UpdateOutcome:
         """Run one strategy on the batches that arrived since the current version.
@@ -187,6 +188,8 @@ class ModelStore:
             ray: run on Ray (True), here (False), or on Ray when RAY_ADDRESS is set (None).
             max_forgetting, max_flip_rate: with `auto`, refuse a winner that forgets more than
                 this on an earlier batch or flips more holdout rows from right to wrong.
+            promote_on: what `auto` compares on: `holdout` (every seen batch's held-out rows)
+                or `new` (the new batches' only, for data that drifts).
             **params: the strategy's parameters, e.g. `epochs=20, learning_rate=0.001`.
 
         Raises:
@@ -207,6 +210,7 @@ class ModelStore:
                 actors=actors,
                 sync_steps=sync_steps,
                 gate=Gate(max_forgetting, max_flip_rate),
+                on=promote_on,
             )
         if self._mirror is not None:
             self._mirror.log_update(outcome, {**params, "seed": seed}, "update")
@@ -263,6 +267,7 @@ class ModelStore:
         ray: bool | None = None,
         max_forgetting: float | None = None,
         max_flip_rate: float | None = None,
+        promote_on: str = "holdout",
         **params: Any,
     ) -> list[dict[str, Any]]:
         """Process every Parquet file in `inbox` not processed before, once each (as `ctrain
@@ -274,6 +279,7 @@ class ModelStore:
             policy: a strategy, or `best` of `candidates` (default: the stream's four).
             trigger: `always`, `every`, `performance`, `features`, or several comma-separated,
                 combined by `combine` (`any` or `all`); `trigger_params` for those that take them.
+            promote_on: what candidates are ranked and promoted on (`holdout` or `new`).
             **params: strategy parameters, for each strategy of the policy that has them.
         """
         from dataclasses import asdict
@@ -284,9 +290,8 @@ class ModelStore:
         from continual_trainer.trainer.triggers import TriggerSet
 
         triggers = TriggerSet.parse(trigger, trigger_params, combine)
-        chosen = Policy(
-            policy, candidates or DEFAULT_CANDIDATES, seed, params, Gate(max_forgetting, max_flip_rate), triggers
-        )
+        gate = Gate(max_forgetting, max_flip_rate)
+        chosen = Policy(policy, candidates or DEFAULT_CANDIDATES, seed, params, gate, triggers, promote_on)
         with self._reporting("stream"):
             events = run_stream(self.uri, inbox, chosen, make_executor(ray=ray), once=True)
         if self._mirror is not None:

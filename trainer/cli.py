@@ -206,6 +206,7 @@ def cmd_update(args: argparse.Namespace) -> None:
             sync_steps=args.sync_steps,
             max_forgetting=args.max_forgetting,
             max_flip_rate=args.max_flip_rate,
+            promote_on=args.promote_on,
             **settings,
         )
     except ct.NothingNew as exc:  # a scheduled or retried updater with nothing to do succeeds
@@ -374,7 +375,13 @@ def cmd_stream(args: argparse.Namespace) -> None:
     candidates = [c for c in (args.candidates or ",".join(DEFAULT_CANDIDATES)).split(",") if c]
     triggers = TriggerSet.parse(args.trigger, _settings(args.trigger_set), args.trigger_combine)
     policy = Policy(
-        args.policy, candidates, seed=args.seed, values=_settings(args.set), gate=_gate(args), triggers=triggers
+        args.policy,
+        candidates,
+        seed=args.seed,
+        values=_settings(args.set),
+        gate=_gate(args),
+        triggers=triggers,
+        on=args.promote_on,
     )
     mirror = mirror_for(args.mlflow, args.store)
     executor = make_executor(ray=_where_flag(args, True if args.policy == "best" else None))
@@ -439,6 +446,15 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--quiet", action="store_true", help="no progress on stderr")
         c.set_defaults(func=func, needs_tf=needs_tf)
         return c
+
+    def judged(c: argparse.ArgumentParser) -> None:
+        c.add_argument(
+            "--promote-on",
+            choices=("holdout", "new"),
+            default="holdout",
+            help="what auto promotion compares on: every seen batch's held-out rows (default), or the new "
+            "batches' only (for data that drifts, where the recent rows matter)",
+        )
 
     def gated(c: argparse.ArgumentParser) -> None:
         share = _checked(Interval(float, 0, 1))
@@ -515,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--seed", type=_checked(SEED), default=0, help="fixes initialisation, sampling, shuffling")
     gated(c)
+    judged(c)
     tracked(c)
     where(c, "Ray for --policy best, else this process")
 
@@ -584,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --actors and model averaging: every K steps",
     )
     gated(c)
+    judged(c)
     tracked(c)
 
     c = command("predict", cmd_predict, "write predictions of a stored version")

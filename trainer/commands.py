@@ -174,6 +174,7 @@ def update(
     by: str = "update",
     origin: Mapping[str, Any] | None = None,
     gate: Gate | None = None,
+    on: str = "holdout",
 ) -> UpdateOutcome:
     """Run one strategy against the current model and the batches that arrived since.
 
@@ -189,13 +190,14 @@ def update(
         by, origin: the command, and where else the version comes from (a sweep's trial),
             kept in the event log and the manifest.
         gate: with `promote="auto"`, the forgetting and negative-flip limits a winner must keep.
+        on: what `auto` compares on: `holdout` or `new` (the new batches' held-out rows).
 
     Raises:
         NothingNew: no batch arrived since the current version and the strategy trains.
     """
     strategy = strategies.get(strategy_name)
     params = strategy.make_params(values)
-    check_promote(promote)
+    check_promote(promote, on)
     if actors > 1 and strategy.can.data_parallel is None:
         able = ", ".join(strategies.names(data_parallel="averaging") + strategies.names(data_parallel="bagging"))
         raise UserError(f"--actors: {strategy_name} does not train data-parallel; these do: {able}")
@@ -204,7 +206,7 @@ def update(
     job = Job(strategy, params, seed, actors, sync_steps)
     (outcome,) = executor.run(data, stored_candidate(store, data.parent), [job], extra_eval=extra_eval)
     result = result_or_raise(outcome)
-    return commit(store, data, strategy_name, params, seed, result, promote, by, dict(origin or {}), gate)
+    return commit(store, data, strategy_name, params, seed, result, promote, by, dict(origin or {}), gate, on)
 
 
 def predict(
@@ -279,7 +281,8 @@ def drift(
     update_data = load_update_data(store, require_new=False, params=[])
     current = stored_candidate(store, update_data.parent).load()
     pred = current.predict(rows.x, update_data.n_classes)
-    fire, decisions = triggers.decide(observe(update_data, current, rows, pred), {})
+    observation = observe(update_data, current, rows, pred, manifest=store.manifest(update_data.parent))
+    fire, decisions = triggers.decide(observation, {})
     return {"fire": fire, **{name: d.to_json() for name, d in decisions.items()}}
 
 

@@ -11,7 +11,7 @@ from continual_trainer.data.manifest import Manifest, lineage
 from continual_trainer.data.storage import Store
 from continual_trainer.trainer.evaluate import better, learned_nothing
 from continual_trainer.trainer.forgetting import Gate
-from continual_trainer.trainer.trials import TrialResult, holdout_metrics
+from continual_trainer.trainer.trials import JUDGED_ON, TrialResult, holdout_metrics
 from continual_trainer.trainer.updatedata import UpdateData
 from continual_trainer.trainer.versions import save_candidate
 
@@ -41,9 +41,11 @@ class UpdateOutcome:
         return {**asdict(self), "warnings": self.warnings}
 
 
-def check_promote(promote: str) -> None:
+def check_promote(promote: str, on: str = "holdout") -> None:
     if promote not in PROMOTE_MODES:
         raise UserError(f"--promote {promote}: choose one of {', '.join(PROMOTE_MODES)}")
+    if on not in JUDGED_ON:
+        raise UserError(f"--promote-on {on}: choose one of {', '.join(JUDGED_ON)}")
 
 
 def commit(
@@ -57,6 +59,7 @@ def commit(
     by: str = "update",
     origin: dict[str, Any] | None = None,
     gate: Gate | None = None,
+    on: str = "holdout",
 ) -> UpdateOutcome:
     """Save a trial's candidate as a new version, then promote it as `promote` says.
 
@@ -64,10 +67,12 @@ def commit(
         by: the command committing it (`update`, `stream`, `sweep`), kept in the event log.
         origin: more of where it comes from, for its manifest (e.g. the sweep and trial).
         gate: with `auto`, limits on forgetting and negative flips a winner must also keep.
+        on: what `auto` compares on: `holdout` (every seen batch's held-out rows) or `new`
+            (the new batches' only: for data that drifts, where the recent rows matter).
     """
     if result.candidate is None:
         raise ValueError("this trial's candidate did not come back; it cannot be committed")
-    check_promote(promote)
+    check_promote(promote, on)
     version = store.new_version_id(strategy_name)
     trained_old = data.old_ids if getattr(params, "trains_on_old", lambda: False)() else []
     save_candidate(
@@ -89,13 +94,13 @@ def commit(
             origin=origin or {},
         ),
     )
-    wins = better(holdout_metrics(result.metrics), holdout_metrics(result.current_metrics))
+    wins = better(holdout_metrics(result.metrics, on), holdout_metrics(result.current_metrics, on))
     gated = gate is not None and gate.active and wins
     refused = gate.refuses(result.metrics, lineage(data.parent, stored_manifest(store))) if gated else None
     if promote == "auto" and refused:
         promoted, reason = False, f"better on the holdout, but {refused}"
     else:
-        promoted, reason = promote_version(store, version, data.parent, promote, wins, by)
+        promoted, reason = promote_version(store, version, data.parent, promote, wins, by, on)
     return UpdateOutcome(
         version,
         data.parent,
@@ -110,14 +115,15 @@ def commit(
 
 
 def promote_version(
-    store: Store, version: str, parent: str | None, mode: str, wins: bool, by: str = "update"
+    store: Store, version: str, parent: str | None, mode: str, wins: bool, by: str = "update", on: str = "holdout"
 ) -> tuple[bool, str]:
     """Make `version` current if `mode` says so and nobody promoted another since `parent`."""
+    where = "the holdout" if on == "holdout" else "the new batches' holdout"
     if mode == "never":
         return False, "--promote never"
     if mode == "auto" and not wins:
-        return False, "not better than the current model on the holdout"
-    reason = "promoted" if mode == "always" else "better than the current model on the holdout"
+        return False, f"not better than the current model on {where}"
+    reason = "promoted" if mode == "always" else f"better than the current model on {where}"
     if store.promote(version, parent, by=by, reason=f"--promote {mode}: {reason}"):
         return True, reason
     return False, f"another update promoted {store.current()} first; this version is kept but not promoted"

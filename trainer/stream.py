@@ -16,11 +16,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow.fs as pafs
 
 from continual_trainer import strategies
 from continual_trainer.data.batches import ingest_bytes
 from continual_trainer.data.errors import UserError
+from continual_trainer.data.manifest import Manifest
 from continual_trainer.data.parquet import redact, resolve
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.storage import Store, sha256
@@ -29,7 +31,7 @@ from continual_trainer.trainer.evaluate import better, score
 from continual_trainer.trainer.executor import Executor, Failure, Job, WorkFailed, result_or_raise
 from continual_trainer.trainer.forgetting import Gate
 from continual_trainer.trainer.promotion import commit
-from continual_trainer.trainer.trials import TrialResult, holdout_metrics
+from continual_trainer.trainer.trials import JUDGED_ON, TrialResult, holdout_metrics
 from continual_trainer.trainer.triggers import Observation, TriggerSet, per_row_loss
 from continual_trainer.trainer.updatedata import UpdateData, load_update_data
 from continual_trainer.trainer.versions import stored_candidate
@@ -61,6 +63,8 @@ class StreamEvent:
     triggers: dict[str, dict[str, Any]] = field(default_factory=dict)
     since_update: dict[str, int] = field(default_factory=dict)
     candidates: list[dict[str, Any]] = field(default_factory=list)
+    update_gain: float | None = None
+    judged_by: str | None = None  # the current version when the triggers decided
 
     def line(self) -> str:
         head = f"{self.file}: "
@@ -90,6 +94,8 @@ class Policy:
             strategy of the policy has is an error.
         gate: limits on forgetting and negative flips the winner must also keep.
         triggers: when to update (default: every file).
+        on: what candidates are ranked and promoted on: `holdout` (every seen batch's
+            held-out rows) or `new` (the new batches' only; for data that drifts).
     """
 
     def __init__(
@@ -100,7 +106,11 @@ class Policy:
         values: Mapping[str, Any] | None = None,
         gate: Gate | None = None,
         triggers: TriggerSet | None = None,
+        on: str = "holdout",
     ) -> None:
+        if on not in JUDGED_ON:
+            raise UserError(f"--promote-on {on}: choose one of {', '.join(JUDGED_ON)}")
+        self.on = on
         self.name = name
         self.seed = seed
         self.gate = gate
@@ -133,7 +143,9 @@ class Policy:
                 tried.append(_tried(job, outcome))
             if isinstance(outcome, Failure):
                 continue
-            if best is None or better(holdout_metrics(outcome.metrics), holdout_metrics(best[1].metrics)):
+            if best is None or better(
+                holdout_metrics(outcome.metrics, self.on), holdout_metrics(best[1].metrics, self.on)
+            ):
                 best = (job, outcome)
         if best is None:  # every job failed: raise the first user's mistake, else the first failure
             result_or_raise(next((o for o in outcomes if isinstance(o, Failure) and o.user_error), outcomes[0]))
@@ -221,11 +233,32 @@ def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent) -
         data = load_update_data(store, params=[job.params for job in policy.jobs])
     job, result = policy.run(store, data, executor, event.candidates)
     outcome = commit(
-        store, data, job.strategy.name, job.params, job.seed, result, "auto", by="stream", gate=policy.gate
+        store,
+        data,
+        job.strategy.name,
+        job.params,
+        job.seed,
+        result,
+        "auto",
+        by="stream",
+        gate=policy.gate,
+        on=policy.on,
     )
     event.status = "updated" if outcome.promoted else "kept"
     event.strategy, event.version = job.strategy.name, outcome.version
     event.promoted, event.reason = outcome.promoted, outcome.reason
+    event.update_gain = update_gain(result.metrics, result.current_metrics, data)
+
+
+def update_gain(metrics: Mapping[str, Any], before: Mapping[str, Any], data: UpdateData) -> float | None:
+    """How much the update improved on the new batches' holdout: accuracy points, or the fall in
+    RMSE in label standard deviations; None if unknown."""
+    if data.n_classes:
+        now, then = metrics.get("new_accuracy"), before.get("new_accuracy")
+        return None if now is None or then is None else float(now - then)
+    now, then = metrics.get("new_rmse"), before.get("new_rmse")
+    std = data.target[1] if data.target else 1.0
+    return None if now is None or then is None else float((then - now) / std)
 
 
 def _triggered(
@@ -239,14 +272,22 @@ def _triggered(
 ) -> bool:
     """Ask the policy's triggers about this file (recording their decisions in the event)."""
     previous = store.last_stream_event(lambda e: bool(e.get("triggers"))) or {}
-    changed = previous.get("status") == "updated"
+    # The counters and detectors start again when the model changed since the last decision
+    # (by this stream's update or any other command).
+    changed = previous.get("judged_by") != data.parent
     since = {} if changed else dict(previous.get("since_update") or {})
     since = {"files": int(since.get("files", 0)) + 1, "rows": int(since.get("rows", 0)) + event.rows}
     states = {} if changed else {n: d.get("state", {}) for n, d in (previous.get("triggers") or {}).items()}
-    fire, decisions = policy.triggers.decide(observe(data, current, rows, pred, since, policy.seed), states)
+    gain = previous.get("update_gain") if changed and previous.get("version") == data.parent else None
+    event.judged_by = data.parent
+    observation = observe(data, current, rows, pred, since, policy.seed, store.manifest(data.parent), gain)
+    fire, decisions = policy.triggers.decide(observation, states)
     event.triggers = {name: d.to_json() for name, d in decisions.items()}
     event.since_update = since
     return fire
+
+
+REFERENCE_ROWS = 500
 
 
 def observe(
@@ -256,11 +297,25 @@ def observe(
     pred: Any,
     since: Mapping[str, int] | None = None,
     seed: int = 0,
+    manifest: Manifest | None = None,
+    last_gain: float | None = None,
 ) -> Observation:
-    """What the triggers see of `rows` (with `pred`, the current model's predictions on them):
-    the reference is the held-out rows of the batches the current model learned."""
+    """What the triggers see of `rows` (with `pred`, the current model's predictions on them).
+
+    The reference is the held-out rows of the newest batches the current model learned (at
+    least REFERENCE_ROWS of them, where there are): what it was last fitted to, so that after
+    an update for a drift the drift is the new normal. `last_gain` is what the update that
+    made the current version gained on its new batches' holdout (see `update_gain`)."""
     std = data.target[1] if data.target else 1.0
     reference = data.old_holdout
+    if manifest is not None and len(reference):
+        position = {b: i for i, b in enumerate(data.batch_ids)}
+        keep = np.zeros(len(reference), bool)
+        for batch in reversed(manifest.batches_seen):
+            keep |= reference.order == position.get(batch, -1)
+            if keep.sum() >= REFERENCE_ROWS:
+                break
+        reference = reference.take(keep) if keep.any() else reference
     return Observation(
         rows,
         reference,
@@ -270,6 +325,7 @@ def observe(
         int((since or {}).get("rows", len(rows))),
         seed,
         {name: info.columns for name, info in data.input_spec.items() if info.columns},
+        last_gain,
     )
 
 

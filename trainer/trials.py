@@ -63,17 +63,22 @@ def scored(
             out[f"{name}_{metric}"] = value
         if name == "holdout":
             holdout_pred = pred
-            if batch_ids:
+            if batch_ids:  # the first metric alone, in NumPy: one per batch adds up over a long stream
                 first = "rmse" if n_classes == 0 else "accuracy"
+                hit = (pred - rows.y) ** 2 if n_classes == 0 else (pred.argmax(axis=1) == rows.y).astype(float)
                 for order in np.unique(rows.order):
-                    part = rows.order == order
-                    out[f"batch_{batch_ids[int(order)]}_{first}"] = score(pred[part], rows.y[part])[first]
+                    value = float(hit[rows.order == order].mean())
+                    out[f"batch_{batch_ids[int(order)]}_{first}"] = value**0.5 if n_classes == 0 else value
     return out, holdout_pred
 
 
-def holdout_metrics(metrics: Mapping[str, float | None]) -> dict[str, float | None]:
-    """The `holdout_*` entries of flat metrics, without the prefix (what promotion compares)."""
-    return {k[len("holdout_") :]: v for k, v in metrics.items() if k.startswith("holdout_")}
+JUDGED_ON = ("holdout", "new")
+
+
+def holdout_metrics(metrics: Mapping[str, float | None], on: str = "holdout") -> dict[str, float | None]:
+    """The `<on>_*` entries of flat metrics, without the prefix (what promotion compares):
+    `holdout` is every seen batch's held-out rows, `new` the new batches' only."""
+    return {k[len(on) + 1 :]: v for k, v in metrics.items() if k.startswith(f"{on}_")}
 
 
 def negative_flip_rate(pred: np.ndarray, before: np.ndarray, y: np.ndarray) -> float:

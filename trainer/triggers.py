@@ -11,9 +11,11 @@ is promoted.
 - `always`: every file (the stream's behaviour without triggers);
 - `every`: every `files` files or once `rows` rows arrived since the last update;
 - `performance`: the current model's error on the arriving rows against its error on the
-  held-out rows of the batches it learned: a two-sample z-test on per-row losses (0/1 error,
-  or squared error in label standard deviations) with a minimum effect `drop`, and a
-  Page-Hinkley detector over the per-file differences for slow drifts;
+  held-out rows of the newest batches it learned: a two-sample z-test on per-row losses (0/1
+  error, or squared error in label standard deviations) with a minimum effect `drop`, a
+  Page-Hinkley detector over the per-file differences for slow drifts, and (`follow`) again
+  after an update that gained more than `drop`, so that after a drift the stream keeps
+  updating while it pays;
 - `features`: the arriving rows against the held-out rows of the batches the current model
   learned (the same distribution as its training rows): a Kolmogorov-Smirnov test per numeric
   feature (every element of a tensor), chi-squared per categorical column, Bonferroni-corrected,
@@ -57,6 +59,9 @@ class Observation:
         seed: fixes the samples and the domain classifier.
         columns: an input's column names where it holds several side by side (the numeric
             input), to name them in decisions.
+        last_gain: if the current version came from the stream's last update, what that
+            update gained on its new rows' holdout (accuracy points, or the fall in RMSE in
+            label standard deviations).
     """
 
     rows: Rows
@@ -67,6 +72,7 @@ class Observation:
     rows_since_update: int = 0
     seed: int = 0
     columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    last_gain: float | None = None
 
 
 @dataclass(frozen=True)
@@ -158,10 +164,11 @@ class PerformanceParams(Params):
     drop: float = param(
         0.02, Interval(float, 0), "smallest error rise that counts (accuracy points; RMSE²: label std units)"
     )
-    z: float = param(3.0, Interval(float, 0, low_open=True), "z-score the rise must reach (3: one-sided p 0.0013)")
+    z: float = param(2.5, Interval(float, 0, low_open=True), "z-score the rise must reach (2.5: one-sided p 0.006)")
     detector: str = param("page_hinkley", Choice(("page_hinkley", "none")), "sequential detector over files")
     ph_delta: float = param(0.01, Interval(float, 0), "Page-Hinkley: tolerated rise per file")
     ph_lambda: float = param(0.2, Interval(float, 0, low_open=True), "Page-Hinkley: alarm threshold")
+    follow: bool = param(True, Boolean(), "update again while the last update gained more than drop")
 
 
 @register("performance", PerformanceParams, "the current model's error on the new rows rose")
@@ -180,10 +187,15 @@ def performance(obs: Observation, params: PerformanceParams, state: Mapping[str,
     m = float(state.get("m", 0.0)) + rise - mean - params.ph_delta
     low = min(float(state.get("low", 0.0)), m)
     slow = params.detector == "page_hinkley" and m - low > params.ph_lambda
-    detail = f"error {loss.mean():.3f} vs {ref.mean():.3f} on the learned batches' holdout (z {z:.1f})"
+    # An update that paid more than `drop` is followed by another: after a drift the model
+    # keeps learning the new concept until updating stops paying.
+    paying = params.follow and obs.last_gain is not None and obs.last_gain > params.drop
+    detail = f"error {loss.mean():.3f} vs {ref.mean():.3f} on the newest learned batches' holdout (z {z:.1f})"
     if slow and not now:
         detail += f"; Page-Hinkley {m - low:.3f} > {params.ph_lambda:g}"
-    return Decision(now or slow, rise, detail, {"n": n, "mean": mean, "m": m, "low": low})
+    if paying and not (now or slow):
+        detail += f"; the last update gained {obs.last_gain:.3f}"
+    return Decision(now or slow or paying, rise, detail, {"n": n, "mean": mean, "m": m, "low": low})
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +17,9 @@ from continual_trainer.data.manifest import Manifest
 from continual_trainer.data.storage import Store
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.models import model_classes, to_bytes
+
+_LOADED: dict[tuple[tuple[bytes, ...], tuple[float, ...]], tuple[Any, ...]] = {}
+_KEEP_LOADED = 2
 
 
 @dataclass(frozen=True)
@@ -31,8 +35,19 @@ class StoredCandidate:
     state: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def load(self) -> Candidate:
-        """The members, each loaded in Keras safe mode, with the version's state."""
-        return Candidate.from_files(list(self.files), self.weights, self.state)
+        """The members, each loaded in Keras safe mode, with the version's state.
+
+        The last few loaded are kept: a stream scores and updates the same current version
+        for each file, and loading a `.keras` file costs more than most scoring. Nothing may
+        change a loaded member in place (strategies train copies; the contract tests check)."""
+        key = (self.files, self.weights)
+        members = _LOADED.pop(key, None)
+        if members is None:
+            members = Candidate.from_files(list(self.files), self.weights).members
+        _LOADED[key] = members
+        while len(_LOADED) > _KEEP_LOADED:
+            _LOADED.pop(next(iter(_LOADED)))
+        return Candidate(members, self.weights, dict(self.state))
 
     @classmethod
     def of(cls, candidate: Candidate) -> StoredCandidate:

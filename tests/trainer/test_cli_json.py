@@ -85,6 +85,8 @@ def test_every_command_prints_json_on_its_last_line(tmp_path: Path, inputs, caps
     assert again == {"version": back["previous"], "previous": back["version"]}
     dry = run_json(capsys, "gc", "--store", store, "--keep", "0", "--dry-run")
     assert dry["dry_run"] and set(dry["deleted"]) <= set(versions)
+    report = run_json(capsys, "report", "--store", store)
+    assert os.path.exists(report["page"]) and "plots/stream.png" in report["files"]
     demo = run_json(capsys, "demo", "--store", "demo-store", "--local")
     assert len(demo["results"]) >= 9 and demo["executor"] == "this process (no Ray)"
     assert set(build_parser()._subparsers._group_actions[0].choices) <= COMMANDS_TESTED
