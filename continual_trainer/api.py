@@ -268,6 +268,7 @@ class ModelStore:
         max_forgetting: float | None = None,
         max_flip_rate: float | None = None,
         promote_on: str = "holdout",
+        scale: bool = True,
         **params: Any,
     ) -> list[dict[str, Any]]:
         """Process every Parquet file in `inbox` not processed before, once each (as `ctrain
@@ -280,6 +281,8 @@ class ModelStore:
             trigger: `always`, `every`, `performance`, `features`, or several comma-separated,
                 combined by `combine` (`any` or `all`); `trigger_params` for those that take them.
             promote_on: what candidates are ranked and promoted on (`holdout` or `new`).
+            scale: above 5,000 training rows, size batch, learning rate, early stopping and a
+                time budget to the rows (parameters given here are kept as given).
             **params: strategy parameters, for each strategy of the policy that has them.
         """
         from dataclasses import asdict
@@ -291,7 +294,7 @@ class ModelStore:
 
         triggers = TriggerSet.parse(trigger, trigger_params, combine)
         gate = Gate(max_forgetting, max_flip_rate)
-        chosen = Policy(policy, candidates or DEFAULT_CANDIDATES, seed, params, gate, triggers, promote_on)
+        chosen = Policy(policy, candidates or DEFAULT_CANDIDATES, seed, params, gate, triggers, promote_on, scale)
         with self._reporting("stream"):
             events = run_stream(self.uri, inbox, chosen, make_executor(ray=ray), once=True)
         if self._mirror is not None:

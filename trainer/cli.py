@@ -382,6 +382,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
         gate=_gate(args),
         triggers=triggers,
         on=args.promote_on,
+        scale=not args.fixed_settings,
     )
     mirror = mirror_for(args.mlflow, args.store)
     executor = make_executor(ray=_where_flag(args, True if args.policy == "best" else None))
@@ -525,6 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--trigger-set", action="append", metavar="KEY=VALUE", help="a parameter for every trigger that has it"
     )
     c.add_argument("--trigger-combine", choices=("any", "all"), default="any", help="several triggers: any or all")
+    c.add_argument(
+        "--fixed-settings",
+        action="store_true",
+        help="train with the strategies' settings as they are; by default, above 5,000 training rows, the "
+        "batch size, learning rate, early stopping and a time budget are sized to the rows (not what --set gives)",
+    )
     c.add_argument("--once", action="store_true", help="process what is in the inbox now, then exit")
     c.add_argument(
         "--interval", type=_checked(Interval(float, 0, low_open=True)), default=5.0, help="seconds between polls"

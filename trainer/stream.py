@@ -11,6 +11,8 @@ on; the batch stays in the store as new data for the next update.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,6 +32,7 @@ from continual_trainer.strategies.base import reads_old
 from continual_trainer.trainer.evaluate import better, score
 from continual_trainer.trainer.executor import Executor, Failure, Job, WorkFailed, result_or_raise
 from continual_trainer.trainer.forgetting import Gate
+from continual_trainer.trainer.loop import LoopConfig
 from continual_trainer.trainer.promotion import commit
 from continual_trainer.trainer.trials import JUDGED_ON, TrialResult, holdout_metrics
 from continual_trainer.trainer.triggers import Observation, TriggerSet, per_row_loss
@@ -96,6 +99,7 @@ class Policy:
         triggers: when to update (default: every file).
         on: what candidates are ranked and promoted on: `holdout` (every seen batch's
             held-out rows) or `new` (the new batches' only; for data that drifts).
+        scale: size each candidate's training settings to its rows (see `scaled`).
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class Policy:
         gate: Gate | None = None,
         triggers: TriggerSet | None = None,
         on: str = "holdout",
+        scale: bool = True,
     ) -> None:
         if on not in JUDGED_ON:
             raise UserError(f"--promote-on {on}: choose one of {', '.join(JUDGED_ON)}")
@@ -127,6 +132,21 @@ class Policy:
             Job(s, s.make_params({k: v for k, v in values.items() if k in s.params.__dataclass_fields__}), seed)
             for s in chosen
         ]
+        self.user_keys = frozenset(values)
+        self.scale = scale
+
+    def sized(self, data: UpdateData) -> list[Job]:
+        """The jobs with settings scaled to the rows each trains on (see `scaled`), unless
+        `scale` is off; what the user set with `--set` is never changed."""
+        if not self.scale:
+            return self.jobs
+        budget = STREAM_SECONDS / max(len(self.jobs), 1)
+        out = []
+        for job in self.jobs:
+            trains_old = getattr(job.params, "trains_on_old", lambda: False)()
+            n = len(data.new) + (len(data.old) if trains_old else 0)
+            out.append(dataclasses.replace(job, params=scaled(job.params, n, budget, self.user_keys)))
+        return out
 
     def run(
         self, store: Store, data: UpdateData, executor: Executor, tried: list[dict[str, Any]] | None = None
@@ -136,9 +156,10 @@ class Policy:
 
         Raises the first failure if none succeeded.
         """
-        outcomes = executor.run(data, stored_candidate(store, data.parent), self.jobs)
+        jobs = self.sized(data)
+        outcomes = executor.run(data, stored_candidate(store, data.parent), jobs)
         best: tuple[Job, TrialResult] | None = None
-        for job, outcome in zip(self.jobs, outcomes, strict=True):
+        for job, outcome in zip(jobs, outcomes, strict=True):
             if tried is not None:
                 tried.append(_tried(job, outcome))
             if isinstance(outcome, Failure):
@@ -153,15 +174,42 @@ class Policy:
         return best
 
 
+STREAM_SECONDS = 25.0  # the training budget of one file's candidates together, once scaled
+SCALE_FROM = 5000  # training rows from which the settings scale
+STEPS_PER_EPOCH = 400
+
+
+def scaled(params: Any, rows: int, seconds: float, user_keys: frozenset[str] = frozenset()) -> Any:
+    """Training settings for `rows` rows: the reference recipe (made for 500 rows) up to
+    SCALE_FROM rows; above, a batch giving about STEPS_PER_EPOCH steps per epoch (a power of
+    two, at most 1024) with the learning rate scaled by the square root of its growth, early
+    stopping (`patience` 15) and a wall-clock budget of `seconds`. Keys in `user_keys` stay."""
+    if rows < SCALE_FROM or not isinstance(params, LoopConfig):
+        return params
+    changes: dict[str, Any] = {}
+    batch = min(1024, 2 ** round(math.log2(max(rows / STEPS_PER_EPOCH, 1))))
+    if "batch_size" not in user_keys and batch > params.batch_size:
+        changes["batch_size"] = batch
+        if "learning_rate" not in user_keys:
+            changes["learning_rate"] = params.learning_rate * math.sqrt(batch / params.batch_size)
+    if "patience" not in user_keys and not params.patience:
+        changes["patience"] = 15
+    if "max_seconds" not in user_keys and not params.max_seconds:
+        changes["max_seconds"] = round(seconds, 2)
+    return dataclasses.replace(params, **changes)
+
+
 def _tried(job: Job, outcome: TrialResult | Failure) -> dict[str, Any]:
     if isinstance(outcome, Failure):
         return {"strategy": job.strategy.name, "error": outcome.message}
     scores = holdout_metrics(outcome.metrics)
     keep = ("accuracy", "log_loss", "rmse", "mae", "negative_flip_rate")
+    settings = ("batch_size", "learning_rate", "patience", "max_seconds")
     return {
         "strategy": job.strategy.name,
         "holdout": {k: scores[k] for k in keep if k in scores},
         "seconds": round(outcome.train_seconds, 3),
+        "settings": {k: getattr(job.params, k) for k in settings if hasattr(job.params, k)},
     }
 
 

@@ -305,3 +305,20 @@ def test_the_python_api_checks_drift_streams_with_triggers_and_reports(store_of_
     assert [e["status"] for e in events][:5] == ["ingested"] * 5 and events[5]["triggers"]["performance"]["fire"]
     page = store.report(str(tmp_path / "api-report"))
     assert page.endswith("index.html") and (tmp_path / "api-report" / "index.html").exists()
+
+
+def test_stream_settings_scale_with_the_rows_unless_the_user_set_them() -> None:
+    from continual_trainer import strategies
+    from continual_trainer.trainer.stream import scaled
+
+    fresh = strategies.get("fresh_all").make_params()
+    assert scaled(fresh, 4000, 6.0) == fresh  # small batches keep the reference recipe
+    big = scaled(fresh, 55_000, 6.0)
+    assert big.batch_size == 128 and big.learning_rate == pytest.approx(0.01 * 2)
+    assert big.patience == 15 and big.max_seconds == 6.0 and big.epochs == fresh.epochs
+    assert scaled(fresh, 10_000_000, 6.0).batch_size == 1024
+    mine = strategies.get("fresh_all").make_params({"batch_size": "64", "patience": "2"})
+    kept = scaled(mine, 55_000, 6.0, frozenset({"batch_size", "patience"}))
+    assert (kept.batch_size, kept.learning_rate, kept.patience, kept.max_seconds) == (64, 0.01, 2, 6.0)
+    keep = strategies.get("keep").make_params()
+    assert scaled(keep, 55_000, 6.0) is keep
