@@ -68,6 +68,7 @@ class StreamEvent:
     candidates: list[dict[str, Any]] = field(default_factory=list)
     update_gain: float | None = None
     judged_by: str | None = None  # the current version when the triggers decided
+    learned: list[str] = field(default_factory=list)  # with a trigger's window: the batches learned
 
     def line(self) -> str:
         head = f"{self.file}: "
@@ -273,12 +274,16 @@ def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent) -
     current = stored_candidate(store, data.parent).load()
     pred = current.predict(rows.x, data.n_classes)
     event.drift = score(pred, rows.y)
-    if not _triggered(store, policy, data, current, rows, pred, event):
+    fired, window = _triggered(store, policy, data, current, rows, pred, event)
+    if not fired:
         event.status = "ingested"
         event.reason = "the model stays"
         return
     if any(reads_old(job.params, store.manifest(data.parent).state.get("files", {})) for job in policy.jobs):
         data = load_update_data(store, params=[job.params for job in policy.jobs])
+    if window is not None and window < len(data.new_ids):
+        data = latest(data, window)
+        event.learned = list(data.new_ids[-window:])
     job, result = policy.run(store, data, executor, event.candidates)
     outcome = commit(
         store,
@@ -317,8 +322,9 @@ def _triggered(
     rows: Rows,
     pred: Any,
     event: StreamEvent,
-) -> bool:
-    """Ask the policy's triggers about this file (recording their decisions in the event)."""
+) -> tuple[bool, int | None]:
+    """Ask the policy's triggers about this file (recording their decisions in the event):
+    whether to update, and how many of the latest new batches to learn (None: all)."""
     previous = store.last_stream_event(lambda e: bool(e.get("triggers"))) or {}
     # The counters and detectors start again when the model changed since the last decision
     # (by this stream's update or any other command).
@@ -332,7 +338,19 @@ def _triggered(
     fire, decisions = policy.triggers.decide(observation, states)
     event.triggers = {name: d.to_json() for name, d in decisions.items()}
     event.since_update = since
-    return fire
+    return fire, TriggerSet.window(decisions)
+
+
+def latest(data: UpdateData, window: int) -> UpdateData:
+    """The update's data with only the latest `window` new batches' rows to learn and to be
+    judged on; the others stay new data no version learned (they are marked seen)."""
+    position = {b: i for i, b in enumerate(data.batch_ids)}
+    keep = {position[b] for b in data.new_ids[-window:]}
+    return dataclasses.replace(
+        data,
+        new=data.new.take(np.isin(data.new.order, list(keep))),
+        new_holdout=data.new_holdout.take(np.isin(data.new_holdout.order, list(keep))),
+    )
 
 
 REFERENCE_ROWS = 500

@@ -77,12 +77,16 @@ class Observation:
 
 @dataclass(frozen=True)
 class Decision:
-    """A trigger's verdict on one file: whether it fires, its statistic, why, and its state."""
+    """A trigger's verdict on one file: whether it fires, its statistic, why, and its state.
+
+    `window`, when it fires: how many of the latest files (this one included) show the change,
+    so that the update learns those and not the files before it; None: every new file."""
 
     fire: bool
     statistic: float | None = None
     detail: str = ""
     state: dict[str, Any] = field(default_factory=dict)
+    window: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -169,6 +173,7 @@ class PerformanceParams(Params):
     ph_delta: float = param(0.01, Interval(float, 0), "Page-Hinkley: tolerated rise per file")
     ph_lambda: float = param(0.2, Interval(float, 0, low_open=True), "Page-Hinkley: alarm threshold")
     follow: bool = param(True, Boolean(), "update again while the last update gained more than drop")
+    window: bool = param(True, Boolean(), "an update learns the files since the error rose, not the older new ones")
 
 
 @register("performance", PerformanceParams, "the current model's error on the new rows rose")
@@ -195,7 +200,17 @@ def performance(obs: Observation, params: PerformanceParams, state: Mapping[str,
         detail += f"; Page-Hinkley {m - low:.3f} > {params.ph_lambda:g}"
     if paying and not (now or slow):
         detail += f"; the last update gained {obs.last_gain:.3f}"
-    return Decision(now or slow or paying, rise, detail, {"n": n, "mean": mean, "m": m, "low": low})
+    rises = [*list(state.get("rises", []))[-49:], rise]
+    # The change began where the latest run of files whose error rose by more than half of
+    # `drop` began: those files, not the ones before, are what an update should learn.
+    window = 0
+    for r in reversed(rises):
+        if r <= params.drop / 2:
+            break
+        window += 1
+    fire = now or slow or paying
+    state_out = {"n": n, "mean": mean, "m": m, "low": low, "rises": rises}
+    return Decision(fire, rise, detail, state_out, max(window, 1) if fire and params.window else None)
 
 
 @dataclass(frozen=True)
@@ -315,6 +330,13 @@ class TriggerSet:
         decisions = {t.name: t.fn(obs, p, dict(states.get(t.name) or {})) for t, p in self.triggers}
         fired = [d.fire for d in decisions.values()]
         return (any(fired) if self.combine == "any" else all(fired)), decisions
+
+    @staticmethod
+    def window(decisions: Mapping[str, Decision]) -> int | None:
+        """The latest files an update should learn: the widest window of the triggers that
+        fired; None (every new file) if one of them gives none."""
+        windows = [d.window for d in decisions.values() if d.fire]
+        return None if not windows or any(w is None for w in windows) else max(windows)
 
 
 def per_row_loss(pred: np.ndarray, y: np.ndarray, target_std: float = 1.0) -> np.ndarray:

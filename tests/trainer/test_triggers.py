@@ -64,6 +64,10 @@ def test_triggers_are_registered_with_declared_parameters() -> None:
         T.TriggerSet.parse("performance,features", {"drop": "-1"})
     both = T.TriggerSet.parse("performance,features", {"alpha": "0.05", "z": "2"}, "all")
     assert both.names == ["performance", "features"] and both.triggers[1][1].alpha == 0.05
+    window = T.TriggerSet.window
+    assert window({"a": T.Decision(True, window=2), "b": T.Decision(True, window=3)}) == 3
+    assert window({"a": T.Decision(True, window=2), "b": T.Decision(True)}) is None  # one wants every file
+    assert window({"a": T.Decision(True, window=2), "b": T.Decision(False)}) == 2
 
 
 def test_features_keeps_quiet_on_the_same_distribution_and_names_the_shifted_column() -> None:
@@ -157,6 +161,8 @@ def test_a_stream_with_triggers_updates_only_when_they_fire(store_of_table0: str
         events[5]["candidates"][0]["strategy"] == "finetune_all" and "accuracy" in events[5]["candidates"][0]["holdout"]
     )
     assert [e["since_update"]["files"] for e in events[:6]] == [1, 2, 3, 4, 5, 6]
+    # The update learned the file where the error rose, not the five quiet ones before it.
+    assert events[5]["triggers"]["performance"]["window"] == 1 and events[5]["learned"] == [events[5]["batch"]]
     # Page-Hinkley's state went from file to file through the events.
     assert [e["triggers"]["performance"]["state"]["n"] for e in events[:6]] == [1, 2, 3, 4, 5, 6]
     store = Store.open(store_of_table0)
