@@ -5,6 +5,7 @@ Everything here raises UserError for mistakes a user can make.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import time
@@ -110,7 +111,14 @@ def init_store(
             f"{store.display}: an init that did not finish left this store with another first batch "
             f"({others[0]}); run init again with that file, or use another --store"
         )
-    added, _ = store.add_batch(data, {"source": source.rsplit("/", 1)[-1], "rows": table.num_rows})
+    added, _ = store.add_batch(
+        data,
+        {
+            "source": source.rsplit("/", 1)[-1],
+            "rows": table.num_rows,
+            "ingested": dt.datetime.now(dt.timezone.utc).isoformat(),
+        },
+    )
     if added != batch:  # another init raced us here with other data
         raise UserError(f"{store.display}: another init is creating this store; use another --store")
     strategy = "init" if trained and not imported else "import" if not trained else "import+train"

@@ -58,6 +58,11 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _stat(value: Any) -> str:
+    """A statistic in three significant digits (p-values can be tiny)."""
+    return "–" if value is None else f"{value:.3g}"
+
+
 def _sections(
     store: Store,
     history: list[dict[str, Any]],
@@ -73,7 +78,7 @@ def _sections(
         e = by_batch.get(b["id"], {})
         fired = [n for n, d in (e.get("triggers") or {}).items() if d.get("fire")]
         stats = "; ".join(
-            f"{n}: {_fmt(d.get('statistic'))}{' fired' if d.get('fire') else ''}"
+            f"{n}: {_stat(d.get('statistic'))}{' fired' if d.get('fire') else ''}"
             for n, d in (e.get("triggers") or {}).items()
         )
         tried = ", ".join(
