@@ -307,8 +307,8 @@ class ModelStore:
         what the current model learned, without keeping it: {trigger: {fire, statistic, detail}}."""
         from continual_trainer.trainer.commands import drift
 
-        table, source = (_table(data), "the data") if not isinstance(data, str) else (None, data)
-        return drift(self._store(), table if table is not None else source, trigger, trigger_params, source)
+        source = data if isinstance(data, str) else "the data"
+        return drift(self._store(), data if isinstance(data, str) else _table(data), trigger, trigger_params, source)
 
     def report(self, out: str | None = None) -> str:
         """Write `ctrain report`'s page, Markdown and plots (by default into the store under

@@ -108,6 +108,14 @@ class TrainParams(LoopConfig):
 
 
 @dataclass(frozen=True)
+class FinetuneRecipe(LoopConfig):
+    """The fine-tuning recipe: a tenth of the reference learning rate, 100 epochs."""
+
+    learning_rate: float = 0.001
+    epochs: int = 100
+
+
+@dataclass(frozen=True)
 class TrainAllParams(TrainParams):
     """Training on old + new data; `old_fraction` samples the old rows."""
 
@@ -141,14 +149,29 @@ def training_set(inputs: UpdateInputs, params: TrainParams) -> tuple[Rows, np.nd
 def fit(model: keras.Model, inputs: UpdateInputs, params: TrainParams, seed_offset: int = 0) -> keras.Model:
     """Train `model` in place on the strategy's training set; return it."""
     rows, weights = training_set(inputs, params)
+    train_rows(model, inputs, rows, params, weights, seed_offset)
+    return model
+
+
+def train_rows(
+    model: keras.Model,
+    inputs: UpdateInputs,
+    rows: Rows,
+    config: LoopConfig,
+    weights: np.ndarray | None,
+    seed_offset: int = 0,
+    **loop: Any,
+) -> None:
+    """Train `model` in place on `rows` with the loop settings of `config` and the update's
+    seed and task; `loop` passes more to `trainer.loop.train` (a penalty, a logit match)."""
     train(
         model,
         feed(model, rows.x),
         rows.y,
-        params.loop_config(),
+        config.loop(),
         sample_weight=weights,
         seed=inputs.seed + seed_offset,
         task="regression" if inputs.regression else "classification",
         target_std=inputs.target[1] if inputs.target else 1.0,
+        **loop,
     )
-    return model

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from continual_trainer.data.rows import Rows
-from continual_trainer.strategies.base import TrainParams, UpdateInputs, training_set
+from continual_trainer.strategies.base import FinetuneRecipe, TrainParams, UpdateInputs, train_rows, training_set
 from continual_trainer.strategies.memory import SELECTIONS, Memory, has_memory, logits_of, pad_logits, select
 from continual_trainer.strategies.registry import Capabilities, register
 from continual_trainer.strategies.transfer import single_network, with_classes
 from continual_trainer.trainer.candidate import Candidate
-from continual_trainer.trainer.loop import LogitMatch, LoopConfig, train
+from continual_trainer.trainer.loop import LogitMatch
 from continual_trainer.trainer.models import feed
 from continual_trainer.trainer.params import Choice, Interval, Params, param
 
@@ -34,14 +34,6 @@ if TYPE_CHECKING:
 
 FISHER = "fisher."
 CONTINUAL = Capabilities(learns_new_classes=True)
-
-
-@dataclass(frozen=True)
-class FinetuneRecipe(LoopConfig):
-    """The fine-tuning recipe: a tenth of the reference learning rate, 100 epochs."""
-
-    learning_rate: float = 0.001
-    epochs: int = 100
 
 
 @dataclass(frozen=True)
@@ -120,7 +112,7 @@ def replay(inputs: UpdateInputs, params: ReplayParams) -> Candidate:
     model = with_classes(single_network(inputs, "replay"), inputs.n_classes, inputs.seed, "replay")
     memory = _memory(inputs, params, logits=False)
     rows = Rows.concat([inputs.new, memory.rows])
-    _train(model, inputs, rows, params, _weights(len(inputs.new), len(memory), params.replay_ratio))
+    train_rows(model, inputs, rows, params, _weights(len(inputs.new), len(memory), params.replay_ratio))
     kept = select(memory, inputs.new, params.memory_size, params.selection, inputs.seed + 4)
     return Candidate((model,), (1.0,), kept.to_state())
 
@@ -141,13 +133,13 @@ def der(inputs: UpdateInputs, params: DerParams) -> Candidate:
         mixed = (params.alpha * stored + params.beta * memory.rows.y) / total if total else memory.rows.y
         rows = Rows(rows.x, np.concatenate([inputs.new.y, mixed.astype(np.float32)]), rows.order)
         weights[n_new:] *= total
-        _train(model, inputs, rows, params, weights)
+        train_rows(model, inputs, rows, params, weights)
     else:
         units = int(model.outputs[0].shape[-1])
         targets = np.concatenate([np.full((n_new, units), np.nan, np.float32), _unit_logits(memory.logits, units)])
         ce = np.concatenate([np.ones(n_new, np.float32), np.full(n_mem, params.beta, np.float32)])
         match = np.concatenate([np.zeros(n_new, np.float32), np.full(n_mem, params.alpha, np.float32)])
-        _train(model, inputs, rows, params, weights, LogitMatch(targets, match, ce))
+        train_rows(model, inputs, rows, params, weights, logit_match=LogitMatch(targets, match, ce))
     new_logits = logits_of(model, inputs.new.x, inputs.regression)
     kept = select(memory, inputs.new, params.memory_size, params.selection, inputs.seed + 4, new_logits)
     return Candidate((model,), (1.0,), kept.to_state())
@@ -159,29 +151,6 @@ def _unit_logits(logits: np.ndarray, units: int) -> np.ndarray:
     if units == 1:
         return logits[:, -1:] if logits.shape[1] == 1 else (logits[:, 1] - logits[:, 0])[:, None]
     return pad_logits(logits, units)[:, :units]
-
-
-def _train(
-    model: keras.Model,
-    inputs: UpdateInputs,
-    rows: Rows,
-    config: LoopConfig,
-    weights: np.ndarray | None,
-    match: LogitMatch | None = None,
-    extra_loss: Any = None,
-) -> None:
-    train(
-        model,
-        feed(model, rows.x),
-        rows.y,
-        config.loop(),
-        sample_weight=weights,
-        seed=inputs.seed,
-        task="regression" if inputs.regression else "classification",
-        target_std=inputs.target[1] if inputs.target else 1.0,
-        logit_match=match,
-        extra_loss=extra_loss,
-    )
 
 
 # -- LwF ------------------------------------------------------------------------------------------
@@ -202,7 +171,7 @@ def lwf(inputs: UpdateInputs, params: LwfParams) -> Candidate:
             y = ((1 - params.alpha) * rows.y + params.alpha * teacher[:, 0]).astype(np.float32)
         else:
             y = _soft_targets(rows.y, teacher, params, int(model.outputs[0].shape[-1]))
-        _train(model, inputs, Rows(rows.x, y, rows.order), params, weights)
+        train_rows(model, inputs, Rows(rows.x, y, rows.order), params, weights)
         members.append(model)
     return Candidate(tuple(members), inputs.current.weights)
 
@@ -238,9 +207,9 @@ def ewc(inputs: UpdateInputs, params: EwcParams) -> Candidate:
         memory = Memory.from_state(inputs.current.state)
         rows = memory.rows if memory is not None else inputs.old
         before = fisher(current, _sample(rows, params.fisher_rows, inputs.seed + 5), inputs)
-    before = [params.gamma * _padded(f, a.shape) for f, a in zip(before, anchor, strict=False)]
     if len(before) != len(anchor):
         before = [np.zeros_like(a) for a in anchor]  # a different network: nothing to consolidate
+    before = [params.gamma * _padded(f, a.shape) for f, a in zip(before, anchor, strict=True)]
     consts = [(tf.constant(f, tf.float32), tf.constant(a, tf.float32)) for f, a in zip(before, anchor, strict=True)]
     strength = params.ewc_lambda / 2
 
@@ -250,7 +219,7 @@ def ewc(inputs: UpdateInputs, params: EwcParams) -> Candidate:
         )
 
     rows, weights = training_set(inputs, params)
-    _train(model, inputs, rows, params, weights, extra_loss=penalty)
+    train_rows(model, inputs, rows, params, weights, extra_loss=penalty)
     own = fisher(model, _sample(rows, params.fisher_rows, inputs.seed + 6), inputs)
     state = {f"{FISHER}{i}": (f + g).astype(np.float32) for i, (f, g) in enumerate(zip(before, own, strict=True))}
     return Candidate((model,), (1.0,), state)
@@ -266,11 +235,9 @@ def _padded(f: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if f.shape == shape:
         return f
     out = np.zeros(shape, np.float32)
-    if len(f.shape) != len(shape):
-        return out
-    out[tuple(slice(0, min(a, b)) for a, b in zip(f.shape, shape, strict=True))] = f[
-        tuple(slice(0, min(a, b)) for a, b in zip(f.shape, shape, strict=True))
-    ]
+    if len(f.shape) == len(shape):
+        common = tuple(slice(0, min(a, b)) for a, b in zip(f.shape, shape, strict=True))
+        out[common] = f[common]
     return out
 
 

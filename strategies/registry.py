@@ -63,13 +63,7 @@ class Strategy:
 
     def make_params(self, values: Mapping[str, Any] | None = None) -> Any:
         """Build the parameters from `values` (strings are parsed), or raise UserError naming the key."""
-        try:
-            return P.build(self.params, values)
-        except KeyError as exc:
-            key, known = exc.args[0], ", ".join(f.name for f in dataclasses.fields(self.params)) or "none"
-            raise UserError(f"--set {key}: {self.name} has no parameter {key!r}; its parameters: {known}") from None
-        except ValueError as exc:
-            raise UserError(f"--set {self.name}: {exc}") from None
+        return P.build_for(self.name, self.params, values)
 
 
 _REGISTRY: dict[str, Strategy] = {}

@@ -5,26 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from continual_trainer.data.errors import UserError
-from continual_trainer.strategies.base import NoParams, TrainAllParams, TrainParams, UpdateInputs, fit
+from continual_trainer.strategies.base import (
+    FinetuneRecipe,
+    NoParams,
+    TrainAllParams,
+    TrainParams,
+    UpdateInputs,
+    fit,
+)
 from continual_trainer.strategies.registry import Capabilities, names, register
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.models import clone, model_classes
 
 
 @dataclass(frozen=True)
-class FinetuneParams(TrainParams):
+class FinetuneParams(FinetuneRecipe, TrainParams):
     """Continue training on new data with a tenth of the reference learning rate."""
-
-    learning_rate: float = 0.001
-    epochs: int = 100
 
 
 @dataclass(frozen=True)
-class FinetuneAllParams(TrainAllParams):
+class FinetuneAllParams(FinetuneRecipe, TrainAllParams):
     """Continue training on old + new data with a tenth of the reference learning rate."""
-
-    learning_rate: float = 0.001
-    epochs: int = 100
 
 
 @register("keep", NoParams, "do nothing: the current model stays", Capabilities(trains=False))

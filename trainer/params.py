@@ -256,6 +256,20 @@ def build(cls: type, values: Mapping[str, Any] | None) -> Any:
     return cls(**kwargs)
 
 
+def build_for(owner: str, cls: type, values: Mapping[str, Any] | None, flag: str = "--set") -> Any:
+    """`build`, with a mistake as UserError naming the flag, the key and `owner` (a registered
+    strategy or trigger) and, for an unknown key, the parameters it has."""
+    from continual_trainer.data.errors import UserError
+
+    try:
+        return build(cls, values)
+    except KeyError as exc:
+        key, known = exc.args[0], ", ".join(f.name for f in dataclasses.fields(cls)) or "none"
+        raise UserError(f"{flag} {key}: {owner} has no parameter {key!r}; its parameters: {known}") from None
+    except ValueError as exc:
+        raise UserError(f"{flag} {owner}: {exc}") from None
+
+
 def invalid_values(cls: type) -> dict[str, list[str]]:
     """For every constrained field, `--set` strings that must be refused."""
     out = {}

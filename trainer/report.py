@@ -20,6 +20,7 @@ from continual_trainer.data.storage import Store
 from continual_trainer.trainer.evaluate import headline
 from continual_trainer.trainer.forgetting import matrix_row
 from continual_trainer.trainer.plots import heatmap_png, png, pyplot
+from continual_trainer.trainer.promotion import stored_manifest
 
 MATRIX_ROWS = 12
 
@@ -214,7 +215,7 @@ def _matrix(store: Store, first: str) -> bytes | None:
     current = store.current()
     if current is None:
         return None
-    chain = list(reversed(lineage(current, lambda v: _manifest(store, v))))[-MATRIX_ROWS:]
+    chain = list(reversed(lineage(current, stored_manifest(store))))[-MATRIX_ROWS:]
     batch_ids = store.batch_ids()
     rows = [matrix_row(m.metrics)[1] for m in chain]
     columns = [b for b in batch_ids if any(b in r for r in rows)]
@@ -228,12 +229,6 @@ def _matrix(store: Store, first: str) -> bytes | None:
         f"Accuracy matrix of the current lineage: holdout {first} per batch (oldest version on top)",
         lower_is_better=first == "rmse",
     )
-
-
-def _manifest(store: Store, version: str) -> Any:
-    from continual_trainer.trainer.promotion import stored_manifest
-
-    return stored_manifest(store)(version)
 
 
 def _markdown(store: Store, sections: list[tuple[str, str, Table | None]], plots: Mapping[str, bytes]) -> str:

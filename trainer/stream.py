@@ -36,7 +36,7 @@ from continual_trainer.trainer.loop import LoopConfig
 from continual_trainer.trainer.promotion import commit
 from continual_trainer.trainer.trials import JUDGED_ON, TrialResult, holdout_metrics
 from continual_trainer.trainer.triggers import Observation, TriggerSet, per_row_loss
-from continual_trainer.trainer.updatedata import UpdateData, load_update_data
+from continual_trainer.trainer.updatedata import UpdateData, load_update_data, with_old_rows
 from continual_trainer.trainer.versions import stored_candidate
 
 DEFAULT_CANDIDATES = ("finetune_new", "finetune_all", "fresh_all", "ensemble_all")
@@ -280,7 +280,7 @@ def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent) -
         event.reason = "the model stays"
         return
     if any(reads_old(job.params, store.manifest(data.parent).state.get("files", {})) for job in policy.jobs):
-        data = load_update_data(store, params=[job.params for job in policy.jobs])
+        data = with_old_rows(store, data)
     if window is not None and window < len(data.new_ids):
         data = latest(data, window)
         event.learned = list(data.new_ids[-window:])

@@ -364,7 +364,7 @@ def _plots(records: list[dict[str, Any]], task: str = "classification") -> dict[
         ax.set_ylim(max(0.0, min(means) - 0.1), min(1.0, max(means) + 0.05))
         ax.set_title("Accuracy by strategy")
     fig.tight_layout()
-    out[f"plots/{first}_by_strategy.png"] = _png(fig)
+    out[f"plots/{first}_by_strategy.png"] = png(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for strategy in sorted({r["strategy"] for r in records}):
@@ -375,8 +375,7 @@ def _plots(records: list[dict[str, Any]], task: str = "classification") -> dict[
     ax.set_title(f"{first.replace('_', ' ').capitalize()} against training time (one point per trial)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    out[f"plots/{first}_vs_seconds.png"] = _png(fig)
-    plt.close("all")
+    out[f"plots/{first}_vs_seconds.png"] = png(fig)
     return out
 
 
@@ -407,7 +406,3 @@ def accuracy_matrix_png(
         lower_is_better=name == "rmse",
         split_after=min(len(ancestors), 5),
     )
-
-
-def _png(fig: Any) -> bytes:
-    return png(fig)

@@ -103,13 +103,7 @@ class Trigger:
     summary: str
 
     def make_params(self, values: Mapping[str, Any] | None = None) -> Any:
-        try:
-            return P.build(self.params, values)
-        except KeyError as exc:
-            known = ", ".join(f.name for f in dataclasses.fields(self.params)) or "none"
-            raise UserError(f"--trigger-set {exc.args[0]}: {self.name} has no such parameter; its: {known}") from None
-        except ValueError as exc:
-            raise UserError(f"--trigger-set {self.name}: {exc}") from None
+        return P.build_for(self.name, self.params, values, "--trigger-set")
 
 
 _TRIGGERS: dict[str, Trigger] = {}

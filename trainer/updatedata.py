@@ -108,6 +108,13 @@ def load_update_data(store: Store, *, require_new: bool = True, params: Sequence
     )
 
 
+def with_old_rows(store: Store, data: UpdateData) -> UpdateData:
+    """`data` with the old batches' training rows, for data loaded without them."""
+    if len(data.old) or not data.old_ids:
+        return data
+    return replace(data, old=load_rows(store, data.old_ids)[0])
+
+
 def model_spec(store: Store) -> ModelSpec:
     """The store's recipe for fresh networks, with the imported architecture if it has one."""
     spec = ModelSpec.parse(store.meta.model)
