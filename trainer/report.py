@@ -80,6 +80,7 @@ def _sections(
         fired = [n for n, d in (e.get("triggers") or {}).items() if d.get("fire")]
         stats = "; ".join(
             f"{n}: {_stat(d.get('statistic'))}{' fired' if d.get('fire') else ''}"
+            + (f" ({', '.join(d['because'])})" if d.get("fire") and d.get("because") else "")
             for n, d in (e.get("triggers") or {}).items()
         )
         tried = ", ".join(

@@ -331,25 +331,49 @@ def _triggered(
     changed = previous.get("judged_by") != data.parent
     since = {} if changed else dict(previous.get("since_update") or {})
     since = {"files": int(since.get("files", 0)) + 1, "rows": int(since.get("rows", 0)) + event.rows}
-    states = {} if changed else {n: d.get("state", {}) for n, d in (previous.get("triggers") or {}).items()}
-    gain = previous.get("update_gain") if changed and previous.get("version") == data.parent else None
+    # ... except what a trigger asked to carry over its own update (the stream's last update
+    # made the current model).
+    ours = changed and previous.get("version") == data.parent
+    states = {n: (d.get("state") or {}) for n, d in (previous.get("triggers") or {}).items()}
+    if changed:
+        states = {n: dict(s.get("carry") or {}) if ours else {} for n, s in states.items()}
+    gain = previous.get("update_gain") if ours else None
     event.judged_by = data.parent
-    observation = observe(data, current, rows, pred, since, policy.seed, store.manifest(data.parent), gain)
+    manifest = store.manifest(data.parent)
+    learned = sum(_batch_rows(store, b) for b in manifest.batches_seen)
+    observation = observe(data, current, rows, pred, since, policy.seed, manifest, gain, learned)
     fire, decisions = policy.triggers.decide(observation, states)
     event.triggers = {name: d.to_json() for name, d in decisions.items()}
     event.since_update = since
     return fire, TriggerSet.window(decisions)
 
 
+_BATCH_ROWS: dict[tuple[str, str], int] = {}
+
+
+def _batch_rows(store: Store, batch: str) -> int:
+    """A batch's row count (batches never change once committed, so it is read once)."""
+    key = (store.uri, batch)
+    if key not in _BATCH_ROWS:
+        _BATCH_ROWS[key] = int(store.batch_info(batch)["rows"])
+    return _BATCH_ROWS[key]
+
+
 def latest(data: UpdateData, window: int) -> UpdateData:
-    """The update's data with only the latest `window` new batches' rows to learn and to be
-    judged on; the others stay new data no version learned (they are marked seen)."""
+    """The update's data with only the latest `window` new batches' rows as new, to learn and to
+    be judged on; the ones before become old data (seen, learned only by a strategy that
+    learns old data)."""
     position = {b: i for i, b in enumerate(data.batch_ids)}
-    keep = {position[b] for b in data.new_ids[-window:]}
+    keep = [position[b] for b in data.new_ids[-window:]]
+    new, new_holdout = np.isin(data.new.order, keep), np.isin(data.new_holdout.order, keep)
     return dataclasses.replace(
         data,
-        new=data.new.take(np.isin(data.new.order, list(keep))),
-        new_holdout=data.new_holdout.take(np.isin(data.new_holdout.order, list(keep))),
+        old_ids=data.old_ids + data.new_ids[:-window],
+        new_ids=data.new_ids[-window:],
+        old=Rows.concat([data.old, data.new.take(~new)]),
+        old_holdout=Rows.concat([data.old_holdout, data.new_holdout.take(~new_holdout)]),
+        new=data.new.take(new),
+        new_holdout=data.new_holdout.take(new_holdout),
     )
 
 
@@ -365,6 +389,7 @@ def observe(
     seed: int = 0,
     manifest: Manifest | None = None,
     last_gain: float | None = None,
+    learned_rows: int = 0,
 ) -> Observation:
     """What the triggers see of `rows` (with `pred`, the current model's predictions on them).
 
@@ -392,6 +417,7 @@ def observe(
         seed,
         {name: info.columns for name, info in data.input_spec.items() if info.columns},
         last_gain,
+        learned_rows,
     )
 
 

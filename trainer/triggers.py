@@ -5,17 +5,18 @@ whether the stream should update the model now. Each is registered like a strate
 a name, a frozen parameter dataclass whose fields declare their constraints, and a
 function `fn(observation, params, state) -> Decision`. `state` is what the trigger kept
 from the previous file (a sequential detector's sums); it is stored in that file's stream
-event, so a stream that restarts goes on where it stopped, and it is reset once an update
-is promoted.
+event, so a stream that restarts goes on where it stopped, and it is reset once the model
+changes (to what the trigger put under `carry`, if the stream's own update changed it).
 
 - `always`: every file (the stream's behaviour without triggers);
 - `every`: every `files` files or once `rows` rows arrived since the last update;
 - `performance`: the current model's error on the arriving rows against its error on the
   held-out rows of the newest batches it learned: a two-sample z-test on per-row losses (0/1
   error, or squared error in label standard deviations) with a minimum effect `drop`, a
-  Page-Hinkley detector over the per-file differences for slow drifts, and (`follow`) again
+  Page-Hinkley detector over the per-file differences for slow drifts, (`follow`) again
   after an update that gained more than `drop`, so that after a drift the stream keeps
-  updating while it pays;
+  updating while it pays, and (`grow`) each time the rows since the last try reach the rows
+  the model learned of its concept, for what more data brings without a drift;
 - `features`: the arriving rows against the held-out rows of the batches the current model
   learned (the same distribution as its training rows): a Kolmogorov-Smirnov test per numeric
   feature (every element of a tensor), chi-squared per categorical column, Bonferroni-corrected,
@@ -62,6 +63,7 @@ class Observation:
         last_gain: if the current version came from the stream's last update, what that
             update gained on its new rows' holdout (accuracy points, or the fall in RMSE in
             label standard deviations).
+        learned_rows: rows of the batches the current model has seen (0: unknown).
     """
 
     rows: Rows
@@ -73,6 +75,7 @@ class Observation:
     seed: int = 0
     columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     last_gain: float | None = None
+    learned_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,13 +83,15 @@ class Decision:
     """A trigger's verdict on one file: whether it fires, its statistic, why, and its state.
 
     `window`, when it fires: how many of the latest files (this one included) show the change,
-    so that the update learns those and not the files before it; None: every new file."""
+    so that the update learns those and not the files before it; None: every new file.
+    `because`: the trigger's rules that fired, where it has several."""
 
     fire: bool
     statistic: float | None = None
     detail: str = ""
     state: dict[str, Any] = field(default_factory=dict)
     window: int | None = None
+    because: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -168,6 +173,9 @@ class PerformanceParams(Params):
     ph_lambda: float = param(0.2, Interval(float, 0, low_open=True), "Page-Hinkley: alarm threshold")
     follow: bool = param(True, Boolean(), "update again while the last update gained more than drop")
     window: bool = param(True, Boolean(), "an update learns the files since the error rose, not the older new ones")
+    grow: float = param(
+        1.0, Interval(float, 0), "also update once the rows since the last try reach this multiple of the rows seen (0: off)"
+    )
 
 
 @register("performance", PerformanceParams, "the current model's error on the new rows rose")
@@ -202,9 +210,34 @@ def performance(obs: Observation, params: PerformanceParams, state: Mapping[str,
         if r <= params.drop / 2:
             break
         window += 1
-    fire = now or slow or paying
-    state_out = {"n": n, "mean": mean, "m": m, "low": low, "rises": rises}
-    return Decision(fire, rise, detail, state_out, max(window, 1) if fire and params.window else None)
+    # Without a drift a model still gains from more rows, by roughly as much per doubling of
+    # its data (a learning curve is about linear in log rows): update, on every new row, each
+    # time the rows since the last try reach `grow` times the rows it learned of its concept
+    # (since the last drift it was updated for; at first, every row it has seen).
+    basis = int(state.get("basis") or obs.learned_rows)
+    waiting = int(state.get("waiting", 0)) + len(obs.rows)
+    sizes = [*list(state.get("sizes", []))[-49:], len(obs.rows)]
+    grown = params.grow > 0 and basis > 0 and waiting >= params.grow * basis
+    drifted = now or slow or paying
+    if grown and not drifted:
+        detail += f"; {waiting} rows since the last try, {basis} learned"
+    fire = drifted or grown
+    learns = max(window, 1) if drifted and params.window else None
+    # What the model will have learned of its concept if the update is promoted.
+    after = sum(sizes[-learns:]) if (now or slow) and learns else basis + waiting
+    state_out = {
+        "n": n,
+        "mean": mean,
+        "m": m,
+        "low": low,
+        "rises": rises,
+        "sizes": sizes,
+        "basis": basis,
+        "waiting": 0 if fire else waiting,
+        "carry": {"basis": after} if fire else {},
+    }
+    because = tuple(rule for rule, hit in (("rise", now), ("page_hinkley", slow), ("follow", paying), ("grow", grown)) if hit)
+    return Decision(fire, rise, detail, state_out, learns, because)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -116,6 +117,25 @@ def test_performance_fires_on_a_clear_rise_and_page_hinkley_on_a_slow_one() -> N
     assert not T.performance(_obs(_rows(500, 3), reference, 0.3, 0.1), off, {"m": 9.0, "low": 0.0, "n": 5}).fire
 
 
+def test_performance_also_updates_each_time_the_data_doubles() -> None:
+    """Without a drift, an update once the rows since the last try match the rows seen:
+    learning all of them (no window), and the count starts again after each try."""
+    reference, params = _rows(500, seed=0), T.PerformanceParams()
+    state: dict = {}
+    fired = []
+    for i in range(12):
+        obs = dataclasses.replace(_obs(_rows(100, i), reference, 0.1, 0.1, seed=i), learned_rows=300)
+        decision = T.performance(obs, params, state)
+        state = decision.state
+        fired.append(decision.fire)
+        if decision.fire:
+            assert decision.window is None and "300 rows since the last try, 300 learned" in decision.detail
+    assert [i for i, f in enumerate(fired) if f] == [2, 5, 8, 11]
+    assert not any(T.performance(obs, T.PerformanceParams(grow=0), {"waiting": 10**6}).fire for _ in range(2))
+    unknown = dataclasses.replace(obs, learned_rows=0)  # nothing known about what the model saw: no rule
+    assert not T.performance(unknown, params, {"waiting": 10**6}).fire
+
+
 def test_every_counts_files_and_rows() -> None:
     obs = _obs(_rows(10, 0), _rows(10, 1))
     params = T.EveryParams(files=3, rows=1000)
@@ -150,7 +170,7 @@ def store_of_table0(tmp_path: Path, write_parquet) -> str:
 def test_a_stream_with_triggers_updates_only_when_they_fire(store_of_table0: str, tmp_path: Path, capsys) -> None:
     inbox = _stream_inbox(tmp_path, flips=2)
     argv = ["stream", "--store", store_of_table0, "--inbox", str(inbox), "--once", "--policy", "finetune_all"]
-    argv += ["--set", "epochs=5", "--trigger", "performance", "--json"]
+    argv += ["--set", "epochs=5", "--trigger", "performance", "--trigger-set", "grow=0", "--json"]
     capsys.readouterr()
     assert main(argv) == 0
     events = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["events"]
@@ -167,6 +187,9 @@ def test_a_stream_with_triggers_updates_only_when_they_fire(store_of_table0: str
     assert [e["triggers"]["performance"]["state"]["n"] for e in events[:6]] == [1, 2, 3, 4, 5, 6]
     store = Store.open(store_of_table0)
     assert len(store.batch_ids()) == 1 + 7  # every file kept as a batch, updated or not
+    # The quiet files became old data: finetune_all learned them as such.
+    made = store.manifest(events[5]["version"])
+    assert made.batches_trained == tuple(store.batch_ids()[:7]) == made.batches_seen
     # Exactly once: a second run finds nothing to do.
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["events"] == []
@@ -174,6 +197,22 @@ def test_a_stream_with_triggers_updates_only_when_they_fire(store_of_table0: str
     (inbox / "f99.parquet").write_bytes((inbox / "f00.parquet").read_bytes()[:-8] + b"garbage!")
     assert main(argv[:-1]) == 2
     assert "f99.parquet: rejected" in capsys.readouterr().out
+
+
+def test_the_grow_rule_updates_a_quiet_stream_as_its_data_doubles(store_of_table0: str, tmp_path: Path, capsys) -> None:
+    inbox = _stream_inbox(tmp_path, flips=0)  # five files of 200 rows; the store's model saw 400
+    argv = ["stream", "--store", store_of_table0, "--inbox", str(inbox), "--once", "--policy", "finetune_new"]
+    assert main([*argv, "--set", "epochs=3", "--trigger", "performance", "--json"]) == 0
+    events = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["events"]
+    decisions = [e["triggers"]["performance"] for e in events]
+    assert [d["fire"] for d in decisions[:2]] == [False, True]
+    assert decisions[1]["because"] == ["grow"] and decisions[1]["window"] is None
+    assert decisions[1]["state"]["carry"] == {"basis": 800}
+    # Promoted, the new model learned 800 rows of its concept and waits for 800 more; kept, the
+    # old one waits for another 400.
+    promoted = events[1]["status"] == "updated"
+    assert decisions[2]["state"]["basis"] == (800 if promoted else 400)
+    assert [d["fire"] for d in decisions[2:]] == ([False, False, False] if promoted else [False, True, False])
 
 
 def test_stream_trigger_flags_are_checked(store_of_table0: str, tmp_path: Path, capsys) -> None:
@@ -307,7 +346,13 @@ def test_the_python_api_checks_drift_streams_with_triggers_and_reports(store_of_
     assert len(Store.open(store_of_table0).batch_ids()) == 1  # nothing kept
     with pytest.raises(UserError, match="missing feature"):
         store.drift(same.drop(columns=["f1"]))
-    events = store.stream(str(_stream_inbox(tmp_path, flips=1)), policy="finetune_new", trigger="performance", epochs=3)
+    events = store.stream(
+            str(_stream_inbox(tmp_path, flips=1)),
+            policy="finetune_new",
+            trigger="performance",
+            trigger_params={"grow": 0},
+            epochs=3,
+        )
     assert [e["status"] for e in events][:5] == ["ingested"] * 5 and events[5]["triggers"]["performance"]["fire"]
     page = store.report(str(tmp_path / "api-report"))
     assert page.endswith("index.html") and (tmp_path / "api-report" / "index.html").exists()
