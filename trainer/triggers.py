@@ -174,7 +174,9 @@ class PerformanceParams(Params):
     follow: bool = param(True, Boolean(), "update again while the last update gained more than drop")
     window: bool = param(True, Boolean(), "an update learns the files since the error rose, not the older new ones")
     grow: float = param(
-        1.0, Interval(float, 0), "also update once the rows since the last try reach this multiple of the rows seen (0: off)"
+        1.0,
+        Interval(float, 0),
+        "also update once the rows since the last try reach this multiple of the rows learned (0: off)",
     )
 
 
@@ -236,7 +238,9 @@ def performance(obs: Observation, params: PerformanceParams, state: Mapping[str,
         "waiting": 0 if fire else waiting,
         "carry": {"basis": after} if fire else {},
     }
-    because = tuple(rule for rule, hit in (("rise", now), ("page_hinkley", slow), ("follow", paying), ("grow", grown)) if hit)
+    because = tuple(
+        rule for rule, hit in (("rise", now), ("page_hinkley", slow), ("follow", paying), ("grow", grown)) if hit
+    )
     return Decision(fire, rise, detail, state_out, learns, because)
 
 

@@ -347,12 +347,12 @@ def test_the_python_api_checks_drift_streams_with_triggers_and_reports(store_of_
     with pytest.raises(UserError, match="missing feature"):
         store.drift(same.drop(columns=["f1"]))
     events = store.stream(
-            str(_stream_inbox(tmp_path, flips=1)),
-            policy="finetune_new",
-            trigger="performance",
-            trigger_params={"grow": 0},
-            epochs=3,
-        )
+        str(_stream_inbox(tmp_path, flips=1)),
+        policy="finetune_new",
+        trigger="performance",
+        trigger_params={"grow": 0},
+        epochs=3,
+    )
     assert [e["status"] for e in events][:5] == ["ingested"] * 5 and events[5]["triggers"]["performance"]["fire"]
     page = store.report(str(tmp_path / "api-report"))
     assert page.endswith("index.html") and (tmp_path / "api-report" / "index.html").exists()
