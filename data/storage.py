@@ -56,6 +56,8 @@ _GRACE_SECONDS = 3600.0
 _ARCHITECTURE = "architecture.keras"
 _VERSION_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _BATCH_MARKER, _BATCH_OWNER = "batch.json", ".claim"
+_BLOCK = 8 << 20  # bytes read at a time when checking a batch's sha256
+_VERIFIED: set[tuple[Any, ...]] = set()  # batch files checked in this process (uri, id, size, mtime)
 _VERSION_MARKER, _VERSION_OWNER = "manifest.json", ".writer"
 
 
@@ -295,6 +297,28 @@ class Store:
         if sha256(data) != info["sha256"]:
             raise UserError(f"{self.display}: batch {batch_id} fails its sha256 check; the file was altered")
         return data
+
+    def open_batch(self, batch_id: str) -> Any:
+        """A batch's Parquet file opened for reading in pieces (a pyarrow random-access file),
+        after checking its sha256 by reading it through once in blocks, never whole."""
+        info = self.batch_info(batch_id)
+        p = self._path(f"batches/{batch_id}/data.parquet")
+        try:
+            stat = self._fs.get_file_info(p)
+            if stat.type == pafs.FileType.NotFound:
+                raise FileNotFoundError(p)
+            key = (self.uri, batch_id, stat.size, stat.mtime_ns)  # checked again if the file changed
+            if key not in _VERIFIED:
+                digest = hashlib.sha256()
+                with self._fs.open_input_stream(p) as f:
+                    while block := f.read(_BLOCK):
+                        digest.update(block)
+                if digest.hexdigest() != info["sha256"]:
+                    raise UserError(f"{self.display}: batch {batch_id} fails its sha256 check; the file was altered")
+                _VERIFIED.add(key)
+            return self._fs.open_input_file(p)
+        except FileNotFoundError:
+            raise UserError(f"{self.display}: batch {batch_id} has lost its data.parquet") from None
 
     # -- quarantine ------------------------------------------------------------------------------
 

@@ -25,9 +25,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import queue
+import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -423,6 +425,103 @@ def _epochs_fn(
     return run_epochs
 
 
+@dataclass
+class _Compiled:
+    """A model's compiled epochs function with what it reads: the weights it trains (the
+    fast path's copies or the model's variables), the optimizer's state and settings."""
+
+    fn: Any
+    weights: list[Any]
+    trainable: list[Any]
+    state: OptimizerState
+    hp: Any
+    dense: bool
+
+    def tensor(self, x: np.ndarray | Mapping[str, np.ndarray]) -> Any:
+        import tensorflow as tf
+
+        if self.dense:
+            return tf.constant(x, tf.float32)
+        return tf.nest.map_structure(tf.constant, x)
+
+
+def _compile(
+    model: keras.Model,
+    mode: str,
+    config: LoopConfig,
+    weighted: bool,
+    extra_loss: ExtraLoss | None,
+    units: int,
+    single_input: bool,
+    state: OptimizerState | None,
+) -> _Compiled:
+    import tensorflow as tf
+
+    dense = _dense_structure(model, mode) if single_input else None
+    if dense is not None:
+        shapes, weights = dense
+        trainable = [weights[i] for i in _trainable_index(shapes)]
+        fn = (
+            _make_dense_fn(shapes, mode, config.optimizer, weighted, extra_loss, units)
+            if extra_loss is not None
+            else _cached_dense_fn(shapes, mode, config.optimizer, weighted, units if mode == "distill" else 1)
+        )
+    else:
+        weights = trainable = [v.value for v in model.trainable_variables]
+        fn = _general_fn(model, mode, config.optimizer, weighted, extra_loss)
+    per_param = 1 if config.optimizer == "sgd" else 2
+    if state is None:
+        slots = [tf.Variable(tf.zeros_like(v)) for v in trainable for _ in range(per_param)]
+        if config.optimizer == "adam":
+            slots.append(tf.Variable(0.0))
+        state = OptimizerState(slots)
+    if config.optimizer == "adam":
+        hp = tf.constant([config.learning_rate, 0.9, 0.999], tf.float32)
+    else:
+        hp = tf.constant([config.learning_rate, config.momentum, 0.0], tf.float32)
+    return _Compiled(fn, weights, trainable, state, hp, dense is not None)
+
+
+def _run(
+    compiled: _Compiled,
+    model: keras.Model,
+    config: LoopConfig,
+    args: tuple[Any, Any, Any],
+    epoch: int,
+    k: int,
+    seed: int,
+    done: int,
+    largest: Callable[[], float],
+) -> np.ndarray:
+    """`k` epochs of the compiled function over `args` (inputs, targets, weights): their losses."""
+    import tensorflow as tf
+
+    try:
+        out = compiled.fn(
+            compiled.weights,
+            compiled.state.slots,
+            *args,
+            tf.constant(epoch),
+            tf.constant(k),
+            tf.constant(seed % 2**31),
+            tf.constant(config.batch_size),
+            compiled.hp,
+        ).numpy()
+    except (TypeError, ValueError, NotImplementedError, tf.errors.OpError) as exc:
+        if done:
+            raise
+        what = f"model {model.name!r} cannot be trained by the compiled loop"
+        raise UserError(f"{what}: {one_line(str(exc))}") from exc
+    if not np.isfinite(out).all():
+        bad = done + int(np.argmin(np.isfinite(out))) + 1
+        raise TrainingDiverged(
+            f"training diverged: the loss became {'NaN' if np.isnan(out).any() else 'infinite'} in epoch {bad} "
+            f"(learning_rate {config.learning_rate:g}); nothing was saved. Lower the learning rate or scale the "
+            f"features (the largest |value| is {largest():.3g})"
+        )
+    return out
+
+
 def train(
     model: keras.Model,
     x: np.ndarray | Mapping[str, np.ndarray],
@@ -501,30 +600,9 @@ def train(
         x, targets, n = _take(x, kept), targets[kept], len(kept)
         w = w[kept] if weighted else w
     single = x if isinstance(x, np.ndarray) else None
-    dense = _dense_structure(model, mode) if single is not None else None
-    if dense is not None:
-        shapes, weights = dense
-        trainable = [weights[i] for i in _trainable_index(shapes)]
-        fn = (
-            _make_dense_fn(shapes, mode, config.optimizer, weighted, extra_loss, units)
-            if extra_loss is not None
-            else _cached_dense_fn(shapes, mode, config.optimizer, weighted, units if mode == "distill" else 1)
-        )
-        inputs: Any = tf.constant(single, tf.float32)
-    else:
-        weights = trainable = [v.value for v in model.trainable_variables]
-        fn = _general_fn(model, mode, config.optimizer, weighted, extra_loss)
-        inputs = tf.nest.map_structure(tf.constant, x if single is None else single)
-    per_param = 1 if config.optimizer == "sgd" else 2
-    if state is None:
-        slots = [tf.Variable(tf.zeros_like(v)) for v in trainable for _ in range(per_param)]
-        if config.optimizer == "adam":
-            slots.append(tf.Variable(0.0))
-        state = OptimizerState(slots)
-    if config.optimizer == "adam":
-        hp = tf.constant([config.learning_rate, 0.9, 0.999], tf.float32)
-    else:
-        hp = tf.constant([config.learning_rate, config.momentum, 0.0], tf.float32)
+    compiled = _compile(model, mode, config, weighted, extra_loss, units, single is not None, state)
+    trainable, state = compiled.trainable, compiled.state
+    inputs = compiled.tensor(x)
     args = (inputs, tf.constant(targets), tf.constant(w))
     losses, done, chunk, stopped, per_epoch = [], 0, 1, None, 0.0
     while done < config.epochs:
@@ -535,29 +613,7 @@ def train(
             left = config.max_seconds - (time.perf_counter() - start)
             k = max(1, min(k, int(left / max(per_epoch, 1e-9))))
         call_start = time.perf_counter()
-        try:
-            out = fn(
-                weights,
-                state.slots,
-                *args,
-                tf.constant(first_epoch + done),
-                tf.constant(k),
-                tf.constant(seed % 2**31),
-                tf.constant(config.batch_size),
-                hp,
-            ).numpy()
-        except (TypeError, ValueError, NotImplementedError, tf.errors.OpError) as exc:
-            if done:
-                raise
-            what = f"model {model.name!r} cannot be trained by the compiled loop"
-            raise UserError(f"{what}: {one_line(str(exc))}") from exc
-        if not np.isfinite(out).all():
-            bad = done + int(np.argmin(np.isfinite(out))) + 1
-            raise TrainingDiverged(
-                f"training diverged: the loss became {'NaN' if np.isnan(out).any() else 'infinite'} in epoch {bad} "
-                f"(learning_rate {config.learning_rate:g}); nothing was saved. Lower the learning rate or scale the "
-                f"features (the largest |value| is {_largest(x):.3g})"
-            )
+        out = _run(compiled, model, config, args, first_epoch + done, k, seed, done, lambda: _largest(x))
         losses.append(out)
         done += k
         # Chunks of about CHUNK_SECONDS (the first call, which traces, is one epoch): the
@@ -581,6 +637,162 @@ def train(
             f"{_largest(x):.3g})"
         )
     return TrainResult(np.concatenate(losses), time.perf_counter() - start, state, stopped, best_epoch)
+
+
+BUFFER_ROWS = 262_144  # rows shuffled together when training in pieces
+Piece = tuple[Any, np.ndarray, "np.ndarray | None"]  # (model inputs, labels, sample weights or None)
+
+
+def train_stream(
+    model: keras.Model,
+    passes: Callable[[int], Iterator[Piece]],
+    config: LoopConfig,
+    *,
+    seed: int = 0,
+    buffer_rows: int = BUFFER_ROWS,
+    extra_loss: ExtraLoss | None = None,
+    progress: Callable[[int], None] | None = None,
+    task: str = "classification",
+    target_std: float = 1.0,
+) -> TrainResult:
+    """Train `model` in place on rows too many to hold at once, read piece by piece.
+
+    `passes(epoch)` yields one full pass over the rows as pieces (inputs as the model takes
+    them, labels, sample weights or None), e.g. `data.chunks.StoredRows.chunks` fed to the
+    model. Each epoch joins consecutive pieces into buffers of at least `buffer_rows` rows
+    and runs one compiled epoch over each buffer (a fresh shuffle within it, the same
+    mathematics as `train`), while a background thread reads and joins the next buffer.
+    Memory holds two buffers, not the rows. With one buffer for all the rows, in the same
+    order, the result is `train`'s on those rows. `max_seconds` is checked after each
+    buffer; early stopping (`patience`) needs rows held out in memory and is not offered.
+
+    Raises:
+        UserError: patience was asked for, or there are no rows.
+        TrainingDiverged: as `train`.
+    """
+    import tensorflow as tf
+
+    if config.patience:
+        raise UserError("patience (early stopping) is not available when training in pieces; use max_seconds")
+    tf.get_logger().setLevel(logging.ERROR)
+    start = time.perf_counter()
+    compiled: _Compiled | None = None
+    mode, units, given, scaled, weighted = "", 1, False, False, False
+    losses: list[float] = []
+    stopped = None
+    for epoch in range(config.epochs):
+        total, rows = 0.0, 0
+        for b, (x, y, w) in enumerate(_prefetched(_buffers(passes(epoch), buffer_rows))):
+            if compiled is None:
+                mode, units, given = label_mode(model, y, task), output_units(model), w is not None
+                scaled = mode == "mse" and target_std != 1.0  # the error in label standard deviations
+                weighted = given or scaled
+                compiled = _compile(model, mode, config, weighted, extra_loss, units, isinstance(x, np.ndarray), None)
+            if (w is not None) != given:
+                raise ValueError("every piece must have sample weights, or none")
+            if weighted:
+                w = np.asarray(np.ones(len(y)) if w is None else w, np.float32)
+                w = w / np.float32(target_std**2) if scaled else w
+            else:
+                w = np.ones(1, np.float32)
+            args = (compiled.tensor(x), tf.constant(_targets(y, mode, units)), tf.constant(w))
+            # The first buffer of an epoch shuffles as `train` would; the others by their own seed.
+            out = _run(compiled, model, config, args, epoch, 1, seed + 7919 * b, epoch, functools.partial(_largest, x))
+            total, rows = total + float(out[0]) * len(y), rows + len(y)
+            if config.max_seconds and time.perf_counter() - start >= config.max_seconds:
+                stopped = "budget"
+                break
+        if compiled is None:
+            raise UserError("no training rows")
+        losses.append(total / max(rows, 1))
+        if progress is not None:
+            progress(epoch + 1)
+        report("epochs", epoch + 1, config.epochs, f"loss {losses[-1]:.4g}")
+        if stopped:
+            break
+    assert compiled is not None
+    if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in compiled.trainable):
+        raise TrainingDiverged(
+            f"training diverged: the weights became infinite or NaN (learning_rate {config.learning_rate:g}); "
+            "nothing was saved. Lower the learning rate or scale the features"
+        )
+    return TrainResult(np.asarray(losses, np.float32), time.perf_counter() - start, compiled.state, stopped)
+
+
+def _buffers(pieces: Iterator[Piece], buffer_rows: int) -> Iterator[Piece]:
+    """Consecutive pieces joined into buffers of at least `buffer_rows` rows (the last may be
+    smaller)."""
+    parts: list[Piece] = []
+    n = 0
+    for piece in pieces:
+        if len(piece[1]):
+            parts.append(piece)
+            n += len(piece[1])
+        if n >= buffer_rows:
+            yield _join(parts)
+            parts, n = [], 0
+    if parts:
+        yield _join(parts)
+
+
+def _join(parts: list[Piece]) -> Piece:
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0][0]
+    x = (
+        np.concatenate([p[0] for p in parts])
+        if isinstance(first, np.ndarray)
+        else {name: np.concatenate([p[0][name] for p in parts]) for name in first}
+    )
+    w = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
+    return x, np.concatenate([p[1] for p in parts]), w
+
+
+_END = object()
+
+
+def _prefetched(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
+    """`items`, produced by a background thread up to `depth` ahead (reading Parquet and
+    joining arrays release the GIL, so they overlap the compiled training)."""
+    out: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(_Raised(exc))
+
+    thread = threading.Thread(target=work, name="ctrain-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = out.get()
+            if item is _END:
+                return
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+@dataclass(frozen=True)
+class _Raised:
+    exc: BaseException
 
 
 def _take(x: np.ndarray | Mapping[str, np.ndarray], index: np.ndarray) -> Any:

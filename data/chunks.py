@@ -1,0 +1,114 @@
+"""Rows of stored batches read a chunk at a time, for data larger than memory.
+
+`StoredRows` names the training (or held-out) rows of some stored batches without holding
+them: each pass reads the batches' Parquet files record batch by record batch (at most
+`chunk_rows` rows), applies the store's fixed holdout split and, with `fraction` < 1, a seeded
+sample, and yields `Rows`. Memory is bounded by a chunk (and by the
+row groups the writer of a file chose: pyarrow reads a row group's column chunks at once).
+Files are checked against their recorded sha256 before their first piece is read.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from continual_trainer.data.rows import Rows
+from continual_trainer.data.sampling import holdout_mask, stable_seed
+from continual_trainer.data.storage import Store
+
+CHUNK_ROWS = 65_536
+_BLOCK = 1 << 20  # rows per seeded block of a sample
+PARTS = ("train", "holdout")
+
+
+@dataclass(frozen=True)
+class StoredRows:
+    """The `part` rows (`train` or `holdout`) of stored batches, read chunk by chunk.
+
+    Attributes:
+        store: the store holding the batches.
+        batch_ids: the batches, in the order a pass reads them (unless shuffled).
+        orders: each batch's ingestion order (a row's `Rows.order`).
+        part: `train` or `holdout` (the store's fixed split, `data.sampling.holdout_mask`).
+        fraction: each row is kept with this probability, drawn from `seed` and the batch
+            (the same rows on every pass).
+        seed: fixes the sample.
+        chunk_rows: the most rows read at a time.
+    """
+
+    store: Store
+    batch_ids: tuple[str, ...]
+    orders: tuple[int, ...]
+    part: str = "train"
+    fraction: float = 1.0
+    seed: int = 0
+    chunk_rows: int = CHUNK_ROWS
+
+    def __post_init__(self) -> None:
+        if self.part not in PARTS:
+            raise ValueError(f"part must be one of {PARTS}, not {self.part!r}")
+        if len(self.batch_ids) != len(self.orders):
+            raise ValueError("one ingestion order per batch")
+
+    @classmethod
+    def of(cls, store: Store, batch_ids: list[str] | tuple[str, ...], part: str = "train") -> StoredRows:
+        position = {b: i for i, b in enumerate(store.batch_ids())}
+        return cls(store, tuple(batch_ids), tuple(position[b] for b in batch_ids), part)
+
+    def sampled(self, fraction: float, seed: int) -> StoredRows:
+        """These rows with only `fraction` of each chunk kept (fractions multiply)."""
+        return self if fraction >= 1 else replace(self, fraction=self.fraction * fraction, seed=seed)
+
+    def __len__(self) -> int:
+        return sum(self._counts)
+
+    @functools.cached_property
+    def _counts(self) -> tuple[int, ...]:
+        """Rows per batch (from the batch records and the holdout split, without reading rows)."""
+        return tuple(int(self._mask(b).sum()) for b in self.batch_ids)
+
+    def _mask(self, batch_id: str) -> np.ndarray:
+        """Which of a batch's rows this part keeps: its side of the holdout split and, with
+        `fraction` < 1, each row with that probability (drawn in blocks, seeded)."""
+        n = int(self.store.batch_info(batch_id)["rows"])
+        held = holdout_mask(batch_id, n, self.store.meta.holdout_fraction)
+        keep = ~held if self.part == "train" else held
+        if self.fraction < 1:
+            for k, start in enumerate(range(0, n, _BLOCK)):
+                rng = np.random.default_rng(stable_seed("sample", self.seed, batch_id, k))
+                keep[start : start + _BLOCK] &= rng.random(min(_BLOCK, n - start)) < self.fraction
+        return keep
+
+    def chunks(self, shuffle_seed: int | None = None) -> Iterator[Rows]:
+        """One pass over the rows, a chunk at a time; with `shuffle_seed` the batches are read
+        in an order it fixes (rows within a chunk keep their order)."""
+        schema = self.store.schema
+        columns = [c.name for c in schema.columns] + [schema.label]
+        batches = list(zip(self.batch_ids, self.orders, strict=True))
+        if shuffle_seed is not None:
+            rng = np.random.default_rng(stable_seed("pass", self.seed, shuffle_seed))
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        for batch_id, order in batches:
+            mask, offset = self._mask(batch_id), 0
+            with self.store.open_batch(batch_id) as f:
+                for record_batch in pq.ParquetFile(f).iter_batches(batch_size=self.chunk_rows, columns=columns):
+                    keep = np.flatnonzero(mask[offset : offset + record_batch.num_rows])
+                    offset += record_batch.num_rows
+                    if not len(keep):
+                        continue
+                    table = pa.Table.from_batches([record_batch]).take(pa.array(keep))
+                    y = schema.targets(table, batch_id)
+                    yield Rows(schema.inputs(table), y, np.full(len(y), order, np.int32))
+
+    def load(self) -> Rows:
+        """Every row at once (for data that fits)."""
+        parts = list(self.chunks())
+        if not parts:
+            return Rows.empty(self.store.schema.input_spec(), self.store.schema.is_regression)
+        return Rows.concat(parts)

@@ -1,0 +1,76 @@
+"""Stored rows read a chunk at a time: the same rows as reading batches whole, checked first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from continual_trainer.data.batches import ingest, load_rows
+from continual_trainer.data.chunks import StoredRows
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.rows import Rows
+from continual_trainer.data.schema import Schema
+from continual_trainer.data.storage import Store, StoreMeta
+from tests.conftest import make_table
+
+SCHEMA = Schema(tuple(f"f{i}" for i in range(5)), "y", (0, 1))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    store = Store.create(str(tmp_path / "s"), StoreMeta(SCHEMA, "mlp:8"))
+    for i, (n, group) in enumerate(((300, None), (1000, 128), (7, None))):
+        path = tmp_path / f"b{i}.parquet"
+        pq.write_table(make_table(n=n, seed=i), path, row_group_size=group)
+        ingest(store, str(path))
+    return store
+
+
+def _same(a: Rows, b: Rows) -> None:
+    np.testing.assert_array_equal(a.x["numeric"], b.x["numeric"])
+    np.testing.assert_array_equal(a.y, b.y)
+    np.testing.assert_array_equal(a.order, b.order)
+
+
+@pytest.mark.parametrize("chunk_rows", [50, 128, 100_000])
+def test_chunks_hold_the_same_rows_as_whole_batches(store: Store, chunk_rows: int) -> None:
+    ids = store.batch_ids()
+    train, holdout = load_rows(store, ids)
+    for part, whole in (("train", train), ("holdout", holdout)):
+        rows = StoredRows.of(store, ids, part)
+        rows = StoredRows(rows.store, rows.batch_ids, rows.orders, part, chunk_rows=chunk_rows)
+        pieces = list(rows.chunks())
+        assert all(len(p) <= chunk_rows for p in pieces)
+        assert len(rows) == len(whole)
+        _same(Rows.concat(pieces), whole)
+        _same(rows.load(), whole)
+
+
+def test_a_sample_is_the_same_on_every_pass_and_a_shuffle_moves_only_batches(store: Store) -> None:
+    ids = store.batch_ids()
+    rows = StoredRows.of(store, ids).sampled(0.5, seed=3)
+    first, second = rows.load(), rows.load()
+    _same(first, second)
+    assert len(first) == len(rows) and 0.4 < len(first) / len(StoredRows.of(store, ids)) < 0.6
+    other = StoredRows.of(store, ids).sampled(0.5, seed=4).load()
+    assert not np.array_equal(first.y[:50], other.y[:50]) or not np.array_equal(first.x["numeric"], other.x["numeric"])
+    holdout = StoredRows.of(store, ids, "holdout").load()
+    assert not set(map(bytes, first.x["numeric"])) & set(map(bytes, holdout.x["numeric"]))  # never a held-out row
+    shuffled = list(rows.chunks(shuffle_seed=1))
+    orders = [int(p.order[0]) for p in shuffled]
+    assert sorted(set(orders)) == [0, 1, 2]
+    assert sorted(map(bytes, Rows.concat(shuffled).x["numeric"])) == sorted(map(bytes, first.x["numeric"]))
+    assert [int(p.order[0]) for p in rows.chunks(shuffle_seed=1)] == orders  # fixed by the seed
+
+
+def test_an_altered_batch_is_refused_before_its_rows_are_read(store: Store) -> None:
+    ids = store.batch_ids()
+    assert len(StoredRows.of(store, ids).load())  # read (and checked) once
+    path = Path(store.uri) / "batches" / ids[1] / "data.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.slice(1), path, row_group_size=128)  # a row fewer: a valid file, not the stored one
+    with pytest.raises(UserError, match="fails its sha256 check"):
+        StoredRows.of(store, ids).load()
