@@ -177,6 +177,7 @@ class ModelStore:
         max_forgetting: float | None = None,
         max_flip_rate: float | None = None,
         promote_on: str = "holdout",
+        memory_budget: int | str | None = None,
         **params: Any,
     ) -> UpdateOutcome:
         """Run one strategy on the batches that arrived since the current version.
@@ -190,6 +191,9 @@ class ModelStore:
                 this on an earlier batch or flips more holdout rows from right to wrong.
             promote_on: what `auto` compares on: `holdout` (every seen batch's held-out rows)
                 or `new` (the new batches' only, for data that drifts).
+            memory_budget: how much memory the training rows may take (bytes, or `"2GiB"`;
+                default a quarter of the machine's); above it, strategies that can train on
+                rows read from the store a chunk at a time.
             **params: the strategy's parameters, e.g. `epochs=20, learning_rate=0.001`.
 
         Raises:
@@ -198,6 +202,12 @@ class ModelStore:
         from continual_trainer.trainer.commands import update
         from continual_trainer.trainer.executor import make_executor
         from continual_trainer.trainer.forgetting import Gate
+        from continual_trainer.trainer.params import parse_size
+
+        try:
+            budget = None if memory_budget is None else parse_size(memory_budget)
+        except ValueError as exc:
+            raise UserError(f"memory_budget: {exc}") from None
 
         with self._reporting("update"):
             outcome = update(
@@ -211,6 +221,7 @@ class ModelStore:
                 sync_steps=sync_steps,
                 gate=Gate(max_forgetting, max_flip_rate),
                 on=promote_on,
+                memory_budget=budget,
             )
         if self._mirror is not None:
             self._mirror.log_update(outcome, {**params, "seed": seed}, "update")

@@ -112,3 +112,37 @@ class StoredRows:
         if not parts:
             return Rows.empty(self.store.schema.input_spec(), self.store.schema.is_regression)
         return Rows.concat(parts)
+
+
+@dataclass(frozen=True)
+class StoredUnion:
+    """Several `StoredRows` (e.g. sampled old and new rows) read as one: a pass reads every
+    part's batches, in order or in an order `shuffle_seed` fixes."""
+
+    parts: tuple[StoredRows, ...]
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def rows_by_order(self) -> dict[int, int]:
+        """How many rows come from each batch (by ingestion order), without reading them."""
+        out: dict[int, int] = {}
+        for part in self.parts:
+            for order, count in zip(part.orders, part._counts, strict=True):
+                out[order] = out.get(order, 0) + count
+        return out
+
+    def chunks(self, shuffle_seed: int | None = None) -> Iterator[Rows]:
+        singles = [
+            replace(p, batch_ids=(b,), orders=(o,))
+            for p in self.parts
+            for b, o in zip(p.batch_ids, p.orders, strict=True)
+        ]
+        if shuffle_seed is not None:
+            rng = np.random.default_rng(stable_seed("pass", shuffle_seed))
+            singles = [singles[i] for i in rng.permutation(len(singles))]
+        for single in singles:
+            yield from single.chunks()
+
+    def load(self) -> Rows:
+        return Rows.concat([p.load() for p in self.parts])

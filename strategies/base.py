@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from continual_trainer.data.chunks import StoredRows, StoredUnion
+from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.sampling import importance_weights, recency_weights, sample
-from continual_trainer.trainer.loop import LoopConfig, train
+from continual_trainer.trainer.loop import LoopConfig, train, train_stream
 from continual_trainer.trainer.models import ModelSpec, build_model, feed
 from continual_trainer.trainer.params import Choice, Interval, Params, Rule, param
 
@@ -131,6 +133,8 @@ def training_set(inputs: UpdateInputs, params: TrainParams) -> tuple[Rows, np.nd
     `old_fraction`. `recency` halves a row's weight every `half_life` batches back;
     `importance` weights old rows by how much they resemble the new data.
     """
+    if isinstance(inputs.new, StoredRows):
+        return _stored_training_set(inputs, params)
     new = sample(inputs.new, params.new_fraction, inputs.seed + 1)
     parts = [new]
     old = None
@@ -146,6 +150,26 @@ def training_set(inputs: UpdateInputs, params: TrainParams) -> tuple[Rows, np.nd
     return rows, None
 
 
+def _stored_training_set(inputs: UpdateInputs, params: TrainParams) -> tuple[StoredUnion, Any]:
+    """`training_set` for rows left in the store: the same samples and weights, as a recipe
+    for reading them a chunk at a time (the weights as a function of each row's batch)."""
+    parts = [inputs.new.sampled(params.new_fraction, inputs.seed + 1)]
+    if params.trains_on_old():
+        parts.insert(0, inputs.old.sampled(getattr(params, "old_fraction", 1.0), inputs.seed + 2))
+    rows = StoredUnion(tuple(parts))
+    if params.weighting == "importance":
+        raise UserError(
+            "weighting=importance compares every old row with the new ones in memory; it is not available above "
+            "--memory-budget (use recency, or raise the budget)"
+        )
+    if params.weighting != "recency":
+        return rows, None
+    counts = rows.rows_by_order()
+    newest = max(counts)
+    mean = sum(c * 0.5 ** ((newest - o) / params.half_life) for o, c in counts.items()) / max(sum(counts.values()), 1)
+    return rows, lambda order: (np.power(0.5, (newest - order) / params.half_life) / mean).astype(np.float32)
+
+
 def fit(model: keras.Model, inputs: UpdateInputs, params: TrainParams, seed_offset: int = 0) -> keras.Model:
     """Train `model` in place on the strategy's training set; return it."""
     rows, weights = training_set(inputs, params)
@@ -158,12 +182,31 @@ def train_rows(
     inputs: UpdateInputs,
     rows: Rows,
     config: LoopConfig,
-    weights: np.ndarray | None,
+    weights: np.ndarray | Callable[[np.ndarray], np.ndarray] | None,
     seed_offset: int = 0,
     **loop: Any,
 ) -> None:
     """Train `model` in place on `rows` with the loop settings of `config` and the update's
-    seed and task; `loop` passes more to `trainer.loop.train` (a penalty, a logit match)."""
+    seed and task; `loop` passes more to `trainer.loop.train` (a penalty, a logit match).
+    Rows left in the store (`data.chunks`) are read a chunk at a time (`loop.train_stream`),
+    with `weights` then a function of the rows' batch order, or None."""
+    if isinstance(rows, StoredUnion | StoredRows):
+        seed = inputs.seed + seed_offset
+
+        def passes(epoch: int) -> Any:
+            for piece in rows.chunks(shuffle_seed=seed * 1_000_003 + epoch):
+                yield feed(model, piece.x), piece.y, None if weights is None else weights(piece.order)
+
+        train_stream(
+            model,
+            passes,
+            config.loop(),
+            seed=seed,
+            task="regression" if inputs.regression else "classification",
+            target_std=inputs.target[1] if inputs.target else 1.0,
+            **loop,
+        )
+        return
     train(
         model,
         feed(model, rows.x),

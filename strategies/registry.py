@@ -35,11 +35,14 @@ class Capabilities:
         data_parallel: how `update --actors N` runs it: `averaging` (each actor trains
             a copy on its shard, weights averaged every K steps), `bagging` (each actor
             fits one new member on its shard), or None (not data-parallel).
+        in_pieces: it can train on rows left in the store and read a chunk at a time (above
+            `--memory-budget`), not only on rows in memory.
     """
 
     trains: bool = True
     learns_new_classes: bool = False
     data_parallel: str | None = None
+    in_pieces: bool = False
 
     def __post_init__(self) -> None:
         if self.data_parallel not in (None, *DATA_PARALLEL):

@@ -50,8 +50,8 @@ def fresh(inputs: UpdateInputs, params: TrainParams) -> Candidate:
     return Candidate.single(fit(inputs.fresh_model(), inputs, params))
 
 
-FINETUNE = Capabilities(data_parallel="averaging")
-FRESH = Capabilities(learns_new_classes=True)
+FINETUNE = Capabilities(data_parallel="averaging", in_pieces=True)
+FRESH = Capabilities(learns_new_classes=True, in_pieces=True)
 register(
     "finetune_new", FinetuneParams, "continue training the current model on new data, smaller learning rate", FINETUNE
 )(finetune)

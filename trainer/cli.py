@@ -39,6 +39,15 @@ SEED = Interval(int, 0, 2**31 - 1)
 HOLDOUT = Interval(float, 0, 1, high_open=True)
 
 
+def _size(raw: str) -> int:
+    from continual_trainer.trainer.params import parse_size
+
+    try:
+        return parse_size(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _checked(constraint: Constraint) -> Any:
     """An argparse `type` parsing and checking an option by a declared constraint (see trainer.params)."""
 
@@ -207,6 +216,7 @@ def cmd_update(args: argparse.Namespace) -> None:
             max_forgetting=args.max_forgetting,
             max_flip_rate=args.max_flip_rate,
             promote_on=args.promote_on,
+            memory_budget=args.memory_budget,
             **settings,
         )
     except ct.NothingNew as exc:  # a scheduled or retried updater with nothing to do succeeds
@@ -606,6 +616,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_checked(Interval(int, 1)),
         default=100,
         help="with --actors and model averaging: every K steps",
+    )
+    c.add_argument(
+        "--memory-budget",
+        type=_size,
+        metavar="SIZE",
+        help="memory the training rows may take, e.g. 2GiB (default a quarter of this machine's); above it "
+        "strategies that can train on rows read from the store a chunk at a time",
     )
     gated(c)
     judged(c)

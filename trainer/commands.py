@@ -33,7 +33,7 @@ from continual_trainer.trainer.models import ModelSpec, build_model, check_model
 from continual_trainer.trainer.promotion import UpdateOutcome, check_promote, commit
 from continual_trainer.trainer.sweep import SweepResult, summarize
 from continual_trainer.trainer.trials import evaluate_sets
-from continual_trainer.trainer.updatedata import load_update_data
+from continual_trainer.trainer.updatedata import default_memory_budget, load_update_data
 from continual_trainer.trainer.versions import save_candidate, stored_candidate
 
 
@@ -183,6 +183,7 @@ def update(
     origin: Mapping[str, Any] | None = None,
     gate: Gate | None = None,
     on: str = "holdout",
+    memory_budget: int | None = None,
 ) -> UpdateOutcome:
     """Run one strategy against the current model and the batches that arrived since.
 
@@ -199,6 +200,9 @@ def update(
             kept in the event log and the manifest.
         gate: with `promote="auto"`, the forgetting and negative-flip limits a winner must keep.
         on: what `auto` compares on: `holdout` or `new` (the new batches' held-out rows).
+        memory_budget: bytes the training rows may take in memory (default a quarter of the
+            machine's); above it a strategy that can trains on rows read from the store a chunk
+            at a time (see `updatedata.load_update_data`).
 
     Raises:
         NothingNew: no batch arrived since the current version and the strategy trains.
@@ -209,7 +213,13 @@ def update(
     if actors > 1 and strategy.can.data_parallel is None:
         able = ", ".join(strategies.names(data_parallel="averaging") + strategies.names(data_parallel="bagging"))
         raise UserError(f"--actors: {strategy_name} does not train data-parallel; these do: {able}")
-    data = load_update_data(store, require_new=strategy.can.trains, params=[params])
+    data = load_update_data(
+        store,
+        require_new=strategy.can.trains,
+        params=[params],
+        memory_budget=default_memory_budget() if memory_budget is None else memory_budget,
+        in_pieces=strategy.can.in_pieces and actors <= 1,
+    )
     executor = executor or LocalExecutor()
     job = Job(strategy, params, seed, actors, sync_steps)
     (outcome,) = executor.run(data, stored_candidate(store, data.parent), [job], extra_eval=extra_eval)

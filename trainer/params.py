@@ -287,3 +287,20 @@ def describe(cls: type) -> list[tuple[str, Any, str, str]]:
         constraint = constraint_of(cls, f.name)
         rows.append((f.name, f.default, constraint.describe() if constraint else "", doc_of(cls, f.name)))
     return rows
+
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20}
+_UNITS |= {"g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
+
+
+def parse_size(raw: str | int) -> int:
+    """Bytes from `2GiB`, `500MB`, `1.5g` or a number of bytes; ValueError if not a size."""
+    text = str(raw).strip().lower().replace(" ", "")
+    number = text.rstrip("kmgtib")
+    try:
+        value, unit = float(number), text[len(number) :]
+    except ValueError:
+        value, unit = 0.0, ""
+    if unit not in _UNITS or not value > 0:
+        raise ValueError(f"{raw!r} is not a size such as 2GiB, 500MB or a number of bytes")
+    return int(value * _UNITS[unit])

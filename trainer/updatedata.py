@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from continual_trainer import strategies
 from continual_trainer.data.batches import load_rows
+from continual_trainer.data.chunks import StoredRows
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.schema import InputInfo
@@ -64,12 +68,24 @@ class NothingNew(UserError):
     """No batches arrived since the current version: there is nothing to update."""
 
 
-def load_update_data(store: Store, *, require_new: bool = True, params: Sequence[Any] | None = None) -> UpdateData:
+def load_update_data(
+    store: Store,
+    *,
+    require_new: bool = True,
+    params: Sequence[Any] | None = None,
+    memory_budget: int | None = None,
+    in_pieces: bool = False,
+) -> UpdateData:
     """The current version and the rows of the batches it has and has not seen.
 
     With `params` (of the strategies that will run), the old batches' training rows are
     read only if one of them needs them (see `strategies.base.reads_old`): an update that
     replays a memory reads the old batches' holdout rows only.
+
+    With `memory_budget` (bytes), training rows estimated to need more than that in memory
+    are left in the store (`data.chunks.StoredRows`, read a chunk at a time while training)
+    if the strategies can train so (`in_pieces`), else UserError; held-out rows are read
+    into memory a chunk at a time.
 
     Raises NothingNew if `require_new` and every batch has been seen.
     """
@@ -90,8 +106,22 @@ def load_update_data(store: Store, *, require_new: bool = True, params: Sequence
         raise NothingNew(f"no new batches since version {parent}; nothing to update (add some with `ctrain ingest`)")
     state = store.manifest(parent).state.get("files", {})
     old_train = params is None or any(reads_old(p, state) for p in params)
-    old, old_holdout = load_rows(store, old_ids, train=old_train)
-    new, new_holdout = load_rows(store, new_ids)
+    need = training_bytes(store, (old_ids if old_train else []) + new_ids)
+    if memory_budget is not None and need > memory_budget:
+        if not in_pieces:
+            able = ", ".join(strategies.names(in_pieces=True))
+            raise UserError(
+                f"the training rows need about {_gib(need)} in memory, over --memory-budget {_gib(memory_budget)}, "
+                "and this update trains on rows in memory only (some strategies and --actors do); raise "
+                f"--memory-budget, or use one actor and a strategy that reads the store in pieces: {able}"
+            )
+        old = StoredRows.of(store, old_ids if old_train else [])
+        new = StoredRows.of(store, new_ids)
+        old_holdout = StoredRows.of(store, old_ids, "holdout").load()
+        new_holdout = StoredRows.of(store, new_ids, "holdout").load()
+    else:
+        old, old_holdout = load_rows(store, old_ids, train=old_train)
+        new, new_holdout = load_rows(store, new_ids)
     return UpdateData(
         parent,
         old_ids,
@@ -106,6 +136,30 @@ def load_update_data(store: Store, *, require_new: bool = True, params: Sequence
         store.schema.target,
         tuple(batches),
     )
+
+
+COPIES = 4  # the rows, a sample or concatenation of them, the tensor and an epoch's shuffled copy
+
+
+def training_bytes(store: Store, batch_ids: Sequence[str]) -> int:
+    """About how much memory training on these batches' training rows in memory takes."""
+    per_row = 8  # the label and the batch order
+    for info in store.schema.input_spec().values():
+        per_row += (64 if info.dtype == "string" else 4) * int(np.prod(info.shape, dtype=np.int64))
+    rows = sum(int(store.batch_info(b)["rows"]) for b in batch_ids) * (1 - store.meta.holdout_fraction)
+    return int(rows * per_row * COPIES)
+
+
+def default_memory_budget() -> int:
+    """A quarter of this machine's physical memory."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
 
 
 def with_old_rows(store: Store, data: UpdateData) -> UpdateData:
