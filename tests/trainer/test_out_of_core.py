@@ -48,7 +48,7 @@ def test_an_update_over_the_budget_trains_from_the_store_as_well(stores, capsys,
     assert b > 0.75 and abs(a - b) < 0.03, (a, b)
     # Recency weighting reads the same way; importance weighting needs every old row at once.
     ct.open_store(stores[1]).update("fresh_all", memory_budget="1KB", epochs=3, weighting="recency", promote="never")
-    with pytest.raises(UserError, match="weighting=importance .* --memory-budget"):
+    with pytest.raises(UserError, match=r"weighting=importance .* --memory-budget"):
         ct.open_store(stores[1]).update("finetune_all", memory_budget=1000, weighting="importance", promote="never")
 
 
