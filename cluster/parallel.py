@@ -19,6 +19,7 @@ import ray
 
 from continual_trainer.cluster.pool import ACTOR_MEMORY
 from continual_trainer.cluster.runtime import get, kill, pin_threads
+from continual_trainer.data.chunks import StoredUnion
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
 from continual_trainer.strategies.base import TrainParams, training_set
@@ -41,8 +42,8 @@ class ShardTrainer:
     def __init__(
         self,
         model: bytes,
-        rows: Rows,
-        weights: np.ndarray | None,
+        rows: Rows | StoredUnion,
+        weights: Any,
         config: LoopConfig,
         seed: int,
         task: tuple[str, float],
@@ -52,11 +53,11 @@ class ShardTrainer:
 
         self.model = from_bytes(model)
         self.task, self.target_std = task
-        self.rows, self.weights, self.config = rows, weights, config
-        self.rng = np.random.default_rng(seed)
+        self.config = config
         self.seed = seed
-        self.order = self.rng.permutation(len(rows))
-        self.pos = 0
+        self.source = (
+            _StoredStream(rows, weights, seed) if isinstance(rows, StoredUnion) else _Shuffled(rows, weights, seed)
+        )
         self.rounds = 0
         self.state: Any = None
 
@@ -66,19 +67,8 @@ class ShardTrainer:
 
         if weights is not None:
             self.model.set_weights(weights)
-        take = []
-        need = steps * self.config.batch_size
-        while need > 0:  # the next rows of this shard's epoch; a new permutation when it ends
-            if self.pos == len(self.order):
-                self.order, self.pos = self.rng.permutation(len(self.order)), 0
-            chunk = self.order[self.pos : self.pos + need]
-            take.append(chunk)
-            self.pos += len(chunk)
-            need -= len(chunk)
-        index = np.concatenate(take)
-        w = None if self.weights is None else self.weights[index]
+        part, w = self.source.take(steps * self.config.batch_size)
         one_pass = dataclasses.replace(self.config, epochs=1, patience=0, max_seconds=0.0)  # rounds: no stopping
-        part = self.rows.take(index)
         result = train(
             self.model,
             feed(self.model, part.x),
@@ -95,6 +85,54 @@ class ShardTrainer:
         return self.model.get_weights()
 
 
+class _Shuffled:
+    """The next rows of a shard held in memory: its epochs, each in a fresh permutation."""
+
+    def __init__(self, rows: Rows, weights: np.ndarray | None, seed: int) -> None:
+        self.rows, self.weights = rows, weights
+        self.rng = np.random.default_rng(seed)
+        self.order, self.pos = self.rng.permutation(len(rows)), 0
+
+    def take(self, n: int) -> tuple[Rows, np.ndarray | None]:
+        take = []
+        while n > 0:  # the next rows of this shard's epoch; a new permutation when it ends
+            if self.pos == len(self.order):
+                self.order, self.pos = self.rng.permutation(len(self.order)), 0
+            chunk = self.order[self.pos : self.pos + n]
+            take.append(chunk)
+            self.pos += len(chunk)
+            n -= len(chunk)
+        index = np.concatenate(take)
+        return self.rows.take(index), None if self.weights is None else self.weights[index]
+
+
+class _StoredStream:
+    """The next rows of a shard left in the store, read a chunk at a time: passes over its row
+    groups in an order fixed by the seed and the pass, each chunk's rows shuffled."""
+
+    def __init__(self, rows: StoredUnion, weights: Any, seed: int) -> None:
+        self.rows, self.weights, self.seed = rows, weights, seed
+        self.rng = np.random.default_rng(seed)
+        self.passes = 0
+        self.pieces = iter(())
+        self.pending: list[Rows] = []
+
+    def take(self, n: int) -> tuple[Rows, np.ndarray | None]:
+        have = sum(len(p) for p in self.pending)
+        while have < n:
+            piece = next(self.pieces, None)
+            if piece is None:
+                self.pieces = iter(self.rows.chunks(shuffle_seed=self.seed * 1_000_003 + self.passes))
+                self.passes += 1
+                continue
+            self.pending.append(piece.take(self.rng.permutation(len(piece))))
+            have += len(piece)
+        rows = Rows.concat(self.pending)
+        out, rest = rows.take(np.arange(n)), rows.take(np.arange(n, len(rows)))
+        self.pending = [rest] if len(rest) else []
+        return out, None if self.weights is None else self.weights(out.order)
+
+
 def finetune_averaged(
     data: UpdateData, current: Candidate, params: TrainParams, seed: int, *, actors: int, sync_steps: int
 ) -> Candidate:
@@ -108,16 +146,14 @@ def finetune_averaged(
     if data.n_classes and model_classes(current.members[0]) < data.n_classes:
         raise UserError("the current model lacks the store's new classes; fine-tuning cannot add outputs")
     rows, weights = training_set(data.inputs(current, seed), params)
-    shards = _shards(len(rows), actors, seed)
     config = params.loop_config()
     model_ref = ray.put(to_bytes(current.members[0]))
+    parts = list(_parts(rows, weights, actors, seed))
     trainers = [
-        ShardTrainer.options(num_cpus=1, memory=ACTOR_MEMORY).remote(
-            model_ref, rows.take(s), None if weights is None else weights[s], config, seed + i, _task(data)
-        )
-        for i, s in enumerate(shards)
+        ShardTrainer.options(num_cpus=1, memory=ACTOR_MEMORY).remote(model_ref, part, w, config, seed + i, _task(data))
+        for i, (part, w) in enumerate(parts)
     ]
-    sizes = np.array([len(s) for s in shards], np.float64)
+    sizes = np.array([len(part) for part, _ in parts], np.float64)
     total = params.epochs * math.ceil(max(sizes) / config.batch_size)
     averaged, done = None, 0
     try:
@@ -135,6 +171,18 @@ def finetune_averaged(
     return Candidate.single(model)
 
 
+def _parts(rows: Any, weights: Any, actors: int, seed: int) -> Any:
+    """Each actor's shard of the training rows and its weights: rows in memory split at random,
+    rows left in the store by row groups (each actor reads its own; the weights stay a function
+    of the rows' batch)."""
+    if isinstance(rows, StoredUnion):
+        shards = [rows.sharded(i, actors) for i in range(actors)]
+        yield from ((s, weights) for s in shards if len(s))
+        return
+    for s in _shards(len(rows), actors, seed):
+        yield rows.take(s), None if weights is None else weights[s]
+
+
 def _task(data: UpdateData) -> tuple[str, float]:
     """The task and, for regression, the label's scale the loss is measured in (as locally)."""
     if data.n_classes == 0:
@@ -143,16 +191,20 @@ def _task(data: UpdateData) -> tuple[str, float]:
 
 
 @ray.remote(num_cpus=1)
-def _fit_member(data: UpdateData, rows: Rows, weights: np.ndarray | None, config: LoopConfig, seed: int) -> bytes:
+def _fit_member(data: UpdateData, rows: Rows | StoredUnion, weights: Any, config: LoopConfig, seed: int) -> bytes:
     pin_threads()
-    from continual_trainer.trainer.loop import train
+    from continual_trainer.strategies.base import passes_over
+    from continual_trainer.trainer.loop import train, train_stream
     from continual_trainer.trainer.models import build_model, feed, to_bytes
 
     model = build_model(data.model_spec, data.input_spec, data.n_classes, seed, data.target)
     task, target_std = _task(data)
-    train(
-        model, feed(model, rows.x), rows.y, config, sample_weight=weights, seed=seed, task=task, target_std=target_std
-    )
+    if isinstance(rows, StoredUnion):  # this actor's row groups, read from the store a chunk at a time
+        passes = passes_over(model, rows, weights, seed)
+        train_stream(model, passes, config, seed=seed, task=task, target_std=target_std)
+    else:
+        x = feed(model, rows.x)
+        train(model, x, rows.y, config, sample_weight=weights, seed=seed, task=task, target_std=target_std)
     return to_bytes(model)
 
 
@@ -162,17 +214,10 @@ def bagged_ensemble(data: UpdateData, current: Candidate, params: Any, seed: int
 
     inputs = data.inputs(current, seed)
     rows, weights = training_set(inputs, params)
-    shards = _shards(len(rows), actors, seed)
     shipped = ray.put(data)
     refs = [
-        _fit_member.options(memory=ACTOR_MEMORY).remote(
-            shipped,
-            rows.take(s),
-            None if weights is None else weights[s],
-            params.loop_config(),
-            seed + i,
-        )
-        for i, s in enumerate(shards)
+        _fit_member.options(memory=ACTOR_MEMORY).remote(shipped, part, w, params.loop_config(), seed + i)
+        for i, (part, w) in enumerate(_parts(rows, weights, actors, seed))
     ]
     members = tuple(from_bytes(b) for b in get(refs))
     return combine(inputs, members, params)

@@ -40,6 +40,9 @@ class StoredRows:
             (the same rows on every pass).
         seed: fixes the sample.
         chunk_rows: the most rows read at a time.
+        shard: (index, count): only the row groups of shard `index` of `count` (each batch's
+            row groups dealt round-robin from a start its id fixes), so that actors read
+            disjoint parts of the same batches; (0, 1) is every row.
     """
 
     store: Store
@@ -49,8 +52,11 @@ class StoredRows:
     fraction: float = 1.0
     seed: int = 0
     chunk_rows: int = CHUNK_ROWS
+    shard: tuple[int, int] = (0, 1)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.shard[0] < self.shard[1]:
+            raise ValueError(f"shard must be (index, count) with 0 <= index < count, not {self.shard}")
         if self.part not in PARTS:
             raise ValueError(f"part must be one of {PARTS}, not {self.part!r}")
         if len(self.batch_ids) != len(self.orders):
@@ -60,6 +66,25 @@ class StoredRows:
     def of(cls, store: Store, batch_ids: list[str] | tuple[str, ...], part: str = "train") -> StoredRows:
         position = {b: i for i, b in enumerate(store.batch_ids())}
         return cls(store, tuple(batch_ids), tuple(position[b] for b in batch_ids), part)
+
+    def sharded(self, index: int, count: int) -> StoredRows:
+        return replace(self, shard=(index, count))
+
+    def _groups(self, batch_id: str) -> list[tuple[int, int, int]] | None:
+        """This shard's row groups of a batch as (group, first row, rows); None: all of it."""
+        index, count = self.shard
+        if count == 1:
+            return None
+        with self.store.open_batch(batch_id) as f:
+            meta = pq.ParquetFile(f).metadata
+        groups, start = [], 0
+        first = stable_seed("shard", batch_id) % count
+        for g in range(meta.num_row_groups):
+            rows = meta.row_group(g).num_rows
+            if (g + first) % count == index:
+                groups.append((g, start, rows))
+            start += rows
+        return groups
 
     def sampled(self, fraction: float, seed: int) -> StoredRows:
         """These rows with only `fraction` of each chunk kept (fractions multiply)."""
@@ -83,6 +108,12 @@ class StoredRows:
             for k, start in enumerate(range(0, n, _BLOCK)):
                 rng = np.random.default_rng(stable_seed("sample", self.seed, batch_id, k))
                 keep[start : start + _BLOCK] &= rng.random(min(_BLOCK, n - start)) < self.fraction
+        groups = self._groups(batch_id)
+        if groups is not None:
+            mine = np.zeros(n, bool)
+            for _, start, rows in groups:
+                mine[start : start + rows] = True
+            keep &= mine
         return keep
 
     def chunks(self, shuffle_seed: int | None = None) -> Iterator[Rows]:
@@ -95,16 +126,20 @@ class StoredRows:
             rng = np.random.default_rng(stable_seed("pass", self.seed, shuffle_seed))
             batches = [batches[i] for i in rng.permutation(len(batches))]
         for batch_id, order in batches:
-            mask, offset = self._mask(batch_id), 0
+            mask, groups = self._mask(batch_id), self._groups(batch_id)
             with self.store.open_batch(batch_id) as f:
-                for record_batch in pq.ParquetFile(f).iter_batches(batch_size=self.chunk_rows, columns=columns):
-                    keep = np.flatnonzero(mask[offset : offset + record_batch.num_rows])
-                    offset += record_batch.num_rows
-                    if not len(keep):
-                        continue
-                    table = pa.Table.from_batches([record_batch]).take(pa.array(keep))
-                    y = schema.targets(table, batch_id)
-                    yield Rows(schema.inputs(table), y, np.full(len(y), order, np.int32))
+                file = pq.ParquetFile(f)
+                # Every row group in one sweep, or this shard's one by one (each from its first row).
+                sweeps = [(None, 0)] if groups is None else [([g], start) for g, start, _ in groups]
+                for row_groups, offset in sweeps:
+                    for record_batch in file.iter_batches(self.chunk_rows, row_groups=row_groups, columns=columns):
+                        keep = np.flatnonzero(mask[offset : offset + record_batch.num_rows])
+                        offset += record_batch.num_rows
+                        if not len(keep):
+                            continue
+                        table = pa.Table.from_batches([record_batch]).take(pa.array(keep))
+                        y = schema.targets(table, batch_id)
+                        yield Rows(schema.inputs(table), y, np.full(len(y), order, np.int32))
 
     def load(self) -> Rows:
         """Every row at once (for data that fits)."""
@@ -123,6 +158,10 @@ class StoredUnion:
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.parts)
+
+    def sharded(self, index: int, count: int) -> StoredUnion:
+        """Shard `index` of `count` of every part (see `StoredRows.shard`)."""
+        return StoredUnion(tuple(p.sharded(index, count) for p in self.parts))
 
     def rows_by_order(self) -> dict[int, int]:
         """How many rows come from each batch (by ingestion order), without reading them."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -192,14 +192,9 @@ def train_rows(
     with `weights` then a function of the rows' batch order, or None."""
     if isinstance(rows, StoredUnion | StoredRows):
         seed = inputs.seed + seed_offset
-
-        def passes(epoch: int) -> Any:
-            for piece in rows.chunks(shuffle_seed=seed * 1_000_003 + epoch):
-                yield feed(model, piece.x), piece.y, None if weights is None else weights(piece.order)
-
         train_stream(
             model,
-            passes,
+            passes_over(model, rows, weights, seed),
             config.loop(),
             seed=seed,
             task="regression" if inputs.regression else "classification",
@@ -218,3 +213,19 @@ def train_rows(
         target_std=inputs.target[1] if inputs.target else 1.0,
         **loop,
     )
+
+
+def passes_over(
+    model: keras.Model,
+    rows: StoredRows | StoredUnion,
+    weights: Callable[[np.ndarray], np.ndarray] | None,
+    seed: int,
+) -> Callable[[int], Iterator[Any]]:
+    """For `loop.train_stream`: each epoch a pass over stored rows in an order fixed by the seed
+    and the epoch, as the model's inputs, labels and weights (a function of the rows' batch)."""
+
+    def passes(epoch: int) -> Iterator[Any]:
+        for piece in rows.chunks(shuffle_seed=seed * 1_000_003 + epoch):
+            yield feed(model, piece.x), piece.y, None if weights is None else weights(piece.order)
+
+    return passes

@@ -195,7 +195,8 @@ def update(
         promote: `auto` (if better on the holdout), `always` or `never`.
         extra_eval: more named row sets to report metrics on, e.g. a test split.
         executor: where to run it (default: this process).
-        actors, sync_steps: train data-parallel on that many Ray actors (see `Job`).
+        actors, sync_steps: train data-parallel on that many Ray actors (see `Job`); above the
+            memory budget each reads its own row groups from the store.
         by, origin: the command, and where else the version comes from (a sweep's trial),
             kept in the event log and the manifest.
         gate: with `promote="auto"`, the forgetting and negative-flip limits a winner must keep.
@@ -218,7 +219,7 @@ def update(
         require_new=strategy.can.trains,
         params=[params],
         memory_budget=default_memory_budget() if memory_budget is None else memory_budget,
-        in_pieces=strategy.can.in_pieces and actors <= 1,
+        in_pieces=strategy.can.in_pieces,
     )
     executor = executor or LocalExecutor()
     job = Job(strategy, params, seed, actors, sync_steps)

@@ -14,14 +14,22 @@ def score(pred: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
     indices, or predicted numbers (n,) against numbers (regression). Empty input: {}."""
     if len(y) == 0:
         return {}
-    bad = ~np.isfinite(pred.reshape(len(pred), -1)).all(axis=1)
-    if bad.any():  # a model that gives no number for a row is scored as knowing nothing about it
-        pred = pred.copy()
-        pred[bad] = float(np.mean(y)) if pred.ndim == 1 else 1.0 / pred.shape[1]
+    pred, bad = finite(pred, y)
     metrics = score_regression(pred, y) if pred.ndim == 1 else score_classes(pred, y)
-    if bad.any():
-        metrics["nonfinite_rows"] = float(bad.sum())
+    if bad:
+        metrics["nonfinite_rows"] = float(bad)
     return metrics
+
+
+def finite(pred: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, int]:
+    """Predictions with the rows a model gave no number for scored as knowing nothing about
+    them (the mean label, or equal class probabilities), and how many there were."""
+    bad = ~np.isfinite(pred.reshape(len(pred), -1)).all(axis=1)
+    if not bad.any():
+        return pred, 0
+    pred = pred.copy()
+    pred[bad] = float(np.mean(y)) if pred.ndim == 1 else 1.0 / pred.shape[1]
+    return pred, int(bad.sum())
 
 
 def score_classes(proba: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
@@ -30,16 +38,55 @@ def score_classes(proba: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
     ROC AUC is one-vs-rest for more than two classes, and None where it is undefined
     (a single class among the labels).
     """
-    from sklearn.metrics import roc_auc_score
+    return class_metrics(class_parts(proba, y), proba.shape[1])
 
-    n_classes = proba.shape[1]
-    labels = list(range(n_classes))
+
+def class_parts(proba: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """What the classification metrics need of each row, smaller than the probabilities: the
+    true and the predicted class, the log-probability of the true class and what ROC AUC
+    ranks (class 1's probability for two classes, else every class's). Parts of several row
+    sets concatenate (`class_metrics` of the joined parts is that of the joined rows)."""
     p = np.clip(proba, 1e-15, 1)
     p = p / p.sum(axis=1, keepdims=True)
     index = np.asarray(y, np.int64)
+    classes = np.int16 if p.shape[1] < 2**15 else np.int32
+    return {  # 12 bytes a row for two classes: a holdout of millions of rows is scored in little memory
+        "y": index.astype(classes),
+        "predicted": p.argmax(axis=1).astype(classes),
+        "log_true": np.log(p[np.arange(len(index)), index]).astype(np.float32),
+        "ranked": (p[:, 1] if p.shape[1] == 2 else p).astype(np.float32),
+    }
+
+
+def join_parts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def binary_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC of scores for class 1 against 0/1 labels (both present), exactly as scikit-learn's
+    `roc_auc_score` (ties count half), as the Mann-Whitney statistic of the positives' average
+    ranks: one sort, about 13 bytes a row (scikit-learn's curve takes several times that)."""
+    order = np.argsort(score, kind="stable")
+    ranked, positive = score[order], y[order] == 1
+    del order
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # each run of equal scores
+    del ranked
+    sizes = np.diff(np.r_[starts, len(positive)])
+    hits = np.add.reduceat(positive, starts, dtype=np.int64)
+    n_pos = int(hits.sum())
+    n_neg = len(positive) - n_pos
+    rank_sum = float(np.sum(hits * (starts + (sizes + 1) / 2)))  # 1-based average rank of each run
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def class_metrics(parts: Mapping[str, np.ndarray], n_classes: int) -> dict[str, float | None]:
+    """`score_classes` from `class_parts`."""
+    from sklearn.metrics import roc_auc_score
+
+    y, predicted = parts["y"], parts["predicted"]
     metrics: dict[str, float | None] = {  # in NumPy: scikit-learn's checks cost more than these sums
-        "accuracy": float(np.mean(p.argmax(axis=1) == index)),
-        "log_loss": float(-np.mean(np.log(p[np.arange(len(index)), index]))),
+        "accuracy": float(np.mean(predicted == y)),
+        "log_loss": float(-np.mean(parts["log_true"], dtype=np.float64)),
         "roc_auc": None,
     }
     present = np.unique(y)
@@ -47,13 +94,14 @@ def score_classes(proba: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if n_classes == 2:
-                metrics["roc_auc"] = float(roc_auc_score(y, p[:, 1]))
+                metrics["roc_auc"] = binary_auc(y, parts["ranked"])
             elif len(present) == n_classes:
-                metrics["roc_auc"] = float(roc_auc_score(y, p, multi_class="ovr", labels=labels))
+                labels = list(range(n_classes))
+                metrics["roc_auc"] = float(roc_auc_score(y, parts["ranked"], multi_class="ovr", labels=labels))
     metrics["rows"] = float(len(y))
     # What learning nothing looks like here: always the most frequent class, one class only.
     metrics["majority"] = float(np.bincount(y.astype(np.int64), minlength=n_classes).max() / len(y))
-    metrics["predicted_classes"] = float(len(np.unique(p.argmax(axis=1))))
+    metrics["predicted_classes"] = float(len(np.unique(predicted)))
     return metrics
 
 

@@ -639,7 +639,7 @@ def train(
     return TrainResult(np.concatenate(losses), time.perf_counter() - start, state, stopped, best_epoch)
 
 
-BUFFER_ROWS = 262_144  # rows shuffled together when training in pieces
+BUFFER_ROWS = 131_072  # rows shuffled together when training in pieces
 Piece = tuple[Any, np.ndarray, "np.ndarray | None"]  # (model inputs, labels, sample weights or None)
 
 

@@ -5,6 +5,7 @@ Nothing here touches files or Ray: a trial may run in any process.
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import time
 from collections.abc import Mapping, Sequence
@@ -14,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from continual_trainer import strategies
+from continual_trainer.data.chunks import StoredRows, StoredUnion
 from continual_trainer.data.rows import Rows
 from continual_trainer.trainer.candidate import Candidate
-from continual_trainer.trainer.evaluate import score
+from continual_trainer.trainer.evaluate import class_metrics, class_parts, finite, join_parts, score, score_regression
 from continual_trainer.trainer.updatedata import UpdateData
 
 
@@ -48,28 +50,72 @@ def evaluate_sets(
 
 def scored(
     candidate: Candidate, sets: Mapping[str, Rows], n_classes: int, batch_ids: Sequence[str] = ()
-) -> tuple[dict[str, float | None], np.ndarray | None]:
+) -> tuple[dict[str, float | None], np.ndarray | None, np.ndarray | None]:
     """Flat metrics `<set>_<metric>` of a candidate on each non-empty set and, with `batch_ids`
     (every batch in ingestion order), each batch's rows of the `holdout` set scored apart by
     the task's first metric (`batch_<id>_accuracy`, or `_rmse`: a row of the accuracy matrix);
-    and its predictions on the `holdout` set."""
+    and its predictions on the `holdout` set (class probabilities, or for sets left in the
+    store the predicted classes) with that set's targets.
+
+    Sets left in the store (`data.chunks`) are read a chunk at a time and each of their
+    batches predicted once; only what the metrics need of each row is kept
+    (`evaluate.class_parts`), never the rows."""
     out: dict[str, float | None] = {}
-    holdout_pred = None
+    holdout_pred = holdout_y = None
+    cache: dict[tuple[Any, ...], tuple[dict[str, np.ndarray], int]] = {}
     for name, rows in sets.items():
         if not len(rows):
             continue
-        pred = candidate.predict(rows.x, n_classes)
-        for metric, value in score(pred, rows.y).items():
+        if isinstance(rows, StoredRows | StoredUnion):
+            parts, order, bad = _parts_in_pieces(candidate, rows, n_classes, cache)
+            metrics = class_metrics(parts, n_classes) if n_classes else score_regression(parts["pred"], parts["y"])
+            if bad:
+                metrics["nonfinite_rows"] = float(bad)
+            pred, y = parts["predicted" if n_classes else "pred"], parts["y"]
+            hit = (pred == y).astype(float) if n_classes else (pred - y) ** 2
+        else:
+            pred, y, order = candidate.predict(rows.x, n_classes), rows.y, rows.order
+            metrics = score(pred, y)
+            hit = (pred.argmax(axis=1) == y).astype(float) if n_classes else (pred - y) ** 2
+        for metric, value in metrics.items():
             out[f"{name}_{metric}"] = value
         if name == "holdout":
-            holdout_pred = pred
+            holdout_pred, holdout_y = pred, y
             if batch_ids:  # the first metric alone, in NumPy: one per batch adds up over a long stream
                 first = "rmse" if n_classes == 0 else "accuracy"
-                hit = (pred - rows.y) ** 2 if n_classes == 0 else (pred.argmax(axis=1) == rows.y).astype(float)
-                for order in np.unique(rows.order):
-                    value = float(hit[rows.order == order].mean())
-                    out[f"batch_{batch_ids[int(order)]}_{first}"] = value**0.5 if n_classes == 0 else value
-    return out, holdout_pred
+                for o in np.unique(order):
+                    value = float(hit[order == o].mean())
+                    out[f"batch_{batch_ids[int(o)]}_{first}"] = value**0.5 if n_classes == 0 else value
+    return out, holdout_pred, holdout_y
+
+
+def _parts_in_pieces(
+    candidate: Candidate,
+    rows: StoredRows | StoredUnion,
+    n_classes: int,
+    cache: dict[tuple[Any, ...], tuple[dict[str, np.ndarray], int]],
+) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+    """What the metrics need of each stored row (`evaluate.class_parts`, or the prediction and
+    target for regression), the rows' batch orders and how many rows had no finite prediction;
+    each batch is predicted once per `cache` (the holdout and its old and new parts share it)."""
+    out, orders, bad = [], [], 0
+    for part in rows.parts if isinstance(rows, StoredUnion) else (rows,):
+        for batch, order in zip(part.batch_ids, part.orders, strict=True):
+            key = (part.part, batch, part.fraction, part.seed, part.shard)
+            if key not in cache:
+                single = dataclasses.replace(part, batch_ids=(batch,), orders=(order,))
+                pieces, missing = [], 0
+                for chunk in single.chunks():
+                    pred, nonfinite = finite(candidate.predict(chunk.x, n_classes), chunk.y)
+                    missing += nonfinite
+                    pieces.append(class_parts(pred, chunk.y) if n_classes else {"pred": pred, "y": chunk.y})
+                cache[key] = (join_parts(pieces) if pieces else {}, missing)
+            parts, missing = cache[key]
+            if parts:
+                out.append(parts)
+                orders.append(np.full(len(parts["y"]), order, np.int32))
+                bad += missing
+    return join_parts(out), np.concatenate(orders), bad
 
 
 JUDGED_ON = ("holdout", "new")
@@ -82,8 +128,10 @@ def holdout_metrics(metrics: Mapping[str, float | None], on: str = "holdout") ->
 
 
 def negative_flip_rate(pred: np.ndarray, before: np.ndarray, y: np.ndarray) -> float:
-    """The share of rows the model before got right and this one gets wrong (class probabilities)."""
-    return float(np.mean((before.argmax(axis=1) == y) & (pred.argmax(axis=1) != y)))
+    """The share of rows the model before got right and this one gets wrong (class
+    probabilities, or predicted classes)."""
+    now, then = (p.argmax(axis=1) if p.ndim == 2 else p for p in (pred, before))
+    return float(np.mean((then == y) & (now != y)))
 
 
 def run_strategy(
@@ -111,10 +159,10 @@ def score_candidate(
     """Metrics of a candidate and of the current model on the same row sets, each seen batch's
     holdout scored apart, and (classification) the candidate's negative flip rate."""
     sets = data.eval_sets(extra_eval)
-    metrics, pred = scored(candidate, sets, data.n_classes, data.batch_ids)
-    current_metrics, before = scored(current, sets, data.n_classes, data.batch_ids)
-    if data.n_classes and pred is not None and before is not None:
-        metrics["holdout_negative_flip_rate"] = negative_flip_rate(pred, before, data.holdout.y)
+    metrics, pred, y = scored(candidate, sets, data.n_classes, data.batch_ids)
+    current_metrics, before, _ = scored(current, sets, data.n_classes, data.batch_ids)
+    if data.n_classes and pred is not None and before is not None and y is not None:
+        metrics["holdout_negative_flip_rate"] = negative_flip_rate(pred, before, y)
     return TrialResult(
         candidate,
         metrics,

@@ -12,7 +12,7 @@ import numpy as np
 
 from continual_trainer import strategies
 from continual_trainer.data.batches import load_rows
-from continual_trainer.data.chunks import StoredRows
+from continual_trainer.data.chunks import StoredRows, StoredUnion
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.schema import InputInfo
@@ -45,6 +45,8 @@ class UpdateData:
 
     @functools.cached_property
     def holdout(self) -> Rows:
+        if isinstance(self.old_holdout, StoredRows):  # left in the store: read when scored
+            return StoredUnion((self.old_holdout, self.new_holdout))  # type: ignore[return-value]
         return Rows.concat([self.old_holdout, self.new_holdout])
 
     def eval_sets(self, extra: Mapping[str, Rows] | None = None) -> dict[str, Rows]:
@@ -84,8 +86,8 @@ def load_update_data(
 
     With `memory_budget` (bytes), training rows estimated to need more than that in memory
     are left in the store (`data.chunks.StoredRows`, read a chunk at a time while training)
-    if the strategies can train so (`in_pieces`), else UserError; held-out rows are read
-    into memory a chunk at a time.
+    if the strategies can train so (`in_pieces`), else UserError; so are the held-out rows
+    (read a chunk at a time when scored, see `trials.scored`).
 
     Raises NothingNew if `require_new` and every batch has been seen.
     """
@@ -112,13 +114,13 @@ def load_update_data(
             able = ", ".join(strategies.names(in_pieces=True))
             raise UserError(
                 f"the training rows need about {_gib(need)} in memory, over --memory-budget {_gib(memory_budget)}, "
-                "and this update trains on rows in memory only (some strategies and --actors do); raise "
-                f"--memory-budget, or use one actor and a strategy that reads the store in pieces: {able}"
+                "and this strategy trains on rows in memory only; raise --memory-budget, or use one that "
+                f"reads the store in pieces: {able}"
             )
         old = StoredRows.of(store, old_ids if old_train else [])
         new = StoredRows.of(store, new_ids)
-        old_holdout = StoredRows.of(store, old_ids, "holdout").load()
-        new_holdout = StoredRows.of(store, new_ids, "holdout").load()
+        old_holdout = StoredRows.of(store, old_ids, "holdout")
+        new_holdout = StoredRows.of(store, new_ids, "holdout")
     else:
         old, old_holdout = load_rows(store, old_ids, train=old_train)
         new, new_holdout = load_rows(store, new_ids)

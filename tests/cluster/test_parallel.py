@@ -16,7 +16,7 @@ from continual_trainer.trainer.commands import ingest_files, init_store
 from continual_trainer.trainer.loop import LoopConfig
 
 
-def _drift_store(tmp_path: Path, n: int = 3000) -> str:
+def _drift_store(tmp_path: Path, n: int = 3000, row_group: int | None = None) -> str:
     from sklearn.datasets import make_classification
 
     x, y = make_classification(n_samples=2 * n, n_features=10, n_informative=6, random_state=5)
@@ -24,7 +24,8 @@ def _drift_store(tmp_path: Path, n: int = 3000) -> str:
     uri = str(tmp_path / "store")
     for name, part in (("old", slice(0, n)), ("new", slice(n, None))):
         cols = {f"x{i}": x[part, i] for i in range(10)}
-        pq.write_table(pa.table({**cols, "y": y[part].astype(np.int64)}), tmp_path / f"{name}.parquet")
+        table = pa.table({**cols, "y": y[part].astype(np.int64)})
+        pq.write_table(table, tmp_path / f"{name}.parquet", row_group_size=row_group)
     init_store(uri, str(tmp_path / "old.parquet"), "y", loop=LoopConfig(epochs=10))
     ingest_files(uri, [str(tmp_path / "new.parquet")])
     return uri
@@ -57,6 +58,23 @@ def test_model_averaging_matches_single_process_accuracy(ray_cluster, tmp_path: 
     manifest = Store.open(store).manifest(averaged["version"])
     assert manifest.execution == {"mode": "model_averaging", "actors": 2, "sync_steps": 20}
     assert Store.open(store).manifest(local["version"]).execution == {"mode": "local"}
+
+
+@pytest.mark.ray
+def test_above_the_memory_budget_each_actor_reads_its_own_row_groups(ray_cluster, tmp_path: Path, capsys) -> None:
+    store = _drift_store(tmp_path, row_group=250)
+    common = ["update", "--store", store, "--set", "epochs=10", "--promote", "never", "--json"]
+    assert main([*common, "--strategy", "finetune_all"]) == 0
+    local = _json(capsys.readouterr().out)
+    pieces = [*common, "--memory-budget", "1KB", "--actors", "2"]
+    assert main([*pieces, "--strategy", "finetune_all", "--sync-steps", "20"]) == 0
+    averaged = _json(capsys.readouterr().out)
+    assert abs(averaged["metrics"]["holdout_accuracy"] - local["metrics"]["holdout_accuracy"]) <= 0.02
+    assert averaged["current_metrics"] == local["current_metrics"]  # the holdout, scored in pieces alike
+    assert Store.open(store).manifest(averaged["version"]).execution["mode"] == "model_averaging"
+    assert main([*pieces, "--strategy", "ensemble_all"]) == 0
+    bagged = _json(capsys.readouterr().out)
+    assert bagged["members"] == 3 and bagged["metrics"]["holdout_accuracy"] > 0.8
 
 
 @pytest.mark.ray

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from continual_trainer.data.batches import ingest, load_rows
-from continual_trainer.data.chunks import StoredRows
+from continual_trainer.data.chunks import StoredRows, StoredUnion
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.schema import Schema
@@ -74,3 +74,20 @@ def test_an_altered_batch_is_refused_before_its_rows_are_read(store: Store) -> N
     pq.write_table(table.slice(1), path, row_group_size=128)  # a row fewer: a valid file, not the stored one
     with pytest.raises(UserError, match="fails its sha256 check"):
         StoredRows.of(store, ids).load()
+
+
+def test_shards_split_the_row_groups_between_them(store: Store) -> None:
+    ids = store.batch_ids()
+    whole = StoredRows.of(store, ids).sampled(0.8, seed=1)
+    shards = [whole.sharded(i, 3) for i in range(3)]
+    loaded = [s.load() for s in shards]
+    assert [len(s) for s in shards] == [len(r) for r in loaded] and all(len(r) for r in loaded)
+    keys = [sorted(map(bytes, r.x["numeric"])) for r in loaded]
+    assert sorted(k for shard in keys for k in shard) == sorted(
+        map(bytes, whole.load().x["numeric"])
+    )  # all rows, each once
+    assert max(map(len, loaded)) < 0.6 * len(whole)  # 8 row groups of the big batch dealt out
+    union = StoredUnion((StoredRows.of(store, ids[:1]), StoredRows.of(store, ids[1:]))).sharded(1, 2)
+    assert all(p.shard == (1, 2) for p in union.parts)
+    with pytest.raises(ValueError, match="shard"):
+        whole.sharded(3, 3)

@@ -46,7 +46,13 @@ def test_an_update_over_the_budget_trains_from_the_store_as_well(stores, capsys,
     pieces = _update(stores[1], capsys, "--memory-budget", "1KB", "--promote", "never")
     a, b = in_memory["metrics"]["holdout_accuracy"], pieces["metrics"]["holdout_accuracy"]
     assert b > 0.75 and abs(a - b) < 0.03, (a, b)
-    # Recency weighting reads the same way; importance weighting needs every old row at once.
+    assert pieces["metrics"]["holdout_rows"] == in_memory["metrics"]["holdout_rows"]  # the same held-out rows
+    assert pieces["current_metrics"] == in_memory["current_metrics"]  # scored alike, a chunk at a time
+    # Recency weighting and fitted ensemble weights read the same way; importance weighting
+    # needs every old row at once.
+    ct.open_store(stores[1]).update(
+        "ensemble_all", memory_budget="1KB", epochs=2, ensemble_weights="fitted", promote="never"
+    )
     ct.open_store(stores[1]).update("fresh_all", memory_budget="1KB", epochs=3, weighting="recency", promote="never")
     with pytest.raises(UserError, match=r"weighting=importance .* --memory-budget"):
         ct.open_store(stores[1]).update("finetune_all", memory_budget=1000, weighting="importance", promote="never")
@@ -64,3 +70,46 @@ def test_an_update_that_cannot_read_in_pieces_says_so(stores, capsys) -> None:
     assert "not a size" in capsys.readouterr().err
     with pytest.raises(UserError, match="memory_budget"):
         ct.open_store(stores[0]).update("finetune_all", memory_budget="-1GB")
+
+
+def test_regression_above_the_budget_is_scored_alike(tmp_path: Path) -> None:
+    import numpy as np
+    import pandas as pd
+    from sklearn.datasets import make_regression
+
+    x, y = make_regression(n_samples=1500, n_features=6, noise=5.0, random_state=0)
+    frame = pd.DataFrame(x.astype(np.float32), columns=[f"f{i}" for i in range(6)]).assign(target=y * 100)
+    outcomes = []
+    for name in ("memory", "pieces"):
+        store = ct.init_store(str(tmp_path / name), frame.iloc[:500], "target", epochs=5)
+        store.ingest(frame.iloc[500:])
+        budget = "1KB" if name == "pieces" else None
+        outcomes.append(store.update("finetune_all", memory_budget=budget, epochs=5, promote="never"))
+    memory, pieces = outcomes
+    assert pieces.current_metrics == memory.current_metrics
+    assert abs(pieces.metrics["holdout_rmse"] - memory.metrics["holdout_rmse"]) < 0.2 * memory.metrics["holdout_rmse"]
+
+
+def test_metrics_from_compact_parts_match_scikit_learn() -> None:
+    import numpy as np
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    from continual_trainer.trainer.evaluate import binary_auc, class_parts, join_parts, score_classes
+
+    rng = np.random.default_rng(0)
+    for n, k, ties in ((2000, 2, False), (3000, 2, True), (1500, 4, False)):
+        y = rng.integers(0, k, n)
+        p = rng.dirichlet(np.ones(k), n) + np.eye(k)[y] * 0.3
+        p = np.round(p, 1) + 1e-3 if ties else p
+        p = p / p.sum(axis=1, keepdims=True)
+        whole = score_classes(p, y)
+        assert whole["accuracy"] == float(np.mean(p.argmax(axis=1) == y))
+        assert abs(whole["log_loss"] - log_loss(y, p, labels=list(range(k)))) < 1e-6
+        auc = roc_auc_score(y, p[:, 1]) if k == 2 else roc_auc_score(y, p, multi_class="ovr")
+        assert abs(whole["roc_auc"] - auc) < 1e-6
+        if k == 2:
+            assert abs(binary_auc(y, p[:, 1]) - roc_auc_score(y, p[:, 1])) < 1e-12
+        from continual_trainer.trainer.evaluate import class_metrics
+
+        pieces = join_parts([class_parts(p[a : a + 700], y[a : a + 700]) for a in range(0, n, 700)])
+        assert class_metrics(pieces, k) == whole  # scored in pieces: the same numbers
