@@ -1,20 +1,24 @@
 """Out of core: peak memory and training speed of `ctrain update` on stores of millions of rows.
 
 For each size (millions of rows × 20 float features, a linear concept with 5% label noise, in
-files of 1 million rows with row groups of 131,072 rows): a store is made with `ctrain init`
-on the first file and `ctrain ingest` of the rest, then `ctrain update --strategy finetune_all
---set epochs=1 --set batch_size=1024 --promote never` runs twice on copies of it:
+files of 500,000 rows with row groups of 131,072 rows): a store is made with `ctrain init` on
+the first file and `ctrain ingest` of the rest, then `ctrain update --strategy finetune_all
+--set epochs=1 --set batch_size=1024 --promote never` runs on a copy of it in each mode:
 
-- in memory (`--memory-budget 1TiB`): every training row read into the process, as before;
-- in pieces (`--memory-budget 256MiB`): training rows read from the store a chunk at a time.
+- `in memory` (`--memory-budget 1TiB`): every training row read into the process, as before;
+- `in pieces` (`--memory-budget 256MiB`): training and held-out rows read from the store a
+  chunk at a time, in the process;
+- `1 actor, in pieces` / `2 actors, in pieces` (`--actors 1|2` on a local Ray): the actors
+  read their own row groups; two average their models every 100 steps.
 
-Printed per size and mode: the process's peak resident memory (its own, by `wait4`), the
-training seconds from the version's manifest (in pieces they include reading the rows; in
-memory the rows were read before), rows trained per second, holdout accuracy and the whole
-command's seconds; then the in-pieces path's throughput as a share of the in-memory path's.
+Printed per size and mode: the peak resident memory of the command's process (the driver;
+VmHWM, polled) and of the largest Ray worker process, the training seconds from the version's
+manifest (in pieces they include reading the rows; in memory the rows were read before), rows
+trained per second, holdout accuracy and the whole command's seconds; then the in-pieces
+path's throughput as a share of the in-memory path's, and two actors' against one's.
 
-Run: .venv/bin/python scripts/bench_scale.py [--sizes 1,4] [--workdir DIR]
-(`--sizes 1,4,16` for the issue's figures; 16 million rows need about 1.4 GB of disk per copy.)
+Run: .venv/bin/python scripts/bench_scale.py [--sizes 1,4] [--modes "in memory;in pieces"]
+(`--sizes 1,4,16` for the issue's figures; 16 million rows take about 1.4 GB of disk per copy.)
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ import pyarrow.parquet as pq
 
 FEATURES, FILE_ROWS, ROW_GROUP = 20, 500_000, 131_072
 CTRAIN = [sys.executable, "-m", "continual_trainer"]
+PIECES = ["--memory-budget", "256MiB"]
+MODES = {
+    "in memory": ["--memory-budget", "1TiB"],
+    "in pieces": PIECES,
+    "1 actor, in pieces": [*PIECES, "--actors", "1"],
+    "2 actors, in pieces": [*PIECES, "--actors", "2", "--sync-steps", "100"],
+}
 
 
 def write_files(folder: str, millions: int) -> list[str]:
@@ -52,27 +63,74 @@ def write_files(folder: str, millions: int) -> list[str]:
     return paths
 
 
-def run(argv: list[str]) -> tuple[float, str]:
-    """Run a command; its peak RSS in MiB (its own, not its children's) and its stdout."""
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.PIPE, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err = proc.stderr.read().decode() if proc.stderr else ""
+def _hwm(pid: int | str) -> float:
+    """A process's peak resident memory so far (VmHWM), in MiB; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM")), 0.0)
+    except OSError:
+        return 0.0
+
+
+def _ray_workers() -> list[str]:
+    """Ray worker processes (their titles start with `ray::`)."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read(5) == b"ray::":
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def run(argv: list[str]) -> tuple[float, str, float]:
+    """Run a command: its own peak RSS in MiB, its stdout, and the largest peak RSS of a Ray
+    worker process while it ran (0 without Ray)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
+        peak = workers = 0.0
+        while proc.poll() is None:
+            peak = max(peak, _hwm(proc.pid))
+            workers = max([workers, *(_hwm(w) for w in _ray_workers())])
+            time.sleep(0.1)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{err.read().decode()[-2000:]}")
         out.seek(0)
-        text = out.read().decode()
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{err[-2000:]}")
-    return usage.ru_maxrss / 1024, text
+        return peak, out.read().decode(), workers
+
+
+def measure(store: str, millions: int, mode: str) -> tuple:
+    copy = f"{store}-{mode.replace(' ', '-').replace(',', '')}"
+    shutil.copytree(store, copy)
+    try:
+        argv = [*CTRAIN, "update", "--store", copy, "--strategy", "finetune_all", "--promote", "never"]
+        argv += ["--set", "epochs=1", "--set", "batch_size=1024", "--json", *MODES[mode]]
+        began = time.perf_counter()
+        peak, out, actor_peak = run(argv)
+        wall = time.perf_counter() - began
+        outcome = json.loads(out)
+        history = json.loads(run([*CTRAIN, "history", "--store", copy, "--json"])[1])["versions"]
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+    seconds = next(v["train_seconds"] for v in history if v["version"] == outcome["version"])
+    trained = millions * 1_000_000 * 0.8
+    accuracy = outcome["metrics"]["holdout_accuracy"]
+    return (millions, mode, peak, actor_peak, seconds, trained / seconds, accuracy, wall)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="1,4", help="millions of rows, comma-separated")
+    p.add_argument("--modes", default=";".join(MODES), help="';'-separated, of: " + "; ".join(MODES))
     p.add_argument("--workdir", help="where to write the stores (default a temporary folder)")
     args = p.parse_args()
+    modes = args.modes.split(";")
+    if unknown := [m for m in modes if m not in MODES]:
+        p.error(f"unknown mode(s) {unknown}")
     base = args.workdir or tempfile.mkdtemp(prefix="bench-scale-")
     rows = []
     start = time.perf_counter()
@@ -84,41 +142,32 @@ def main() -> None:
             files = write_files(folder, millions)
             store = os.path.join(folder, "store")
             run([*CTRAIN, "init", "--store", store, "--data", files[0], "--label", "label", "--epochs", "1"])
-            if files[1:]:
-                run([*CTRAIN, "ingest", "--store", store, *files[1:]])
+            run([*CTRAIN, "ingest", "--store", store, *files[1:]])
             for f in files:
                 os.remove(f)
-            for mode, budget in (("in memory", "1TiB"), ("in pieces", "256MiB")):
-                copy = f"{store}-{mode.replace(' ', '-')}"
-                shutil.copytree(store, copy)
-                argv = [*CTRAIN, "update", "--store", copy, "--strategy", "finetune_all", "--promote", "never"]
-                argv += ["--set", "epochs=1", "--set", "batch_size=1024", "--memory-budget", budget, "--json"]
-                began = time.perf_counter()
-                peak, out = run(argv)
-                wall = time.perf_counter() - began
-                outcome = json.loads(out)
-                history = json.loads(run([*CTRAIN, "history", "--store", copy, "--json"])[1])["versions"]
-                seconds = next(v["train_seconds"] for v in history if v["version"] == outcome["version"])
-                trained = millions * 1_000_000 * 0.8
-                accuracy = outcome["metrics"]["holdout_accuracy"]
-                rows.append((millions, mode, peak, seconds, trained / seconds, accuracy, wall))
-                print(f"  {millions}M {mode}: {peak:.0f} MiB, {seconds:.1f} s ({time.perf_counter() - start:.0f} s)")
-                shutil.rmtree(copy)
+            for mode in modes:
+                rows.append(measure(store, millions, mode))
+                print(f"  {millions}M {mode}: driver {rows[-1][2]:.0f} MiB ({time.perf_counter() - start:.0f} s)")
             shutil.rmtree(folder)
     finally:
         if not args.workdir:
             shutil.rmtree(base, ignore_errors=True)
-    print(
-        f"\n{'rows':>6} {'mode':<10} {'peak RSS MiB':>12} {'train s':>8} {'rows/s':>10} {'accuracy':>9} {'update s':>9}"
+    header = (
+        f"{'rows':>5} {'mode':<20} {'driver MiB':>10} {'actor MiB':>9} {'train s':>7} {'rows/s':>9} {'accuracy':>8}"
     )
-    for millions, mode, peak, seconds, speed, accuracy, wall in rows:
-        print(f"{millions:>5}M {mode:<10} {peak:12.0f} {seconds:8.1f} {speed:10.0f} {accuracy:9.4f} {wall:9.1f}")
+    print(f"\n{header} {'update s':>8}")
+    for millions, mode, peak, actor_peak, seconds, speed, accuracy, wall in rows:
+        actor = f"{actor_peak:9.0f}" if actor_peak else f"{'-':>9}"
+        print(f"{millions:>4}M {mode:<20} {peak:10.0f} {actor} {seconds:7.1f} {speed:9.0f} {accuracy:8.4f} {wall:8.1f}")
+    by = {(r[0], r[1]): r for r in rows}
     for millions in sorted({r[0] for r in rows}):
-        memory, pieces = (next(r for r in rows if r[0] == millions and r[1] == m) for m in ("in memory", "in pieces"))
-        print(
-            f"{millions}M rows: in pieces at {pieces[4] / memory[4]:.0%} of the in-memory rows/s, "
-            f"peak {pieces[2]:.0f} vs {memory[2]:.0f} MiB"
-        )
+        memory, pieces = by.get((millions, "in memory")), by.get((millions, "in pieces"))
+        if memory and pieces:
+            print(f"{millions}M rows: in pieces at {pieces[5] / memory[5]:.0%} of the in-memory rows/s")
+        one, two = by.get((millions, "1 actor, in pieces")), by.get((millions, "2 actors, in pieces"))
+        if one and two:
+            gain = two[5] / one[5]
+            print(f"{millions}M rows: 2 actors at {gain:.2f}x one actor's rows/s, accuracy {two[6] - one[6]:+.4f}")
     print(f"total {time.perf_counter() - start:.0f} s")
 
 

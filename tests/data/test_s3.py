@@ -142,3 +142,20 @@ def test_two_updaters_racing_on_s3_one_wins_none_is_lost(s3_store: str) -> None:
     winner = next(r["version"] for r in results if r["promoted"])
     assert store.current() == winner and {r["version"] for r in results} <= set(store.versions())
     check_store(s3_store)
+
+
+def test_an_update_above_the_memory_budget_reads_an_s3_store_in_pieces(s3_store: str, write_parquet, capsys) -> None:
+    import json
+
+    path = write_parquet(make_table(n=600, seed=2), "more.parquet")
+    pq.write_table(pq.read_table(path), path, row_group_size=100)
+    assert main(["ingest", "--store", s3_store, path]) == 0
+    capsys.readouterr()
+    argv = ["update", "--store", s3_store, "--strategy", "finetune_all", "--set", "epochs=3", "--json"]
+    assert main([*argv, "--memory-budget", "1KB", "--promote", "never"]) == 0
+    pieces = json.loads(capsys.readouterr().out)
+    assert main(argv) == 0
+    memory = json.loads(capsys.readouterr().out)
+    assert pieces["current_metrics"] == memory["current_metrics"]  # the holdout, read from S3 a chunk at a time
+    assert abs(pieces["metrics"]["holdout_accuracy"] - memory["metrics"]["holdout_accuracy"]) < 0.1
+    check_store(s3_store)
