@@ -161,7 +161,11 @@ def default_memory_budget() -> int:
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB"
+    """A size in the largest binary unit that keeps it at least 1 (e.g. `1.25 GiB`, `10 KiB`)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} bytes"
 
 
 def with_old_rows(store: Store, data: UpdateData) -> UpdateData:
