@@ -202,12 +202,8 @@ class ModelStore:
         from continual_trainer.trainer.commands import update
         from continual_trainer.trainer.executor import make_executor
         from continual_trainer.trainer.forgetting import Gate
-        from continual_trainer.trainer.params import parse_size
 
-        try:
-            budget = None if memory_budget is None else parse_size(memory_budget)
-        except ValueError as exc:
-            raise UserError(f"memory_budget: {exc}") from None
+        budget = _budget(memory_budget)
 
         with self._reporting("update"):
             outcome = update(
@@ -228,7 +224,14 @@ class ModelStore:
         self.last_outcome = outcome
         return outcome
 
-    def sweep(self, config: str | Mapping[str, Any], *, ray: bool = False, promote_best: bool = False) -> SweepResult:
+    def sweep(
+        self,
+        config: str | Mapping[str, Any],
+        *,
+        ray: bool = False,
+        promote_best: bool = False,
+        memory_budget: int | str | None = None,
+    ) -> SweepResult:
         """Run strategies x parameters x seeds, every trial on the same holdouts.
 
         Args:
@@ -237,6 +240,7 @@ class ModelStore:
             ray: on Ray Tune (the cluster at RAY_ADDRESS, else a local Ray) or in this process.
             promote_best: train the winning configuration as a version and promote it if it
                 beats the current one (its outcome is then `last_outcome`).
+            memory_budget: as `update`'s: above it the trials read the store a chunk at a time.
         """
         import os
 
@@ -254,13 +258,14 @@ class ModelStore:
             spec = SweepSpec.parse(read_bytes(config).decode(errors="replace"), config)
         else:
             spec = SweepSpec.parse(config)
+        budget = _budget(memory_budget)
         store = self._store()
         executor = make_executor(ray=ray)
         winner = None
         with self._reporting("sweep"):
-            result = run_sweep(store, executor, spec)
+            result = run_sweep(store, executor, spec, memory_budget=budget)
             if promote_best:
-                winner = self.last_outcome = save_sweep_winner(store, result, executor=executor)
+                winner = self.last_outcome = save_sweep_winner(store, result, executor=executor, memory_budget=budget)
         if self._mirror is not None:
             self._mirror.log_sweep(result, winner)
         return result
@@ -408,3 +413,12 @@ def _source(data: Any) -> tuple[str, bytes | None]:
 
     table = _table(data)
     return f"{type(data).__name__.lower()}.parquet", table_to_bytes(table)
+
+
+def _budget(memory_budget: int | str | None) -> int | None:
+    from continual_trainer.trainer.params import parse_size
+
+    try:
+        return None if memory_budget is None else parse_size(memory_budget)
+    except ValueError as exc:
+        raise UserError(f"memory_budget: {exc}") from None

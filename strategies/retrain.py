@@ -28,7 +28,7 @@ class FinetuneAllParams(FinetuneRecipe, TrainAllParams):
     """Continue training on old + new data with a tenth of the reference learning rate."""
 
 
-@register("keep", NoParams, "do nothing: the current model stays", Capabilities(trains=False))
+@register("keep", NoParams, "do nothing: the current model stays", Capabilities(trains=False, in_pieces=True))
 def keep(inputs: UpdateInputs, params: NoParams) -> Candidate:
     return inputs.current
 

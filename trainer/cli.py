@@ -39,6 +39,16 @@ SEED = Interval(int, 0, 2**31 - 1)
 HOLDOUT = Interval(float, 0, 1, high_open=True)
 
 
+def budgeted(c: argparse.ArgumentParser) -> None:
+    c.add_argument(
+        "--memory-budget",
+        type=_size,
+        metavar="SIZE",
+        help="memory the training rows may take, e.g. 2GiB (default a quarter of this machine's); above it "
+        "strategies that can train on rows read from the store a chunk at a time",
+    )
+
+
 def _size(raw: str) -> int:
     from continual_trainer.trainer.params import parse_size
 
@@ -341,7 +351,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     store = Store.open(args.store)
     mirror = mirror_for(args.mlflow, args.store)
     executor = make_executor(ray=_where_flag(args, True))
-    r = run_sweep(store, executor, spec, resume=args.resume)
+    r = run_sweep(store, executor, spec, resume=args.resume, memory_budget=args.memory_budget)
     done = f"{r.finished} of {r.trials} trials finished on {executor.where}"
     lines = [f"sweep {r.sweep_id}: {done}; results in {r.folder}"]
     first = headline(store.schema.task)[0]
@@ -355,7 +365,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if args.promote == "best":
         from continual_trainer.trainer.commands import save_sweep_winner
 
-        winner = save_sweep_winner(store, r, executor=executor, gate=_gate(args))
+        winner = save_sweep_winner(store, r, executor=executor, gate=_gate(args), memory_budget=args.memory_budget)
         lines += ["best configuration, trained as a version:", _outcome_text(winner)]
     if mirror is not None:
         mirror.log_sweep(r, winner)
@@ -510,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("best",),
         help="best: train the winning configuration as a version and promote it if it beats the current one",
     )
+    budgeted(c)
     gated(c)
     tracked(c)
     where(c, "Ray")
@@ -617,13 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=100,
         help="with --actors and model averaging: every K steps",
     )
-    c.add_argument(
-        "--memory-budget",
-        type=_size,
-        metavar="SIZE",
-        help="memory the training rows may take, e.g. 2GiB (default a quarter of this machine's); above it "
-        "strategies that can train on rows read from the store a chunk at a time",
-    )
+    budgeted(c)
     gated(c)
     judged(c)
     tracked(c)

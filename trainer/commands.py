@@ -404,6 +404,7 @@ def save_sweep_winner(
     promote: str = "auto",
     executor: Executor | None = None,
     gate: Gate | None = None,
+    memory_budget: int | None = None,
 ) -> UpdateOutcome:
     """`ctrain sweep --promote best`: train the sweep's best configuration (mean over seeds,
     ranked as promotion ranks) with its best seed on the same batches, save it as a version
@@ -425,4 +426,5 @@ def save_sweep_winner(
         by="sweep",
         origin={"sweep": result.sweep_id, "trial": top["trial_id"]},
         gate=gate,
+        memory_budget=memory_budget,
     )

@@ -34,7 +34,7 @@ from continual_trainer.trainer.forgetting import forgetting, matrix_row
 from continual_trainer.trainer.plots import heatmap_png, png
 from continual_trainer.trainer.progress import report
 from continual_trainer.trainer.promotion import stored_manifest
-from continual_trainer.trainer.updatedata import load_update_data
+from continual_trainer.trainer.updatedata import default_memory_budget, load_update_data
 from continual_trainer.trainer.versions import stored_candidate
 
 log = logging.getLogger(__name__)
@@ -158,8 +158,11 @@ def run_sweep(
     spec: SweepSpec | None = None,
     *,
     resume: str | None = None,
+    memory_budget: int | None = None,
 ) -> SweepResult:
-    """Run (or, with `resume`, finish) a sweep; trials run where `executor` says.
+    """Run (or, with `resume`, finish) a sweep; trials run where `executor` says. Above
+    `memory_budget` (bytes; default a quarter of the machine's memory) the trials read the
+    store a chunk at a time, if all their strategies can (see `updatedata.load_update_data`).
 
     Raises UserError if every trial failed through the user's input, WorkFailed if
     every trial failed otherwise.
@@ -172,7 +175,13 @@ def run_sweep(
     if spec is None:
         raise ValueError("give a spec or a sweep id to resume")
     sweep_id = resume or f"sweep-{utc_stamp()}"
-    data = load_update_data(store, params=[t.job().params for t in spec.trials])
+    jobs = [t.job() for t in spec.trials]
+    data = load_update_data(
+        store,
+        params=[j.params for j in jobs],
+        memory_budget=default_memory_budget() if memory_budget is None else memory_budget,
+        in_pieces=all(j.strategy.can.in_pieces for j in jobs),
+    )
     if len(data.holdout) == 0:
         raise UserError(f"{store.display}: sweeps score trials on held-out rows; this store's holdout_fraction is 0")
     if not resume:

@@ -113,3 +113,13 @@ def test_metrics_from_compact_parts_match_scikit_learn() -> None:
 
         pieces = join_parts([class_parts(p[a : a + 700], y[a : a + 700]) for a in range(0, n, 700)])
         assert class_metrics(pieces, k) == whole  # scored in pieces: the same numbers
+
+
+def test_a_sweep_above_the_budget_reads_the_store_in_pieces(stores, capsys) -> None:
+    spec = {"strategies": ["keep", "finetune_all", "fresh_new"], "params": {"epochs": 3}, "seeds": [0]}
+    store = ct.open_store(stores[0])  # the first store wins a version; the second still has new batches
+    result = store.sweep(spec, memory_budget="1KB", promote_best=True)
+    assert result.finished == 3 and not result.failures
+    assert store.last_outcome is not None and store.last_outcome.strategy in ("keep", "finetune_all", "fresh_new")
+    with pytest.raises(UserError, match="over --memory-budget"):
+        ct.open_store(stores[1]).sweep({"strategies": ["finetune_all", "replay"], "seeds": [0]}, memory_budget="1KB")
