@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from continual_trainer.cluster import pool, runtime
 from continual_trainer.data.rows import Rows
-from continual_trainer.trainer.executor import Job, OnDone, Outcome, SweepSettings, run_job
+from continual_trainer.trainer.executor import Failure, Job, OnDone, Outcome, SweepSettings, run_job
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,12 +45,18 @@ class RayExecutor:
             return pool.run_jobs(
                 data, current, jobs, actors=self.actors or None, extra_eval=extra_eval, on_done=on_done
             )
-        from continual_trainer.cluster.parallel import fit_parallel
+        import ray
 
-        model = current.load()
-        outcomes = []
+        from continual_trainer.cluster.parallel import coordinate
+
+        shipped = ray.put(data)
+        outcomes: list[Outcome] = []
         for i, job in enumerate(jobs):  # each data-parallel job uses the whole cluster in turn
-            outcomes.append(run_job(data, model, job, extra_eval, fit=fit_parallel if i in parallel else None))
+            if i in parallel:  # coordinated from a worker: the driver holds no rows nor scores
+                packed = runtime.get(coordinate.remote(shipped, current, job, dict(extra_eval or {})))
+                outcomes.append(packed if isinstance(packed, Failure) else packed.unpack())
+            else:
+                outcomes.append(run_job(data, current.load(), job, extra_eval))
             if on_done:
                 on_done(i, outcomes[-1])
         return outcomes

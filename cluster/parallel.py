@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import ray
 
-from continual_trainer.cluster.pool import ACTOR_MEMORY
+from continual_trainer.cluster.pool import ACTOR_MEMORY, PackedResult
 from continual_trainer.cluster.runtime import get, kill, pin_threads
 from continual_trainer.data.chunks import StoredUnion
 from continual_trainer.data.errors import UserError
@@ -25,9 +26,10 @@ from continual_trainer.data.rows import Rows
 from continual_trainer.strategies.base import TrainParams, training_set
 from continual_trainer.strategies.ensemble import combine
 from continual_trainer.trainer.candidate import Candidate
-from continual_trainer.trainer.executor import Job
+from continual_trainer.trainer.executor import Failure, Job, run_job
 from continual_trainer.trainer.loop import LoopConfig
 from continual_trainer.trainer.updatedata import UpdateData
+from continual_trainer.trainer.versions import StoredCandidate
 
 
 def _shards(n_rows: int, n: int, seed: int) -> list[np.ndarray]:
@@ -221,6 +223,16 @@ def bagged_ensemble(data: UpdateData, current: Candidate, params: Any, seed: int
     ]
     members = tuple(from_bytes(b) for b in get(refs))
     return combine(inputs, members, params)
+
+
+@ray.remote(num_cpus=0)
+def coordinate(
+    data: UpdateData, current: StoredCandidate, job: Job, extra_eval: Mapping[str, Rows]
+) -> PackedResult | Failure:
+    """Run a data-parallel job from a worker: the shards' actors, the averaging and the scoring
+    happen off the driver, which gets the scored candidate back as bytes. It takes no CPU of
+    its own (it waits on the actors that do)."""
+    return PackedResult.pack(run_job(data, current.load(), job, extra_eval, fit=fit_parallel))
 
 
 def fit_parallel(data: UpdateData, current: Candidate, job: Job) -> tuple[Candidate, dict[str, Any]]:
