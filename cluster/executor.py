@@ -47,14 +47,18 @@ class RayExecutor:
             )
         import ray
 
-        from continual_trainer.cluster.parallel import coordinate
+        from continual_trainer.cluster.parallel import coordinate, fit_parallel
+        from continual_trainer.data.chunks import StoredRows
 
-        shipped = ray.put(data)
+        in_pieces = isinstance(data.new, StoredRows)
+        shipped = ray.put(data) if in_pieces else None
         outcomes: list[Outcome] = []
         for i, job in enumerate(jobs):  # each data-parallel job uses the whole cluster in turn
-            if i in parallel:  # coordinated from a worker: the driver holds no rows nor scores
+            if i in parallel and in_pieces:  # above the memory budget the driver holds no rows nor scores
                 packed = runtime.get(coordinate.remote(shipped, current, job, dict(extra_eval or {})))
                 outcomes.append(packed if isinstance(packed, Failure) else packed.unpack())
+            elif i in parallel:
+                outcomes.append(run_job(data, current.load(), job, extra_eval, fit=fit_parallel))
             else:
                 outcomes.append(run_job(data, current.load(), job, extra_eval))
             if on_done:
