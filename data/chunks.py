@@ -24,7 +24,7 @@ from continual_trainer.data.storage import Store
 
 CHUNK_ROWS = 65_536
 _BLOCK = 1 << 20  # rows per seeded block of a sample
-PARTS = ("train", "holdout")
+PARTS = ("train", "holdout", "validation")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ class StoredRows:
         shard: (index, count): only the row groups of shard `index` of `count` (each batch's
             row groups dealt round-robin from a start its id fixes), so that actors read
             disjoint parts of the same batches; (0, 1) is every row.
+        validation, validation_seed: the share of the training rows set aside (each row by a
+            draw the seed fixes) for early stopping: part `train` leaves them out, part
+            `validation` is only them.
     """
 
     store: Store
@@ -53,6 +56,8 @@ class StoredRows:
     seed: int = 0
     chunk_rows: int = CHUNK_ROWS
     shard: tuple[int, int] = (0, 1)
+    validation: float = 0.0
+    validation_seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.shard[0] < self.shard[1]:
@@ -69,6 +74,11 @@ class StoredRows:
 
     def sharded(self, index: int, count: int) -> StoredRows:
         return replace(self, shard=(index, count))
+
+    def set_aside(self, validation: float, seed: int) -> tuple[StoredRows, StoredRows]:
+        """These training rows without a `validation` share drawn by `seed`, and that share."""
+        kept = replace(self, validation=validation, validation_seed=seed)
+        return kept, replace(kept, part="validation")
 
     def _groups(self, batch_id: str) -> list[tuple[int, int, int]] | None:
         """This shard's row groups of a batch as (group, first row, rows); None: all of it."""
@@ -103,7 +113,13 @@ class StoredRows:
         `fraction` < 1, each row with that probability (drawn in blocks, seeded)."""
         n = int(self.store.batch_info(batch_id)["rows"])
         held = holdout_mask(batch_id, n, self.store.meta.holdout_fraction)
-        keep = ~held if self.part == "train" else held
+        keep = held if self.part == "holdout" else ~held
+        if self.validation > 0 and self.part != "holdout":
+            aside = np.zeros(n, bool)
+            for k, start in enumerate(range(0, n, _BLOCK)):
+                rng = np.random.default_rng(stable_seed("validation", self.validation_seed, batch_id, k))
+                aside[start : start + _BLOCK] = rng.random(min(_BLOCK, n - start)) < self.validation
+            keep &= aside if self.part == "validation" else ~aside
         if self.fraction < 1:
             for k, start in enumerate(range(0, n, _BLOCK)):
                 rng = np.random.default_rng(stable_seed("sample", self.seed, batch_id, k))
@@ -156,12 +172,24 @@ class StoredUnion:
 
     parts: tuple[StoredRows, ...]
 
+    @classmethod
+    def of(cls, rows: StoredRows | StoredUnion) -> StoredUnion:
+        return rows if isinstance(rows, StoredUnion) else cls((rows,))
+
     def __len__(self) -> int:
         return sum(len(p) for p in self.parts)
 
     def sharded(self, index: int, count: int) -> StoredUnion:
         """Shard `index` of `count` of every part (see `StoredRows.shard`)."""
         return StoredUnion(tuple(p.sharded(index, count) for p in self.parts))
+
+    def sampled(self, fraction: float, seed: int) -> StoredUnion:
+        return StoredUnion(tuple(p.sampled(fraction, seed) for p in self.parts))
+
+    def set_aside(self, validation: float, seed: int) -> tuple[StoredUnion, StoredUnion]:
+        """Every part's `StoredRows.set_aside`: (the rows to train on, the rows set aside)."""
+        pairs = [p.set_aside(validation, seed) for p in self.parts]
+        return StoredUnion(tuple(a for a, _ in pairs)), StoredUnion(tuple(b for _, b in pairs))
 
     def rows_by_order(self) -> dict[int, int]:
         """How many rows come from each batch (by ingestion order), without reading them."""

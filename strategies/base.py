@@ -80,6 +80,7 @@ def reads_old(params: Any, state: Mapping[str, Any]) -> bool:
 
 
 FRACTION = Interval(float, 0, 1, low_open=True)
+VALIDATION_ROWS = 50_000  # early stopping on rows read from the store: at most this many held in memory
 
 
 @dataclass(frozen=True)
@@ -191,14 +192,21 @@ def train_rows(
     Rows left in the store (`data.chunks`) are read a chunk at a time (`loop.train_stream`),
     with `weights` then a function of the rows' batch order, or None."""
     if isinstance(rows, StoredUnion | StoredRows):
-        seed = inputs.seed + seed_offset
+        seed, settings = inputs.seed + seed_offset, config.loop()
+        validation = None
+        if settings.patience:  # a share of the rows set aside, at most VALIDATION_ROWS of it read
+            rows, aside = StoredUnion.of(rows).set_aside(settings.validation, seed)
+            aside = aside.sampled(min(1.0, VALIDATION_ROWS / max(len(aside), 1)), seed + 17)
+            held = aside.load()
+            validation = (feed(model, held.x), held.y, None if weights is None else weights(held.order))
         train_stream(
             model,
             passes_over(model, rows, weights, seed),
-            config.loop(),
+            settings,
             seed=seed,
             task="regression" if inputs.regression else "classification",
             target_std=inputs.target[1] if inputs.target else 1.0,
+            validation=validation,
             **loop,
         )
         return

@@ -654,6 +654,7 @@ def train_stream(
     progress: Callable[[int], None] | None = None,
     task: str = "classification",
     target_std: float = 1.0,
+    validation: Piece | None = None,
 ) -> TrainResult:
     """Train `model` in place on rows too many to hold at once, read piece by piece.
 
@@ -664,22 +665,25 @@ def train_stream(
     mathematics as `train`), while a background thread reads and joins the next buffer.
     Memory holds two buffers, not the rows. With one buffer for all the rows, in the same
     order, the result is `train`'s on those rows. `max_seconds` is checked after each
-    buffer; early stopping (`patience`) needs rows held out in memory and is not offered.
+    buffer. Early stopping (`patience`) is on `validation`: rows kept out of the passes and
+    held in memory (inputs, labels, weights or None), whose loss is measured after each
+    epoch; the best epoch's weights are restored.
 
     Raises:
-        UserError: patience was asked for, or there are no rows.
+        UserError: patience without validation rows, or there are no rows.
         TrainingDiverged: as `train`.
     """
     import tensorflow as tf
 
-    if config.patience:
-        raise UserError("patience (early stopping) is not available when training in pieces; use max_seconds")
+    if config.patience and validation is None:
+        raise UserError("patience (early stopping) needs validation rows set aside when training in pieces")
     tf.get_logger().setLevel(logging.ERROR)
     start = time.perf_counter()
     compiled: _Compiled | None = None
     mode, units, given, scaled, weighted = "", 1, False, False, False
     losses: list[float] = []
     stopped = None
+    stopper: _Stopper | None = None
     for epoch in range(config.epochs):
         total, rows = 0.0, 0
         for b, (x, y, w) in enumerate(_prefetched(_buffers(passes(epoch), buffer_rows))):
@@ -708,15 +712,22 @@ def train_stream(
         if progress is not None:
             progress(epoch + 1)
         report("epochs", epoch + 1, config.epochs, f"loss {losses[-1]:.4g}")
+        if config.patience and validation is not None and len(validation[1]):
+            if stopper is None:
+                vx, vy, vw = validation
+                stopper = _Stopper(model, vx, _targets(vy, mode, units), vw, mode, units, config)
+            if stopper.stop(epoch + 1):
+                stopped = "patience"
         if stopped:
             break
     assert compiled is not None
+    best_epoch = stopper.restore() if stopper is not None else None
     if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in compiled.trainable):
         raise TrainingDiverged(
             f"training diverged: the weights became infinite or NaN (learning_rate {config.learning_rate:g}); "
             "nothing was saved. Lower the learning rate or scale the features"
         )
-    return TrainResult(np.asarray(losses, np.float32), time.perf_counter() - start, compiled.state, stopped)
+    return TrainResult(np.asarray(losses, np.float32), time.perf_counter() - start, compiled.state, stopped, best_epoch)
 
 
 def _buffers(pieces: Iterator[Piece], buffer_rows: int) -> Iterator[Piece]:

@@ -91,3 +91,16 @@ def test_shards_split_the_row_groups_between_them(store: Store) -> None:
     assert all(p.shard == (1, 2) for p in union.parts)
     with pytest.raises(ValueError, match="shard"):
         whole.sharded(3, 3)
+
+
+def test_rows_set_aside_for_validation_leave_the_training_rows(store: Store) -> None:
+    ids = store.batch_ids()
+    union = StoredUnion((StoredRows.of(store, ids[:1]), StoredRows.of(store, ids[1:])))
+    train, aside = union.set_aside(0.2, seed=5)
+    kept, held, whole = train.load(), aside.load(), union.load()
+    assert len(kept) + len(held) == len(whole) and 0.1 < len(held) / len(whole) < 0.3
+    assert sorted(map(bytes, np.concatenate([kept.x["numeric"], held.x["numeric"]]))) == sorted(
+        map(bytes, whole.x["numeric"])
+    )
+    assert [len(p) for p in aside.parts] == [len(p.load()) for p in aside.parts]
+    _same(StoredRows.of(store, ids, "holdout").set_aside(0.2, 5)[0].load(), StoredRows.of(store, ids, "holdout").load())

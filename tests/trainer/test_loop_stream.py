@@ -63,6 +63,17 @@ def test_many_small_buffers_still_learn() -> None:
     assert accuracy > 0.9
 
 
+def test_patience_stops_on_validation_rows_and_restores_the_best_epoch() -> None:
+    x, y = _data(2000)
+    vx, vy = _data(400, seed=3)
+    vy = 1 - vy  # a validation set the training makes worse: the best epoch is an early one
+    model = build_model(ModelSpec((16,)), 6, 2, seed=0)
+    config = LoopConfig(epochs=60, batch_size=64, patience=3)
+    result = train_stream(model, _pieces(x, y, 500), config, buffer_rows=1000, validation=(vx, vy, None))
+    assert result.stopped == "patience" and result.best_epoch is not None and result.best_epoch <= 3
+    assert len(result.epoch_loss) == result.best_epoch + 3
+
+
 def test_a_failing_source_surfaces_its_error_and_patience_is_refused() -> None:
     def broken(epoch: int):
         x, y = _data(100)
