@@ -97,7 +97,8 @@ class StoredRows:
         return groups
 
     def sampled(self, fraction: float, seed: int) -> StoredRows:
-        """These rows with only `fraction` of each chunk kept (fractions multiply)."""
+        """These rows, each kept with probability `fraction` by a draw `seed` fixes (fractions
+        multiply; the draw replaces the earlier one)."""
         return self if fraction >= 1 else replace(self, fraction=self.fraction * fraction, seed=seed)
 
     def __len__(self) -> int:
@@ -109,8 +110,9 @@ class StoredRows:
         return tuple(int(self._mask(b).sum()) for b in self.batch_ids)
 
     def _mask(self, batch_id: str) -> np.ndarray:
-        """Which of a batch's rows this part keeps: its side of the holdout split and, with
-        `fraction` < 1, each row with that probability (drawn in blocks, seeded)."""
+        """Which of a batch's rows this part keeps: its side of the holdout split (and of the
+        validation set-aside), with `fraction` < 1 each row with that probability (drawn in
+        blocks, seeded), and only this shard's row groups."""
         n = int(self.store.batch_info(batch_id)["rows"])
         held = holdout_mask(batch_id, n, self.store.meta.holdout_fraction)
         keep = held if self.part == "holdout" else ~held
