@@ -78,7 +78,11 @@ class StreamEvent:
         drift = self.drift.get(name)
         on_it = f"current model on it: {name} {drift:.3f}" if drift is not None else ""
         parts = [f"batch {self.batch}, {self.rows} rows", on_it]
-        fired = [n for n, d in self.triggers.items() if d.get("fire")]
+        fired = [
+            n + (f" ({', '.join(d['because'])})" if d.get("because") else "")
+            for n, d in self.triggers.items()
+            if d.get("fire")
+        ]
         if self.triggers and list(self.triggers) != ["always"]:
             parts.append(f"trigger: {', '.join(fired) if fired else 'none'} fired")
         if self.version:
