@@ -387,7 +387,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_stream(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
-    from continual_trainer.trainer.executor import make_executor
+    from continual_trainer.trainer.executor import deferred_executor
     from continual_trainer.trainer.stream import DEFAULT_CANDIDATES, Policy, run_stream
     from continual_trainer.trainer.tracking import mirror_for
     from continual_trainer.trainer.triggers import TriggerSet
@@ -405,7 +405,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
         scale=not args.fixed_settings,
     )
     mirror = mirror_for(args.mlflow, args.store)
-    executor = make_executor(ray=_where_flag(args, True if args.policy == "best" else None))
+    executor = deferred_executor(ray=_where_flag(args, True if args.policy == "best" else None))
 
     def on_event(event: Any) -> None:
         if mirror is not None:

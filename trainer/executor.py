@@ -182,6 +182,44 @@ class LocalExecutor:
         return load_candidate(store, version).predict(schema.inputs(table), schema.n_classes)
 
 
+class Deferred:
+    """An executor made the first time work needs it, so that a stream that finds nothing new
+    starts no Ray; until then `where` says where work would run."""
+
+    def __init__(self, make: Callable[[], Executor], planned: str) -> None:
+        self._make, self._planned = make, planned
+        self._made: Executor | None = None
+
+    def _get(self) -> Executor:
+        if self._made is None:
+            self._made = self._make()
+        return self._made
+
+    @property
+    def where(self) -> str:
+        return self._made.where if self._made is not None else self._planned
+
+    def run(self, *args: Any, **kwargs: Any) -> list[Outcome]:
+        return self._get().run(*args, **kwargs)
+
+    def sweep(self, *args: Any, **kwargs: Any) -> None:
+        self._get().sweep(*args, **kwargs)
+
+    def score(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        return self._get().score(*args, **kwargs)
+
+
+def deferred_executor(ray: bool | None = None, *, actors: int = 0) -> Executor:
+    """`make_executor`, with Ray joined or started only when work first needs it."""
+    if ray is None:
+        ray = bool(os.environ.get("RAY_ADDRESS"))
+    if not ray:
+        return LocalExecutor()
+    address = os.environ.get("RAY_ADDRESS")
+    planned = f"the Ray cluster at {address}" if address else "a local Ray (started when a file needs it)"
+    return Deferred(lambda: make_executor(ray=True, actors=actors), planned)
+
+
 def make_executor(ray: bool | None = None, *, actors: int = 0) -> Executor:
     """This process, or Ray.
 

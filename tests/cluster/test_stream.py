@@ -27,3 +27,19 @@ def test_best_policy_trains_candidates_on_actors(ray_cluster, tiny_store: str, t
     assert record["version"] == event.version
     assert os.path.isdir(Path(tiny_store, "models", event.version))
     assert Store.open(tiny_store).stream_marker(event.sha256)["version"] == event.version
+
+
+@pytest.mark.ray
+def test_a_stream_starts_ray_only_when_a_file_needs_it(ray_cluster, tiny_store: str, tmp_path: Path, capsys) -> None:
+    from continual_trainer.trainer.cli import main
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    argv = ["stream", "--store", tiny_store, "--inbox", str(inbox), "--once", "--policy", "best", "--json"]
+    argv += ["--candidates", "finetune_new,fresh_all", "--set", "epochs=2"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["executor"] == "a local Ray (started when a file needs it)"
+    pq.write_table(make_table(seed=41, shift=0.5), inbox / "n.parquet")
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["executor"].startswith(("a local Ray started here", "the Ray cluster at")) and len(out["events"]) == 1
