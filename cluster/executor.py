@@ -53,14 +53,14 @@ class RayExecutor:
         in_pieces = isinstance(data.new, StoredRows)
         shipped = ray.put(data) if in_pieces else None
         outcomes: list[Outcome] = []
+        model = None
         for i, job in enumerate(jobs):  # each data-parallel job uses the whole cluster in turn
             if i in parallel and in_pieces:  # above the memory budget the driver holds no rows nor scores
                 packed = runtime.get(coordinate.remote(shipped, current, job, dict(extra_eval or {})))
                 outcomes.append(packed if isinstance(packed, Failure) else packed.unpack())
-            elif i in parallel:
-                outcomes.append(run_job(data, current.load(), job, extra_eval, fit=fit_parallel))
             else:
-                outcomes.append(run_job(data, current.load(), job, extra_eval))
+                model = current.load() if model is None else model
+                outcomes.append(run_job(data, model, job, extra_eval, fit=fit_parallel if i in parallel else None))
             if on_done:
                 on_done(i, outcomes[-1])
         return outcomes

@@ -75,6 +75,11 @@ class StoredRows:
     def sharded(self, index: int, count: int) -> StoredRows:
         return replace(self, shard=(index, count))
 
+    def per_batch(self) -> Iterator[StoredRows]:
+        """These rows batch by batch, each as its own `StoredRows`."""
+        for batch_id, order in zip(self.batch_ids, self.orders, strict=True):
+            yield replace(self, batch_ids=(batch_id,), orders=(order,))
+
     def set_aside(self, validation: float, seed: int) -> tuple[StoredRows, StoredRows]:
         """These training rows without a `validation` share drawn by `seed`, and that share."""
         kept = replace(self, validation=validation, validation_seed=seed)
@@ -113,7 +118,7 @@ class StoredRows:
         """Which of a batch's rows this part keeps: its side of the holdout split (and of the
         validation set-aside), with `fraction` < 1 each row with that probability (drawn in
         blocks, seeded), and only this shard's row groups."""
-        n = int(self.store.batch_info(batch_id)["rows"])
+        n = self.store.batch_rows(batch_id)
         held = holdout_mask(batch_id, n, self.store.meta.holdout_fraction)
         keep = held if self.part == "holdout" else ~held
         if self.validation > 0 and self.part != "holdout":
@@ -202,11 +207,7 @@ class StoredUnion:
         return out
 
     def chunks(self, shuffle_seed: int | None = None) -> Iterator[Rows]:
-        singles = [
-            replace(p, batch_ids=(b,), orders=(o,))
-            for p in self.parts
-            for b, o in zip(p.batch_ids, p.orders, strict=True)
-        ]
+        singles = [single for p in self.parts for single in p.per_batch()]
         if shuffle_seed is not None:
             rng = np.random.default_rng(stable_seed("pass", shuffle_seed))
             singles = [singles[i] for i in rng.permutation(len(singles))]

@@ -131,6 +131,7 @@ class Store:
 
     def __init__(self, uri: str, fs: pafs.FileSystem, root: str, meta: StoreMeta | None) -> None:
         self._fs = fs
+        self._rows: dict[str, int] = {}
         self._root = root.rstrip("/")
         self._local = isinstance(fs, pafs.LocalFileSystem)
         self._conditional = None if self._local else S3Conditional.for_uri(uri)
@@ -255,6 +256,12 @@ class Store:
         if not (isinstance(info, dict) and isinstance(info.get("sha256"), str) and isinstance(info.get("rows"), int)):
             raise UserError(f"{self.display}: {rel} is damaged (expected an object with sha256 and rows)")
         return info
+
+    def batch_rows(self, batch_id: str) -> int:
+        """A committed batch's row count, read once per store object (batches never change)."""
+        if batch_id not in self._rows:
+            self._rows[batch_id] = int(self.batch_info(batch_id)["rows"])
+        return self._rows[batch_id]
 
     def find_batch(self, digest: str) -> str | None:
         """The committed batch holding exactly these bytes (by sha256), if any."""

@@ -630,12 +630,7 @@ def train(
             stopped = "budget"
             break
     best_epoch = stopper.restore() if stopper is not None else None
-    if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in trainable):  # the last steps overflowed
-        raise TrainingDiverged(
-            f"training diverged: the weights became infinite or NaN (learning_rate {config.learning_rate:g}); "
-            f"nothing was saved. Lower the learning rate or scale the features (the largest |value| is "
-            f"{_largest(x):.3g})"
-        )
+    _check_finite(trainable, config, f" (the largest |value| is {_largest(x):.3g})")
     return TrainResult(np.concatenate(losses), time.perf_counter() - start, state, stopped, best_epoch)
 
 
@@ -722,12 +717,19 @@ def train_stream(
             break
     assert compiled is not None
     best_epoch = stopper.restore() if stopper is not None else None
-    if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in compiled.trainable):
+    _check_finite(compiled.trainable, config)
+    return TrainResult(np.asarray(losses, np.float32), time.perf_counter() - start, compiled.state, stopped, best_epoch)
+
+
+def _check_finite(weights: list[Any], config: LoopConfig, hint: str = "") -> None:
+    """TrainingDiverged if the last steps overflowed the weights."""
+    import tensorflow as tf
+
+    if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in weights):
         raise TrainingDiverged(
             f"training diverged: the weights became infinite or NaN (learning_rate {config.learning_rate:g}); "
-            "nothing was saved. Lower the learning rate or scale the features"
+            f"nothing was saved. Lower the learning rate or scale the features{hint}"
         )
-    return TrainResult(np.asarray(losses, np.float32), time.perf_counter() - start, compiled.state, stopped, best_epoch)
 
 
 def _buffers(pieces: Iterator[Piece], buffer_rows: int) -> Iterator[Piece]:

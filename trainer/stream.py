@@ -344,23 +344,12 @@ def _triggered(
     gain = previous.get("update_gain") if ours else None
     event.judged_by = data.parent
     manifest = store.manifest(data.parent)
-    learned = sum(_batch_rows(store, b) for b in manifest.batches_seen)
+    learned = sum(store.batch_rows(b) for b in manifest.batches_seen)
     observation = observe(data, current, rows, pred, since, policy.seed, manifest, gain, learned)
     fire, decisions = policy.triggers.decide(observation, states)
     event.triggers = {name: d.to_json() for name, d in decisions.items()}
     event.since_update = since
     return fire, TriggerSet.window(decisions)
-
-
-_BATCH_ROWS: dict[tuple[str, str], int] = {}
-
-
-def _batch_rows(store: Store, batch: str) -> int:
-    """A batch's row count (batches never change once committed, so it is read once)."""
-    key = (store.uri, batch)
-    if key not in _BATCH_ROWS:
-        _BATCH_ROWS[key] = int(store.batch_info(batch)["rows"])
-    return _BATCH_ROWS[key]
 
 
 def latest(data: UpdateData, window: int) -> UpdateData:

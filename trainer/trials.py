@@ -5,7 +5,6 @@ Nothing here touches files or Ray: a trial may run in any process.
 
 from __future__ import annotations
 
-import dataclasses
 import resource
 import time
 from collections.abc import Mapping, Sequence
@@ -72,17 +71,17 @@ def scored(
             if bad:
                 metrics["nonfinite_rows"] = float(bad)
             pred, y = parts["predicted" if n_classes else "pred"], parts["y"]
-            hit = (pred == y).astype(float) if n_classes else (pred - y) ** 2
         else:
             pred, y, order = candidate.predict(rows.x, n_classes), rows.y, rows.order
             metrics = score(pred, y)
-            hit = (pred.argmax(axis=1) == y).astype(float) if n_classes else (pred - y) ** 2
         for metric, value in metrics.items():
             out[f"{name}_{metric}"] = value
         if name == "holdout":
             holdout_pred, holdout_y = pred, y
             if batch_ids:  # the first metric alone, in NumPy: one per batch adds up over a long stream
                 first = "rmse" if n_classes == 0 else "accuracy"
+                classes = pred.argmax(axis=1) if pred.ndim == 2 else pred  # probabilities or classes
+                hit = (classes == y).astype(float) if n_classes else (pred - y) ** 2
                 for o in np.unique(order):
                     value = float(hit[order == o].mean())
                     out[f"batch_{batch_ids[int(o)]}_{first}"] = value**0.5 if n_classes == 0 else value
@@ -100,10 +99,10 @@ def _parts_in_pieces(
     each batch is predicted once per `cache` (the holdout and its old and new parts share it)."""
     out, orders, bad = [], [], 0
     for part in rows.parts if isinstance(rows, StoredUnion) else (rows,):
-        for batch, order in zip(part.batch_ids, part.orders, strict=True):
-            key = (part.part, batch, part.fraction, part.seed, part.shard)
+        for single in part.per_batch():
+            order = single.orders[0]
+            key = (single.part, single.batch_ids[0], single.fraction, single.seed, single.shard, single.validation)
             if key not in cache:
-                single = dataclasses.replace(part, batch_ids=(batch,), orders=(order,))
                 pieces, missing = [], 0
                 for chunk in single.chunks():
                     pred, nonfinite = finite(candidate.predict(chunk.x, n_classes), chunk.y)

@@ -108,12 +108,12 @@ def load_update_data(
         raise NothingNew(f"no new batches since version {parent}; nothing to update (add some with `ctrain ingest`)")
     state = store.manifest(parent).state.get("files", {})
     old_train = params is None or any(reads_old(p, state) for p in params)
-    need = training_bytes(store, (old_ids if old_train else []) + new_ids)
+    need = 0 if memory_budget is None else training_bytes(store, (old_ids if old_train else []) + new_ids)
     if memory_budget is not None and need > memory_budget:
         if not in_pieces:
             able = ", ".join(strategies.names(in_pieces=True))
             raise UserError(
-                f"the training rows need about {_gib(need)} in memory, over --memory-budget {_gib(memory_budget)}, "
+                f"the training rows need about {_size(need)} in memory, over --memory-budget {_size(memory_budget)}, "
                 "and this strategy trains on rows in memory only; raise --memory-budget, or use one that "
                 f"reads the store in pieces: {able}"
             )
@@ -148,7 +148,7 @@ def training_bytes(store: Store, batch_ids: Sequence[str]) -> int:
     per_row = 8  # the label and the batch order
     for info in store.schema.input_spec().values():
         per_row += (64 if info.dtype == "string" else 4) * int(np.prod(info.shape, dtype=np.int64))
-    rows = sum(int(store.batch_info(b)["rows"]) for b in batch_ids) * (1 - store.meta.holdout_fraction)
+    rows = sum(store.batch_rows(b) for b in batch_ids) * (1 - store.meta.holdout_fraction)
     return int(rows * per_row * COPIES)
 
 
@@ -160,7 +160,7 @@ def default_memory_budget() -> int:
         return 4 << 30
 
 
-def _gib(n: float) -> str:
+def _size(n: float) -> str:
     """A size in the largest binary unit that keeps it at least 1 (e.g. `1.25 GiB`, `10 KiB`)."""
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
