@@ -299,7 +299,8 @@ def _make_dense_fn(
     def step_loss(weights: list[Any], xb: Any, yb: Any) -> Any:
         return per_row(yb, _forward(shapes, weights, xb))
 
-    return _epochs_fn(step_loss, lambda weights: [weights[i] for i in train_idx], optimizer, weighted, extra_loss)
+    pick = lambda weights: [weights[i] for i in train_idx]  # noqa: E731
+    return _epochs_fn(step_loss, pick, optimizer, weighted, extra_loss, autograph=False)
 
 
 # -- the general path: any Keras model, through its own call ------------------------------------
@@ -358,6 +359,7 @@ def _epochs_fn(
     weighted: bool,
     extra_loss: ExtraLoss | None,
     regularization: Callable[[Any], list[Any]] | None = None,
+    autograph: bool = True,
 ) -> Any:
     """A `tf.function` running `n_epochs` epochs: shuffle, batch, loss, gradients, optimizer step.
 
@@ -389,23 +391,26 @@ def _epochs_fn(
                 grad=g,
             )
 
-    @tf.function(reduce_retracing=True)
+    # The loops are written as `tf.while_loop`s, so the fast path (our own Python) needs no
+    # AutoGraph conversion, which costs more than a second per process; a model's own call
+    # (the general path) may branch on tensors and keeps it.
+    @tf.function(reduce_retracing=True, autograph=autograph)
     def run_epochs(weights, slots, x, y, w, first_epoch, n_epochs, seed, batch_size, hp):
         n = tf.shape(y)[0]
         steps = (n + batch_size - 1) // batch_size
         params = weights if pick_trainable is None else pick_trainable(weights)
         lr, b1, b2 = tf.unstack(hp)
-        losses = tf.TensorArray(tf.float32, size=n_epochs)
-        for e in tf.range(n_epochs):
+
+        def epoch(e: Any, losses: Any) -> tuple[Any, Any]:
             perm = tf.argsort(tf.random.stateless_uniform([n], seed=tf.stack([seed, first_epoch + e])))
-            xs = tf.nest.map_structure(lambda t: tf.gather(t, perm), x)  # noqa: B023 - used at once
+            xs = tf.nest.map_structure(lambda t: tf.gather(t, perm), x)
             ys = tf.gather(y, perm)
             ws = tf.gather(w, perm) if weighted else w
-            total = tf.constant(0.0)
-            for s in tf.range(steps):
+
+            def step(s: Any, total: Any) -> tuple[Any, Any]:
                 a = s * batch_size
                 b = tf.minimum(a + batch_size, n)
-                xb = tf.nest.map_structure(lambda t: t[a:b], xs)  # noqa: B023 - used at once, in this step
+                xb = tf.nest.map_structure(lambda t: t[a:b], xs)
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(params)
                     rows = step_loss(weights, xb, ys[a:b])
@@ -418,8 +423,13 @@ def _epochs_fn(
                         loss += extra_loss(params)
                 grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, params)]
                 apply(params, grads, slots, lr, b1, b2)
-                total += loss
-            losses = losses.write(e, total / tf.cast(steps, tf.float32))
+                return s + 1, total + loss
+
+            _, total = tf.while_loop(lambda s, _: s < steps, step, (tf.constant(0), tf.constant(0.0)))
+            return e + 1, losses.write(e, total / tf.cast(steps, tf.float32))
+
+        start = (tf.constant(0), tf.TensorArray(tf.float32, size=n_epochs))
+        _, losses = tf.while_loop(lambda e, _: e < n_epochs, epoch, start)
         return losses.stack()
 
     return run_epochs
@@ -436,6 +446,7 @@ class _Compiled:
     state: OptimizerState
     hp: Any
     dense: bool
+    traced: bool = False
 
     def tensor(self, x: np.ndarray | Mapping[str, np.ndarray]) -> Any:
         import tensorflow as tf
@@ -496,17 +507,13 @@ def _run(
     """`k` epochs of the compiled function over `args` (inputs, targets, weights): their losses."""
     import tensorflow as tf
 
+    scalars = (tf.constant(epoch), tf.constant(k), tf.constant(seed % 2**31), tf.constant(config.batch_size))
     try:
-        out = compiled.fn(
-            compiled.weights,
-            compiled.state.slots,
-            *args,
-            tf.constant(epoch),
-            tf.constant(k),
-            tf.constant(seed % 2**31),
-            tf.constant(config.batch_size),
-            compiled.hp,
-        ).numpy()
+        if not compiled.traced:  # one trace for any number of rows: buffers and rounds differ in length
+            relaxed = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), args)
+            compiled.fn.get_concrete_function(compiled.weights, compiled.state.slots, *relaxed, *scalars, compiled.hp)
+            compiled.traced = True
+        out = compiled.fn(compiled.weights, compiled.state.slots, *args, *scalars, compiled.hp).numpy()
     except (TypeError, ValueError, NotImplementedError, tf.errors.OpError) as exc:
         if done:
             raise
@@ -681,7 +688,7 @@ def train_stream(
     stopper: _Stopper | None = None
     for epoch in range(config.epochs):
         total, rows = 0.0, 0
-        for b, (x, y, w) in enumerate(_prefetched(_buffers(passes(epoch), buffer_rows))):
+        for b, (x, y, w) in enumerate(prefetched(_buffers(passes(epoch), buffer_rows))):
             if compiled is None:
                 mode, units, given = label_mode(model, y, task), output_units(model), w is not None
                 scaled = mode == "mse" and target_std != 1.0  # the error in label standard deviations
@@ -764,7 +771,7 @@ def _join(parts: list[Piece]) -> Piece:
 _END = object()
 
 
-def _prefetched(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
+def prefetched(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
     """`items`, produced by a background thread up to `depth` ahead (reading Parquet and
     joining arrays release the GIL, so they overlap the compiled training)."""
     out: queue.Queue[Any] = queue.Queue(maxsize=depth)
