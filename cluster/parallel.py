@@ -11,7 +11,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +26,7 @@ from continual_trainer.cluster.runtime import get, kill, pin_threads
 from continual_trainer.data.chunks import StoredUnion
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
+from continual_trainer.data.storage import trust, verified
 from continual_trainer.strategies.base import TrainParams, training_set
 from continual_trainer.strategies.ensemble import combine
 from continual_trainer.trainer.candidate import Candidate
@@ -39,9 +43,14 @@ def _shards(n_rows: int, n: int, seed: int) -> list[np.ndarray]:
 
 @ray.remote
 class ShardTrainer:
-    """A model copy training on one shard, `steps` at a time, keeping its optimizer state."""
+    """A model copy training on one shard, `steps` at a time, keeping its optimizer state.
+    It starts empty (TensorFlow loaded), so it can start while the coordinator prepares the
+    shards; `begin` gives it its work."""
 
-    def __init__(
+    def __init__(self) -> None:
+        pin_threads()
+
+    def begin(
         self,
         model: bytes,
         rows: Rows | StoredUnion,
@@ -49,10 +58,13 @@ class ShardTrainer:
         config: LoopConfig,
         seed: int,
         task: tuple[str, float],
+        checked: frozenset[tuple[Any, ...]] = frozenset(),
     ) -> None:
-        pin_threads()
+        """Take a shard: `checked` are batch files the coordinator checked against their sha256
+        (so each is hashed once per job, not once per actor)."""
         from continual_trainer.trainer.models import from_bytes
 
+        trust(checked)
         self.model = from_bytes(model)
         self.task, self.target_std = task
         self.config = config
@@ -109,56 +121,86 @@ class _Shuffled:
 
 
 class _StoredStream:
-    """The next rows of a shard left in the store, read a chunk at a time: passes over its row
-    groups in an order fixed by the seed and the pass, each chunk's rows shuffled."""
+    """The next rows of a shard left in the store, read a chunk at a time by a thread while
+    the actor trains: passes over its row groups in an order fixed by the seed and the pass,
+    each chunk's rows shuffled."""
 
     def __init__(self, rows: StoredUnion, weights: Any, seed: int) -> None:
+        from continual_trainer.trainer.loop import prefetched
+
         self.rows, self.weights, self.seed = rows, weights, seed
-        self.rng = np.random.default_rng(seed)
-        self.passes = 0
-        self.pieces = iter(())
+        self.pieces = prefetched(self._passes(), depth=2)
         self.pending: list[Rows] = []
+
+    def _passes(self) -> Any:
+        rng = np.random.default_rng(self.seed)
+        for n in itertools.count():
+            read = 0
+            for piece in self.rows.chunks(shuffle_seed=self.seed * 1_000_003 + n):
+                read += len(piece)
+                yield piece.take(rng.permutation(len(piece)))
+            if not read:
+                raise UserError("an actor's shard has no rows")
 
     def take(self, n: int) -> tuple[Rows, np.ndarray | None]:
         have = sum(len(p) for p in self.pending)
         while have < n:
-            piece = next(self.pieces, None)
-            if piece is None:
-                self.pieces = iter(self.rows.chunks(shuffle_seed=self.seed * 1_000_003 + self.passes))
-                self.passes += 1
-                continue
-            self.pending.append(piece.take(self.rng.permutation(len(piece))))
-            have += len(piece)
-        rows = Rows.concat(self.pending)
-        out, rest = rows.take(np.arange(n)), rows.take(np.arange(n, len(rows)))
+            self.pending.append(next(self.pieces))
+            have += len(self.pending[-1])
+        rows = Rows.concat(self.pending) if len(self.pending) > 1 else self.pending[0]
+        out, rest = rows.view(0, n), rows.view(n, len(rows))
         self.pending = [rest] if len(rest) else []
         return out, None if self.weights is None else self.weights(out.order)
 
 
+def start_trainers(n: int) -> list[Any]:
+    """`n` shard trainers, starting (each loads TensorFlow on a CPU of its own)."""
+    return [ShardTrainer.options(num_cpus=1, memory=ACTOR_MEMORY).remote() for _ in range(n)]
+
+
 def finetune_averaged(
-    data: UpdateData, current: Candidate, params: TrainParams, seed: int, *, actors: int, sync_steps: int
-) -> Candidate:
-    """Fine-tune the current (single) network on `actors` shards with model averaging."""
+    data: UpdateData,
+    current: Candidate,
+    params: TrainParams,
+    seed: int,
+    *,
+    actors: int,
+    sync_steps: int,
+    trainers: list[Any] | None = None,
+) -> tuple[Candidate, float]:
+    """Fine-tune the current (single) network on `actors` shards with model averaging; return
+    it and the seconds until every actor had its shard (included in the training time).
+    `trainers` (from `start_trainers`) are used if given, and killed in any case."""
     from continual_trainer.trainer.models import clone, model_classes, to_bytes
 
-    if len(current.members) != 1:
-        raise UserError(
-            f"--actors: data-parallel fine-tuning needs a single network; current has {len(current.members)} members"
-        )
-    if data.n_classes and model_classes(current.members[0]) < data.n_classes:
-        raise UserError("the current model lacks the store's new classes; fine-tuning cannot add outputs")
-    rows, weights = training_set(data.inputs(current, seed), params)
-    config = params.loop_config()
-    model_ref = ray.put(to_bytes(current.members[0]))
-    parts = list(_parts(rows, weights, actors, seed))
-    trainers = [
-        ShardTrainer.options(num_cpus=1, memory=ACTOR_MEMORY).remote(model_ref, part, w, config, seed + i, _task(data))
-        for i, (part, w) in enumerate(parts)
-    ]
-    sizes = np.array([len(part) for part, _ in parts], np.float64)
-    total = params.epochs * math.ceil(max(sizes) / config.batch_size)
+    began = time.perf_counter()
+    pool = trainers or start_trainers(actors)
     averaged, done = None, 0
     try:
+        if len(current.members) != 1:
+            members = len(current.members)
+            raise UserError(
+                f"--actors: data-parallel fine-tuning needs a single network; current has {members} members"
+            )
+        if data.n_classes and model_classes(current.members[0]) < data.n_classes:
+            raise UserError("the current model lacks the store's new classes; fine-tuning cannot add outputs")
+        rows, weights = training_set(data.inputs(current, seed), params)
+        config = params.loop_config()
+        model_ref = ray.put(to_bytes(current.members[0]))
+        parts = list(_parts(rows, weights, actors, seed))
+        if isinstance(rows, StoredUnion):  # checked here while the actors start, not by each of them
+            rows.verify()
+        checked = verified()
+        trainers = pool[: len(parts)]  # fewer shards than actors: fewer row groups than actors
+        get(
+            [
+                t.begin.remote(model_ref, part, w, config, seed + i, _task(data), checked)
+                for i, (t, (part, w)) in enumerate(zip(trainers, parts, strict=True))
+            ]
+        )
+        started = time.perf_counter() - began
+        sizes = np.array([len(part) for part, _ in parts], np.float64)
+        total = params.epochs * math.ceil(max(sizes) / config.batch_size)
         while done < total:
             k = min(sync_steps, total - done)
             copies = get([t.steps.remote(averaged, k) for t in trainers])
@@ -167,10 +209,10 @@ def finetune_averaged(
             ]
             done += k
     finally:
-        kill(trainers)
+        kill(pool)
     model = clone(current.members[0])
     model.set_weights(averaged)
-    return Candidate.single(model)
+    return Candidate.single(model), started
 
 
 def _parts(rows: Any, weights: Any, actors: int, seed: int) -> Any:
@@ -193,8 +235,11 @@ def _task(data: UpdateData) -> tuple[str, float]:
 
 
 @ray.remote(num_cpus=1)
-def _fit_member(data: UpdateData, rows: Rows | StoredUnion, weights: Any, config: LoopConfig, seed: int) -> bytes:
+def _fit_member(
+    data: UpdateData, rows: Rows | StoredUnion, weights: Any, config: LoopConfig, seed: int, checked: frozenset
+) -> bytes:
     pin_threads()
+    trust(checked)
     from continual_trainer.strategies.base import passes_over
     from continual_trainer.trainer.loop import train, train_stream
     from continual_trainer.trainer.models import build_model, feed, to_bytes
@@ -217,8 +262,10 @@ def bagged_ensemble(data: UpdateData, current: Candidate, params: Any, seed: int
     inputs = data.inputs(current, seed)
     rows, weights = training_set(inputs, params)
     shipped = ray.put(data)
+    if isinstance(rows, StoredUnion):
+        rows.verify()  # once here, not by each actor
     refs = [
-        _fit_member.options(memory=ACTOR_MEMORY).remote(shipped, part, w, params.loop_config(), seed + i)
+        _fit_member.options(memory=ACTOR_MEMORY).remote(shipped, part, w, params.loop_config(), seed + i, verified())
         for i, (part, w) in enumerate(_parts(rows, weights, actors, seed))
     ]
     members = tuple(from_bytes(b) for b in get(refs))
@@ -231,19 +278,30 @@ def coordinate(
 ) -> PackedResult | Failure:
     """Run a data-parallel job from a worker: the shards' actors, the averaging and the scoring
     happen off the driver, which gets the scored candidate back as bytes. It takes no CPU of
-    its own (it waits on the actors that do)."""
-    return PackedResult.pack(run_job(data, current.load(), job, extra_eval, fit=fit_parallel))
+    its own (it waits on the actors that do). Averaging actors start first, loading
+    TensorFlow while this worker loads the current model."""
+    early = start_trainers(job.actors) if job.strategy.can.data_parallel == "averaging" and job.sync_steps >= 1 else []
+    try:
+        fit = functools.partial(fit_parallel, trainers=early)
+        return PackedResult.pack(run_job(data, current.load(), job, extra_eval, fit=fit))
+    finally:
+        kill(early)
 
 
-def fit_parallel(data: UpdateData, current: Candidate, job: Job) -> tuple[Candidate, dict[str, Any]]:
+def fit_parallel(
+    data: UpdateData, current: Candidate, job: Job, trainers: list[Any] | None = None
+) -> tuple[Candidate, dict[str, Any]]:
     """Train `job` data-parallel on `job.actors` actors, the way its strategy declares; return
-    the candidate and how it ran (for the manifest)."""
+    the candidate and how it ran (for the manifest). Averaging uses `trainers` if started."""
     mode = job.strategy.can.data_parallel
     if mode == "averaging":
         if job.sync_steps < 1:
             raise UserError(f"--sync-steps must be >= 1, got {job.sync_steps}")
-        candidate = finetune_averaged(data, current, job.params, job.seed, actors=job.actors, sync_steps=job.sync_steps)
-        return candidate, {"mode": "model_averaging", "actors": job.actors, "sync_steps": job.sync_steps}
+        candidate, started = finetune_averaged(
+            data, current, job.params, job.seed, actors=job.actors, sync_steps=job.sync_steps, trainers=trainers
+        )
+        how = {"mode": "model_averaging", "actors": job.actors, "sync_steps": job.sync_steps}
+        return candidate, {**how, "start_seconds": round(started, 2)}
     if mode == "bagging":
         candidate = bagged_ensemble(data, current, job.params, job.seed, actors=job.actors)
         return candidate, {"mode": "bagging", "actors": job.actors}

@@ -198,6 +198,13 @@ class StoredUnion:
         pairs = [p.set_aside(validation, seed) for p in self.parts]
         return StoredUnion(tuple(a for a, _ in pairs)), StoredUnion(tuple(b for _, b in pairs))
 
+    def verify(self) -> None:
+        """Check every part's batch files against their sha256 now (`Store.open_batch`), e.g.
+        once for the actors that will read them (`data.storage.verified`)."""
+        for part in self.parts:
+            for batch_id in part.batch_ids:
+                part.store.open_batch(batch_id).close()
+
     def rows_by_order(self) -> dict[int, int]:
         """How many rows come from each batch (by ingestion order), without reading them."""
         out: dict[int, int] = {}

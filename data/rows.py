@@ -63,6 +63,10 @@ class Rows:
     def take(self, index: np.ndarray) -> Rows:
         return Rows({name: a[index] for name, a in self.x.items()}, self.y[index], self.order[index])
 
+    def view(self, start: int, stop: int) -> Rows:
+        """Rows `start` to `stop` (exclusive), sharing these rows' arrays (no copy)."""
+        return Rows({name: a[start:stop] for name, a in self.x.items()}, self.y[start:stop], self.order[start:stop])
+
     def matrix(self) -> np.ndarray:
         """The numeric and tensor inputs flattened side by side as one float matrix (for
         models outside the network, such as a domain classifier); strings are left out."""

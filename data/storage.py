@@ -35,7 +35,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,18 @@ def utc_stamp() -> str:
     """A sortable UTC time stamp with milliseconds, fit for file names."""
     now = dt.datetime.now(dt.timezone.utc)
     return now.strftime("%Y%m%d-%H%M%S-") + f"{now.microsecond // 1000:03d}"
+
+
+def verified() -> frozenset[tuple[Any, ...]]:
+    """The batch files this process has checked against their sha256 (see `Store.open_batch`),
+    to hand to workers that read the same files (`trust`)."""
+    return frozenset(_VERIFIED)
+
+
+def trust(files: Iterable[tuple[Any, ...]]) -> None:
+    """Count batch files another process of this job checked (`verified`) as checked; a file
+    changed since, in size or modification time, is checked again."""
+    _VERIFIED.update(files)
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ def test_model_averaging_matches_single_process_accuracy(ray_cluster, tmp_path: 
     averaged = _json(capsys.readouterr().out)
     assert abs(averaged["metrics"]["holdout_accuracy"] - local["metrics"]["holdout_accuracy"]) <= 0.02
     manifest = Store.open(store).manifest(averaged["version"])
+    started = manifest.execution.pop("start_seconds")
+    assert 0 < started <= manifest.train_seconds
     assert manifest.execution == {"mode": "model_averaging", "actors": 2, "sync_steps": 20}
     assert Store.open(store).manifest(local["version"]).execution == {"mode": "local"}
 
