@@ -30,7 +30,7 @@ from continual_trainer.data.storage import trust, verified
 from continual_trainer.strategies.base import TrainParams, training_set
 from continual_trainer.strategies.ensemble import combine
 from continual_trainer.trainer.candidate import Candidate
-from continual_trainer.trainer.executor import Failure, Job, run_job
+from continual_trainer.trainer.executor import Failure, Job, WorkFailed, run_job
 from continual_trainer.trainer.loop import LoopConfig
 from continual_trainer.trainer.updatedata import UpdateData
 from continual_trainer.trainer.versions import StoredCandidate
@@ -59,9 +59,11 @@ class ShardTrainer:
         seed: int,
         task: tuple[str, float],
         checked: frozenset[tuple[Any, ...]] = frozenset(),
+        resume: tuple[int, int] = (0, 0),
     ) -> None:
         """Take a shard: `checked` are batch files the coordinator checked against their sha256
-        (so each is hashed once per job, not once per actor)."""
+        (so each is hashed once per job, not once per actor); `resume` (rounds, steps) done by
+        an actor this one replaces: its rows of those steps are passed over, in the same order."""
         from continual_trainer.trainer.models import from_bytes
 
         trust(checked)
@@ -72,7 +74,9 @@ class ShardTrainer:
         self.source = (
             _StoredStream(rows, weights, seed) if isinstance(rows, StoredUnion) else _Shuffled(rows, weights, seed)
         )
-        self.rounds = 0
+        self.rounds, skip = resume[0], resume[1] * config.batch_size
+        while skip > 0:
+            skip -= len(self.source.take(min(skip, SKIP_ROWS))[0])
         self.state: Any = None
 
     def steps(self, weights: list[np.ndarray] | None, steps: int) -> list[np.ndarray]:
@@ -153,6 +157,10 @@ class _StoredStream:
         return out, None if self.weights is None else self.weights(out.order)
 
 
+SKIP_ROWS = 65_536  # rows passed over at a time by a replacement actor
+REPLACEMENTS = 2  # actors replaced per job before model averaging gives up
+
+
 def start_trainers(n: int) -> list[Any]:
     """`n` shard trainers, starting (each loads TensorFlow on a CPU of its own)."""
     return [ShardTrainer.options(num_cpus=1, memory=ACTOR_MEMORY).remote() for _ in range(n)]
@@ -167,10 +175,16 @@ def finetune_averaged(
     actors: int,
     sync_steps: int,
     trainers: list[Any] | None = None,
-) -> tuple[Candidate, float]:
+) -> tuple[Candidate, float, int]:
     """Fine-tune the current (single) network on `actors` shards with model averaging; return
-    it and the seconds until every actor had its shard (included in the training time).
-    `trainers` (from `start_trainers`) are used if given, and killed in any case."""
+    it, the seconds until every actor had its shard (included in the training time) and how
+    many actors died and were replaced (a replacement starts from the last average, with a
+    fresh optimizer state, and passes over the rows its shard has trained on). `trainers`
+    (from `start_trainers`) are used if given, and killed in any case.
+
+    Raises:
+        WorkFailed: actors died more than `REPLACEMENTS` times.
+    """
     from continual_trainer.trainer.models import clone, model_classes, to_bytes
 
     began = time.perf_counter()
@@ -192,27 +206,43 @@ def finetune_averaged(
             rows.verify()
         checked = verified()
         trainers = pool[: len(parts)]  # fewer shards than actors: fewer row groups than actors
-        get(
-            [
-                t.begin.remote(model_ref, part, w, config, seed + i, _task(data), checked)
-                for i, (t, (part, w)) in enumerate(zip(trainers, parts, strict=True))
-            ]
-        )
+
+        def begin(i: int, trainer: Any, resume: tuple[int, int] = (0, 0)) -> Any:
+            part, w = parts[i]
+            return trainer.begin.remote(model_ref, part, w, config, seed + i, _task(data), checked, resume)
+
+        get([begin(i, t) for i, t in enumerate(trainers)])
         started = time.perf_counter() - began
         sizes = np.array([len(part) for part, _ in parts], np.float64)
         total = params.epochs * math.ceil(max(sizes) / config.batch_size)
+        replaced, rounds = 0, 0
         while done < total:
             k = min(sync_steps, total - done)
-            copies = get([t.steps.remote(averaged, k) for t in trainers])
+            refs = [t.steps.remote(averaged, k) for t in trainers]
+            copies = []
+            for i, ref in enumerate(refs):
+                while True:
+                    try:
+                        copies.append(get(ref))
+                        break
+                    except ray.exceptions.RayActorError as exc:  # its process or node died: replace it
+                        replaced += 1
+                        if replaced > REPLACEMENTS:
+                            what = type(exc).__name__
+                            raise WorkFailed(f"model averaging: actors died {replaced} times ({what})") from None
+                        trainers[i] = start_trainers(1)[0]
+                        pool.append(trainers[i])
+                        begin(i, trainers[i], (rounds, done))  # passes over its shard's rows up to here
+                        ref = trainers[i].steps.remote(averaged, k)
             averaged = [
                 np.average(np.stack(ws), axis=0, weights=sizes).astype(ws[0].dtype) for ws in zip(*copies, strict=True)
             ]
-            done += k
+            done, rounds = done + k, rounds + 1
     finally:
         kill(pool)
     model = clone(current.members[0])
     model.set_weights(averaged)
-    return Candidate.single(model), started
+    return Candidate.single(model), started, replaced
 
 
 def _parts(rows: Any, weights: Any, actors: int, seed: int) -> Any:
@@ -297,11 +327,11 @@ def fit_parallel(
     if mode == "averaging":
         if job.sync_steps < 1:
             raise UserError(f"--sync-steps must be >= 1, got {job.sync_steps}")
-        candidate, started = finetune_averaged(
+        candidate, started, replaced = finetune_averaged(
             data, current, job.params, job.seed, actors=job.actors, sync_steps=job.sync_steps, trainers=trainers
         )
         how = {"mode": "model_averaging", "actors": job.actors, "sync_steps": job.sync_steps}
-        return candidate, {**how, "start_seconds": round(started, 2)}
+        return candidate, {**how, "start_seconds": round(started, 2), **({"replaced": replaced} if replaced else {})}
     if mode == "bagging":
         candidate = bagged_ensemble(data, current, job.params, job.seed, actors=job.actors)
         return candidate, {"mode": "bagging", "actors": job.actors}

@@ -68,14 +68,19 @@ def describe() -> str:
 
 
 def get(refs: Any) -> Any:
-    """`ray.get`, with a user's mistake raised on a worker turned back into the same UserError."""
+    """`ray.get`, with a user's mistake raised on a worker turned back into the same UserError,
+    and work that failed there (`WorkFailed`) into WorkFailed."""
     import ray
+
+    from continual_trainer.trainer.executor import WorkFailed
 
     try:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, UserError):
             raise UserError(str(exc.cause)) from None
+        if isinstance(exc.cause, WorkFailed):
+            raise WorkFailed(str(exc.cause)) from None
         raise
 
 

@@ -71,6 +71,11 @@ def utc_stamp() -> str:
     return now.strftime("%Y%m%d-%H%M%S-") + f"{now.microsecond // 1000:03d}"
 
 
+def _reopened(uri: str, meta: StoreMeta) -> Store:
+    fs, root = resolve(uri)
+    return Store(uri, fs, root, meta)
+
+
 def verified() -> frozenset[tuple[Any, ...]]:
     """The batch files this process has checked against their sha256 (see `Store.open_batch`),
     to hand to workers that read the same files (`trust`)."""
@@ -151,6 +156,11 @@ class Store:
         self._cleaned: set[str] = set()
         self.uri = self._root if "://" not in uri else uri
         self.meta = meta  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A store crosses to other processes (Ray workers) as its URI and metadata, and
+        connects anew there (an S3 store's client cannot be pickled)."""
+        return (_reopened, (self.uri, self.meta))
 
     # -- opening ---------------------------------------------------------------------------
 

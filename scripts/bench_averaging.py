@@ -63,7 +63,7 @@ def main() -> None:
         single = run_strategy(data, current, strategy, params, 0, {"test": test})
         connect(num_cpus=2)
         start = time.perf_counter()
-        averaged, _ = finetune_averaged(data, current, params, 0, actors=2, sync_steps=args.sync_steps)
+        averaged, *_ = finetune_averaged(data, current, params, 0, actors=2, sync_steps=args.sync_steps)
         averaged = score_candidate(data, current, averaged, time.perf_counter() - start, {"test": test})
     rows = len(data.old) + len(data.new)
     print(f"finetune_all, {args.epochs} epochs, {rows:,} training rows; holdout {len(data.holdout):,} rows")

@@ -17,12 +17,12 @@ from continual_trainer.trainer.commands import ingest_files, init_store
 from continual_trainer.trainer.loop import LoopConfig
 
 
-def _drift_store(tmp_path: Path, n: int = 3000, row_group: int | None = None) -> str:
+def _drift_store(tmp_path: Path, n: int = 3000, row_group: int | None = None, uri: str | None = None) -> str:
     from sklearn.datasets import make_classification
 
     x, y = make_classification(n_samples=2 * n, n_features=10, n_informative=6, random_state=5)
     x[n:, :3] += 0.8
-    uri = str(tmp_path / "store")
+    uri = uri or str(tmp_path / "store")
     for name, part in (("old", slice(0, n)), ("new", slice(n, None))):
         cols = {f"x{i}": x[part, i] for i in range(10)}
         table = pa.table({**cols, "y": y[part].astype(np.int64)})
@@ -82,6 +82,19 @@ def test_above_the_memory_budget_each_actor_reads_its_own_row_groups(ray_cluster
     spec = {"strategies": ["finetune_all", "fresh_new"], "params": {"epochs": 3}, "seeds": [0]}
     swept = ct.open_store(store).sweep(spec, ray=True, memory_budget="1KB")
     assert swept.finished == 2 and not swept.failures
+
+
+@pytest.mark.ray
+def test_an_altered_batch_stops_the_actors_before_anything_is_written(ray_cluster, tmp_path: Path, capsys) -> None:
+    store = _drift_store(tmp_path, n=600, row_group=100)
+    path = tmp_path / "store" / "batches" / Store.open(store).batch_ids()[1] / "data.parquet"
+    pq.write_table(pq.read_table(path).slice(1), path, row_group_size=100)  # valid Parquet, not the stored file
+    versions = Store.open(store).versions()
+    argv = ["update", "--store", store, "--strategy", "finetune_all", "--memory-budget", "1KB", "--json"]
+    for strategy in ("finetune_all", "ensemble_all"):  # averaging and bagging: checked once, by the coordinator
+        assert main([*argv, "--strategy", strategy, "--actors", "2"]) == 2
+        assert "fails its sha256 check" in capsys.readouterr().err
+    assert Store.open(store).versions() == versions
 
 
 @pytest.mark.ray

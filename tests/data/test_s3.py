@@ -159,3 +159,13 @@ def test_an_update_above_the_memory_budget_reads_an_s3_store_in_pieces(s3_store:
     assert pieces["current_metrics"] == memory["current_metrics"]  # the holdout, read from S3 a chunk at a time
     assert abs(pieces["metrics"]["holdout_accuracy"] - memory["metrics"]["holdout_accuracy"]) < 0.1
     check_store(s3_store)
+
+
+def test_an_s3_store_crosses_to_other_processes_as_its_uri(s3_store: str) -> None:
+    import pickle
+
+    store = Store.open(s3_store)
+    copy = pickle.loads(pickle.dumps(store))  # as Ray ships it to a worker: a fresh S3 client there
+    assert copy.uri == store.uri and copy.meta == store.meta
+    assert copy.batch_ids() == store.batch_ids() and copy.current() == store.current()
+    assert copy.read_batch(copy.batch_ids()[0]) == store.read_batch(store.batch_ids()[0])
