@@ -285,6 +285,7 @@ class ModelStore:
         max_flip_rate: float | None = None,
         promote_on: str = "holdout",
         scale: bool = True,
+        memory_budget: int | str | None = None,
         **params: Any,
     ) -> list[dict[str, Any]]:
         """Process every Parquet file in `inbox` not processed before, once each (as `ctrain
@@ -299,6 +300,7 @@ class ModelStore:
             promote_on: what candidates are ranked and promoted on (`holdout` or `new`).
             scale: above 5,000 training rows, size batch, learning rate, early stopping and a
                 time budget to the rows (parameters given here are kept as given).
+            memory_budget: as `update`'s: above it the candidates read the store a chunk at a time.
             **params: strategy parameters, for each strategy of the policy that has them.
         """
         from dataclasses import asdict
@@ -310,7 +312,10 @@ class ModelStore:
 
         triggers = TriggerSet.parse(trigger, trigger_params, combine)
         gate = Gate(max_forgetting, max_flip_rate)
-        chosen = Policy(policy, candidates or DEFAULT_CANDIDATES, seed, params, gate, triggers, promote_on, scale)
+        budget = _budget(memory_budget)
+        chosen = Policy(
+            policy, candidates or DEFAULT_CANDIDATES, seed, params, gate, triggers, promote_on, scale, budget
+        )
         with self._reporting("stream"):
             events = run_stream(self.uri, inbox, chosen, make_executor(ray=ray), once=True)
         if self._mirror is not None:

@@ -403,6 +403,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
         triggers=triggers,
         on=args.promote_on,
         scale=not args.fixed_settings,
+        memory_budget=args.memory_budget,
     )
     mirror = mirror_for(args.mlflow, args.store)
     executor = deferred_executor(ray=_where_flag(args, True if args.policy == "best" else None))
@@ -561,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     gated(c)
     judged(c)
     tracked(c)
+    budgeted(c)
     where(c, "Ray for --policy best, else this process")
 
     c = command("init", cmd_init, "create a store from a first batch and train its first model")

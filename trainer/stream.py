@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 
 from continual_trainer import strategies
 from continual_trainer.data.batches import ingest_bytes
+from continual_trainer.data.chunks import StoredRows
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import Manifest
 from continual_trainer.data.parquet import redact, resolve
@@ -36,7 +37,7 @@ from continual_trainer.trainer.loop import LoopConfig
 from continual_trainer.trainer.promotion import commit
 from continual_trainer.trainer.trials import JUDGED_ON, TrialResult, holdout_metrics
 from continual_trainer.trainer.triggers import Observation, TriggerSet, per_row_loss
-from continual_trainer.trainer.updatedata import UpdateData, load_update_data, with_old_rows
+from continual_trainer.trainer.updatedata import UpdateData, default_memory_budget, load_update_data, with_old_rows
 from continual_trainer.trainer.versions import stored_candidate
 
 DEFAULT_CANDIDATES = ("finetune_new", "finetune_all", "fresh_all", "ensemble_all")
@@ -105,6 +106,8 @@ class Policy:
         on: what candidates are ranked and promoted on: `holdout` (every seen batch's
             held-out rows) or `new` (the new batches' only; for data that drifts).
         scale: size each candidate's training settings to its rows (see `scaled`).
+        memory_budget: bytes an update's training rows may take in memory (default a quarter
+            of the machine's); above it the candidates read the store a chunk at a time.
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class Policy:
         triggers: TriggerSet | None = None,
         on: str = "holdout",
         scale: bool = True,
+        memory_budget: int | None = None,
     ) -> None:
         if on not in JUDGED_ON:
             raise UserError(f"--promote-on {on}: choose one of {', '.join(JUDGED_ON)}")
@@ -139,6 +143,8 @@ class Policy:
         ]
         self.user_keys = frozenset(values)
         self.scale = scale
+        self.memory_budget = default_memory_budget() if memory_budget is None else memory_budget
+        self.in_pieces = all(job.strategy.can.in_pieces for job in self.jobs)
 
     def sized(self, data: UpdateData) -> list[Job]:
         """The jobs with settings scaled to the rows each trains on (see `scaled`), unless
@@ -272,9 +278,9 @@ def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent) -
     if event.batch in store.manifest(current_version).batches_seen:
         event.status, event.reason = "seen", f"already learned by {current_version}"
         return
-    data = load_update_data(store, params=[])  # the old batches' holdout, the new rows
-    new = Rows.concat([data.new, data.new_holdout])
-    rows = new.take(new.order == store.batch_ids().index(event.batch))  # this file's rows: the drift signal
+    # The old batches' holdout and the new rows (left in the store above the memory budget).
+    data = load_update_data(store, params=[], memory_budget=policy.memory_budget, in_pieces=policy.in_pieces)
+    rows = _file_rows(store, data, event.batch)  # this file's rows: the drift signal
     current = stored_candidate(store, data.parent).load()
     pred = current.predict(rows.x, data.n_classes)
     event.drift = score(pred, rows.y)
@@ -284,7 +290,7 @@ def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent) -
         event.reason = "the model stays"
         return
     if any(reads_old(job.params, store.manifest(data.parent).state.get("files", {})) for job in policy.jobs):
-        data = with_old_rows(store, data)
+        data = with_old_rows(store, data, policy.memory_budget, policy.in_pieces)
     if window is not None and window < len(data.new_ids):
         data = latest(data, window)
         event.learned = list(data.new_ids[-window:])
@@ -352,10 +358,30 @@ def _triggered(
     return fire, TriggerSet.window(decisions)
 
 
+def _file_rows(store: Store, data: UpdateData, batch: str) -> Rows:
+    """One new batch's rows, training then held-out (one file: read into memory in any case)."""
+    if isinstance(data.new, StoredRows):
+        return Rows.concat([StoredRows.of(store, [batch], part).load() for part in ("train", "holdout")])
+    new = Rows.concat([data.new, data.new_holdout])
+    return new.take(new.order == data.batch_ids.index(batch))
+
+
 def latest(data: UpdateData, window: int) -> UpdateData:
     """The update's data with only the latest `window` new batches' rows as new, to learn and to
     be judged on; the ones before become old data (seen, learned only by a strategy that
     learns old data)."""
+    if isinstance(data.new, StoredRows):  # left in the store: the same, by batch
+        quiet, store = data.new_ids[:-window], data.new.store
+        old_train = [*(data.old.batch_ids if isinstance(data.old, StoredRows) else ()), *quiet]
+        return dataclasses.replace(
+            data,
+            old_ids=data.old_ids + quiet,
+            new_ids=data.new_ids[-window:],
+            old=StoredRows.of(store, old_train),
+            old_holdout=StoredRows.of(store, data.old_ids + quiet, "holdout"),
+            new=StoredRows.of(store, data.new_ids[-window:]),
+            new_holdout=StoredRows.of(store, data.new_ids[-window:], "holdout"),
+        )
     position = {b: i for i, b in enumerate(data.batch_ids)}
     keep = [position[b] for b in data.new_ids[-window:]]
     new, new_holdout = np.isin(data.new.order, keep), np.isin(data.new_holdout.order, keep)
@@ -392,7 +418,9 @@ def observe(
     made the current version gained on its new batches' holdout (see `update_gain`)."""
     std = data.target[1] if data.target else 1.0
     reference = data.old_holdout
-    if manifest is not None and len(reference):
+    if isinstance(reference, StoredRows):  # left in the store: read the newest learned batches' only
+        reference = _stored_reference(reference, manifest)
+    elif manifest is not None and len(reference):
         position = {b: i for i, b in enumerate(data.batch_ids)}
         keep = np.zeros(len(reference), bool)
         for batch in reversed(manifest.batches_seen):
@@ -412,6 +440,19 @@ def observe(
         last_gain,
         learned_rows,
     )
+
+
+def _stored_reference(holdout: StoredRows, manifest: Manifest | None) -> Rows:
+    """`observe`'s reference read from the store: the held-out rows of the newest batches the
+    current model learned, at least REFERENCE_ROWS of them where there are."""
+    chosen, count = set(), 0
+    for part in reversed(list(holdout.per_batch())):
+        learned = manifest is None or part.batch_ids[0] in manifest.batches_seen
+        if learned and (manifest is None or count < REFERENCE_ROWS):
+            chosen.add(part.batch_ids[0])
+            count += len(part)
+    kept = [b for b in holdout.batch_ids if b in chosen] or list(holdout.batch_ids)  # none learned: all
+    return StoredRows.of(holdout.store, kept, "holdout").load()
 
 
 def run_stream(

@@ -108,19 +108,8 @@ def load_update_data(
         raise NothingNew(f"no new batches since version {parent}; nothing to update (add some with `ctrain ingest`)")
     state = store.manifest(parent).state.get("files", {})
     old_train = params is None or any(reads_old(p, state) for p in params)
-    need = 0 if memory_budget is None else training_bytes(store, (old_ids if old_train else []) + new_ids)
-    if memory_budget is not None and need > memory_budget:
-        if not in_pieces:
-            able = ", ".join(strategies.names(in_pieces=True))
-            raise UserError(
-                f"the training rows need about {_size(need)} in memory, over --memory-budget {_size(memory_budget)}, "
-                "and this strategy trains on rows in memory only; raise --memory-budget, or use one that "
-                f"reads the store in pieces: {able}"
-            )
-        old = StoredRows.of(store, old_ids if old_train else [])
-        new = StoredRows.of(store, new_ids)
-        old_holdout = StoredRows.of(store, old_ids, "holdout")
-        new_holdout = StoredRows.of(store, new_ids, "holdout")
+    if _over_budget(store, (old_ids if old_train else []) + new_ids, memory_budget, in_pieces):
+        old, new, old_holdout, new_holdout = _left_in_store(store, old_ids if old_train else [], old_ids, new_ids)
     else:
         old, old_holdout = load_rows(store, old_ids, train=old_train)
         new, new_holdout = load_rows(store, new_ids)
@@ -168,10 +157,44 @@ def _size(n: float) -> str:
     return f"{int(n)} bytes"
 
 
-def with_old_rows(store: Store, data: UpdateData) -> UpdateData:
-    """`data` with the old batches' training rows, for data loaded without them."""
+def _over_budget(store: Store, train_ids: Sequence[str], memory_budget: int | None, in_pieces: bool) -> bool:
+    """Whether these batches' training rows are to be left in the store: they need more memory
+    than the budget. UserError if so and the strategies cannot train in pieces."""
+    need = 0 if memory_budget is None else training_bytes(store, train_ids)
+    if memory_budget is None or need <= memory_budget:
+        return False
+    if not in_pieces:
+        able = ", ".join(strategies.names(in_pieces=True))
+        raise UserError(
+            f"the training rows need about {_size(need)} in memory, over --memory-budget {_size(memory_budget)}, "
+            "and this strategy trains on rows in memory only; raise --memory-budget, or use one that "
+            f"reads the store in pieces: {able}"
+        )
+    return True
+
+
+def _left_in_store(
+    store: Store, old_train: Sequence[str], old_ids: Sequence[str], new_ids: Sequence[str]
+) -> tuple[StoredRows, StoredRows, StoredRows, StoredRows]:
+    """The old training, new training, old held-out and new held-out rows, left in the store."""
+    return (
+        StoredRows.of(store, old_train),
+        StoredRows.of(store, new_ids),
+        StoredRows.of(store, old_ids, "holdout"),
+        StoredRows.of(store, new_ids, "holdout"),
+    )
+
+
+def with_old_rows(
+    store: Store, data: UpdateData, memory_budget: int | None = None, in_pieces: bool = False
+) -> UpdateData:
+    """`data` with the old batches' training rows, for data loaded without them: in memory, or
+    left in the store (all of the update's rows) if the budget calls for it (as `load_update_data`)."""
     if len(data.old) or not data.old_ids:
         return data
+    if isinstance(data.new, StoredRows) or _over_budget(store, data.old_ids + data.new_ids, memory_budget, in_pieces):
+        old, new, old_holdout, new_holdout = _left_in_store(store, data.old_ids, data.old_ids, data.new_ids)
+        return replace(data, old=old, new=new, old_holdout=old_holdout, new_holdout=new_holdout)
     return replace(data, old=load_rows(store, data.old_ids)[0])
 
 

@@ -27,6 +27,12 @@ def test_best_policy_trains_candidates_on_actors(ray_cluster, tiny_store: str, t
     assert record["version"] == event.version
     assert os.path.isdir(Path(tiny_store, "models", event.version))
     assert Store.open(tiny_store).stream_marker(event.sha256)["version"] == event.version
+    # Above the memory budget the candidates' actors read the store themselves.
+    pq.write_table(make_table(seed=41, shift=0.6), inbox / "o.parquet")
+    pieces = Policy("best", ["finetune_all", "ensemble_all"], values={"epochs": "3"}, memory_budget=1000)
+    (event,) = run_stream(tiny_store, str(inbox), pieces, RayExecutor(), once=True)
+    assert event.status in ("updated", "kept") and len(event.candidates) == 2
+    assert all("accuracy" in c["holdout"] for c in event.candidates)
 
 
 @pytest.mark.ray

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -373,3 +374,36 @@ def test_stream_settings_scale_with_the_rows_unless_the_user_set_them() -> None:
     assert (kept.batch_size, kept.learning_rate, kept.patience, kept.max_seconds) == (64, 0.01, 2, 6.0)
     keep = strategies.get("keep").make_params()
     assert scaled(keep, 55_000, 6.0) is keep
+
+
+def test_a_stream_above_its_memory_budget_decides_and_learns_the_same_from_the_store(
+    store_of_table0: str, tmp_path: Path, capsys
+) -> None:
+    inbox = _stream_inbox(tmp_path, flips=2)
+    copy = str(tmp_path / "copy")
+    shutil.copytree(store_of_table0, copy)
+    argv = ["stream", "--inbox", str(inbox), "--once", "--policy", "finetune_all", "--set", "epochs=5"]
+    argv += ["--trigger", "performance", "--trigger-set", "grow=0", "--json"]
+    capsys.readouterr()
+    assert main([*argv, "--store", store_of_table0]) == 0
+    memory = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["events"]
+    assert main([*argv, "--store", copy, "--memory-budget", "1KB"]) == 0  # the candidates read the store
+    pieces = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["events"]
+    same = ("status", "drift", "triggers", "since_update", "learned")
+    for m, p in zip(memory[:6], pieces[:6], strict=True):  # up to and with the update: the same decisions
+        assert {k: p[k] for k in same} == {k: m[k] for k in same}
+    assert pieces[5]["status"] in ("updated", "kept") and pieces[5]["learned"] == [pieces[5]["batch"]]
+    ours, theirs = (
+        Store.open(copy).manifest(pieces[5]["version"]),
+        Store.open(store_of_table0).manifest(memory[5]["version"]),
+    )
+    assert ours.batches_trained == theirs.batches_trained  # the quiet files learned as old data, read in pieces
+    assert abs(ours.metrics["holdout_accuracy"] - theirs.metrics["holdout_accuracy"]) < 0.05
+    # A policy with a strategy that cannot read the store in pieces fails that file in one line.
+    more = tmp_path / "more"
+    more.mkdir()
+    pq.write_table(make_table(n=200, seed=9), more / "g.parquet")
+    bad = ["stream", "--store", copy, "--inbox", str(more), "--once", "--policy", "replay", "--memory-budget", "1KB"]
+    assert main([*bad, "--json"]) == 2
+    error = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+    assert "update failed" in error and "over --memory-budget" in error and "finetune_all" in error
