@@ -185,12 +185,14 @@ def train_rows(
     config: LoopConfig,
     weights: np.ndarray | Callable[[np.ndarray], np.ndarray] | None,
     seed_offset: int = 0,
+    spread: tuple[Rows, np.ndarray] | None = None,
     **loop: Any,
 ) -> None:
     """Train `model` in place on `rows` with the loop settings of `config` and the update's
     seed and task; `loop` passes more to `trainer.loop.train` (a penalty, a logit match).
     Rows left in the store (`data.chunks`) are read a chunk at a time (`loop.train_stream`),
-    with `weights` then a function of the rows' batch order, or None."""
+    with `weights` then a function of the rows' batch order, or None, and `spread` rows held
+    in memory with their weights mixed into every pass (see `passes_over`)."""
     if isinstance(rows, StoredUnion | StoredRows):
         seed, settings = inputs.seed + seed_offset, config.loop()
         validation = None
@@ -201,7 +203,7 @@ def train_rows(
             validation = (feed(model, held.x), held.y, None if weights is None else weights(held.order))
         train_stream(
             model,
-            passes_over(model, rows, weights, seed),
+            passes_over(model, rows, weights, seed, spread),
             settings,
             seed=seed,
             task="regression" if inputs.regression else "classification",
@@ -210,6 +212,9 @@ def train_rows(
             **loop,
         )
         return
+    if spread is not None:  # in memory: simply more rows
+        w = np.ones(len(rows), np.float32) if weights is None else np.asarray(weights, np.float32)
+        rows, weights = Rows.concat([rows, spread[0]]), np.concatenate([w, spread[1]])
     train(
         model,
         feed(model, rows.x),
@@ -228,12 +233,30 @@ def passes_over(
     rows: StoredRows | StoredUnion,
     weights: Callable[[np.ndarray], np.ndarray] | None,
     seed: int,
+    spread: tuple[Rows, np.ndarray] | None = None,
 ) -> Callable[[int], Iterator[Any]]:
     """For `loop.train_stream`: each epoch a pass over stored rows in an order fixed by the seed
-    and the epoch, as the model's inputs, labels and weights (a function of the rows' batch)."""
+    and the epoch, as the model's inputs, labels and weights (a function of the rows' batch).
+
+    `spread`: rows held in memory with their weights (a replay memory), mixed into every pass
+    evenly: each chunk takes its share of them, in an order fixed by the seed and the epoch,
+    so a pass sees each once and every buffer a few, as shuffled in memory."""
 
     def passes(epoch: int) -> Iterator[Any]:
+        extra = None if spread is None or not len(spread[0]) else spread
+        order = np.random.default_rng([seed, epoch, 7]).permutation(len(extra[0])) if extra else None
+        total, seen, taken = max(len(rows), 1), 0, 0
         for piece in rows.chunks(shuffle_seed=seed * 1_000_003 + epoch):
-            yield feed(model, piece.x), piece.y, None if weights is None else weights(piece.order)
+            w = None if weights is None else weights(piece.order)
+            if extra is not None and order is not None:
+                seen += len(piece)
+                upto = round(len(order) * min(seen / total, 1.0))
+                share, taken = order[taken:upto], max(taken, upto)
+                w = np.ones(len(piece), np.float32) if w is None else w
+                piece, w = Rows.concat([piece, extra[0].take(share)]), np.concatenate([w, extra[1][share]])
+            yield feed(model, piece.x), piece.y, w
+        if extra is not None and order is not None and taken < len(order):  # fewer rows read than counted
+            rest = order[taken:]
+            yield feed(model, extra[0].take(rest).x), extra[0].y[rest], extra[1][rest]
 
     return passes

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from continual_trainer.data.chunks import StoredRows, StoredUnion
+from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
 from continual_trainer.strategies.base import FinetuneRecipe, TrainParams, UpdateInputs, train_rows, training_set
 from continual_trainer.strategies.memory import SELECTIONS, Memory, has_memory, logits_of, pad_logits, select
@@ -92,25 +94,53 @@ def _memory(inputs: UpdateInputs, params: MemoryOptions, logits: bool) -> Memory
     memory = Memory.from_state(inputs.current.state)
     if memory is not None and (memory.logits is not None or not logits):
         return memory
+    if memory is None and isinstance(inputs.old, StoredRows | StoredUnion):  # offered a chunk at a time
+        return _offered(None, inputs.old, params, inputs.seed + 3)
     old = inputs.old if memory is None else memory.rows
     stored = logits_of(inputs.current.members[0], old.x, inputs.regression) if logits else None
     return select(None, old, params.memory_size, params.selection, inputs.seed + 3, stored)
 
 
+def _weight_pair(n_new: int, n_memory: int, ratio: float) -> tuple[float, float]:
+    """The weights of a new row and of a memory row that give the memory rows `ratio` of the
+    loss, with mean 1 over all the rows."""
+    memory = ratio * n_new / ((1 - ratio) * n_memory) if n_memory and n_new else 1.0
+    mean = (n_new + memory * n_memory) / max(n_new + n_memory, 1)
+    return 1.0 / mean, memory / mean
+
+
 def _weights(n_new: int, n_memory: int, ratio: float) -> np.ndarray:
     """Row weights giving the memory rows `ratio` of the loss, with mean 1."""
-    w = np.ones(n_new + n_memory, np.float32)
-    if n_memory and n_new:
-        w[n_new:] = ratio * n_new / ((1 - ratio) * n_memory)
-    return w / w.mean()
+    new, memory = _weight_pair(n_new, n_memory, ratio)
+    return np.concatenate([np.full(n_new, new, np.float32), np.full(n_memory, memory, np.float32)])
 
 
-@register("replay", ReplayParams, "fine-tune on new rows + a bounded memory of old rows", CONTINUAL)
+def _offered(memory: Memory | None, rows: StoredRows | StoredUnion, params: MemoryOptions, seed: int) -> Memory:
+    """The memory after rows left in the store were offered to it a chunk at a time (each
+    chunk as `select` offers a batch: the reservoir stays uniform over every row offered;
+    `class_balanced` balances what it has kept with each chunk)."""
+    for i, chunk in enumerate(rows.chunks()):
+        memory = select(memory, chunk, params.memory_size, params.selection, seed + 7919 * i)
+    if memory is None:
+        raise UserError("replay: there are no rows to fill the memory with")
+    return memory
+
+
+REPLAY = Capabilities(learns_new_classes=True, in_pieces=True)
+
+
+@register("replay", ReplayParams, "fine-tune on new rows + a bounded memory of old rows", REPLAY)
 def replay(inputs: UpdateInputs, params: ReplayParams) -> Candidate:
     """Experience replay: the memory's rows join each epoch; the new version keeps a memory
-    updated with the new rows."""
+    updated with the new rows. New rows left in the store are read a chunk at a time, the
+    memory's rows spread over each pass, and offered to the memory chunk by chunk."""
     model = with_classes(single_network(inputs, "replay"), inputs.n_classes, inputs.seed, "replay")
     memory = _memory(inputs, params, logits=False)
+    if isinstance(inputs.new, StoredRows | StoredUnion):
+        new, old = _weight_pair(len(inputs.new), len(memory), params.replay_ratio)
+        spread = (memory.rows, np.full(len(memory), old, np.float32))
+        train_rows(model, inputs, inputs.new, params, lambda o: np.full(len(o), new, np.float32), spread=spread)
+        return Candidate((model,), (1.0,), _offered(memory, inputs.new, params, inputs.seed + 4).to_state())
     rows = Rows.concat([inputs.new, memory.rows])
     train_rows(model, inputs, rows, params, _weights(len(inputs.new), len(memory), params.replay_ratio))
     kept = select(memory, inputs.new, params.memory_size, params.selection, inputs.seed + 4)

@@ -45,8 +45,16 @@ SCRIPT = textwrap.dedent("""
 
     if kill:
         threading.Thread(target=kill_a_shard_trainer, daemon=True).start()
-    code = main(["update", "--store", store, "--strategy", strategy, "--actors", "2", "--memory-budget", "1KB",
-                 "--sync-steps", "5", "--set", "epochs=20", "--set", "batch_size=32", "--promote", "never", "--json"])
+    if strategy == "sweep":  # Ray Tune trials, each reading the store itself
+        import continual_trainer as ct
+        spec = {"strategies": ["finetune_all", "fresh_new"], "params": {"epochs": 3}, "seeds": [0]}
+        swept = ct.open_store(store).sweep(spec, ray=True, memory_budget="1KB")
+        print(json.dumps({"finished": swept.finished, "failures": len(swept.failures)}))
+        code = 0
+    else:
+        code = main(["update", "--store", store, "--strategy", strategy, "--actors", "2", "--memory-budget", "1KB",
+                     "--sync-steps", "5", "--set", "epochs=20", "--set", "batch_size=32", "--promote", "never",
+                     "--json"])
     print(json.dumps({"exit_code": code, "killed": len(killed)}))
     ray.shutdown()
     cluster.shutdown()
@@ -81,11 +89,13 @@ def test_actors_on_two_nodes_read_a_shared_folder_and_survive_a_killed_actor(tmp
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_actors_on_two_nodes_read_a_store_on_s3(s3_server, tmp_path: Path) -> None:
+def test_actors_and_trials_on_two_nodes_read_a_store_on_s3(s3_server, tmp_path: Path) -> None:
     store = _drift_store(tmp_path, n=1500, row_group=250, uri=s3_server())
     for strategy, mode in (("finetune_all", "model_averaging"), ("ensemble_all", "bagging")):
         outcome, run = _update_on_two_nodes(store, strategy, kill=False)
         assert run == {"exit_code": 0, "killed": 0}
         assert Store.open(store).manifest(outcome["version"]).execution["mode"] == mode
         assert outcome["metrics"]["holdout_accuracy"] > 0.8
+    swept, run = _update_on_two_nodes(store, "sweep", kill=False)
+    assert run["exit_code"] == 0 and swept == {"finished": 2, "failures": 0}
     check_store(store)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -124,4 +125,36 @@ def test_a_sweep_above_the_budget_reads_the_store_in_pieces(stores, capsys) -> N
     assert result.finished == 3 and not result.failures
     assert store.last_outcome is not None and store.last_outcome.strategy in ("keep", "finetune_all", "fresh_new")
     with pytest.raises(UserError, match="over --memory-budget"):
-        ct.open_store(stores[1]).sweep({"strategies": ["finetune_all", "replay"], "seeds": [0]}, memory_budget="1KB")
+        ct.open_store(stores[1]).sweep({"strategies": ["finetune_all", "der"], "seeds": [0]}, memory_budget="1KB")
+
+
+def test_replay_above_the_budget_streams_the_new_rows_and_keeps_its_memory(stores, capsys, monkeypatch) -> None:
+    from continual_trainer.data.storage import Store
+    from continual_trainer.strategies.memory import Memory
+    from continual_trainer.trainer.versions import stored_candidate
+
+    def replay(uri: str, *extra: str) -> dict:
+        capsys.readouterr()
+        argv = ["update", "--store", uri, "--strategy", "replay", "--set", "epochs=10", "--json", *extra]
+        assert main(argv) == 0
+        return json.loads(capsys.readouterr().out)
+
+    in_memory = replay(stores[0], "--set", "memory_size=150")
+    monkeypatch.setattr(base, "train", lambda *a, **k: pytest.fail("the rows were trained in memory"))
+    pieces = replay(stores[1], "--set", "memory_size=150", "--memory-budget", "1KB")
+    a, b = in_memory["metrics"]["holdout_accuracy"], pieces["metrics"]["holdout_accuracy"]
+    assert b > 0.75 and abs(a - b) < 0.05, (a, b)
+    seen = []
+    for uri, outcome in ((stores[0], in_memory), (stores[1], pieces)):
+        store = Store.open(uri)
+        memory = Memory.from_state(stored_candidate(store, outcome["version"]).load().state)
+        assert memory is not None and len(memory) == 150
+        # Filled from the old batch, then offered the new ones: rows of every batch.
+        assert set(np.unique(memory.rows.order)) == {0, 1, 2}
+        seen.append(memory.seen)
+    assert seen[0] == seen[1] > 1500  # every training row offered, in memory or a chunk at a time
+    # The next update replays the memory the version keeps (its old rows are not read: see reads_old).
+    more = Path(stores[1]).parent / "more.parquet"
+    pq.write_table(make_table(n=400, seed=7), more, row_group_size=100)
+    assert main(["ingest", "--store", stores[1], str(more)]) == 0
+    replay(stores[1], "--set", "memory_size=150", "--memory-budget", "1KB")
