@@ -18,7 +18,11 @@ two actors, their start, also printed: one actor is started before the clock), r
 second, holdout accuracy and the whole command's seconds; then the in-pieces
 path's throughput as a share of the in-memory path's, and two actors' against one's.
 
-Run: .venv/bin/python scripts/bench_scale.py [--sizes 1,4] [--modes "in memory;in pieces"]
+With `--bound`, also the averaging actors' own code without Ray: one shard trainer (of two)
+alone, then two at once in two processes, each with one TensorFlow thread: what the cores allow
+two actors, before Ray's rounds.
+
+Run: .venv/bin/python scripts/bench_scale.py [--sizes 1,4] [--modes "in memory;in pieces"] [--bound]
 (`--sizes 1,4,16` for the issue's figures; 16 million rows take about 1.4 GB of disk per copy.)
 """
 
@@ -125,17 +129,69 @@ def measure(store: str, millions: int, mode: str) -> tuple:
     return (millions, mode, peak, actor_peak, seconds, trained / seconds, accuracy, wall, started)
 
 
+SHARD = """
+import sys, time
+import pyarrow as pa
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+pa.set_cpu_count(1)
+from continual_trainer import strategies
+from continual_trainer.cluster import parallel
+from continual_trainer.data.storage import Store
+from continual_trainer.strategies.base import training_set
+from continual_trainer.trainer.models import to_bytes
+from continual_trainer.trainer.updatedata import load_update_data
+from continual_trainer.trainer.versions import stored_candidate
+store = Store.open(sys.argv[1])
+params = strategies.get("finetune_all").make_params({"epochs": 1, "batch_size": 1024})
+data = load_update_data(store, params=[params], memory_budget=1, in_pieces=True)
+current = stored_candidate(store, store.current()).load()
+rows, weights = training_set(data.inputs(current, 0), params)
+part, w = list(parallel._parts(rows, weights, 2, 0))[int(sys.argv[2])]
+parallel.pin_threads = lambda: 1  # pinned above, as Ray pins an actor's
+trainer = parallel.ShardTrainer.__ray_metadata__.modified_class()  # the actor's code, in this process
+trainer.begin(to_bytes(current.members[0]), part, w, params.loop_config(), 0, ("classification", 1.0))
+steps, done, averaged = -(-len(part) // 1024), 0, None
+began, cpu = time.perf_counter(), time.process_time()
+while done < steps:
+    averaged = trainer.steps(averaged, min(100, steps - done))
+    done += 100
+print(len(part), time.perf_counter() - began, time.process_time() - cpu)
+"""
+
+
+def shard_bound(store: str) -> tuple[float, float, float]:
+    """Model averaging's work without Ray: one shard trainer (of two) alone, then both at once
+    in two processes, each with one TensorFlow thread as an actor has. Returns the rows/s of
+    one alone, the cores it used, and the rows/s of both together."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+    def start(shard: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", SHARD, store, str(shard)], stdout=subprocess.PIPE, env=env)
+
+    alone = start(0)
+    rows, seconds, cpu = (float(v) for v in alone.communicate()[0].split())
+    both = [start(0), start(1)]
+    outs = [[float(v) for v in p.communicate()[0].split()] for p in both]
+    together = sum(o[0] for o in outs) / max(o[1] for o in outs)
+    return rows / seconds, cpu / seconds, together
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="1,4", help="millions of rows, comma-separated")
     p.add_argument("--modes", default=";".join(MODES), help="';'-separated, of: " + "; ".join(MODES))
     p.add_argument("--workdir", help="where to write the stores (default a temporary folder)")
+    p.add_argument(
+        "--bound", action="store_true", help="also time two averaging actors' work without Ray (what the cores allow)"
+    )
     args = p.parse_args()
     modes = args.modes.split(";")
     if unknown := [m for m in modes if m not in MODES]:
         p.error(f"unknown mode(s) {unknown}")
     base = args.workdir or tempfile.mkdtemp(prefix="bench-scale-")
-    rows = []
+    rows, bounds = [], {}
     start = time.perf_counter()
     try:
         for millions in [int(s) for s in args.sizes.split(",")]:
@@ -151,6 +207,8 @@ def main() -> None:
             for mode in modes:
                 rows.append(measure(store, millions, mode))
                 print(f"  {millions}M {mode}: driver {rows[-1][2]:.0f} MiB ({time.perf_counter() - start:.0f} s)")
+            if args.bound:
+                bounds[millions] = shard_bound(store)
             shutil.rmtree(folder)
     finally:
         if not args.workdir:
@@ -177,6 +235,11 @@ def main() -> None:
                 f"{millions}M rows: 2 actors at {gain:.2f}x one actor's rows/s ({running:.2f}x once started), "
                 f"accuracy {two[6] - one[6]:+.4f}"
             )
+        if millions in bounds:
+            alone, cores, together = bounds[millions]
+            line = f"{millions}M rows, without Ray: one shard trainer {alone:,.0f} rows/s on {cores:.2f} cores; "
+            line += f"two at once {together:,.0f} rows/s together"
+            print(line + (f", {together / one[5]:.2f}x one actor's" if one else ""))
     print(f"total {time.perf_counter() - start:.0f} s")
 
 
