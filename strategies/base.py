@@ -186,13 +186,17 @@ def train_rows(
     weights: np.ndarray | Callable[[np.ndarray], np.ndarray] | None,
     seed_offset: int = 0,
     spread: tuple[Rows, np.ndarray] | None = None,
+    relabel: Callable[[Rows], np.ndarray] | None = None,
     **loop: Any,
 ) -> None:
     """Train `model` in place on `rows` with the loop settings of `config` and the update's
     seed and task; `loop` passes more to `trainer.loop.train` (a penalty, a logit match).
     Rows left in the store (`data.chunks`) are read a chunk at a time (`loop.train_stream`),
     with `weights` then a function of the rows' batch order, or None, and `spread` rows held
-    in memory with their weights mixed into every pass (see `passes_over`)."""
+    in memory with their weights mixed into every pass (see `passes_over`). `relabel` gives
+    the targets to train towards from the rows (e.g. a teacher's soft targets), piece by piece."""
+    if relabel is not None and not isinstance(rows, StoredUnion | StoredRows):
+        rows = Rows(rows.x, relabel(rows), rows.order)
     if isinstance(rows, StoredUnion | StoredRows):
         seed, settings = inputs.seed + seed_offset, config.loop()
         validation = None
@@ -200,10 +204,11 @@ def train_rows(
             rows, aside = StoredUnion.of(rows).set_aside(settings.validation, seed)
             aside = aside.sampled(min(1.0, VALIDATION_ROWS / max(len(aside), 1)), seed + 17)
             held = aside.load()
-            validation = (feed(model, held.x), held.y, None if weights is None else weights(held.order))
+            y = held.y if relabel is None else relabel(held)
+            validation = (feed(model, held.x), y, None if weights is None else weights(held.order))
         train_stream(
             model,
-            passes_over(model, rows, weights, seed, spread),
+            passes_over(model, rows, weights, seed, spread, relabel),
             settings,
             seed=seed,
             task="regression" if inputs.regression else "classification",
@@ -234,13 +239,18 @@ def passes_over(
     weights: Callable[[np.ndarray], np.ndarray] | None,
     seed: int,
     spread: tuple[Rows, np.ndarray] | None = None,
+    relabel: Callable[[Rows], np.ndarray] | None = None,
 ) -> Callable[[int], Iterator[Any]]:
     """For `loop.train_stream`: each epoch a pass over stored rows in an order fixed by the seed
     and the epoch, as the model's inputs, labels and weights (a function of the rows' batch).
 
     `spread`: rows held in memory with their weights (a replay memory), mixed into every pass
     evenly: each chunk takes its share of them, in an order fixed by the seed and the epoch,
-    so a pass sees each once and every buffer a few, as shuffled in memory."""
+    so a pass sees each once and every buffer a few, as shuffled in memory. `relabel`: the
+    targets of each piece (of its stored rows; not of `spread`'s), instead of its labels."""
+
+    if spread is not None and relabel is not None:
+        raise ValueError("spread rows keep their labels: relabel and spread do not mix")
 
     def passes(epoch: int) -> Iterator[Any]:
         extra = None if spread is None or not len(spread[0]) else spread
@@ -248,6 +258,8 @@ def passes_over(
         total, seen, taken = max(len(rows), 1), 0, 0
         for piece in rows.chunks(shuffle_seed=seed * 1_000_003 + epoch):
             w = None if weights is None else weights(piece.order)
+            if relabel is not None:
+                piece = Rows(piece.x, relabel(piece), piece.order)
             if extra is not None and order is not None:
                 seen += len(piece)
                 upto = round(len(order) * min(seen / total, 1.0))

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 FISHER = "fisher."
 CONTINUAL = Capabilities(learns_new_classes=True)
+IN_PIECES = Capabilities(learns_new_classes=True, in_pieces=True)  # also on rows left in the store
 
 
 @dataclass(frozen=True)
@@ -126,10 +127,7 @@ def _offered(memory: Memory | None, rows: StoredRows | StoredUnion, params: Memo
     return memory
 
 
-REPLAY = Capabilities(learns_new_classes=True, in_pieces=True)
-
-
-@register("replay", ReplayParams, "fine-tune on new rows + a bounded memory of old rows", REPLAY)
+@register("replay", ReplayParams, "fine-tune on new rows + a bounded memory of old rows", IN_PIECES)
 def replay(inputs: UpdateInputs, params: ReplayParams) -> Candidate:
     """Experience replay: the memory's rows join each epoch; the new version keeps a memory
     updated with the new rows. New rows left in the store are read a chunk at a time, the
@@ -186,7 +184,7 @@ def _unit_logits(logits: np.ndarray, units: int) -> np.ndarray:
 # -- LwF ------------------------------------------------------------------------------------------
 
 
-@register("lwf", LwfParams, "fine-tune on new rows, distilling the current model's outputs", CONTINUAL)
+@register("lwf", LwfParams, "fine-tune on new rows, distilling the current model's outputs", IN_PIECES)
 def lwf(inputs: UpdateInputs, params: LwfParams) -> Candidate:
     """Learning without forgetting (Li & Hoiem, 2016): each member trains towards
     `(1 - alpha) * label + alpha * teacher`, the teacher being the member before training
@@ -196,12 +194,17 @@ def lwf(inputs: UpdateInputs, params: LwfParams) -> Candidate:
     members = []
     for i, current in enumerate(inputs.current.members):
         model = with_classes(current, inputs.n_classes, inputs.seed + i, "lwf")
-        teacher = logits_of(current, rows.x, inputs.regression)
-        if inputs.regression:
-            y = ((1 - params.alpha) * rows.y + params.alpha * teacher[:, 0]).astype(np.float32)
-        else:
-            y = _soft_targets(rows.y, teacher, params, int(model.outputs[0].shape[-1]))
-        train_rows(model, inputs, Rows(rows.x, y, rows.order), params, weights)
+        units = int(model.outputs[0].shape[-1])
+
+        def distilled(part: Rows, current: Any = current, units: int = units) -> np.ndarray:
+            """The targets of these rows: their labels mixed with the teacher's outputs (for rows
+            left in the store, computed chunk by chunk as they are read)."""
+            teacher = logits_of(current, part.x, inputs.regression)
+            if inputs.regression:
+                return ((1 - params.alpha) * part.y + params.alpha * teacher[:, 0]).astype(np.float32)
+            return _soft_targets(part.y, teacher, params, units)
+
+        train_rows(model, inputs, rows, params, weights, relabel=distilled)
         members.append(model)
     return Candidate(tuple(members), inputs.current.weights)
 
@@ -221,7 +224,7 @@ def _soft_targets(y: np.ndarray, teacher: np.ndarray, params: LwfParams, units: 
 # -- EWC ------------------------------------------------------------------------------------------
 
 
-@register("ewc", EwcParams, "fine-tune on new rows, penalising changes to important weights (online EWC)", CONTINUAL)
+@register("ewc", EwcParams, "fine-tune on new rows, penalising changes to important weights (online EWC)", IN_PIECES)
 def ewc(inputs: UpdateInputs, params: EwcParams) -> Candidate:
     """Elastic weight consolidation, online (Kirkpatrick et al., 2017; Schwarz et al., 2018):
     the loss adds `ewc_lambda / 2 * sum(F * (w - w_current)**2)`, F the diagonal Fisher
@@ -271,7 +274,11 @@ def _padded(f: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _sample(rows: Rows, n: int, seed: int) -> Rows:
+def _sample(rows: Rows | StoredRows | StoredUnion, n: int, seed: int) -> Rows:
+    """At most `n` of the rows, drawn by `seed`, in memory (rows left in the store: about
+    `n` of them read by a seeded draw per row, then trimmed)."""
+    if isinstance(rows, StoredRows | StoredUnion):
+        rows = rows.sampled(min(1.0, 1.1 * n / max(len(rows), 1)), seed).load()
     if len(rows) <= n:
         return rows
     return rows.take(np.sort(np.random.default_rng(seed).choice(len(rows), n, replace=False)))

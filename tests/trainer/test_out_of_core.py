@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import continual_trainer as ct
+from continual_trainer import strategies
 from continual_trainer.data.errors import UserError
 from continual_trainer.strategies import base
 from continual_trainer.trainer.cli import main
@@ -158,3 +159,19 @@ def test_replay_above_the_budget_streams_the_new_rows_and_keeps_its_memory(store
     pq.write_table(make_table(n=400, seed=7), more, row_group_size=100)
     assert main(["ingest", "--store", stores[1], str(more)]) == 0
     replay(stores[1], "--set", "memory_size=150", "--memory-budget", "1KB")
+
+
+@pytest.mark.parametrize("name", strategies.names(in_pieces=True))
+def test_every_strategy_that_declares_it_trains_from_the_store_alike(name: str, stores, capsys, monkeypatch) -> None:
+    def update(uri: str, *extra: str) -> dict:
+        capsys.readouterr()
+        argv = ["update", "--store", uri, "--strategy", name, "--promote", "never", "--json", *extra]
+        assert main([*argv, "--set", "epochs=8"] if name != "keep" else argv) == 0
+        return json.loads(capsys.readouterr().out)
+
+    in_memory = update(stores[0])
+    monkeypatch.setattr(base, "train", lambda *a, **k: pytest.fail("the rows were trained in memory"))
+    pieces = update(stores[1], "--memory-budget", "1KB")
+    a, b = in_memory["metrics"]["holdout_accuracy"], pieces["metrics"]["holdout_accuracy"]
+    assert abs(a - b) < 0.06, (a, b)
+    assert pieces["current_metrics"] == in_memory["current_metrics"]
