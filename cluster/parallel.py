@@ -23,15 +23,17 @@ import ray
 
 from continual_trainer.cluster.pool import ACTOR_MEMORY, PackedResult
 from continual_trainer.cluster.runtime import get, kill, pin_threads
-from continual_trainer.data.chunks import StoredUnion
+from continual_trainer.data.chunks import StoredRows, StoredUnion
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.storage import trust, verified
 from continual_trainer.strategies.base import TrainParams, training_set
 from continual_trainer.strategies.ensemble import combine
 from continual_trainer.trainer.candidate import Candidate
+from continual_trainer.trainer.evaluate import join_parts
 from continual_trainer.trainer.executor import Failure, Job, WorkFailed, run_job
 from continual_trainer.trainer.loop import LoopConfig
+from continual_trainer.trainer.trials import stored_parts
 from continual_trainer.trainer.updatedata import UpdateData
 from continual_trainer.trainer.versions import StoredCandidate
 
@@ -78,6 +80,19 @@ class ShardTrainer:
         while skip > 0:
             skip -= len(self.source.take(min(skip, SKIP_ROWS))[0])
         self.state: Any = None
+
+    def score(
+        self, model: bytes, weights: list[np.ndarray], rows: StoredRows, n_classes: int
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """`trials.stored_parts` of the network with `weights` on these stored rows (this
+        actor's share of a batch's held-out rows)."""
+        from continual_trainer.trainer.models import from_bytes
+        from continual_trainer.trainer.trials import stored_parts
+
+        if getattr(self, "scorer", None) is None:
+            self.scorer = from_bytes(model)
+        self.scorer.set_weights(weights)
+        return stored_parts(Candidate.single(self.scorer), rows, n_classes)
 
     def steps(self, weights: list[np.ndarray] | None, steps: int) -> list[np.ndarray]:
         from continual_trainer.trainer.loop import train
@@ -180,7 +195,9 @@ def finetune_averaged(
     it, the seconds until every actor had its shard (included in the training time) and how
     many actors died and were replaced (a replacement starts from the last average, with a
     fresh optimizer state, and passes over the rows its shard has trained on). `trainers`
-    (from `start_trainers`) are used if given, and killed in any case.
+    (from `start_trainers`) are used if given, replacements put in their place, and left to
+    the caller to kill (e.g. after they scored the holdout); else they are started and killed
+    here.
 
     Raises:
         WorkFailed: actors died more than `REPLACEMENTS` times.
@@ -188,7 +205,8 @@ def finetune_averaged(
     from continual_trainer.trainer.models import clone, model_classes, to_bytes
 
     began = time.perf_counter()
-    pool = trainers or start_trainers(actors)
+    owned = trainers is None
+    pool = start_trainers(actors) if trainers is None else trainers
     averaged, done = None, 0
     try:
         if len(current.members) != 1:
@@ -230,8 +248,7 @@ def finetune_averaged(
                         if replaced > REPLACEMENTS:
                             what = type(exc).__name__
                             raise WorkFailed(f"model averaging: actors died {replaced} times ({what})") from None
-                        trainers[i] = start_trainers(1)[0]
-                        pool.append(trainers[i])
+                        trainers[i] = pool[i] = start_trainers(1)[0]  # the caller's list holds it too
                         begin(i, trainers[i], (rounds, done))  # passes over its shard's rows up to here
                         ref = trainers[i].steps.remote(averaged, k)
             averaged = [
@@ -239,7 +256,8 @@ def finetune_averaged(
             ]
             done, rounds = done + k, rounds + 1
     finally:
-        kill(pool)
+        if owned:
+            kill(pool)
     model = clone(current.members[0])
     model.set_weights(averaged)
     return Candidate.single(model), started, replaced
@@ -313,9 +331,43 @@ def coordinate(
     early = start_trainers(job.actors) if job.strategy.can.data_parallel == "averaging" and job.sync_steps >= 1 else []
     try:
         fit = functools.partial(fit_parallel, trainers=early)
-        return PackedResult.pack(run_job(data, current.load(), job, extra_eval, fit=fit))
+        model = current.load()
+        parts_of = ShardedParts(early, model) if early else stored_parts
+        return PackedResult.pack(run_job(data, model, job, extra_eval, fit=fit, parts_of=parts_of))
     finally:
         kill(early)
+
+
+class ShardedParts:
+    """`trials.stored_parts` for a single network, sharded: each trainer actor scores its row
+    groups of a batch (as they trained on theirs); where one has died, this process scores
+    the batch."""
+
+    def __init__(self, trainers: list[Any], current: Candidate) -> None:
+        from continual_trainer.trainer.models import to_bytes
+
+        self.trainers = trainers
+        self.model = ray.put(to_bytes(current.members[0]))
+        self.weights: dict[int, Any] = {}
+
+    def __call__(self, candidate: Candidate, rows: StoredRows, n_classes: int) -> tuple[dict[str, np.ndarray], int]:
+        if len(candidate.members) != 1:
+            return stored_parts(candidate, rows, n_classes)
+        key = id(candidate)
+        if key not in self.weights:
+            self.weights[key] = ray.put(candidate.members[0].get_weights())
+        n = len(self.trainers)
+        try:
+            shares = get(
+                [
+                    t.score.remote(self.model, self.weights[key], rows.sharded(i, n), n_classes)
+                    for i, t in enumerate(self.trainers)
+                ]
+            )
+        except ray.exceptions.RayActorError:
+            return stored_parts(candidate, rows, n_classes)
+        kept = [parts for parts, _ in shares if parts]
+        return (join_parts(kept) if kept else {}), sum(missing for _, missing in shares)
 
 
 def fit_parallel(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
 from continual_trainer.trainer.params import Interval, Params, param
-from continual_trainer.trainer.trials import TrialResult, run_strategy, score_candidate
+from continual_trainer.trainer.trials import PartsOf, TrialResult, run_strategy, score_candidate, stored_parts
 
 if TYPE_CHECKING:
     import numpy as np
@@ -122,18 +122,21 @@ def run_job(
     job: Job,
     extra_eval: Mapping[str, Rows] | None = None,
     fit: Fit | None = None,
+    parts_of: PartsOf = stored_parts,
 ) -> Outcome:
     """Run one job from this process and score it; a user's mistake becomes a `Failure`.
 
     By default the strategy trains here; `fit` trains it some other way (data-parallel
-    on actors) and says how, for the manifest.
+    on actors) and says how, for the manifest; `parts_of` then scores rows left in the
+    store (here by default, or sharded over those actors).
     """
     try:
         if fit is None:
             return run_strategy(data, current, job.strategy, job.params, job.seed, extra_eval)
         start = time.perf_counter()
         candidate, execution = fit(data, current, job)
-        return score_candidate(data, current, candidate, time.perf_counter() - start, extra_eval, execution)
+        seconds = time.perf_counter() - start
+        return score_candidate(data, current, candidate, seconds, extra_eval, execution, parts_of)
     except UserError as exc:
         return Failure(str(exc), user_error=True)
 

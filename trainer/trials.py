@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +47,27 @@ def evaluate_sets(
     return scored(candidate, sets, n_classes, batch_ids)[0]
 
 
+PartsOf = Callable[[Candidate, StoredRows, int], tuple[dict[str, np.ndarray], int]]
+
+
+def stored_parts(candidate: Candidate, rows: StoredRows, n_classes: int) -> tuple[dict[str, np.ndarray], int]:
+    """What the metrics need of each of these stored rows (`evaluate.class_parts`, or the
+    prediction and target for regression), read a chunk at a time, and how many rows had no
+    finite prediction."""
+    pieces, missing = [], 0
+    for chunk in rows.chunks():
+        pred, nonfinite = finite(candidate.predict(chunk.x, n_classes), chunk.y)
+        missing += nonfinite
+        pieces.append(class_parts(pred, chunk.y) if n_classes else {"pred": pred, "y": chunk.y})
+    return (join_parts(pieces) if pieces else {}), missing
+
+
 def scored(
-    candidate: Candidate, sets: Mapping[str, Rows], n_classes: int, batch_ids: Sequence[str] = ()
+    candidate: Candidate,
+    sets: Mapping[str, Rows],
+    n_classes: int,
+    batch_ids: Sequence[str] = (),
+    parts_of: PartsOf = stored_parts,
 ) -> tuple[dict[str, float | None], np.ndarray | None, np.ndarray | None]:
     """Flat metrics `<set>_<metric>` of a candidate on each non-empty set and, with `batch_ids`
     (every batch in ingestion order), each batch's rows of the `holdout` set scored apart by
@@ -57,8 +76,8 @@ def scored(
     store the predicted classes) with that set's targets.
 
     Sets left in the store (`data.chunks`) are read a chunk at a time and each of their
-    batches predicted once; only what the metrics need of each row is kept
-    (`evaluate.class_parts`), never the rows."""
+    batches predicted once, by `parts_of` (here, or sharded over actors); only what the
+    metrics need of each row is kept (`evaluate.class_parts`), never the rows."""
     out: dict[str, float | None] = {}
     holdout_pred = holdout_y = None
     cache: dict[tuple[Any, ...], tuple[dict[str, np.ndarray], int]] = {}
@@ -66,7 +85,7 @@ def scored(
         if not len(rows):
             continue
         if isinstance(rows, StoredRows | StoredUnion):
-            parts, order, bad = _parts_in_pieces(candidate, rows, n_classes, cache)
+            parts, order, bad = _parts_in_pieces(candidate, rows, n_classes, cache, parts_of)
             metrics = class_metrics(parts, n_classes) if n_classes else score_regression(parts["pred"], parts["y"])
             if bad:
                 metrics["nonfinite_rows"] = float(bad)
@@ -93,6 +112,7 @@ def _parts_in_pieces(
     rows: StoredRows | StoredUnion,
     n_classes: int,
     cache: dict[tuple[Any, ...], tuple[dict[str, np.ndarray], int]],
+    parts_of: PartsOf = stored_parts,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
     """What the metrics need of each stored row (`evaluate.class_parts`, or the prediction and
     target for regression), the rows' batch orders and how many rows had no finite prediction;
@@ -103,12 +123,7 @@ def _parts_in_pieces(
             order = single.orders[0]
             key = (single.part, single.batch_ids[0], single.fraction, single.seed, single.shard, single.validation)
             if key not in cache:
-                pieces, missing = [], 0
-                for chunk in single.chunks():
-                    pred, nonfinite = finite(candidate.predict(chunk.x, n_classes), chunk.y)
-                    missing += nonfinite
-                    pieces.append(class_parts(pred, chunk.y) if n_classes else {"pred": pred, "y": chunk.y})
-                cache[key] = (join_parts(pieces) if pieces else {}, missing)
+                cache[key] = parts_of(candidate, single, n_classes)
             parts, missing = cache[key]
             if parts:
                 out.append(parts)
@@ -154,12 +169,14 @@ def score_candidate(
     seconds: float,
     extra_eval: Mapping[str, Rows] | None = None,
     execution: Mapping[str, Any] | None = None,
+    parts_of: PartsOf = stored_parts,
 ) -> TrialResult:
     """Metrics of a candidate and of the current model on the same row sets, each seen batch's
-    holdout scored apart, and (classification) the candidate's negative flip rate."""
+    holdout scored apart, and (classification) the candidate's negative flip rate. Rows left
+    in the store are scored by `parts_of` (see `scored`)."""
     sets = data.eval_sets(extra_eval)
-    metrics, pred, y = scored(candidate, sets, data.n_classes, data.batch_ids)
-    current_metrics, before, _ = scored(current, sets, data.n_classes, data.batch_ids)
+    metrics, pred, y = scored(candidate, sets, data.n_classes, data.batch_ids, parts_of)
+    current_metrics, before, _ = scored(current, sets, data.n_classes, data.batch_ids, parts_of)
     if data.n_classes and pred is not None and before is not None and y is not None:
         metrics["holdout_negative_flip_rate"] = negative_flip_rate(pred, before, y)
     return TrialResult(

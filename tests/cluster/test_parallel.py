@@ -73,7 +73,8 @@ def test_above_the_memory_budget_each_actor_reads_its_own_row_groups(ray_cluster
     assert main([*pieces, "--strategy", "finetune_all", "--sync-steps", "20"]) == 0
     averaged = _json(capsys.readouterr().out)
     assert abs(averaged["metrics"]["holdout_accuracy"] - local["metrics"]["holdout_accuracy"]) <= 0.02
-    assert averaged["current_metrics"] == local["current_metrics"]  # the holdout, scored in pieces alike
+    # The holdout, scored in pieces, each actor its row groups: the same to rounding (sums in another order).
+    assert averaged["current_metrics"] == pytest.approx(local["current_metrics"], rel=1e-6)
     assert Store.open(store).manifest(averaged["version"]).execution["mode"] == "model_averaging"
     assert main([*pieces, "--strategy", "ensemble_all"]) == 0
     bagged = _json(capsys.readouterr().out)
@@ -174,3 +175,29 @@ def test_users_networks_and_columns_on_actors_sweeps_and_streams(ray_cluster, tm
     policy = Policy("best", ["finetune_new", "fresh_all", "ensemble_all"], values={"epochs": "3"})
     (event,) = run_stream(digits, str(inbox), policy, RayExecutor(), once=True)
     assert event.version and Store.open(digits).stream_marker(event.sha256)["version"] == event.version
+
+
+@pytest.mark.ray
+def test_the_holdout_is_scored_by_the_actors_each_its_row_groups(ray_cluster, tmp_path: Path) -> None:
+    from continual_trainer.cluster.parallel import ShardedParts, start_trainers
+    from continual_trainer.cluster.runtime import kill
+    from continual_trainer.data.chunks import StoredRows
+    from continual_trainer.trainer.evaluate import class_metrics
+    from continual_trainer.trainer.trials import stored_parts
+    from continual_trainer.trainer.versions import stored_candidate
+
+    store = Store.open(_drift_store(tmp_path, n=800, row_group=100))
+    current = stored_candidate(store, store.current()).load()
+    rows = StoredRows.of(store, store.batch_ids(), "holdout")
+    trainers = start_trainers(2)
+    try:
+        sharded = ShardedParts(trainers, current)(current, rows, 2)
+        kill(trainers[1:])  # an actor gone: this process scores instead
+        fallback = ShardedParts(trainers, current)(current, rows, 2)
+    finally:
+        kill(trainers)
+    here = stored_parts(current, rows, 2)
+    assert len(sharded[0]["y"]) == len(here[0]["y"]) == len(rows) and sharded[1] == here[1] == 0
+    assert sorted(sharded[0]["y"]) == sorted(here[0]["y"])  # every row once, in the shards' order
+    assert class_metrics(sharded[0], 2) == pytest.approx(class_metrics(here[0], 2), rel=1e-6)
+    assert class_metrics(fallback[0], 2) == pytest.approx(class_metrics(here[0], 2), rel=1e-6)
