@@ -80,6 +80,11 @@ def test_stream_into_an_s3_store(s3_store: str, tmp_path: Path) -> None:
     events = run_stream(s3_store, str(inbox), policy, LocalExecutor(), once=True)
     assert [e.status for e in events][1] == "rejected" and events[0].batch
     assert run_stream(s3_store, str(inbox), policy, LocalExecutor(), once=True) == []
+    # Above the memory budget: the trigger and the candidates read the S3 store in pieces.
+    pq.write_table(make_table(seed=9, shift=0.3), inbox / "c.parquet")
+    pieces = Policy("best", ["finetune_all", "replay"], values={"epochs": "2"}, memory_budget=1000)
+    (event,) = run_stream(s3_store, str(inbox), pieces, LocalExecutor(), once=True)
+    assert event.status in ("updated", "kept") and len(event.candidates) == 2, event.reason
     check_store(s3_store)
 
 
