@@ -187,6 +187,7 @@ def train_rows(
     seed_offset: int = 0,
     spread: tuple[Rows, np.ndarray] | None = None,
     relabel: Callable[[Rows], np.ndarray] | None = None,
+    distilled: bool = False,
     **loop: Any,
 ) -> None:
     """Train `model` in place on `rows` with the loop settings of `config` and the update's
@@ -194,7 +195,8 @@ def train_rows(
     Rows left in the store (`data.chunks`) are read a chunk at a time (`loop.train_stream`),
     with `weights` then a function of the rows' batch order, or None, and `spread` rows held
     in memory with their weights mixed into every pass (see `passes_over`). `relabel` gives
-    the targets to train towards from the rows (e.g. a teacher's soft targets), piece by piece."""
+    the targets to train towards from the rows (e.g. a teacher's soft targets), piece by piece;
+    `distilled`: those targets carry a logit-matching term (`loop.distill_targets`)."""
     if relabel is not None and not isinstance(rows, StoredUnion | StoredRows):
         rows = Rows(rows.x, relabel(rows), rows.order)
     if isinstance(rows, StoredUnion | StoredRows):
@@ -211,7 +213,7 @@ def train_rows(
             passes_over(model, rows, weights, seed, spread, relabel),
             settings,
             seed=seed,
-            task="regression" if inputs.regression else "classification",
+            task="distill" if distilled else "regression" if inputs.regression else "classification",
             target_std=inputs.target[1] if inputs.target else 1.0,
             validation=validation,
             **loop,
@@ -247,10 +249,8 @@ def passes_over(
     `spread`: rows held in memory with their weights (a replay memory), mixed into every pass
     evenly: each chunk takes its share of them, in an order fixed by the seed and the epoch,
     so a pass sees each once and every buffer a few, as shuffled in memory. `relabel`: the
-    targets of each piece (of its stored rows; not of `spread`'s), instead of its labels."""
-
-    if spread is not None and relabel is not None:
-        raise ValueError("spread rows keep their labels: relabel and spread do not mix")
+    targets of each piece's stored rows instead of their labels (`spread`'s rows carry theirs
+    in that form already)."""
 
     def passes(epoch: int) -> Iterator[Any]:
         extra = None if spread is None or not len(spread[0]) else spread

@@ -13,7 +13,7 @@ new version's state: `replay` and `der` a bounded memory of old rows (`strategie
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ from continual_trainer.strategies.memory import SELECTIONS, Memory, has_memory, 
 from continual_trainer.strategies.registry import Capabilities, register
 from continual_trainer.strategies.transfer import single_network, with_classes
 from continual_trainer.trainer.candidate import Candidate
-from continual_trainer.trainer.loop import LogitMatch
+from continual_trainer.trainer.loop import LogitMatch, distill_targets
 from continual_trainer.trainer.models import feed
 from continual_trainer.trainer.params import Choice, Interval, Params, param
 
@@ -35,8 +35,7 @@ if TYPE_CHECKING:
     import keras
 
 FISHER = "fisher."
-CONTINUAL = Capabilities(learns_new_classes=True)
-IN_PIECES = Capabilities(learns_new_classes=True, in_pieces=True)  # also on rows left in the store
+CONTINUAL = Capabilities(learns_new_classes=True, in_pieces=True)  # also on rows left in the store
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,9 @@ def _memory(inputs: UpdateInputs, params: MemoryOptions, logits: bool) -> Memory
     if memory is not None and (memory.logits is not None or not logits):
         return memory
     if memory is None and isinstance(inputs.old, StoredRows | StoredUnion):  # offered a chunk at a time
-        return _offered(None, inputs.old, params, inputs.seed + 3)
+        teacher = inputs.current.members[0]
+        stored = (lambda x: logits_of(teacher, x, inputs.regression)) if logits else None
+        return _offered(None, inputs.old, params, inputs.seed + 3, stored)
     old = inputs.old if memory is None else memory.rows
     stored = logits_of(inputs.current.members[0], old.x, inputs.regression) if logits else None
     return select(None, old, params.memory_size, params.selection, inputs.seed + 3, stored)
@@ -116,18 +117,26 @@ def _weights(n_new: int, n_memory: int, ratio: float) -> np.ndarray:
     return np.concatenate([np.full(n_new, new, np.float32), np.full(n_memory, memory, np.float32)])
 
 
-def _offered(memory: Memory | None, rows: StoredRows | StoredUnion, params: MemoryOptions, seed: int) -> Memory:
+def _offered(
+    memory: Memory | None,
+    rows: StoredRows | StoredUnion,
+    params: MemoryOptions,
+    seed: int,
+    logits: Callable[[Any], np.ndarray] | None = None,
+) -> Memory:
     """The memory after rows left in the store were offered to it a chunk at a time (each
     chunk as `select` offers a batch: the reservoir stays uniform over every row offered;
-    `class_balanced` balances what it has kept with each chunk)."""
+    `class_balanced` balances what it has kept with each chunk), with `logits(x)` of each
+    chunk's rows for DER."""
     for i, chunk in enumerate(rows.chunks()):
-        memory = select(memory, chunk, params.memory_size, params.selection, seed + 7919 * i)
+        new_logits = None if logits is None else logits(chunk.x)
+        memory = select(memory, chunk, params.memory_size, params.selection, seed + 7919 * i, new_logits)
     if memory is None:
         raise UserError("replay: there are no rows to fill the memory with")
     return memory
 
 
-@register("replay", ReplayParams, "fine-tune on new rows + a bounded memory of old rows", IN_PIECES)
+@register("replay", ReplayParams, "fine-tune on new rows + a bounded memory of old rows", CONTINUAL)
 def replay(inputs: UpdateInputs, params: ReplayParams) -> Candidate:
     """Experience replay: the memory's rows join each epoch; the new version keeps a memory
     updated with the new rows. New rows left in the store are read a chunk at a time, the
@@ -148,9 +157,12 @@ def replay(inputs: UpdateInputs, params: ReplayParams) -> Candidate:
 @register("der", DerParams, "dark experience replay: memory rows with their stored logits", CONTINUAL)
 def der(inputs: UpdateInputs, params: DerParams) -> Candidate:
     """DER (`beta=0`) and DER++ (Buzzega et al., 2020): memory rows are trained towards the
-    logits the model gave them when they were stored (`alpha`) and their labels (`beta`)."""
+    logits the model gave them when they were stored (`alpha`) and their labels (`beta`).
+    New rows left in the store are read a chunk at a time, as `replay` reads them."""
     model = with_classes(single_network(inputs, "der"), inputs.n_classes, inputs.seed, "der")
     memory = _memory(inputs, params, logits=True)
+    if isinstance(inputs.new, StoredRows | StoredUnion):
+        return _der_in_pieces(inputs, params, model, memory)
     n_new, n_mem = len(inputs.new), len(memory)
     rows = Rows.concat([inputs.new, memory.rows])
     weights = _weights(n_new, n_mem, params.replay_ratio)
@@ -173,6 +185,40 @@ def der(inputs: UpdateInputs, params: DerParams) -> Candidate:
     return Candidate((model,), (1.0,), kept.to_state())
 
 
+def _der_in_pieces(inputs: UpdateInputs, params: DerParams, model: keras.Model, memory: Memory) -> Candidate:
+    """`der` on new rows left in the store: the memory's rows, with their targets laid out as
+    the in-memory loop lays them out, spread over every pass; new rows offered to the memory
+    a chunk at a time with the trained model's logits."""
+    assert memory.logits is not None
+    n_mem = len(memory)
+    new_weight, memory_weight = _weight_pair(len(inputs.new), n_mem, params.replay_ratio)
+    weights = lambda order: np.full(len(order), new_weight, np.float32)  # noqa: E731
+    if inputs.regression:  # both terms are squared errors: one mixed target, one weight
+        total = params.alpha + params.beta
+        mixed = (params.alpha * memory.logits[:, 0] + params.beta * memory.rows.y) / total if total else memory.rows.y
+        spread = (
+            Rows(memory.rows.x, mixed.astype(np.float32), memory.rows.order),
+            np.full(n_mem, memory_weight * total),
+        )
+        train_rows(model, inputs, inputs.new, params, weights, spread=spread)
+    else:
+        units = int(model.outputs[0].shape[-1])
+
+        def labels_only(part: Rows) -> np.ndarray:
+            n = len(part)
+            unmatched = LogitMatch(np.full((n, units), np.nan, np.float32), np.zeros(n, np.float32), np.ones(n))
+            return distill_targets(part.y, units, unmatched)
+
+        match = LogitMatch(
+            _unit_logits(memory.logits, units), np.full(n_mem, params.alpha), np.full(n_mem, params.beta)
+        )
+        kept = Rows(memory.rows.x, distill_targets(memory.rows.y, units, match), memory.rows.order)
+        spread = (kept, np.full(n_mem, memory_weight, np.float32))
+        train_rows(model, inputs, inputs.new, params, weights, spread=spread, relabel=labels_only, distilled=True)
+    logits = lambda x: logits_of(model, x, inputs.regression)  # noqa: E731
+    return Candidate((model,), (1.0,), _offered(memory, inputs.new, params, inputs.seed + 4, logits).to_state())
+
+
 def _unit_logits(logits: np.ndarray, units: int) -> np.ndarray:
     """Stored logits as the model's head has them: one column for a sigmoid unit, else one
     per class (NaN for classes the storing model did not know)."""
@@ -184,7 +230,7 @@ def _unit_logits(logits: np.ndarray, units: int) -> np.ndarray:
 # -- LwF ------------------------------------------------------------------------------------------
 
 
-@register("lwf", LwfParams, "fine-tune on new rows, distilling the current model's outputs", IN_PIECES)
+@register("lwf", LwfParams, "fine-tune on new rows, distilling the current model's outputs", CONTINUAL)
 def lwf(inputs: UpdateInputs, params: LwfParams) -> Candidate:
     """Learning without forgetting (Li & Hoiem, 2016): each member trains towards
     `(1 - alpha) * label + alpha * teacher`, the teacher being the member before training
@@ -224,7 +270,7 @@ def _soft_targets(y: np.ndarray, teacher: np.ndarray, params: LwfParams, units: 
 # -- EWC ------------------------------------------------------------------------------------------
 
 
-@register("ewc", EwcParams, "fine-tune on new rows, penalising changes to important weights (online EWC)", IN_PIECES)
+@register("ewc", EwcParams, "fine-tune on new rows, penalising changes to important weights (online EWC)", CONTINUAL)
 def ewc(inputs: UpdateInputs, params: EwcParams) -> Candidate:
     """Elastic weight consolidation, online (Kirkpatrick et al., 2017; Schwarz et al., 2018):
     the loss adds `ewc_lambda / 2 * sum(F * (w - w_current)**2)`, F the diagonal Fisher

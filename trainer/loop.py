@@ -145,13 +145,20 @@ def label_mode(model: keras.Model, y: np.ndarray, task: str = "classification") 
     return "soft" if y.ndim == 2 else "sparse"
 
 
+def distill_targets(y: np.ndarray, units: int, match: LogitMatch) -> np.ndarray:
+    """Labels with their logit-matching term side by side, as `train` lays them out, for
+    `train_stream(task="distill")`."""
+    return _targets(y, "distill", units, match)
+
+
 def output_units(model: keras.Model) -> int:
     return int(model.outputs[0].shape[-1])
 
 
 def _targets(y: np.ndarray, mode: str, units: int = 1, match: LogitMatch | None = None) -> np.ndarray:
     if mode == "distill":  # [targets, logit targets, their mask, ce weight, match weight] side by side
-        assert match is not None
+        if match is None:  # already side by side (rows trained in pieces: see `distill_targets`)
+            return y.astype(np.float32)
         if y.ndim == 1:
             y = y[:, None].astype(np.float32) if units == 1 else np.eye(units, dtype=np.float32)[y.astype(np.int64)]
         mask = np.isfinite(match.targets)

@@ -403,7 +403,7 @@ def test_a_stream_above_its_memory_budget_decides_and_learns_the_same_from_the_s
     more = tmp_path / "more"
     more.mkdir()
     pq.write_table(make_table(n=200, seed=9), more / "g.parquet")
-    bad = ["stream", "--store", copy, "--inbox", str(more), "--once", "--policy", "der", "--memory-budget", "1KB"]
+    bad = ["stream", "--store", copy, "--inbox", str(more), "--once", "--policy", "graft", "--memory-budget", "1KB"]
     assert main([*bad, "--json"]) == 2
     error = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
     assert "update failed" in error and "over --memory-budget" in error and "finetune_all" in error
