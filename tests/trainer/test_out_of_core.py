@@ -62,9 +62,23 @@ def test_an_update_over_the_budget_trains_from_the_store_as_well(stores, capsys,
         ct.open_store(stores[1]).update("finetune_all", memory_budget=1000, weighting="importance", promote="never")
 
 
-def test_an_update_that_cannot_read_in_pieces_says_so(stores, capsys) -> None:
+@pytest.fixture
+def in_memory_only():
+    """A strategy of a user's that declares nothing: it needs its rows in memory."""
+    from continual_trainer.strategies import registry
+
+    def whole_rows(inputs, params):
+        assert not isinstance(inputs.new, base.StoredRows)
+        return inputs.current
+
+    strategies.register("whole_rows", strategies.get("keep").params, "test: needs its rows in memory")(whole_rows)
+    yield "whole_rows"
+    registry._REGISTRY.pop("whole_rows")
+
+
+def test_an_update_that_cannot_read_in_pieces_says_so(stores, capsys, in_memory_only: str) -> None:
     capsys.readouterr()
-    argv = ["update", "--store", stores[0], "--strategy", "graft", "--memory-budget", "1KB"]
+    argv = ["update", "--store", stores[0], "--strategy", in_memory_only, "--memory-budget", "1KB"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "over --memory-budget" in err and "finetune_all" in err and len(err.strip().splitlines()) == 1
@@ -124,14 +138,16 @@ def test_metrics_from_compact_parts_match_scikit_learn() -> None:
         assert class_metrics(pieces, k) == whole  # scored in pieces: the same numbers
 
 
-def test_a_sweep_above_the_budget_reads_the_store_in_pieces(stores, capsys) -> None:
+def test_a_sweep_above_the_budget_reads_the_store_in_pieces(stores, capsys, in_memory_only: str) -> None:
     spec = {"strategies": ["keep", "finetune_all", "fresh_new"], "params": {"epochs": 3}, "seeds": [0]}
     store = ct.open_store(stores[0])  # the first store wins a version; the second still has new batches
     result = store.sweep(spec, memory_budget="1KB", promote_best=True)
     assert result.finished == 3 and not result.failures
     assert store.last_outcome is not None and store.last_outcome.strategy in ("keep", "finetune_all", "fresh_new")
     with pytest.raises(UserError, match="over --memory-budget"):
-        ct.open_store(stores[1]).sweep({"strategies": ["finetune_all", "graft"], "seeds": [0]}, memory_budget="1KB")
+        ct.open_store(stores[1]).sweep(
+            {"strategies": ["finetune_all", in_memory_only], "seeds": [0]}, memory_budget="1KB"
+        )
 
 
 def test_replay_above_the_budget_streams_the_new_rows_and_keeps_its_memory(stores, capsys, monkeypatch) -> None:

@@ -399,11 +399,12 @@ def test_a_stream_above_its_memory_budget_decides_and_learns_the_same_from_the_s
     )
     assert ours.batches_trained == theirs.batches_trained  # the quiet files learned as old data, read in pieces
     assert abs(ours.metrics["holdout_accuracy"] - theirs.metrics["holdout_accuracy"]) < 0.05
-    # A policy with a strategy that cannot read the store in pieces fails that file in one line.
+    # Settings that need every row at once fail that file in one line.
     more = tmp_path / "more"
     more.mkdir()
     pq.write_table(make_table(n=200, seed=9), more / "g.parquet")
-    bad = ["stream", "--store", copy, "--inbox", str(more), "--once", "--policy", "graft", "--memory-budget", "1KB"]
+    bad = ["stream", "--store", copy, "--inbox", str(more), "--once", "--policy", "finetune_all"]
+    bad += ["--set", "weighting=importance", "--memory-budget", "1KB"]
     assert main([*bad, "--json"]) == 2
     error = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
-    assert "update failed" in error and "over --memory-budget" in error and "finetune_all" in error
+    assert "update failed" in error and "weighting=importance" in error and "--memory-budget" in error
