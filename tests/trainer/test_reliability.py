@@ -110,6 +110,8 @@ def test_sigkill_at_random_moments_never_corrupts_the_store(tiny_store: str, tmp
 
 @pytest.mark.slow
 def test_two_updaters_racing_both_keep_their_versions_and_one_wins(tiny_store: str) -> None:
+    # Training (about 1.5 s here) outlasts the difference in the two processes' start-ups, so
+    # both read the store before either promotes: a race, not one update after the other.
     def cmd(strategy: str) -> list[str]:
         return [
             *CTRAIN,
@@ -119,7 +121,7 @@ def test_two_updaters_racing_both_keep_their_versions_and_one_wins(tiny_store: s
             "--strategy",
             strategy,
             "--set",
-            "epochs=5",
+            "epochs=4000",
             "--promote",
             "always",
             "--json",
