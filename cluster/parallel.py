@@ -32,7 +32,7 @@ from continual_trainer.strategies.ensemble import combine
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.evaluate import join_parts
 from continual_trainer.trainer.executor import Failure, Job, WorkFailed, run_job
-from continual_trainer.trainer.loop import LoopConfig
+from continual_trainer.trainer.loop import LoopConfig, prefetched
 from continual_trainer.trainer.trials import stored_parts
 from continual_trainer.trainer.updatedata import UpdateData
 from continual_trainer.trainer.versions import StoredCandidate
@@ -87,7 +87,6 @@ class ShardTrainer:
         """`trials.stored_parts` of the network with `weights` on these stored rows (this
         actor's share of a batch's held-out rows)."""
         from continual_trainer.trainer.models import from_bytes
-        from continual_trainer.trainer.trials import stored_parts
 
         if getattr(self, "scorer", None) is None:
             self.scorer = from_bytes(model)
@@ -145,8 +144,6 @@ class _StoredStream:
     each chunk's rows shuffled."""
 
     def __init__(self, rows: StoredUnion, weights: Any, seed: int) -> None:
-        from continual_trainer.trainer.loop import prefetched
-
         self.rows, self.weights, self.seed = rows, weights, seed
         self.pieces = prefetched(self._passes(), depth=2)
         self.pending: list[Rows] = []
