@@ -199,7 +199,7 @@ def finetune_averaged(
     Raises:
         WorkFailed: actors died more than `REPLACEMENTS` times.
     """
-    from continual_trainer.trainer.models import clone, model_classes, to_bytes
+    from continual_trainer.trainer.models import clone, model_classes, set_weights, to_bytes
 
     began = time.perf_counter()
     owned = trainers is None
@@ -256,7 +256,7 @@ def finetune_averaged(
         if owned:
             kill(pool)
     model = clone(current.members[0])
-    model.set_weights(averaged)
+    set_weights(model, averaged)
     return Candidate.single(model), started, replaced
 
 

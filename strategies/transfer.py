@@ -16,6 +16,7 @@ from continual_trainer.trainer.models import (
     head_layer,
     hidden_layers,
     input_structure,
+    is_preprocessing,
     model_classes,
     output_layer,
 )
@@ -72,7 +73,9 @@ def _frozen_body(
     while not head.weights and not isinstance(head, keras.layers.InputLayer):
         tail.insert(0, head)
         head = head.input._keras_history.operation
-    body = [layer for layer in model.layers if layer is not head and layer.weights]
+    # The body is the layers that learn: preprocessing state (an adapted Normalization, a
+    # lookup's vocabulary) is the data's and neither counts as a layer nor becomes trainable.
+    body = [layer for layer in model.layers if layer is not head and layer.weights and not is_preprocessing(layer)]
     if freeze > len(body):
         raise UserError(f"--set freeze={freeze}: the current model has only {len(body)} hidden layers")
     n_frozen = len(body) if freeze == -1 else freeze

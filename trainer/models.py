@@ -291,7 +291,13 @@ def with_head(model: keras.Model, n_classes: int, seed: int) -> keras.Model:
 
 
 def reinitialised(model: keras.Model, seed: int) -> keras.Model:
-    """A clone of `model`'s architecture with fresh initial weights, seeded layer by layer."""
+    """A clone of `model`'s architecture with fresh initial weights, seeded layer by layer.
+
+    Preprocessing state is the data's, not the training's: every layer that can be adapted
+    (`Normalization`, `StringLookup`/`IntegerLookup`, `Discretization`, ...) keeps the state it
+    has in `model` (statistics, vocabulary, bins), so a fresh member of an imported
+    architecture reads its inputs as the imported model does.
+    """
     import keras
 
     counter = iter(range(10**6))
@@ -304,18 +310,55 @@ def reinitialised(model: keras.Model, seed: int) -> keras.Model:
                 config[key] = {**value, "config": {**value["config"], "seed": seed + 97 * offset + len(key)}}
         return layer.__class__.from_config(config)
 
-    return keras.models.clone_model(model, clone_function=clone_layer)
+    fresh = keras.models.clone_model(model, clone_function=clone_layer)
+    for source, target in zip(_all_layers(model), _all_layers(fresh), strict=True):
+        if is_preprocessing(source):
+            copy_state(source, target)
+    return fresh
+
+
+def is_preprocessing(layer: keras.layers.Layer) -> bool:
+    """A layer whose state comes from the data (`adapt`), not from training."""
+    return callable(getattr(layer, "adapt", None)) and not any(v.trainable for v in layer.weights)
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    return [layer for layer in model._flatten_layers(include_self=False)]
+
+
+def copy_state(source: keras.layers.Layer, target: keras.layers.Layer) -> None:
+    """Give `target` (a layer of the same configuration) `source`'s variables and assets as
+    Keras's own saving does (so a lookup's vocabulary and a Normalization's derived mean come
+    along), without writing a model file."""
+    store: dict[str, Any] = {}
+    source.save_own_variables(store)
+    if hasattr(source, "save_assets"):
+        with tempfile.TemporaryDirectory() as tmp:
+            source.save_assets(tmp)
+            target.load_assets(tmp)
+    target.load_own_variables(store)
+
+
+def set_weights(model: keras.Model, weights: list[np.ndarray]) -> None:
+    """`model.set_weights`, then every layer that derives state from its variables (an adapted
+    `Normalization`'s mean and variance) derives it again, as loading a model file does."""
+    model.set_weights(weights)
+    for layer in _all_layers(model):
+        # Only layers whose state is in the variables just assigned: a lookup's or a
+        # Discretization's finalize_state rebuilds its state from what `adapt` accumulated.
+        if layer.weights and is_preprocessing(layer) and callable(getattr(layer, "finalize_state", None)):
+            layer.finalize_state()
 
 
 def clone(model: keras.Model) -> keras.Model:
-    """An independent copy with the same weights and trainable flags."""
-    import keras
+    """An independent copy with the same weights, trainable flags and preprocessing state.
 
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    for a, b in zip(model.layers, copy.layers, strict=True):
-        b.trainable = a.trainable
-    return copy
+    It goes through the `.keras` format (in memory), as Keras's own saving is the one path
+    that carries every kind of state: variables, adapted statistics, lookup vocabularies
+    (assets) and layers' derived tensors. `clone_model` + `set_weights` loses the last two
+    (an adapted `Normalization` kept its build-time mean 0 and variance 1).
+    """
+    return from_bytes(to_bytes(model))
 
 
 def to_bytes(model: keras.Model) -> bytes:
