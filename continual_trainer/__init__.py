@@ -20,6 +20,7 @@ _LAZY = {
     "ModelStore": "continual_trainer.api",
     "init_store": "continual_trainer.api",
     "open_store": "continual_trainer.api",
+    "expected_inputs": "continual_trainer.api",
     "UserError": "continual_trainer.data.errors",
     "NothingNew": "continual_trainer.trainer.updatedata",
     "InputInfo": "continual_trainer.data.schema",

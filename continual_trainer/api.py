@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from continual_trainer.data.errors import UserError
 
 if TYPE_CHECKING:
+    import keras
     import pandas as pd
     import pyarrow as pa
 
@@ -35,7 +36,7 @@ def init_store(
     data: Any,
     label: str,
     *,
-    model: str = "mlp:20,10",
+    model: str | keras.Model = "mlp:20,10",
     features: Sequence[str] | None = None,
     ignore: Sequence[str] | None = None,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
@@ -55,8 +56,10 @@ def init_store(
         uri: a local folder or `s3://bucket/prefix` (any pyarrow filesystem URI).
         data: the first batch: a Parquet file or URI, an Arrow table or a pandas DataFrame.
         label: the label column.
-        model: `mlp:UNITS,...`, a builder `package.module:function`, or a trained `.keras`
-            file to import as the first version (trained first if `train`).
+        model: `mlp:UNITS,...`, a builder `package.module:function`, or a trained model to
+            import as the first version (trained first if `train`): a `keras.Model` or a
+            `.keras` file. Its adapted preprocessing comes along; a model with one input per
+            numeric column is fed that way (`expected_inputs` shows what a store feeds).
         features, ignore: which columns are features (names or patterns); the other columns
             are kept in the store and passed through by `predict`, never trained on.
         shapes: tensor shapes of list columns, e.g. `{"image": (8, 8, 1)}`.
@@ -97,6 +100,33 @@ def init_store(
     store = open_store(uri, mlflow=mlflow, progress=progress)
     store.last_outcome = outcome
     return store
+
+
+def expected_inputs(
+    store: str | None = None,
+    *,
+    data: Any = None,
+    label: str | None = None,
+    per_column: bool = False,
+    features: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The inputs a store feeds a model, by input name, each with its shape, dtype, the columns
+    it holds and the `keras.Input(...)` line that takes it; before a store exists, what a first
+    batch `data` with `label` would give (`per_column`: one input per numeric column, the
+    layout a model built that way gets)."""
+    from continual_trainer.trainer.commands import expected_inputs as expected
+
+    if store is not None:
+        return expected(store)
+    if data is None or label is None:
+        raise UserError("expected_inputs: give a store, or data and label")
+    layout = "columns" if per_column else "grouped"
+    source, table = (data, None) if isinstance(data, str) else ("data", _table(data))
+    return expected(
+        data=source, table=table, label=label, layout=layout, features=features, ignore=ignore, shapes=shapes
+    )
 
 
 def open_store(uri: str, *, mlflow: str | None = None, progress: bool = False) -> ModelStore:
@@ -365,6 +395,23 @@ class ModelStore:
         rows = history(self.uri)
         flat = [{**r["metrics"], **{k: v for k, v in r.items() if k != "metrics"}} for r in rows]
         return pd.DataFrame(flat)
+
+    def load_model(self, version: str = "current") -> keras.Model:
+        """A version as one Keras model (default: the current one): a single network as it is,
+        an ensemble as one functional model combining its members with their stored weights,
+        so that `model.predict` gives what `predict` does. It takes the inputs the store feeds
+        (`expected_inputs(store)`)."""
+        from continual_trainer.trainer.commands import load_model
+
+        return load_model(self.uri, version)[0]
+
+    def export(self, out: str, *, version: str = "current", format: str | None = None) -> dict[str, Any]:
+        """Write a version as one model: `format` `keras` (a `.keras` file) or `saved_model`
+        (TensorFlow Serving's layout, `out/<n>/saved_model.pb`; the default unless `out` ends
+        in `.keras`). Returns where it went."""
+        from continual_trainer.trainer.commands import export_model
+
+        return export_model(self.uri, out, version=version, fmt=format)
 
     def promote(self, version: str, *, reason: str = "") -> str:
         """Make a stored version current (compare-and-swap; recorded with `reason`); returns its id."""

@@ -3,7 +3,10 @@
 A feature column is one of three kinds, taken from its Arrow type when the store is
 created:
 - `numeric`: a scalar integer, float or boolean; the model gets all of them as one
-  float32 matrix, the input named `numeric`, in column order;
+  float32 matrix, the input named `numeric`, in column order (the `grouped` layout), or,
+  for a model with one input per column (`keras.Input(shape=(1,), name=column)`, Keras's
+  structured-data idiom), each as an input named after it (the `columns` layout, chosen
+  when such a model is imported);
 - `tensor`: a list of numbers of one fixed size (an image as 784 floats, an embedding
   of 128), shaped as the store records (`--shape image=28,28,1`, else the list's
   length); the model gets a float32 input of that shape named after the column;
@@ -41,6 +44,8 @@ from continual_trainer.data.rows import NUMERIC
 # Columns `predict` adds to its output: a feature of that name could never be predicted.
 OUTPUT_COLUMNS = ("prediction", "probability")
 KINDS = ("numeric", "tensor", "categorical")
+# How numeric columns reach the model: side by side as one `numeric` input, or one input each.
+NUMERIC_LAYOUTS = ("grouped", "columns")
 TASKS = ("classification", "regression")
 # The largest magnitude the model's float32 arithmetic represents.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -180,8 +185,11 @@ class Schema:
     task: str = "classification"
     target: tuple[float, float] | None = None
     ignore: tuple[str, ...] = ()
+    numeric_inputs: str = "grouped"
 
     def __post_init__(self) -> None:
+        if self.numeric_inputs not in NUMERIC_LAYOUTS:
+            raise ValueError(f"numeric_inputs must be one of {', '.join(NUMERIC_LAYOUTS)}, got {self.numeric_inputs!r}")
         object.__setattr__(self, "columns", tuple(c if isinstance(c, Column) else Column(c) for c in self.columns))
         if not self.columns:
             raise UserError("the data has no feature columns besides the label")
@@ -216,6 +224,7 @@ class Schema:
             "task": self.task,
             **({"target": list(self.target)} if self.target else {}),
             **({"ignore": list(self.ignore)} if self.ignore else {}),
+            **({"numeric_inputs": self.numeric_inputs} if self.numeric_inputs != "grouped" else {}),
         }
 
     @classmethod
@@ -239,6 +248,7 @@ class Schema:
             str(d.get("task", TASKS[0])),
             (float(target[0]), float(target[1])) if target else None,
             tuple(ignore),
+            str(d.get("numeric_inputs", "grouped")),
         )
 
     # -- what a model sees --------------------------------------------------------------------------
@@ -247,7 +257,17 @@ class Schema:
         """The model inputs this schema gives, by name (see the module's docstring)."""
         spec: dict[str, InputInfo] = {}
         numeric = [c for c in self.columns if c.kind == "numeric"]
-        if numeric:
+        if numeric and self.numeric_inputs == "columns":
+            for c in numeric:
+                stats = c.mean is not None
+                spec[c.name] = InputInfo(
+                    (),
+                    "float32",
+                    mean=(float(c.mean),) if stats else None,  # type: ignore[arg-type]
+                    variance=(float(c.variance),) if stats else None,  # type: ignore[arg-type]
+                    columns=(c.name,),
+                )
+        elif numeric:
             known = all(c.mean is not None for c in numeric)
             spec[NUMERIC] = InputInfo(
                 (len(numeric),),
@@ -274,8 +294,10 @@ class Schema:
         n = table.num_rows
         out: dict[str, np.ndarray] = {}
         numeric = [c.name for c in self.columns if c.kind == "numeric"]
-        if numeric:
-            cols = [table.column(c).to_numpy().astype(np.float32, copy=False) for c in numeric]
+        cols = [table.column(c).to_numpy().astype(np.float32, copy=False) for c in numeric]
+        if numeric and self.numeric_inputs == "columns":
+            out.update((name, np.ascontiguousarray(col)) for name, col in zip(numeric, cols, strict=True))
+        elif numeric:
             out[NUMERIC] = np.ascontiguousarray(np.stack(cols, axis=1))
         for c in self.columns:
             col = table.column(c.name)
@@ -370,7 +392,9 @@ class Schema:
         numeric = [c.name for c in self.columns if c.kind == "numeric"]
         columns = []
         for c in self.columns:
-            if c.kind == "numeric":
+            if c.kind == "numeric" and self.numeric_inputs == "columns":
+                x = inputs[c.name].astype(np.float64)
+            elif c.kind == "numeric":
                 x = inputs[NUMERIC][:, numeric.index(c.name)].astype(np.float64)
             elif c.kind == "tensor":
                 x = inputs[c.name].astype(np.float64).ravel()

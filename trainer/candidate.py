@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import NUMERIC
 from continual_trainer.trainer.models import feed, from_bytes, model_classes
 
@@ -107,3 +108,55 @@ def member_proba(model: keras.Model, x: Mapping[str, np.ndarray], n_classes: int
     out = np.zeros((len(raw), n_classes), np.float64)
     out[:, :known] = probs
     return out
+
+
+def as_model(candidate: Candidate, n_classes: int) -> keras.Model:
+    """The candidate as one Keras model whose `predict` gives what `Candidate.predict` does.
+
+    A single network is returned as it is (a copy). An ensemble becomes a functional model
+    that calls every member on the same inputs and adds their outputs through one frozen
+    `Dense` each, whose kernel holds the member's ensemble weight (and, for more than two
+    classes, places its classes among the store's and divides by how much weight covers
+    each class): binary and regression ensembles give one unit, as their members do. Only
+    built-in layers, so the model loads in safe mode anywhere Keras runs.
+    """
+    import keras
+
+    from continual_trainer.trainer.models import clone, model_inputs
+
+    used = [(m, w) for m, w in zip(candidate.members, candidate.weights, strict=True) if w]
+    if len(used) == 1:
+        return clone(used[0][0])
+    template = model_inputs(used[0][0])
+    inputs = {name: keras.Input(t.shape[1:], dtype=t.dtype, name=name) for name, t in template.items()}
+    width = 1 if n_classes in (0, 2) else n_classes
+    cover = np.zeros(width)
+    for model, w in used:
+        cover[: 1 if width == 1 else model_classes(model)] += w
+    if width > 1 and not np.allclose(cover, cover[0]):
+        raise UserError(
+            "this ensemble's members know different classes; as one model it would need a row "
+            "normalisation Keras has no built-in layer for: export its newest member, or predict with ctrain"
+        )
+    parts = []
+    for i, (member, w) in enumerate(used):
+        model = clone(member)
+        model.name = f"member_{i}"  # members are often all called "functional"
+        own = model_inputs(model)
+        feed_in = next(iter(inputs.values())) if len(own) == 1 and len(inputs) == 1 else {n: inputs[n] for n in own}
+        out = model(feed_in)
+        units = int(model.outputs[0].shape[-1])
+        kernel, bias = np.zeros((units, width), np.float32), np.zeros(width, np.float32)
+        if width == 1:
+            kernel[0, 0] = w
+        elif units == 1:  # a sigmoid member among softmax ones: [1 - p, p]
+            kernel[0, :2], bias[:2] = [-w, w], [w, 0.0]
+        else:
+            kernel[:, :units] = np.eye(units) * w
+        kernel[:, : len(cover)] /= np.where(cover > 0, cover, 1.0)
+        bias /= np.where(cover > 0, cover, 1.0)
+        combine = keras.layers.Dense(width, name=f"member_{i}_weight", trainable=False)
+        parts.append(combine(out))
+        combine.set_weights([kernel, bias])
+    output = keras.layers.Add(name="ensemble")(parts)
+    return keras.Model(inputs, output, name="ensemble")

@@ -187,7 +187,64 @@ def cmd_init(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     o = store.last_outcome
-    _emit(args, "" if args.json else _outcome_text(o), o.to_json())
+    payload = o.to_json()
+    text = "" if args.json else _outcome_text(o)
+    if o.strategy == "import":  # scored as it is: fair only on rows it was not fitted on
+        payload["note"] = IMPORT_NOTE.format(data=args.data)
+        text += "\nnote: " + payload["note"]
+    _emit(args, text, payload)
+
+
+IMPORT_NOTE = (
+    "the holdout score above is fair only if the model was not fitted on the holdout rows, which the store "
+    "cannot know; `ctrain split --data {data} --out-train T --out-holdout H` writes the exact split this "
+    "store uses: fit the model on T"
+)
+
+
+def cmd_inputs(args: argparse.Namespace) -> None:
+    import continual_trainer as ct
+
+    if args.store:
+        spec = ct.expected_inputs(args.store)
+    elif args.data and args.label:
+        spec = ct.expected_inputs(
+            data=args.data,
+            label=args.label,
+            per_column=args.per_column,
+            features=_names(args.features),
+            ignore=_names(args.ignore),
+            shapes=dict(args.shape or []),
+        )
+    else:
+        raise UserError("inputs: give --store, or --data and --label for a store not yet made")
+    lines = ["import keras", "", "inputs = {"]
+    for name, info in spec.items():
+        cols = info["columns"]
+        about = f"  # {', '.join(cols[:6])}{', ...' if len(cols) > 6 else ''}" if cols != [name] else ""
+        if info["vocabulary"] is not None:
+            about = f"  # {info['vocabulary']} values so far; map them with StringLookup (others go to its OOV bucket)"
+        lines.append(f'    "{name}": {info["keras"]},{about}')
+    lines.append("}")
+    _emit(args, "" if args.json else "\n".join(lines), {"inputs": spec})
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import continual_trainer as ct
+
+    r = ct.open_store(args.store).export(args.out, version=args.version, format=args.format)
+    _emit(args, "" if args.json else f"exported version {r['version']} as {r['format']} to {r['out']}", r)
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from continual_trainer.trainer.commands import split_file
+
+    r = split_file(args.data, args.out_train, args.out_holdout, holdout_fraction=args.holdout)
+    text = (
+        f"wrote {r['train_rows']} training rows to {args.out_train} and {r['holdout_rows']} holdout rows to "
+        f"{args.out_holdout}: fit your model on the first, then `ctrain init --data {args.data} --model ...`"
+    )
+    _emit(args, "" if args.json else text, r)
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
@@ -634,6 +691,33 @@ def build_parser() -> argparse.ArgumentParser:
     gated(c)
     judged(c)
     tracked(c)
+
+    c = command("inputs", cmd_inputs, "the inputs a store feeds a model, as keras.Input lines", needs_tf=False)
+    c.add_argument("--store", help="an existing store")
+    c.add_argument("--data", help="before a store exists: its first batch")
+    c.add_argument("--label", help="with --data: the label column")
+    c.add_argument(
+        "--per-column", action="store_true", help="with --data: one input per numeric column instead of one group"
+    )
+    c.add_argument("--features", metavar="COL,...", help="with --data: as for init")
+    c.add_argument("--ignore", metavar="COL,...", help="with --data: as for init")
+    c.add_argument("--shape", action="append", type=_shape, metavar="COL=D1,D2,...", help="with --data: as for init")
+
+    c = command("export", cmd_export, "write a version as one Keras model or a TensorFlow SavedModel")
+    c.add_argument("--store", required=True)
+    c.add_argument("--out", required=True, help="FILE.keras, or a folder for a SavedModel (written as FOLDER/<n>/)")
+    c.add_argument("--version", default="current", help="an id, current (default), parent, or a unique prefix")
+    c.add_argument("--format", choices=("keras", "saved_model"), help="default: keras for *.keras, else saved_model")
+
+    c = command(
+        "split", cmd_split, "write a first batch's training and holdout rows as init will split them", needs_tf=False
+    )
+    c.add_argument("--data", required=True, help="the Parquet file you will give init --data")
+    c.add_argument("--out-train", required=True, help="Parquet file for the training rows")
+    c.add_argument("--out-holdout", required=True, help="Parquet file for the holdout rows")
+    c.add_argument(
+        "--holdout", type=_checked(HOLDOUT), default=0.2, help="the fraction init will hold out (its --holdout)"
+    )
 
     c = command("predict", cmd_predict, "write predictions of a stored version")
     c.add_argument("--store", required=True)

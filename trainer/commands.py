@@ -10,7 +10,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,15 @@ from continual_trainer.trainer.evaluate import headline, rank_key
 from continual_trainer.trainer.executor import Executor, Job, LocalExecutor, result_or_raise
 from continual_trainer.trainer.forgetting import Gate, forgetting
 from continual_trainer.trainer.loop import LoopConfig, train
-from continual_trainer.trainer.models import ModelSpec, build_model, check_model, feed, from_bytes
+from continual_trainer.trainer.models import (
+    ModelSpec,
+    build_model,
+    check_model,
+    feed,
+    from_bytes,
+    numeric_layout,
+    to_bytes,
+)
 from continual_trainer.trainer.promotion import UpdateOutcome, check_promote, commit
 from continual_trainer.trainer.sweep import SweepResult, summarize
 from continual_trainer.trainer.trials import evaluate_sets
@@ -42,7 +50,7 @@ def init_store(
     data_uri: str,
     label: str,
     *,
-    model: str = "mlp:20,10",
+    model: str | Any = "mlp:20,10",
     loop: LoopConfig | None = None,
     seed: int = 0,
     holdout_fraction: float = 0.2,
@@ -57,9 +65,10 @@ def init_store(
 
     Args:
         model: a recipe (`mlp:20,10`, or a builder `package.module:function`), whose network
-            is trained on the batch; or a trained `.keras` file, imported as it is (scored on
-            the batch's holdout) unless `train_imported`, and kept as the recipe for fresh
-            networks (its architecture, re-initialised).
+            is trained on the batch; or a trained model, a `.keras` file or a `keras.Model`,
+            imported as it is (scored on the batch's holdout) unless `train_imported`, and kept
+            as the recipe for fresh networks (its architecture, re-initialised, with its
+            preprocessing state). A model with one input per numeric column is fed that way.
         shapes: tensor shapes of list columns, by column.
         task: `classification` or `regression` (default: regression for a float label with
             fractional values).
@@ -74,7 +83,8 @@ def init_store(
     loop = loop or LoopConfig()
     if not 0 <= holdout_fraction < 1:
         raise UserError(f"--holdout {holdout_fraction}: must be in [0, 1)")
-    imported = model.endswith(".keras") or "/" in model or os.path.isfile(model)
+    architecture, model_name = _imported_model(model)
+    imported = architecture is not None
     spec = None if imported else ModelSpec.parse(model)
     if train_imported and not imported:
         raise UserError("--train applies to --model FILE.keras (a recipe's network is always trained)")
@@ -86,16 +96,16 @@ def init_store(
     schema = Schema.infer(table, label, source, shapes=shapes, task=task, features=features, ignore=ignore)
     _refuse_existing_store(uri)
     batch = batch_name(1, data)
-    rows, holdout = split_rows(table, batch, 0, schema, holdout_fraction)
-    architecture = None
     start = time.perf_counter()
-    if imported:
-        architecture = read_bytes(model)
-        net = from_bytes(architecture, source=redact(model))
-        check_model(net, schema.input_spec(), schema.n_classes, f"--model {redact(model)}")
+    if architecture is not None:
+        net = from_bytes(architecture, source=model_name)
+        numeric = [c.name for c in schema.columns if c.kind == "numeric"]
+        schema = replace(schema, numeric_inputs=numeric_layout(net, numeric))
+        check_model(net, schema.input_spec(), schema.n_classes, model_name)
         spec = ModelSpec((), "imported")
     else:
         net = build_model(spec, schema.input_spec(), schema.n_classes, seed, schema.target)
+    rows, holdout = split_rows(table, batch, 0, schema, holdout_fraction)
     trained = not imported or train_imported
     if trained:
         target_std = schema.target[1] if schema.target else 1.0
@@ -138,6 +148,35 @@ def init_store(
     promoted = store.promote(version, None, by="init", reason="first model")
     reason = "first model" if promoted else f"another init promoted {store.current()} first"
     return UpdateOutcome(version, None, strategy, promoted, reason, metrics, {}, manifest.train_seconds, 1)
+
+
+def _imported_model(model: Any) -> tuple[bytes | None, str]:
+    """A trained model to import, as `.keras` bytes and a name for messages; None for a recipe.
+
+    UserError for what cannot be imported: an object that is not a Keras model, a TensorFlow
+    SavedModel folder (Keras 3 cannot load one as a model it can train)."""
+    if isinstance(model, str):
+        if os.path.isdir(model):
+            saved = os.path.isfile(os.path.join(model, "saved_model.pb"))
+            kind = "a TensorFlow SavedModel folder" if saved else "a folder"
+            raise UserError(
+                f"--model {redact(model)}: {kind}; ctrain imports a Keras model saved as one file: "
+                "model.save('model.keras') where the model was built"
+            )
+        if model.endswith(".keras") or "/" in model or os.path.isfile(model):
+            return read_bytes(model), f"--model {redact(model)}"
+        return None, ""
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise UserError(
+            f"model: expected a keras.Model, a .keras file or a recipe such as 'mlp:20,10', got {type(model).__name__}"
+        )
+    try:
+        return to_bytes(model), f"model {model.name!r}"
+    except Exception as exc:  # the user's object: any way it cannot be saved is theirs to see
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise UserError(f"model {model.name!r}: Keras cannot save it ({first[:200]})") from None
 
 
 def _refuse_existing_store(uri: str) -> None:
@@ -428,3 +467,121 @@ def save_sweep_winner(
         gate=gate,
         memory_budget=memory_budget,
     )
+
+
+# -- models in and out ------------------------------------------------------------------------------
+
+
+def load_model(uri: str, version: str = "current") -> Any:
+    """A stored version as one Keras model (an ensemble combined, see `candidate.as_model`),
+    taking the inputs the store feeds (`expected_inputs`)."""
+    from continual_trainer.trainer.candidate import as_model
+    from continual_trainer.trainer.versions import load_candidate
+
+    store = Store.open(uri)
+    version = store.resolve(version)
+    return as_model(load_candidate(store, version), store.schema.n_classes), version
+
+
+EXPORT_FORMATS = ("keras", "saved_model")
+
+
+def export_model(uri: str, out: str, *, version: str = "current", fmt: str | None = None) -> dict[str, Any]:
+    """Write a version as one model: a `.keras` file, or a TensorFlow SavedModel in the layout
+    TensorFlow Serving polls (`out/<n>/saved_model.pb`, `n` one more than the largest there).
+
+    Nothing is overwritten: an existing `.keras` file is refused, a SavedModel gets a new number.
+    """
+    fmt = fmt or ("keras" if out.endswith(".keras") else "saved_model")
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+    if "://" in out:
+        raise UserError(f"export {redact(out)}: models are exported to a local path")
+    if fmt == "keras" and not out.endswith(".keras"):
+        raise UserError(f"export {out}: a Keras model file is named *.keras")
+    store = Store.open(uri)
+    if store.contains(out):
+        raise UserError(f"export {out}: is inside the store {store.display}; export elsewhere")
+    if fmt == "keras" and os.path.exists(out):
+        raise UserError(f"export {out}: exists; choose a new file name")
+    if fmt == "saved_model" and os.path.isfile(out):
+        raise UserError(f"export {out}: is a file; a SavedModel is written into a folder")
+    model, version = load_model(uri, version)
+    if fmt == "keras":
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        tmp = f"{out}.{os.getpid()}.tmp.keras"
+        try:
+            model.save(tmp)
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return {"version": version, "format": fmt, "out": out}
+    os.makedirs(out, exist_ok=True)
+    numbers = [int(n) for n in os.listdir(out) if n.isdigit()]
+    number = max(numbers, default=0) + 1
+    target, tmp = os.path.join(out, str(number)), os.path.join(out, f".{number}.{os.getpid()}.tmp")
+    try:
+        model.export(tmp, format="tf_saved_model", verbose=False)
+        os.rename(tmp, target)  # TensorFlow Serving sees the number only once it is whole
+    finally:
+        if os.path.isdir(tmp):
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {"version": version, "format": fmt, "out": target}
+
+
+def expected_inputs(
+    uri: str | None = None,
+    *,
+    data: str | None = None,
+    label: str | None = None,
+    layout: str = "grouped",
+    table: pa.Table | None = None,
+    **infer: Any,
+) -> dict[str, Any]:
+    """The inputs a store feeds its models (or, before a store exists, a first batch would):
+    by name, each as `{shape, dtype, columns, keras}` with the `keras.Input(...)` line that
+    takes it; `layout` `columns` gives one input per numeric column, as a model built that way
+    is fed."""
+    from continual_trainer.trainer.models import input_line
+
+    if uri is not None:
+        schema = Store.open(uri).schema
+    else:
+        if data is None or label is None:
+            raise UserError("inputs: give a store, or a first batch's data and its label column")
+        if table is None:
+            _, table = load_table(data)
+        schema = replace(Schema.infer(table, label, redact(data), **infer), numeric_inputs=layout)
+    spec = schema.input_spec()
+    return {
+        name: {
+            "shape": list(info.shape) or [1],
+            "dtype": "string" if info.dtype == "string" else "float32",
+            "columns": list(info.columns or (name,)),
+            "vocabulary": len(info.vocabulary) if info.dtype == "string" else None,
+            "keras": input_line(name, info),
+        }
+        for name, info in spec.items()
+    }
+
+
+def split_file(data_uri: str, train_uri: str, holdout_uri: str, *, holdout_fraction: float = 0.2) -> dict[str, Any]:
+    """Write a first batch's rows as `init` will split them (the holdout is fixed by the file's
+    bytes), so the model to import can be fitted on the training part only."""
+    if not 0 < holdout_fraction < 1:
+        raise UserError(f"--holdout {holdout_fraction}: must be in (0, 1)")
+    for out in (train_uri, holdout_uri):
+        if same_file(out, data_uri):
+            raise UserError(f"{redact(out)}: is the input file; choose another path")
+    if same_file(train_uri, holdout_uri):
+        raise UserError("the training and holdout outputs are the same file")
+    from continual_trainer.data.sampling import holdout_mask
+
+    data, table = load_table(data_uri)
+    mask = holdout_mask(batch_name(1, data), table.num_rows, holdout_fraction)
+    write_table(train_uri, table.filter(pa.array(~mask)))
+    write_table(holdout_uri, table.filter(pa.array(mask)))
+    return {"train_rows": int((~mask).sum()), "holdout_rows": int(mask.sum()), "holdout_fraction": holdout_fraction}

@@ -20,7 +20,7 @@ import importlib
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -169,6 +169,8 @@ def _mlp(
             )
             continue
         h = keras.layers.Flatten(name=f"flatten_{i}")(inp) if len(info.shape) > 1 else inp
+        if not info.shape:  # one numeric column: a feature of its own
+            h = keras.layers.Reshape((1,), name=f"column_{i}")(inp)
         parts.append(_normalization(info, f"normalize_{i}")(h) if info.mean is not None else h)
     h = keras.layers.Concatenate(name="features")(parts) if len(parts) > 1 else parts[0]
     for layer in body:
@@ -207,37 +209,84 @@ def _from_builder(text: str, inputs: Mapping[str, InputInfo], n_classes: int, se
 
 
 def check_model(model: keras.Model, inputs: Mapping[str, InputInfo], n_classes: int, what: str) -> None:
-    """UserError unless `model` takes these inputs and has one output of the right width."""
+    """UserError unless `model` takes these inputs and has one output of the right width; a
+    model whose inputs do not fit hears of every mismatch at once, each with the
+    `keras.Input(...)` line that would fit."""
     if len(model.outputs) != 1:
         raise UserError(f"{what}: the model has {len(model.outputs)} outputs; ctrain trains models with one")
     units = int(model.outputs[0].shape[-1])
     if units != n_outputs(n_classes):
         kind = "regression" if n_classes == 0 else f"{n_classes} classes"
         raise UserError(f"{what}: the model's output has {units} unit(s); {kind} needs {n_outputs(n_classes)}")
-    expected = input_names(model)
-    if len(expected) > 1 and set(expected) - set(inputs):
+    problems = input_problems(model, inputs)
+    if problems:
         raise UserError(
-            f"{what}: the model's inputs {expected} do not match the store's columns, which give {list(inputs)}"
+            f"{what}: the model's inputs do not fit the store's columns ({len(problems)} problem(s)): "
+            + "; ".join(problems)
+            + " (`ctrain inputs` prints every input the store feeds)"
         )
-    if len(expected) == 1 and len(inputs) != 1:
-        raise UserError(f"{what}: the model takes one input; the store's columns give {len(inputs)}: {list(inputs)}")
-    structure = input_structure(model)
-    for name, info in inputs.items():
-        if len(expected) == 1:
-            tensor = model.inputs[0]
-        else:
-            tensor = structure[name] if isinstance(structure, dict) else model.inputs[expected.index(name)]
-        shape = tuple(tensor.shape[1:])
-        if shape != tuple(info.shape) and None not in shape:
-            raise UserError(f"{what}: the model's input {name!r} has shape {shape}; the store gives {info.shape}")
+
+
+def input_problems(model: keras.Model, inputs: Mapping[str, InputInfo]) -> list[str]:
+    """Every way `model`'s inputs differ from the ones the store's columns give, in words."""
+    tensors = model_inputs(model)
+    if len(tensors) == 1 and len(inputs) == 1:  # one input: fed whatever its name
+        ((name, info),) = inputs.items()
+        problem = _mismatch(next(iter(tensors.values())), info)
+        return [f"its one input {problem}; fits: {input_line(name, info)}"] if problem else []
+    problems = []
+    for name, tensor in tensors.items():
+        info = inputs.get(name)
+        if info is None:
+            problems.append(f"input {name!r} has no column of that name")
+        elif problem := _mismatch(tensor, info):
+            problems.append(f"input {name!r} {problem}; fits: {input_line(name, info)}")
+    problems += [
+        f"column {name!r} feeds no input; add {input_line(name, info)} (or leave the column out with --ignore)"
+        for name, info in inputs.items()
+        if name not in tensors
+    ]
+    return problems
+
+
+def _mismatch(tensor: Any, info: InputInfo) -> str:
+    """How a model input differs from what a store input gives ("" if it can be fed)."""
+    shape = tuple(tensor.shape[1:])
+    string = str(tensor.dtype) == "string"
+    if string != (info.dtype == "string"):
+        given = "strings" if info.dtype == "string" else "numbers"
+        return f"has dtype {tensor.dtype}; the store gives {given}"
+    want = tuple(info.shape)
+    fits = [want, (1,)] if want == () else [want]
+    if any(len(shape) == len(w) and all(d is None or d == e for d, e in zip(shape, w, strict=True)) for w in fits):
+        return ""
+    return f"has shape {shape}; the store gives {want or (1,)}"
+
+
+def input_line(name: str, info: InputInfo) -> str:
+    """The `keras.Input` a store input fits, as code."""
+    dtype = "string" if info.dtype == "string" else "float32"
+    return f'keras.Input(shape={tuple(info.shape) or (1,)!r}, dtype="{dtype}", name="{name}")'
+
+
+def numeric_layout(model: keras.Model, columns: Sequence[str]) -> str:
+    """How the store should feed numeric columns to `model`: `columns` (one input each) if
+    the model has an input named after one of them, else `grouped` (one `numeric` input)."""
+    names = list(model_inputs(model))
+    return "columns" if len(names) > 1 and set(names) & set(columns) else "grouped"
+
+
+def model_inputs(model: keras.Model) -> dict[str, Any]:
+    """The model's input tensors by the name they are fed by (a dict-structured model's keys,
+    else the input layers' names)."""
+    if _dict_inputs(model):
+        return dict(model.input)
+    return {t.name: t for t in model.inputs}
 
 
 def input_names(model: keras.Model) -> list[str]:
-    """The names the model's inputs are fed by: the keys of a dict-structured model, else the
-    input layers' names."""
-    if _dict_inputs(model):
-        return list(model.input)
-    return [t.name for t in model.inputs]
+    """The names the model's inputs are fed by."""
+    return list(model_inputs(model))
 
 
 def input_structure(model: keras.Model) -> Any:
@@ -256,17 +305,28 @@ def _dict_inputs(model: keras.Model) -> bool:
 
 def feed(model: keras.Model, x: Mapping[str, np.ndarray]) -> Any:
     """The inputs as `model` takes them: the one array for a single-input model, else a dict
-    by input name."""
-    names = input_names(model)
-    if len(names) == 1:
+    by input name; a column's values shaped `(n, 1)` for an input of shape `(1,)` and cast to
+    an integer input's dtype (an `IntegerLookup` on a column the store holds as numbers)."""
+    tensors = model_inputs(model)
+    if len(tensors) == 1:
         if len(x) != 1:
             raise UserError(f"model {model.name!r} takes one input; the store's columns give {list(x)}")
-        value = next(iter(x.values()))
-        return {names[0]: value} if _dict_inputs(model) else value
-    missing = [n for n in names if n not in x]
+        ((name, tensor),) = tensors.items()
+        value = _as_input(next(iter(x.values())), tensor)
+        return {name: value} if _dict_inputs(model) else value
+    missing = [n for n in tensors if n not in x]
     if missing:
         raise UserError(f"model {model.name!r} needs input(s) {missing}; the store's columns give {list(x)}")
-    return {n: x[n] for n in names}
+    return {n: _as_input(x[n], t) for n, t in tensors.items()}
+
+
+def _as_input(value: np.ndarray, tensor: Any) -> np.ndarray:
+    if value.ndim == len(tensor.shape) - 1:
+        value = value.reshape(*value.shape, 1)
+    dtype = str(tensor.dtype)
+    if dtype.startswith(("int", "uint")) and value.dtype.kind == "f":
+        value = value.astype(dtype)
+    return value
 
 
 def model_classes(model: keras.Model) -> int:
