@@ -191,7 +191,7 @@ def test_a_model_that_cannot_be_fed_hears_every_mismatch_and_nothing_is_written(
 
     import continual_trainer as ct
 
-    with pytest.raises(UserError, match="expected a keras.Model"):
+    with pytest.raises(UserError, match=r"expected a keras\.Model"):
         ct.init_store(store, str(tmp_path / "old.parquet"), "y", model=object())
     wide = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3, activation="softmax")])
     with pytest.raises(UserError, match="output has 3 unit"):
