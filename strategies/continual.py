@@ -35,7 +35,9 @@ if TYPE_CHECKING:
     import keras
 
 FISHER = "fisher."
-CONTINUAL = Capabilities(learns_new_classes=True, in_pieces=True)  # also on rows left in the store
+CONTINUAL = Capabilities(
+    learns_new_classes=True, in_pieces=True, starts_from="current"
+)  # also on rows left in the store
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,6 @@ def _simplex(z: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-ENSEMBLES = Capabilities(learns_new_classes=True, data_parallel="bagging", in_pieces=True)
+ENSEMBLES = Capabilities(learns_new_classes=True, data_parallel="bagging", in_pieces=True, starts_from="members")
 register("ensemble_new", EnsembleParams, "current model + a new member fit on new data only", ENSEMBLES)(ensemble)
 register("ensemble_all", EnsembleAllParams, "current model + a new member fit on old + new data", ENSEMBLES)(ensemble)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 StrategyFn = Callable[["UpdateInputs", Any], "Candidate"]
 
 DATA_PARALLEL = ("averaging", "bagging")
+STARTS = ("current", "members", "body", "scratch")
 
 
 @dataclass(frozen=True)
@@ -37,14 +38,21 @@ class Capabilities:
             fits one new member on its shard), or None (not data-parallel).
         in_pieces: it can train on rows left in the store and read a chunk at a time (above
             `--memory-budget`), not only on rows in memory.
+        starts_from: what its candidate starts as, before training: `current` (the current
+            model's function: with a learning rate near 0 it predicts what the current model
+            does), `members` (the current members stay, unchanged, beside new ones), `body`
+            (the current network's body under new layers) or `scratch` (new networks).
     """
 
     trains: bool = True
     learns_new_classes: bool = False
     data_parallel: str | None = None
     in_pieces: bool = False
+    starts_from: str = "scratch"
 
     def __post_init__(self) -> None:
+        if self.starts_from not in STARTS:
+            raise ValueError(f"starts_from must be one of {', '.join(STARTS)}")
         if self.data_parallel not in (None, *DATA_PARALLEL):
             raise ValueError(f"data_parallel must be None or one of {', '.join(DATA_PARALLEL)}")
 

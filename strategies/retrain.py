@@ -28,7 +28,12 @@ class FinetuneAllParams(FinetuneRecipe, TrainAllParams):
     """Continue training on old + new data with a tenth of the reference learning rate."""
 
 
-@register("keep", NoParams, "do nothing: the current model stays", Capabilities(trains=False, in_pieces=True))
+@register(
+    "keep",
+    NoParams,
+    "do nothing: the current model stays",
+    Capabilities(trains=False, in_pieces=True, starts_from="current"),
+)
 def keep(inputs: UpdateInputs, params: NoParams) -> Candidate:
     return inputs.current
 
@@ -50,7 +55,7 @@ def fresh(inputs: UpdateInputs, params: TrainParams) -> Candidate:
     return Candidate.single(fit(inputs.fresh_model(), inputs, params))
 
 
-FINETUNE = Capabilities(data_parallel="averaging", in_pieces=True)
+FINETUNE = Capabilities(data_parallel="averaging", in_pieces=True, starts_from="current")
 FRESH = Capabilities(learns_new_classes=True, in_pieces=True)
 register(
     "finetune_new", FinetuneParams, "continue training the current model on new data, smaller learning rate", FINETUNE

@@ -90,7 +90,7 @@ def _frozen_body(
     "graft",
     GraftParams,
     "freeze the current model's layers, add new trainable layers and head",
-    Capabilities(learns_new_classes=True, in_pieces=True),
+    Capabilities(learns_new_classes=True, in_pieces=True, starts_from="body"),
 )
 def graft(inputs: UpdateInputs, params: GraftParams) -> Candidate:
     """New Dense layers and a new head on the current network's body (its output up to the
@@ -117,7 +117,7 @@ class NewHeadParams(TransferParams):
     "new_head",
     NewHeadParams,
     "keep the body, replace the output layer with one for every class",
-    Capabilities(learns_new_classes=True, in_pieces=True),
+    Capabilities(learns_new_classes=True, in_pieces=True, starts_from="current"),
 )
 def new_head(inputs: UpdateInputs, params: NewHeadParams) -> Candidate:
     """Old classes keep their output weights (a sigmoid unit becomes the class-1 softmax

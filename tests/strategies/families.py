@@ -45,3 +45,31 @@ def tabular(inputs: dict[str, Any], n_outputs: int, seed: int):
         n_outputs, activation=activation, kernel_initializer=keras.initializers.GlorotUniform(seed + 2)
     )(h)
     return keras.Model({"numeric": a, "colour": b}, out, name="tabular")
+
+
+def keras_way(x: dict[str, Any], n_outputs: int, seed: int):
+    """As Keras's structured-data guide builds a model: one input per column, each numeric one
+    through a `Normalization` adapted on `x`, the string column through an adapted
+    `StringLookup`; no BatchNormalization, so a learning rate near 0 changes nothing."""
+    import keras
+
+    inputs, encoded = {}, []
+    for name, values in x.items():
+        if values.dtype == object:
+            inputs[name] = keras.Input((1,), dtype="string", name=name)
+            lookup = keras.layers.StringLookup(output_mode="one_hot")
+            lookup.adapt(values.astype(str))
+            encoded.append(lookup(inputs[name]))
+        else:
+            inputs[name] = keras.Input((1,), name=name)
+            norm = keras.layers.Normalization()
+            norm.adapt(values.reshape(-1, 1))
+            encoded.append(norm(inputs[name]))
+    h = keras.layers.Dense(8, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed))(
+        keras.layers.concatenate(encoded)
+    )
+    activation = "softmax" if n_outputs > 1 else "sigmoid"
+    out = keras.layers.Dense(
+        n_outputs, activation=activation, kernel_initializer=keras.initializers.GlorotUniform(seed + 1)
+    )(h)
+    return keras.Model(inputs, out, name="keras_way")
