@@ -25,7 +25,7 @@ from continual_trainer.cluster.pool import ACTOR_MEMORY, PackedResult
 from continual_trainer.cluster.runtime import get, kill, pin_threads
 from continual_trainer.data.chunks import StoredRows, StoredUnion
 from continual_trainer.data.errors import UserError
-from continual_trainer.data.rows import Rows
+from continual_trainer.data.rows import Rows, with_statistics
 from continual_trainer.data.storage import trust, verified
 from continual_trainer.strategies.base import TrainParams, training_set
 from continual_trainer.strategies.ensemble import combine
@@ -289,7 +289,7 @@ def _fit_member(
     from continual_trainer.trainer.loop import train, train_stream
     from continual_trainer.trainer.models import build_model, feed, to_bytes
 
-    model = build_model(data.model_spec, data.input_spec, data.n_classes, seed, data.target)
+    model = build_model(data.model_spec, data.input_spec, data.n_classes, seed, data.target, adapt=True)
     task, target_std = _task(data)
     if isinstance(rows, StoredUnion):  # this actor's row groups, read from the store a chunk at a time
         passes = passes_over(model, rows, weights, seed)
@@ -306,9 +306,11 @@ def bagged_ensemble(data: UpdateData, current: Candidate, params: Any, seed: int
 
     inputs = data.inputs(current, seed)
     rows, weights = training_set(inputs, params)
-    shipped = ray.put(data)
     if isinstance(rows, StoredUnion):
         rows.verify()  # once here, not by each actor
+    # New members read the data as it is now: input statistics over the whole training set.
+    pieces = rows.chunks() if isinstance(rows, StoredUnion) else [rows]
+    shipped = ray.put(dataclasses.replace(data, input_spec=with_statistics(data.input_spec, pieces)))
     refs = [
         _fit_member.options(memory=ACTOR_MEMORY).remote(shipped, part, w, params.loop_config(), seed + i, verified())
         for i, (part, w) in enumerate(_parts(rows, weights, actors, seed))

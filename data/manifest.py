@@ -50,6 +50,7 @@ class Manifest:
     execution: dict[str, Any] = field(default_factory=lambda: {"mode": "local"})
     origin: dict[str, Any] = field(default_factory=dict)  # where else it comes from, e.g. a sweep's trial
     state: dict[str, Any] = field(default_factory=dict)  # continual-learning state: files and summaries
+    preprocessing: str = ""  # where its members' input statistics and vocabularies come from
     classes: tuple[Any, ...] = ()
     features: tuple[str, ...] = ()
     weights: tuple[float, ...] = ()
@@ -104,6 +105,7 @@ class Manifest:
             execution=_dict(d, "execution") or {"mode": "local"},
             origin=_dict(d, "origin"),
             state=_dict(d, "state"),
+            preprocessing=str(d.get("preprocessing") or ""),
             classes=tuple(_list(d, "classes", object, required=False)),
             features=tuple(_list(d, "features", str, required=False)),
             weights=weights,

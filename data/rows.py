@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -72,3 +72,32 @@ class Rows:
         models outside the network, such as a domain classifier); strings are left out."""
         parts = [a.reshape(len(a), -1).astype(np.float32) for a in self.x.values() if a.dtype != object]
         return np.concatenate(parts, axis=1) if parts else np.zeros((len(self), 0), np.float32)
+
+
+def with_statistics(spec: Mapping[str, InputInfo], pieces: Iterable[Rows]) -> dict[str, InputInfo]:
+    """`spec` with each numeric and tensor input's mean and variance over the rows of `pieces`
+    (rows in memory, or stored rows read a chunk at a time), as the store's first batch gives
+    them: per feature for numeric inputs (grouped or one per column), over all elements for a
+    tensor. Chunks are merged exactly (Chan et al.'s pairwise update), in float64."""
+    import dataclasses
+
+    acc: dict[str, tuple[float, np.ndarray, np.ndarray]] = {}
+    for piece in pieces:
+        for name, info in spec.items():
+            if info.dtype == "string" or name not in piece.x or not len(piece):
+                continue
+            a = np.asarray(piece.x[name], np.float64)
+            a = a.reshape(len(a), -1) if info.columns else a.reshape(-1, 1)
+            n_b, mean_b = float(len(a)), a.mean(axis=0)
+            m2_b = ((a - mean_b) ** 2).sum(axis=0)
+            if name not in acc:
+                acc[name] = (n_b, mean_b, m2_b)
+                continue
+            n_a, mean_a, m2_a = acc[name]
+            delta, n = mean_b - mean_a, n_a + n_b
+            acc[name] = (n, mean_a + delta * n_b / n, m2_a + m2_b + delta**2 * n_a * n_b / n)
+    out = dict(spec)
+    for name, (n, mean, m2) in acc.items():
+        mean_t = tuple(float(m) for m in mean)
+        out[name] = dataclasses.replace(spec[name], mean=mean_t, variance=tuple(float(v) for v in m2 / n))
+    return out

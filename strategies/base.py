@@ -10,7 +10,7 @@ import numpy as np
 
 from continual_trainer.data.chunks import StoredRows, StoredUnion
 from continual_trainer.data.errors import UserError
-from continual_trainer.data.rows import Rows
+from continual_trainer.data.rows import Rows, with_statistics
 from continual_trainer.data.sampling import importance_weights, recency_weights, sample
 from continual_trainer.trainer.loop import LoopConfig, train, train_stream
 from continual_trainer.trainer.models import ModelSpec, build_model, feed
@@ -58,9 +58,14 @@ class UpdateInputs:
     def regression(self) -> bool:
         return self.n_classes == 0
 
-    def fresh_model(self, seed_offset: int = 0) -> keras.Model:
-        """A new network of the store's recipe, covering every class the store knows."""
-        return build_model(self.model_spec, self.input_spec, self.n_classes, self.seed + seed_offset, self.target)
+    def fresh_model(self, seed_offset: int = 0, rows: Rows | None = None) -> keras.Model:
+        """A new network of the store's recipe, covering every class the store knows; with
+        `rows`, its input statistics are theirs (see `fit_fresh`), else the store's first batch's."""
+        if rows is None:
+            return build_model(self.model_spec, self.input_spec, self.n_classes, self.seed + seed_offset, self.target)
+        pieces = rows.chunks() if isinstance(rows, StoredRows | StoredUnion) else [rows]
+        spec = with_statistics(self.input_spec, pieces)
+        return build_model(self.model_spec, spec, self.n_classes, self.seed + seed_offset, self.target, adapt=True)
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,16 @@ def _stored_training_set(inputs: UpdateInputs, params: TrainParams) -> tuple[Sto
     newest = max(counts)
     mean = sum(c * 0.5 ** ((newest - o) / params.half_life) for o, c in counts.items()) / max(sum(counts.values()), 1)
     return rows, lambda order: (np.power(0.5, (newest - order) / params.half_life) / mean).astype(np.float32)
+
+
+def fit_fresh(inputs: UpdateInputs, params: TrainParams, seed_offset: int = 0) -> keras.Model:
+    """A new network of the store's recipe trained on the strategy's training set, its input
+    statistics computed on those rows (all of them for `fresh_all`): a member trained from
+    scratch reads the data as it is now, not as the store's first batch was."""
+    rows, weights = training_set(inputs, params)
+    model = inputs.fresh_model(seed_offset, rows)
+    train_rows(model, inputs, rows, params, weights, seed_offset)
+    return model
 
 
 def fit(model: keras.Model, inputs: UpdateInputs, params: TrainParams, seed_offset: int = 0) -> keras.Model:

@@ -9,7 +9,7 @@ import numpy as np
 
 from continual_trainer.data.chunks import StoredRows, StoredUnion
 from continual_trainer.data.errors import UserError
-from continual_trainer.strategies.base import TrainAllParams, TrainParams, UpdateInputs, fit
+from continual_trainer.strategies.base import TrainAllParams, TrainParams, UpdateInputs, fit_fresh
 from continual_trainer.strategies.registry import Capabilities, register
 from continual_trainer.trainer.candidate import Candidate, member_output, member_proba
 from continual_trainer.trainer.params import Choice, Interval, Params, Rule, param
@@ -44,7 +44,7 @@ class EnsembleAllParams(TrainAllParams, EnsembleOptions):
 
 def ensemble(inputs: UpdateInputs, params: EnsembleParams | EnsembleAllParams) -> Candidate:
     """Add a fresh member (covering every class the store knows) to the current ones."""
-    return combine(inputs, (fit(inputs.fresh_model(), inputs, params),), params)
+    return combine(inputs, (fit_fresh(inputs, params),), params)
 
 
 def combine(inputs: UpdateInputs, new: tuple[keras.Model, ...], params: EnsembleOptions) -> Candidate:

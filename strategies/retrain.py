@@ -12,6 +12,7 @@ from continual_trainer.strategies.base import (
     TrainParams,
     UpdateInputs,
     fit,
+    fit_fresh,
 )
 from continual_trainer.strategies.registry import Capabilities, names, register
 from continual_trainer.trainer.candidate import Candidate
@@ -52,7 +53,7 @@ def finetune(inputs: UpdateInputs, params: TrainParams) -> Candidate:
 
 def fresh(inputs: UpdateInputs, params: TrainParams) -> Candidate:
     """Fit a new network of the store's recipe; the current model is discarded."""
-    return Candidate.single(fit(inputs.fresh_model(), inputs, params))
+    return Candidate.single(fit_fresh(inputs, params))
 
 
 FINETUNE = Capabilities(data_parallel="averaging", in_pieces=True, starts_from="current")

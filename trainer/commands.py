@@ -143,6 +143,12 @@ def init_store(
         batches_trained=(batch,) if trained else (),
         metrics=metrics,
         train_seconds=seconds if trained else 0.0,
+        preprocessing=(
+            "the imported model's own (its adapted layers as saved)"
+            if imported
+            else "input statistics of the first batch (standard deviations of numeric columns floored at a tenth "
+            "of their median); vocabularies: the first batch's"
+        ),
     )
     save_candidate(store, version, candidate, manifest)
     promoted = store.promote(version, None, by="init", reason="first model")

@@ -117,11 +117,15 @@ def build_model(
     n_classes: int,
     seed: int,
     target: tuple[float, float] | None = None,
+    adapt: bool = False,
 ) -> keras.Model:
     """A fresh network of the recipe for these inputs and classes (`n_classes` 0: regression).
 
     `inputs` may be a number of numeric features (one un-normalised `numeric` input);
     `target` is a regression label's mean and std, which the `mlp` head rescales to.
+    `adapt`: `inputs` carry the statistics of the rows the network will train on, and an
+    imported architecture's `Normalization` layers that read a model input take them (its
+    lookups and bins keep the imported state: their width fixes the next layer's shape).
     """
     if isinstance(inputs, int):
         from continual_trainer.data.schema import InputInfo
@@ -132,8 +136,39 @@ def build_model(
     if spec.kind == "imported":
         if spec.architecture is None:
             raise ValueError("an imported recipe needs its architecture")
-        return with_head(reinitialised(from_bytes(spec.architecture), seed), n_classes, seed)
+        model = with_head(reinitialised(from_bytes(spec.architecture), seed), n_classes, seed)
+        if adapt:
+            readapt(model, inputs)
+        return model
     return _mlp(spec.hidden, inputs, n_classes, seed, target)
+
+
+def readapt(model: keras.Model, inputs: Mapping[str, InputInfo]) -> None:
+    """Give every `Normalization` layer fed directly by a model input that input's statistics
+    in `inputs` (per feature, or one over all elements for a layer normalising so)."""
+    import keras
+
+    tensors = model_inputs(model)
+    single = len(tensors) == 1 and len(inputs) == 1
+    for name, tensor in tensors.items():
+        info = next(iter(inputs.values())) if single else inputs.get(name)
+        if info is None or info.mean is None or info.variance is None:
+            continue
+        source = tensor._keras_history.operation
+        for layer in _all_layers(model):
+            if type(layer) is not keras.layers.Normalization or layer.input_mean is not None:
+                continue  # only adapted layers: a Normalization given its mean is the user's choice
+            if not any(node.parent_nodes and node.parent_nodes[0].operation is source for node in layer._inbound_nodes):
+                continue
+            size = int(np.prod(layer.adapt_mean.shape))
+            mean, var = np.asarray(info.mean, np.float64), np.asarray(info.variance, np.float64)
+            if size != len(mean):
+                if size != 1:
+                    continue  # statistics of another layout than the layer's: keep what it has
+                mean, var = np.array([mean.mean()]), np.array([var.mean() + mean.var()])
+            layer.adapt_mean.assign(mean.reshape(layer.adapt_mean.shape))
+            layer.adapt_variance.assign(var.reshape(layer.adapt_variance.shape))
+            layer.finalize_state()
 
 
 def _mlp(
@@ -149,9 +184,10 @@ def _mlp(
     body = [*hidden_layers(hidden, seed), head_layer(n_classes, seed + 1000)]
     if n_classes == 0 and target is not None:  # predict standardised values, output the label's units
         body.append(keras.layers.Rescaling(scale=target[1], offset=target[0], name="to_label_units"))
+    floor = std_floor(inputs)
     if list(inputs) == [NUMERIC]:
         info = inputs[NUMERIC]
-        norm = [_normalization(info, "normalize")] if info.mean is not None else []
+        norm = [_normalization(info, "normalize", floor)] if info.mean is not None else []
         return keras.Sequential([keras.Input(info.shape, name=NUMERIC), *norm, *body], name="mlp")
     tensors, parts = {}, []
     for i, (name, info) in enumerate(inputs.items()):
@@ -171,19 +207,66 @@ def _mlp(
         h = keras.layers.Flatten(name=f"flatten_{i}")(inp) if len(info.shape) > 1 else inp
         if not info.shape:  # one numeric column: a feature of its own
             h = keras.layers.Reshape((1,), name=f"column_{i}")(inp)
-        parts.append(_normalization(info, f"normalize_{i}")(h) if info.mean is not None else h)
+        parts.append(_normalization(info, f"normalize_{i}", floor)(h) if info.mean is not None else h)
     h = keras.layers.Concatenate(name="features")(parts) if len(parts) > 1 else parts[0]
     for layer in body:
         h = layer(h)
     return keras.Model(tensors, h, name="mlp")
 
 
-def _normalization(info: InputInfo, name: str) -> keras.layers.Layer:
-    """(x - mean) / std with the store's first-batch statistics; a constant feature is only centred."""
+STD_FLOOR = 0.1  # of the median standard deviation of the store's numeric columns
+
+
+def preprocessing_of(spec: ModelSpec, starts_from: str) -> str:
+    """Where a version's input statistics and vocabularies come from, in words, for its
+    manifest: kept from the current model, or (new members) as `build_model(adapt=True)` and
+    `reinitialised` set them for the store's recipe."""
+    if spec.kind == "imported":
+        fresh = (
+            "new members: adapted Normalization layers on model inputs re-adapted on the rows they trained on; "
+            "lookup vocabularies, bins and other preprocessing state copied from the imported model"
+        )
+    else:
+        fresh = (
+            "new members: input statistics computed on the rows they trained on (standard deviations of numeric "
+            "columns floored at a tenth of their median); vocabularies: the store's"
+        )
+    return {
+        "current": "the current model's, kept (never retrained)",
+        "body": "the current model's, kept with its frozen body",
+        "members": f"current members keep theirs; {fresh}",
+    }.get(starts_from, fresh)
+
+
+def std_floor(inputs: Mapping[str, InputInfo]) -> float:
+    """The smallest standard deviation the `mlp` recipe divides a numeric column by: a tenth of
+    the median over the numeric columns that vary (1 if none does).
+
+    A column that barely varies in the rows the statistics come from (a flag, a code, a new
+    sensor, a pixel the first classes rarely touch) would otherwise be multiplied by hundreds
+    once it varies: the network then sees inputs far outside anything it trained on and can
+    collapse to one class. Tensors have one statistic over all their elements and no floor."""
+    stds = [
+        float(np.sqrt(v))
+        for info in inputs.values()
+        if info.columns and info.variance is not None
+        for v in info.variance
+        if v > 1e-12
+    ]
+    return STD_FLOOR * float(np.median(stds)) if stds else 1.0
+
+
+def _normalization(info: InputInfo, name: str, floor: float = 1.0) -> keras.layers.Layer:
+    """(x - mean) / std with the given statistics: a numeric column's std at least `floor`
+    (see `std_floor`), a constant tensor's 1."""
     import keras
 
-    mean, variance = list(info.mean or ()), [v if v > 1e-12 else 1.0 for v in info.variance or ()]
-    if len(mean) == 1 and info.shape != (1,):  # a tensor: one mean and variance over all its elements
+    mean = list(info.mean or ())
+    if info.columns:
+        variance = [max(float(np.sqrt(max(v, 0.0))), floor) ** 2 for v in info.variance or ()]
+    else:
+        variance = [v if v > 1e-12 else 1.0 for v in info.variance or ()]
+    if len(mean) == 1 and info.shape != (1,):  # a tensor or one column: one mean and variance over its elements
         return keras.layers.Normalization(axis=None, mean=mean[0], variance=variance[0], name=name)
     return keras.layers.Normalization(mean=mean, variance=variance, name=name)
 

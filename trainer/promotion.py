@@ -6,11 +6,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from continual_trainer import strategies
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import Manifest, lineage
 from continual_trainer.data.storage import Store
 from continual_trainer.trainer.evaluate import better, learned_nothing
 from continual_trainer.trainer.forgetting import Gate
+from continual_trainer.trainer.models import preprocessing_of
 from continual_trainer.trainer.trials import JUDGED_ON, TrialResult, holdout_metrics
 from continual_trainer.trainer.updatedata import UpdateData
 from continual_trainer.trainer.versions import save_candidate
@@ -92,6 +94,7 @@ def commit(
             train_seconds=result.train_seconds,
             execution=result.execution,
             origin=origin or {},
+            preprocessing=preprocessing_of(data.model_spec, strategies.get(strategy_name).can.starts_from),
         ),
     )
     wins = better(holdout_metrics(result.metrics, on), holdout_metrics(result.current_metrics, on))

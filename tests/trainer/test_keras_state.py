@@ -82,3 +82,60 @@ def test_training_a_copy_leaves_adapted_state_alone_and_a_tiny_step_changes_noth
     np.testing.assert_allclose(_predict(copy, x), before, atol=1e-5)
     for a, v in zip(state, copy.get_layer("norm").weights, strict=True):
         np.testing.assert_array_equal(a, np.asarray(v))
+
+
+def test_statistics_over_chunks_equal_statistics_over_all_rows() -> None:
+    from continual_trainer.data.rows import Rows, with_statistics
+    from continual_trainer.data.schema import InputInfo
+
+    rng = np.random.default_rng(3)
+    x = {"numeric": rng.normal(1e4, 3, size=(500, 2)).astype(np.float32), "img": rng.random((500, 2, 2), np.float32)}
+    x["city"] = np.array(["a"] * 500, dtype=object)
+    rows = Rows(x, np.zeros(500, np.int32), np.zeros(500, np.int32))
+    spec = {
+        "numeric": InputInfo((2,), "float32", columns=("a", "b")),
+        "img": InputInfo((2, 2), "float32"),
+        "city": InputInfo((), "string", ("a",)),
+    }
+    whole = with_statistics(spec, [rows])
+    pieces = with_statistics(spec, [rows.view(0, 7), rows.view(7, 300), rows.view(300, 500)])
+    np.testing.assert_allclose(whole["numeric"].mean, x["numeric"].astype(np.float64).mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(whole["numeric"].variance, x["numeric"].astype(np.float64).var(axis=0), rtol=1e-9)
+    assert len(whole["img"].mean) == 1  # a tensor: one statistic over all its elements
+    for name in ("numeric", "img"):
+        np.testing.assert_allclose(pieces[name].mean, whole[name].mean, rtol=1e-12)
+        np.testing.assert_allclose(pieces[name].variance, whole[name].variance, rtol=1e-9)
+    assert pieces["city"] is spec["city"]
+
+
+def test_the_std_floor_is_a_tenth_of_the_median_numeric_std() -> None:
+    from continual_trainer.data.schema import InputInfo
+    from continual_trainer.trainer.models import ModelSpec, build_model, std_floor
+
+    spec = {
+        "numeric": InputInfo((4,), "float32", mean=(0, 0, 0, 0), variance=(4.0, 1.0, 1e-6, 0.0), columns=tuple("abcd"))
+    }
+    assert std_floor(spec) == pytest.approx(0.1 * np.median([2.0, 1.0, 1e-3]))
+    model = build_model(ModelSpec((3,)), spec, 2, seed=0)
+    norm = model.get_layer("normalize")
+    np.testing.assert_allclose(np.sqrt(np.asarray(norm.variance)).ravel(), [2.0, 1.0, 0.1, 0.1], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_fresh_members_of_an_imported_architecture_read_the_rows_they_train_on() -> None:
+    """Normalization on a model input is re-adapted on the training rows; the lookup keeps the
+    imported vocabulary (its width fixes the next layer's shape)."""
+    from continual_trainer.data.rows import Rows, with_statistics
+    from continual_trainer.data.schema import InputInfo
+    from continual_trainer.trainer.models import ModelSpec, build_model
+
+    model, x, _ = _adapted_model(batch_norm=False)
+    spec = {"num": InputInfo((3,), "float32", columns=("a", "b", "c")), "colour": InputInfo((), "string", ("red",))}
+    later = {"num": x["num"] * 2 + 100, "colour": x["colour"][:, 0]}
+    rows = Rows(later, np.zeros(300, np.int32), np.zeros(300, np.int32))
+    fresh = build_model(
+        ModelSpec((), "imported", architecture=to_bytes(model)), with_statistics(spec, [rows]), 2, 3, adapt=True
+    )
+    np.testing.assert_allclose(np.asarray(fresh.get_layer("norm").mean).ravel(), later["num"].mean(axis=0), rtol=1e-5)
+    assert fresh.get_layer("lookup").get_vocabulary() == model.get_layer("lookup").get_vocabulary()
+    assert fresh.get_layer("bins").bin_boundaries == model.get_layer("bins").bin_boundaries

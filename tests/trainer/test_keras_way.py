@@ -92,6 +92,10 @@ def test_a_per_column_adapted_model_imports_as_it_is_updates_and_comes_out(tmp_p
     assert tuned.metrics["holdout_accuracy"] >= keep - 0.03, (tuned.metrics, keep)
     ensemble = store.update("ensemble_all", epochs=20, promote="always")
     assert ensemble.members == 2
+    from continual_trainer.data.storage import Store
+
+    said = Store.open(store_uri).manifest(ensemble.version).preprocessing
+    assert "re-adapted on the rows they trained on" in said and "copied from the imported model" in said
 
     # The ensemble as one Keras model predicts what `ctrain predict` writes.
     assert (
@@ -225,3 +229,31 @@ def test_split_writes_the_rows_init_holds_out(tmp_path: Path, capsys) -> None:
     np.testing.assert_array_equal(schema.inputs(held)["numeric"], holdout.x["numeric"])
     code, shown, _ = run(capsys, "inputs", "--data", str(tmp_path / "first.parquet"), "--label", "y", "--per-column")
     assert code == 0 and sorted(shown["inputs"]) == ["age", "city", "code", "gain", "hours"]
+
+
+def _sensor(n: int, seed: int, live: bool) -> pa.Table:
+    """A sensor that reads 0 (one row 0.05) in the first batch, then a 0/1 flag that matters."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4))
+    sensor = rng.integers(0, 2, n).astype(float) if live else np.where(np.arange(n) == 0, 0.05, 0.0)
+    y = (x[:, 0] + x[:, 1] + (2 * sensor - 1 if live else 0) > 0).astype(np.int64)
+    return pa.table({**{f"f{i}": x[:, i] for i in range(4)}, "sensor": sensor, "y": y})
+
+
+@pytest.mark.slow
+def test_a_column_nearly_constant_at_first_that_varies_later_through_every_strategy(tmp_path: Path) -> None:
+    """The first batch's std of `sensor` is 0.003: divided by it, a later 1 is ~350 standard
+    deviations. With the std floor and fresh members' statistics taken from the rows they train
+    on, every strategy learns the new batch (measured 0.74-0.92; before: graft 0.63, lwf 0.62,
+    ensemble_new 0.60)."""
+    import continual_trainer as ct
+    from continual_trainer import strategies
+
+    pq.write_table(_sensor(300, 0, live=False), tmp_path / "a.parquet")
+    pq.write_table(_sensor(600, 1, live=True), tmp_path / "b.parquet")
+    store = ct.init_store(str(tmp_path / "s"), str(tmp_path / "a.parquet"), "y", epochs=60)
+    store.ingest(str(tmp_path / "b.parquet"))
+    for name in strategies.names(trains=True):
+        outcome = store.update(name, promote="never", epochs=30)
+        assert not outcome.warnings, (name, outcome.warnings)
+        assert outcome.metrics["holdout_accuracy"] >= 0.70, (name, outcome.metrics["holdout_accuracy"])
