@@ -98,6 +98,8 @@ def with_statistics(spec: Mapping[str, InputInfo], pieces: Iterable[Rows]) -> di
             acc[name] = (n, mean_a + delta * n_b / n, m2_a + m2_b + delta**2 * n_a * n_b / n)
     out = dict(spec)
     for name, (n, mean, m2) in acc.items():
+        if not (np.all(np.abs(mean) < 1e30) and np.all(m2 / n < 1e30)):
+            continue  # values beyond float32's reach: such rows make training diverge, with its own message
         mean_t = tuple(float(m) for m in mean)
         out[name] = dataclasses.replace(spec[name], mean=mean_t, variance=tuple(float(v) for v in m2 / n))
     return out

@@ -42,7 +42,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from continual_trainer.data.errors import UserError
-from continual_trainer.data.manifest import FILE_NAME, FORMAT_VERSION, Manifest, ManifestError, Member
+from continual_trainer.data.manifest import FILE_NAME, FORMAT_VERSION, Manifest, ManifestError, Member, lineage
 from continual_trainer.data.objectstore import S3Conditional
 from continual_trainer.data.parquet import HOST, one_line, parse_temp_name, redact, resolve, scrub, write_temp
 from continual_trainer.data.schema import Schema
@@ -135,6 +135,10 @@ class NotAStore(UserError):
     """There is no store (no store.json) at the URI."""
 
 
+class VersionGone(UserError):
+    """A version to promote was deleted (by gc) before its promotion."""
+
+
 class Store:
     """A store on a local folder or any pyarrow filesystem.
 
@@ -172,6 +176,10 @@ class Store:
         `architecture` is an imported model's `.keras` file, the recipe for fresh networks
         (kept checksummed, read back by `architecture()`).
 
+        The caller holds the store's init claim from here until `release_init` (after its first
+        promotion): a second init while this one lives gets UserError naming it; one whose holder
+        died takes the store over.
+
         Raises UserError if a store with a current version exists here.
         """
         fs, root = resolve(uri)
@@ -180,20 +188,41 @@ class Store:
         store = cls(uri, fs, root, meta)
         try:
             fs.create_dir(root, recursive=True)
-            body = (json.dumps(meta.to_json(), indent=2, sort_keys=True) + "\n").encode()
-            created = store._create_exclusive("store.json", body)
+            store._claim_init()
         except OSError as exc:
             raise UserError(f"{store.display}: cannot reach the store ({one_line(scrub(str(exc), uri))})") from None
-        if not created:
-            store = cls.open(uri)
-            if store.current() is not None:
-                raise UserError(f"{store.display}: a store already exists here; use another --store")
-            store.meta = meta
-        if architecture is not None:
-            store._write(_ARCHITECTURE, architecture)
-        if not created:
-            store._write_json("store.json", meta.to_json())
+        try:
+            body = (json.dumps(meta.to_json(), indent=2, sort_keys=True) + "\n").encode()
+            if not store._create_exclusive("store.json", body):
+                opened = cls.open(uri)
+                if opened.current() is not None:
+                    raise UserError(f"{store.display}: a store already exists here; use another --store")
+                store._write_json("store.json", meta.to_json())  # an init that died left it: nothing depends on it
+            if architecture is not None:
+                store._write(_ARCHITECTURE, architecture)
+        except BaseException:
+            store.release_init()
+            raise
         return store
+
+    def _claim_init(self) -> None:
+        """Take the store's init claim, or UserError naming the live init that holds it."""
+        rel = "init.claim"
+        me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}).encode()
+        while not self._create_exclusive(rel, me):
+            if self._holder_is_gone(rel, _LOCK_STALE_SECONDS):
+                self._delete(rel)  # an init that died: this one finishes the store
+                continue
+            try:
+                holder = json.loads(self._read(rel))
+                who = f" (pid {int(holder['pid'])} on {holder['host']})"
+            except (OSError, ValueError, KeyError, TypeError):
+                who = ""
+            raise UserError(f"{self.display}: another init{who} is creating this store; use another --store")
+
+    def release_init(self) -> None:
+        """Give up the init claim (after the first promotion, or when init fails)."""
+        self._delete("init.claim")
 
     @classmethod
     def open(cls, uri: str) -> Store:
@@ -464,10 +493,12 @@ class Store:
         on its absence), so two updaters cannot both win even if a lock were broken. A
         promotion that took effect is recorded in the event log (`by`: the command, and why).
         """
-        if version not in self.versions():
-            raise ValueError(f"cannot promote uncommitted version {version}")
         body = (version + "\n").encode()
-        with self.lock("CURRENT"):
+        with self.lock("CURRENT"):  # gc deletes under it too: what exists now still exists at the swap
+            if version not in self.versions():
+                raise VersionGone(
+                    f"{self.display}: version {version} no longer exists (deleted by gc?); it cannot be promoted"
+                )
             if self._conditional is None:
                 if self.current() != expected:
                     return False
@@ -512,13 +543,32 @@ class Store:
         listed = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
         raise UserError(f"{self.display}: {ref!r} names {len(found)} versions ({listed}); give more of it")
 
-    def delete_version(self, version: str) -> None:
-        """Remove a committed version that is not current: its manifest first (from then on
-        it does not exist), then its files. Recorded in the event log."""
-        if version == self.current():
-            raise ValueError(f"cannot delete the current version {version}")
+    def prune(self, keep: int, *, dry_run: bool = False) -> list[str]:
+        """Delete committed versions that were never promoted, but the `keep` newest of them; never
+        the current version, its lineage, or a version ever promoted. Returns what was deleted (or,
+        dry, would be).
+
+        Decided and done under the CURRENT lock, which every promotion and rollback holds while it
+        checks that its version exists and swaps CURRENT: a version promoted a moment ago is
+        protected when this looks, and one deleted here can never become current afterwards."""
+        with self.lock("CURRENT"):
+            manifests = {v: self.manifest(v) for v in self.versions()}
+            protected = {m.version for m in lineage(self.current(), manifests.get)}
+            protected |= {e.get("version") for e in self.events("promote")}
+            unpromoted = [v for v in manifests if v not in protected]  # oldest first
+            doomed = unpromoted[: max(0, len(unpromoted) - keep)]
+            if dry_run:
+                return doomed
+            return [v for v in doomed if self._delete_version(v, manifests[v])]
+
+    def _delete_version(self, version: str, manifest: Manifest) -> bool:
+        """Remove a committed version (under the CURRENT lock): its manifest first (from then on
+        it does not exist), then its files; recorded in the event log. A version folder that is a
+        link out of the store is left alone (False): nothing outside the store is deleted."""
         folder = f"models/{version}"
-        manifest = self.manifest(version)
+        if self._local and not self._inside(folder):
+            log.warning("gc: %s leads out of the store; left alone", self._path(folder))
+            return False
         names = sorted({m.file for m in manifest.members} | set(manifest.files))
         self._delete(f"{folder}/{_VERSION_MARKER}")
         for name in [*names, _VERSION_OWNER]:
@@ -526,6 +576,12 @@ class Store:
         if self._local:
             shutil.rmtree(self._path(folder), ignore_errors=True)
         self.record_event("delete", {"version": version})
+        return True
+
+    def _inside(self, rel: str) -> bool:
+        """Whether `rel`, links resolved, is inside this (local) store."""
+        root = os.path.realpath(self._root)
+        return os.path.realpath(self._path(rel)).startswith(root.rstrip(os.sep) + os.sep)
 
     # -- the event log: one file per event, never rewritten --------------------------------------
 

@@ -115,43 +115,46 @@ def init_store(
     metrics = evaluate_sets(candidate, {"holdout": holdout, "new": holdout}, schema.n_classes, [batch])
 
     store = Store.create(uri, StoreMeta(schema, str(spec), holdout_fraction), architecture)
-    others = [b for b in store.batch_ids() if b != batch]
-    if others:
-        raise UserError(
-            f"{store.display}: an init that did not finish left this store with another first batch "
-            f"({others[0]}); run init again with that file, or use another --store"
+    try:  # under the init claim until the first version is current (see Store.create)
+        others = [b for b in store.batch_ids() if b != batch]
+        if others:
+            raise UserError(
+                f"{store.display}: an init that did not finish left this store with another first batch "
+                f"({others[0]}); run init again with that file, or use another --store"
+            )
+        added, _ = store.add_batch(
+            data,
+            {
+                "source": source.rsplit("/", 1)[-1],
+                "rows": table.num_rows,
+                "ingested": dt.datetime.now(dt.timezone.utc).isoformat(),
+            },
         )
-    added, _ = store.add_batch(
-        data,
-        {
-            "source": source.rsplit("/", 1)[-1],
-            "rows": table.num_rows,
-            "ingested": dt.datetime.now(dt.timezone.utc).isoformat(),
-        },
-    )
-    if added != batch:  # another init raced us here with other data
-        raise UserError(f"{store.display}: another init is creating this store; use another --store")
-    strategy = "init" if trained and not imported else "import" if not trained else "import+train"
-    version = store.new_version_id(strategy.replace("+", "-"))
-    manifest = Manifest(
-        parent=None,
-        strategy=strategy,
-        params=asdict(loop) if trained else {},
-        seed=seed,
-        model=str(spec),
-        batches_seen=(batch,),
-        batches_trained=(batch,) if trained else (),
-        metrics=metrics,
-        train_seconds=seconds if trained else 0.0,
-        preprocessing=(
-            "the imported model's own (its adapted layers as saved)"
-            if imported
-            else "input statistics of the first batch (standard deviations of numeric columns floored at a tenth "
-            "of their median); vocabularies: the first batch's"
-        ),
-    )
-    save_candidate(store, version, candidate, manifest)
-    promoted = store.promote(version, None, by="init", reason="first model")
+        if added != batch:  # another init raced us here with other data
+            raise UserError(f"{store.display}: another init is creating this store; use another --store")
+        strategy = "init" if trained and not imported else "import" if not trained else "import+train"
+        version = store.new_version_id(strategy.replace("+", "-"))
+        manifest = Manifest(
+            parent=None,
+            strategy=strategy,
+            params=asdict(loop) if trained else {},
+            seed=seed,
+            model=str(spec),
+            batches_seen=(batch,),
+            batches_trained=(batch,) if trained else (),
+            metrics=metrics,
+            train_seconds=seconds if trained else 0.0,
+            preprocessing=(
+                "the imported model's own (its adapted layers as saved)"
+                if imported
+                else "input statistics of the first batch (standard deviations of numeric columns floored at a tenth "
+                "of their median); vocabularies: the first batch's"
+            ),
+        )
+        save_candidate(store, version, candidate, manifest)
+        promoted = store.promote(version, None, by="init", reason="first model")
+    finally:
+        store.release_init()
     reason = "first model" if promoted else f"another init promoted {store.current()} first"
     return UpdateOutcome(version, None, strategy, promoted, reason, metrics, {}, manifest.train_seconds, 1)
 
@@ -430,16 +433,7 @@ def prune(uri: str, keep: int, *, dry_run: bool = False) -> list[str]:
     and the current version's lineage; returns the versions deleted (or that would be)."""
     if keep < 0:
         raise UserError(f"--keep {keep}: must be >= 0")
-    store = Store.open(uri)
-    manifests = {v: store.manifest(v) for v in store.versions()}
-    protected = {m.version for m in lineage(store.current(), manifests.get)}
-    protected |= {e.get("version") for e in store.events("promote")}
-    unpromoted = [v for v in manifests if v not in protected]  # oldest first
-    doomed = unpromoted[: max(0, len(unpromoted) - keep)]
-    if not dry_run:
-        for v in doomed:
-            store.delete_version(v)
-    return doomed
+    return Store.open(uri).prune(keep, dry_run=dry_run)
 
 
 def save_sweep_winner(
@@ -513,6 +507,19 @@ def export_model(uri: str, out: str, *, version: str = "current", fmt: str | Non
     if fmt == "saved_model" and os.path.isfile(out):
         raise UserError(f"export {out}: is a file; a SavedModel is written into a folder")
     model, version = load_model(uri, version)
+    import tensorflow as tf
+
+    made = fmt == "saved_model" and not os.path.exists(out)
+    try:
+        return _export(model, version, out, fmt)
+    except (OSError, tf.errors.OpError) as exc:  # a full or read-only disk: nothing half-written is left
+        if made and os.path.isdir(out) and not os.listdir(out):
+            os.rmdir(out)
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc.message).rsplit("; ", 1)[-1]
+        raise UserError(f"export {out}: {reason or exc}") from None
+
+
+def _export(model: Any, version: str, out: str, fmt: str) -> dict[str, Any]:
     if fmt == "keras":
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         tmp = f"{out}.{os.getpid()}.tmp.keras"

@@ -221,7 +221,7 @@ def test_an_imported_keras_model_and_its_architecture(tmp_path: Path, capsys) ->
     ("model", "expected"),
     [
         ("{garbage}", "not a Keras model that loads in safe mode"),
-        ("{wrong_input}", "do not match the store's columns"),
+        ("{wrong_input}", "input 'x' has no column of that name"),
         ("{missing}", "no such file"),
         ("tests.no_such_module:build", "cannot import it here"),
         ("tests.trainer.test_bring_your_own:raising_builder", "raised RuntimeError: no GPU in here"),

@@ -87,6 +87,12 @@ def test_every_command_prints_json_on_its_last_line(tmp_path: Path, inputs, caps
     assert dry["dry_run"] and set(dry["deleted"]) <= set(versions)
     report = run_json(capsys, "report", "--store", store)
     assert os.path.exists(report["page"]) and "plots/stream.png" in report["files"]
+    shown = run_json(capsys, "inputs", "--store", store)
+    assert shown["inputs"]["numeric"]["keras"] == 'keras.Input(shape=(5,), dtype="float32", name="numeric")'
+    exported = run_json(capsys, "export", "--store", store, "--out", "model.keras")
+    assert exported["format"] == "keras" and os.path.isfile("model.keras")
+    split = run_json(capsys, "split", "--data", inputs["old"], "--out-train", "t.parquet", "--out-holdout", "h.parquet")
+    assert split["train_rows"] + split["holdout_rows"] == 120
     demo = run_json(capsys, "demo", "--store", "demo-store", "--local")
     assert len(demo["results"]) >= 9 and demo["executor"] == "this process (no Ray)"
     assert set(build_parser()._subparsers._group_actions[0].choices) <= COMMANDS_TESTED

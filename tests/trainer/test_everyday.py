@@ -215,7 +215,7 @@ def test_the_python_api(tmp_path: Path) -> None:
     assert added.added and not store.ingest(new)[0].added  # the same rows again: a no-op
     with pytest.raises(ct.UserError, match="unknown strategy"):
         store.update("finetune_everything")
-    outcome = store.update("finetune_all", epochs=10, learning_rate=0.001)
+    outcome = store.update("finetune_all", epochs=10, learning_rate=0.001, promote="always")
     assert outcome.strategy == "finetune_all" and outcome.version == store.resolve("current")
     scored = store.predict(pd.read_parquet(files["score"]))
     assert isinstance(scored, pd.DataFrame) and {"patient_id", "prediction"} <= set(scored.columns)
