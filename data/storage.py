@@ -41,6 +41,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from continual_trainer.data import failpoints
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import FILE_NAME, FORMAT_VERSION, Manifest, ManifestError, Member, lineage
 from continual_trainer.data.objectstore import S3Conditional
@@ -200,6 +201,7 @@ class Store:
                 store._write_json("store.json", meta.to_json())  # an init that died left it: nothing depends on it
             if architecture is not None:
                 store._write(_ARCHITECTURE, architecture)
+            failpoints.reached("init.after-store-json")
         except BaseException:
             store.release_init()
             raise
@@ -341,6 +343,7 @@ class Store:
                 raise RuntimeError(f"batch folder {batch_id} exists although the batch lock is held")
             with self._abandon_on_failure(folder):
                 self._write(f"{folder}/data.parquet", data)
+                failpoints.reached("ingest.after-data")
                 record = {**info, "id": batch_id, "sha256": digest, "bytes": len(data)}
                 self._write_json(f"{folder}/{_BATCH_MARKER}", record)
         return batch_id, True
@@ -433,6 +436,7 @@ class Store:
                     raise ValueError(f"{name!r} cannot be a file of a version")
                 self._write(f"{folder}/{name}", data)
                 files[name] = sha256(data)
+            failpoints.reached("version.after-members")
             manifest = dataclasses.replace(
                 manifest,
                 version=version,
@@ -444,6 +448,7 @@ class Store:
             body = (json.dumps(manifest.to_json(), indent=2, sort_keys=True, default=str) + "\n").encode()
             if not self._create_exclusive(f"{folder}/{_VERSION_MARKER}", body):
                 raise RuntimeError(f"version {version} already has a manifest")
+        failpoints.reached("version.after-manifest")
         return manifest
 
     def versions(self) -> list[str]:
@@ -499,6 +504,7 @@ class Store:
                 raise VersionGone(
                     f"{self.display}: version {version} no longer exists (deleted by gc?); it cannot be promoted"
                 )
+            failpoints.reached("promote.before-swap")
             if self._conditional is None:
                 if self.current() != expected:
                     return False
@@ -513,6 +519,7 @@ class Store:
                 else:
                     won = self._conditional.put_if_unchanged("CURRENT", body, seen[1])
         if won:
+            failpoints.reached("promote.after-swap")
             self.record_event("promote", {"version": version, "previous": expected, "by": by, "reason": reason})
         return won
 
@@ -559,6 +566,7 @@ class Store:
             doomed = unpromoted[: max(0, len(unpromoted) - keep)]
             if dry_run:
                 return doomed
+            failpoints.reached("gc.after-listing")
             return [v for v in doomed if self._delete_version(v, manifests[v])]
 
     def _delete_version(self, version: str, manifest: Manifest) -> bool:
@@ -571,12 +579,59 @@ class Store:
             return False
         names = sorted({m.file for m in manifest.members} | set(manifest.files))
         self._delete(f"{folder}/{_VERSION_MARKER}")
+        failpoints.reached("gc.after-manifest-delete")
         for name in [*names, _VERSION_OWNER]:
             self._delete(f"{folder}/{name}")
         if self._local:
             shutil.rmtree(self._path(folder), ignore_errors=True)
         self.record_event("delete", {"version": version})
         return True
+
+    def verify(self) -> tuple[list[str], list[str]]:
+        """Check the whole store: (problems, notes). Problems: a CURRENT that names no committed
+        version, a committed file that is missing or fails its sha256 (every version's, every
+        batch's), a current lineage with a missing parent, a version that saw a batch the store
+        lacks. Notes: what is unfinished but harmless (an init that has not promoted a first
+        version yet, folders without their commit marker that the next write clears)."""
+        problems, notes = [], []
+        try:
+            current = self.current()
+        except UserError as exc:
+            problems.append(str(exc).removeprefix(f"{self.display}: "))
+            current = None
+        batches = set(self.batch_ids())
+        for batch_id in sorted(batches):
+            try:
+                self.read_batch(batch_id)
+            except (UserError, OSError) as exc:
+                problems.append(str(exc).removeprefix(f"{self.display}: "))
+        manifests: dict[str, Manifest] = {}
+        for version in self.versions():
+            try:
+                manifests[version] = manifest = self.manifest(version)
+                for name in sorted(manifest.files):
+                    self.read_member(version, name)
+            except (UserError, OSError) as exc:
+                problems.append(str(exc).removeprefix(f"{self.display}: "))
+                continue
+            lost = sorted(set(manifest.batches_seen) - batches)
+            if lost:
+                problems.append(f"version {version} saw batch(es) the store lacks: {', '.join(lost)}")
+        seen, version = set(), current
+        while version is not None and version not in seen:
+            seen.add(version)
+            parent = manifests[version].parent if version in manifests else None
+            if parent is not None and parent not in manifests:
+                problems.append(f"the current lineage is broken: {version}'s parent {parent} is missing")
+                break
+            version = parent
+        if current is None and not problems:
+            notes.append("no current version yet: an init has not finished (run init again to finish it)")
+        for kind, marker in (("batches", _BATCH_MARKER), ("models", _VERSION_MARKER)):
+            for folder in self._list_dirs(kind):
+                if not self._exists(f"{kind}/{folder}/{marker}"):
+                    notes.append(f"{kind}/{folder} has no {marker} (an unfinished write; it does not exist)")
+        return problems, notes
 
     def _inside(self, rel: str) -> bool:
         """Whether `rel`, links resolved, is inside this (local) store."""
@@ -799,8 +854,10 @@ class Store:
                 return
             self._remove_dead_temporaries(parent)
             tmp = write_temp(parent, data)
+            failpoints.reached("write.after-temp")
             try:
                 os.replace(tmp, target)
+                failpoints.reached("write.after-rename")
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
@@ -895,7 +952,11 @@ class Store:
             if os.path.exists(os.path.join(folder, marker)):
                 continue
             owner = _read_owner(os.path.join(folder, owner_file))
-            dead = _age(folder) > _GRACE_SECONDS if owner is None else _is_dead(*owner, _age(folder))
+            if owner is not None:
+                dead = _is_dead(*owner, _age(folder))
+            else:  # killed before its owner file was in place: its temporary files name the writer
+                writers = {w for w in map(parse_temp_name, _names(folder)) if w is not None}
+                dead = all(_is_dead(*w, _age(folder)) for w in writers) if writers else _age(folder) > _GRACE_SECONDS
             if not dead:
                 continue
             if kind == "batches" and os.path.exists(os.path.join(folder, "data.parquet")):
@@ -910,6 +971,12 @@ class Store:
                     continue
             shutil.rmtree(folder, ignore_errors=True)
             log.info("removed uncommitted %s/%s, left by a writer that died", kind, name)
+
+
+def _names(folder: str) -> list[str]:
+    with contextlib.suppress(OSError):
+        return os.listdir(folder)
+    return []
 
 
 def batch_name(seq: int, data: bytes) -> str:

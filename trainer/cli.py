@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -245,6 +246,22 @@ def cmd_split(args: argparse.Namespace) -> None:
         f"{args.out_holdout}: fit your model on the first, then `ctrain init --data {args.data} --model ...`"
     )
     _emit(args, "" if args.json else text, r)
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from continual_trainer.data.storage import Store
+
+    store = Store.open(args.store)
+    problems, notes = store.verify()
+    lines = [f"problem: {p}" for p in problems] + [f"note: {n}" for n in notes]
+    lines.append(f"{store.display}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+    _emit(args, "" if args.json else "\n".join(lines), {"ok": not problems, "problems": problems, "notes": notes})
+    if problems:
+        raise StoreDamaged(f"{store.display}: {len(problems)} problem(s); first: {problems[0]}")
+
+
+class StoreDamaged(Exception):
+    """`verify` found problems: exit 1 (not the user's mistake), after the full list."""
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
@@ -733,6 +750,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="score on N Ray actors, each reading its row groups",
     )
 
+    c = command(
+        "verify",
+        cmd_verify,
+        "check every file against its sha256, CURRENT and the lineage (exit 1 on problems)",
+        needs_tf=False,
+    )
+    c.add_argument("--store", required=True)
+
     c = command("history", cmd_history, "versions, lineage and metrics", needs_tf=False)
     c.add_argument("--store", required=True)
 
@@ -780,11 +805,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, "interrupted", EXIT_INTERRUPTED)
     except Terminated as exc:
         return _fail(args, "terminated", 128 + exc.signum)
+    except StoreDamaged as exc:
+        return _fail(args, str(exc), EXIT_WORK_FAILED)
+    except OSError as exc:  # the machine: a full or read-only disk, permissions, too many open files
+        code = EXIT_USER_ERROR if exc.errno in _ENVIRONMENT_ERRNOS else EXIT_WORK_FAILED
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        return _fail(args, f"{exc.strerror or type(exc).__name__}{where}", code, debug=True)
+    except Exception as exc:  # not the user's mistake: one line; the traceback under CTRAIN_DEBUG=1
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")
+        return _fail(args, f"unexpected {type(exc).__name__}: {first[:300]}", EXIT_WORK_FAILED, debug=True)
     return 0
 
 
-def _fail(args: argparse.Namespace, message: str, code: int) -> int:
-    """One line on stderr; with --json also one JSON object with the error on stdout."""
+_ENVIRONMENT_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EMFILE, errno.ENFILE, errno.EDQUOT}
+
+
+def _fail(args: argparse.Namespace, message: str, code: int, debug: bool = False) -> int:
+    """One line on stderr; with --json also one JSON object with the error on stdout.
+    `debug`: with CTRAIN_DEBUG=1 the traceback of the exception being handled comes first."""
+    if debug and os.environ.get("CTRAIN_DEBUG") == "1":
+        traceback.print_exc()
     print(f"ctrain: error: {message}", file=sys.stderr)
     if args.json:
         print(json.dumps({"error": message, "exit_code": code}), flush=True)

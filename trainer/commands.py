@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from continual_trainer import strategies
+from continual_trainer.data import failpoints
 from continual_trainer.data.batches import IngestResult, ingest, ingest_bytes, load_table, split_rows
 from continual_trainer.data.errors import NewClassesRefused, UserError
 from continual_trainer.data.manifest import Manifest, lineage
@@ -152,6 +153,7 @@ def init_store(
             ),
         )
         save_candidate(store, version, candidate, manifest)
+        failpoints.reached("init.before-promote")
         promoted = store.promote(version, None, by="init", reason="first model")
     finally:
         store.release_init()

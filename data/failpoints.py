@@ -1,0 +1,48 @@
+"""Named points in the store's life cycle where a test can stop this process, or make it wait.
+
+`CTRAIN_FAILPOINT=name` (or `name=exit:N`) makes the process leave at once with exit code N
+(default 77) when it reaches the point named, as a `kill -9` would land there: no cleanup, no
+`finally`. `name=sleep:S` makes it wait S seconds there instead, so a test can start a racing
+command at exactly that moment. Several points are separated by commas. Unset, a point costs
+one dictionary lookup.
+
+The points (see `POINTS`) are the moments where a crash could leave the store inconsistent if a
+write were not atomic or a commit marker not written last; `tests/data/test_crash_points.py`
+kills every command at each of them and checks the store with `ctrain verify`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+ENV = "CTRAIN_FAILPOINT"
+POINTS = (
+    "write.after-temp",  # a file's bytes in a temporary, not yet renamed into place
+    "write.after-rename",  # the file in place
+    "ingest.after-data",  # a batch's data written, its marker not yet
+    "version.after-members",  # a version's members written, its manifest not yet
+    "version.after-manifest",  # a version committed, not yet promoted
+    "promote.before-swap",  # under the CURRENT lock, the version checked, CURRENT not yet swapped
+    "promote.after-swap",  # CURRENT swapped, the event not yet recorded
+    "gc.after-listing",  # under the lock, the doomed versions chosen, none deleted yet
+    "gc.after-manifest-delete",  # a version's manifest removed, its files not yet
+    "init.after-store-json",  # store.json written, the first batch and version not yet
+    "init.before-promote",  # the first version committed, CURRENT not yet written
+)
+
+
+def reached(name: str) -> None:
+    """Leave the process, or wait, if `CTRAIN_FAILPOINT` names this point."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    for item in spec.split(","):
+        point, _, action = item.strip().partition("=")
+        if point != name:
+            continue
+        kind, _, value = action.partition(":")
+        if kind == "sleep":
+            time.sleep(float(value or 1))
+        else:
+            os._exit(int(value or 77))
