@@ -613,8 +613,47 @@ def _check_column(col: pa.ChunkedArray, column: Column, source: str) -> None:
         if values.null_count:
             raise UserError(f"{source}: feature {name!r} has {values.null_count} missing value(s) inside its lists")
         _check_finite(values.to_numpy(zero_copy_only=False), name, source)
+        _check_magnitude(values.to_numpy(zero_copy_only=False), name, source)
     elif pa.types.is_floating(col.type):
         _check_finite(col.to_numpy(), name, source)
+        _check_magnitude(col.to_numpy(), name, source)
+    elif pa.types.is_integer(col.type):
+        _check_sentinels(col, name, source)
+        _check_magnitude(col.to_numpy(), name, source)
+
+
+# A feature value's size, beyond which a batch is refused: far past any measurement kept in
+# float32's 7 digits, and small enough that a square summed over a million rows (a variance,
+# a squared error) stays inside float32's range (1e30 x 1e6 < 3.4e38). Values beyond it (3.3e38,
+# an integer type's extreme used as "missing") passed as finite and made every later update
+# that read them diverge.
+MAX_MAGNITUDE = 1e15
+
+
+def _check_magnitude(x: np.ndarray, name: str, source: str) -> None:
+    huge = np.abs(x.astype(np.float64, copy=False)) > MAX_MAGNITUDE
+    count = int(np.count_nonzero(huge))
+    if count:
+        example = float(x[np.argmax(huge)])
+        raise UserError(
+            f"{source}: feature {name!r} has {count} value(s) beyond ±1e15 (e.g. {example:.3g}), far outside "
+            "what a network can train on; replace them (missing values?) before ingesting"
+        )
+
+
+def _check_sentinels(col: pa.ChunkedArray, name: str, source: str) -> None:
+    """An integer type's extreme is almost always a 'missing' sentinel, not a measurement."""
+    info = np.iinfo(col.type.to_pandas_dtype())
+    x = col.to_numpy()
+    for value, what in ((info.max, "maximum"), (info.min, "minimum")):
+        if value == 0:
+            continue
+        count = int(np.count_nonzero(x == value))
+        if count:
+            raise UserError(
+                f"{source}: feature {name!r} has {count} value(s) equal to {col.type}'s {what} ({value}), "
+                "a sentinel for missing values, not a measurement; replace them before ingesting"
+            )
 
 
 def _check_finite(x: np.ndarray, name: str, source: str) -> None:

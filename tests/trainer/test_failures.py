@@ -55,3 +55,36 @@ def test_an_unexpected_error_is_one_line_with_exit_1_and_a_traceback_only_when_a
     monkeypatch.setenv("CTRAIN_DEBUG", "1")
     code, err, _ = _run(capsys, "history", "--store", tiny_store)
     assert code == 1 and err[0].startswith("Traceback") and err[-1].startswith("ctrain: error: unexpected")
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "expected"),
+    [
+        ("f0", "uint64-max", "equal to uint64's maximum (18446744073709551615)"),
+        ("f1", "int64-min", "equal to int64's minimum"),
+        ("f2", "3.3e38", "1 value(s) beyond ±1e15 (e.g. 3.3e+38)"),
+    ],
+)
+def test_values_that_pass_as_finite_but_wedge_training_are_refused_at_ingest(
+    column: str, values: str, expected: str, tiny_store: str, write_parquet, capsys
+) -> None:
+    """Before: accepted, and every later update that read the batch diverged, for ever."""
+    import numpy as np
+    import pyarrow as pa
+
+    from continual_trainer.data.storage import Store
+    from tests.conftest import make_table
+
+    table = make_table(seed=4)
+    n = table.num_rows
+    if values == "uint64-max":
+        array = pa.array(np.where(np.arange(n) < 3, np.iinfo(np.uint64).max, 5).astype(np.uint64))
+    elif values == "int64-min":
+        array = pa.array(np.where(np.arange(n) < 2, np.iinfo(np.int64).min, 5).astype(np.int64))
+    else:
+        array = pa.array(np.where(np.arange(n) == 0, 3.3e38, 0.5))
+    table = table.set_column(table.column_names.index(column), column, array)
+    before = Store.open(tiny_store).batch_ids()
+    code, err, _ = _run(capsys, "ingest", "--store", tiny_store, write_parquet(table, "poison.parquet"))
+    assert code == 2 and len(err) == 1 and f"feature {column!r}" in err[0] and expected in err[0], err
+    assert Store.open(tiny_store).batch_ids() == before
