@@ -56,7 +56,7 @@ _LOCK_STALE_SECONDS = 300.0
 _GRACE_SECONDS = 3600.0
 _ARCHITECTURE = "architecture.keras"
 _VERSION_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
-_BATCH_MARKER, _BATCH_OWNER = "batch.json", ".claim"
+_BATCH_MARKER, _BATCH_OWNER, _RETIRED = "batch.json", ".claim", "retired.json"
 _BLOCK = 8 << 20  # bytes read at a time when checking a batch's sha256
 _VERIFIED: set[tuple[Any, ...]] = set()  # batch files checked in this process (uri, id, size, mtime)
 _VERSION_MARKER, _VERSION_OWNER = "manifest.json", ".writer"
@@ -298,6 +298,28 @@ class Store:
     def batch_ids(self) -> list[str]:
         """Committed batches in ingestion order."""
         return [b for b in self._list_dirs("batches") if self._exists(f"batches/{b}/{_BATCH_MARKER}")]
+
+    def retire_batch(self, batch_id: str, reason: str = "") -> bool:
+        """Mark a committed batch as never to be trained on or scored again (`ctrain drop`); its
+        bytes stay as they are, and so does every version's record of having seen it. False if
+        it was retired already. Recorded in the event log."""
+        self.batch_info(batch_id)  # UserError unless committed
+        record = {"time": dt.datetime.now(dt.timezone.utc).isoformat(), "reason": reason}
+        if not self._create_exclusive(f"batches/{batch_id}/{_RETIRED}", json.dumps(record).encode()):
+            return False
+        self.record_event("drop", {"batch": batch_id, "reason": reason})
+        return True
+
+    def retired_batches(self) -> dict[str, dict[str, Any]]:
+        """Retired batches (see `retire_batch`) with when and why."""
+        out = {}
+        for batch_id in self.batch_ids():
+            if self._exists(f"batches/{batch_id}/{_RETIRED}"):
+                try:
+                    out[batch_id] = dict(self._read_json(f"batches/{batch_id}/{_RETIRED}"))
+                except (ValueError, TypeError):
+                    out[batch_id] = {"reason": "(its record is damaged)"}
+        return out
 
     def batch_info(self, batch_id: str) -> dict[str, Any]:
         """A committed batch's record: sha256, rows, source, ingestion time."""

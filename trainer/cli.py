@@ -248,6 +248,60 @@ def cmd_split(args: argparse.Namespace) -> None:
     _emit(args, "" if args.json else text, r)
 
 
+def cmd_batches(args: argparse.Namespace) -> None:
+    from continual_trainer.data.storage import Store
+
+    store = Store.open(args.store)
+    current = store.current()
+    learned = set(store.manifest(current).batches_seen) if current else set()
+    retired = store.retired_batches()
+    rows = []
+    for batch_id in store.batch_ids():
+        info = store.batch_info(batch_id)
+        rows.append(
+            {
+                "batch": batch_id,
+                "source": info.get("source"),
+                "rows": info.get("rows"),
+                "ingested": info.get("ingested"),
+                "learned_by_current": batch_id in learned,
+                "retired": retired.get(batch_id),
+            }
+        )
+    lines = [f"  {'batch':22} {'rows':>7}  {'ingested':19}  {'learned':7}  source"]
+    for r in rows:
+        state = f"  retired: {r['retired'].get('reason') or '-'}" if r["retired"] else ""
+        when = str(r["ingested"] or "")[:19].replace("T", " ")
+        lines.append(
+            f"  {r['batch']:22} {r['rows']:>7}  {when:19}  {'yes' if r['learned_by_current'] else 'no':7}  "
+            f"{printable(str(r['source']))}{state}"
+        )
+    _emit(args, "" if args.json else "\n".join(lines), {"batches": rows})
+
+
+def cmd_drop(args: argparse.Namespace) -> None:
+    from continual_trainer.data.storage import Store
+
+    store = Store.open(args.store)
+    ids = store.batch_ids()
+    found = [b for b in ids if b == args.batch] or [
+        b for b in ids if b.startswith(args.batch) or b.endswith(args.batch)
+    ]
+    if len(found) != 1:
+        what = "no batch" if not found else f"{len(found)} batches"
+        raise UserError(f"{store.display}: {args.batch!r} names {what}; see `ctrain batches`")
+    if not store.retire_batch(found[0], args.reason or ""):
+        raise UserError(f"{store.display}: batch {found[0]} is retired already")
+    text = f"batch {found[0]} retired: kept in the store and in every lineage, never trained on or scored again"
+    _emit(args, "" if args.json else text, {"batch": found[0], "retired": True})
+
+
+def printable(text: str) -> str:
+    """User-controlled text fit for a terminal: control characters (newlines, escape sequences,
+    NUL) shown escaped, as repr shows them."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def cmd_verify(args: argparse.Namespace) -> None:
     from continual_trainer.data.storage import Store
 
@@ -272,7 +326,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     for path, r in zip(args.files, results, strict=True):
         state = "added as" if r.added else "already in the store as"
         extra = f", new classes {list(r.new_classes)}" if r.new_classes else ""
-        lines.append(f"{path}: {r.rows} rows {state} batch {r.batch_id}{extra}")
+        lines.append(f"{printable(path)}: {r.rows} rows {state} batch {r.batch_id}{extra}")
     payload = {
         "batches": [
             {"batch": r.batch_id, "rows": r.rows, "added": r.added, "new_classes": list(r.new_classes)} for r in results
@@ -750,6 +804,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="score on N Ray actors, each reading its row groups",
     )
 
+    c = command("batches", cmd_batches, "the store's batches: rows, when, learned, retired", needs_tf=False)
+    c.add_argument("--store", required=True)
+
+    c = command("drop", cmd_drop, "retire a batch: kept on disk and in lineage, never trained on again", needs_tf=False)
+    c.add_argument("--store", required=True)
+    c.add_argument("batch", help="a batch id, or a unique prefix or suffix of one (see `ctrain batches`)")
+    c.add_argument("--reason", help="why, kept in the store's event log")
+
     c = command(
         "verify",
         cmd_verify,
@@ -825,6 +887,7 @@ def _fail(args: argparse.Namespace, message: str, code: int, debug: bool = False
     `debug`: with CTRAIN_DEBUG=1 the traceback of the exception being handled comes first."""
     if debug and os.environ.get("CTRAIN_DEBUG") == "1":
         traceback.print_exc()
+    message = printable(message)  # column and file names are the user's: no escapes reach the terminal
     print(f"ctrain: error: {message}", file=sys.stderr)
     if args.json:
         print(json.dumps({"error": message, "exit_code": code}), flush=True)

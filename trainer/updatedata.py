@@ -95,13 +95,15 @@ def load_update_data(
     if parent is None:
         raise UserError(f"{store.display}: no current model; create one with `ctrain init`")
     seen = set(store.manifest(parent).batches_seen)
-    batches = store.batch_ids()
-    lost = sorted(seen - set(batches))
+    committed = store.batch_ids()
+    lost = sorted(seen - set(committed))
     if lost:
         raise UserError(
             f"{store.display}: version {parent} learned batch {lost[0]}, which the store no longer holds "
             "(its batch.json is missing); restore it from a backup"
         )
+    retired = store.retired_batches()  # `ctrain drop`: never trained on or scored again
+    batches = [b for b in committed if b not in retired]
     new_ids = [b for b in batches if b not in seen]
     old_ids = [b for b in batches if b in seen]
     if require_new and not new_ids:
@@ -125,7 +127,7 @@ def load_update_data(
         model_spec(store),
         store.schema.input_spec(),
         store.schema.target,
-        tuple(batches),
+        tuple(committed),  # rows index it by ingestion order, retired batches included
     )
 
 
