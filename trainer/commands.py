@@ -362,10 +362,20 @@ def store_report(uri: str, out: str | None = None) -> tuple[str, list[str]]:
     from continual_trainer.trainer.report import build_report
 
     store = Store.open(uri)
+    if out is not None and store.contains(out):
+        raise UserError(
+            f"--out {redact(out)}: is inside the store {store.display}; write the report elsewhere "
+            "(without --out it goes to the store's reports/ folder)"
+        )
     files = build_report(store, history(uri))
     if out is None:
         return store.write_report(f"report-{utc_stamp()}", files, folder="reports"), sorted(files)
     fs, root = resolve(out)
+    through = [name for name in files if store.contains(f"{root}/{name}")]  # a link in --out into the store
+    if through:
+        raise UserError(
+            f"--out {redact(out)}: {through[0]} there leads into the store {store.display}; nothing written"
+        )
     try:
         for name, data in files.items():
             fs.create_dir(os.path.dirname(f"{root}/{name}"), recursive=True)

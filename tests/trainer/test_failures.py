@@ -88,3 +88,46 @@ def test_values_that_pass_as_finite_but_wedge_training_are_refused_at_ingest(
     code, err, _ = _run(capsys, "ingest", "--store", tiny_store, write_parquet(table, "poison.parquet"))
     assert code == 2 and len(err) == 1 and f"feature {column!r}" in err[0] and expected in err[0], err
     assert Store.open(tiny_store).batch_ids() == before
+
+
+def test_report_never_writes_into_the_store(tiny_store: str, tmp_path, capsys) -> None:
+    """Before: `--out <store>` and `--out <store>/models/x` were accepted, and through a link in
+    the out folder the report overwrote store.json."""
+    import os
+    from pathlib import Path
+
+    from continual_trainer.data.storage import Store
+
+    meta = Path(tiny_store) / "store.json"
+    before = meta.read_bytes()
+    for out in (tiny_store, os.path.join(tiny_store, "models", "x")):
+        code, err, _ = _run(capsys, "report", "--store", tiny_store, "--out", out)
+        assert code == 2 and "is inside the store" in err[0], err
+    linked = tmp_path / "out"
+    linked.mkdir()
+    os.symlink(os.path.join(tiny_store, "store.json"), linked / "index.html")
+    code, err, _ = _run(capsys, "report", "--store", tiny_store, "--out", str(linked))
+    assert code == 2 and "leads into the store" in err[0], err
+    assert meta.read_bytes() == before
+    assert Store.open(tiny_store).verify()[0] == []
+
+
+def test_gc_never_follows_a_link_out_of_the_store(tiny_store: str, tmp_path, capsys) -> None:
+    import os
+    import shutil
+
+    from continual_trainer.data.storage import Store
+
+    assert (
+        main(["update", "--store", tiny_store, "--strategy", "finetune_new", "--set", "epochs=1", "--promote", "never"])
+        == 0
+    )
+    store = Store.open(tiny_store)
+    (unpromoted,) = [v for v in store.versions() if v != store.current()]
+    outside = tmp_path / "elsewhere"
+    shutil.move(os.path.join(tiny_store, "models", unpromoted), outside)
+    os.symlink(outside, os.path.join(tiny_store, "models", unpromoted))
+    kept = sorted(os.listdir(outside))
+    code, _, shown = _run(capsys, "gc", "--store", tiny_store, "--keep", "0")
+    assert code == 0 and shown["deleted"] == []
+    assert sorted(os.listdir(outside)) == kept  # nothing outside the store deleted
