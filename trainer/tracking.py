@@ -10,6 +10,7 @@ or MLFLOW_TRACKING_URI, and the experiment is named after the store.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -19,6 +20,8 @@ from typing import Any
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.parquet import redact
 
+log = logging.getLogger(__name__)
+
 
 class MlflowMirror:
     """Logs updates, sweeps and stream events of one store to an MLflow tracking store.
@@ -27,13 +30,18 @@ class MlflowMirror:
     tracking URI (and MLFLOW_TRACKING_URI) for everything that runs after it.
     """
 
-    def __init__(self, tracking_uri: str, store_uri: str) -> None:
+    def __init__(self, tracking_uri: str, store_uri: str, source: str = "--mlflow") -> None:
         try:
             from mlflow import MlflowClient
         except ImportError:
             raise UserError(
-                "--mlflow: MLflow is not installed; install the extra: pip install 'continual-trainer[mlflow]'"
+                f"{source}: MLflow is not installed; install the extra: pip install 'continual-trainer[mlflow]'"
             ) from None
+        # MLflow retries an unreachable server for minutes by default; a mirror must not hold
+        # the store's work up (a user's own settings win).
+        for key, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        self._warned = False
         # One experiment per store, however its path was typed (relative or absolute).
         self._store = redact(store_uri if "://" in store_uri else os.path.abspath(store_uri))
         name = f"ctrain {self._store}"
@@ -42,7 +50,7 @@ class MlflowMirror:
             found = self._client.get_experiment_by_name(name)
             self._experiment = found.experiment_id if found else self._client.create_experiment(name)
         except Exception as exc:  # MLflow raises its own types for unreachable or refused stores
-            raise UserError(f"--mlflow {tracking_uri}: cannot use this tracking store ({_one_line(exc)})") from None
+            raise UserError(f"{source} {tracking_uri}: cannot use this tracking store ({_one_line(exc)})") from None
 
     def _run(
         self,
@@ -52,7 +60,24 @@ class MlflowMirror:
         tags: Mapping[str, str],
         parent: str | None = None,
     ) -> str:
-        """One finished run; returns its id."""
+        """One finished run; returns its id ("" if the tracking store failed: the store's work is
+        done and stays done, so a mirror that fails warns once and never fails the command)."""
+        try:
+            return self._logged(name, params, metrics, tags, parent)
+        except Exception as exc:  # the mirror is a copy: its failure is worth a warning, not an exit code
+            if not self._warned:
+                log.warning("MLflow: could not log %s (%s); the store is unaffected", name, _one_line(exc))
+                self._warned = True
+            return ""
+
+    def _logged(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, Any],
+        tags: Mapping[str, str],
+        parent: str | None = None,
+    ) -> str:
         from mlflow.entities import Metric, Param, RunTag
 
         all_tags = {**tags, "ctrain.store": self._store, **({"mlflow.parentRunId": parent} if parent else {})}
@@ -113,12 +138,18 @@ def mirror_for(tracking_uri: str | None, store_uri: str) -> MlflowMirror | None:
     (a variable set for other tools is no reason to fail), else None."""
     import importlib.util
 
-    if tracking_uri:
+    if tracking_uri:  # asked for: one that cannot be used is an error, found before any work
         return MlflowMirror(tracking_uri, store_uri)
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri and importlib.util.find_spec("mlflow") is not None:
-        return MlflowMirror(uri, store_uri)
+        try:
+            return MlflowMirror(uri, store_uri, source="MLFLOW_TRACKING_URI")
+        except UserError as exc:  # set for other tools, or down: the store's work goes on unmirrored
+            log.warning("%s; not mirroring to MLflow", exc)
     return None
+
+
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 def _flat(params: Mapping[str, Any]) -> dict[str, str]:

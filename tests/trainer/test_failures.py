@@ -131,3 +131,21 @@ def test_gc_never_follows_a_link_out_of_the_store(tiny_store: str, tmp_path, cap
     code, _, shown = _run(capsys, "gc", "--store", tiny_store, "--keep", "0")
     assert code == 0 and shown["deleted"] == []
     assert sorted(os.listdir(outside)) == kept  # nothing outside the store deleted
+
+
+def test_an_unreachable_mlflow_from_the_environment_warns_and_the_update_is_done(
+    tiny_store: str, capsys, caplog, monkeypatch
+) -> None:
+    """Before: MLflow retried the closed port for about four minutes, then the update failed with
+    an error naming --mlflow, which was never given."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    argv = ["update", "--store", tiny_store, "--strategy", "finetune_new", "--set", "epochs=1", "--promote", "never"]
+    code = main([*argv, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["version"], err
+    warned = caplog.text  # `ctrain: WARNING: ...` on stderr outside pytest
+    assert "MLFLOW_TRACKING_URI http://127.0.0.1:9: cannot use this tracking store" in warned, (warned, err)
+    assert "--mlflow" not in warned + err
+    code = main([*argv, "--mlflow", "http://127.0.0.1:9"])  # asked for explicitly: refused before any work
+    assert code == 2 and "--mlflow http://127.0.0.1:9" in capsys.readouterr().err
