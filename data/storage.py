@@ -711,7 +711,7 @@ class Store:
                     record = self._read_json(f"sweeps/{sweep_id}/trials/{name}")
                 except (FileNotFoundError, UserError):
                     continue
-                if isinstance(record, dict):
+                if _shaped(record, _TRIAL_FIELDS, f"sweeps/{sweep_id}/trials/{name}"):
                     out[name[: -len(".json")]] = record
         return out
 
@@ -768,7 +768,7 @@ class Store:
         for name in reversed(self._list_files("stream/events")):
             with contextlib.suppress(FileNotFoundError, UserError):
                 event = self._read_json(f"stream/events/{name}")
-                if isinstance(event, dict) and wanted(event):
+                if _shaped(event, _EVENT_FIELDS, f"stream/events/{name}") and wanted(event):
                     return event
         return None
 
@@ -778,7 +778,7 @@ class Store:
         for name in self._list_files("stream/events"):
             with contextlib.suppress(FileNotFoundError, UserError):
                 event = self._read_json(f"stream/events/{name}")
-                if isinstance(event, dict):
+                if _shaped(event, _EVENT_FIELDS, f"stream/events/{name}"):
                     out.append(event)
         return out
 
@@ -993,6 +993,47 @@ class Store:
                     continue
             shutil.rmtree(folder, ignore_errors=True)
             log.info("removed uncommitted %s/%s, left by a writer that died", kind, name)
+
+
+# The fields readers of these records rely on, with their JSON types (None: may be null). A
+# record that has one of them of another type was damaged or written by hand: it is skipped
+# with one warning naming it, never a crash (a stream restarted on it would crash again).
+_OPTIONAL_STR = (str, type(None))
+_EVENT_FIELDS: dict[str, Any] = {
+    "file": str,
+    "sha256": str,
+    "status": str,
+    "batch": _OPTIONAL_STR,
+    "rows": int,
+    "drift": dict,
+    "strategy": _OPTIONAL_STR,
+    "version": _OPTIONAL_STR,
+    "promoted": bool,
+    "reason": str,
+    "seconds": (int, float),
+    "triggers": dict,
+    "since_update": dict,
+    "candidates": list,
+    "update_gain": (int, float, type(None)),
+    "judged_by": _OPTIONAL_STR,
+    "learned": list,
+}
+_TRIAL_FIELDS: dict[str, Any] = {"trial_id": str, "strategy": str, "params": str, "seed": int}
+_WARNED: set[str] = set()
+
+
+def _shaped(record: Any, fields: Mapping[str, Any], name: str) -> bool:
+    """Whether `record` is an object whose known fields have their types; warns once if not."""
+    problem = "" if isinstance(record, dict) else f"a {type(record).__name__}, not an object"
+    for key, kind in fields.items():
+        if problem:
+            break
+        if key in record and (not isinstance(record[key], kind) or (kind is int and isinstance(record[key], bool))):
+            problem = f"its {key!r} is a {type(record[key]).__name__}"
+    if problem and name not in _WARNED:
+        _WARNED.add(name)
+        log.warning("%s is damaged (%s); skipped", name, problem)
+    return not problem
 
 
 def _names(folder: str) -> list[str]:

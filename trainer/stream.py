@@ -12,7 +12,9 @@ on; the batch stays in the store as new data for the next update.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,6 +41,8 @@ from continual_trainer.trainer.trials import JUDGED_ON, TrialResult, holdout_met
 from continual_trainer.trainer.triggers import Observation, TriggerSet, per_row_loss
 from continual_trainer.trainer.updatedata import UpdateData, default_memory_budget, load_update_data, with_old_rows
 from continual_trainer.trainer.versions import stored_candidate
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CANDIDATES = ("finetune_new", "finetune_all", "fresh_all", "ensemble_all")
 STATUSES = ("updated", "kept", "ingested", "seen", "rejected", "failed")
@@ -231,7 +235,17 @@ def inbox_files(inbox: str) -> list[tuple[pafs.FileSystem, str]]:
     except (FileNotFoundError, OSError) as exc:
         raise UserError(f"--inbox {redact(inbox)}: cannot list ({exc})") from None
     files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
+    if isinstance(fs, pafs.LocalFileSystem):  # a link could bring any readable file into the store
+        links = [f for f in files if os.path.islink(f)]
+        for link in links:
+            if link not in _WARNED_LINKS:
+                _WARNED_LINKS.add(link)
+                log.warning("%s is a symbolic link; skipped (copy or move the file into the inbox)", link)
+        files = [f for f in files if f not in links]
     return [(fs, f) for f in files]
+
+
+_WARNED_LINKS: set[str] = set()
 
 
 def process_file(

@@ -149,3 +149,45 @@ def test_an_unreachable_mlflow_from_the_environment_warns_and_the_update_is_done
     assert "--mlflow" not in warned + err
     code = main([*argv, "--mlflow", "http://127.0.0.1:9"])  # asked for explicitly: refused before any work
     assert code == 2 and "--mlflow http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_a_damaged_stream_event_or_trial_record_is_skipped_with_one_warning(tiny_store: str, tmp_path, caplog) -> None:
+    """Before: one event file of the wrong shape made `stream --trigger performance` and `report`
+    crash on every run."""
+    from pathlib import Path
+
+    from continual_trainer.data.storage import Store
+
+    events = Path(tiny_store) / "stream" / "events"
+    events.mkdir(parents=True)
+    good = {"file": "a.parquet", "sha256": "ab", "status": "kept", "drift": {"accuracy": 0.9}}
+    (events / "20260101-000000-000-a.json").write_text(json.dumps(good))
+    (events / "20260101-000001-000-b.json").write_text(json.dumps({**good, "drift": "oops", "version": 7}))
+    trials = Path(tiny_store) / "sweeps" / "s1" / "trials"
+    trials.mkdir(parents=True)
+    (trials / "t1.json").write_text(json.dumps({"trial_id": "t1", "strategy": "keep", "params": "{}", "seed": 0}))
+    (trials / "t2.json").write_text(json.dumps({"trial_id": "t2", "strategy": "keep", "params": 5, "seed": 0}))
+    store = Store.open(tiny_store)
+    assert store.stream_events() == [good] and store.last_stream_event() == good
+    assert list(store.trial_records("s1")) == ["t1"]
+    assert caplog.text.count("is damaged") == 2 and "its 'drift' is a str" in caplog.text
+    assert main(["report", "--store", tiny_store, "--out", str(tmp_path / "report")]) == 0
+
+
+def test_links_in_the_inbox_are_skipped(tiny_store: str, tmp_path, write_parquet, caplog) -> None:
+    """Before: a link dropped in the inbox copied any readable file into the store's quarantine."""
+    import os
+
+    from tests.conftest import make_table
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the store")
+    os.symlink(secret, inbox / "x.parquet")
+    os.symlink(write_parquet(make_table(seed=5), "real.parquet"), inbox / "y.parquet")
+    argv = ["stream", "--store", tiny_store, "--inbox", str(inbox), "--once", "--policy", "keep", "--local"]
+    assert main(argv) == 0
+    assert caplog.text.count("is a symbolic link; skipped") == 2
+    store = os.path.join(tiny_store, "quarantine")
+    assert not os.path.exists(store) or not os.listdir(store)
