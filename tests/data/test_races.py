@@ -72,7 +72,7 @@ def test_gc_beside_promotions_never_deletes_a_version_that_becomes_current(tmp_p
     assert promoted and promoted + lost == 40
 
 
-def _init(store: str, data: str) -> subprocess.Popen:
+def _init(store: str, data: str, failpoint: str = "") -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
@@ -92,7 +92,7 @@ def _init(store: str, data: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CTRAIN_FAILPOINT": failpoint},
     )
 
 
@@ -105,16 +105,25 @@ def test_two_inits_on_one_path_one_wins_and_the_store_agrees_with_its_model(tmp_
     pq.write_table(make_table(seed=1), tmp_path / "five.parquet")
     pq.write_table(make_table(seed=2).drop_columns(["y"]), tmp_path / "score5.parquet")
     pq.write_table(four.drop_columns(["y"]), tmp_path / "score4.parquet")
-    for n, delay in enumerate((0.0, 0.3, 1.0)):
+    # Three start offsets, and one schedule made exact: the first init waits 15 s right after
+    # writing store.json (the moment the second used to rewrite it) and the second starts then.
+    for n, delay in enumerate((0.0, 0.3, 1.0, "paused")):
         store = str(tmp_path / f"s{n}")
-        first = _init(store, str(tmp_path / "four.parquet"))
-        threading.Event().wait(delay)
+        paused = delay == "paused"
+        first = _init(store, str(tmp_path / "four.parquet"), "init.after-store-json=sleep:15" if paused else "")
+        if paused:
+            while not os.path.exists(os.path.join(store, "store.json")):
+                threading.Event().wait(0.05)
+        else:
+            threading.Event().wait(delay)
         second = _init(store, str(tmp_path / "five.parquet"))
         codes = [first.wait(120), second.wait(120)]
         errors = [p.stderr.read() for p in (first, second)]
         assert sorted(codes) == [0, 2], (codes, errors)
         loser = errors[codes.index(2)]
         assert "another init" in loser or "already exists" in loser, loser
+        if paused:
+            assert codes == [0, 2] and "another init (pid" in loser, loser
         assert "Traceback" not in "".join(errors)
         width = len(Store.open(store).schema.features)
         from continual_trainer.trainer.commands import predict
