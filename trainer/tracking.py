@@ -62,34 +62,24 @@ class MlflowMirror:
     ) -> str:
         """One finished run; returns its id ("" if the tracking store failed: the store's work is
         done and stays done, so a mirror that fails warns once and never fails the command)."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        all_tags = {**tags, "ctrain.store": self._store, **({"mlflow.parentRunId": parent} if parent else {})}
         try:
-            return self._logged(name, params, metrics, tags, parent)
+            run = self._client.create_run(self._experiment, run_name=name, tags=all_tags)
+            now = int(time.time() * 1000)
+            self._client.log_batch(
+                run.info.run_id,
+                metrics=[Metric(k, v, now, 0) for k, v in _numbers(metrics).items()],
+                params=[Param(k, v) for k, v in _flat(params).items()],
+                tags=[RunTag(k, v) for k, v in all_tags.items()],
+            )
+            self._client.set_terminated(run.info.run_id)
         except Exception as exc:  # the mirror is a copy: its failure is worth a warning, not an exit code
             if not self._warned:
                 log.warning("MLflow: could not log %s (%s); the store is unaffected", name, _one_line(exc))
                 self._warned = True
             return ""
-
-    def _logged(
-        self,
-        name: str,
-        params: Mapping[str, Any],
-        metrics: Mapping[str, Any],
-        tags: Mapping[str, str],
-        parent: str | None = None,
-    ) -> str:
-        from mlflow.entities import Metric, Param, RunTag
-
-        all_tags = {**tags, "ctrain.store": self._store, **({"mlflow.parentRunId": parent} if parent else {})}
-        run = self._client.create_run(self._experiment, run_name=name, tags=all_tags)
-        now = int(time.time() * 1000)
-        self._client.log_batch(
-            run.info.run_id,
-            metrics=[Metric(k, v, now, 0) for k, v in _numbers(metrics).items()],
-            params=[Param(k, v) for k, v in _flat(params).items()],
-            tags=[RunTag(k, v) for k, v in all_tags.items()],
-        )
-        self._client.set_terminated(run.info.run_id)
         return run.info.run_id
 
     def log_update(self, outcome: Any, params: Mapping[str, Any], command: str, parent: str | None = None) -> str:

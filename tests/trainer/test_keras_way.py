@@ -157,18 +157,8 @@ def test_a_model_that_cannot_be_fed_hears_every_mismatch_and_nothing_is_written(
     keras.Model({"age": age, "hours": hours, "city": city}, out).save(tmp_path / "bad.keras")
     store = str(tmp_path / "store")
 
-    code, shown, err = run(
-        capsys,
-        "init",
-        "--store",
-        store,
-        "--data",
-        str(tmp_path / "old.parquet"),
-        "--label",
-        "y",
-        "--model",
-        str(tmp_path / "bad.keras"),
-    )
+    init = ["init", "--store", store, "--data", str(tmp_path / "old.parquet"), "--label", "y", "--model"]
+    code, shown, err = run(capsys, *init, str(tmp_path / "bad.keras"))
     message = shown["error"]
     assert code == 2 and "Traceback" not in err and "(4 problem(s))" in message, message
     assert "input 'hours' has shape (3,)" in message
@@ -179,18 +169,7 @@ def test_a_model_that_cannot_be_fed_hears_every_mismatch_and_nothing_is_written(
 
     (tmp_path / "saved").mkdir()
     (tmp_path / "saved" / "saved_model.pb").write_bytes(b"")
-    code, shown, _ = run(
-        capsys,
-        "init",
-        "--store",
-        store,
-        "--data",
-        str(tmp_path / "old.parquet"),
-        "--label",
-        "y",
-        "--model",
-        str(tmp_path / "saved"),
-    )
+    code, shown, _ = run(capsys, *init, str(tmp_path / "saved"))
     assert code == 2 and "SavedModel" in shown["error"] and not os.path.exists(store)
 
     import continual_trainer as ct
