@@ -141,6 +141,10 @@ def test_a_failed_init_leaves_no_store_and_a_half_one_is_finished(tmp_path: Path
 
     half = Store.create(store, StoreMeta(Schema(tuple(f"f{i}" for i in range(5)), "y", (0, 1)), "mlp:8"))
     half.add_batch(read_bytes(data), {"source": "old.parquet", "rows": 120})
+    # The killed init's claim names a process that is gone (a live one's refuses: test_races.py).
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    claim = json.loads((Path(store) / "init.claim").read_text())
+    (Path(store) / "init.claim").write_text(json.dumps({**claim, "pid": int(gone.stdout)}))
     assert run(capsys, "update", "--store", store, "--strategy", "fresh_all")[0] == 2  # "no current model"
     code, out, err = run(capsys, "init", "--store", store, "--data", data, "--label", "y", "--epochs", "3", "--json")
     assert code == 0, err
