@@ -93,6 +93,11 @@ def test_every_command_prints_json_on_its_last_line(tmp_path: Path, inputs, caps
     assert exported["format"] == "keras" and os.path.isfile("model.keras")
     split = run_json(capsys, "split", "--data", inputs["old"], "--out-train", "t.parquet", "--out-holdout", "h.parquet")
     assert split["train_rows"] + split["holdout_rows"] == 120
+    assert run_json(capsys, "verify", "--store", store) == {"ok": True, "problems": [], "notes": []}
+    batches = run_json(capsys, "batches", "--store", store)["batches"]
+    assert [b["retired"] for b in batches] == [None] * len(batches)
+    dropped = run_json(capsys, "drop", "--store", store, batches[-1]["batch"], "--reason", "test")
+    assert dropped == {"batch": batches[-1]["batch"], "retired": True}
     demo = run_json(capsys, "demo", "--store", "demo-store", "--local")
     assert len(demo["results"]) >= 9 and demo["executor"] == "this process (no Ray)"
     assert set(build_parser()._subparsers._group_actions[0].choices) <= COMMANDS_TESTED
