@@ -28,6 +28,7 @@ def connect(num_cpus: int | None = None) -> dict[str, Any]:
         if not address:  # the current folder (a user's model builder), and where this package is
             paths = (os.getcwd(), os.environ.get("PYTHONPATH"), _package_parent())
             env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        handlers = _python_handlers()
         try:
             ray.init(
                 address=address or "local",
@@ -39,8 +40,37 @@ def connect(num_cpus: int | None = None) -> dict[str, Any]:
             )
         except ConnectionError as exc:
             raise UserError(f"RAY_ADDRESS={address}: cannot join the Ray cluster ({exc})") from None
+        finally:
+            _rearm(handlers)
         log.info("connected to Ray at %s", address or "a new local instance")
     return ray.cluster_resources()
+
+
+_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def _python_handlers() -> dict[int, Any]:
+    """This process's Python signal handlers (the CLI's: stop cleanly with 130/143/129)."""
+    import signal
+
+    found = {}
+    for name in _SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None and callable(handler := signal.getsignal(number)):
+            found[number] = handler
+    return found
+
+
+def _rearm(handlers: dict[int, Any]) -> None:
+    """Install `handlers` again: Ray's core worker puts a native handler on SIGTERM when it
+    starts, which printed a stack dump and left with exit 1 instead of the CLI's clean 143."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for number, handler in handlers.items():
+        signal.signal(number, handler)
 
 
 def _package_parent() -> str:

@@ -874,9 +874,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         return _fail(args, f"{exc.strerror or type(exc).__name__}{where}", code, debug=True)
     except Exception as exc:  # not the user's mistake: one line; the traceback under CTRAIN_DEBUG=1
+        stop = _stopped_by(exc)
+        if stop is not None:  # a signal raised inside native code (Ray's wait) arrives wrapped
+            return _fail(args, *stop)
         first = next((line for line in str(exc).splitlines() if line.strip()), "")
         return _fail(args, f"unexpected {type(exc).__name__}: {first[:300]}", EXIT_WORK_FAILED, debug=True)
     return 0
+
+
+def _stopped_by(exc: BaseException) -> tuple[str, int] | None:
+    """("interrupted", 130) or ("terminated", 128 + N) if a signal's exception is in `exc`'s chain."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            return "interrupted", EXIT_INTERRUPTED
+        if isinstance(exc, Terminated):
+            return "terminated", 128 + exc.signum
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 _ENVIRONMENT_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EMFILE, errno.ENFILE, errno.EDQUOT}

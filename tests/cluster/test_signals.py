@@ -1,0 +1,76 @@
+"""SIGTERM and SIGINT during a sweep on a local Ray: the CLI's clean stop, not Ray's.
+
+Before: Ray's core worker put a native handler on SIGTERM when the driver joined Ray, so a
+terminated sweep printed `*** SIGTERM received ***` with a stack dump and exited 1; once that
+was re-armed, the signal's exception surfaced wrapped in a SystemError from Ray's native wait."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import make_table
+
+
+def _raylet_in(session: int) -> bool:
+    found = subprocess.run(["pgrep", "-s", str(session), "-f", "raylet"], capture_output=True, text=True)
+    return bool(found.stdout.strip())
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.parametrize(
+    ("sig", "code", "word"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
+)
+def test_a_signal_during_a_ray_sweep_is_one_line_and_leaves_no_ray_behind(
+    sig: int, code: int, word: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CTRAIN_STATUS_SECONDS": "1"}
+    env.pop("RAY_ADDRESS", None)  # its own local Ray, started by the command
+    store = str(tmp_path / "store")
+    pq.write_table(make_table(seed=0), tmp_path / "old.parquet")
+    pq.write_table(make_table(seed=1, shift=0.3), tmp_path / "new.parquet")
+    ctrain = [sys.executable, "-m", "continual_trainer"]
+    for argv in (
+        ["init", "--store", store, "--data", str(tmp_path / "old.parquet"), "--label", "y", "--epochs", "2"],
+        ["ingest", "--store", store, str(tmp_path / "new.parquet")],
+    ):
+        subprocess.run([*ctrain, *argv], check=True, env=env, capture_output=True)
+    (tmp_path / "sweep.yaml").write_text("strategies: [fresh_all]\nparams: {epochs: 1000000}\nseeds: [0, 1]\n")
+    err = tmp_path / "err.txt"
+    with open(err, "w") as stderr:
+        sweep = subprocess.Popen(
+            [*ctrain, "sweep", "--store", store, "--config", str(tmp_path / "sweep.yaml"), "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,  # the command and everything it starts, Ray included
+        )
+        deadline = time.monotonic() + 240
+        while not _raylet_in(sweep.pid) and time.monotonic() < deadline and sweep.poll() is None:
+            time.sleep(0.5)
+        assert _raylet_in(sweep.pid), f"no Ray started in {sweep.pid}'s session: {err.read_text()}"
+        time.sleep(15)  # trials scheduled and training
+        sweep.send_signal(sig)
+        out, _ = sweep.communicate(timeout=120)
+    text = err.read_text()
+    assert sweep.returncode == code, text
+    assert text.strip().splitlines()[-1] == f"ctrain: error: {word}" and "SIGTERM received" not in text, text
+    assert out.strip().splitlines()[-1] == f'{{"error": "{word}", "exit_code": {code}}}'
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(sweep.pid, 0)  # anything of the command's session still alive?
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("processes the sweep started are still running 30 s after it exited")
