@@ -863,10 +863,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, str(exc), EXIT_USER_ERROR)
     except WorkFailed as exc:
         return _fail(args, str(exc), EXIT_WORK_FAILED)
-    except KeyboardInterrupt:
-        return _fail(args, "interrupted", EXIT_INTERRUPTED)
-    except Terminated as exc:
-        return _fail(args, "terminated", 128 + exc.signum)
+    except (KeyboardInterrupt, Terminated) as exc:
+        return _fail(args, *_stopped_by(exc))  # type: ignore[misc]
     except StoreDamaged as exc:
         return _fail(args, str(exc), EXIT_WORK_FAILED)
     except OSError as exc:  # the machine: a full or read-only disk, permissions, too many open files

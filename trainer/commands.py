@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
@@ -484,13 +485,13 @@ def save_sweep_winner(
 # -- models in and out ------------------------------------------------------------------------------
 
 
-def load_model(uri: str, version: str = "current") -> Any:
+def load_model(uri: str | Store, version: str = "current") -> Any:
     """A stored version as one Keras model (an ensemble combined, see `candidate.as_model`),
     taking the inputs the store feeds (`expected_inputs`)."""
     from continual_trainer.trainer.candidate import as_model
     from continual_trainer.trainer.versions import load_candidate
 
-    store = Store.open(uri)
+    store = uri if isinstance(uri, Store) else Store.open(uri)
     version = store.resolve(version)
     return as_model(load_candidate(store, version), store.schema.n_classes), version
 
@@ -518,7 +519,7 @@ def export_model(uri: str, out: str, *, version: str = "current", fmt: str | Non
         raise UserError(f"export {out}: exists; choose a new file name")
     if fmt == "saved_model" and os.path.isfile(out):
         raise UserError(f"export {out}: is a file; a SavedModel is written into a folder")
-    model, version = load_model(uri, version)
+    model, version = load_model(store, version)
     import tensorflow as tf
 
     made = fmt == "saved_model" and not os.path.exists(out)
@@ -551,8 +552,6 @@ def _export(model: Any, version: str, out: str, fmt: str) -> dict[str, Any]:
         os.rename(tmp, target)  # TensorFlow Serving sees the number only once it is whole
     finally:
         if os.path.isdir(tmp):
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     return {"version": version, "format": fmt, "out": target}
 
