@@ -526,10 +526,11 @@ def export_model(uri: str, out: str, *, version: str = "current", fmt: str | Non
     try:
         return _export(model, version, out, fmt)
     except (OSError, tf.errors.OpError) as exc:  # a full or read-only disk: nothing half-written is left
-        if made and os.path.isdir(out) and not os.listdir(out):
-            os.rmdir(out)
         reason = exc.strerror if isinstance(exc, OSError) else str(exc.message).rsplit("; ", 1)[-1]
         raise UserError(f"export {out}: {reason or exc}") from None
+    finally:  # failed or interrupted: no empty folder of ours is left either
+        if made and os.path.isdir(out) and not os.listdir(out):
+            os.rmdir(out)
 
 
 def _export(model: Any, version: str, out: str, fmt: str) -> dict[str, Any]:
