@@ -17,6 +17,7 @@ from continual_trainer.trainer.updatedata import UpdateData
 from continual_trainer.trainer.versions import StoredCandidate
 
 ACTOR_MEMORY = 1024**3  # what one trainer declares to Ray; peak measured at 933 MiB (scripts/bench_sweep.py)
+WAIT_SECONDS = 0.5  # the longest a signal waits for the driver to see it
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,10 @@ def run_jobs(
                 i, job = queue.pop(0)
                 actor = idle.pop()
                 pending[actor.run.remote(refs[0], refs[1], job, refs[2])] = (i, actor)
-            (done,), _ = ray.wait(list(pending), num_returns=1)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
+            if not ready:  # back in Python between waits: a signal's handler runs (Ray's wait never returns for it)
+                continue
+            (done,) = ready
             i, actor = pending.pop(done)
             idle.append(actor)
             try:

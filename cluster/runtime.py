@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from continual_trainer.data.errors import UserError
@@ -28,20 +31,18 @@ def connect(num_cpus: int | None = None) -> dict[str, Any]:
         if not address:  # the current folder (a user's model builder), and where this package is
             paths = (os.getcwd(), os.environ.get("PYTHONPATH"), _package_parent())
             env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-        handlers = _python_handlers()
-        try:
-            ray.init(
-                address=address or "local",
-                num_cpus=None if address else num_cpus,
-                include_dashboard=False,
-                logging_level=logging.ERROR,
-                log_to_driver=False,
-                runtime_env={"env_vars": env},
-            )
-        except ConnectionError as exc:
-            raise UserError(f"RAY_ADDRESS={address}: cannot join the Ray cluster ({exc})") from None
-        finally:
-            _rearm(handlers)
+        with _signals_held():
+            try:
+                ray.init(
+                    address=address or "local",
+                    num_cpus=None if address else num_cpus,
+                    include_dashboard=False,
+                    logging_level=logging.ERROR,
+                    log_to_driver=False,
+                    runtime_env={"env_vars": env},
+                )
+            except ConnectionError as exc:
+                raise UserError(f"RAY_ADDRESS={address}: cannot join the Ray cluster ({exc})") from None
         log.info("connected to Ray at %s", address or "a new local instance")
     return ray.cluster_resources()
 
@@ -49,28 +50,42 @@ def connect(num_cpus: int | None = None) -> dict[str, Any]:
 _SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
-def _python_handlers() -> dict[int, Any]:
-    """This process's Python signal handlers (the CLI's: stop cleanly with 130/143/129)."""
-    import signal
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold this process's own signal handlers (the CLI's: stop cleanly with 130/143/129)
+    while Ray starts, and act on a signal that came meanwhile once it has started.
 
-    found = {}
+    `ray.init` replaces a SIGTERM handler with its own (`sys.exit(15)`, then one that tears
+    its half-started node down with exit 1), and its core worker puts a native one (a stack
+    dump, exit 1) in their place; a signal in those seconds left Ray's agents running. Held,
+    the signal stops the command after `ray.init` returns, with a Ray `disconnect` stops.
+    Without Python handlers (a library caller's process) Ray's own stay as Ray sets them.
+    """
+    handlers = {}
     for name in _SIGNALS:
         number = getattr(signal, name, None)
         if number is not None and callable(handler := signal.getsignal(number)):
-            found[number] = handler
-    return found
-
-
-def _rearm(handlers: dict[int, Any]) -> None:
-    """Install `handlers` again: Ray's core worker puts a native handler on SIGTERM when it
-    starts, which printed a stack dump and left with exit 1 instead of the CLI's clean 143."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
+            handlers[number] = handler
+    if not handlers or threading.current_thread() is not threading.main_thread():
+        yield
         return
-    for number, handler in handlers.items():
-        signal.signal(number, handler)
+    import ray._private.utils as ray_utils
+
+    came: list[int] = []
+    for number in handlers:
+        signal.signal(number, lambda signum, frame: came.append(signum))
+    replace = getattr(ray_utils, "set_sigterm_handler", None)
+    if replace is not None:  # Ray's driver and node handlers are not installed meanwhile
+        ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        if replace is not None:
+            ray_utils.set_sigterm_handler = replace
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        if came:  # the CLI's handler raises its exception here, as if the signal came now
+            handlers[came[0]](came[0], None)
 
 
 def _package_parent() -> str:

@@ -901,6 +901,7 @@ def _fail(args: argparse.Namespace, message: str, code: int, debug: bool = False
     `debug`: with CTRAIN_DEBUG=1 the traceback of the exception being handled comes first."""
     if debug and os.environ.get("CTRAIN_DEBUG") == "1":
         traceback.print_exc()
+    _leave_ray()  # first: Ray's error listener prints to stdout (a retried task's actor killed), never after the JSON
     message = printable(message)  # column and file names are the user's: no escapes reach the terminal
     print(f"ctrain: error: {message}", file=sys.stderr)
     if args.json:
@@ -933,16 +934,21 @@ def run() -> NoReturn:
     _leave(code)
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated(signum)
-
-
-def _leave(code: int) -> NoReturn:
+def _leave_ray() -> None:
+    """Disconnect from Ray if this process joined it (a local Ray it started stops)."""
     if "ray" in sys.modules:
         from continual_trainer.cluster.runtime import disconnect
 
         with contextlib.suppress(Exception):
             disconnect()
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+def _leave(code: int) -> NoReturn:
+    _leave_ray()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

@@ -1,8 +1,11 @@
-"""SIGTERM and SIGINT during a sweep on a local Ray: the CLI's clean stop, not Ray's.
+"""SIGTERM and SIGINT during a sweep or a stream on a local Ray: the CLI's clean stop, not Ray's.
 
 Before: Ray's core worker put a native handler on SIGTERM when the driver joined Ray, so a
 terminated sweep printed `*** SIGTERM received ***` with a stack dump and exited 1; once that
-was re-armed, the signal's exception surfaced wrapped in a SystemError from Ray's native wait."""
+was re-armed, the signal's exception surfaced wrapped in a SystemError from Ray's native wait.
+A stream on Ray ignored SIGTERM while it trained (Ray's `wait` without a timeout never returned
+to Python), and a SIGTERM while `ray.init` started Ray exited 15 through Ray's own handler,
+leaving Ray's agents running."""
 
 from __future__ import annotations
 
@@ -25,19 +28,33 @@ def _raylet_in(session: int) -> bool:
     return bool(found.stdout.strip())
 
 
+COMMANDS = {
+    "sweep": ["sweep", "--config", "{tmp}/sweep.yaml"],
+    "stream": ["stream", "--inbox", "{tmp}/inbox", "--policy", "fresh_all", "--set", "epochs=1000000"],
+}
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.parametrize(
-    ("sig", "code", "word"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
+    ("command", "sig", "code", "word", "after"),
+    [
+        ("sweep", signal.SIGTERM, 143, "terminated", 15),  # trials scheduled and training
+        ("sweep", signal.SIGINT, 130, "interrupted", 15),
+        ("stream", signal.SIGTERM, 143, "terminated", 15),
+        ("stream", signal.SIGTERM, 143, "terminated", 0),  # while ray.init starts Ray
+    ],
 )
-def test_a_signal_during_a_ray_sweep_is_one_line_and_leaves_no_ray_behind(
-    sig: int, code: int, word: str, tmp_path: Path
+def test_a_signal_during_ray_work_is_one_line_and_leaves_no_ray_behind(
+    command: str, sig: int, code: int, word: str, after: float, tmp_path: Path
 ) -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CTRAIN_STATUS_SECONDS": "1"}
     env.pop("RAY_ADDRESS", None)  # its own local Ray, started by the command
     store = str(tmp_path / "store")
+    (tmp_path / "inbox").mkdir()
     pq.write_table(make_table(seed=0), tmp_path / "old.parquet")
     pq.write_table(make_table(seed=1, shift=0.3), tmp_path / "new.parquet")
+    pq.write_table(make_table(seed=2, shift=0.3), tmp_path / "inbox" / "next.parquet")
     ctrain = [sys.executable, "-m", "continual_trainer"]
     for argv in (
         ["init", "--store", store, "--data", str(tmp_path / "old.parquet"), "--label", "y", "--epochs", "2"],
@@ -45,10 +62,11 @@ def test_a_signal_during_a_ray_sweep_is_one_line_and_leaves_no_ray_behind(
     ):
         subprocess.run([*ctrain, *argv], check=True, env=env, capture_output=True)
     (tmp_path / "sweep.yaml").write_text("strategies: [fresh_all]\nparams: {epochs: 1000000}\nseeds: [0, 1]\n")
+    argv = [a.format(tmp=tmp_path) for a in COMMANDS[command]]
     err = tmp_path / "err.txt"
     with open(err, "w") as stderr:
-        sweep = subprocess.Popen(
-            [*ctrain, "sweep", "--store", store, "--config", str(tmp_path / "sweep.yaml"), "--json"],
+        work = subprocess.Popen(
+            [*ctrain, *argv, "--store", store, "--ray", "--json"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -57,20 +75,22 @@ def test_a_signal_during_a_ray_sweep_is_one_line_and_leaves_no_ray_behind(
         )
         try:
             deadline = time.monotonic() + 240
-            while not _raylet_in(sweep.pid) and time.monotonic() < deadline and sweep.poll() is None:
-                time.sleep(0.5)
-            assert _raylet_in(sweep.pid), f"no Ray started in {sweep.pid}'s session: {err.read_text()}"
-            time.sleep(15)  # trials scheduled and training
-            sweep.send_signal(sig)
-            out, _ = sweep.communicate(timeout=120)
+            while not _raylet_in(work.pid) and time.monotonic() < deadline and work.poll() is None:
+                time.sleep(0.2)
+            assert _raylet_in(work.pid), f"no Ray started in {work.pid}'s session: {err.read_text()}"
+            time.sleep(after)
+            work.send_signal(sig)
+            out, _ = work.communicate(timeout=120)
             text = err.read_text()
-            assert sweep.returncode == code, text
-            assert text.strip().splitlines()[-1] == f"ctrain: error: {word}" and "SIGTERM received" not in text, text
+            assert work.returncode == code, text
+            assert text.strip().splitlines()[-1] == f"ctrain: error: {word}", text
             assert out.strip().splitlines()[-1] == f'{{"error": "{word}", "exit_code": {code}}}'
+            if after:  # once Ray has started; the moment it starts, its driver's native handler may print too
+                assert "SIGTERM received" not in text, text
             deadline = time.monotonic() + 30
-            while subprocess.run(["pgrep", "-r", "R,S,D", "-s", str(sweep.pid)], capture_output=True).returncode == 0:
-                assert time.monotonic() < deadline, "processes the sweep started still run 30 s after it exited"
+            while subprocess.run(["pgrep", "-r", "R,S,D", "-s", str(work.pid)], capture_output=True).returncode == 0:
+                assert time.monotonic() < deadline, "processes the command started still run 30 s after it exited"
                 time.sleep(0.5)
         finally:  # whatever failed above, nothing it started keeps training (1e6 epochs)
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(sweep.pid, signal.SIGKILL)
+                os.killpg(work.pid, signal.SIGKILL)
