@@ -2,9 +2,10 @@
 
 `CTRAIN_FAILPOINT=name` (or `name=exit:N`) makes the process leave at once with exit code N
 (default 77) when it reaches the point named, as a `kill -9` would land there: no cleanup, no
-`finally`. `name=sleep:S` makes it wait S seconds there instead, so a test can start a racing
-command at exactly that moment. Several points are separated by commas. Unset, a point costs
-one dictionary lookup.
+`finally`. `name=sleep:S` makes it wait S seconds there instead; `name=wait:PATH` makes it wait
+until the file PATH exists (at most two minutes), so a test can hold several processes at one
+point and release them together: a race by design, not by timing. Several points are separated
+by commas. Unset, a point costs one dictionary lookup.
 
 The points (see `POINTS`) are the moments where a crash could leave the store inconsistent if a
 write were not atomic or a commit marker not written last; `tests/data/test_crash_points.py`
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import os
 import time
+
+WAIT_LIMIT = 120.0  # seconds a `wait:PATH` waits at most, so a test that fails never hangs
 
 ENV = "CTRAIN_FAILPOINT"
 POINTS = (
@@ -44,5 +47,9 @@ def reached(name: str) -> None:
         kind, _, value = action.partition(":")
         if kind == "sleep":
             time.sleep(float(value or 1))
+        elif kind == "wait":
+            deadline = time.monotonic() + WAIT_LIMIT
+            while not os.path.exists(value) and time.monotonic() < deadline:
+                time.sleep(0.05)
         else:
             os._exit(int(value or 77))

@@ -22,9 +22,12 @@ import pytest
 
 from tests.conftest import make_table
 
+RAYLET = "raylet"  # Ray is starting: the driver is inside ray.init
+TRAINING = "^ray::(ImplicitFunc.train|TrainerActor.run)"  # a Tune trial or a trainer actor runs its work
 
-def _raylet_in(session: int) -> bool:
-    found = subprocess.run(["pgrep", "-s", str(session), "-f", "raylet"], capture_output=True, text=True)
+
+def _running_in(session: int, pattern: str) -> bool:
+    found = subprocess.run(["pgrep", "-s", str(session), "-f", pattern], capture_output=True, text=True)
     return bool(found.stdout.strip())
 
 
@@ -37,16 +40,17 @@ COMMANDS = {
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.parametrize(
-    ("command", "sig", "code", "word", "after"),
+    ("command", "sig", "code", "word", "when"),
     [
-        ("sweep", signal.SIGTERM, 143, "terminated", 15),  # trials scheduled and training
-        ("sweep", signal.SIGINT, 130, "interrupted", 15),
-        ("stream", signal.SIGTERM, 143, "terminated", 15),
-        ("stream", signal.SIGTERM, 143, "terminated", 0),  # while ray.init starts Ray
+        ("sweep", signal.SIGTERM, 143, "terminated", TRAINING),
+        ("sweep", signal.SIGINT, 130, "interrupted", TRAINING),
+        ("stream", signal.SIGTERM, 143, "terminated", TRAINING),
+        ("stream", signal.SIGTERM, 143, "terminated", RAYLET),
     ],
+    ids=["sweep-SIGTERM-training", "sweep-SIGINT-training", "stream-SIGTERM-training", "stream-SIGTERM-starting-ray"],
 )
 def test_a_signal_during_ray_work_is_one_line_and_leaves_no_ray_behind(
-    command: str, sig: int, code: int, word: str, after: float, tmp_path: Path
+    command: str, sig: int, code: int, word: str, when: str, tmp_path: Path
 ) -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CTRAIN_STATUS_SECONDS": "1"}
     env.pop("RAY_ADDRESS", None)  # its own local Ray, started by the command
@@ -75,17 +79,18 @@ def test_a_signal_during_ray_work_is_one_line_and_leaves_no_ray_behind(
         )
         try:
             deadline = time.monotonic() + 240
-            while not _raylet_in(work.pid) and time.monotonic() < deadline and work.poll() is None:
-                time.sleep(0.2)
-            assert _raylet_in(work.pid), f"no Ray started in {work.pid}'s session: {err.read_text()}"
-            time.sleep(after)
+            while not _running_in(work.pid, when) and time.monotonic() < deadline and work.poll() is None:
+                time.sleep(0.1)
+            assert _running_in(work.pid, when), f"no {when} in {work.pid}'s session: {err.read_text()}"
             work.send_signal(sig)
             out, _ = work.communicate(timeout=120)
             text = err.read_text()
             assert work.returncode == code, text
             assert text.strip().splitlines()[-1] == f"ctrain: error: {word}", text
             assert out.strip().splitlines()[-1] == f'{{"error": "{word}", "exit_code": {code}}}'
-            if after:  # once Ray has started; the moment it starts, its driver's native handler may print too
+            if (
+                when == TRAINING
+            ):  # once Ray has started; the moment it starts, its driver's native handler may print too
                 assert "SIGTERM received" not in text, text
             deadline = time.monotonic() + 30
             while subprocess.run(["pgrep", "-r", "R,S,D", "-s", str(work.pid)], capture_output=True).returncode == 0:

@@ -10,7 +10,7 @@ import pytest
 from continual_trainer.data.storage import Store
 from continual_trainer.trainer.cli import main
 from tests.conftest import make_table
-from tests.trainer.test_reliability import check_store
+from tests.trainer.test_reliability import check_store, race
 
 
 @pytest.fixture
@@ -56,6 +56,7 @@ def test_unreachable_store_is_one_clear_line(capsys) -> None:
     assert len(err.splitlines()) == 1 and "s3://nowhere/store" in err
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_sweep_on_s3(ray_cluster, s3_store: str) -> None:
     from continual_trainer.cluster.executor import RayExecutor
@@ -118,30 +119,14 @@ def test_conditional_writes_on_s3(s3_store: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_updaters_racing_on_s3_one_wins_none_is_lost(s3_store: str) -> None:
-    import json
-    import subprocess
+def test_two_updaters_racing_on_s3_one_wins_none_is_lost(s3_store: str, tmp_path: Path) -> None:
     import sys
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "continual_trainer",
-        "update",
-        "--store",
-        s3_store,
-        "--set",
-        "epochs=3",
-        "--promote",
-        "always",
-    ]
-    procs = [
-        subprocess.Popen([*cmd, "--strategy", s, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for s in ("fresh_all", "finetune_all", "ensemble_all")
-    ]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
-    results = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    cmd = [sys.executable, "-m", "continual_trainer", "update", "--store", s3_store, "--set", "epochs=3"]
+    strategies = ("fresh_all", "finetune_all", "ensemble_all")
+    results = race(
+        s3_store, [[*cmd, "--strategy", s, "--promote", "always", "--json"] for s in strategies], tmp_path / "go"
+    )
     assert sorted(r["promoted"] for r in results) == [False, False, True]
     store = Store.open(s3_store)
     winner = next(r["version"] for r in results if r["promoted"])

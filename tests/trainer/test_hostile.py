@@ -210,19 +210,28 @@ def test_signals_stop_commands_within_seconds_and_leave_nothing_half_written(
         "stream": ["stream", "--store", tiny_store, "--inbox", str(inbox), "--once", "--policy", "fresh_all",
                    "--set", "epochs=100000", "--local"],
     }  # fmt: skip
+    env = {**os.environ, "CTRAIN_STATUS_SECONDS": "0.2"}  # progress lines: the test sees training under way
     for name, argv in commands.items():
-        proc = subprocess.Popen(
-            [*CTRAIN, *argv],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as a shell's background job
-        )
-        time.sleep(8)  # well into training
-        assert proc.poll() is None, f"{name} ended before the signal"
-        sent = time.monotonic()
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        err_path = tmp_path / f"{name}.err"
+        with open(err_path, "w") as err_file:
+            proc = subprocess.Popen(
+                [*CTRAIN, *argv],
+                stdout=subprocess.PIPE,
+                stderr=err_file,
+                text=True,
+                env=env,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as a shell's background job
+            )
+            deadline = time.monotonic() + 120
+            while ": epochs " not in err_path.read_text():  # training has started: its progress is reported
+                assert proc.poll() is None, f"{name} ended before the signal: {err_path.read_text()[-300:]}"
+                assert time.monotonic() < deadline, f"{name} never reported training"
+                time.sleep(0.1)
+            sent = time.monotonic()
+            proc.send_signal(sig)
+            proc.communicate(timeout=60)
+        progress = f"ctrain: {name}: "  # the status lines asked for above; the rest must be one line
+        err = "\n".join(line for line in err_path.read_text().splitlines() if not line.startswith(progress))
         assert proc.returncode == code, (name, err[-500:])
         assert time.monotonic() - sent < 5, f"{name} took {time.monotonic() - sent:.1f} s to stop"
         assert one_line(err) and ("interrupted" if code == 130 else "terminated") in err, err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from continual_trainer.data.storage import Store
 from continual_trainer.trainer.cli import main
 from continual_trainer.trainer.commands import history
 from continual_trainer.trainer.versions import load_candidate
-from tests.conftest import make_table
+from tests.conftest import STRESS_RUNS, make_table
 
 CTRAIN = [sys.executable, "-m", "continual_trainer"]
 
@@ -54,6 +55,7 @@ def kill_at_random(cmd: list[str], duration: float, rng: random.Random) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.stress
 def test_sigkill_at_random_moments_never_corrupts_the_store(tiny_store: str, tmp_path: Path) -> None:
     rng = random.Random(20261129)
     update = [
@@ -72,8 +74,9 @@ def test_sigkill_at_random_moments_never_corrupts_the_store(tiny_store: str, tmp
     assert subprocess.run(update, capture_output=True).returncode == 0
     duration = time.perf_counter() - start
     kills = 0
-    for i in range(40):
-        if kills >= 11:
+    wanted = max(3, STRESS_RUNS // 2)  # kills of each command (4 by default, 50 in `make stress`)
+    for i in range(4 * wanted):
+        if kills >= wanted:
             break
         path = tmp_path / f"u{i}.parquet"
         pq.write_table(make_table(seed=100 + i), path)
@@ -89,8 +92,8 @@ def test_sigkill_at_random_moments_never_corrupts_the_store(tiny_store: str, tmp
     start = time.perf_counter()
     assert subprocess.run([*CTRAIN, "ingest", "--store", tiny_store, str(probe)], capture_output=True).returncode == 0
     duration = time.perf_counter() - start
-    for i in range(40):
-        if kills >= 21:
+    for i in range(4 * wanted):
+        if kills >= 2 * wanted:
             break
         path = tmp_path / f"i{i}.parquet"
         pq.write_table(make_table(n=20000, seed=200 + i), path)
@@ -101,39 +104,45 @@ def test_sigkill_at_random_moments_never_corrupts_the_store(tiny_store: str, tmp
         digests = [Store.open(tiny_store).batch_info(b)["sha256"] for b in Store.open(tiny_store).batch_ids()]
         assert len(digests) == len(set(digests)), "a batch was stored twice"
         assert leftovers(tiny_store) == []
-    assert kills >= 20, f"only {kills} processes were still running when killed"
+    assert kills >= 2 * wanted - 1, f"only {kills} processes were still running when killed"
     # Folders of killed writers never committed are gone after the next open.
     for folder, marker in (("batches", "batch.json"), ("models", "manifest.json")):
         for d in Path(tiny_store, folder).iterdir():
             assert (d / marker).exists(), f"uncommitted {d} left behind"
 
 
-@pytest.mark.slow
-def test_two_updaters_racing_both_keep_their_versions_and_one_wins(tiny_store: str) -> None:
-    # Training (about 1.5 s here) outlasts the difference in the two processes' start-ups, so
-    # both read the store before either promotes: a race, not one update after the other.
-    def cmd(strategy: str) -> list[str]:
-        return [
-            *CTRAIN,
-            "update",
-            "--store",
-            tiny_store,
-            "--strategy",
-            strategy,
-            "--set",
-            "epochs=4000",
-            "--promote",
-            "always",
-            "--json",
-        ]
-
-    procs = [
-        subprocess.Popen(cmd(s), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for s in ("fresh_all", "finetune_all")
-    ]
-    outs = [p.communicate(timeout=300) for p in procs]
+def race(store_uri: str, commands: list[list[str]], go: Path) -> list[dict]:
+    """Run `commands` (updates with `--json`) so that each has read CURRENT and committed its
+    version before any of them may promote: each waits at the `version.after-manifest` crash
+    point until all versions are in the store, then all are released at once. A race by design,
+    whatever each process's start-up or training takes. Their JSON results, in order."""
+    env = {**os.environ, "CTRAIN_FAILPOINT": f"version.after-manifest=wait:{go}"}
+    before = set(Store.open(store_uri).versions())
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for c in commands]
+    try:
+        deadline = time.monotonic() + 240
+        while len(set(Store.open(store_uri).versions()) - before) < len(commands):
+            assert all(p.poll() is None for p in procs), [p.communicate()[1][-300:] for p in procs if p.poll()]
+            assert time.monotonic() < deadline, "the updates never all committed their versions"
+            time.sleep(0.1)
+        go.touch()
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
-    results = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    return [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+
+
+@pytest.mark.slow
+def test_two_updaters_racing_both_keep_their_versions_and_one_wins(tiny_store: str, tmp_path: Path) -> None:
+    def cmd(strategy: str) -> list[str]:
+        return [*CTRAIN, "update", "--store", tiny_store, "--strategy", strategy, "--set", "epochs=3"]
+
+    results = race(
+        tiny_store, [[*cmd(s), "--promote", "always", "--json"] for s in ("fresh_all", "finetune_all")], tmp_path / "go"
+    )
     assert sorted(r["promoted"] for r in results) == [False, True]
     loser = next(r for r in results if not r["promoted"])
     winner = next(r for r in results if r["promoted"])
@@ -193,6 +202,7 @@ def test_token_authentication_is_never_turned_off() -> None:
             assert not any(n in text for n in needles), name
 
 
+@pytest.mark.slow  # the unreachable endpoint is retried for about 12 s
 def test_credentials_in_a_store_uri_are_never_printed(capsys) -> None:
     uri = "s3://AKIAEXAMPLEKEY:VerySecretValue42@bucket/store?endpoint_override=127.0.0.1:9&scheme=http"
     code = main(["history", "--store", uri])
