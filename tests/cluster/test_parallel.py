@@ -36,6 +36,7 @@ def _json(out: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_model_averaging_matches_single_process_accuracy(ray_cluster, tmp_path: Path, capsys) -> None:
     store = _drift_store(tmp_path)
@@ -63,6 +64,7 @@ def test_model_averaging_matches_single_process_accuracy(ray_cluster, tmp_path: 
     assert Store.open(store).manifest(local["version"]).execution == {"mode": "local"}
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_above_the_memory_budget_each_actor_reads_its_own_row_groups(ray_cluster, tmp_path: Path, capsys) -> None:
     store = _drift_store(tmp_path, row_group=250)
@@ -85,6 +87,7 @@ def test_above_the_memory_budget_each_actor_reads_its_own_row_groups(ray_cluster
     assert swept.finished == 2 and not swept.failures
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_an_altered_batch_stops_the_actors_before_anything_is_written(ray_cluster, tmp_path: Path, capsys) -> None:
     store = _drift_store(tmp_path, n=600, row_group=100)
@@ -98,6 +101,7 @@ def test_an_altered_batch_stops_the_actors_before_anything_is_written(ray_cluste
     assert Store.open(store).versions() == versions
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_bagging_adds_a_member_per_shard_and_others_refuse(ray_cluster, tiny_store: str, capsys) -> None:
     assert (

@@ -15,6 +15,7 @@ from continual_trainer.trainer.stream import Policy, run_stream
 from tests.conftest import make_table
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_best_policy_trains_candidates_on_actors(ray_cluster, tiny_store: str, tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
@@ -35,6 +36,7 @@ def test_best_policy_trains_candidates_on_actors(ray_cluster, tiny_store: str, t
     assert all("accuracy" in c["holdout"] for c in event.candidates)
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_a_stream_starts_ray_only_when_a_file_needs_it(ray_cluster, tiny_store: str, tmp_path: Path, capsys) -> None:
     from continual_trainer.trainer.cli import main

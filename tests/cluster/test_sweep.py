@@ -57,6 +57,7 @@ def crash_strategy():
     registry._REGISTRY.pop("crash_once")
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_a_trial_whose_worker_dies_is_retried_and_recorded_once(
     ray_cluster, tiny_store: str, tmp_path, crash_strategy

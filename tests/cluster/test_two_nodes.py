@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     from ray.cluster_utils import Cluster
     from continual_trainer.trainer.cli import main
 
-    store, strategy, kill = sys.argv[1], sys.argv[2], sys.argv[3] == "kill"
+    store, jobs, kill = sys.argv[1], sys.argv[2].split(","), sys.argv[3] == "kill"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
@@ -45,40 +45,44 @@ SCRIPT = textwrap.dedent("""
 
     if kill:
         threading.Thread(target=kill_a_shard_trainer, daemon=True).start()
-    if strategy == "sweep":  # Ray Tune trials, each reading the store itself
-        import continual_trainer as ct
-        spec = {"strategies": ["finetune_all", "fresh_new"], "params": {"epochs": 3}, "seeds": [0]}
-        swept = ct.open_store(store).sweep(spec, ray=True, memory_budget="1KB")
-        print(json.dumps({"finished": swept.finished, "failures": len(swept.failures)}))
-        code = 0
-    else:
-        code = main(["update", "--store", store, "--strategy", strategy, "--actors", "2", "--memory-budget", "1KB",
-                     "--sync-steps", "5", "--set", "epochs=20", "--set", "batch_size=32", "--promote", "never",
-                     "--json"])
-    print(json.dumps({"exit_code": code, "killed": len(killed)}))
+    for job in jobs:  # one after another on the same two-node cluster
+        if job == "sweep":  # Ray Tune trials, each reading the store itself
+            import continual_trainer as ct
+            spec = {"strategies": ["finetune_all", "fresh_new"], "params": {"epochs": 3}, "seeds": [0]}
+            swept = ct.open_store(store).sweep(spec, ray=True, memory_budget="1KB")
+            print(json.dumps({"finished": swept.finished, "failures": len(swept.failures)}))
+            code = 0
+        else:
+            code = main(["update", "--store", store, "--strategy", job, "--actors", "2", "--memory-budget", "1KB",
+                         "--sync-steps", "5", "--set", "epochs=20", "--set", "batch_size=32", "--promote", "never",
+                         "--json"])
+        print(json.dumps({"exit_code": code, "killed": len(killed)}), flush=True)
     ray.shutdown()
     cluster.shutdown()
 """)
 
 
-def _update_on_two_nodes(store: str, strategy: str, kill: bool) -> tuple[dict, dict]:
+def _on_two_nodes(store: str, jobs: list[str], kill: bool) -> list[tuple[dict, dict]]:
+    """Run `jobs` (strategies to update with, or "sweep") on one two-node cluster; for each its
+    outcome (update's JSON, or the sweep's counts) and how it ended (exit code, actors killed)."""
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, store, strategy, "kill" if kill else "no"],
+        [sys.executable, "-c", SCRIPT, store, ",".join(jobs), "kill" if kill else "no"],
         capture_output=True,
         text=True,
         timeout=900,
         cwd=Path(__file__).parents[2],
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.strip().splitlines()
-    return json.loads(lines[-2]), json.loads(lines[-1])
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 2 * len(jobs), proc.stdout[-3000:]
+    return list(zip(lines[::2], lines[1::2], strict=True))
 
 
 @pytest.mark.ray
 @pytest.mark.slow
 def test_actors_on_two_nodes_read_a_shared_folder_and_survive_a_killed_actor(tmp_path: Path) -> None:
     store = _drift_store(tmp_path, row_group=250)
-    outcome, run = _update_on_two_nodes(store, "finetune_all", kill=True)
+    ((outcome, run),) = _on_two_nodes(store, ["finetune_all"], kill=True)
     assert run == {"exit_code": 0, "killed": 1}
     execution = Store.open(store).manifest(outcome["version"]).execution
     assert execution["mode"] == "model_averaging" and execution["replaced"] == 1
@@ -91,11 +95,12 @@ def test_actors_on_two_nodes_read_a_shared_folder_and_survive_a_killed_actor(tmp
 @pytest.mark.slow
 def test_actors_and_trials_on_two_nodes_read_a_store_on_s3(s3_server, tmp_path: Path) -> None:
     store = _drift_store(tmp_path, n=1500, row_group=250, uri=s3_server())
-    for strategy, mode in (("finetune_all", "model_averaging"), ("ensemble_all", "bagging")):
-        outcome, run = _update_on_two_nodes(store, strategy, kill=False)
+    (averaged, run_a), (bagged, run_b), (swept, run_s) = _on_two_nodes(
+        store, ["finetune_all", "ensemble_all", "sweep"], kill=False
+    )
+    for (outcome, run), mode in (((averaged, run_a), "model_averaging"), ((bagged, run_b), "bagging")):
         assert run == {"exit_code": 0, "killed": 0}
         assert Store.open(store).manifest(outcome["version"]).execution["mode"] == mode
         assert outcome["metrics"]["holdout_accuracy"] > 0.8
-    swept, run = _update_on_two_nodes(store, "sweep", kill=False)
-    assert run["exit_code"] == 0 and swept == {"finished": 2, "failures": 0}
+    assert run_s["exit_code"] == 0 and swept == {"finished": 2, "failures": 0}
     check_store(store)

@@ -40,6 +40,7 @@ def test_update_on_actors(ray_cluster, three_class_store: str, capsys) -> None:
     _one_line(capsys, [*argv, "--set", "epochs=2"], "fine-tuning cannot add outputs")
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_stream_best_on_actors(ray_cluster, three_class_store: str, tmp_path: Path, capsys) -> None:
     inbox = tmp_path / "inbox"
@@ -61,6 +62,7 @@ def test_predict_on_actors(ray_cluster, tiny_store: str, tmp_path: Path, capsys)
     _one_line(capsys, [*argv, "--actors", "2"], "'f0' has 1 NaN")
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_sweep_on_tune(ray_cluster, tiny_store: str) -> None:
     spec = SweepSpec.parse("strategies: [{graft: {freeze: 9, epochs: 2}}]\nseeds: [0, 1]\nmax_failures: 3")

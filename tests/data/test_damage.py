@@ -106,6 +106,7 @@ def test_the_template_holds_every_kind_of_file(template) -> None:
     assert expected <= set(kinds(store))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_every_command_on_every_damaged_file(template, damage: str, tmp_path: Path, capsys) -> None:
     source, files = template

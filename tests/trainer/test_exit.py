@@ -1,4 +1,6 @@
-"""No command aborts at exit: 100 runs each of a failing and a succeeding predict and update, 3 at a time.
+"""No command aborts at exit: runs of a failing and a succeeding predict and update, 3 at a time
+(`make stress`: 100 of each, as when the abort was found; `make test`: CTRAIN_STRESS_RUNS,
+default 8 of each).
 
 The abort seen before ("terminate called without an active exception", exit 134)
 came from an Arrow pool thread releasing a Python file object during interpreter
@@ -16,12 +18,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import make_table
+from tests.conftest import STRESS_RUNS, make_table
 
-RUNS = 100
+RUNS = STRESS_RUNS
 
 
 @pytest.mark.slow
+@pytest.mark.stress
 def test_no_exit_path_aborts(tiny_store: str, tmp_path: Path) -> None:
     good, bad = tmp_path / "good.parquet", tmp_path / "bad.parquet"
     pq.write_table(make_table(seed=4).drop_columns(["y"]), good)
