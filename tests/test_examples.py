@@ -50,6 +50,9 @@ def test_digits_cnn_from_a_builder(data: Path, tmp_path: Path, capsys, monkeypat
     run(capsys, "ingest", "--store", store, str(data / "digits-new.parquet"))
     update = run(capsys, "update", "--store", store, "--strategy", "finetune_all", "--set", "epochs=20")
     assert update["metrics"]["holdout_accuracy"] > 0.9
+    before, after = update["current_metrics"], update["metrics"]  # on the same holdout rows
+    assert after["new_log_loss"] < before["new_log_loss"] and after["holdout_log_loss"] < before["holdout_log_loss"]
+    assert update["promoted"], update["reason"]
     out = run(
         capsys,
         "predict",
@@ -74,6 +77,8 @@ def test_diabetes_regression_with_a_string_column(data: Path, tmp_path: Path, ca
     update = run(capsys, "update", "--store", store, "--strategy", "ensemble_all", "--set", "ensemble_weights=fitted",
                  "--set", "epochs=30")  # fmt: skip
     assert update["metrics"]["holdout_rmse"] < 72, update["metrics"]  # 61.9 here; the label's std is about 77
+    assert update["metrics"]["holdout_rmse"] < update["current_metrics"]["holdout_rmse"], update
+    assert update["promoted"], update["reason"]
     run(
         capsys,
         "predict",

@@ -6,8 +6,6 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).parents[1]
 PACKAGES = ("data", "trainer", "strategies", "cluster")
 STORE_MODULES = {"data/storage.py"}
@@ -30,18 +28,20 @@ def _strings(tree: ast.AST) -> list[tuple[int, str]]:
     return out
 
 
-@pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_no_module_outside_the_store_builds_a_store_path(path: Path) -> None:
-    rel = str(path.relative_to(ROOT))
-    if rel in STORE_MODULES:
-        return
-    text = path.read_text()
-    for lineno, value in _strings(ast.parse(text)):
-        assert not LAYOUT.match(value) and value not in MARKERS, f"{rel}:{lineno} names a store path: {value!r}"
-    for lineno, line in enumerate(text.splitlines(), 1):
-        assert not PRIVATE_STORE.search(line) or rel.startswith("data/manifest"), (
-            f"{rel}:{lineno} reaches into the store's raw I/O: {line.strip()}"
-        )
+def test_no_module_outside_the_store_builds_a_store_path() -> None:
+    found = []
+    for path in sources():
+        rel = str(path.relative_to(ROOT))
+        if rel in STORE_MODULES:
+            continue
+        text = path.read_text()
+        for lineno, value in _strings(ast.parse(text)):
+            if LAYOUT.match(value) or value in MARKERS:
+                found.append(f"{rel}:{lineno} names a store path: {value!r}")
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if PRIVATE_STORE.search(line) and not rel.startswith("data/manifest"):
+                found.append(f"{rel}:{lineno} reaches into the store's raw I/O: {line.strip()}")
+    assert found == []
 
 
 def test_the_scan_would_catch_a_path_built_elsewhere() -> None:
@@ -57,26 +57,32 @@ STRATEGY_NAMES = re.compile(r"""["'](keep|finetune_|fresh_|ensemble_|graft|new_h
 NAME_TESTS = re.compile(r"""(\.name|strategy_name|name)\s*(==|!=|in\b|\.startswith)""")
 
 
-@pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_no_code_tests_a_strategys_name(path: Path) -> None:
+def test_no_code_tests_a_strategys_name() -> None:
     """Capabilities are declared when a strategy registers and asked for; names are only registered."""
-    rel = str(path.relative_to(ROOT))
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        code = line.split("#", 1)[0]
-        if NAME_TESTS.search(code) and STRATEGY_NAMES.search(code):
-            pytest.fail(f"{rel}:{lineno} tests a strategy's name: {line.strip()}")
+    found = []
+    for path in sources():
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if NAME_TESTS.search(code) and STRATEGY_NAMES.search(code):
+                found.append(f"{path.relative_to(ROOT)}:{lineno} tests a strategy's name: {line.strip()}")
+    assert found == []
 
 
-@pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_only_cluster_imports_ray(path: Path) -> None:
-    rel = str(path.relative_to(ROOT))
-    if rel.startswith("cluster/"):
-        return
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module]
-        for name in names:
-            assert name.split(".")[0] != "ray", f"{rel} imports {name}"
+def test_only_cluster_imports_ray() -> None:
+    found = []
+    for path in sources():
+        rel = str(path.relative_to(ROOT))
+        if rel.startswith("cluster/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            found += [f"{rel} imports {name}" for name in names if name.split(".")[0] == "ray"]
+    assert found == []
+
+
+def test_the_scans_read_every_package() -> None:
+    assert {str(p.relative_to(ROOT)).split("/")[0] for p in sources()} == set(PACKAGES)

@@ -170,12 +170,19 @@ def test_strategy_parameters_are_frozen_declared_and_validated(name: str) -> Non
         strategy.make_params({"nope": "1"})
 
 
-INVALID = [
-    (name, key, value)
-    for name in strategies.names()
-    for key, values in P.invalid_values(strategies.get(name).params).items()
-    for value in values
-]
+def _invalid_per_parameter() -> list[tuple[str, str, list[str]]]:
+    """(strategy, parameter, invalid values), once per declared parameter: a parameter several
+    strategies share (declared once, on a common base such as the loop's `epochs`) is checked
+    through the first strategy that has it; one a strategy declares itself, through that one."""
+    out: dict[tuple[str, int], tuple[str, str, list[str]]] = {}
+    for name in strategies.names():
+        cls = strategies.get(name).params
+        for key, values in P.invalid_values(cls).items():
+            out.setdefault((key, id(P.constraint_of(cls, key))), (name, key, values))
+    return list(out.values())
+
+
+INVALID = _invalid_per_parameter()
 
 
 @pytest.fixture(scope="module")
@@ -194,14 +201,18 @@ def cli_store(tmp_path_factory) -> str:
     return uri
 
 
-@pytest.mark.parametrize(("name", "key", "value"), INVALID, ids=[f"{n}-{k}={v}" for n, k, v in INVALID])
-def test_every_invalid_parameter_value_is_exit_2_naming_it(name: str, key: str, value: str, cli_store, capsys) -> None:
+@pytest.mark.parametrize(("name", "key", "values"), INVALID, ids=[f"{k}-{n}" for n, k, _ in INVALID])
+def test_every_invalid_parameter_value_is_exit_2_naming_it(
+    name: str, key: str, values: list[str], cli_store, capsys
+) -> None:
     """Generated from each parameter's declared constraint, as scikit-learn's common checks do."""
     from continual_trainer.trainer.cli import main
 
-    code = main(["update", "--store", cli_store, "--strategy", name, "--set", f"{key}={value}"])
-    err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and key in err, err
+    assert values, f"{key} declares a constraint with no invalid value to try"
+    for value in values:
+        code = main(["update", "--store", cli_store, "--strategy", name, "--set", f"{key}={value}"])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and key in err, (value, err)
 
 
 @pytest.mark.parametrize("name", strategies.names(learns_new_classes=True))
@@ -278,17 +289,43 @@ def test_graft_freezes_the_body_and_ensemble_caps_members(current_model) -> None
     assert three.members[0] is current_model
 
 
-def test_weighting_and_sampling_variants_run(current_model) -> None:
+OPTIONS = {
+    "recency": {"weighting": "recency", "half_life": "0.5"},
+    "importance": {"weighting": "importance"},
+    "old_fraction": {"old_fraction": "0.25"},
+    "new_fraction": {"new_fraction": "0.5"},
+    "adam": {"optimizer": "adam"},
+}
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_each_weighting_sampling_and_optimizer_option_changes_what_is_learned(option: str, current_model) -> None:
+    """The same strategy, seed and data with and without the option: the two candidates must
+    predict differently. An option that is parsed but ignored (weights dropped before the
+    loop, a sample never drawn, Adam's slots never used) trains the same model and fails."""
     ft = strategies.get("finetune_all")
     inputs = _inputs(current_model)
-    for extra in (
-        {"weighting": "recency", "half_life": "0.5"},
-        {"weighting": "importance"},
-        {"old_fraction": "0.25", "new_fraction": "0.5"},
-        {"optimizer": "adam"},
-    ):
-        candidate = ft(inputs, _tiny_params(ft, **extra))
-        assert candidate.predict_proba(inputs.new.x, 2).shape == (60, 2)
+    plain = ft(inputs, _tiny_params(ft)).predict_proba(inputs.holdout.x, 2)
+    varied = ft(inputs, _tiny_params(ft, **OPTIONS[option])).predict_proba(inputs.holdout.x, 2)
+    assert plain.shape == varied.shape == (30, 2)
+    assert np.abs(plain - varied).max() > 1e-4, f"{OPTIONS[option]} trained the same model as the defaults"
+
+
+def test_the_training_set_is_what_the_options_say(current_model) -> None:
+    from continual_trainer.strategies.base import training_set
+
+    ft = strategies.get("finetune_all")
+    inputs = _inputs(current_model)  # 80 old rows (order 0), 60 new (order 1)
+    rows, weights = training_set(inputs, _tiny_params(ft))
+    assert len(rows) == 140 and weights is None
+    rows, _ = training_set(inputs, _tiny_params(ft, old_fraction="0.25", new_fraction="0.5"))
+    assert len(rows) == 20 + 30
+    rows, weights = training_set(inputs, _tiny_params(ft, weighting="recency", half_life="0.5"))
+    new, old = weights[rows.order == 1], weights[rows.order == 0]
+    assert np.allclose(old / new[0], 0.25) and np.allclose(new, new[0]) and abs(weights.mean() - 1) < 1e-6
+    rows, weights = training_set(inputs, _tiny_params(ft, weighting="importance"))
+    assert np.allclose(weights[rows.order == 1], weights[rows.order == 1][0])  # new rows: one weight
+    assert weights[rows.order == 0].std() > 0.01  # old rows: by how much each resembles the new ones
 
 
 # -- what training does to predictions ---------------------------------------------------------------

@@ -11,40 +11,79 @@ from pathlib import Path
 import pytest
 
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.demo import run_demo
+from continual_trainer.trainer.cli import main
 from continual_trainer.trainer.executor import LocalExecutor
 from continual_trainer.trainer.sweep import SweepSpec, run_sweep
 
+README = Path(__file__).parents[2] / "README.md"
+TOLERANCE = 0.01  # accuracy on the 1,000 test rows (10 rows): other CPUs and library builds may round differently
 
-def test_the_demo_store_takes_the_next_step_a_sweep(tmp_path: Path) -> None:
-    store_uri, results, _ = run_demo(LocalExecutor(), str(tmp_path / "demo"))
-    assert len(results) >= 9 and all(0.5 < r["test_accuracy"] <= 1 for r in results)
-    store = Store.open(store_uri)
+
+def readme_table() -> dict[str, tuple[float, float]]:
+    """The reference experiment's table in the README: strategy -> (test accuracy, log loss)."""
+    section = README.read_text().split("## The reference experiment", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[1].replace(".", "").isdigit():
+            rows[cells[0]] = (float(cells[1]), float(cells[2]))
+    return rows
+
+
+def check_against_the_readme(results: list[dict]) -> None:
+    table, got = readme_table(), {r["strategy"]: r for r in results}
+    assert set(got) == set(table), "the README's table lists other strategies than the demo runs"
+    off = {
+        name: (round(r["test_accuracy"], 3), table[name][0])
+        for name, r in got.items()
+        if abs(r["test_accuracy"] - table[name][0]) > TOLERANCE
+    }
+    assert off == {}, f"(measured, README) beyond ±{TOLERANCE}: {off}"
+    keep = got["keep"]["test_log_loss"]  # every strategy that trains changed the model it started from
+    same = [n for n, r in got.items() if n != "keep" and abs(r["test_log_loss"] - keep) < 1e-4]
+    assert same == [], f"scored exactly as keep, as if they never trained: {same}"
+
+
+def test_the_demo_runs_here_reproduces_the_readme_table_and_its_store_takes_a_sweep(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["demo", "--store", str(tmp_path / "demo"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["executor"] == "this process (no Ray)"
+    check_against_the_readme(out["results"])
+    store = Store.open(out["store"])
     assert store.meta.holdout_fraction > 0
     spec = SweepSpec.parse((Path(__file__).parents[2] / "examples" / "sweep.yaml").read_text())
     small = SweepSpec(tuple(t for t in spec.trials if t.seed == 0 and t.strategy in ("keep", "finetune_new")), "")
     assert run_sweep(store, LocalExecutor(), small).finished == len(small.trials) == 2
 
 
+def test_the_readme_table_check_fails_for_a_demo_that_does_not_train() -> None:
+    table = readme_table()
+    assert len(table) == 13
+    untrained = [{"strategy": n, "test_accuracy": table["keep"][0], "test_log_loss": table["keep"][1]} for n in table]
+    with pytest.raises(AssertionError):
+        check_against_the_readme(untrained)
+
+
 @pytest.mark.slow
-def test_ctrain_demo_runs_in_this_process_unless_asked_and_says_where(tmp_path: Path) -> None:
+@pytest.mark.ray
+def test_demo_on_ray_prints_the_same_table_says_where_and_the_next_step(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    store = tmp_path / "r"
     proc = subprocess.run(
-        [sys.executable, "-m", "continual_trainer", "demo", "--store", str(tmp_path / "d")],
+        [sys.executable, "-m", "continual_trainer", "demo", "--store", str(store), "--ray", "--quiet"],
         capture_output=True,
         text=True,
         env=env,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "ran on: this process (no Ray)" in proc.stdout
-    assert f"next: ctrain sweep --store {tmp_path / 'd'} --config examples/sweep.yaml" in proc.stdout
-    proc = subprocess.run(
-        [sys.executable, "-m", "continual_trainer", "demo", "--store", str(tmp_path / "r"), "--ray", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["executor"].startswith("a local Ray started here")
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")] for line in proc.stdout.splitlines() if line.startswith("| ")
+    ]
+    results = [{"strategy": r[0], "test_accuracy": float(r[1]), "test_log_loss": float(r[2])} for r in rows[2:]]
+    check_against_the_readme(results)
+    assert "ran on: a local Ray started here" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == f"next: ctrain sweep --store {store} --config examples/sweep.yaml"

@@ -52,15 +52,15 @@ def test_stream_restart_after_a_crash_before_the_marker(tiny_store: str, tmp_pat
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     pq.write_table(make_table(seed=30, shift=0.3), inbox / "x.parquet")
-    policy = Policy("fresh_all", values={"epochs": "3"})
+    policy = Policy("fresh_all", values={"epochs": "30"})  # beats the store's model: promoted
     (first,) = run_stream(tiny_store, str(inbox), policy, LOCAL, once=True)
+    assert first.promoted, first
     marker = Path(tiny_store, "stream", "processed", f"{first.sha256}.json")
     # Simulate a crash after the update was promoted but before the marker was written.
     marker.unlink()
     versions = len(history(tiny_store))
     (again,) = run_stream(tiny_store, str(inbox), policy, LOCAL, once=True)
-    if first.promoted:
-        assert again.status == "seen" and len(history(tiny_store)) == versions
+    assert again.status == "seen" and len(history(tiny_store)) == versions
     assert marker.exists()
 
 
