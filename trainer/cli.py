@@ -20,6 +20,7 @@ from continual_trainer.trainer.params import Constraint, Interval
 EXIT_USER_ERROR = 2
 EXIT_WORK_FAILED = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM and SIGHUP exit with 128 + their number too
+_STANDALONE = False  # True when `main` runs as the `ctrain` process (`run`), not for a caller that keeps its Ray
 
 
 class Terminated(Exception):
@@ -901,7 +902,8 @@ def _fail(args: argparse.Namespace, message: str, code: int, debug: bool = False
     `debug`: with CTRAIN_DEBUG=1 the traceback of the exception being handled comes first."""
     if debug and os.environ.get("CTRAIN_DEBUG") == "1":
         traceback.print_exc()
-    _leave_ray()  # first: Ray's error listener prints to stdout (a retried task's actor killed), never after the JSON
+    if _STANDALONE:  # first: Ray's error listener prints on stdout (an actor killed mid-task), never after the JSON
+        _leave_ray()
     message = printable(message)  # column and file names are the user's: no escapes reach the terminal
     print(f"ctrain: error: {message}", file=sys.stderr)
     if args.json:
@@ -921,6 +923,8 @@ def run() -> NoReturn:
     """
     # Both stop every command, also when started in the background by a shell, which starts
     # it with SIGINT ignored: the heavy work returns to Python often (see trainer.loop).
+    global _STANDALONE
+    _STANDALONE = True  # this process is the command: it leaves Ray before it prints an error
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)  # the terminal went away: stop as cleanly as for SIGTERM
