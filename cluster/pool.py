@@ -16,7 +16,7 @@ from continual_trainer.trainer.trials import TrialResult
 from continual_trainer.trainer.updatedata import UpdateData
 from continual_trainer.trainer.versions import StoredCandidate
 
-ACTOR_MEMORY = 1024**3  # what one trainer declares to Ray; peak measured at 933 MiB (scripts/bench_sweep.py)
+ACTOR_MEMORY = 1024**3  # what one trainer declares to Ray; peak measured at 783 MiB (scripts/bench_sweep.py)
 WAIT_SECONDS = 0.5  # the longest a signal waits for the driver to see it
 
 

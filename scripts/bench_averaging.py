@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from bench_check import check, emit
 
 
 def main() -> None:
@@ -78,6 +79,7 @@ def main() -> None:
         )
     gap = 100 * (averaged.metrics["test_accuracy"] - single.metrics["test_accuracy"])
     print(f"test accuracy of the averaged model minus the single one: {gap:+.2f} points")
+    emit([check("model averaging on 2 actors: accuracy points below one process", -gap, 1.0, " points", at_most=True)])
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
+from bench_check import check, emit
 
 
 def keras_fit(model, x, y, epochs: int, batch_size: int, lr: float = 0.01) -> None:
@@ -31,7 +32,7 @@ def accuracy(model, x, y) -> float:
     return float(((np.asarray(model(x))[:, 0] > 0.5) == y).mean())
 
 
-def reference(seeds: int) -> None:
+def reference(seeds: int) -> tuple[float, float]:
     from continual_trainer.trainer.demo import N_FEATURES, reference_data
     from continual_trainer.trainer.loop import LoopConfig, train
     from continual_trainer.trainer.models import ModelSpec, build_model, clone
@@ -77,9 +78,10 @@ def reference(seeds: int) -> None:
     print(f"speedup with the one-time first-call costs added to each side: {cold:.1f}x")
     gap = 100 * (np.mean(a_ours) - np.mean(a_fit))
     print(f"mean test accuracy: fit {np.mean(a_fit):.4f}, ours {np.mean(a_ours):.4f} ({gap:+.2f} points)")
+    return sum(t_fit) / sum(t_ours), gap
 
 
-def throughput(rows: int, epochs: int) -> None:
+def throughput(rows: int, epochs: int) -> float:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -113,6 +115,7 @@ def throughput(rows: int, epochs: int) -> None:
         f"train accuracy: fit {accuracy(theirs, x[:100000], y[:100000]):.4f}, "
         f"ours {accuracy(ours, x[:100000], y[:100000]):.4f}"
     )
+    return ours_rate / fit_rate
 
 
 def main() -> None:
@@ -121,8 +124,15 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--epochs", type=int, default=2)
     args = p.parse_args()
-    reference(args.seeds)
-    throughput(args.rows, args.epochs)
+    speedup, gap = reference(args.seeds)
+    rate = throughput(args.rows, args.epochs)
+    emit(
+        [
+            check("reference recipe: our loop vs fit", speedup, 20.0),
+            check("reference recipe: accuracy points below fit", -gap, 1.0, " points", at_most=True),
+            check("rows/s from Parquet vs fit on in-memory numpy", rate, 3.0),
+        ]
+    )
 
 
 if __name__ == "__main__":

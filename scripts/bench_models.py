@@ -22,6 +22,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
+from bench_check import check, emit
 
 
 def keras_fit(model, x, y, epochs: int, batch_size: int, lr: float, loss: str) -> None:
@@ -44,7 +45,7 @@ def predicted(model, x) -> np.ndarray:
     return (p[:, 0] > 0.5).astype(int) if p.shape[1] == 1 else p.argmax(axis=1)
 
 
-def compare(title: str, make, x, y, xt, yt, seeds: int, epochs: int, lr: float, loss: str) -> None:
+def compare(title: str, make, x, y, xt, yt, seeds: int, epochs: int, lr: float, loss: str) -> tuple[float, float]:
     from continual_trainer.trainer.loop import LoopConfig, train
 
     print(f"\n{title}")
@@ -82,6 +83,7 @@ def compare(title: str, make, x, y, xt, yt, seeds: int, epochs: int, lr: float, 
         f"({cold:.1f}x with the first calls added to each side); "
         f"mean test accuracy fit {np.mean(a_fit):.4f}, ours {np.mean(a_ours):.4f} ({gap:+.2f} points)"
     )
+    return sum(t_fit) / sum(t_ours), gap
 
 
 def main() -> None:
@@ -122,8 +124,8 @@ def main() -> None:
     recipe = "150 epochs, batch 32, SGD 0.01 momentum 0.9"
     compare(f"1a. reference MLP, Dense fast path ({len(x)} rows, {recipe})", mlp, x, y, xt, yt, args.seeds, 150, 0.01,
             "binary_crossentropy")  # fmt: skip
-    compare("1b. reference MLP, general path (the model's own call)", mlp_general, x, y, xt, yt, args.seeds, 150, 0.01,
-            "binary_crossentropy")  # fmt: skip
+    general = compare("1b. reference MLP, general path (the model's own call)", mlp_general, x, y, xt, yt,
+                      args.seeds, 150, 0.01, "binary_crossentropy")  # fmt: skip
 
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[..., None]
@@ -160,10 +162,19 @@ def main() -> None:
         )
 
     loss = "sparse_categorical_crossentropy"
-    compare(f"2. CNN, two Conv2D, digits 8x8 ({len(xi)} rows, 30 epochs, batch 32, SGD 0.01)", cnn, xi, yi, xit, yit,
+    conv = compare(f"2. CNN, two Conv2D, digits 8x8 ({len(xi)} rows, 30 epochs, batch 32, SGD 0.01)", cnn,
+                   xi, yi, xit, yit, args.image_seeds, 30, 0.01, loss)  # fmt: skip
+    norm = compare("3. Dense + BatchNormalization + Dropout, digits (30 epochs)", bn_dropout, xi, yi, xit, yit,
             args.image_seeds, 30, 0.01, loss)  # fmt: skip
-    compare("3. Dense + BatchNormalization + Dropout, digits (30 epochs)", bn_dropout, xi, yi, xit, yit,
-            args.image_seeds, 30, 0.01, loss)  # fmt: skip
+    emit(
+        [
+            check("reference MLP, general path: accuracy points below fit", -general[1], 1.0, " points", at_most=True),
+            check("CNN on digits: our loop vs fit", conv[0], 1.5),
+            check("CNN on digits: accuracy points below fit", -conv[1], 1.0, " points", at_most=True),
+            check("Dense + BatchNormalization + Dropout: accuracy points below fit", -norm[1], 1.0, " points",
+                  at_most=True),
+        ]
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

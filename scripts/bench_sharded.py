@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from bench_check import check, emit
 
 
 def main() -> None:
@@ -61,6 +62,7 @@ def main() -> None:
                 f"accuracy {metrics['accuracy']:.4f}"
             )
     print(f"speedup of 2 actors over 1: {timings[1] / timings[2]:.2f}x")
+    emit([check("sharded evaluation, 2 warm actors vs 1", timings[1] / timings[2], 1.6)])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,67 @@
+"""The README's claims name their proof, and the proof exists: every Reliability row cites the
+tests that hold it (file and test name), every figure of the Speed table the script that
+reproduces it, and every test, script and example the README names is there."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+README = (ROOT / "README.md").read_text()
+CITED_TEST = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`")
+CITED_FILE = re.compile(r"(?<![\w/])((?:tests|scripts|examples|data|trainer|strategies|cluster)/[\w/.-]+\.(?:py|yaml))")
+
+
+def section(title: str) -> str:
+    return README.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def table(text: str) -> list[list[str]]:
+    """The rows of the first Markdown table in `text`, header and rule left out."""
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in lines[2:]]
+
+
+def test_every_file_the_readme_names_exists() -> None:
+    missing = sorted({path for path in CITED_FILE.findall(README) if not (ROOT / path).exists()})
+    assert missing == []
+
+
+def test_every_test_the_readme_cites_exists_where_it_says() -> None:
+    cited = CITED_TEST.findall(README)
+    assert len(cited) > 40
+    missing = [
+        f"{path}::{name}"
+        for path, name in cited
+        if not (ROOT / path).exists() or not re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M)
+    ]
+    assert missing == []
+
+
+def test_every_reliability_row_cites_the_tests_that_hold_it() -> None:
+    rows = table(section("Reliability"))
+    assert len(rows) >= 20
+    uncited = [row[0][:60] for row in rows if not CITED_TEST.search(row[1])]
+    assert uncited == []
+
+
+def test_every_speed_figure_names_the_script_that_reproduces_it() -> None:
+    rows = table(section("Speed"))
+    assert len(rows) >= 8
+    script = None
+    for what, _, _, reproduce in rows:
+        named = re.search(r"`python (scripts/\w+\.py)", reproduce)
+        script = named.group(1) if named else script if reproduce == "same script" else None
+        assert script is not None and (ROOT / script).exists(), f"{what[:60]}: {reproduce}"
+
+
+def test_the_checks_above_fail_on_a_wrong_citation() -> None:
+    assert CITED_TEST.findall("`tests/data/test_store.py::test_nothing_like_this`") == [
+        ("tests/data/test_store.py", "test_nothing_like_this")
+    ]
+    assert not re.search(r"^def test_nothing_like_this\(", (ROOT / "tests/data/test_store.py").read_text(), re.M)
+    assert CITED_FILE.findall("see scripts/bench_nothing.py and `tests/x/test_y.py`") == [
+        "scripts/bench_nothing.py",
+        "tests/x/test_y.py",
+    ]
