@@ -100,24 +100,22 @@ def test_sweep_submitted_as_a_ray_job(tiny_store: str, tmp_path: Path) -> None:
         spec.write_text("strategies: [keep, finetune_all]\nparams: {epochs: 3}\nseeds: [0, 1]\n")
 
         def submit(*entrypoint: str) -> None:
-            """`ray job submit --working-dir <this checkout>`; the job must succeed."""
-            job = subprocess.run(
-                [
-                    str(BIN / "ray"),
-                    "job",
-                    "submit",
-                    "--address",
-                    address,
-                    "--working-dir",
-                    str(REPO),
-                    "--",
-                    *entrypoint,
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
+            """`ray job submit --working-dir <this checkout>`; the job must succeed. The head's
+            job agent may register after its dashboard answers (HTTP 500 "No available agent to
+            submit job, please try again later"): that refusal is retried, nothing else is."""
+            deadline = time.time() + 90
+            while True:
+                job = subprocess.run(
+                    [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+                     *entrypoint],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                )  # fmt: skip
+                if job.returncode == 0 or "No available agent" not in job.stderr or time.time() > deadline:
+                    break
+                time.sleep(2)
             assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
 
         submit("python", "-m", "continual_trainer", "sweep", "--store", tiny_store, "--config", str(spec), "--json")
