@@ -58,8 +58,10 @@ def _signals_held() -> Iterator[None]:
     `ray.init` replaces a SIGTERM handler with its own (`sys.exit(15)`, then one that tears
     its half-started node down with exit 1), and its core worker puts a native one (a stack
     dump, exit 1) in their place; a signal in those seconds left Ray's agents running. Held,
-    the signal stops the command after `ray.init` returns, with a Ray `disconnect` stops.
-    Without Python handlers (a library caller's process) Ray's own stay as Ray sets them.
+    the signal stops the command once `ray.init` has returned, and the Ray it started stops
+    with the command's `disconnect`. Without Python handlers (a library caller's process)
+    Ray's own stay as Ray sets them. A signal in the last moment of `ray.init`, after the core
+    worker started, still gets the native handler's stack dump too (exit code and cleanup hold).
     """
     handlers = {}
     for name in _SIGNALS:
