@@ -46,7 +46,7 @@ def _stop_session(sid: int) -> None:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_sweep_submitted_as_a_ray_job(tiny_store: str, tmp_path: Path) -> None:
-    port, dash = _free_port(), _free_port()
+    port, dash, agent = _free_port(), _free_port(), _free_port()
     # Ray's Unix sockets live under --temp-dir, and socket paths are limited to ~107 bytes.
     ray_tmp = tempfile.mkdtemp(prefix="ctrj-", dir="/tmp")
     env = {
@@ -65,6 +65,9 @@ def test_sweep_submitted_as_a_ray_job(tiny_store: str, tmp_path: Path) -> None:
             f"--dashboard-port={dash}",
             "--dashboard-host=127.0.0.1",
             "--include-dashboard=true",
+            # Its job agent's own port: the default (52365) is taken by any other Ray on this
+            # machine (another test worker's), and the head then has no agent to run jobs.
+            f"--dashboard-agent-listen-port={agent}",
             "--num-cpus=2",
             f"--temp-dir={ray_tmp}",
             "--block",
