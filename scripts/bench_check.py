@@ -21,14 +21,14 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PREFIX = "BENCH-CHECK "
-BENCHMARKS = {  # the script and its arguments, as the README's "reproduce" column runs it
-    "bench_loop.py": [],
-    "bench_models.py": [],
-    "bench_demo.py": [],
-    "bench_sweep.py": [],
-    "bench_sharded.py": [],
-    "bench_averaging.py": [],
-}
+BENCHMARKS = (
+    "bench_loop.py",
+    "bench_models.py",
+    "bench_demo.py",
+    "bench_sweep.py",
+    "bench_sharded.py",
+    "bench_averaging.py",
+)
 
 
 def check(what: str, figure: float, target: float, unit: str = "x", *, at_most: bool = False) -> dict[str, Any]:
@@ -44,8 +44,9 @@ def emit(checks: list[dict[str, Any]]) -> None:
     print(PREFIX + json.dumps(checks), flush=True)
 
 
-def run(script: str, extra: list[str]) -> list[dict[str, Any]]:
-    proc = subprocess.run([sys.executable, os.path.join(HERE, script), *extra], capture_output=True, text=True)
+def run(script: str) -> list[dict[str, Any]]:
+    """The checks `script` printed, run as the README's "reproduce" column runs it."""
+    proc = subprocess.run([sys.executable, os.path.join(HERE, script)], capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(PREFIX)]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -65,7 +66,7 @@ def main() -> int:
     missed = 0
     for script in chosen:
         print(f"{script}:", flush=True)
-        for c in run(script, BENCHMARKS[script]):
+        for c in run(script):
             missed += not c["met"]
             mark = "ok    " if c["met"] else "MISSED"
             print(
