@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING
 
 from continual_trainer.cluster import pool, runtime
 from continual_trainer.data.rows import Rows
-from continual_trainer.trainer.executor import Failure, Job, OnDone, Outcome, SweepSettings, run_job
+from continual_trainer.executor import Failure, Job, OnDone, Outcome, SweepSettings, run_job
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
     from continual_trainer.data.storage import Store
-    from continual_trainer.trainer.updatedata import UpdateData
-    from continual_trainer.trainer.versions import StoredCandidate
+    from continual_trainer.updatedata import UpdateData
+    from continual_trainer.versions import StoredCandidate
 
 
 class RayExecutor:

@@ -27,15 +27,15 @@ from continual_trainer.data.chunks import StoredRows, StoredUnion
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows, with_statistics
 from continual_trainer.data.storage import trust, verified
+from continual_trainer.executor import Failure, Job, WorkFailed, run_job
 from continual_trainer.strategies.base import TrainParams, training_set
 from continual_trainer.strategies.ensemble import combine
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.evaluate import join_parts
-from continual_trainer.trainer.executor import Failure, Job, WorkFailed, run_job
 from continual_trainer.trainer.loop import LoopConfig, prefetched
-from continual_trainer.trainer.trials import stored_parts
-from continual_trainer.trainer.updatedata import UpdateData
-from continual_trainer.trainer.versions import StoredCandidate
+from continual_trainer.trials import stored_parts
+from continual_trainer.updatedata import UpdateData
+from continual_trainer.versions import StoredCandidate
 
 
 def _shards(n_rows: int, n: int, seed: int) -> list[np.ndarray]:

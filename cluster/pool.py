@@ -11,10 +11,10 @@ import ray
 
 from continual_trainer.cluster.runtime import kill, pin_threads
 from continual_trainer.data.rows import Rows
-from continual_trainer.trainer.executor import Failure, Job, OnDone, Outcome, run_job
-from continual_trainer.trainer.trials import TrialResult
-from continual_trainer.trainer.updatedata import UpdateData
-from continual_trainer.trainer.versions import StoredCandidate
+from continual_trainer.executor import Failure, Job, OnDone, Outcome, run_job
+from continual_trainer.trials import TrialResult
+from continual_trainer.updatedata import UpdateData
+from continual_trainer.versions import StoredCandidate
 
 ACTOR_MEMORY = 1024**3  # what one trainer declares to Ray; peak measured at 783 MiB (scripts/bench_sweep.py)
 WAIT_SECONDS = 0.5  # the longest a signal waits for the driver to see it

@@ -119,7 +119,7 @@ def get(refs: Any) -> Any:
     and work that failed there (`WorkFailed`) into WorkFailed."""
     import ray
 
-    from continual_trainer.trainer.executor import WorkFailed
+    from continual_trainer.executor import WorkFailed
 
     try:
         return ray.get(refs)

@@ -19,7 +19,7 @@ from continual_trainer.data.errors import UserError
 from continual_trainer.data.parquet import redact, resolve
 from continual_trainer.data.schema import Schema
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.versions import StoredCandidate, stored_candidate
+from continual_trainer.versions import StoredCandidate, stored_candidate
 
 
 @ray.remote

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from continual_trainer.cluster.pool import ACTOR_MEMORY, CurrentCache
-from continual_trainer.trainer.executor import Failure, Job, OnDone, Outcome, SweepSettings, run_job
-from continual_trainer.trainer.trials import TrialResult
-from continual_trainer.trainer.updatedata import UpdateData
-from continual_trainer.trainer.versions import StoredCandidate
+from continual_trainer.executor import Failure, Job, OnDone, Outcome, SweepSettings, run_job
+from continual_trainer.trials import TrialResult
+from continual_trainer.updatedata import UpdateData
+from continual_trainer.versions import StoredCandidate
 
 _current = CurrentCache()
 

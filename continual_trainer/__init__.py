@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 # beside this folder.
 _checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if _os.path.isfile(_os.path.join(_checkout, "pyproject.toml")) and _os.path.isfile(
-    _os.path.join(_checkout, "trainer", "cli.py")
+    _os.path.join(_checkout, "trainer", "loop.py")
 ):
     __path__.append(_checkout)
 
@@ -22,7 +22,7 @@ _LAZY = {
     "open_store": "continual_trainer.api",
     "expected_inputs": "continual_trainer.api",
     "UserError": "continual_trainer.data.errors",
-    "NothingNew": "continual_trainer.trainer.updatedata",
+    "NothingNew": "continual_trainer.updatedata",
     "InputInfo": "continual_trainer.data.schema",
 }
 __all__ = [*_LAZY, "__version__"]

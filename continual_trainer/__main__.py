@@ -1,5 +1,5 @@
 """`python -m continual_trainer` is the `ctrain` command."""
 
-from continual_trainer.trainer.cli import run
+from continual_trainer.cli import run
 
 run()

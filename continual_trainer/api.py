@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
     from continual_trainer.data.batches import IngestResult
     from continual_trainer.data.schema import Schema
-    from continual_trainer.trainer.promotion import UpdateOutcome
-    from continual_trainer.trainer.sweep import SweepResult
+    from continual_trainer.promotion import UpdateOutcome
+    from continual_trainer.sweep import SweepResult
 
 
 def init_store(
@@ -73,7 +73,7 @@ def init_store(
     Returns:
         The store, with `last_outcome` set to the first version's outcome.
     """
-    from continual_trainer.trainer.commands import init_store as init
+    from continual_trainer.commands import init_store as init
     from continual_trainer.trainer.loop import LoopConfig
 
     source, raw = _source(data)
@@ -116,7 +116,7 @@ def expected_inputs(
     it holds and the `keras.Input(...)` line that takes it; before a store exists, what a first
     batch `data` with `label` would give (`per_column`: one input per numeric column, the
     layout a model built that way gets)."""
-    from continual_trainer.trainer.commands import expected_inputs as expected
+    from continual_trainer.commands import expected_inputs as expected
 
     if store is not None:
         return expected(store)
@@ -155,7 +155,7 @@ class ModelStore:
         self.last_outcome: UpdateOutcome | None = None
         self._mirror = None
         if mlflow:
-            from continual_trainer.trainer.tracking import MlflowMirror
+            from continual_trainer.tracking import MlflowMirror
 
             self._mirror = MlflowMirror(mlflow, uri)
         self._progress = progress
@@ -189,7 +189,7 @@ class ModelStore:
         """Validate and keep new labelled batches (one, or a list): files, Arrow tables or
         DataFrames. A batch the store holds already is a no-op; a bad one is quarantined and
         raises UserError (the ones before it are kept)."""
-        from continual_trainer.trainer.commands import ingest_files
+        from continual_trainer.commands import ingest_files
 
         items = data if isinstance(data, (list, tuple)) else [data]
         batches = [item if isinstance(item, str) else _source(item) for item in items]
@@ -229,8 +229,8 @@ class ModelStore:
         Raises:
             NothingNew: no batch arrived since the current version (and the strategy trains).
         """
-        from continual_trainer.trainer.commands import update
-        from continual_trainer.trainer.executor import make_executor
+        from continual_trainer.commands import update
+        from continual_trainer.executor import make_executor
         from continual_trainer.trainer.forgetting import Gate
 
         budget = _budget(memory_budget)
@@ -276,9 +276,9 @@ class ModelStore:
 
         import yaml
 
-        from continual_trainer.trainer.commands import save_sweep_winner
-        from continual_trainer.trainer.executor import make_executor
-        from continual_trainer.trainer.sweep import SweepSpec, run_sweep
+        from continual_trainer.commands import save_sweep_winner
+        from continual_trainer.executor import make_executor
+        from continual_trainer.sweep import SweepSpec, run_sweep
 
         if isinstance(config, Mapping):
             spec = SweepSpec.parse(yaml.safe_dump(dict(config)), "sweep config")
@@ -335,10 +335,10 @@ class ModelStore:
         """
         from dataclasses import asdict
 
-        from continual_trainer.trainer.executor import make_executor
+        from continual_trainer.executor import make_executor
+        from continual_trainer.stream import DEFAULT_CANDIDATES, Policy, run_stream
         from continual_trainer.trainer.forgetting import Gate
-        from continual_trainer.trainer.stream import DEFAULT_CANDIDATES, Policy, run_stream
-        from continual_trainer.trainer.triggers import TriggerSet
+        from continual_trainer.triggers import TriggerSet
 
         triggers = TriggerSet.parse(trigger, trigger_params, combine)
         gate = Gate(max_forgetting, max_flip_rate)
@@ -356,7 +356,7 @@ class ModelStore:
     def drift(self, data: Any, *, trigger: str = "performance,features", **trigger_params: Any) -> dict[str, Any]:
         """Ask triggers whether a labelled batch (a file, Arrow table or DataFrame) differs from
         what the current model learned, without keeping it: {trigger: {fire, statistic, detail}}."""
-        from continual_trainer.trainer.commands import drift
+        from continual_trainer.commands import drift
 
         source = data if isinstance(data, str) else "the data"
         return drift(self._store(), data if isinstance(data, str) else _table(data), trigger, trigger_params, source)
@@ -364,7 +364,7 @@ class ModelStore:
     def report(self, out: str | None = None) -> str:
         """Write `ctrain report`'s page, Markdown and plots (by default into the store under
         `reports/`); returns the page's location."""
-        from continual_trainer.trainer.commands import store_report
+        from continual_trainer.commands import store_report
 
         return f"{store_report(self.uri, out)[0]}/index.html"
 
@@ -372,9 +372,9 @@ class ModelStore:
         """`data`'s rows plus `prediction` (and `probability` of class 1 for two classes), by
         `version` (an id, `current`, `parent`, or a unique prefix or suffix). Columns that
         are not features pass through. Returns a DataFrame for a DataFrame, else an Arrow table."""
+        from continual_trainer.commands import predict_table
         from continual_trainer.data.batches import load_table
         from continual_trainer.data.parquet import redact
-        from continual_trainer.trainer.commands import predict_table
 
         if isinstance(data, str):
             _, table = load_table(data)
@@ -390,7 +390,7 @@ class ModelStore:
         current version's holdout rows, so its metrics compare with the current one's)."""
         import pandas as pd
 
-        from continual_trainer.trainer.commands import history
+        from continual_trainer.commands import history
 
         rows = history(self.uri)
         flat = [{**r["metrics"], **{k: v for k, v in r.items() if k != "metrics"}} for r in rows]
@@ -401,7 +401,7 @@ class ModelStore:
         an ensemble as one functional model combining its members with their stored weights,
         so that `model.predict` gives what `predict` does. It takes the inputs the store feeds
         (`expected_inputs(store)`)."""
-        from continual_trainer.trainer.commands import load_model
+        from continual_trainer.commands import load_model
 
         return load_model(self.uri, version)[0]
 
@@ -409,26 +409,26 @@ class ModelStore:
         """Write a version as one model: `format` `keras` (a `.keras` file) or `saved_model`
         (TensorFlow Serving's layout, `out/<n>/saved_model.pb`; the default unless `out` ends
         in `.keras`). Returns where it went."""
-        from continual_trainer.trainer.commands import export_model
+        from continual_trainer.commands import export_model
 
         return export_model(self.uri, out, version=version, fmt=format)
 
     def promote(self, version: str, *, reason: str = "") -> str:
         """Make a stored version current (compare-and-swap; recorded with `reason`); returns its id."""
-        from continual_trainer.trainer.promotion import promote_by_hand
+        from continual_trainer.promotion import promote_by_hand
 
         return promote_by_hand(self._store(), version, reason)[0]
 
     def rollback(self, to: str | None = None, *, reason: str = "") -> str:
         """Make the current version's parent (or `to`) current; returns its id."""
-        from continual_trainer.trainer.promotion import rollback
+        from continual_trainer.promotion import rollback
 
         return rollback(self._store(), to, reason)[0]
 
     def gc(self, keep: int = 5, *, dry_run: bool = False) -> list[str]:
         """Delete versions that were never promoted, but the `keep` newest of them; never the
         current version or its lineage. Returns the versions deleted (or, dry, that would be)."""
-        from continual_trainer.trainer.commands import prune
+        from continual_trainer.commands import prune
 
         return prune(self.uri, keep, dry_run=dry_run)
 

@@ -38,13 +38,13 @@ def main() -> None:
     from continual_trainer import strategies
     from continual_trainer.cluster.parallel import finetune_averaged
     from continual_trainer.cluster.runtime import connect
+    from continual_trainer.commands import ingest_files, init_store
     from continual_trainer.data.rows import Rows
     from continual_trainer.data.storage import Store
-    from continual_trainer.trainer.commands import ingest_files, init_store
     from continual_trainer.trainer.loop import LoopConfig
-    from continual_trainer.trainer.trials import run_strategy, score_candidate
-    from continual_trainer.trainer.updatedata import load_update_data
-    from continual_trainer.trainer.versions import load_candidate
+    from continual_trainer.trials import run_strategy, score_candidate
+    from continual_trainer.updatedata import load_update_data
+    from continual_trainer.versions import load_candidate
 
     x, y = make_classification(n_samples=220_000, n_features=20, n_informative=12, random_state=11)
     x[100_000:, :5] += 0.75

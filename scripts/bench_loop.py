@@ -33,7 +33,7 @@ def accuracy(model, x, y) -> float:
 
 
 def reference(seeds: int) -> tuple[float, float]:
-    from continual_trainer.trainer.demo import N_FEATURES, reference_data
+    from continual_trainer.demo import N_FEATURES, reference_data
     from continual_trainer.trainer.loop import LoopConfig, train
     from continual_trainer.trainer.models import ModelSpec, build_model, clone
 

@@ -96,7 +96,7 @@ def main() -> None:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from continual_trainer.trainer.demo import N_FEATURES, reference_data
+    from continual_trainer.demo import N_FEATURES, reference_data
     from continual_trainer.trainer.models import ModelSpec, build_model
 
     data = reference_data()

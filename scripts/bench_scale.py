@@ -141,8 +141,8 @@ from continual_trainer.cluster import parallel
 from continual_trainer.data.storage import Store
 from continual_trainer.strategies.base import training_set
 from continual_trainer.trainer.models import to_bytes
-from continual_trainer.trainer.updatedata import load_update_data
-from continual_trainer.trainer.versions import stored_candidate
+from continual_trainer.updatedata import load_update_data
+from continual_trainer.versions import stored_candidate
 store = Store.open(sys.argv[1])
 params = strategies.get("finetune_all").make_params({"epochs": 1, "batch_size": 1024})
 data = load_update_data(store, params=[params], memory_budget=1, in_pieces=True)

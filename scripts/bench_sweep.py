@@ -39,7 +39,7 @@ def make_store(path: str) -> None:
     import pyarrow.parquet as pq
     from sklearn.datasets import make_classification
 
-    from continual_trainer.trainer.commands import ingest_files, init_store
+    from continual_trainer.commands import ingest_files, init_store
     from continual_trainer.trainer.loop import LoopConfig
 
     x, y = make_classification(n_samples=16000, n_features=20, n_informative=12, random_state=3)
@@ -57,8 +57,8 @@ SEQUENTIAL = textwrap.dedent("""
     start = time.perf_counter()
     sys.path.insert(0, {root!r})
     from continual_trainer.data.storage import Store
-    from continual_trainer.trainer.executor import LocalExecutor
-    from continual_trainer.trainer.sweep import SweepSpec, run_sweep
+    from continual_trainer.executor import LocalExecutor
+    from continual_trainer.sweep import SweepSpec, run_sweep
     run_sweep(Store.open({store!r}), LocalExecutor(), SweepSpec.parse({spec!r}))
     print(json.dumps({{"seconds": time.perf_counter() - start}}))
 """)
@@ -69,7 +69,7 @@ RAY = textwrap.dedent("""
     from continual_trainer.cluster.executor import RayExecutor
     from continual_trainer.cluster.runtime import connect
     from continual_trainer.data.storage import Store
-    from continual_trainer.trainer.sweep import SweepSpec, run_sweep
+    from continual_trainer.sweep import SweepSpec, run_sweep
     t0 = time.perf_counter()
     connect(num_cpus=2)
     t1 = time.perf_counter()

@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from continual_trainer.data.parquet import write_table
-    from continual_trainer.trainer.demo import reference_data
+    from continual_trainer.demo import reference_data
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from continual_trainer.trainer.cli import main
+from continual_trainer.cli import main
 
 ROOT = Path(__file__).parents[1]
 

@@ -1,4 +1,5 @@
-"""The seams hold: only the store builds store paths; nothing tests a strategy's name; Ray stays in cluster/."""
+"""The seams hold: one layer per folder, imports point down and never in a circle; only the store builds
+store paths; nothing tests a strategy's name; Ray stays in cluster/."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
-PACKAGES = ("data", "trainer", "strategies", "cluster")
+# The folders, bottom layer first: each imports only the ones before it at module level
+# (a function may import a layer above it when it runs, e.g. the Ray executor chosen by name).
+PACKAGES = ("data", "trainer", "strategies", "continual_trainer", "cluster")
 STORE_MODULES = {"data/storage.py"}
 LAYOUT = re.compile(r"^(models|batches|sweeps|stream|quarantine|locks)/|^member-")
 MARKERS = {"CURRENT", "store.json", "manifest.json", "batch.json", "data.parquet", "reason.txt", "sweep.yaml"}
@@ -86,3 +89,97 @@ def test_only_cluster_imports_ray() -> None:
 
 def test_the_scans_read_every_package() -> None:
     assert {str(p.relative_to(ROOT)).split("/")[0] for p in sources()} == set(PACKAGES)
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts if parts[0] == "continual_trainer" else ["continual_trainer", *parts])
+
+
+def _folder(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in PACKAGES else "continual_trainer"
+
+
+def module_imports(text: str, modules: set[str]) -> set[str]:
+    """The project modules a file imports when it is imported (its top-level statements;
+    `if TYPE_CHECKING:` blocks and imports inside functions run later or never)."""
+    found = set()
+    for node in ast.parse(text).body:
+        for inner in [node, *(node.body if isinstance(node, ast.Try) else [])]:
+            if isinstance(inner, ast.ImportFrom) and inner.module and inner.level == 0:
+                for alias in inner.names:
+                    name = f"{inner.module}.{alias.name}"
+                    found.add(name if name in modules else inner.module)
+            elif isinstance(inner, ast.Import):
+                found.update(alias.name for alias in inner.names)
+    return found & modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = {_module(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    return {m: module_imports(p.read_text(), set(paths)) - {m} for m, p in paths.items()}
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    rank = {name: i for i, name in enumerate(PACKAGES)}
+    return sorted(
+        f"{m} imports {t}, a layer above it"
+        for m, ts in graph.items()
+        for t in ts
+        if rank[_folder(t)] > rank[_folder(m)]
+    )
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Groups of files that import each other, directly or through others (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_imports_point_down_the_layers_and_never_in_a_circle() -> None:
+    graph = import_graph()
+    assert upward(graph) == []
+    assert cycles(graph) == []
+
+
+def test_the_layer_rules_would_catch_an_import_up_or_around() -> None:
+    modules = {"continual_trainer.trainer.loop", "continual_trainer.sweep", "continual_trainer.data.rows"}
+    up = module_imports("import os\nfrom continual_trainer.sweep import run_sweep\n", modules)
+    assert upward({"continual_trainer.trainer.loop": up}) != []
+    assert upward({"continual_trainer.sweep": {"continual_trainer.trainer.loop"}}) == []
+    lazy = "def f():\n    from continual_trainer.sweep import run_sweep\n"
+    assert module_imports(lazy, modules) == set()
+    ring = {
+        "continual_trainer.data.rows": {"continual_trainer.sweep"},
+        "continual_trainer.sweep": {"continual_trainer.data.rows"},
+    }
+    assert cycles(ring) == [["continual_trainer.data.rows", "continual_trainer.sweep"]]

@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent("""
     from ray.cluster_utils import Cluster
     from continual_trainer.cluster.executor import RayExecutor
     from continual_trainer.data.storage import Store
-    from continual_trainer.trainer.sweep import SweepSpec, run_sweep
+    from continual_trainer.sweep import SweepSpec, run_sweep
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     worker = cluster.add_node(num_cpus=1)

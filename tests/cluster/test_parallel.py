@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import continual_trainer as ct
+from continual_trainer.cli import main
+from continual_trainer.commands import ingest_files, init_store
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.cli import main
-from continual_trainer.trainer.commands import ingest_files, init_store
 from continual_trainer.trainer.loop import LoopConfig
 
 
@@ -138,9 +138,9 @@ def test_users_networks_and_columns_on_actors_sweeps_and_streams(ray_cluster, tm
     builder in the checkout (examples/digits.py): `--actors` (averaging and bagging), a sweep on
     Tune and the stream's best-of policy on actors all run them, with the task's own metrics."""
     from continual_trainer.cluster.executor import RayExecutor
-    from continual_trainer.trainer.stream import Policy, run_stream
-    from continual_trainer.trainer.sweep import SweepSpec, run_sweep
-    from tests.trainer.test_bring_your_own import images, tabular
+    from continual_trainer.stream import Policy, run_stream
+    from continual_trainer.sweep import SweepSpec, run_sweep
+    from tests.continual_trainer.test_bring_your_own import images, tabular
 
     reg = str(tmp_path / "reg")
     pq.write_table(tabular(400, 0, regression=True), tmp_path / "reg-old.parquet")
@@ -187,8 +187,8 @@ def test_the_holdout_is_scored_by_the_actors_each_its_row_groups(ray_cluster, tm
     from continual_trainer.cluster.runtime import kill
     from continual_trainer.data.chunks import StoredRows
     from continual_trainer.trainer.evaluate import class_metrics
-    from continual_trainer.trainer.trials import stored_parts
-    from continual_trainer.trainer.versions import stored_candidate
+    from continual_trainer.trials import stored_parts
+    from continual_trainer.versions import stored_candidate
 
     store = Store.open(_drift_store(tmp_path, n=800, row_group=100))
     current = stored_candidate(store, store.current()).load()

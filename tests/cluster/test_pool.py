@@ -8,10 +8,10 @@ import pytest
 from continual_trainer import strategies
 from continual_trainer.cluster.pool import TrainerActor, run_jobs
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.executor import Job
-from continual_trainer.trainer.trials import run_strategy
-from continual_trainer.trainer.updatedata import load_update_data
-from continual_trainer.trainer.versions import load_candidate, stored_candidate
+from continual_trainer.executor import Job
+from continual_trainer.trials import run_strategy
+from continual_trainer.updatedata import load_update_data
+from continual_trainer.versions import load_candidate, stored_candidate
 
 
 @pytest.mark.ray

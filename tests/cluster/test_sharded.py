@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from continual_trainer.cli import main
 from continual_trainer.cluster.sharded import ScorerPool
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.cli import main
 from continual_trainer.trainer.evaluate import score
-from continual_trainer.trainer.versions import load_candidate
+from continual_trainer.versions import load_candidate
 from tests.conftest import make_table
 
 

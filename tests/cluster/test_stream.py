@@ -11,7 +11,7 @@ import pytest
 
 from continual_trainer.cluster.executor import RayExecutor
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.stream import Policy, run_stream
+from continual_trainer.stream import Policy, run_stream
 from tests.conftest import make_table
 
 
@@ -39,7 +39,7 @@ def test_best_policy_trains_candidates_on_actors(ray_cluster, tiny_store: str, t
 @pytest.mark.slow
 @pytest.mark.ray
 def test_a_stream_starts_ray_only_when_a_file_needs_it(ray_cluster, tiny_store: str, tmp_path: Path, capsys) -> None:
-    from continual_trainer.trainer.cli import main
+    from continual_trainer.cli import main
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()

@@ -17,9 +17,9 @@ from continual_trainer.cluster.executor import RayExecutor
 from continual_trainer.data.storage import Store
 from continual_trainer.strategies.base import TrainParams, UpdateInputs
 from continual_trainer.strategies.retrain import fresh
+from continual_trainer.sweep import SweepSpec, run_sweep
 from continual_trainer.trainer.candidate import Candidate
-from continual_trainer.trainer.sweep import SweepSpec, run_sweep
-from tests.trainer.test_sweep import SPEC
+from tests.continual_trainer.test_sweep import SPEC
 
 
 @pytest.mark.ray

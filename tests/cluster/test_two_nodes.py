@@ -13,13 +13,13 @@ import pytest
 
 from continual_trainer.data.storage import Store
 from tests.cluster.test_parallel import _drift_store
-from tests.trainer.test_reliability import check_store
+from tests.continual_trainer.test_reliability import check_store
 
 SCRIPT = textwrap.dedent("""
     import json, os, signal, sys, threading, time
     import ray
     from ray.cluster_utils import Cluster
-    from continual_trainer.trainer.cli import main
+    from continual_trainer.cli import main
 
     store, jobs, kill = sys.argv[1], sys.argv[2].split(","), sys.argv[3] == "kill"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from continual_trainer.cli import main
 from continual_trainer.cluster.executor import RayExecutor
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.cli import main
-from continual_trainer.trainer.sweep import SweepSpec, run_sweep
+from continual_trainer.sweep import SweepSpec, run_sweep
 from tests.conftest import make_table
 
 

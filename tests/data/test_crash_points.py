@@ -18,9 +18,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from continual_trainer.cli import main
 from continual_trainer.data.failpoints import POINTS
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.cli import main
 from tests.conftest import make_table
 
 KILLED = 77

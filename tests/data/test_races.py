@@ -14,11 +14,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from continual_trainer.commands import prune
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import Manifest
 from continual_trainer.data.schema import Schema
 from continual_trainer.data.storage import Store, StoreMeta, VersionGone
-from continual_trainer.trainer.commands import prune
 from tests.conftest import make_table
 
 
@@ -126,7 +126,7 @@ def test_two_inits_on_one_path_one_wins_and_the_store_agrees_with_its_model(tmp_
             assert codes == [0, 2] and "another init (pid" in loser, loser
         assert "Traceback" not in "".join(errors)
         width = len(Store.open(store).schema.features)
-        from continual_trainer.trainer.commands import predict
+        from continual_trainer.commands import predict
 
         out = predict(store, str(tmp_path / f"score{width}.parquet"), str(tmp_path / f"out{n}.parquet"))
         assert out["rows"] == 120

@@ -7,10 +7,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from continual_trainer.cli import main
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.cli import main
 from tests.conftest import make_table
-from tests.trainer.test_reliability import check_store, race
+from tests.continual_trainer.test_reliability import check_store, race
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_unreachable_store_is_one_clear_line(capsys) -> None:
 @pytest.mark.ray
 def test_sweep_on_s3(ray_cluster, s3_store: str) -> None:
     from continual_trainer.cluster.executor import RayExecutor
-    from continual_trainer.trainer.sweep import SweepSpec, run_sweep
+    from continual_trainer.sweep import SweepSpec, run_sweep
 
     spec = SweepSpec.parse("strategies: [keep, fresh_all]\nparams: {epochs: 2}")
     result = run_sweep(Store.open(s3_store), RayExecutor(), spec)
@@ -70,8 +70,8 @@ def test_sweep_on_s3(ray_cluster, s3_store: str) -> None:
 
 
 def test_stream_into_an_s3_store(s3_store: str, tmp_path: Path) -> None:
-    from continual_trainer.trainer.executor import LocalExecutor
-    from continual_trainer.trainer.stream import Policy, run_stream
+    from continual_trainer.executor import LocalExecutor
+    from continual_trainer.stream import Policy, run_stream
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -91,8 +91,8 @@ def test_stream_into_an_s3_store(s3_store: str, tmp_path: Path) -> None:
 
 def test_stream_from_an_s3_inbox(s3_store: str, s3_server) -> None:
     from continual_trainer.data.parquet import resolve, table_to_bytes
-    from continual_trainer.trainer.executor import LocalExecutor
-    from continual_trainer.trainer.stream import Policy, run_stream
+    from continual_trainer.executor import LocalExecutor
+    from continual_trainer.stream import Policy, run_stream
 
     inbox = s3_server("inbox")
     fs, root = resolve(inbox)

@@ -16,8 +16,8 @@ from continual_trainer.data.storage import Store
 from continual_trainer.strategies.memory import Memory, select
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.loop import LogitMatch, LoopConfig, train
-from continual_trainer.trainer.updatedata import load_update_data
-from continual_trainer.trainer.versions import load_candidate, stored_candidate
+from continual_trainer.updatedata import load_update_data
+from continual_trainer.versions import load_candidate, stored_candidate
 
 
 def _rows(n: int, order: int, n_classes: int = 4, seed: int = 0) -> Rows:
@@ -166,7 +166,7 @@ def test_ewc_keeps_online_fisher_information_and_holds_important_weights(split_s
     for strength in (0.0, strong):
         from continual_trainer import strategies
         from continual_trainer.strategies.base import UpdateInputs
-        from continual_trainer.trainer.updatedata import model_spec
+        from continual_trainer.updatedata import model_spec
 
         ewc = strategies.get("ewc")
         inputs = UpdateInputs(
@@ -241,7 +241,7 @@ def test_members_that_know_fewer_classes_do_not_vote_against_new_ones() -> None:
 
 
 def test_history_and_json_show_the_continual_strategies(split_stores, capsys) -> None:
-    from continual_trainer.trainer.cli import main
+    from continual_trainer.cli import main
 
     store, _ = split_stores["replay"]
     assert main(["history", "--store", store.uri, "--json"]) == 0

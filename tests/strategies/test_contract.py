@@ -19,7 +19,7 @@ from continual_trainer.trainer import params as P
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.loop import LoopConfig, train
 from continual_trainer.trainer.models import ModelSpec, build_model, clone, feed, from_bytes, model_classes
-from continual_trainer.trainer.versions import load_candidate, save_candidate
+from continual_trainer.versions import load_candidate, save_candidate
 
 SPEC = ModelSpec((8, 4))
 N_FEATURES = 5
@@ -188,7 +188,7 @@ INVALID = _invalid_per_parameter()
 @pytest.fixture(scope="module")
 def cli_store(tmp_path_factory) -> str:
     """A store for the CLI checks below (parameters are refused before it is read)."""
-    from continual_trainer.trainer.commands import init_store
+    from continual_trainer.commands import init_store
     from tests.conftest import make_table
 
     tmp = tmp_path_factory.mktemp("params")
@@ -206,7 +206,7 @@ def test_every_invalid_parameter_value_is_exit_2_naming_it(
     name: str, key: str, values: list[str], cli_store, capsys
 ) -> None:
     """Generated from each parameter's declared constraint, as scikit-learn's common checks do."""
-    from continual_trainer.trainer.cli import main
+    from continual_trainer.cli import main
 
     assert values, f"{key} declares a constraint with no invalid value to try"
     for value in values:

@@ -31,16 +31,16 @@ from continual_trainer.data.manifest import Manifest
 from continual_trainer.data.parquet import redact, resolve
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.storage import Store, sha256
+from continual_trainer.executor import Executor, Failure, Job, WorkFailed, result_or_raise
+from continual_trainer.promotion import commit
 from continual_trainer.strategies.base import reads_old
 from continual_trainer.trainer.evaluate import better, score
-from continual_trainer.trainer.executor import Executor, Failure, Job, WorkFailed, result_or_raise
 from continual_trainer.trainer.forgetting import Gate
 from continual_trainer.trainer.loop import LoopConfig
-from continual_trainer.trainer.promotion import commit
-from continual_trainer.trainer.trials import JUDGED_ON, TrialResult, holdout_metrics
-from continual_trainer.trainer.triggers import Observation, TriggerSet, per_row_loss
-from continual_trainer.trainer.updatedata import UpdateData, default_memory_budget, load_update_data, with_old_rows
-from continual_trainer.trainer.versions import stored_candidate
+from continual_trainer.trials import JUDGED_ON, TrialResult, holdout_metrics
+from continual_trainer.triggers import Observation, TriggerSet, per_row_loss
+from continual_trainer.updatedata import UpdateData, default_memory_budget, load_update_data, with_old_rows
+from continual_trainer.versions import stored_candidate
 
 log = logging.getLogger(__name__)
 

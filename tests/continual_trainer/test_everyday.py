@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import continual_trainer as ct
+from continual_trainer.cli import main
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.cli import main
 from continual_trainer.trainer.progress import Reporter, report, reporting
 from tests.conftest import make_table
 
@@ -298,8 +298,7 @@ def test_a_checkout_runs_its_own_code_from_its_folder(tmp_path: Path) -> None:
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     code = (
-        "import continual_trainer.data.storage as s, continual_trainer.trainer.cli as c; "
-        "print(s.__file__); print(c.__file__)"
+        "import continual_trainer.data.storage as s, continual_trainer.cli as c; print(s.__file__); print(c.__file__)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert all(line.startswith(str(tmp_path)) for line in out.stdout.split()), out.stdout

@@ -7,13 +7,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from continual_trainer.commands import predict, update
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.commands import predict, update
-from continual_trainer.trainer.demo import run_demo
-from continual_trainer.trainer.executor import LocalExecutor, make_executor
-from continual_trainer.trainer.stream import Policy, run_stream
-from continual_trainer.trainer.sweep import SweepSpec, run_sweep
+from continual_trainer.demo import run_demo
+from continual_trainer.executor import LocalExecutor, make_executor
+from continual_trainer.stream import Policy, run_stream
+from continual_trainer.sweep import SweepSpec, run_sweep
 from tests.conftest import make_table
 
 

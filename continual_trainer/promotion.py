@@ -13,9 +13,9 @@ from continual_trainer.data.storage import Store
 from continual_trainer.trainer.evaluate import better, learned_nothing
 from continual_trainer.trainer.forgetting import Gate
 from continual_trainer.trainer.models import preprocessing_of
-from continual_trainer.trainer.trials import JUDGED_ON, TrialResult, holdout_metrics
-from continual_trainer.trainer.updatedata import UpdateData
-from continual_trainer.trainer.versions import save_candidate
+from continual_trainer.trials import JUDGED_ON, TrialResult, holdout_metrics
+from continual_trainer.updatedata import UpdateData
+from continual_trainer.versions import save_candidate
 
 PROMOTE_MODES = ("auto", "always", "never")
 

@@ -15,14 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from continual_trainer import triggers as T
+from continual_trainer.cli import main
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer import triggers as T
-from continual_trainer.trainer.cli import main
-from continual_trainer.trainer.executor import LocalExecutor
+from continual_trainer.executor import LocalExecutor
+from continual_trainer.stream import Policy, run_stream
 from continual_trainer.trainer.loop import LoopConfig, train
-from continual_trainer.trainer.stream import Policy, run_stream
 from tests.conftest import make_table
 
 matplotlib.use("Agg")
@@ -361,7 +361,7 @@ def test_the_python_api_checks_drift_streams_with_triggers_and_reports(store_of_
 
 def test_stream_settings_scale_with_the_rows_unless_the_user_set_them() -> None:
     from continual_trainer import strategies
-    from continual_trainer.trainer.stream import scaled
+    from continual_trainer.stream import scaled
 
     fresh = strategies.get("fresh_all").make_params()
     assert scaled(fresh, 4000, 6.0) == fresh  # small batches keep the reference recipe

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
 from continual_trainer.trainer.params import Interval, Params, param
-from continual_trainer.trainer.trials import PartsOf, TrialResult, run_strategy, score_candidate, stored_parts
+from continual_trainer.trials import PartsOf, TrialResult, run_strategy, score_candidate, stored_parts
 
 if TYPE_CHECKING:
     import numpy as np
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from continual_trainer import strategies
     from continual_trainer.data.storage import Store
     from continual_trainer.trainer.candidate import Candidate
-    from continual_trainer.trainer.updatedata import UpdateData
-    from continual_trainer.trainer.versions import StoredCandidate
+    from continual_trainer.updatedata import UpdateData
+    from continual_trainer.versions import StoredCandidate
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ class LocalExecutor:
         self.run(data, current, jobs, on_done=on_done)
 
     def score(self, store: Store, version: str, uri: str, table: pa.Table) -> np.ndarray:
-        from continual_trainer.trainer.versions import load_candidate
+        from continual_trainer.versions import load_candidate
 
         schema = store.schema
         return load_candidate(store, version).predict(schema.inputs(table), schema.n_classes)

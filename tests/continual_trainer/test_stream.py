@@ -8,11 +8,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from continual_trainer.commands import history
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.commands import history
-from continual_trainer.trainer.executor import LocalExecutor
-from continual_trainer.trainer.stream import Policy, run_stream
+from continual_trainer.executor import LocalExecutor
+from continual_trainer.stream import Policy, run_stream
 from tests.conftest import make_table
 
 LOCAL = LocalExecutor()

@@ -15,10 +15,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from continual_trainer.cli import main
+from continual_trainer.commands import history
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.cli import main
-from continual_trainer.trainer.commands import history
-from continual_trainer.trainer.versions import load_candidate
+from continual_trainer.versions import load_candidate
 from tests.conftest import STRESS_RUNS, make_table
 
 CTRAIN = [sys.executable, "-m", "continual_trainer"]

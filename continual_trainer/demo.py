@@ -16,7 +16,7 @@ from continual_trainer.data.rows import Rows
 from continual_trainer.data.storage import Store, utc_stamp
 
 if TYPE_CHECKING:
-    from continual_trainer.trainer.executor import Executor
+    from continual_trainer.executor import Executor
 
 N_FEATURES = 20
 
@@ -76,12 +76,12 @@ def run_demo(
         The store URI, one result row per strategy, and the folder of the saved report.
     """
     from continual_trainer import strategies
+    from continual_trainer.commands import init_store
     from continual_trainer.data.batches import ingest
-    from continual_trainer.trainer.commands import init_store
-    from continual_trainer.trainer.executor import Job, result_or_raise
-    from continual_trainer.trainer.promotion import commit
-    from continual_trainer.trainer.updatedata import load_update_data
-    from continual_trainer.trainer.versions import stored_candidate
+    from continual_trainer.executor import Job, result_or_raise
+    from continual_trainer.promotion import commit
+    from continual_trainer.updatedata import load_update_data
+    from continual_trainer.versions import stored_candidate
 
     store_uri = store_uri or tempfile.mkdtemp(prefix="ctrain-demo-")
     data = reference_data()

@@ -7,8 +7,8 @@ import json
 
 import pyarrow as pa
 
+from continual_trainer.cli import main
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.cli import main
 from tests.conftest import make_table
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from continual_trainer.trainer.cli import main
+from continual_trainer.cli import main
 from tests.conftest import make_table
 
 mlflow = pytest.importorskip("mlflow")  # the `mlflow` extra; `make test` installs it with `dev`

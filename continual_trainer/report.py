@@ -17,10 +17,10 @@ import numpy as np
 
 from continual_trainer.data.manifest import lineage
 from continual_trainer.data.storage import Store
+from continual_trainer.plots import heatmap_png, png, pyplot
+from continual_trainer.promotion import stored_manifest
 from continual_trainer.trainer.evaluate import headline
 from continual_trainer.trainer.forgetting import matrix_row
-from continual_trainer.trainer.plots import heatmap_png, png, pyplot
-from continual_trainer.trainer.promotion import stored_manifest
 
 MATRIX_ROWS = 12
 

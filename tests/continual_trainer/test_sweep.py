@@ -14,8 +14,8 @@ import pytest
 
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.executor import LocalExecutor
-from continual_trainer.trainer.sweep import SweepSpec, run_sweep, summarize
+from continual_trainer.executor import LocalExecutor
+from continual_trainer.sweep import SweepSpec, run_sweep, summarize
 
 matplotlib.use("Agg")
 

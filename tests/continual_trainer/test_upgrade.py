@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from continual_trainer.cli import main
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.cli import main
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "store-v1"
 

@@ -26,9 +26,11 @@ from continual_trainer.data.parquet import one_line, read_bytes, redact, same_fi
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.schema import OUTPUT_COLUMNS, Schema
 from continual_trainer.data.storage import NotAStore, Store, StoreMeta, batch_name, utc_stamp
+from continual_trainer.executor import Executor, Job, LocalExecutor, result_or_raise
+from continual_trainer.promotion import UpdateOutcome, check_promote, commit
+from continual_trainer.sweep import SweepResult, summarize
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.evaluate import headline, rank_key
-from continual_trainer.trainer.executor import Executor, Job, LocalExecutor, result_or_raise
 from continual_trainer.trainer.forgetting import Gate, forgetting
 from continual_trainer.trainer.loop import LoopConfig, train
 from continual_trainer.trainer.models import (
@@ -40,11 +42,9 @@ from continual_trainer.trainer.models import (
     numeric_layout,
     to_bytes,
 )
-from continual_trainer.trainer.promotion import UpdateOutcome, check_promote, commit
-from continual_trainer.trainer.sweep import SweepResult, summarize
-from continual_trainer.trainer.trials import evaluate_sets
-from continual_trainer.trainer.updatedata import default_memory_budget, load_update_data
-from continual_trainer.trainer.versions import save_candidate, stored_candidate
+from continual_trainer.trials import evaluate_sets
+from continual_trainer.updatedata import default_memory_budget, load_update_data
+from continual_trainer.versions import save_candidate, stored_candidate
 
 
 def init_store(
@@ -341,8 +341,8 @@ def drift(
     store: Store, data: str | pa.Table, trigger: str, values: Mapping[str, Any] | None, source: str
 ) -> dict[str, Any]:
     """The triggers' decisions on a labelled batch against the current model (nothing kept)."""
-    from continual_trainer.trainer.stream import observe
-    from continual_trainer.trainer.triggers import TriggerSet
+    from continual_trainer.stream import observe
+    from continual_trainer.triggers import TriggerSet
 
     triggers = TriggerSet.parse(trigger, values)
     table = load_table(data)[1] if isinstance(data, str) else data
@@ -360,7 +360,7 @@ def store_report(uri: str, out: str | None = None) -> tuple[str, list[str]]:
     """Write `ctrain report`'s page, Markdown and plots to `out` (a folder or URI), by default
     into the store under `reports/report-<time>/`; return where and the files' names."""
     from continual_trainer.data.parquet import resolve
-    from continual_trainer.trainer.report import build_report
+    from continual_trainer.report import build_report
 
     store = Store.open(uri)
     if out is not None and store.contains(out):
@@ -489,7 +489,7 @@ def load_model(uri: str | Store, version: str = "current") -> Any:
     """A stored version as one Keras model (an ensemble combined, see `candidate.as_model`),
     taking the inputs the store feeds (`expected_inputs`)."""
     from continual_trainer.trainer.candidate import as_model
-    from continual_trainer.trainer.versions import load_candidate
+    from continual_trainer.versions import load_candidate
 
     store = uri if isinstance(uri, Store) else Store.open(uri)
     version = store.resolve(version)

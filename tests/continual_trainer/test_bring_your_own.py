@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from continual_trainer.cli import main
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.cli import main
 
 
 def run(capsys, *argv: str) -> tuple[int, dict, str]:
@@ -182,7 +182,7 @@ def test_an_imported_keras_model_and_its_architecture(tmp_path: Path, capsys) ->
     assert first["strategy"] == "import" and first["train_seconds"] == 0 and "holdout_accuracy" in first["metrics"]
     stored = Store.open(store)
     assert stored.meta.model == "imported" and stored.architecture() == path.read_bytes()
-    from continual_trainer.trainer.versions import load_candidate
+    from continual_trainer.versions import load_candidate
 
     (loaded,) = load_candidate(stored, stored.current()).members
     for a, b in zip(before, loaded.get_weights(), strict=True):
@@ -224,9 +224,9 @@ def test_an_imported_keras_model_and_its_architecture(tmp_path: Path, capsys) ->
         ("{wrong_input}", "input 'x' has no column of that name"),
         ("{missing}", "no such file"),
         ("tests.no_such_module:build", "cannot import it here"),
-        ("tests.trainer.test_bring_your_own:raising_builder", "raised RuntimeError: no GPU in here"),
-        ("tests.trainer.test_bring_your_own:wrong_builder", "returned str, not a keras.Model"),
-        ("tests.trainer.test_bring_your_own:wide_builder", "output has 3 unit(s); 2 classes needs 1"),
+        ("tests.continual_trainer.test_bring_your_own:raising_builder", "raised RuntimeError: no GPU in here"),
+        ("tests.continual_trainer.test_bring_your_own:wrong_builder", "returned str, not a keras.Model"),
+        ("tests.continual_trainer.test_bring_your_own:wide_builder", "output has 3 unit(s); 2 classes needs 1"),
         ("cnn:3", "unknown model family"),
     ],
 )

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from continual_trainer.cli import main
 from continual_trainer.data.errors import UserError
-from continual_trainer.trainer.cli import main
 
 NUMERIC = ("age", "hours", "gain")
 

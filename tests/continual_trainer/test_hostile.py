@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from continual_trainer.cli import main
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.cli import main
 from tests.conftest import make_table, snapshot
-from tests.trainer.test_reliability import check_store, leftovers
+from tests.continual_trainer.test_reliability import check_store, leftovers
 
 CTRAIN = [sys.executable, "-m", "continual_trainer"]
 

@@ -18,7 +18,7 @@ from continual_trainer.data.chunks import StoredRows, StoredUnion
 from continual_trainer.data.rows import Rows
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.evaluate import class_metrics, class_parts, finite, join_parts, score, score_regression
-from continual_trainer.trainer.updatedata import UpdateData
+from continual_trainer.updatedata import UpdateData
 
 
 @dataclass(frozen=True)

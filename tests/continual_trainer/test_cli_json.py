@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from continual_trainer.trainer.cli import build_parser, main
+from continual_trainer.cli import build_parser, main
 from tests.conftest import make_table
 
 COMMANDS_TESTED: set[str] = set()

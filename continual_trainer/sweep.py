@@ -27,15 +27,15 @@ from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import Manifest, lineage
 from continual_trainer.data.parquet import table_to_bytes
 from continual_trainer.data.storage import Store, utc_stamp
+from continual_trainer.executor import Executor, Failure, Job, Outcome, SweepSettings, WorkFailed
+from continual_trainer.plots import heatmap_png, png
+from continual_trainer.promotion import stored_manifest
 from continual_trainer.trainer import params as P
 from continual_trainer.trainer.evaluate import headline, rank_key
-from continual_trainer.trainer.executor import Executor, Failure, Job, Outcome, SweepSettings, WorkFailed
 from continual_trainer.trainer.forgetting import forgetting, matrix_row
-from continual_trainer.trainer.plots import heatmap_png, png
 from continual_trainer.trainer.progress import report
-from continual_trainer.trainer.promotion import stored_manifest
-from continual_trainer.trainer.updatedata import default_memory_budget, load_update_data
-from continual_trainer.trainer.versions import stored_candidate
+from continual_trainer.updatedata import default_memory_budget, load_update_data
+from continual_trainer.versions import stored_candidate
 
 log = logging.getLogger(__name__)
 

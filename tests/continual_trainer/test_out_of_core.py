@@ -12,9 +12,9 @@ import pytest
 
 import continual_trainer as ct
 from continual_trainer import strategies
+from continual_trainer.cli import main
 from continual_trainer.data.errors import UserError
 from continual_trainer.strategies import base
-from continual_trainer.trainer.cli import main
 from tests.conftest import make_table
 
 
@@ -153,7 +153,7 @@ def test_a_sweep_above_the_budget_reads_the_store_in_pieces(stores, capsys, in_m
 def test_replay_above_the_budget_streams_the_new_rows_and_keeps_its_memory(stores, capsys, monkeypatch) -> None:
     from continual_trainer.data.storage import Store
     from continual_trainer.strategies.memory import Memory
-    from continual_trainer.trainer.versions import stored_candidate
+    from continual_trainer.versions import stored_candidate
 
     def replay(uri: str, *extra: str) -> dict:
         capsys.readouterr()

@@ -239,7 +239,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    from continual_trainer.trainer.commands import split_file
+    from continual_trainer.commands import split_file
 
     r = split_file(args.data, args.out_train, args.out_holdout, holdout_fraction=args.holdout)
     text = (
@@ -339,7 +339,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 def cmd_update(args: argparse.Namespace) -> None:
     import continual_trainer as ct
     from continual_trainer import strategies
-    from continual_trainer.trainer.tracking import mirror_for
+    from continual_trainer.tracking import mirror_for
 
     settings = _settings(args.set)
     strategies.get(args.strategy).make_params(settings)  # fail fast, before TensorFlow loads
@@ -367,8 +367,8 @@ def cmd_update(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from continual_trainer.trainer.commands import predict
-    from continual_trainer.trainer.executor import LocalExecutor, make_executor
+    from continual_trainer.commands import predict
+    from continual_trainer.executor import LocalExecutor, make_executor
 
     executor = make_executor(ray=True, actors=args.actors) if args.actors else LocalExecutor()
     r = predict(args.store, args.data, args.out, version=args.version, executor=executor)
@@ -376,7 +376,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_history(args: argparse.Namespace) -> None:
-    from continual_trainer.trainer.commands import history
+    from continual_trainer.commands import history
 
     rows = history(args.store)
     first = _headline(rows[0]["metrics"] if rows else {})[0]
@@ -404,7 +404,7 @@ def cmd_history(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from continual_trainer.trainer.commands import store_report
+    from continual_trainer.commands import store_report
 
     where, files = store_report(args.store, args.out)
     page = f"{where}/index.html"
@@ -465,10 +465,10 @@ def _where_flag(args: argparse.Namespace, default: bool | None) -> bool | None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from continual_trainer.data.storage import Store
+    from continual_trainer.executor import make_executor
+    from continual_trainer.sweep import SweepSpec, run_sweep, summarize
+    from continual_trainer.tracking import mirror_for
     from continual_trainer.trainer.evaluate import headline
-    from continual_trainer.trainer.executor import make_executor
-    from continual_trainer.trainer.sweep import SweepSpec, run_sweep, summarize
-    from continual_trainer.trainer.tracking import mirror_for
 
     if not args.config and not args.resume:
         raise UserError("sweep: give --config SWEEP.yaml, or --resume SWEEP_ID")
@@ -492,7 +492,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         print(f"ctrain: warning: trial {trial_id} failed: {failure.message}", file=sys.stderr)
     winner = None
     if args.promote == "best":
-        from continual_trainer.trainer.commands import save_sweep_winner
+        from continual_trainer.commands import save_sweep_winner
 
         winner = save_sweep_winner(store, r, executor=executor, gate=_gate(args), memory_budget=args.memory_budget)
         lines += ["best configuration, trained as a version:", _outcome_text(winner)]
@@ -516,10 +516,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_stream(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
-    from continual_trainer.trainer.executor import deferred_executor
-    from continual_trainer.trainer.stream import DEFAULT_CANDIDATES, Policy, run_stream
-    from continual_trainer.trainer.tracking import mirror_for
-    from continual_trainer.trainer.triggers import TriggerSet
+    from continual_trainer.executor import deferred_executor
+    from continual_trainer.stream import DEFAULT_CANDIDATES, Policy, run_stream
+    from continual_trainer.tracking import mirror_for
+    from continual_trainer.triggers import TriggerSet
 
     candidates = [c for c in (args.candidates or ",".join(DEFAULT_CANDIDATES)).split(",") if c]
     triggers = TriggerSet.parse(args.trigger, _settings(args.trigger_set), args.trigger_combine)
@@ -561,8 +561,8 @@ def cmd_stream(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from continual_trainer import strategies
-    from continual_trainer.trainer.demo import render_table, run_demo
-    from continual_trainer.trainer.executor import make_executor
+    from continual_trainer.demo import render_table, run_demo
+    from continual_trainer.executor import make_executor
     from continual_trainer.trainer.progress import report
 
     executor = make_executor(ray=_where_flag(args, None))
@@ -849,7 +849,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (0, 1 when work failed, 2 for a user's mistake)."""
-    from continual_trainer.trainer.executor import WorkFailed
+    from continual_trainer.executor import WorkFailed
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="ctrain: %(levelname)s: %(message)s")

@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from continual_trainer.cli import main
 from continual_trainer.data.manifest import Manifest
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.cli import main
 from continual_trainer.trainer.forgetting import Gate, forgetting, matrix_row
 
 

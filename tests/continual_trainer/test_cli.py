@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from continual_trainer.trainer.cli import main
+from continual_trainer.cli import main
 from tests.conftest import make_table, snapshot
 
 

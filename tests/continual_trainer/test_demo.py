@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from continual_trainer.cli import main
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.cli import main
-from continual_trainer.trainer.executor import LocalExecutor
-from continual_trainer.trainer.sweep import SweepSpec, run_sweep
+from continual_trainer.executor import LocalExecutor
+from continual_trainer.sweep import SweepSpec, run_sweep
 
 README = Path(__file__).parents[2] / "README.md"
 TOLERANCE = 0.01  # accuracy on the 1,000 test rows (10 rows): other CPUs and library builds may round differently
