@@ -4,12 +4,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast stress lint bench bench-check
+.PHONY: demo test test-fast stress lint bench bench-check ray-package
 
-$(STAMP): pyproject.toml
+# A strict editable install: build/__editable__.*/ holds links to the checkout's files laid out
+# as the package `continual_trainer`, so type checkers and IDEs resolve every import (the default
+# editable mode maps the folders with an import hook they cannot follow). Adding, moving or
+# removing a module changes its folder, which reinstalls.
+$(STAMP): pyproject.toml data trainer strategies continual_trainer cluster
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,9 +34,18 @@ test-fast: $(STAMP)
 stress: $(STAMP)
 	CTRAIN_STRESS_RUNS=100 $(PY) -m pytest -m stress --durations=10
 
+# Style, then types: mypy reads the installed package from build/ (in the checkout's root,
+# `continual_trainer/` alone would hide its sibling folders).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	cd build && $(abspath $(PY)) -m mypy --config-file ../pyproject.toml -p continual_trainer
+
+# The package as one folder, build/ray-package/continual_trainer, for a Ray job's runtime
+# environment (`py_modules`) on a cluster whose nodes have the dependencies but not this project.
+ray-package: $(STAMP)
+	rm -rf build/ray-package
+	$(PY) -m pip install --quiet --no-deps --target build/ray-package .
 
 # The benchmarks behind the README's Speed table; exits 1 if a figure misses its target.
 bench-check: $(STAMP)

@@ -55,7 +55,7 @@ class RayExecutor:
         outcomes: list[Outcome] = []
         model = None
         for i, job in enumerate(jobs):  # each data-parallel job uses the whole cluster in turn
-            if i in parallel and in_pieces:  # above the memory budget the driver holds no rows nor scores
+            if i in parallel and shipped is not None:  # above the memory budget the driver holds no rows nor scores
                 packed = runtime.get(coordinate.remote(shipped, current, job, dict(extra_eval or {})))
                 outcomes.append(packed if isinstance(packed, Failure) else packed.unpack())
             else:

@@ -175,7 +175,8 @@ REPLACEMENTS = 2  # actors replaced per job before model averaging gives up
 
 def start_trainers(n: int) -> list[Any]:
     """`n` shard trainers, starting (each loads TensorFlow on a CPU of its own)."""
-    return [ShardTrainer.options(num_cpus=1, memory=ACTOR_MEMORY).remote() for _ in range(n)]
+    make = ShardTrainer.options(num_cpus=1, memory=ACTOR_MEMORY)  # type: ignore[attr-defined]  # a @ray.remote class: mypy does not apply class decorators
+    return [make.remote() for _ in range(n)]
 
 
 def finetune_averaged(
@@ -255,6 +256,8 @@ def finetune_averaged(
     finally:
         if owned:
             kill(pool)
+    if averaged is None:
+        raise WorkFailed("model averaging: no round of training ran")
     model = clone(current.members[0])
     set_weights(model, averaged)
     return Candidate.single(model), started, replaced
@@ -309,7 +312,7 @@ def bagged_ensemble(data: UpdateData, current: Candidate, params: Any, seed: int
     if isinstance(rows, StoredUnion):
         rows.verify()  # once here, not by each actor
     # New members read the data as it is now: input statistics over the whole training set.
-    pieces = rows.chunks() if isinstance(rows, StoredUnion) else [rows]
+    pieces = rows.chunks()
     shipped = ray.put(dataclasses.replace(data, input_spec=with_statistics(data.input_spec, pieces)))
     refs = [
         _fit_member.options(memory=ACTOR_MEMORY).remote(shipped, part, w, params.loop_config(), seed + i, verified())

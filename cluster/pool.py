@@ -98,7 +98,7 @@ def run_jobs(
     cpus = int(ray.available_resources().get("CPU", 1)) or 1
     n = max(1, min(actors or cpus, len(jobs)))
     options = {"num_cpus": 1, "memory": ACTOR_MEMORY, "max_restarts": 2, "max_task_retries": 2}
-    idle = [TrainerActor.options(**options).remote() for _ in range(n)]
+    idle = [TrainerActor.options(**options).remote() for _ in range(n)]  # type: ignore[attr-defined]  # a @ray.remote class: mypy does not apply class decorators
     refs = (ray.put(data), ray.put(current), ray.put(dict(extra_eval or {})))
     queue = list(enumerate(jobs))
     pending: dict[Any, tuple[int, Any]] = {}
@@ -119,9 +119,10 @@ def run_jobs(
                 packed = ray.get(done)
             except ray.exceptions.RayActorError as exc:
                 packed = Failure(f"{jobs[i].strategy.name}: its worker died ({type(exc).__name__})", user_error=False)
-            outcomes[i] = packed if isinstance(packed, Failure) else packed.unpack()
+            outcome = packed if isinstance(packed, Failure) else packed.unpack()
+            outcomes[i] = outcome
             if on_done:
-                on_done(i, outcomes[i])
+                on_done(i, outcome)
     finally:
         kill(idle + [a for _, a in pending.values()])
     return outcomes  # type: ignore[return-value]

@@ -43,7 +43,10 @@ class ShardScorer:
 
     def evaluate(self, uri: str, row_groups: list[int]) -> dict[str, Any]:
         """Additive parts of the metrics of these row groups (see `ScorerPool.evaluate`)."""
-        proba, y = self.score(uri, row_groups, True)
+        proba, labels = self.score(uri, row_groups, True)
+        if labels is None:
+            raise ValueError("rows scored with their labels came back without them")
+        y = labels
         if proba.ndim == 1:  # regression: sums of errors and of the targets
             err = proba.astype(np.float64) - y
             yy = y.astype(np.float64)
@@ -76,7 +79,8 @@ class ScorerPool:
     @classmethod
     def start(cls, store: Store, version: str, n: int) -> ScorerPool:
         stored = ray.put(stored_candidate(store, version))
-        actors = [ShardScorer.options(num_cpus=1, memory=ACTOR_MEMORY).remote(stored, store.schema) for _ in range(n)]
+        make = ShardScorer.options(num_cpus=1, memory=ACTOR_MEMORY)  # type: ignore[attr-defined]  # a @ray.remote class: mypy does not apply class decorators
+        actors = [make.remote(stored, store.schema) for _ in range(n)]
         get([a.__ray_ready__.remote() for a in actors])
         return cls(actors)
 

@@ -5,9 +5,11 @@ import os as _os
 __version__ = "0.1.0"
 
 # Installed, the checkout's folders `data`, `trainer`, `strategies` and `cluster` are this
-# package's subpackages (pyproject.toml maps them). Run from a checkout that is not installed
-# (a Ray job's working directory on a cluster that has only the dependencies), they are found
-# beside this folder.
+# package's subpackages (pyproject.toml maps them; type checkers and IDEs read the strict
+# editable install's tree, build/__editable__.*/). A process whose path puts the checkout's
+# root first imports this folder instead, and finds them beside it: Ray puts its driver's
+# working directory first on every worker's path (so that workers import the user's own
+# modules), so a command run in the checkout has Ray workers that import from here.
 _checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if _os.path.isfile(_os.path.join(_checkout, "pyproject.toml")) and _os.path.isfile(
     _os.path.join(_checkout, "trainer", "loop.py")

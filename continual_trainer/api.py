@@ -192,7 +192,7 @@ class ModelStore:
         from continual_trainer.commands import ingest_files
 
         items = data if isinstance(data, (list, tuple)) else [data]
-        batches = [item if isinstance(item, str) else _source(item) for item in items]
+        batches = [item if isinstance(item, str) else _encoded(item) for item in items]
         return ingest_files(self.uri, batches, allow_new_classes=new_classes)
 
     def update(
@@ -459,12 +459,14 @@ def _table(data: Any) -> pa.Table:
 
 def _source(data: Any) -> tuple[str, bytes | None]:
     """A batch as (its name for messages and records, its Parquet bytes or None to read the file)."""
-    if isinstance(data, str):
-        return data, None
+    return (data, None) if isinstance(data, str) else _encoded(data)
+
+
+def _encoded(data: Any) -> tuple[str, bytes]:
+    """A batch given as a table or DataFrame: (its name for messages and records, its Parquet bytes)."""
     from continual_trainer.data.parquet import table_to_bytes
 
-    table = _table(data)
-    return f"{type(data).__name__.lower()}.parquet", table_to_bytes(table)
+    return f"{type(data).__name__.lower()}.parquet", table_to_bytes(_table(data))
 
 
 def _budget(memory_budget: int | str | None) -> int | None:

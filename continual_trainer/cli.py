@@ -256,7 +256,7 @@ def cmd_batches(args: argparse.Namespace) -> None:
     current = store.current()
     learned = set(store.manifest(current).batches_seen) if current else set()
     retired = store.retired_batches()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for batch_id in store.batch_ids():
         info = store.batch_info(batch_id)
         rows.append(
@@ -884,13 +884,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _stopped_by(exc: BaseException) -> tuple[str, int] | None:
     """("interrupted", 130) or ("terminated", 128 + N) if a signal's exception is in `exc`'s chain."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, KeyboardInterrupt):
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, KeyboardInterrupt):
             return "interrupted", EXIT_INTERRUPTED
-        if isinstance(exc, Terminated):
-            return "terminated", 128 + exc.signum
-        exc = exc.__cause__ or exc.__context__
+        if isinstance(link, Terminated):
+            return "terminated", 128 + link.signum
+        link = link.__cause__ or link.__context__
     return None
 
 

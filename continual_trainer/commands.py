@@ -87,7 +87,7 @@ def init_store(
         raise UserError(f"--holdout {holdout_fraction}: must be in [0, 1)")
     architecture, model_name = _imported_model(model)
     imported = architecture is not None
-    spec = None if imported else ModelSpec.parse(model)
+    spec = ModelSpec((), "imported") if imported else ModelSpec.parse(model)
     if train_imported and not imported:
         raise UserError("--train applies to --model FILE.keras (a recipe's network is always trained)")
     source = redact(data_uri)
@@ -104,7 +104,6 @@ def init_store(
         numeric = [c.name for c in schema.columns if c.kind == "numeric"]
         schema = replace(schema, numeric_inputs=numeric_layout(net, numeric))
         check_model(net, schema.input_spec(), schema.n_classes, model_name)
-        spec = ModelSpec((), "imported")
     else:
         net = build_model(spec, schema.input_spec(), schema.n_classes, seed, schema.target)
     rows, holdout = split_rows(table, batch, 0, schema, holdout_fraction)

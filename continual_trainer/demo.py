@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from continual_trainer.data.parquet import table_to_bytes, write_table
-from continual_trainer.data.rows import Rows
+from continual_trainer.data.rows import NUMERIC, Rows
 from continual_trainer.data.storage import Store, utc_stamp
 
 if TYPE_CHECKING:
@@ -93,9 +93,10 @@ def run_demo(
         first = init_store(store_uri, paths["old"], "y", seed=seed)
         store = Store.open(store_uri)
         ingest(store, paths["new"])
+    features = np.stack([data.test.column(f"x{i}").to_numpy() for i in range(N_FEATURES)], axis=1)
     test = {
         "test": Rows(
-            np.stack([data.test.column(f"x{i}").to_numpy() for i in range(N_FEATURES)], axis=1).astype(np.float32),
+            {NUMERIC: features.astype(np.float32)},
             data.test.column("y").to_numpy().astype(np.int32),
             np.zeros(data.test.num_rows, np.int32),
         )

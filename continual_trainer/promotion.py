@@ -99,7 +99,7 @@ def commit(
     )
     wins = better(holdout_metrics(result.metrics, on), holdout_metrics(result.current_metrics, on))
     gated = gate is not None and gate.active and wins
-    refused = gate.refuses(result.metrics, lineage(data.parent, stored_manifest(store))) if gated else None
+    refused = gate.refuses(result.metrics, lineage(data.parent, stored_manifest(store))) if gate and gated else None
     if promote == "auto" and refused:
         promoted, reason = False, f"better on the holdout, but {refused}"
     else:

@@ -30,7 +30,7 @@ def build_report(store: Store, history: list[dict[str, Any]]) -> dict[str, bytes
     first = headline(store.schema.task)[0]
     batches = [{"id": b, **store.batch_info(b)} for b in store.batch_ids()]
     events = store.stream_events()
-    by_batch = {e.get("batch"): e for e in events if e.get("batch")}
+    by_batch = {str(e["batch"]): e for e in events if e.get("batch")}
     promotions = store.events("promote")
     plots: dict[str, bytes] = {}
     if history:
@@ -126,10 +126,10 @@ def _sections(
         for p in promotions
     ]
     current = store.current()
-    fired = sum(1 for e in events if any(d.get("fire") for d in (e.get("triggers") or {}).values()))
+    n_fired = sum(1 for e in events if any(d.get("fire") for d in (e.get("triggers") or {}).values()))
     summary = (
         f"{len(batches)} batches, {len(history)} versions, current {current or 'none'}; "
-        f"{len(events)} stream file(s), of which {fired} fired a trigger."
+        f"{len(events)} stream file(s), of which {n_fired} fired a trigger."
     )
     return [
         ("Summary", summary, None),

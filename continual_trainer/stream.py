@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 
 from continual_trainer import strategies
 from continual_trainer.data.batches import ingest_bytes
-from continual_trainer.data.chunks import StoredRows
+from continual_trainer.data.chunks import StoredRows, StoredUnion
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import Manifest
 from continual_trainer.data.parquet import redact, resolve
@@ -138,12 +138,11 @@ class Policy:
             raise UserError("--candidates: give at least one strategy")
         chosen = [strategies.get(n) for n in names]
         values = dict(values or {})
-        unused = set(values) - {f for s in chosen for f in s.params.__dataclass_fields__}
+        unused = set(values) - {f for s in chosen for f in s.param_names}
         if unused:
             raise UserError(f"--set {sorted(unused)[0]}: no strategy of the policy has this parameter")
         self.jobs = [
-            Job(s, s.make_params({k: v for k, v in values.items() if k in s.params.__dataclass_fields__}), seed)
-            for s in chosen
+            Job(s, s.make_params({k: v for k, v in values.items() if k in s.param_names}), seed) for s in chosen
         ]
         self.user_keys = frozenset(values)
         self.scale = scale
@@ -277,7 +276,7 @@ def _process(
     else:
         event.batch, event.rows = result.batch_id, result.rows
         try:
-            _act(store, policy, executor, event)
+            _act(store, policy, executor, event, result.batch_id)
         except (UserError, WorkFailed) as exc:
             event.status, event.reason = "failed", str(exc)
     event.seconds = time.perf_counter() - start
@@ -285,16 +284,16 @@ def _process(
     return event
 
 
-def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent) -> None:
+def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent, batch: str) -> None:
     current_version = store.current()
     if current_version is None:
         raise UserError(f"{store.display}: no current model; create one with `ctrain init`")
-    if event.batch in store.manifest(current_version).batches_seen:
+    if batch in store.manifest(current_version).batches_seen:
         event.status, event.reason = "seen", f"already learned by {current_version}"
         return
     # The old batches' holdout and the new rows (left in the store above the memory budget).
     data = load_update_data(store, params=[], memory_budget=policy.memory_budget, in_pieces=policy.in_pieces)
-    rows = _file_rows(store, data, event.batch)  # this file's rows: the drift signal
+    rows = _file_rows(store, data, batch)  # this file's rows: the drift signal
     current = stored_candidate(store, data.parent).load()
     pred = current.predict(rows.x, data.n_classes)
     event.drift = score(pred, rows.y)
@@ -374,9 +373,9 @@ def _triggered(
 
 def _file_rows(store: Store, data: UpdateData, batch: str) -> Rows:
     """One new batch's rows, training then held-out (one file: read into memory in any case)."""
-    if isinstance(data.new, StoredRows):
+    if not isinstance(data.new, Rows):
         return Rows.concat([StoredRows.of(store, [batch], part).load() for part in ("train", "holdout")])
-    new = Rows.concat([data.new, data.new_holdout])
+    new = Rows.concat([data.new, data.new_holdout.load()])
     return new.take(new.order == data.batch_ids.index(batch))
 
 
@@ -398,15 +397,16 @@ def latest(data: UpdateData, window: int) -> UpdateData:
         )
     position = {b: i for i, b in enumerate(data.batch_ids)}
     keep = [position[b] for b in data.new_ids[-window:]]
-    new, new_holdout = np.isin(data.new.order, keep), np.isin(data.new_holdout.order, keep)
+    rows, held = data.new.load(), data.new_holdout.load()  # in memory: these rows themselves
+    new, new_holdout = np.isin(rows.order, keep), np.isin(held.order, keep)
     return dataclasses.replace(
         data,
         old_ids=data.old_ids + data.new_ids[:-window],
         new_ids=data.new_ids[-window:],
-        old=Rows.concat([data.old, data.new.take(~new)]),
-        old_holdout=Rows.concat([data.old_holdout, data.new_holdout.take(~new_holdout)]),
-        new=data.new.take(new),
-        new_holdout=data.new_holdout.take(new_holdout),
+        old=Rows.concat([data.old.load(), rows.take(~new)]),
+        old_holdout=Rows.concat([data.old_holdout.load(), held.take(~new_holdout)]),
+        new=rows.take(new),
+        new_holdout=held.take(new_holdout),
     )
 
 
@@ -431,10 +431,11 @@ def observe(
     an update for a drift the drift is the new normal. `last_gain` is what the update that
     made the current version gained on its new batches' holdout (see `update_gain`)."""
     std = data.target[1] if data.target else 1.0
-    reference = data.old_holdout
-    if isinstance(reference, StoredRows):  # left in the store: read the newest learned batches' only
-        reference = _stored_reference(reference, manifest)
-    elif manifest is not None and len(reference):
+    held = data.old_holdout
+    if not isinstance(held, Rows):  # left in the store: read the newest learned batches' only
+        reference = _stored_reference(StoredUnion.of(held), manifest)
+    elif manifest is not None and len(held):
+        reference = held
         position = {b: i for i, b in enumerate(data.batch_ids)}
         keep = np.zeros(len(reference), bool)
         for batch in reversed(manifest.batches_seen):
@@ -442,6 +443,8 @@ def observe(
             if keep.sum() >= REFERENCE_ROWS:
                 break
         reference = reference.take(keep) if keep.any() else reference
+    else:
+        reference = held
     return Observation(
         rows,
         reference,
@@ -456,17 +459,19 @@ def observe(
     )
 
 
-def _stored_reference(holdout: StoredRows, manifest: Manifest | None) -> Rows:
+def _stored_reference(holdout: StoredUnion, manifest: Manifest | None) -> Rows:
     """`observe`'s reference read from the store: the held-out rows of the newest batches the
     current model learned, at least REFERENCE_ROWS of them where there are."""
+    singles = [single for part in holdout.parts for single in part.per_batch()]
     chosen, count = set(), 0
-    for part in reversed(list(holdout.per_batch())):
-        learned = manifest is None or part.batch_ids[0] in manifest.batches_seen
+    for single in reversed(singles):
+        learned = manifest is None or single.batch_ids[0] in manifest.batches_seen
         if learned and (manifest is None or count < REFERENCE_ROWS):
-            chosen.add(part.batch_ids[0])
-            count += len(part)
-    kept = [b for b in holdout.batch_ids if b in chosen] or list(holdout.batch_ids)  # none learned: all
-    return StoredRows.of(holdout.store, kept, "holdout").load()
+            chosen.add(single.batch_ids[0])
+            count += len(single)
+    ids = [single.batch_ids[0] for single in singles]
+    kept = [b for b in ids if b in chosen] or ids  # none learned: all
+    return StoredRows.of(holdout.parts[0].store, kept, "holdout").load()
 
 
 def run_stream(

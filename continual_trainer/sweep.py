@@ -98,11 +98,12 @@ class SweepSpec:
             raise UserError(f"{name}: `seeds` must be a whole number or a list of them")
         if not isinstance(doc["strategies"], list | type(None)):
             raise UserError(f"{name}: `strategies` must be a list")
-        trials, used = [], set()
+        trials: list[TrialSpec] = []
+        used: set[str] = set()
         for entry in doc["strategies"] or []:
             strategy_name, own = (entry, {}) if isinstance(entry, str) else _one_item(entry, name)
             strategy = strategies.get(strategy_name)
-            accepted = set(strategy.params.__dataclass_fields__)
+            accepted = set(strategy.param_names)
             grid = {k: v for k, v in shared.items() if k in accepted}
             used |= set(grid)
             grid.update(own)
@@ -405,7 +406,7 @@ def accuracy_matrix_png(
         rows.append([scores.get(b, np.nan) for b in columns])
     for r in summarize(records, task):
         labels.append(r["strategy"] + ("" if r["params"] == "{}" else f" {r['params']}"))
-        rows.append([(r.get(f"batch_{b}_{name}") or (None,))[0] for b in columns])
+        rows.append([(r.get(f"batch_{b}_{name}") or (np.nan,))[0] for b in columns])
     values = np.array([[np.nan if v is None else v for v in row] for row in rows], float)
     return heatmap_png(
         values,

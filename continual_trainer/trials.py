@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from continual_trainer import strategies
-from continual_trainer.data.chunks import StoredRows, StoredUnion
+from continual_trainer.data.chunks import RowSource, StoredRows, StoredUnion
 from continual_trainer.data.rows import Rows
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.evaluate import class_metrics, class_parts, finite, join_parts, score, score_regression
@@ -64,7 +64,7 @@ def stored_parts(candidate: Candidate, rows: StoredRows, n_classes: int) -> tupl
 
 def scored(
     candidate: Candidate,
-    sets: Mapping[str, Rows],
+    sets: Mapping[str, RowSource],
     n_classes: int,
     batch_ids: Sequence[str] = (),
     parts_of: PartsOf = stored_parts,
@@ -167,7 +167,7 @@ def score_candidate(
     current: Candidate,
     candidate: Candidate,
     seconds: float,
-    extra_eval: Mapping[str, Rows] | None = None,
+    extra_eval: Mapping[str, RowSource] | None = None,
     execution: Mapping[str, Any] | None = None,
     parts_of: PartsOf = stored_parts,
 ) -> TrialResult:

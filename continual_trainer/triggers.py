@@ -367,7 +367,8 @@ class TriggerSet:
         """The latest files an update should learn: the widest window of the triggers that
         fired; None (every new file) if one of them gives none."""
         windows = [d.window for d in decisions.values() if d.fire]
-        return None if not windows or any(w is None for w in windows) else max(windows)
+        sized = [w for w in windows if w is not None]
+        return max(sized) if windows and len(sized) == len(windows) else None
 
 
 def per_row_loss(pred: np.ndarray, y: np.ndarray, target_std: float = 1.0) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 
 from continual_trainer import strategies
 from continual_trainer.data.batches import load_rows
-from continual_trainer.data.chunks import StoredRows, StoredUnion
+from continual_trainer.data.chunks import RowSource, StoredRows, StoredUnion
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.schema import InputInfo
@@ -33,10 +33,10 @@ class UpdateData:
     parent: str
     old_ids: list[str]
     new_ids: list[str]
-    old: Rows
-    new: Rows
-    old_holdout: Rows
-    new_holdout: Rows
+    old: RowSource
+    new: RowSource
+    old_holdout: RowSource
+    new_holdout: RowSource
     n_classes: int
     model_spec: ModelSpec
     input_spec: Mapping[str, InputInfo] = field(default_factory=dict)
@@ -44,12 +44,13 @@ class UpdateData:
     batch_ids: tuple[str, ...] = ()  # every batch in ingestion order: a row's `order` indexes it
 
     @functools.cached_property
-    def holdout(self) -> Rows:
-        if isinstance(self.old_holdout, StoredRows):  # left in the store: read when scored
-            return StoredUnion((self.old_holdout, self.new_holdout))  # type: ignore[return-value]
+    def holdout(self) -> RowSource:
+        if isinstance(self.old_holdout, StoredRows) and isinstance(self.new_holdout, StoredRows):
+            return StoredUnion((self.old_holdout, self.new_holdout))  # left in the store: read when scored
+        assert isinstance(self.old_holdout, Rows) and isinstance(self.new_holdout, Rows)
         return Rows.concat([self.old_holdout, self.new_holdout])
 
-    def eval_sets(self, extra: Mapping[str, Rows] | None = None) -> dict[str, Rows]:
+    def eval_sets(self, extra: Mapping[str, RowSource] | None = None) -> dict[str, RowSource]:
         return {"holdout": self.holdout, "old": self.old_holdout, "new": self.new_holdout, **(extra or {})}
 
     def inputs(self, current: Candidate, seed: int) -> strategies.UpdateInputs:
@@ -110,6 +111,10 @@ def load_update_data(
         raise NothingNew(f"no new batches since version {parent}; nothing to update (add some with `ctrain ingest`)")
     state = store.manifest(parent).state.get("files", {})
     old_train = params is None or any(reads_old(p, state) for p in params)
+    old: RowSource
+    new: RowSource
+    old_holdout: RowSource
+    new_holdout: RowSource
     if _over_budget(store, (old_ids if old_train else []) + new_ids, memory_budget, in_pieces):
         old, new, old_holdout, new_holdout = _left_in_store(store, old_ids if old_train else [], old_ids, new_ids)
     else:

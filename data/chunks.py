@@ -11,7 +11,7 @@ Files are checked against their recorded sha256 before their first piece is read
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -68,7 +68,7 @@ class StoredRows:
             raise ValueError("one ingestion order per batch")
 
     @classmethod
-    def of(cls, store: Store, batch_ids: list[str] | tuple[str, ...], part: str = "train") -> StoredRows:
+    def of(cls, store: Store, batch_ids: Sequence[str], part: str = "train") -> StoredRows:
         position = {b: i for i, b in enumerate(store.batch_ids())}
         return cls(store, tuple(batch_ids), tuple(position[b] for b in batch_ids), part)
 
@@ -223,3 +223,8 @@ class StoredUnion:
 
     def load(self) -> Rows:
         return Rows.concat([p.load() for p in self.parts])
+
+
+# Rows a strategy, a trial or a scorer is given: in memory (`data.rows.Rows`) or left in the
+# store and read a chunk at a time (`StoredRows`, several as a `StoredUnion`).
+RowSource = Rows | StoredRows | StoredUnion

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -66,6 +66,15 @@ class Rows:
     def view(self, start: int, stop: int) -> Rows:
         """Rows `start` to `stop` (exclusive), sharing these rows' arrays (no copy)."""
         return Rows({name: a[start:stop] for name, a in self.x.items()}, self.y[start:stop], self.order[start:stop])
+
+    def chunks(self, shuffle_seed: int | None = None) -> Iterator[Rows]:
+        """These rows as one piece, as rows left in the store give theirs a chunk at a time
+        (`data.chunks.StoredRows.chunks`); in memory there is nothing to shuffle between pieces."""
+        yield self
+
+    def load(self) -> Rows:
+        """These rows (rows left in the store read theirs into memory)."""
+        return self
 
     def matrix(self) -> np.ndarray:
         """The numeric and tensor inputs flattened side by side as one float matrix (for

@@ -346,7 +346,7 @@ class Schema:
         others = [c for c in table.column_names if c != label and not _pandas_index(c)]
         if features:
             names = _matching(others, features, "--features", source)
-            kept = ("*",)
+            kept: tuple[str, ...] = ("*",)
         else:
             kept = tuple(ignore or ())
             skipped = _matching(others, kept, "--ignore", source) if kept else []

@@ -1,6 +1,6 @@
 """The store: the one module that knows every path on shared storage.
 
-Layout (see DESIGN.md)::
+Layout::
 
     store.json                       format version, schema, model spec, holdout fraction
     batches/<seq>-<sha12>/           data.parquet, then batch.json (the commit marker)
@@ -148,8 +148,10 @@ class Store:
     Attributes:
         uri: where the store is, as every process can reach it: an absolute path for a
             local folder (a relative `--store` is resolved once, here), else the URI.
-        meta: the contents of store.json.
+        meta: the contents of store.json (`Store.open` reads it once the store is reachable).
     """
+
+    meta: StoreMeta
 
     def __init__(self, uri: str, fs: pafs.FileSystem, root: str, meta: StoreMeta | None) -> None:
         self._fs = fs
@@ -160,7 +162,8 @@ class Store:
         self._display = redact(uri)
         self._cleaned: set[str] = set()
         self.uri = self._root if "://" not in uri else uri
-        self.meta = meta  # type: ignore[assignment]
+        if meta is not None:
+            self.meta = meta
 
     def __reduce__(self) -> tuple[Any, ...]:
         """A store crosses to other processes (Ray workers) as its URI and metadata, and
@@ -583,7 +586,7 @@ class Store:
         with self.lock("CURRENT"):
             manifests = {v: self.manifest(v) for v in self.versions()}
             protected = {m.version for m in lineage(self.current(), manifests.get)}
-            protected |= {e.get("version") for e in self.events("promote")}
+            protected |= {str(e["version"]) for e in self.events("promote") if e.get("version")}
             unpromoted = [v for v in manifests if v not in protected]  # oldest first
             doomed = unpromoted[: max(0, len(unpromoted) - keep)]
             if dry_run:
@@ -639,14 +642,15 @@ class Store:
             lost = sorted(set(manifest.batches_seen) - batches)
             if lost:
                 problems.append(f"version {version} saw batch(es) the store lacks: {', '.join(lost)}")
-        seen, version = set(), current
-        while version is not None and version not in seen:
-            seen.add(version)
-            parent = manifests[version].parent if version in manifests else None
+        seen: set[str] = set()
+        link = current
+        while link is not None and link not in seen:
+            seen.add(link)
+            parent = manifests[link].parent if link in manifests else None
             if parent is not None and parent not in manifests:
-                problems.append(f"the current lineage is broken: {version}'s parent {parent} is missing")
+                problems.append(f"the current lineage is broken: {link}'s parent {parent} is missing")
                 break
-            version = parent
+            link = parent
         if current is None and not problems:
             notes.append("no current version yet: an init has not finished (run init again to finish it)")
         for kind, marker in (("batches", _BATCH_MARKER), ("models", _VERSION_MARKER)):

@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 FEATURES, FILE_ROWS, ROW_GROUP = 20, 500_000, 131_072
-CTRAIN = [sys.executable, "-m", "continual_trainer"]
+CTRAIN = [os.path.join(os.path.dirname(sys.executable), "ctrain")]  # the installed command
 PIECES = ["--memory-budget", "256MiB"]
 MODES = {
     "in memory": ["--memory-budget", "1TiB"],
@@ -165,7 +165,7 @@ def shard_bound(store: str) -> tuple[float, float, float]:
     """Model averaging's work without Ray: one shard trainer (of two) alone, then both at once
     in two processes, each with one TensorFlow thread as an actor has. Returns the rows/s of
     one alone, the cores it used, and the rows/s of both together."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONSAFEPATH": "1"}  # the installed package, wherever run
 
     def start(shard: int) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-c", SHARD, store, str(shard)], stdout=subprocess.PIPE, env=env)

@@ -23,7 +23,6 @@ import time
 from bench_check import check, emit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 SPEC = """
 strategies:
   - fresh_all: {epochs: 600}
@@ -33,7 +32,6 @@ seeds: [0, 1, 2, 3]
 
 
 def make_store(path: str) -> None:
-    sys.path.insert(0, ROOT)
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -55,7 +53,6 @@ def make_store(path: str) -> None:
 SEQUENTIAL = textwrap.dedent("""
     import json, sys, time
     start = time.perf_counter()
-    sys.path.insert(0, {root!r})
     from continual_trainer.data.storage import Store
     from continual_trainer.executor import LocalExecutor
     from continual_trainer.sweep import SweepSpec, run_sweep
@@ -65,7 +62,6 @@ SEQUENTIAL = textwrap.dedent("""
 
 RAY = textwrap.dedent("""
     import json, sys, time
-    sys.path.insert(0, {root!r})
     from continual_trainer.cluster.executor import RayExecutor
     from continual_trainer.cluster.runtime import connect
     from continual_trainer.data.storage import Store
@@ -86,6 +82,7 @@ def run(code: str) -> dict:
     start = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-c", code],
+        cwd=HERE,  # not the checkout's root, whose continual_trainer/ would hide the installed package
         capture_output=True,
         text=True,
         check=True,
@@ -98,8 +95,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
         make_store(store)
-        seq = run(SEQUENTIAL.format(root=ROOT, store=store, spec=SPEC))
-        ray = run(RAY.format(root=ROOT, store=store, spec=SPEC))
+        seq = run(SEQUENTIAL.format(store=store, spec=SPEC))
+        ray = run(RAY.format(store=store, spec=SPEC))
     n = ray["trials"]
     ratio = seq["process"] / ray["process"]
     print(f"{n} trials, one process, whole process:                 {seq['process']:6.1f} s")

@@ -17,11 +17,8 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main() -> None:

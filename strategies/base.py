@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from continual_trainer.data.chunks import StoredRows, StoredUnion
+from continual_trainer.data.chunks import RowSource, StoredRows, StoredUnion
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows, with_statistics
 from continual_trainer.data.sampling import importance_weights, recency_weights, sample
@@ -45,9 +45,9 @@ class UpdateInputs:
     """
 
     current: Candidate
-    old: Rows
-    new: Rows
-    holdout: Rows
+    old: RowSource
+    new: RowSource
+    holdout: RowSource
     n_classes: int
     model_spec: ModelSpec
     seed: int
@@ -58,13 +58,12 @@ class UpdateInputs:
     def regression(self) -> bool:
         return self.n_classes == 0
 
-    def fresh_model(self, seed_offset: int = 0, rows: Rows | None = None) -> keras.Model:
+    def fresh_model(self, seed_offset: int = 0, rows: RowSource | None = None) -> keras.Model:
         """A new network of the store's recipe, covering every class the store knows; with
         `rows`, its input statistics are theirs (see `fit_fresh`), else the store's first batch's."""
         if rows is None:
             return build_model(self.model_spec, self.input_spec, self.n_classes, self.seed + seed_offset, self.target)
-        pieces = rows.chunks() if isinstance(rows, StoredRows | StoredUnion) else [rows]
-        spec = with_statistics(self.input_spec, pieces)
+        spec = with_statistics(self.input_spec, rows.chunks())
         return build_model(self.model_spec, spec, self.n_classes, self.seed + seed_offset, self.target, adapt=True)
 
 
@@ -132,20 +131,25 @@ class TrainAllParams(TrainParams):
     old_fraction: float = param(1.0, FRACTION, "share of the old rows to sample")
 
 
-def training_set(inputs: UpdateInputs, params: TrainParams) -> tuple[Rows, np.ndarray | None]:
+# Instance weights: one per row in memory; for rows left in the store, a function of each
+# row's batch order; None for equal weights.
+Weights = np.ndarray | Callable[[np.ndarray], np.ndarray] | None
+
+
+def training_set(inputs: UpdateInputs, params: TrainParams) -> tuple[RowSource, Weights]:
     """The rows a strategy trains on, and their instance weights (None for equal).
 
     New rows are sampled by `new_fraction`; old rows, if the strategy uses them, by
     `old_fraction`. `recency` halves a row's weight every `half_life` batches back;
     `importance` weights old rows by how much they resemble the new data.
     """
-    if isinstance(inputs.new, StoredRows):
-        return _stored_training_set(inputs, params)
+    if not isinstance(inputs.new, Rows):
+        return _stored_training_set(inputs.new, inputs.old, inputs.seed, params)
     new = sample(inputs.new, params.new_fraction, inputs.seed + 1)
     parts = [new]
     old = None
     if params.trains_on_old():
-        old = sample(inputs.old, getattr(params, "old_fraction", 1.0), inputs.seed + 2)
+        old = sample(inputs.old.load(), getattr(params, "old_fraction", 1.0), inputs.seed + 2)
         parts.insert(0, old)
     rows = Rows.concat(parts)
     if params.weighting == "recency":
@@ -156,13 +160,17 @@ def training_set(inputs: UpdateInputs, params: TrainParams) -> tuple[Rows, np.nd
     return rows, None
 
 
-def _stored_training_set(inputs: UpdateInputs, params: TrainParams) -> tuple[StoredUnion, Any]:
+def _stored_training_set(
+    new: StoredRows | StoredUnion, old: RowSource, seed: int, params: TrainParams
+) -> tuple[StoredUnion, Weights]:
     """`training_set` for rows left in the store: the same samples and weights, as a recipe
     for reading them a chunk at a time (the weights as a function of each row's batch)."""
-    parts = [inputs.new.sampled(params.new_fraction, inputs.seed + 1)]
+    parts = [new.sampled(params.new_fraction, seed + 1)]
     if params.trains_on_old():
-        parts.insert(0, inputs.old.sampled(getattr(params, "old_fraction", 1.0), inputs.seed + 2))
-    rows = StoredUnion(tuple(parts))
+        if isinstance(old, Rows):
+            raise ValueError("the old rows are in memory while the new ones are left in the store")
+        parts.insert(0, old.sampled(getattr(params, "old_fraction", 1.0), seed + 2))
+    rows = StoredUnion(tuple(p for part in parts for p in StoredUnion.of(part).parts))
     if params.weighting == "importance":
         raise UserError(
             "weighting=importance compares every old row with the new ones in memory; it is not available above "
@@ -196,9 +204,9 @@ def fit(model: keras.Model, inputs: UpdateInputs, params: TrainParams, seed_offs
 def train_rows(
     model: keras.Model,
     inputs: UpdateInputs,
-    rows: Rows,
+    rows: RowSource,
     config: LoopConfig,
-    weights: np.ndarray | Callable[[np.ndarray], np.ndarray] | None,
+    weights: Weights,
     seed_offset: int = 0,
     spread: tuple[Rows, np.ndarray] | None = None,
     relabel: Callable[[Rows], np.ndarray] | None = None,
@@ -212,9 +220,9 @@ def train_rows(
     in memory with their weights mixed into every pass (see `passes_over`). `relabel` gives
     the targets to train towards from the rows (e.g. a teacher's soft targets), piece by piece;
     `distilled`: those targets carry a logit-matching term (`loop.distill_targets`)."""
-    if relabel is not None and not isinstance(rows, StoredUnion | StoredRows):
-        rows = Rows(rows.x, relabel(rows), rows.order)
-    if isinstance(rows, StoredUnion | StoredRows):
+    if not isinstance(rows, Rows):
+        if weights is not None and not callable(weights):
+            raise TypeError("rows left in the store are weighted by a function of their batch order")
         seed, settings = inputs.seed + seed_offset, config.loop()
         validation = None
         if settings.patience:  # a share of the rows set aside, at most VALIDATION_ROWS of it read
@@ -234,6 +242,10 @@ def train_rows(
             **loop,
         )
         return
+    if callable(weights):
+        raise TypeError("rows in memory are weighted one weight per row")
+    if relabel is not None:
+        rows = Rows(rows.x, relabel(rows), rows.order)
     if spread is not None:  # in memory: simply more rows
         w = np.ones(len(rows), np.float32) if weights is None else np.asarray(weights, np.float32)
         rows, weights = Rows.concat([rows, spread[0]]), np.concatenate([w, spread[1]])

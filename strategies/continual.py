@@ -96,11 +96,11 @@ def _memory(inputs: UpdateInputs, params: MemoryOptions, logits: bool) -> Memory
     memory = Memory.from_state(inputs.current.state)
     if memory is not None and (memory.logits is not None or not logits):
         return memory
-    if memory is None and isinstance(inputs.old, StoredRows | StoredUnion):  # offered a chunk at a time
+    if memory is None and not isinstance(inputs.old, Rows):  # offered a chunk at a time
         teacher = inputs.current.members[0]
-        stored = (lambda x: logits_of(teacher, x, inputs.regression)) if logits else None
-        return _offered(None, inputs.old, params, inputs.seed + 3, stored)
-    old = inputs.old if memory is None else memory.rows
+        teach = (lambda x: logits_of(teacher, x, inputs.regression)) if logits else None
+        return _offered(None, inputs.old, params, inputs.seed + 3, teach)
+    old = memory.rows if memory is not None else inputs.old.load()
     stored = logits_of(inputs.current.members[0], old.x, inputs.regression) if logits else None
     return select(None, old, params.memory_size, params.selection, inputs.seed + 3, stored)
 
@@ -163,8 +163,8 @@ def der(inputs: UpdateInputs, params: DerParams) -> Candidate:
     New rows left in the store are read a chunk at a time, as `replay` reads them."""
     model = with_classes(single_network(inputs, "der"), inputs.n_classes, inputs.seed, "der")
     memory = _memory(inputs, params, logits=True)
-    if isinstance(inputs.new, StoredRows | StoredUnion):
-        return _der_in_pieces(inputs, params, model, memory)
+    if not isinstance(inputs.new, Rows):
+        return _der_in_pieces(inputs, inputs.new, params, model, memory)
     n_new, n_mem = len(inputs.new), len(memory)
     rows = Rows.concat([inputs.new, memory.rows])
     weights = _weights(n_new, n_mem, params.replay_ratio)
@@ -187,13 +187,15 @@ def der(inputs: UpdateInputs, params: DerParams) -> Candidate:
     return Candidate((model,), (1.0,), kept.to_state())
 
 
-def _der_in_pieces(inputs: UpdateInputs, params: DerParams, model: keras.Model, memory: Memory) -> Candidate:
+def _der_in_pieces(
+    inputs: UpdateInputs, new: StoredRows | StoredUnion, params: DerParams, model: keras.Model, memory: Memory
+) -> Candidate:
     """`der` on new rows left in the store: the memory's rows, with their targets laid out as
     the in-memory loop lays them out, spread over every pass; new rows offered to the memory
     a chunk at a time with the trained model's logits."""
     assert memory.logits is not None
     n_mem = len(memory)
-    new_weight, memory_weight = _weight_pair(len(inputs.new), n_mem, params.replay_ratio)
+    new_weight, memory_weight = _weight_pair(len(new), n_mem, params.replay_ratio)
     weights = lambda order: np.full(len(order), new_weight, np.float32)  # noqa: E731
     if inputs.regression:  # both terms are squared errors: one mixed target, one weight
         total = params.alpha + params.beta
@@ -202,7 +204,7 @@ def _der_in_pieces(inputs: UpdateInputs, params: DerParams, model: keras.Model, 
             Rows(memory.rows.x, mixed.astype(np.float32), memory.rows.order),
             np.full(n_mem, memory_weight * total),
         )
-        train_rows(model, inputs, inputs.new, params, weights, spread=spread)
+        train_rows(model, inputs, new, params, weights, spread=spread)
     else:
         units = int(model.outputs[0].shape[-1])
 
@@ -216,9 +218,9 @@ def _der_in_pieces(inputs: UpdateInputs, params: DerParams, model: keras.Model, 
         )
         kept = Rows(memory.rows.x, distill_targets(memory.rows.y, units, match), memory.rows.order)
         spread = (kept, np.full(n_mem, memory_weight, np.float32))
-        train_rows(model, inputs, inputs.new, params, weights, spread=spread, relabel=labels_only, distilled=True)
+        train_rows(model, inputs, new, params, weights, spread=spread, relabel=labels_only, distilled=True)
     logits = lambda x: logits_of(model, x, inputs.regression)  # noqa: E731
-    return Candidate((model,), (1.0,), _offered(memory, inputs.new, params, inputs.seed + 4, logits).to_state())
+    return Candidate((model,), (1.0,), _offered(memory, new, params, inputs.seed + 4, logits).to_state())
 
 
 def _unit_logits(logits: np.ndarray, units: int) -> np.ndarray:

@@ -72,6 +72,11 @@ class Strategy:
             raise TypeError(f"{self.name} takes {self.params.__name__}, got {type(params).__name__}")
         return self.fn(inputs, params)
 
+    @property
+    def param_names(self) -> frozenset[str]:
+        """The names of this strategy's parameters (its dataclass's fields)."""
+        return frozenset(f.name for f in dataclasses.fields(self.params))
+
     def make_params(self, values: Mapping[str, Any] | None = None) -> Any:
         """Build the parameters from `values` (strings are parsed), or raise UserError naming the key."""
         return P.build_for(self.name, self.params, values)

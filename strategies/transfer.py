@@ -69,7 +69,8 @@ def _frozen_body(
     import keras
 
     model = clone(current)
-    head, tail = output_layer(model), []
+    head = output_layer(model)
+    tail: list[Any] = []
     while not head.weights and not isinstance(head, keras.layers.InputLayer):
         tail.insert(0, head)
         head = head.input._keras_history.operation

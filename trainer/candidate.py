@@ -60,7 +60,9 @@ class Candidate:
 
         `x` is the inputs by name (a plain matrix is the `numeric` input)."""
         if n_classes == 0:
-            return sum(w * member_output(m, x)[:, 0] for m, w in zip(self.members, self.weights, strict=True) if w)
+            return np.asarray(
+                sum(w * member_output(m, x)[:, 0] for m, w in zip(self.members, self.weights, strict=True) if w)
+            )
         return self.predict_proba(x, n_classes)
 
     def predict_proba(self, x: Mapping[str, np.ndarray] | np.ndarray, n_classes: int) -> np.ndarray:

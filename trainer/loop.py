@@ -245,7 +245,8 @@ def _plain_normalization(layer: Any) -> bool:
 
 
 def _trainable_index(shapes: tuple[_LayerShape, ...]) -> list[int]:
-    index, i = [], 0
+    index: list[int] = []
+    i = 0
     for layer in shapes:
         n = 2 if layer.has_bias else 1
         if layer.trainable:
@@ -601,8 +602,8 @@ def train(
     units = output_units(model)
     targets = _targets(y, mode, units, logit_match)
     if mode == "mse" and target_std != 1.0:  # the error in label standard deviations: weights carry the scale
-        sample_weight = (1.0 if sample_weight is None else np.asarray(sample_weight)) / np.float32(target_std**2)
-        sample_weight = np.broadcast_to(sample_weight, (n,)).astype(np.float32)
+        scaled = (1.0 if sample_weight is None else np.asarray(sample_weight)) / np.float32(target_std**2)
+        sample_weight = np.broadcast_to(np.asarray(scaled), (n,)).astype(np.float32)
     weighted = sample_weight is not None
     w = np.asarray(sample_weight, np.float32) if weighted else np.ones(1, np.float32)
     stopper = None

@@ -319,11 +319,11 @@ def input_problems(model: keras.Model, inputs: Mapping[str, InputInfo]) -> list[
         return [f"its one input {problem}; fits: {input_line(name, info)}"] if problem else []
     problems = []
     for name, tensor in tensors.items():
-        info = inputs.get(name)
-        if info is None:
+        found = inputs.get(name)
+        if found is None:
             problems.append(f"input {name!r} has no column of that name")
-        elif problem := _mismatch(tensor, info):
-            problems.append(f"input {name!r} {problem}; fits: {input_line(name, info)}")
+        elif problem := _mismatch(tensor, found):
+            problems.append(f"input {name!r} {problem}; fits: {input_line(name, found)}")
     problems += [
         f"column {name!r} feeds no input; add {input_line(name, info)} (or leave the column out with --ignore)"
         for name, info in inputs.items()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -99,18 +101,30 @@ def test_sweep_submitted_as_a_ray_job(tiny_store: str, tmp_path: Path) -> None:
         )
         assert refused.returncode != 0, "the head accepted a wrong token"
 
-        spec = tmp_path / "sweep.yaml"
-        spec.write_text("strategies: [keep, finetune_all]\nparams: {epochs: 3}\nseeds: [0, 1]\n")
+        # What a user submits: a project folder (a sweep spec, a model builder) as the working
+        # directory, and this package as one folder in the runtime environment's py_modules
+        # (`make ray-package` runs the same pip command), so that the job's processes import it
+        # from there, not from whatever the cluster's nodes have installed.
+        project, package = tmp_path / "project", tmp_path / "ray-package"
+        shutil.copytree(REPO / "examples", project / "examples")
+        (project / "sweep.yaml").write_text("strategies: [keep, finetune_all]\nparams: {epochs: 3}\nseeds: [0, 1]\n")
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(package), str(REPO)],
+            check=True,
+            capture_output=True,
+        )
+        runtime_env = json.dumps({"py_modules": [str(package / "continual_trainer")]})
 
-        def submit(*entrypoint: str) -> None:
-            """`ray job submit --working-dir <this checkout>`; the job must succeed. The head's
-            job agent may register after its dashboard answers (HTTP 500 "No available agent to
-            submit job, please try again later"): that refusal is retried, nothing else is."""
+        def submit(*entrypoint: str) -> str:
+            """`ray job submit` of the project with the package; the job must succeed; its log is
+            returned. The head's job agent may register after its dashboard answers (HTTP 500
+            "No available agent to submit job, please try again later"): that refusal is
+            retried, nothing else is."""
             deadline = time.time() + 90
             while True:
                 job = subprocess.run(
-                    [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-                     *entrypoint],
+                    [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(project),
+                     "--runtime-env-json", runtime_env, "--", *entrypoint],
                     env=env,
                     capture_output=True,
                     text=True,
@@ -120,19 +134,23 @@ def test_sweep_submitted_as_a_ray_job(tiny_store: str, tmp_path: Path) -> None:
                     break
                 time.sleep(2)
             assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
+            return job.stdout
 
-        submit("python", "-m", "continual_trainer", "sweep", "--store", tiny_store, "--config", str(spec), "--json")
+        trainer = "python -m continual_trainer"
+        where = "python -c 'import continual_trainer; print(\"package:\", continual_trainer.__file__)'"
+        log = submit("sh", "-c", f"{where} && {trainer} sweep --store {tiny_store} --config sweep.yaml --json")
+        imported = re.search(r"package: (\S+)", log)  # the job's output (its command line shows `package:",`)
+        assert imported and "/runtime_resources/py_modules_files/" in imported.group(1), log[-2000:]
         (sweep,) = Path(tiny_store, "sweeps").iterdir()
         table = pq.read_table(sweep / "results.parquet")
         assert table.num_rows == 4
 
-        # A model builder from the checkout (examples/digits.py) ships with the job's working
+        # A model builder from the project (examples/digits.py) ships with the job's working
         # directory: the driver builds the first model with it, and Tune's workers fresh ones.
         data = tmp_path / "data"
         subprocess.run([sys.executable, str(REPO / "examples" / "make_data.py"), str(data)], check=True)
         digits, spec2 = tmp_path / "digits", tmp_path / "fresh.yaml"
         spec2.write_text("strategies: [{fresh_all: {epochs: 2}}, {ensemble_all: {epochs: 2}}]\n")
-        trainer = "python -m continual_trainer"
         steps = [
             f"{trainer} init --store {digits} --data {data}/digits-old.parquet --label digit --shape image=8,8,1 "
             "--model examples.digits:cnn --epochs 2",

@@ -290,8 +290,9 @@ def test_long_commands_report_progress_on_stderr_and_quiet_silences_it(tmp_path:
 
 
 def test_a_checkout_runs_its_own_code_from_its_folder(tmp_path: Path) -> None:
-    """A Ray job's working directory is a checkout: run from there, the package and its
-    subpackages are the checkout's files, not an installed copy."""
+    """Run in the checkout (as Ray's workers of a command started there are: Ray puts the
+    driver's working directory first on their path), the package and its subpackages are
+    the checkout's files, not an installed copy."""
     import shutil
 
     for name in ("continual_trainer", "data", "trainer", "strategies", "cluster"):
@@ -306,6 +307,27 @@ def test_a_checkout_runs_its_own_code_from_its_folder(tmp_path: Path) -> None:
         [sys.executable, "-m", "continual_trainer", "--version"], cwd=tmp_path, capture_output=True, text=True
     )
     assert version.returncode == 0 and version.stdout.startswith("ctrain ")
+
+
+def test_the_package_as_one_folder_runs_from_there(tmp_path: Path) -> None:
+    """What a Ray job's runtime environment ships (`make ray-package`, `py_modules`): the
+    project built as one folder, every layer inside it, run from there, not from an install."""
+    package = tmp_path / "ray-package"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(package), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    env = {**os.environ, "PYTHONPATH": str(package)}
+    code = "import continual_trainer.cluster.pool as p, continual_trainer.cli as c; print(p.__file__, c.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert all(line.startswith(str(package)) for line in out.stdout.split()), out.stdout
+    assert (package / "continual_trainer" / "py.typed").is_file()
+    version = subprocess.run(
+        [sys.executable, "-m", "continual_trainer", "--version"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert version.returncode == 0 and version.stdout.startswith("ctrain "), version.stderr
 
 
 def test_the_python_api_reports_progress_when_asked(tiny_store: str, capsys, monkeypatch) -> None:
