@@ -209,8 +209,8 @@ def finetune_averaged(
     try:
         if len(current.members) != 1:
             members = len(current.members)
-            raise UserError(
-                f"--actors: data-parallel fine-tuning needs a single network; current has {members} members"
+            raise UserError.about(
+                "actors", None, f"data-parallel fine-tuning needs a single network; current has {members} members"
             )
         if data.n_classes and model_classes(current.members[0]) < data.n_classes:
             raise UserError("the current model lacks the store's new classes; fine-tuning cannot add outputs")
@@ -380,7 +380,7 @@ def fit_parallel(
     mode = job.strategy.can.data_parallel
     if mode == "averaging":
         if job.sync_steps < 1:
-            raise UserError(f"--sync-steps must be >= 1, got {job.sync_steps}")
+            raise UserError.about("sync_steps", job.sync_steps, "must be >= 1")
         candidate, started, replaced = finetune_averaged(
             data, current, job.params, job.seed, actors=job.actors, sync_steps=job.sync_steps, trainers=trainers
         )
@@ -389,4 +389,4 @@ def fit_parallel(
     if mode == "bagging":
         candidate = bagged_ensemble(data, current, job.params, job.seed, actors=job.actors)
         return candidate, {"mode": "bagging", "actors": job.actors}
-    raise UserError(f"--actors: {job.strategy.name} does not train data-parallel")
+    raise UserError.about("actors", None, f"{job.strategy.name} does not train data-parallel")

@@ -9,13 +9,14 @@
     store.history()                                       # a DataFrame, one row per version
     store.rollback()
 
-Every mistake a user can make raises `UserError` with the same one-line message the CLI
-prints; nothing here starts Ray unless asked (`ray=True`, `actors=N`, or a sweep).
+Every mistake a user can make raises `UserError`: one line, naming this API's arguments
+(`ctrain` prints the same line with its flags instead); nothing here starts Ray unless asked
+(`ray=True`, `actors=N`). The CLI is a thin layer over this module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from continual_trainer.data.errors import UserError
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from continual_trainer.data.batches import IngestResult
     from continual_trainer.data.schema import Schema
     from continual_trainer.promotion import UpdateOutcome
+    from continual_trainer.stream import StreamEvent
     from continual_trainer.sweep import SweepResult
 
 
@@ -129,7 +131,9 @@ def expected_inputs(
     )
 
 
-def open_store(uri: str, *, mlflow: str | None = None, progress: bool = False) -> ModelStore:
+def open_store(
+    uri: str, *, mlflow: str | None = None, progress: bool = False, mlflow_from_env: bool = False
+) -> ModelStore:
     """Open an existing store; UserError if there is none at `uri`.
 
     Args:
@@ -139,7 +143,7 @@ def open_store(uri: str, *, mlflow: str | None = None, progress: bool = False) -
     """
     from continual_trainer.data.storage import Store
 
-    return ModelStore(Store.open(uri).uri, mlflow=mlflow, progress=progress)
+    return ModelStore(Store.open(uri).uri, mlflow=mlflow, progress=progress, mlflow_from_env=mlflow_from_env)
 
 
 class ModelStore:
@@ -150,14 +154,16 @@ class ModelStore:
         last_outcome: what the last `update` (or `init_store`) of this object produced.
     """
 
-    def __init__(self, uri: str, *, mlflow: str | None = None, progress: bool = False) -> None:
+    def __init__(
+        self, uri: str, *, mlflow: str | None = None, progress: bool = False, mlflow_from_env: bool = False
+    ) -> None:
         self.uri = uri
         self.last_outcome: UpdateOutcome | None = None
         self._mirror = None
-        if mlflow:
-            from continual_trainer.tracking import MlflowMirror
+        if mlflow or mlflow_from_env:  # from the environment: MLFLOW_TRACKING_URI if MLflow is installed
+            from continual_trainer.tracking import mirror_for
 
-            self._mirror = MlflowMirror(mlflow, uri)
+            self._mirror = mirror_for(mlflow, uri)
         self._progress = progress
 
     def _reporting(self, command: str) -> Any:
@@ -256,10 +262,13 @@ class ModelStore:
 
     def sweep(
         self,
-        config: str | Mapping[str, Any],
+        config: str | Mapping[str, Any] | None = None,
         *,
-        ray: bool = False,
+        resume: str | None = None,
+        ray: bool | None = False,
         promote_best: bool = False,
+        max_forgetting: float | None = None,
+        max_flip_rate: float | None = None,
         memory_budget: int | str | None = None,
     ) -> SweepResult:
         """Run strategies x parameters x seeds, every trial on the same holdouts.
@@ -267,9 +276,13 @@ class ModelStore:
         Args:
             config: the sweep as a mapping (`{"strategies": [...], "params": {...}, "seeds":
                 [...]}`), as YAML text, or a YAML file's path.
-            ray: on Ray Tune (the cluster at RAY_ADDRESS, else a local Ray) or in this process.
+            resume: instead of `config`, the id of an interrupted sweep to finish (its finished
+                trials are kept, not redone).
+            ray: on Ray Tune (True: the cluster at RAY_ADDRESS, else a local Ray), in this
+                process (False), or on Ray when RAY_ADDRESS is set (None).
             promote_best: train the winning configuration as a version and promote it if it
-                beats the current one (its outcome is then `last_outcome`).
+                beats the current one (and is not refused by `max_forgetting`/`max_flip_rate`,
+                as for `update`); its outcome is then `last_outcome`.
             memory_budget: as `update`'s: above it the trials read the store a chunk at a time.
         """
         import os
@@ -279,23 +292,29 @@ class ModelStore:
         from continual_trainer.commands import save_sweep_winner
         from continual_trainer.executor import make_executor
         from continual_trainer.sweep import SweepSpec, run_sweep
+        from continual_trainer.trainer.forgetting import Gate
 
+        spec = None
         if isinstance(config, Mapping):
             spec = SweepSpec.parse(yaml.safe_dump(dict(config)), "sweep config")
-        elif "\n" not in config and os.path.exists(config):
+        elif config is not None and "\n" not in config and (os.path.exists(config) or _names_a_file(config)):
             from continual_trainer.data.parquet import read_bytes
 
             spec = SweepSpec.parse(read_bytes(config).decode(errors="replace"), config)
-        else:
+        elif config is not None:
             spec = SweepSpec.parse(config)
+        elif resume is None:
+            raise UserError("sweep: give a config, or the id of a sweep to resume")
         budget = _budget(memory_budget)
         store = self._store()
         executor = make_executor(ray=ray)
         winner = None
         with self._reporting("sweep"):
-            result = run_sweep(store, executor, spec, memory_budget=budget)
+            result = run_sweep(store, executor, spec, resume=resume, memory_budget=budget)
             if promote_best:
-                winner = self.last_outcome = save_sweep_winner(store, result, executor=executor, memory_budget=budget)
+                gate = Gate(max_forgetting, max_flip_rate)
+                winner = save_sweep_winner(store, result, executor=executor, gate=gate, memory_budget=budget)
+                self.last_outcome = winner
         if self._mirror is not None:
             self._mirror.log_sweep(result, winner)
         return result
@@ -316,26 +335,36 @@ class ModelStore:
         promote_on: str = "holdout",
         scale: bool = True,
         memory_budget: int | str | None = None,
+        once: bool = True,
+        interval: float = 5.0,
+        on_where: Callable[[str], None] | None = None,
+        on_event: Callable[[StreamEvent], None] | None = None,
         **params: Any,
     ) -> list[dict[str, Any]]:
-        """Process every Parquet file in `inbox` not processed before, once each (as `ctrain
-        stream --once`): ingest it, ask the triggers, and when they fire run the policy and
-        promote its winner by the gate. Returns one event per file (status, trigger decisions,
-        candidates, version).
+        """Process every Parquet file in `inbox` not processed before, once each: ingest it,
+        ask the triggers, and when they fire run the policy and promote its winner by the
+        gate. With `once` (the default) until the inbox holds nothing new, else polling it
+        every `interval` seconds until interrupted (as `ctrain stream`). Returns one event
+        per file (status, trigger decisions, candidates, version).
 
         Args:
             policy: a strategy, or `best` of `candidates` (default: the stream's four).
             trigger: `always`, `every`, `performance`, `features`, or several comma-separated,
                 combined by `combine` (`any` or `all`); `trigger_params` for those that take them.
+            ray: candidates on Ray (True), here (False), or on Ray when RAY_ADDRESS is set
+                (None); Ray is joined or started only when a file's trigger fires.
             promote_on: what candidates are ranked and promoted on (`holdout` or `new`).
             scale: above 5,000 training rows, size batch, learning rate, early stopping and a
                 time budget to the rows (parameters given here are kept as given).
             memory_budget: as `update`'s: above it the candidates read the store a chunk at a time.
+            on_where: called with where the work runs: before the first file (as planned),
+                and again at the end (where it ran: e.g. a local Ray, if one was started).
+            on_event: called with each file's event (a `StreamEvent`) as it is recorded.
             **params: strategy parameters, for each strategy of the policy that has them.
         """
         from dataclasses import asdict
 
-        from continual_trainer.executor import make_executor
+        from continual_trainer.executor import deferred_executor
         from continual_trainer.stream import DEFAULT_CANDIDATES, Policy, run_stream
         from continual_trainer.trainer.forgetting import Gate
         from continual_trainer.triggers import TriggerSet
@@ -344,13 +373,31 @@ class ModelStore:
         gate = Gate(max_forgetting, max_flip_rate)
         budget = _budget(memory_budget)
         chosen = Policy(
-            policy, candidates or DEFAULT_CANDIDATES, seed, params, gate, triggers, promote_on, scale, budget
+            policy,
+            DEFAULT_CANDIDATES if candidates is None else list(candidates),
+            seed,
+            params,
+            gate,
+            triggers,
+            promote_on,
+            scale,
+            budget,
         )
+        executor = deferred_executor(ray=ray)
+        mirror = self._mirror
+
+        def recorded(event: StreamEvent) -> None:
+            if mirror is not None:
+                mirror.log_stream_event(event)
+            if on_event is not None:
+                on_event(event)
+
+        if on_where is not None:
+            on_where(executor.where)
         with self._reporting("stream"):
-            events = run_stream(self.uri, inbox, chosen, make_executor(ray=ray), once=True)
-        if self._mirror is not None:
-            for event in events:
-                self._mirror.log_stream_event(event)
+            events = run_stream(self.uri, inbox, chosen, executor, once=once, interval=interval, on_event=recorded)
+        if on_where is not None:
+            on_where(executor.where)
         return [asdict(e) for e in events]
 
     def drift(self, data: Any, *, trigger: str = "performance,features", **trigger_params: Any) -> dict[str, Any]:
@@ -364,9 +411,14 @@ class ModelStore:
     def report(self, out: str | None = None) -> str:
         """Write `ctrain report`'s page, Markdown and plots (by default into the store under
         `reports/`); returns the page's location."""
+        return str(self.write_report(out)["page"])
+
+    def write_report(self, out: str | None = None) -> dict[str, Any]:
+        """`report`, returning {"folder", "page", "files"} (the files' names in the folder)."""
         from continual_trainer.commands import store_report
 
-        return f"{store_report(self.uri, out)[0]}/index.html"
+        folder, files = store_report(self.uri, out)
+        return {"folder": folder, "page": f"{folder}/index.html", "files": files}
 
     def predict(self, data: Any, *, version: str = "current") -> Any:
         """`data`'s rows plus `prediction` (and `probability` of class 1 for two classes), by
@@ -390,11 +442,70 @@ class ModelStore:
         current version's holdout rows, so its metrics compare with the current one's)."""
         import pandas as pd
 
+        flat = [{**r["metrics"], **{k: v for k, v in r.items() if k != "metrics"}} for r in self.versions()]
+        return pd.DataFrame(flat)
+
+    def versions(self) -> list[dict[str, Any]]:
+        """`history`'s rows as dicts, each version's metrics under "metrics"."""
         from continual_trainer.commands import history
 
-        rows = history(self.uri)
-        flat = [{**r["metrics"], **{k: v for k, v in r.items() if k != "metrics"}} for r in rows]
-        return pd.DataFrame(flat)
+        return history(self.uri)
+
+    def predict_file(self, data: str, out: str, *, version: str = "current", actors: int = 0) -> dict[str, Any]:
+        """`predict` from a Parquet file or URI to another, without holding all rows (with
+        `actors`, scored on that many Ray actors, each reading its own row groups). Returns
+        {"rows", "version", "out"}."""
+        from continual_trainer.commands import predict
+        from continual_trainer.executor import LocalExecutor, make_executor
+
+        executor = make_executor(ray=True, actors=actors) if actors else LocalExecutor()
+        with self._reporting("predict"):
+            return predict(self.uri, data, out, version=version, executor=executor)
+
+    def batches(self) -> list[dict[str, Any]]:
+        """Every batch in ingestion order: its id, source file name, rows, when it was ingested,
+        whether the current version learned it, and its retirement (None, or when and why)."""
+        store = self._store()
+        current = store.current()
+        learned = set(store.manifest(current).batches_seen) if current else set()
+        retired = store.retired_batches()
+        rows = []
+        for batch_id in store.batch_ids():
+            info = store.batch_info(batch_id)
+            rows.append(
+                {
+                    "batch": batch_id,
+                    "source": info.get("source"),
+                    "rows": info.get("rows"),
+                    "ingested": info.get("ingested"),
+                    "learned_by_current": batch_id in learned,
+                    "retired": retired.get(batch_id),
+                }
+            )
+        return rows
+
+    def drop(self, batch: str, *, reason: str = "") -> str:
+        """Retire a batch (its id, or a unique prefix or suffix of it): kept byte for byte and in
+        every lineage, never trained on or scored again. Returns its id."""
+        store = self._store()
+        ids = store.batch_ids()
+        found = [b for b in ids if b == batch] or [b for b in ids if b.startswith(batch) or b.endswith(batch)]
+        if len(found) != 1:
+            what = "no batch" if not found else f"{len(found)} batches"
+            raise UserError(f"{store.display}: {batch!r} names {what}; see `ctrain batches`")
+        if not store.retire_batch(found[0], reason):
+            raise UserError(f"{store.display}: batch {found[0]} is retired already")
+        return found[0]
+
+    def verify(self) -> tuple[list[str], list[str]]:
+        """Check every file of the store against its sha256 and the lineage for gaps:
+        (problems, notes); see `ctrain verify`."""
+        return self._store().verify()
+
+    @property
+    def display(self) -> str:
+        """The store's location for messages (credentials removed)."""
+        return str(self._store().display)
 
     def load_model(self, version: str = "current") -> keras.Model:
         """A version as one Keras model (default: the current one): a single network as it is,
@@ -433,6 +544,71 @@ class ModelStore:
         return prune(self.uri, keep, dry_run=dry_run)
 
 
+def strategy_names() -> list[str]:
+    """The registered strategies' names."""
+    from continual_trainer import strategies
+
+    return list(strategies.names())
+
+
+def check_strategy(name: str, params: Mapping[str, Any] | None = None) -> None:
+    """Raise UserError if `name` is no strategy or `params` are not its parameters (values may
+    be strings, as on a command line); nothing else is done (TensorFlow is not loaded)."""
+    from continual_trainer import strategies
+
+    strategies.get(name).make_params(dict(params or {}))
+
+
+def metric_names(task: str) -> tuple[str, str]:
+    """The metrics a task is judged by first and second (`accuracy`, `log_loss` for
+    classification; `rmse`, `mae` for regression)."""
+    from continual_trainer.trainer.evaluate import headline
+
+    return headline(task)
+
+
+def split_file(data: str, train_out: str, holdout_out: str, *, holdout: float = 0.2) -> dict[str, Any]:
+    """Write a first batch's rows as `init_store` will split them (the holdout is fixed by the
+    file's bytes), so that a model to import can be fitted on the training part only."""
+    from continual_trainer.commands import split_file as split
+
+    return split(data, train_out, holdout_out, holdout_fraction=holdout)
+
+
+def run_demo(
+    store: str | None = None,
+    *,
+    seed: int = 0,
+    ray: bool | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """The reference experiment (`ctrain demo`): the old model on the tutorial's data, every
+    strategy against the new batch, scored on the test split. Returns {"store", "report",
+    "results" (one row per strategy), "executor" (where it ran), "table" (as text)}."""
+    from continual_trainer import demo
+    from continual_trainer.executor import make_executor
+
+    executor = make_executor(ray=ray)
+    where, results, report = demo.run_demo(executor, store, seed=seed, on_result=on_result)
+    return {
+        "store": where,
+        "report": report,
+        "results": results,
+        "executor": executor.where,
+        "table": demo.render_table(results),
+    }
+
+
+def leave_cluster() -> None:
+    """Disconnect from Ray if this process joined it (a local Ray it started stops)."""
+    import sys
+
+    if "ray" in sys.modules:
+        from continual_trainer.cluster.runtime import disconnect
+
+        disconnect()
+
+
 def _reporting(command: str, progress: bool) -> Any:
     """Progress on stderr for one call if asked; otherwise whatever reporter the caller has
     open stays (`ctrain` opens one for every command)."""
@@ -467,6 +643,11 @@ def _encoded(data: Any) -> tuple[str, bytes]:
     from continual_trainer.data.parquet import table_to_bytes
 
     return f"{type(data).__name__.lower()}.parquet", table_to_bytes(_table(data))
+
+
+def _names_a_file(text: str) -> bool:
+    """A one-line config that names a file (a YAML path or a URI) rather than holding YAML."""
+    return text.endswith((".yaml", ".yml")) or "://" in text
 
 
 def _budget(memory_budget: int | str | None) -> int | None:

@@ -96,13 +96,6 @@ def _settings(pairs: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
-def _gate(args: argparse.Namespace) -> Any:
-    """The promotion gate the command's --max-forgetting and --max-flip-rate ask for."""
-    from continual_trainer.trainer.forgetting import Gate
-
-    return Gate(args.max_forgetting, args.max_flip_rate)
-
-
 def _names(raw: str | None) -> list[str] | None:
     """`--features a,b,x*` as names and patterns."""
     return [n.strip() for n in raw.split(",") if n.strip()] if raw else None
@@ -144,9 +137,9 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def _headline(metrics: dict[str, Any]) -> tuple[str, str]:
     """The two metrics a version is judged by: RMSE and MAE for regression, else accuracy and log loss."""
-    from continual_trainer.trainer.evaluate import headline
+    import continual_trainer as ct
 
-    return headline("regression" if any(k.endswith("_rmse") for k in metrics) else "classification")
+    return ct.metric_names("regression" if any(k.endswith("_rmse") for k in metrics) else "classification")
 
 
 def _outcome_text(o: Any) -> str:
@@ -239,9 +232,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    from continual_trainer.commands import split_file
+    import continual_trainer as ct
 
-    r = split_file(args.data, args.out_train, args.out_holdout, holdout_fraction=args.holdout)
+    r = ct.split_file(args.data, args.out_train, args.out_holdout, holdout=args.holdout)
     text = (
         f"wrote {r['train_rows']} training rows to {args.out_train} and {r['holdout_rows']} holdout rows to "
         f"{args.out_holdout}: fit your model on the first, then `ctrain init --data {args.data} --model ...`"
@@ -250,25 +243,9 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 def cmd_batches(args: argparse.Namespace) -> None:
-    from continual_trainer.data.storage import Store
+    import continual_trainer as ct
 
-    store = Store.open(args.store)
-    current = store.current()
-    learned = set(store.manifest(current).batches_seen) if current else set()
-    retired = store.retired_batches()
-    rows: list[dict[str, Any]] = []
-    for batch_id in store.batch_ids():
-        info = store.batch_info(batch_id)
-        rows.append(
-            {
-                "batch": batch_id,
-                "source": info.get("source"),
-                "rows": info.get("rows"),
-                "ingested": info.get("ingested"),
-                "learned_by_current": batch_id in learned,
-                "retired": retired.get(batch_id),
-            }
-        )
+    rows = ct.open_store(args.store).batches()
     lines = [f"  {'batch':22} {'rows':>7}  {'ingested':19}  {'learned':7}  source"]
     for r in rows:
         state = f"  retired: {r['retired'].get('reason') or '-'}" if r["retired"] else ""
@@ -281,20 +258,11 @@ def cmd_batches(args: argparse.Namespace) -> None:
 
 
 def cmd_drop(args: argparse.Namespace) -> None:
-    from continual_trainer.data.storage import Store
+    import continual_trainer as ct
 
-    store = Store.open(args.store)
-    ids = store.batch_ids()
-    found = [b for b in ids if b == args.batch] or [
-        b for b in ids if b.startswith(args.batch) or b.endswith(args.batch)
-    ]
-    if len(found) != 1:
-        what = "no batch" if not found else f"{len(found)} batches"
-        raise UserError(f"{store.display}: {args.batch!r} names {what}; see `ctrain batches`")
-    if not store.retire_batch(found[0], args.reason or ""):
-        raise UserError(f"{store.display}: batch {found[0]} is retired already")
-    text = f"batch {found[0]} retired: kept in the store and in every lineage, never trained on or scored again"
-    _emit(args, "" if args.json else text, {"batch": found[0], "retired": True})
+    batch = ct.open_store(args.store).drop(args.batch, reason=args.reason or "")
+    text = f"batch {batch} retired: kept in the store and in every lineage, never trained on or scored again"
+    _emit(args, "" if args.json else text, {"batch": batch, "retired": True})
 
 
 def printable(text: str) -> str:
@@ -304,9 +272,9 @@ def printable(text: str) -> str:
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
-    from continual_trainer.data.storage import Store
+    import continual_trainer as ct
 
-    store = Store.open(args.store)
+    store = ct.open_store(args.store)
     problems, notes = store.verify()
     lines = [f"problem: {p}" for p in problems] + [f"note: {n}" for n in notes]
     lines.append(f"{store.display}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
@@ -338,13 +306,10 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 def cmd_update(args: argparse.Namespace) -> None:
     import continual_trainer as ct
-    from continual_trainer import strategies
-    from continual_trainer.tracking import mirror_for
 
     settings = _settings(args.set)
-    strategies.get(args.strategy).make_params(settings)  # fail fast, before TensorFlow loads
-    store = ct.open_store(args.store)
-    mirror = mirror_for(args.mlflow, store.uri)
+    ct.check_strategy(args.strategy, settings)  # fail fast, before TensorFlow loads
+    store = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True)
     try:
         o = store.update(
             args.strategy,
@@ -361,24 +326,20 @@ def cmd_update(args: argparse.Namespace) -> None:
     except ct.NothingNew as exc:  # a scheduled or retried updater with nothing to do succeeds
         _emit(args, "" if args.json else str(exc), {"version": None, "promoted": False, "reason": str(exc)})
         return
-    if mirror is not None:
-        mirror.log_update(o, {**settings, "seed": args.seed}, "update")
     _emit(args, "" if args.json else _outcome_text(o), o.to_json())
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from continual_trainer.commands import predict
-    from continual_trainer.executor import LocalExecutor, make_executor
+    import continual_trainer as ct
 
-    executor = make_executor(ray=True, actors=args.actors) if args.actors else LocalExecutor()
-    r = predict(args.store, args.data, args.out, version=args.version, executor=executor)
+    r = ct.open_store(args.store).predict_file(args.data, args.out, version=args.version, actors=args.actors)
     _emit(args, "" if args.json else f"wrote {r['rows']} predictions of version {r['version']} to {r['out']}", r)
 
 
 def cmd_history(args: argparse.Namespace) -> None:
-    from continual_trainer.commands import history
+    import continual_trainer as ct
 
-    rows = history(args.store)
+    rows = ct.open_store(args.store).versions()
     first = _headline(rows[0]["metrics"] if rows else {})[0]
     extra, extra_title = ("roc_auc", "auc") if first == "accuracy" else ("r2", "r2")
     title = {"accuracy": "acc", "rmse": "rmse"}[first]
@@ -404,10 +365,10 @@ def cmd_history(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from continual_trainer.commands import store_report
+    import continual_trainer as ct
 
-    where, files = store_report(args.store, args.out)
-    page = f"{where}/index.html"
+    written = ct.open_store(args.store).write_report(args.out)
+    where, page, files = written["folder"], written["page"], written["files"]
     _emit(
         args,
         "" if args.json else f"report: {page}\nalso: {where}/report.md and {len(files) - 2} plot(s)",
@@ -464,40 +425,32 @@ def _where_flag(args: argparse.Namespace, default: bool | None) -> bool | None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from continual_trainer.data.storage import Store
-    from continual_trainer.executor import make_executor
-    from continual_trainer.sweep import SweepSpec, run_sweep, summarize
-    from continual_trainer.tracking import mirror_for
-    from continual_trainer.trainer.evaluate import headline
+    import continual_trainer as ct
 
     if not args.config and not args.resume:
         raise UserError("sweep: give --config SWEEP.yaml, or --resume SWEEP_ID")
-    spec = None
-    if args.config:
-        from continual_trainer.data.parquet import read_bytes
-
-        spec = SweepSpec.parse(read_bytes(args.config).decode(errors="replace"), args.config)
-    store = Store.open(args.store)
-    mirror = mirror_for(args.mlflow, args.store)
-    executor = make_executor(ray=_where_flag(args, True))
-    r = run_sweep(store, executor, spec, resume=args.resume, memory_budget=args.memory_budget)
-    done = f"{r.finished} of {r.trials} trials finished on {executor.where}"
+    store = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True)
+    r = store.sweep(
+        args.config,
+        resume=args.resume,
+        ray=_where_flag(args, True),
+        promote_best=args.promote == "best",
+        max_forgetting=args.max_forgetting,
+        max_flip_rate=args.max_flip_rate,
+        memory_budget=args.memory_budget,
+    )
+    done = f"{r.finished} of {r.trials} trials finished on {r.where}"
     lines = [f"sweep {r.sweep_id}: {done}; results in {r.folder}"]
-    first = headline(store.schema.task)[0]
-    for row in summarize(r.table.to_pylist(), store.schema.task) if r.finished else []:
+    first = ct.metric_names(store.schema.task)[0]
+    for row in r.summary(store.schema.task):
         mean, std = row[f"holdout_{first}"]
         value = "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
         lines.append(f"  {row['strategy']:13} {row['params']:40} holdout {first} {value}")
     for trial_id, failure in r.failures:
         print(f"ctrain: warning: trial {trial_id} failed: {failure.message}", file=sys.stderr)
-    winner = None
-    if args.promote == "best":
-        from continual_trainer.commands import save_sweep_winner
-
-        winner = save_sweep_winner(store, r, executor=executor, gate=_gate(args), memory_budget=args.memory_budget)
+    winner = store.last_outcome if args.promote == "best" else None
+    if winner is not None:
         lines += ["best configuration, trained as a version:", _outcome_text(winner)]
-    if mirror is not None:
-        mirror.log_sweep(r, winner)
     _emit(
         args,
         "" if args.json else "\n".join(lines),
@@ -507,80 +460,73 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             "trials": r.trials,
             "finished": r.finished,
             "failed": len(r.failures),
-            "executor": executor.where,
+            "executor": r.where,
             **({"winner": winner.to_json()} if winner else {}),
         },
     )
 
 
 def cmd_stream(args: argparse.Namespace) -> None:
-    from dataclasses import asdict
+    import continual_trainer as ct
 
-    from continual_trainer.executor import deferred_executor
-    from continual_trainer.stream import DEFAULT_CANDIDATES, Policy, run_stream
-    from continual_trainer.tracking import mirror_for
-    from continual_trainer.triggers import TriggerSet
+    candidates = [c for c in args.candidates.split(",") if c] if args.candidates else None
+    events: list[Any] = []
+    where: list[str] = []
 
-    candidates = [c for c in (args.candidates or ",".join(DEFAULT_CANDIDATES)).split(",") if c]
-    triggers = TriggerSet.parse(args.trigger, _settings(args.trigger_set), args.trigger_combine)
-    policy = Policy(
-        args.policy,
-        candidates,
-        seed=args.seed,
-        values=_settings(args.set),
-        gate=_gate(args),
-        triggers=triggers,
-        on=args.promote_on,
-        scale=not args.fixed_settings,
-        memory_budget=args.memory_budget,
-    )
-    mirror = mirror_for(args.mlflow, args.store)
-    executor = deferred_executor(ray=_where_flag(args, True if args.policy == "best" else None))
+    def at(executor: str) -> None:
+        if not where and not args.json:
+            print(f"stream: {args.inbox} -> {args.store}, policy {args.policy}, on {executor}", flush=True)
+        where.append(executor)
 
     def on_event(event: Any) -> None:
-        if mirror is not None:
-            mirror.log_stream_event(event)
+        events.append(event)
         if not args.json:
             print(event.line(), flush=True)
 
-    if not args.json:
-        print(f"stream: {args.inbox} -> {args.store}, policy {args.policy}, on {executor.where}", flush=True)
-    events = run_stream(
-        args.store,
+    recorded = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True).stream(
         args.inbox,
-        policy,
-        executor,
+        policy=args.policy,
+        candidates=candidates,
+        trigger=args.trigger,
+        trigger_params=_settings(args.trigger_set),
+        combine=args.trigger_combine,
+        seed=args.seed,
+        ray=_where_flag(args, True if args.policy == "best" else None),
+        max_forgetting=args.max_forgetting,
+        max_flip_rate=args.max_flip_rate,
+        promote_on=args.promote_on,
+        scale=not args.fixed_settings,
+        memory_budget=args.memory_budget,
         once=args.once,
         interval=args.interval,
+        on_where=at,
         on_event=on_event,
+        **_settings(args.set),
     )
     if events and all(e.status in ("rejected", "failed") for e in events):
         raise UserError(f"none of the {len(events)} new file(s) was learned; first: {events[0].line()}")
-    _emit(args, "", {"events": [asdict(e) for e in events], "executor": executor.where})
+    _emit(args, "", {"events": recorded, "executor": where[-1]})
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from continual_trainer import strategies
-    from continual_trainer.demo import render_table, run_demo
-    from continual_trainer.executor import make_executor
+    import continual_trainer as ct
     from continual_trainer.trainer.progress import report
 
-    executor = make_executor(ray=_where_flag(args, None))
-    total, done = len(strategies.names()), []
+    total, done = len(ct.strategy_names()), []
 
     def step(row: dict[str, Any]) -> None:
         done.append(row)
         report("strategies", len(done), total, f"{row['strategy']}: acc {row['test_accuracy']:.3f}")
 
-    store, results, report_folder = run_demo(executor, args.store, seed=args.seed, on_result=step)
+    r = ct.run_demo(args.store, seed=args.seed, ray=_where_flag(args, None), on_result=step)
     text = (
-        f"{render_table(results)}\nran on: {executor.where}\nstore: {store}\nreport: {report_folder}\n"
-        f"next: ctrain sweep --store {store} --config examples/sweep.yaml"
+        f"{r['table']}\nran on: {r['executor']}\nstore: {r['store']}\nreport: {r['report']}\n"
+        f"next: ctrain sweep --store {r['store']} --config examples/sweep.yaml"
     )
     _emit(
         args,
         "" if args.json else text,
-        {"store": store, "report": report_folder, "results": results, "executor": executor.where},
+        {"store": r["store"], "report": r["report"], "results": r["results"], "executor": r["executor"]},
     )
 
 
@@ -849,7 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (0, 1 when work failed, 2 for a user's mistake)."""
-    from continual_trainer.executor import WorkFailed
+    from continual_trainer import WorkFailed
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="ctrain: %(levelname)s: %(message)s")
@@ -861,7 +807,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with reporting(None if args.quiet else Reporter(args.command)):
             args.func(args)
     except UserError as exc:
-        return _fail(args, str(exc), EXIT_USER_ERROR)
+        return _fail(args, in_flags(exc), EXIT_USER_ERROR)
     except WorkFailed as exc:
         return _fail(args, str(exc), EXIT_WORK_FAILED)
     except (KeyboardInterrupt, Terminated) as exc:
@@ -879,6 +825,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = next((line for line in str(exc).splitlines() if line.strip()), "")
         return _fail(args, f"unexpected {type(exc).__name__}: {first[:300]}", EXIT_WORK_FAILED, debug=True)
     return 0
+
+
+# The Python API's argument names whose flag is not `--` + the name with dashes.
+FLAGS = {"shapes": "--shape", "combine": "--trigger-combine", "params": "--set", "trigger_params": "--trigger-set"}
+
+
+def flag(option: str) -> str:
+    return FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
+def in_flags(exc: UserError) -> str:
+    """A user's mistake as the command line names it: the flag for the API's argument
+    (`promote_on='x': ...` is `--promote-on x: ...`; a strategy's parameter `freeze=9: ...`
+    is `--set freeze=9: ...`)."""
+    if exc.option is None:
+        return str(exc)
+    if exc.group is not None:
+        head = f"{flag(exc.group)} {exc.option}" + ("" if exc.value is None else f"={exc.value}")
+    else:
+        head = flag(exc.option) + ("" if exc.value is None else f" {exc.value}")
+    return f"{head}: {exc.problem}"
 
 
 def _stopped_by(exc: BaseException) -> tuple[str, int] | None:
@@ -941,11 +908,10 @@ def run() -> NoReturn:
 
 def _leave_ray() -> None:
     """Disconnect from Ray if this process joined it (a local Ray it started stops)."""
-    if "ray" in sys.modules:
-        from continual_trainer.cluster.runtime import disconnect
+    import continual_trainer as ct
 
-        with contextlib.suppress(Exception):
-            disconnect()
+    with contextlib.suppress(Exception):
+        ct.leave_cluster()
 
 
 def _terminate(signum: int, frame: Any) -> None:

@@ -84,12 +84,14 @@ def init_store(
     """
     loop = loop or LoopConfig()
     if not 0 <= holdout_fraction < 1:
-        raise UserError(f"--holdout {holdout_fraction}: must be in [0, 1)")
+        raise UserError.about("holdout", holdout_fraction, "must be in [0, 1)")
     architecture, model_name = _imported_model(model)
     imported = architecture is not None
     spec = ModelSpec((), "imported") if imported else ModelSpec.parse(model)
     if train_imported and not imported:
-        raise UserError("--train applies to --model FILE.keras (a recipe's network is always trained)")
+        raise UserError.about(
+            "train", None, "applies to an imported model, a .keras file (a recipe's network is always trained)"
+        )
     source = redact(data_uri)
     if data is None:
         data, table = load_table(data_uri)
@@ -170,9 +172,11 @@ def _imported_model(model: Any) -> tuple[bytes | None, str]:
         if os.path.isdir(model):
             saved = os.path.isfile(os.path.join(model, "saved_model.pb"))
             kind = "a TensorFlow SavedModel folder" if saved else "a folder"
-            raise UserError(
-                f"--model {redact(model)}: {kind}; ctrain imports a Keras model saved as one file: "
-                "model.save('model.keras') where the model was built"
+            raise UserError.about(
+                "model",
+                redact(model),
+                f"{kind}; ctrain imports a Keras model saved as one file: model.save('model.keras') where the "
+                "model was built",
             )
         if model.endswith(".keras") or "/" in model or os.path.isfile(model):
             return read_bytes(model), f"--model {redact(model)}"
@@ -263,7 +267,7 @@ def update(
     check_promote(promote, on)
     if actors > 1 and strategy.can.data_parallel is None:
         able = ", ".join(strategies.names(data_parallel="averaging") + strategies.names(data_parallel="bagging"))
-        raise UserError(f"--actors: {strategy_name} does not train data-parallel; these do: {able}")
+        raise UserError.about("actors", None, f"{strategy_name} does not train data-parallel; these do: {able}")
     data = load_update_data(
         store,
         require_new=strategy.can.trains,
@@ -286,10 +290,12 @@ def predict(
     Columns that are not features, the label included whatever its type, pass through.
     """
     if same_file(out_uri, data_uri):
-        raise UserError(f"--out {redact(out_uri)}: is the input file; choose another path")
+        raise UserError.about("out", redact(out_uri), "is the input file; choose another path")
     store = Store.open(uri)
     if store.contains(out_uri):
-        raise UserError(f"--out {redact(out_uri)}: is inside the store {store.display}; write predictions elsewhere")
+        raise UserError.about(
+            "out", redact(out_uri), f"is inside the store {store.display}; write predictions elsewhere"
+        )
     version = store.resolve(version or "current")  # an unknown version is the user's mistake, found before any work
     _, table = load_table(data_uri)
     out = predict_table(store, table, redact(data_uri), version=version, data_uri=data_uri, executor=executor)
@@ -363,9 +369,11 @@ def store_report(uri: str, out: str | None = None) -> tuple[str, list[str]]:
 
     store = Store.open(uri)
     if out is not None and store.contains(out):
-        raise UserError(
-            f"--out {redact(out)}: is inside the store {store.display}; write the report elsewhere "
-            "(without --out it goes to the store's reports/ folder)"
+        raise UserError.about(
+            "out",
+            redact(out),
+            f"is inside the store {store.display}; write the report elsewhere (without it the report goes to "
+            "the store's reports/ folder)",
         )
     files = build_report(store, history(uri))
     if out is None:
@@ -373,8 +381,8 @@ def store_report(uri: str, out: str | None = None) -> tuple[str, list[str]]:
     fs, root = resolve(out)
     through = [name for name in files if store.contains(f"{root}/{name}")]  # a link in --out into the store
     if through:
-        raise UserError(
-            f"--out {redact(out)}: {through[0]} there leads into the store {store.display}; nothing written"
+        raise UserError.about(
+            "out", redact(out), f"{through[0]} there leads into the store {store.display}; nothing written"
         )
     try:
         for name, data in files.items():
@@ -382,7 +390,7 @@ def store_report(uri: str, out: str | None = None) -> tuple[str, list[str]]:
             with fs.open_output_stream(f"{root}/{name}") as f:
                 f.write(data)
     except OSError as exc:
-        raise UserError(f"--out {out}: cannot write the report ({one_line(str(exc))})") from None
+        raise UserError.about("out", redact(out), f"cannot write the report ({one_line(str(exc))})") from None
     return redact(out), sorted(files)
 
 
@@ -444,7 +452,7 @@ def prune(uri: str, keep: int, *, dry_run: bool = False) -> list[str]:
     """`ctrain gc`: delete versions that were never promoted, except the `keep` newest of them
     and the current version's lineage; returns the versions deleted (or that would be)."""
     if keep < 0:
-        raise UserError(f"--keep {keep}: must be >= 0")
+        raise UserError.about("keep", keep, "must be >= 0")
     return Store.open(uri).prune(keep, dry_run=dry_run)
 
 
@@ -596,7 +604,7 @@ def split_file(data_uri: str, train_uri: str, holdout_uri: str, *, holdout_fract
     """Write a first batch's rows as `init` will split them (the holdout is fixed by the file's
     bytes), so the model to import can be fitted on the training part only."""
     if not 0 < holdout_fraction < 1:
-        raise UserError(f"--holdout {holdout_fraction}: must be in (0, 1)")
+        raise UserError.about("holdout", holdout_fraction, "must be in (0, 1)")
     for out in (train_uri, holdout_uri):
         if same_file(out, data_uri):
             raise UserError(f"{redact(out)}: is the input file; choose another path")

@@ -61,10 +61,12 @@ class Failure:
         message: one line for the user.
         user_error: the user's input or configuration is at fault (exit code 2; never
             retried); otherwise the work itself failed, e.g. workers died beyond retries.
+        error: the user's mistake as raised (so that the CLI can name its flag), if there was one.
     """
 
     message: str
     user_error: bool
+    error: UserError | None = None
 
 
 Outcome = TrialResult | Failure
@@ -138,12 +140,14 @@ def run_job(
         seconds = time.perf_counter() - start
         return score_candidate(data, current, candidate, seconds, extra_eval, execution, parts_of)
     except UserError as exc:
-        return Failure(str(exc), user_error=True)
+        return Failure(str(exc), user_error=True, error=exc)
 
 
 def result_or_raise(outcome: Outcome) -> TrialResult:
     """The result, or the failure raised as UserError (exit 2) or WorkFailed (exit 1)."""
     if isinstance(outcome, Failure):
+        if outcome.error is not None:
+            raise outcome.error
         raise (UserError if outcome.user_error else WorkFailed)(outcome.message)
     return outcome
 

@@ -45,9 +45,9 @@ class UpdateOutcome:
 
 def check_promote(promote: str, on: str = "holdout") -> None:
     if promote not in PROMOTE_MODES:
-        raise UserError(f"--promote {promote}: choose one of {', '.join(PROMOTE_MODES)}")
+        raise UserError.about("promote", promote, f"choose one of {', '.join(PROMOTE_MODES)}")
     if on not in JUDGED_ON:
-        raise UserError(f"--promote-on {on}: choose one of {', '.join(JUDGED_ON)}")
+        raise UserError.about("promote_on", on, f"choose one of {', '.join(JUDGED_ON)}")
 
 
 def commit(

@@ -127,7 +127,7 @@ class Policy:
         memory_budget: int | None = None,
     ) -> None:
         if on not in JUDGED_ON:
-            raise UserError(f"--promote-on {on}: choose one of {', '.join(JUDGED_ON)}")
+            raise UserError.about("promote_on", on, f"choose one of {', '.join(JUDGED_ON)}")
         self.on = on
         self.name = name
         self.seed = seed
@@ -135,12 +135,14 @@ class Policy:
         self.triggers = triggers or TriggerSet.parse("always")
         names = list(candidates) if name == "best" else [name]
         if not names:
-            raise UserError("--candidates: give at least one strategy")
+            raise UserError.about("candidates", None, "give at least one strategy")
         chosen = [strategies.get(n) for n in names]
         values = dict(values or {})
         unused = set(values) - {f for s in chosen for f in s.param_names}
         if unused:
-            raise UserError(f"--set {sorted(unused)[0]}: no strategy of the policy has this parameter")
+            raise UserError.about(
+                sorted(unused)[0], None, "no strategy of the policy has this parameter", group="params"
+            )
         self.jobs = [
             Job(s, s.make_params({k: v for k, v in values.items() if k in s.param_names}), seed) for s in chosen
         ]
@@ -232,7 +234,7 @@ def inbox_files(inbox: str) -> list[tuple[pafs.FileSystem, str]]:
     try:
         infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=False))
     except (FileNotFoundError, OSError) as exc:
-        raise UserError(f"--inbox {redact(inbox)}: cannot list ({exc})") from None
+        raise UserError.about("inbox", redact(inbox), f"cannot list ({exc})") from None
     files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
     if isinstance(fs, pafs.LocalFileSystem):  # a link could bring any readable file into the store
         links = [f for f in files if os.path.islink(f)]

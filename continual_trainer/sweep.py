@@ -10,6 +10,7 @@ or one after another in this process); nothing here touches Ray.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -143,6 +144,7 @@ class SweepResult:
 
     Attributes:
         failures: (trial id, Failure) of every trial that ended without a result in this run.
+        where: where its trials ran (`Executor.where`).
     """
 
     sweep_id: str
@@ -151,6 +153,11 @@ class SweepResult:
     trials: int
     finished: int
     failures: list[tuple[str, Failure]] = field(default_factory=list)
+    where: str = ""
+
+    def summary(self, task: str = "classification") -> list[dict[str, Any]]:
+        """`summarize` of the finished trials: mean and std over seeds, ranked."""
+        return summarize(self.table.to_pylist(), task) if self.finished else []
 
 
 def run_sweep(
@@ -171,7 +178,7 @@ def run_sweep(
     if resume:
         text = store.sweep_spec(resume)
         if text is None:
-            raise UserError(f"--resume {resume}: no such sweep in {store.display}")
+            raise UserError.about("resume", resume, f"no such sweep in {store.display}")
         spec = SweepSpec.parse(text, f"sweep {resume}'s spec")
     if spec is None:
         raise ValueError("give a spec or a sweep id to resume")
@@ -205,7 +212,7 @@ def run_sweep(
             bar.update()
 
         executor.sweep(data, stored_candidate(store, data.parent), [t.job() for t in todo], spec.settings, record)
-    result = _write_outputs(store, sweep_id, spec, failures, task, ancestors)
+    result = dataclasses.replace(_write_outputs(store, sweep_id, spec, failures, task, ancestors), where=executor.where)
     if result.finished == 0 and failures:
         first = next((f for _, f in failures if f.user_error), failures[0][1])
         message = f"sweep {sweep_id}: none of {result.trials} trials finished; first failure: {first.message}"

@@ -30,12 +30,19 @@ class MlflowMirror:
     tracking URI (and MLFLOW_TRACKING_URI) for everything that runs after it.
     """
 
-    def __init__(self, tracking_uri: str, store_uri: str, source: str = "--mlflow") -> None:
+    def __init__(self, tracking_uri: str, store_uri: str, source: str | None = None) -> None:
+        """`source`: where the URI came from, for messages (None: the `mlflow` argument)."""
+
+        def mistake(value: str | None, problem: str) -> UserError:
+            if source is None:
+                return UserError.about("mlflow", value, problem)
+            return UserError(f"{source}{'' if value is None else ' ' + value}: {problem}")
+
         try:
             from mlflow import MlflowClient
         except ImportError:
-            raise UserError(
-                f"{source}: MLflow is not installed; install the extra: pip install 'continual-trainer[mlflow]'"
+            raise mistake(
+                None, "MLflow is not installed; install the extra: pip install 'continual-trainer[mlflow]'"
             ) from None
         # MLflow retries an unreachable server for minutes by default; a mirror must not hold
         # the store's work up (a user's own settings win).
@@ -50,7 +57,7 @@ class MlflowMirror:
             found = self._client.get_experiment_by_name(name)
             self._experiment = found.experiment_id if found else self._client.create_experiment(name)
         except Exception as exc:  # MLflow raises its own types for unreachable or refused stores
-            raise UserError(f"{source} {tracking_uri}: cannot use this tracking store ({_one_line(exc)})") from None
+            raise mistake(tracking_uri, f"cannot use this tracking store ({_one_line(exc)})") from None
 
     def _run(
         self,

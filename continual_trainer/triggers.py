@@ -108,7 +108,7 @@ class Trigger:
     summary: str
 
     def make_params(self, values: Mapping[str, Any] | None = None) -> Any:
-        return P.build_for(self.name, self.params, values, "--trigger-set")
+        return P.build_for(self.name, self.params, values, "trigger_params")
 
 
 _TRIGGERS: dict[str, Trigger] = {}
@@ -128,7 +128,7 @@ def get(name: str) -> Trigger:
     try:
         return _TRIGGERS[name]
     except KeyError:
-        raise UserError(f"--trigger {name}: unknown trigger; choose from {', '.join(names())}") from None
+        raise UserError.about("trigger", name, f"unknown trigger; choose from {', '.join(names())}") from None
 
 
 def names() -> list[str]:
@@ -341,14 +341,16 @@ class TriggerSet:
     def parse(cls, text: str = "always", values: Mapping[str, Any] | None = None, combine: str = "any") -> TriggerSet:
         """`performance,features` and `--trigger-set key=value` (for each trigger that has the key)."""
         if combine not in COMBINE:
-            raise UserError(f"--trigger-combine {combine}: choose any or all")
+            raise UserError.about("combine", combine, "choose any or all")
         chosen = [get(n.strip()) for n in text.split(",") if n.strip()]
         if not chosen:
-            raise UserError("--trigger: give at least one trigger")
+            raise UserError.about("trigger", None, "give at least one trigger")
         values = dict(values or {})
         unused = set(values) - {f.name for t in chosen for f in dataclasses.fields(t.params)}
         if unused:
-            raise UserError(f"--trigger-set {sorted(unused)[0]}: no trigger of {text!r} has this parameter")
+            raise UserError.about(
+                sorted(unused)[0], None, f"no trigger of {text!r} has this parameter", group="trigger_params"
+            )
         fields = {t.name: {f.name for f in dataclasses.fields(t.params)} for t in chosen}
         made = tuple((t, t.make_params({k: v for k, v in values.items() if k in fields[t.name]})) for t in chosen)
         return cls(made, combine)

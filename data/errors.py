@@ -1,12 +1,37 @@
 """The one exception type for mistakes a user can make."""
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class UserError(Exception):
-    """Bad input from the user: a file, an option or a store they pointed us at.
+    """Bad input from the user: a file, an argument or a store they pointed us at.
 
-    The CLI prints its message as one line and exits with code 2; nothing else
-    about it is special, so library callers can catch it like any exception.
+    The CLI prints its message as one line and exits with code 2; nothing else about it is
+    special, so library callers can catch it like any exception. A mistake in one argument
+    (`UserError.about`) is worded with the Python API's name for it (`promote_on='x': ...`);
+    the CLI names the flag instead (`--promote-on x: ...`).
+
+    Attributes:
+        option: the API's name of the argument the message is about, or None.
+        value: what was given for it (None: the message is about the argument as a whole).
+        problem: what is wrong, after the argument.
+        group: for a key of a mapping argument (`params`: a strategy's parameters, given as
+            keywords in Python and with `--set` on the command line; `trigger_params`), its name.
     """
+
+    option: str | None = None
+    value: Any = None
+    problem: str = ""
+    group: str | None = None
+
+    @classmethod
+    def about(cls, option: str, value: Any, problem: str, *, group: str | None = None) -> UserError:
+        """A mistake in one argument: `option=value: problem` (`option: problem` without a value)."""
+        err = cls(f"{option}: {problem}" if value is None else f"{option}={value!r}: {problem}")
+        err.option, err.value, err.problem, err.group = option, value, problem, group
+        return err
 
 
 class NewClassesRefused(UserError):

@@ -342,14 +342,14 @@ class Schema:
         if label not in table.column_names:
             raise UserError(f"{source}: no label column {label!r}; columns are {', '.join(table.column_names)}")
         if features and ignore:
-            raise UserError("--features and --ignore: give one of them")
+            raise UserError("features and ignore: give one of them")
         others = [c for c in table.column_names if c != label and not _pandas_index(c)]
         if features:
-            names = _matching(others, features, "--features", source)
+            names = _matching(others, features, "features", source)
             kept: tuple[str, ...] = ("*",)
         else:
             kept = tuple(ignore or ())
-            skipped = _matching(others, kept, "--ignore", source) if kept else []
+            skipped = _matching(others, kept, "ignore", source) if kept else []
             names = [c for c in others if c not in skipped]
         if not names:
             raise UserError(f"{source}: no feature columns are left besides the label")
@@ -361,7 +361,7 @@ class Schema:
         shapes = dict(shapes or {})
         unknown = sorted(set(shapes) - set(names))
         if unknown:
-            raise UserError(f"--shape {unknown[0]}: no feature column of that name in {source}")
+            raise UserError.about("shapes", unknown[0], f"no feature column of that name in {source}")
         columns = [_infer_column(table, name, shapes.pop(name, None), source) for name in names]
         for c in columns:
             if c.name == NUMERIC and c.kind != "numeric":
@@ -548,7 +548,7 @@ def _matching(columns: list[str], patterns: Sequence[str], option: str, source: 
     """The columns that names or patterns select, in table order; UserError for one that selects none."""
     for p in patterns:
         if not any(fnmatch.fnmatchcase(c, p) for c in columns):
-            raise UserError(f"{option} {p}: no column of {source} matches (columns: {', '.join(columns)})")
+            raise UserError.about(option, p, f"no column of {source} matches (columns: {', '.join(columns)})")
     return [c for c in columns if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
 
 
@@ -578,7 +578,7 @@ def _infer_column(table: pa.Table, name: str, shape: tuple[int, ...] | None, sou
             f"{source}: feature {name!r} is {col.type}; features are numbers, fixed-size lists of numbers or strings"
         )
     if shape is not None and kind != "tensor":
-        raise UserError(f"--shape {name}: {name!r} is {col.type}, not a list of numbers")
+        raise UserError.about("shapes", name, f"{name!r} is {col.type}, not a list of numbers")
     if kind != "tensor":
         return Column(name, kind)
     if pa.types.is_fixed_size_list(col.type):

@@ -174,7 +174,7 @@ def _stored_training_set(
     if params.weighting == "importance":
         raise UserError(
             "weighting=importance compares every old row with the new ones in memory; it is not available above "
-            "--memory-budget (use recency, or raise the budget)"
+            "the memory budget (use recency, or raise the budget)"
         )
     if params.weighting != "recency":
         return rows, None

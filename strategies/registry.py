@@ -105,7 +105,7 @@ def get(name: str) -> Strategy:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UserError(f"--strategy {name}: unknown strategy; choose one of {', '.join(names())}") from None
+        raise UserError.about("strategy", name, f"unknown strategy; choose one of {', '.join(names())}") from None
 
 
 def names(**wanted: Any) -> list[str]:

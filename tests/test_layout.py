@@ -183,3 +183,35 @@ def test_the_layer_rules_would_catch_an_import_up_or_around() -> None:
         "continual_trainer.sweep": {"continual_trainer.data.rows"},
     }
     assert cycles(ring) == [["continual_trainer.data.rows", "continual_trainer.sweep"]]
+
+
+# What the CLI may import: the Python API (and the error types it raises), the parameter
+# constraints that validate flags, and the terminal's progress reporter. Everything else it
+# reaches through the API, which owns the wiring (executor, gate, policy, MLflow mirror).
+CLI_IMPORTS = {
+    "continual_trainer",
+    "continual_trainer.api",
+    "continual_trainer.data.errors",
+    "continual_trainer.trainer.params",
+    "continual_trainer.trainer.progress",
+}
+
+
+def cli_imports(text: str) -> set[str]:
+    """Every project module cli.py imports, at module level or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("continual_trainer"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("continual_trainer"))
+    return found
+
+
+def test_the_cli_goes_through_the_python_api() -> None:
+    assert cli_imports((ROOT / "continual_trainer" / "cli.py").read_text()) - CLI_IMPORTS == set()
+
+
+def test_the_cli_rule_would_catch_a_route_around_the_api() -> None:
+    around = "def cmd_x(args):\n    from continual_trainer.commands import predict\n"
+    assert cli_imports(around) - CLI_IMPORTS == {"continual_trainer.commands"}

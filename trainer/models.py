@@ -62,15 +62,17 @@ class ModelSpec:
             try:
                 hidden = tuple(int(s) for s in rest.split(",") if s.strip()) if rest else ()
             except ValueError:
-                raise UserError(f"--model {text!r}: hidden sizes must be whole numbers, e.g. mlp:20,10") from None
+                raise UserError.about("model", text, "hidden sizes must be whole numbers, e.g. mlp:20,10") from None
             if any(h < 1 for h in hidden):
-                raise UserError(f"--model {text!r}: hidden sizes must be >= 1")
+                raise UserError.about("model", text, "hidden sizes must be >= 1")
             return cls(hidden, "mlp")
         if rest and all(part.isidentifier() for part in [*kind.split("."), rest]):
             return cls((), "builder", text)
-        raise UserError(
-            f"--model {text!r}: unknown model family {kind!r}; use mlp:UNITS,UNITS,..., a builder "
-            "package.module:function, or a .keras file"
+        raise UserError.about(
+            "model",
+            text,
+            f"unknown model family {kind!r}; use mlp:UNITS,UNITS,..., a builder package.module:function, "
+            "or a .keras file",
         )
 
     def __str__(self) -> str:

@@ -256,18 +256,21 @@ def build(cls: type, values: Mapping[str, Any] | None) -> Any:
     return cls(**kwargs)
 
 
-def build_for(owner: str, cls: type, values: Mapping[str, Any] | None, flag: str = "--set") -> Any:
-    """`build`, with a mistake as UserError naming the flag, the key and `owner` (a registered
-    strategy or trigger) and, for an unknown key, the parameters it has."""
+def build_for(owner: str, cls: type, values: Mapping[str, Any] | None, group: str = "params") -> Any:
+    """`build`, with a mistake as UserError naming the key and `owner` (a registered strategy
+    or trigger) and, for an unknown key, the parameters it has; `group` is the API's name of
+    the mapping the values came in (`params`, `trigger_params`: see `UserError.about`)."""
     from continual_trainer.data.errors import UserError
 
     try:
         return build(cls, values)
     except KeyError as exc:
         key, known = exc.args[0], ", ".join(f.name for f in dataclasses.fields(cls)) or "none"
-        raise UserError(f"{flag} {key}: {owner} has no parameter {key!r}; its parameters: {known}") from None
+        raise UserError.about(
+            key, None, f"{owner} has no parameter {key!r}; its parameters: {known}", group=group
+        ) from None
     except ValueError as exc:
-        raise UserError(f"{flag} {owner}: {exc}") from None
+        raise UserError.about(owner, None, str(exc), group=group) from None
 
 
 def invalid_values(cls: type) -> dict[str, list[str]]:

@@ -263,3 +263,50 @@ def test_real_process_prints_one_line_and_no_traceback(tiny_store: str, write_pa
         assert proc.returncode == 2
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert "Traceback" not in proc.stderr and proc.stderr.startswith("ctrain: error: ")
+
+
+@pytest.mark.parametrize(
+    ("call", "argv", "in_python", "on_the_command_line"),
+    [
+        (
+            lambda s: s.update("retrain_everything"),
+            ["update", "--strategy", "retrain_everything"],
+            "strategy='retrain_everything': unknown strategy",
+            "--strategy retrain_everything: unknown strategy",
+        ),
+        (
+            lambda s: s.update("graft", freeze=9),
+            ["update", "--strategy", "graft", "--set", "freeze=9"],
+            "freeze=9: the current model has only 2 hidden layers",
+            "--set freeze=9: the current model has only 2 hidden layers",
+        ),
+        (
+            lambda s: s.update("fresh_new", epochz=3),
+            ["update", "--strategy", "fresh_new", "--set", "epochz=3"],
+            "epochz: fresh_new has no parameter 'epochz'",
+            "--set epochz: fresh_new has no parameter 'epochz'",
+        ),
+        (
+            lambda s: s.sweep(resume="sweep-nope"),
+            ["sweep", "--resume", "sweep-nope", "--local"],
+            "resume='sweep-nope': no such sweep",
+            "--resume sweep-nope: no such sweep",
+        ),
+        (
+            lambda s: s.stream("/no/such/inbox", trigger="vibes"),
+            ["stream", "--inbox", "/no/such/inbox", "--trigger", "vibes", "--once"],
+            "trigger='vibes': unknown trigger",
+            "--trigger vibes: unknown trigger",
+        ),
+    ],
+)
+def test_mistakes_name_the_api_argument_in_python_and_the_flag_on_the_command_line(
+    call, argv: list[str], in_python: str, on_the_command_line: str, tiny_store: str, capsys
+) -> None:
+    import continual_trainer as ct
+
+    with pytest.raises(ct.UserError) as raised:
+        call(ct.open_store(tiny_store))
+    assert str(raised.value).startswith(in_python) and "--" not in str(raised.value), raised.value
+    code, _, err = run(capsys, argv[0], "--store", tiny_store, *argv[1:])
+    assert code == 2 and err.startswith(f"ctrain: error: {on_the_command_line}"), err

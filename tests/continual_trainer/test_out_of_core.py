@@ -58,7 +58,7 @@ def test_an_update_over_the_budget_trains_from_the_store_as_well(stores, capsys,
     ct.open_store(stores[1]).update("fresh_all", memory_budget="1KB", epochs=3, weighting="recency", promote="never")
     # Early stopping on a share of the training rows set aside (and read into memory).
     ct.open_store(stores[1]).update("finetune_new", memory_budget="1KB", epochs=50, patience=2, promote="never")
-    with pytest.raises(UserError, match=r"weighting=importance .* --memory-budget"):
+    with pytest.raises(UserError, match=r"weighting=importance .* above the memory budget"):
         ct.open_store(stores[1]).update("finetune_all", memory_budget=1000, weighting="importance", promote="never")
 
 
