@@ -40,6 +40,7 @@ from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
 from continual_trainer.trainer import params as P
 from continual_trainer.trainer.params import Boolean, Choice, Interval, Params, param
+from continual_trainer.trainer.registry import Registry
 
 COMBINE = ("any", "all")
 MAX_SAMPLE = 2000  # rows of each side the feature tests use at most (seeded)
@@ -111,28 +112,25 @@ class Trigger:
         return P.build_for(self.name, self.params, values, "trigger_params")
 
 
-_TRIGGERS: dict[str, Trigger] = {}
+_TRIGGERS = Registry[Trigger]("trigger", "trigger")
 
 
 def register(name: str, params: type, summary: str) -> Callable[[TriggerFn], TriggerFn]:
+    """Register `fn(observation, params, state) -> Decision` under `name`."""
+
     def decorate(fn: TriggerFn) -> TriggerFn:
-        if name in _TRIGGERS:
-            raise ValueError(f"trigger {name!r} is already registered")
-        _TRIGGERS[name] = Trigger(name, params, fn, summary)
+        _TRIGGERS.add(name, Trigger(name, params, fn, summary))
         return fn
 
     return decorate
 
 
 def get(name: str) -> Trigger:
-    try:
-        return _TRIGGERS[name]
-    except KeyError:
-        raise UserError.about("trigger", name, f"unknown trigger; choose from {', '.join(names())}") from None
+    return _TRIGGERS.get(name)
 
 
 def names() -> list[str]:
-    return list(_TRIGGERS)
+    return _TRIGGERS.names()
 
 
 # -- the triggers ---------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from continual_trainer.data.errors import UserError
 from continual_trainer.trainer import params as P
+from continual_trainer.trainer.registry import Registry
 
 if TYPE_CHECKING:
     from continual_trainer.strategies.base import UpdateInputs
@@ -82,7 +82,7 @@ class Strategy:
         return P.build_for(self.name, self.params, values)
 
 
-_REGISTRY: dict[str, Strategy] = {}
+_REGISTRY = Registry[Strategy]("strategy", "strategy")
 
 
 def register(
@@ -91,21 +91,16 @@ def register(
     """Register `fn(inputs, params) -> Candidate` under `name`; a duplicate name is an error."""
 
     def decorate(fn: StrategyFn) -> StrategyFn:
-        if name in _REGISTRY:
-            raise ValueError(f"strategy {name!r} is already registered")
         if not dataclasses.is_dataclass(params):
             raise TypeError(f"parameters of {name!r} must be a dataclass")
-        _REGISTRY[name] = Strategy(name, params, fn, summary, can)
+        _REGISTRY.add(name, Strategy(name, params, fn, summary, can))
         return fn
 
     return decorate
 
 
 def get(name: str) -> Strategy:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UserError.about("strategy", name, f"unknown strategy; choose one of {', '.join(names())}") from None
+    return _REGISTRY.get(name)
 
 
 def names(**wanted: Any) -> list[str]:
@@ -113,4 +108,4 @@ def names(**wanted: Any) -> list[str]:
 
     `names(learns_new_classes=True)` lists the strategies that can learn new classes.
     """
-    return [n for n, s in _REGISTRY.items() if all(getattr(s.can, k) == v for k, v in wanted.items())]
+    return [s.name for s in _REGISTRY if all(getattr(s.can, k) == v for k, v in wanted.items())]

@@ -54,7 +54,7 @@ def crash_strategy():
 
     strategies.register("crash_once", CrashParams, "test: os._exit on the first attempt")(crash_once)
     yield "crash_once"
-    registry._REGISTRY.pop("crash_once")
+    registry._REGISTRY.remove("crash_once")
 
 
 @pytest.mark.slow

@@ -73,7 +73,7 @@ def in_memory_only():
 
     strategies.register("whole_rows", strategies.get("keep").params, "test: needs its rows in memory")(whole_rows)
     yield "whole_rows"
-    registry._REGISTRY.pop("whole_rows")
+    registry._REGISTRY.remove("whole_rows")
 
 
 def test_an_update_that_cannot_read_in_pieces_says_so(stores, capsys, in_memory_only: str) -> None:

@@ -58,7 +58,7 @@ def test_triggers_are_registered_with_declared_parameters() -> None:
         trigger = T.get(name)
         for f in trigger.params.__dataclass_fields__:
             assert P.constraint_of(trigger.params, f) is not None, f"{name}.{f}"
-    with pytest.raises(UserError, match="unknown trigger; choose from always, every"):
+    with pytest.raises(UserError, match="unknown trigger; choose one of always, every"):
         T.get("vibes")
     with pytest.raises(UserError, match=r"^nope: no trigger"):
         T.TriggerSet.parse("performance", {"nope": "1"})
