@@ -101,9 +101,9 @@ def save_candidate(store: Store, version: str, candidate: Candidate, manifest: M
     extra = {names[key]: array_bytes(candidate.state[key]) for key in names}
     state = dict(manifest.state)
     if names:
-        from continual_trainer.strategies.memory import summary
+        from continual_trainer.strategies.registry import describe_state
 
-        state.update({"files": names, **summary(candidate.state, store.batch_ids())})
+        state.update({"files": names, **describe_state(candidate.state, store.batch_ids())})
     manifest = dataclasses.replace(
         manifest,
         classes=tuple(store.schema.classes),

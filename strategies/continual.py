@@ -13,7 +13,7 @@ new version's state: `replay` and `der` a bounded memory of old rows (`strategie
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
 from continual_trainer.strategies.base import FinetuneRecipe, TrainParams, UpdateInputs, train_rows, training_set
 from continual_trainer.strategies.memory import SELECTIONS, Memory, has_memory, logits_of, pad_logits, select
-from continual_trainer.strategies.registry import Capabilities, register
+from continual_trainer.strategies.registry import Capabilities, describes_state, register
 from continual_trainer.strategies.transfer import single_network, with_classes
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.loop import LogitMatch, distill_targets
@@ -35,6 +35,15 @@ if TYPE_CHECKING:
     import keras
 
 FISHER = "fisher."
+
+
+@describes_state
+def _fisher_summary(state: Mapping[str, np.ndarray], batch_ids: Sequence[str]) -> dict[str, Any]:
+    """EWC's Fisher information a version keeps, for its manifest: how many arrays and values."""
+    fisher = [k for k in state if k.startswith(FISHER)]
+    return {"fisher": {"arrays": len(fisher), "values": int(sum(state[k].size for k in fisher))}} if fisher else {}
+
+
 CONTINUAL = Capabilities(
     learns_new_classes=True, in_pieces=True, starts_from="current"
 )  # also on rows left in the store

@@ -23,6 +23,7 @@ import numpy as np
 
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
+from continual_trainer.strategies.registry import describes_state
 
 if TYPE_CHECKING:
     import keras
@@ -170,13 +171,10 @@ def logits_of(model: keras.Model, x: Mapping[str, np.ndarray], regression: bool 
     return np.log(np.clip(out, 1e-7, None)).astype(np.float32)
 
 
+@describes_state
 def summary(state: Mapping[str, np.ndarray], batch_ids: Sequence[str]) -> dict[str, Any]:
-    """What a version's state holds, for its manifest: the memory's rows, rows offered and rows
-    per batch; how many Fisher information arrays."""
+    """The memory a version keeps, for its manifest: its rows, rows offered, rows per batch."""
     out: dict[str, Any] = {}
-    fisher = [k for k in state if k.startswith("fisher.")]
-    if fisher:
-        out["fisher"] = {"arrays": len(fisher), "values": int(sum(state[k].size for k in fisher))}
     memory = Memory.from_state(state)
     if memory is None:
         return out

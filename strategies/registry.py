@@ -7,7 +7,7 @@ when it registered (`Capabilities`), as scikit-learn's tags and river's `_tags` 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -109,3 +109,25 @@ def names(**wanted: Any) -> list[str]:
     `names(learns_new_classes=True)` lists the strategies that can learn new classes.
     """
     return [s.name for s in _REGISTRY if all(getattr(s.can, k) == v for k, v in wanted.items())]
+
+
+# What a version's state (a strategy's arrays kept beside its members: a replay memory,
+# Fisher information) holds, for its manifest. Each module that writes state keys registers
+# one describer for them; the pipeline asks `describe_state`, never a strategy by name.
+StateDescriber = Callable[[Mapping[str, Any], Sequence[str]], dict[str, Any]]
+_DESCRIBERS: list[StateDescriber] = []
+
+
+def describes_state(fn: StateDescriber) -> StateDescriber:
+    """Register `fn(state, batch_ids) -> {section: summary}` (empty if none of its keys are there)."""
+    _DESCRIBERS.append(fn)
+    return fn
+
+
+def describe_state(state: Mapping[str, Any], batch_ids: Sequence[str]) -> dict[str, Any]:
+    """Every registered describer's sections for `state` (`batch_ids`: every batch in
+    ingestion order, which a row's `order` indexes)."""
+    out: dict[str, Any] = {}
+    for describe in _DESCRIBERS:
+        out.update(describe(state, batch_ids))
+    return out
