@@ -31,7 +31,7 @@ def test_a_read_only_or_full_disk_is_one_line(
     def refuse(directory: str, data: bytes) -> str:
         raise OSError(number, text, f"{directory}/.tmp-x")
 
-    monkeypatch.setattr("continual_trainer.data.storage.write_temp", refuse)  # locks, claims and files alike
+    monkeypatch.setattr("continual_trainer.data.store.core.write_temp", refuse)  # locks, claims and files alike
     for argv in (
         ["ingest", "--store", tiny_store, new],
         ["update", "--store", tiny_store, "--strategy", "finetune_new", "--set", "epochs=1"],
