@@ -218,8 +218,7 @@ def finetune_averaged(
         config = params.loop_config()
         model_ref = ray.put(to_bytes(current.members[0]))
         parts = list(_parts(rows, weights, actors, seed))
-        if isinstance(rows, StoredUnion):  # checked here while the actors start, not by each of them
-            rows.verify()
+        rows.verify()  # stored rows: checked here while the actors start, not by each of them
         checked = verified()
         trainers = pool[: len(parts)]  # fewer shards than actors: fewer row groups than actors
 
@@ -309,8 +308,7 @@ def bagged_ensemble(data: UpdateData, current: Candidate, params: Any, seed: int
 
     inputs = data.inputs(current, seed)
     rows, weights = training_set(inputs, params)
-    if isinstance(rows, StoredUnion):
-        rows.verify()  # once here, not by each actor
+    rows.verify()  # stored rows: once here, not by each actor
     # New members read the data as it is now: input statistics over the whole training set.
     pieces = rows.chunks()
     shipped = ray.put(dataclasses.replace(data, input_spec=with_statistics(data.input_spec, pieces)))

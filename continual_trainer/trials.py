@@ -118,7 +118,7 @@ def _parts_in_pieces(
     target for regression), the rows' batch orders and how many rows had no finite prediction;
     each batch is predicted once per `cache` (the holdout and its old and new parts share it)."""
     out, orders, bad = [], [], 0
-    for part in rows.parts if isinstance(rows, StoredUnion) else (rows,):
+    for part in StoredUnion.of(rows).parts:
         for single in part.per_batch():
             order = single.orders[0]
             key = (single.part, single.batch_ids[0], single.fraction, single.seed, single.shard, single.validation)

@@ -101,6 +101,10 @@ class StoredRows:
             start += rows
         return groups
 
+    def verify(self) -> None:
+        """Check these rows' batch files against their sha256 now (see `StoredUnion.verify`)."""
+        StoredUnion.of(self).verify()
+
     def sampled(self, fraction: float, seed: int) -> StoredRows:
         """These rows, each kept with probability `fraction` by a draw `seed` fixes (fractions
         multiply; the draw replaces the earlier one)."""

@@ -76,6 +76,10 @@ class Rows:
         """These rows (rows left in the store read theirs into memory)."""
         return self
 
+    def verify(self) -> None:
+        """Nothing to check: rows in memory were checked when read (rows left in the store
+        check their batch files' sha256 now, once for every actor that will read them)."""
+
     def matrix(self) -> np.ndarray:
         """The numeric and tensor inputs flattened side by side as one float matrix (for
         models outside the network, such as a domain classifier); strings are left out."""

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from continual_trainer.data.chunks import StoredRows, StoredUnion
 from continual_trainer.data.errors import UserError
 from continual_trainer.strategies.base import TrainAllParams, TrainParams, UpdateInputs, fit_fresh
 from continual_trainer.strategies.registry import Capabilities, register
@@ -55,9 +54,7 @@ def combine(inputs: UpdateInputs, new: tuple[keras.Model, ...], params: Ensemble
     if params.ensemble_weights == "fitted":
         if len(inputs.holdout) == 0:
             raise UserError("ensemble_weights=fitted needs held-out rows, and this store's holdout_fraction is 0")
-        holdout = inputs.holdout
-        if isinstance(holdout, StoredRows | StoredUnion):  # left in the store: the fit needs every row
-            holdout = holdout.load()
+        holdout = inputs.holdout.load()  # left in the store: read, the fit needs every row
         x, y = holdout.x, holdout.y
         if inputs.regression:
             weights = fitted_weights([member_output(m, x)[:, 0] for m in members], y, regression=True)

@@ -78,7 +78,12 @@ def _frozen_body(
     # lookup's vocabulary) is the data's and neither counts as a layer nor becomes trainable.
     body = [layer for layer in model.layers if layer is not head and layer.weights and not is_preprocessing(layer)]
     if freeze > len(body):
-        raise UserError.about("freeze", freeze, f"the current model has only {len(body)} hidden layers", group="params")
+        raise UserError.about(
+            "freeze",
+            freeze,
+            f"the current model has only {len(body)} hidden layer{'' if len(body) == 1 else 's'}",
+            group="params",
+        )
     n_frozen = len(body) if freeze == -1 else freeze
     for i, layer in enumerate(body):
         layer.trainable = i >= n_frozen
