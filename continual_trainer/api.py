@@ -339,7 +339,8 @@ class ModelStore:
         interval: float = 5.0,
         on_where: Callable[[str], None] | None = None,
         on_event: Callable[[StreamEvent], None] | None = None,
-        **params: Any,
+        params: Mapping[str, Any] | None = None,
+        **more_params: Any,
     ) -> list[dict[str, Any]]:
         """Process every Parquet file in `inbox` not processed before, once each: ingest it,
         ask the triggers, and when they fire run the policy and promote its winner by the
@@ -360,7 +361,8 @@ class ModelStore:
             on_where: called with where the work runs: before the first file (as planned),
                 and again at the end (where it ran: e.g. a local Ray, if one was started).
             on_event: called with each file's event (a `StreamEvent`) as it is recorded.
-            **params: strategy parameters, for each strategy of the policy that has them.
+            params, **more_params: strategy parameters, for each strategy of the policy that has
+                them (as a mapping, e.g. from a command line, and as keywords).
         """
         from dataclasses import asdict
 
@@ -376,7 +378,7 @@ class ModelStore:
             policy,
             DEFAULT_CANDIDATES if candidates is None else list(candidates),
             seed,
-            params,
+            {**(params or {}), **more_params},
             gate,
             triggers,
             promote_on,

@@ -501,7 +501,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
         interval=args.interval,
         on_where=at,
         on_event=on_event,
-        **_settings(args.set),
+        params=_settings(args.set),
     )
     if events and all(e.status in ("rejected", "failed") for e in events):
         raise UserError(f"none of the {len(events)} new file(s) was learned; first: {events[0].line()}")

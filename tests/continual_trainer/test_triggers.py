@@ -223,6 +223,8 @@ def test_stream_trigger_flags_are_checked(store_of_table0: str, tmp_path: Path, 
         (["--trigger", "vibes"], "unknown trigger"),
         (["--trigger", "features", "--trigger-set", "alpha=2"], "alpha must be"),
         (["--trigger", "every", "--trigger-set", "drop=1"], "no trigger of 'every' has"),
+        (["--set", "seed=1"], "--set seed: no strategy of the policy has this parameter"),  # a name the API takes too
+        (["--set", "once=1"], "--set once: no strategy of the policy has this parameter"),
     ):
         assert main(base + extra) == 2
         err = capsys.readouterr().err
