@@ -507,7 +507,9 @@ class ModelStore:
     @property
     def display(self) -> str:
         """The store's location for messages (credentials removed)."""
-        return str(self._store().display)
+        from continual_trainer.data.parquet import redact
+
+        return redact(self.uri)
 
     def load_model(self, version: str = "current") -> keras.Model:
         """A version as one Keras model (default: the current one): a single network as it is,

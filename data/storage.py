@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import socket
 import time
@@ -43,8 +42,6 @@ from continual_trainer.data.store.runs import Runs
 from continual_trainer.data.store.versions import _VERSION_MARKER, VersionGone, Versions
 
 __all__ = ["NotAStore", "Store", "StoreMeta", "VersionGone", "batch_name", "sha256", "trust", "utc_stamp", "verified"]
-
-log = logging.getLogger(__name__)
 
 _ARCHITECTURE = "architecture.keras"
 
