@@ -12,7 +12,7 @@ from continual_trainer.data.chunks import RowSource, StoredRows, StoredUnion
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows, with_statistics
 from continual_trainer.data.sampling import importance_weights, recency_weights, sample
-from continual_trainer.trainer.loop import LoopConfig, train, train_stream
+from continual_trainer.trainer.loop import LoopConfig, LossHook, train, train_stream
 from continual_trainer.trainer.models import ModelSpec, build_model, feed
 from continual_trainer.trainer.params import Choice, Interval, Params, Rule, param
 
@@ -210,16 +210,15 @@ def train_rows(
     seed_offset: int = 0,
     spread: tuple[Rows, np.ndarray] | None = None,
     relabel: Callable[[Rows], np.ndarray] | None = None,
-    distilled: bool = False,
-    **loop: Any,
+    hooks: tuple[LossHook, ...] = (),
 ) -> None:
     """Train `model` in place on `rows` with the loop settings of `config` and the update's
-    seed and task; `loop` passes more to `trainer.loop.train` (a penalty, a logit match).
+    seed and task; `hooks` are what the strategy adds to the loop's loss (`loop.LossHook`: a
+    penalty, a logit match; with per-row columns, the targets come laid out beside them).
     Rows left in the store (`data.chunks`) are read a chunk at a time (`loop.train_stream`),
     with `weights` then a function of the rows' batch order, or None, and `spread` rows held
     in memory with their weights mixed into every pass (see `passes_over`). `relabel` gives
-    the targets to train towards from the rows (e.g. a teacher's soft targets), piece by piece;
-    `distilled`: those targets carry a logit-matching term (`loop.distill_targets`)."""
+    the targets to train towards from the rows (e.g. a teacher's soft targets), piece by piece."""
     if not isinstance(rows, Rows):
         if weights is not None and not callable(weights):
             raise TypeError("rows left in the store are weighted by a function of their batch order")
@@ -236,10 +235,10 @@ def train_rows(
             passes_over(model, rows, weights, seed, spread, relabel),
             settings,
             seed=seed,
-            task="distill" if distilled else "regression" if inputs.regression else "classification",
+            task="regression" if inputs.regression else "classification",
             target_std=inputs.target[1] if inputs.target else 1.0,
             validation=validation,
-            **loop,
+            hooks=hooks,
         )
         return
     if callable(weights):
@@ -258,7 +257,7 @@ def train_rows(
         seed=inputs.seed + seed_offset,
         task="regression" if inputs.regression else "classification",
         target_std=inputs.target[1] if inputs.target else 1.0,
-        **loop,
+        hooks=hooks,
     )
 
 

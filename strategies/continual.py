@@ -27,7 +27,7 @@ from continual_trainer.strategies.memory import SELECTIONS, Memory, has_memory, 
 from continual_trainer.strategies.registry import Capabilities, describes_state, register
 from continual_trainer.strategies.transfer import single_network, with_classes
 from continual_trainer.trainer.candidate import Candidate
-from continual_trainer.trainer.loop import LogitMatch, distill_targets
+from continual_trainer.trainer.loop import LogitMatch, Penalty, lay_out
 from continual_trainer.trainer.models import feed
 from continual_trainer.trainer.params import Choice, Interval, Params, param
 
@@ -187,10 +187,12 @@ def der(inputs: UpdateInputs, params: DerParams) -> Candidate:
         train_rows(model, inputs, rows, params, weights)
     else:
         units = int(model.outputs[0].shape[-1])
-        targets = np.concatenate([np.full((n_new, units), np.nan, np.float32), _unit_logits(memory.logits, units)])
-        ce = np.concatenate([np.ones(n_new, np.float32), np.full(n_mem, params.beta, np.float32)])
-        match = np.concatenate([np.zeros(n_new, np.float32), np.full(n_mem, params.alpha, np.float32)])
-        train_rows(model, inputs, rows, params, weights, logit_match=LogitMatch(targets, match, ce))
+        matched = LogitMatch.columns(
+            _unit_logits(memory.logits, units), np.full(n_mem, params.alpha), np.full(n_mem, params.beta)
+        )
+        columns = np.concatenate([LogitMatch.unmatched(n_new, units), matched])
+        rows = Rows(rows.x, lay_out(rows.y, units, [columns]), rows.order)
+        train_rows(model, inputs, rows, params, weights, hooks=(LogitMatch(),))
     new_logits = logits_of(model, inputs.new.x, inputs.regression)
     kept = select(memory, inputs.new, params.memory_size, params.selection, inputs.seed + 4, new_logits)
     return Candidate((model,), (1.0,), kept.to_state())
@@ -218,16 +220,14 @@ def _der_in_pieces(
         units = int(model.outputs[0].shape[-1])
 
         def labels_only(part: Rows) -> np.ndarray:
-            n = len(part)
-            unmatched = LogitMatch(np.full((n, units), np.nan, np.float32), np.zeros(n, np.float32), np.ones(n))
-            return distill_targets(part.y, units, unmatched)
+            return lay_out(part.y, units, [LogitMatch.unmatched(len(part), units)])
 
-        match = LogitMatch(
+        match = LogitMatch.columns(
             _unit_logits(memory.logits, units), np.full(n_mem, params.alpha), np.full(n_mem, params.beta)
         )
-        kept = Rows(memory.rows.x, distill_targets(memory.rows.y, units, match), memory.rows.order)
+        kept = Rows(memory.rows.x, lay_out(memory.rows.y, units, [match]), memory.rows.order)
         spread = (kept, np.full(n_mem, memory_weight, np.float32))
-        train_rows(model, inputs, new, params, weights, spread=spread, relabel=labels_only, distilled=True)
+        train_rows(model, inputs, new, params, weights, spread=spread, relabel=labels_only, hooks=(LogitMatch(),))
     logits = lambda x: logits_of(model, x, inputs.regression)  # noqa: E731
     return Candidate((model,), (1.0,), _offered(memory, new, params, inputs.seed + 4, logits).to_state())
 
@@ -311,7 +311,7 @@ def ewc(inputs: UpdateInputs, params: EwcParams) -> Candidate:
         )
 
     rows, weights = training_set(inputs, params)
-    train_rows(model, inputs, rows, params, weights, extra_loss=penalty)
+    train_rows(model, inputs, rows, params, weights, hooks=(Penalty(penalty),))
     own = fisher(model, _sample(rows, params.fisher_rows, inputs.seed + 6), inputs)
     state = {f"{FISHER}{i}": (f + g).astype(np.float32) for i, (f, g) in enumerate(zip(before, own, strict=True))}
     return Candidate((model,), (1.0,), state)

@@ -31,7 +31,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -114,57 +114,150 @@ class _LayerShape:
     trainable: bool
 
 
-ExtraLoss = Callable[[list["tf.Variable"]], "tf.Tensor"]
-LABEL_MODES = ("binary", "sparse", "soft", "mse", "distill")
+LABEL_MODES = ("binary", "sparse", "soft", "mse")
+
+
+class LossHook:
+    """What a strategy adds to the loop's loss, as Avalanche's plugins add a term before the
+    backward pass: per-row target columns and the row's loss given them, a term added to
+    every batch's loss, or both. The loop knows no strategy; a strategy hands it hooks.
+
+    Per-row columns: `width(units)` columns per row, laid beside the labels by the caller
+    (`lay_out`), in the order of the hooks; `row_loss` turns the head's base loss into the
+    row's loss, `held_out_rows` does the same in NumPy for early stopping's held-out loss.
+    A term: `adds_term` and `term(variables)`, given the trainable variables in the model's
+    `trainable_variables` order.
+
+    Hooks are part of the compiled loop's cache key: equal hooks share one trace (a stateless
+    hook traces once per process), a hook compared by identity (`eq=False`) traces once for
+    itself, as a penalty closing over this update's constants must.
+    """
+
+    adds_term: ClassVar[bool] = False
+
+    def width(self, units: int) -> int:
+        return 0
+
+    def row_loss(self, base: Any, logits: Any, columns: Any, units: int) -> Any:
+        return base
+
+    def held_out_rows(self, base: np.ndarray, columns: np.ndarray, units: int) -> np.ndarray:
+        return base
+
+    def term(self, variables: list[Any]) -> Any:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, eq=False)
+class Penalty(LossHook):
+    """A term added to every batch's loss, e.g. an EWC penalty: `fn(trainable variables)`."""
+
+    fn: Callable[[list[Any]], Any]
+    adds_term: ClassVar[bool] = True
+
+    def term(self, variables: list[Any]) -> Any:
+        return self.fn(variables)
 
 
 @dataclass(frozen=True)
-class LogitMatch:
-    """Dark experience replay's term: per row, `weight` times the mean squared distance
-    between the model's logits and `targets` over the classes whose target is not NaN.
+class LogitMatch(LossHook):
+    """Dark experience replay's term: per row, a weight times the mean squared distance
+    between the model's logits and target logits over the classes whose target is not NaN.
 
     For a softmax head both sides are centred over those classes first, so logits and
     log-probabilities (logits up to a per-row constant) compare. With it, the row's
-    classification loss is scaled by `ce_weight` (0 for rows that are only matched).
+    classification loss is scaled by a weight of its own (0 for rows that are only matched).
+    A row's columns (`columns`): [target logits, their mask, cross-entropy weight, match weight].
     """
 
-    targets: np.ndarray  # (n, units), NaN for classes the stored model did not know
-    weight: np.ndarray  # (n,)
-    ce_weight: np.ndarray  # (n,)
+    def width(self, units: int) -> int:
+        return 2 * units + 2
+
+    @staticmethod
+    def columns(targets: np.ndarray, weight: np.ndarray, ce_weight: np.ndarray) -> np.ndarray:
+        """Rows' columns: `targets` (n, units), NaN for classes the stored model did not know;
+        the match's `weight` and the cross-entropy's `ce_weight`, (n,) each."""
+        mask = np.isfinite(targets)
+        return np.concatenate(
+            [np.where(mask, targets, 0), mask, np.asarray(ce_weight)[:, None], np.asarray(weight)[:, None]], axis=1
+        ).astype(np.float32)
+
+    @staticmethod
+    def unmatched(n: int, units: int) -> np.ndarray:
+        """Columns of `n` rows trained on their labels only."""
+        return LogitMatch.columns(np.full((n, units), np.nan, np.float32), np.zeros(n, np.float32), np.ones(n))
+
+    def row_loss(self, base: Any, logits: Any, columns: Any, units: int) -> Any:
+        import tensorflow as tf
+
+        target, mask = columns[:, :units], columns[:, units : 2 * units]
+        count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+        z = logits
+        if units > 1:
+            z = z - tf.reduce_sum(mask * z, axis=1, keepdims=True) / count
+            target = target - tf.reduce_sum(mask * target, axis=1, keepdims=True) / count
+        match = tf.reduce_sum(mask * tf.square(z - target), axis=1) / count[:, 0]
+        return columns[:, 2 * units] * base + columns[:, 2 * units + 1] * match
+
+    def held_out_rows(self, base: np.ndarray, columns: np.ndarray, units: int) -> np.ndarray:
+        return base * columns[:, 2 * units]
+
+
+def lay_out(y: np.ndarray, units: int, columns: list[np.ndarray]) -> np.ndarray:
+    """Labels (class indices or probabilities) as float columns, one per output unit, with
+    hooks' per-row `columns` beside them in the order of the hooks (see `LossHook`)."""
+    if y.ndim == 1:
+        y = y[:, None].astype(np.float32) if units == 1 else np.eye(units, dtype=np.float32)[y.astype(np.int64)]
+    return np.concatenate([y, *columns], axis=1).astype(np.float32)
+
+
+def _hook_widths(hooks: tuple[LossHook, ...], units: int) -> list[int]:
+    return [h.width(units) for h in hooks]
+
+
+def _hooked(per_row: Callable[[Any, Any, Any], Any], hooks: tuple[LossHook, ...], units: int) -> Any:
+    """`per_row(labels, logits, output)` with the hooks' row losses applied in turn (their
+    columns sliced from the laid-out targets); `per_row` itself if no hook has columns."""
+    widths = _hook_widths(hooks, units)
+    if not any(widths):
+        return per_row
+
+    def loss(y: Any, z: Any, out: Any) -> Any:
+        rows, at = per_row(y[:, :units], z, out), units
+        for hook, w in zip(hooks, widths, strict=True):
+            if w:
+                rows, at = hook.row_loss(rows, z, y[:, at : at + w], units), at + w
+        return rows
+
+    return loss
+
+
+def _term(hooks: tuple[LossHook, ...]) -> Callable[[list[Any]], Any] | None:
+    """The hooks' terms summed, or None if none adds one."""
+    import tensorflow as tf
+
+    adding = [h for h in hooks if h.adds_term]
+    if not adding:
+        return None
+    return lambda variables: tf.add_n([h.term(variables) for h in adding])
 
 
 def label_mode(model: keras.Model, y: np.ndarray, task: str = "classification") -> str:
     """How the targets meet the model's output: `binary` (one sigmoid unit), `sparse` (class
-    indices for a softmax), `soft` (class probabilities, as in distillation) or `mse`."""
+    indices for a softmax), `soft` (class probabilities, as in distillation, or labels laid
+    out beside hooks' columns) or `mse`."""
     if task == "regression":
         return "mse"
-    if task == "distill":
-        return "distill"
     if output_units(model) == 1:
         return "binary"
     return "soft" if y.ndim == 2 else "sparse"
-
-
-def distill_targets(y: np.ndarray, units: int, match: LogitMatch) -> np.ndarray:
-    """Labels with their logit-matching term side by side, as `train` lays them out, for
-    `train_stream(task="distill")`."""
-    return _targets(y, "distill", units, match)
 
 
 def output_units(model: keras.Model) -> int:
     return int(model.outputs[0].shape[-1])
 
 
-def _targets(y: np.ndarray, mode: str, units: int = 1, match: LogitMatch | None = None) -> np.ndarray:
-    if mode == "distill":  # [targets, logit targets, their mask, ce weight, match weight] side by side
-        if match is None:  # already side by side (rows trained in pieces: see `distill_targets`)
-            return y.astype(np.float32)
-        if y.ndim == 1:
-            y = y[:, None].astype(np.float32) if units == 1 else np.eye(units, dtype=np.float32)[y.astype(np.int64)]
-        mask = np.isfinite(match.targets)
-        return np.concatenate(
-            [y, np.where(mask, match.targets, 0), mask, match.ce_weight[:, None], match.weight[:, None]], axis=1
-        ).astype(np.float32)
+def _targets(y: np.ndarray, mode: str) -> np.ndarray:
     if mode == "sparse":
         return y.astype(np.int32)
     y = y.astype(np.float32)
@@ -205,7 +298,6 @@ def _dense_structure(model: keras.Model, mode: str) -> tuple[tuple[_LayerShape, 
         "sparse": ("softmax",),
         "soft": ("softmax",),
         "mse": ("linear",),
-        "distill": ("sigmoid", "softmax"),
     }[mode]
     if not shapes or shapes[-1].activation not in head or len(model.inputs) != 1:
         return None
@@ -255,17 +347,10 @@ def _trainable_index(shapes: tuple[_LayerShape, ...]) -> list[int]:
     return index
 
 
-def _dense_loss(mode: str, units: int = 1) -> Callable[[Any, Any], Any]:
+def _dense_loss(mode: str) -> Callable[[Any, Any], Any]:
     """Per-row loss from the head's pre-activation, as Keras computes it for that head."""
     import tensorflow as tf
 
-    if mode == "distill":
-
-        def distill(y: Any, z: Any) -> Any:
-            head = "binary" if units == 1 else "soft"
-            return _distill_loss(y, z, units, _dense_loss(head)(y[:, :units], z))
-
-        return distill
     if mode == "binary":
         return lambda y, z: tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z)[:, 0]
     if mode == "sparse":
@@ -275,40 +360,21 @@ def _dense_loss(mode: str, units: int = 1) -> Callable[[Any, Any], Any]:
     return lambda y, z: tf.reduce_mean(tf.square(z - y), axis=-1)
 
 
-def _distill_loss(y: Any, z: Any, units: int, ce: Any) -> Any:
-    """`ce_weight * ce + weight * (centred) squared logit distance`, per row (see LogitMatch)."""
-    import tensorflow as tf
-
-    target, mask = y[:, units : 2 * units], y[:, 2 * units : 3 * units]
-    count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
-    if units > 1:
-        z = z - tf.reduce_sum(mask * z, axis=1, keepdims=True) / count
-        target = target - tf.reduce_sum(mask * target, axis=1, keepdims=True) / count
-    match = tf.reduce_sum(mask * tf.square(z - target), axis=1) / count[:, 0]
-    return y[:, 3 * units] * ce + y[:, 3 * units + 1] * match
-
-
 @functools.lru_cache(maxsize=64)
-def _cached_dense_fn(shapes: tuple[_LayerShape, ...], mode: str, optimizer: str, weighted: bool, units: int = 1) -> Any:
-    return _make_dense_fn(shapes, mode, optimizer, weighted, None, units)
-
-
-def _make_dense_fn(
-    shapes: tuple[_LayerShape, ...],
-    mode: str,
-    optimizer: str,
-    weighted: bool,
-    extra_loss: ExtraLoss | None,
-    units: int = 1,
+def _dense_fn(
+    shapes: tuple[_LayerShape, ...], mode: str, optimizer: str, weighted: bool, hooks: tuple[LossHook, ...], units: int
 ) -> Any:
+    """The compiled epochs of a Dense structure (`units` matters only to hooks with columns:
+    networks of one structure and any width share a trace)."""
     train_idx = _trainable_index(shapes)
-    per_row = _dense_loss(mode, units)
+    base = _dense_loss(mode)
+    per_row = _hooked(lambda y, z, _: base(y, z), hooks, units)
 
     def step_loss(weights: list[Any], xb: Any, yb: Any) -> Any:
-        return per_row(yb, _forward(shapes, weights, xb))
+        return per_row(yb, _forward(shapes, weights, xb), None)
 
     pick = lambda weights: [weights[i] for i in train_idx]  # noqa: E731
-    return _epochs_fn(step_loss, pick, optimizer, weighted, extra_loss, autograph=False)
+    return _epochs_fn(step_loss, pick, optimizer, weighted, _term(hooks), autograph=False)
 
 
 # -- the general path: any Keras model, through its own call ------------------------------------
@@ -317,34 +383,34 @@ def _make_dense_fn(
 _GENERAL_FNS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
 
 
-def _general_fn(model: keras.Model, mode: str, optimizer: str, weighted: bool, extra_loss: ExtraLoss | None) -> Any:
-    """The compiled epochs of one model (traced once per model and settings)."""
+def _general_fn(model: keras.Model, mode: str, optimizer: str, weighted: bool, hooks: tuple[LossHook, ...]) -> Any:
+    """The compiled epochs of one model (traced once per model, settings and hooks)."""
     import keras
 
-    key = (mode, optimizer, weighted, extra_loss)
+    key = (mode, optimizer, weighted, hooks)
     fns = _GENERAL_FNS.setdefault(model, {})
     if key not in fns:
         units = output_units(model)
-        head = "binary" if units == 1 else "soft"
         loss = {
             "binary": keras.losses.binary_crossentropy,
             "sparse": keras.losses.sparse_categorical_crossentropy,
             "soft": keras.losses.categorical_crossentropy,
             "mse": keras.losses.mean_squared_error,
-        }[head if mode == "distill" else mode]
+        }[mode]
+        # Hooks with columns are given the logits Keras's losses recover from the head's output.
+        hooked = any(_hook_widths(hooks, units))
+        per_row = _hooked(lambda y, _, out: loss(y, out), hooks, units)
 
         def step_loss(_: Any, xb: Any, yb: Any) -> Any:
             # The model's own call in training mode: Dropout drops, BatchNormalization updates
-            # its moving statistics; Keras recovers the logits of a sigmoid/softmax output.
+            # its moving statistics.
             out = model(xb, training=True)
-            if mode != "distill":
-                return loss(yb, out)
-            return _distill_loss(yb, _logits(out, units), units, loss(yb[:, :units], out))
+            return per_row(yb, _logits(out, units) if hooked else None, out)
 
         def regularization(_: Any) -> Any:
             return model.losses
 
-        fns[key] = _epochs_fn(step_loss, None, optimizer, weighted, extra_loss, regularization)
+        fns[key] = _epochs_fn(step_loss, None, optimizer, weighted, _term(hooks), regularization)
     return fns[key]
 
 
@@ -365,14 +431,15 @@ def _epochs_fn(
     pick_trainable: Callable[[list[Any]], list[Any]] | None,
     optimizer: str,
     weighted: bool,
-    extra_loss: ExtraLoss | None,
+    term: Callable[[list[Any]], Any] | None,
     regularization: Callable[[Any], list[Any]] | None = None,
     autograph: bool = True,
 ) -> Any:
     """A `tf.function` running `n_epochs` epochs: shuffle, batch, loss, gradients, optimizer step.
 
     `weights` are the variables `step_loss` reads; the trainable ones among them are
-    `pick_trainable(weights)` (all of them if None).
+    `pick_trainable(weights)` (all of them if None); `term(trainable)`, if given, is added to
+    every batch's loss (`LossHook.term`).
     """
     import tensorflow as tf
 
@@ -427,8 +494,8 @@ def _epochs_fn(
                         extra = regularization(weights)
                         if extra:
                             loss += tf.add_n(extra)
-                    if extra_loss is not None:
-                        loss += extra_loss(params)
+                    if term is not None:
+                        loss += term(params)
                 grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, params)]
                 apply(params, grads, slots, lr, b1, b2)
                 return s + 1, total + loss
@@ -469,7 +536,7 @@ def _compile(
     mode: str,
     config: LoopConfig,
     weighted: bool,
-    extra_loss: ExtraLoss | None,
+    hooks: tuple[LossHook, ...],
     units: int,
     single_input: bool,
     state: OptimizerState | None,
@@ -480,14 +547,10 @@ def _compile(
     if dense is not None:
         shapes, weights = dense
         trainable = [weights[i] for i in _trainable_index(shapes)]
-        fn = (
-            _make_dense_fn(shapes, mode, config.optimizer, weighted, extra_loss, units)
-            if extra_loss is not None
-            else _cached_dense_fn(shapes, mode, config.optimizer, weighted, units if mode == "distill" else 1)
-        )
+        fn = _dense_fn(shapes, mode, config.optimizer, weighted, hooks, units if any(_hook_widths(hooks, units)) else 1)
     else:
         weights = trainable = [v.value for v in model.trainable_variables]
-        fn = _general_fn(model, mode, config.optimizer, weighted, extra_loss)
+        fn = _general_fn(model, mode, config.optimizer, weighted, hooks)
     per_param = 1 if config.optimizer == "sgd" else 2
     if state is None:
         slots = [tf.Variable(tf.zeros_like(v)) for v in trainable for _ in range(per_param)]
@@ -545,13 +608,12 @@ def train(
     *,
     sample_weight: np.ndarray | None = None,
     seed: int = 0,
-    extra_loss: ExtraLoss | None = None,
+    hooks: tuple[LossHook, ...] = (),
     progress: Callable[[int], None] | None = None,
     state: OptimizerState | None = None,
     first_epoch: int = 0,
     task: str = "classification",
     target_std: float = 1.0,
-    logit_match: LogitMatch | None = None,
 ) -> TrainResult:
     """Train `model` in place on (x, y).
 
@@ -563,12 +625,12 @@ def train(
         x: the model's input: an array, or a mapping from input name to array.
         y: class indices, shape (n,); or soft targets: probabilities of class 1, shape (n, 1),
             for a sigmoid head, class probabilities, shape (n, k), for a softmax head (as in
-            distillation); or numbers to predict (regression).
+            distillation); or numbers to predict (regression). With hooks that have per-row
+            columns, the labels laid out beside them (`lay_out`).
         config: epochs, batch size and optimizer.
         sample_weight: per-row loss weights (default all 1).
         seed: fixes the shuffling order.
-        extra_loss: a term added to every batch's loss, given the trainable variables (in
-            the model's `trainable_variables` order), e.g. an EWC penalty.
+        hooks: what strategies add to the loss (`LossHook`): an EWC penalty, a logit match.
         progress: called with the number of epochs finished after each chunk (epochs are
             also counted on the command's open reporter, see `trainer.progress`).
         state: optimizer state from an earlier call on the same model, to continue
@@ -578,8 +640,6 @@ def train(
         target_std: for regression, the squared error is measured in units of this (the
             label's first-batch standard deviation), so a learning rate means the same
             whatever the label's scale; `fit` with `learning_rate / target_std**2` matches.
-        logit_match: for classification, a logit-matching term per row (dark experience
-            replay), see `LogitMatch`.
 
     Returns:
         The mean training loss of each epoch, the wall-clock seconds and the optimizer
@@ -591,16 +651,18 @@ def train(
     """
     import tensorflow as tf
 
-    # A penalty (`extra_loss`) is a new function each update: its traces are expected, not a
+    # A penalty (`Penalty`) is a new function each update: its traces are expected, not a
     # mistake worth TensorFlow's retracing warning on the user's terminal.
     tf.get_logger().setLevel(logging.ERROR)
     start = time.perf_counter()
     n = len(y)
     if n == 0:
         raise ValueError("no training rows")
-    mode = label_mode(model, y, "distill" if logit_match is not None and task != "regression" else task)
+    mode = label_mode(model, y, task)
     units = output_units(model)
-    targets = _targets(y, mode, units, logit_match)
+    targets = _targets(y, mode)
+    if any(_hook_widths(hooks, units)) and (mode not in ("binary", "soft") or y.ndim != 2):
+        raise ValueError("hooks with per-row columns train a classifier on labels laid out beside them (lay_out)")
     if mode == "mse" and target_std != 1.0:  # the error in label standard deviations: weights carry the scale
         scaled = (1.0 if sample_weight is None else np.asarray(sample_weight)) / np.float32(target_std**2)
         sample_weight = np.broadcast_to(np.asarray(scaled), (n,)).astype(np.float32)
@@ -611,11 +673,13 @@ def train(
         order = np.random.default_rng(seed).permutation(n)
         cut = max(1, round(n * config.validation))
         held, kept = np.sort(order[:cut]), np.sort(order[cut:])
-        stopper = _Stopper(model, _take(x, held), targets[held], w[held] if weighted else None, mode, units, config)
+        stopper = _Stopper(
+            model, _take(x, held), targets[held], w[held] if weighted else None, mode, units, config, hooks
+        )
         x, targets, n = _take(x, kept), targets[kept], len(kept)
         w = w[kept] if weighted else w
     single = x if isinstance(x, np.ndarray) else None
-    compiled = _compile(model, mode, config, weighted, extra_loss, units, single is not None, state)
+    compiled = _compile(model, mode, config, weighted, hooks, units, single is not None, state)
     trainable, state = compiled.trainable, compiled.state
     inputs = compiled.tensor(x)
     args = (inputs, tf.constant(targets), tf.constant(w))
@@ -660,7 +724,7 @@ def train_stream(
     *,
     seed: int = 0,
     buffer_rows: int = BUFFER_ROWS,
-    extra_loss: ExtraLoss | None = None,
+    hooks: tuple[LossHook, ...] = (),
     progress: Callable[[int], None] | None = None,
     task: str = "classification",
     target_std: float = 1.0,
@@ -701,7 +765,7 @@ def train_stream(
                 mode, units, given = label_mode(model, y, task), output_units(model), w is not None
                 scaled = mode == "mse" and target_std != 1.0  # the error in label standard deviations
                 weighted = given or scaled
-                compiled = _compile(model, mode, config, weighted, extra_loss, units, isinstance(x, np.ndarray), None)
+                compiled = _compile(model, mode, config, weighted, hooks, units, isinstance(x, np.ndarray), None)
             if (w is not None) != given:
                 raise ValueError("every piece must have sample weights, or none")
             if weighted:
@@ -709,7 +773,7 @@ def train_stream(
                 w = w / np.float32(target_std**2) if scaled else w
             else:
                 w = np.ones(1, np.float32)
-            args = (compiled.tensor(x), tf.constant(_targets(y, mode, units)), tf.constant(w))
+            args = (compiled.tensor(x), tf.constant(_targets(y, mode)), tf.constant(w))
             # The first buffer of an epoch shuffles as `train` would; the others by their own seed.
             out = _run(compiled, model, config, args, epoch, 1, seed + 7919 * b, epoch, functools.partial(_largest, x))
             total, rows = total + float(out[0]) * len(y), rows + len(y)
@@ -725,7 +789,7 @@ def train_stream(
         if config.patience and validation is not None and len(validation[1]):
             if stopper is None:
                 vx, vy, vw = validation
-                stopper = _Stopper(model, vx, _targets(vy, mode, units), vw, mode, units, config)
+                stopper = _Stopper(model, vx, _targets(vy, mode), vw, mode, units, config, hooks)
             if stopper.stop(epoch + 1):
                 stopped = "patience"
         if stopped:
@@ -840,9 +904,10 @@ class _Stopper:
         mode: str,
         units: int,
         config: LoopConfig,
+        hooks: tuple[LossHook, ...] = (),
     ) -> None:
         self.model, self.x, self.y, self.w = model, x, y, w
-        self.mode, self.units, self.patience = mode, units, config.patience
+        self.mode, self.units, self.patience, self.hooks = mode, units, config.patience, hooks
         self.best, self.best_epoch, self.weights = np.inf, 0, None
 
     def loss(self) -> float:
@@ -854,15 +919,16 @@ class _Stopper:
             rows = np.mean((p - y.reshape(len(y), -1)) ** 2, axis=1)
         elif self.mode == "sparse":
             rows = -np.log(np.clip(p[np.arange(len(y)), y], eps, None))
-        else:  # binary, soft, distill: cross-entropy with the (first `units`) target columns
+        else:  # binary, soft: cross-entropy with the (first `units`) target columns
             t = y[:, : self.units]
             if self.units == 1:
                 q = np.clip(p[:, :1], eps, 1 - eps)
                 rows = -(t * np.log(q) + (1 - t) * np.log(1 - q))[:, 0]
             else:
                 rows = -np.sum(t * np.log(np.clip(p, eps, None)), axis=1)
-            if self.mode == "distill":
-                rows = rows * y[:, 3 * self.units]
+            at = self.units
+            for hook, width in zip(self.hooks, _hook_widths(self.hooks, self.units), strict=True):
+                rows, at = hook.held_out_rows(rows, y[:, at : at + width], self.units), at + width
         return float(np.average(rows, weights=self.w) if self.w is not None else rows.mean())
 
     def stop(self, epoch: int) -> bool:

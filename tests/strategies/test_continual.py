@@ -15,7 +15,7 @@ from continual_trainer.data.rows import Rows
 from continual_trainer.data.storage import Store
 from continual_trainer.strategies.memory import Memory, select
 from continual_trainer.trainer.candidate import Candidate
-from continual_trainer.trainer.loop import LogitMatch, LoopConfig, train
+from continual_trainer.trainer.loop import LogitMatch, LoopConfig, lay_out, train
 from continual_trainer.updatedata import load_update_data
 from continual_trainer.versions import load_candidate, stored_candidate
 
@@ -209,9 +209,10 @@ def test_the_loop_matches_stored_logits_on_both_paths(general: bool) -> None:
     if general:
         layers.insert(1, keras.layers.Dropout(0.0))  # not a pure Dense stack: the general path
     model = keras.Sequential([keras.Input((4,)), *layers])
-    match = LogitMatch(targets, np.ones(200, np.float32), np.zeros(200, np.float32))
+    match = LogitMatch.columns(targets, np.ones(200, np.float32), np.zeros(200, np.float32))
     labels = rng.integers(0, 3, 200).astype(np.int32)  # noise: weighted 0
-    train(model, x, labels, LoopConfig(epochs=300, learning_rate=0.05), logit_match=match)
+    laid = lay_out(labels, 3, [match])
+    train(model, x, laid, LoopConfig(epochs=300, learning_rate=0.05), hooks=(LogitMatch(),))
     got = logits_of(model, {"numeric": x})
     known = np.isfinite(targets)
     for part in (slice(0, 50), slice(50, 200)):

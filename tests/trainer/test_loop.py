@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from continual_trainer.trainer.loop import LoopConfig, train
+from continual_trainer.trainer.loop import LoopConfig, LossHook, Penalty, lay_out, train
 from continual_trainer.trainer.models import ModelSpec, build_model, clone
 
 
@@ -85,7 +87,7 @@ def test_zero_weight_rows_are_ignored() -> None:
     assert (np.asarray(model(x))[:, 0] < 0.5).mean() > 0.95
 
 
-def test_soft_targets_and_extra_loss() -> None:
+def test_soft_targets_and_a_penalty_hook() -> None:
     import tensorflow as tf
 
     x, y = _data(n_classes=3)
@@ -100,10 +102,43 @@ def test_soft_targets_and_extra_loss() -> None:
     def l2(weights):
         return 10.0 * tf.add_n([tf.reduce_sum(tf.square(w)) for w in weights])
 
-    train(penalised, x, y, LoopConfig(epochs=10, batch_size=16), extra_loss=l2)
+    train(penalised, x, y, LoopConfig(epochs=10, batch_size=16), hooks=(Penalty(l2),))
     train(free, x, y, LoopConfig(epochs=10, batch_size=16))
     norm = lambda m: sum(float(np.square(w).sum()) for w in m.get_weights())  # noqa: E731
     assert norm(penalised) < norm(free) / 2
+
+
+@dataclasses.dataclass(frozen=True)
+class _Gate(LossHook):
+    """A hook the loop has never heard of: one column per row scaling the row's loss."""
+
+    def width(self, units: int) -> int:
+        return 1
+
+    def row_loss(self, base, logits, columns, units):
+        return base * columns[:, 0]
+
+    def held_out_rows(self, base, columns, units):
+        return base * columns[:, 0]
+
+
+@pytest.mark.parametrize("general", [False, True])
+def test_a_new_loss_hook_needs_no_change_to_the_loop(general: bool) -> None:
+    """A strategy's own per-row term reaches both compiled paths through `hooks`: rows of
+    classes 1 and 2 gated to 0 teach nothing, so the model predicts class 0 everywhere; with early
+    stopping its held-out loss is gated the same way."""
+    import keras
+
+    x, y = _data(n=150, n_classes=3)
+    model = build_model(ModelSpec((8,)), 6, 3, seed=0)
+    if general:  # not a pure Dense stack: the model's own call
+        dense = [keras.layers.Dense(8, activation="relu"), keras.layers.Dropout(0.0)]
+        model = keras.Sequential([keras.Input((6,)), *dense, keras.layers.Dense(3, activation="softmax")])
+    gate = (y == 0).astype(np.float32)[:, None]
+    config = LoopConfig(epochs=40, batch_size=16, patience=40)
+    result = train(model, x, lay_out(y, 3, [gate]), config, hooks=(_Gate(),))
+    assert (np.asarray(model(x)).argmax(axis=1) == 0).mean() > 0.95
+    assert result.best_epoch is not None
 
 
 @pytest.mark.parametrize(
