@@ -48,9 +48,8 @@ class RayExecutor:
         import ray
 
         from continual_trainer.cluster.parallel import coordinate, fit_parallel
-        from continual_trainer.data.chunks import StoredRows
 
-        in_pieces = isinstance(data.new, StoredRows)
+        in_pieces = not data.new.in_memory
         shipped = ray.put(data) if in_pieces else None
         outcomes: list[Outcome] = []
         model = None

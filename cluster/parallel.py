@@ -23,9 +23,9 @@ import ray
 
 from continual_trainer.cluster.pool import ACTOR_MEMORY, PackedResult
 from continual_trainer.cluster.runtime import get, kill, pin_threads
-from continual_trainer.data.chunks import StoredRows, StoredUnion
+from continual_trainer.data.chunks import StoredRows
 from continual_trainer.data.errors import UserError
-from continual_trainer.data.rows import Rows, with_statistics
+from continual_trainer.data.rows import Rows, RowSource, shard_index, with_statistics
 from continual_trainer.data.storage import trust, verified
 from continual_trainer.executor import Failure, Job, WorkFailed, run_job
 from continual_trainer.strategies.base import TrainParams, training_set
@@ -36,11 +36,6 @@ from continual_trainer.trainer.loop import LoopConfig, prefetched
 from continual_trainer.trials import stored_parts
 from continual_trainer.updatedata import UpdateData
 from continual_trainer.versions import StoredCandidate
-
-
-def _shards(n_rows: int, n: int, seed: int) -> list[np.ndarray]:
-    perm = np.random.default_rng(seed).permutation(n_rows)
-    return [np.sort(s) for s in np.array_split(perm, n) if len(s)]
 
 
 @ray.remote
@@ -55,7 +50,7 @@ class ShardTrainer:
     def begin(
         self,
         model: bytes,
-        rows: Rows | StoredUnion,
+        rows: RowSource,
         weights: Any,
         config: LoopConfig,
         seed: int,
@@ -73,9 +68,7 @@ class ShardTrainer:
         self.task, self.target_std = task
         self.config = config
         self.seed = seed
-        self.source = (
-            _StoredStream(rows, weights, seed) if isinstance(rows, StoredUnion) else _Shuffled(rows, weights, seed)
-        )
+        self.source = _Shuffled(rows.load(), weights, seed) if rows.in_memory else _StoredStream(rows, weights, seed)
         self.rounds, skip = resume[0], resume[1] * config.batch_size
         while skip > 0:
             skip -= len(self.source.take(min(skip, SKIP_ROWS))[0])
@@ -143,7 +136,7 @@ class _StoredStream:
     the actor trains: passes over its row groups in an order fixed by the seed and the pass,
     each chunk's rows shuffled."""
 
-    def __init__(self, rows: StoredUnion, weights: Any, seed: int) -> None:
+    def __init__(self, rows: RowSource, weights: Any, seed: int) -> None:
         self.rows, self.weights, self.seed = rows, weights, seed
         self.pieces = prefetched(self._passes(), depth=2)
         self.pending: list[Rows] = []
@@ -266,12 +259,14 @@ def _parts(rows: Any, weights: Any, actors: int, seed: int) -> Any:
     """Each actor's shard of the training rows and its weights: rows in memory split at random,
     rows left in the store by row groups (each actor reads its own; the weights stay a function
     of the rows' batch)."""
-    if isinstance(rows, StoredUnion):
+    if not rows.in_memory:
         shards = [rows.sharded(i, actors) for i in range(actors)]
         yield from ((s, weights) for s in shards if len(s))
         return
-    for s in _shards(len(rows), actors, seed):
-        yield rows.take(s), None if weights is None else weights[s]
+    for i in range(actors):
+        s = shard_index(len(rows), i, actors, seed)
+        if len(s):
+            yield rows.sharded(i, actors, seed), None if weights is None else weights[s]
 
 
 def _task(data: UpdateData) -> tuple[str, float]:
@@ -283,7 +278,7 @@ def _task(data: UpdateData) -> tuple[str, float]:
 
 @ray.remote(num_cpus=1)
 def _fit_member(
-    data: UpdateData, rows: Rows | StoredUnion, weights: Any, config: LoopConfig, seed: int, checked: frozenset
+    data: UpdateData, rows: RowSource, weights: Any, config: LoopConfig, seed: int, checked: frozenset
 ) -> bytes:
     pin_threads()
     trust(checked)
@@ -293,12 +288,13 @@ def _fit_member(
 
     model = build_model(data.model_spec, data.input_spec, data.n_classes, seed, data.target, adapt=True)
     task, target_std = _task(data)
-    if isinstance(rows, StoredUnion):  # this actor's row groups, read from the store a chunk at a time
+    if not rows.in_memory:  # this actor's row groups, read from the store a chunk at a time
         passes = passes_over(model, rows, weights, seed)
         train_stream(model, passes, config, seed=seed, task=task, target_std=target_std)
     else:
-        x = feed(model, rows.x)
-        train(model, x, rows.y, config, sample_weight=weights, seed=seed, task=task, target_std=target_std)
+        held = rows.load()
+        x = feed(model, held.x)
+        train(model, x, held.y, config, sample_weight=weights, seed=seed, task=task, target_std=target_std)
     return to_bytes(model)
 
 

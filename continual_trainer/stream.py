@@ -29,7 +29,7 @@ from continual_trainer.data.chunks import StoredRows, StoredUnion
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import Manifest
 from continual_trainer.data.parquet import redact, resolve
-from continual_trainer.data.rows import Rows
+from continual_trainer.data.rows import Rows, RowSource
 from continual_trainer.data.storage import Store, sha256
 from continual_trainer.executor import Executor, Failure, Job, WorkFailed, result_or_raise
 from continual_trainer.promotion import commit
@@ -375,9 +375,9 @@ def _triggered(
 
 def _file_rows(store: Store, data: UpdateData, batch: str) -> Rows:
     """One new batch's rows, training then held-out (one file: read into memory in any case)."""
-    if not isinstance(data.new, Rows):
+    if not data.new.in_memory:
         return Rows.concat([StoredRows.of(store, [batch], part).load() for part in ("train", "holdout")])
-    new = Rows.concat([data.new, data.new_holdout.load()])
+    new = Rows.concat([data.new.load(), data.new_holdout.load()])
     return new.take(new.order == data.batch_ids.index(batch))
 
 
@@ -385,9 +385,9 @@ def latest(data: UpdateData, window: int) -> UpdateData:
     """The update's data with only the latest `window` new batches' rows as new, to learn and to
     be judged on; the ones before become old data (seen, learned only by a strategy that
     learns old data)."""
-    if isinstance(data.new, StoredRows):  # left in the store: the same, by batch
-        quiet, store = data.new_ids[:-window], data.new.store
-        old_train = [*(data.old.batch_ids if isinstance(data.old, StoredRows) else ()), *quiet]
+    if not data.new.in_memory:  # left in the store: the same, by batch
+        quiet, store = data.new_ids[:-window], StoredUnion.of(data.new).parts[0].store
+        old_train = [*(data.batch_ids[o] for o in data.old.rows_by_order()), *quiet]
         return dataclasses.replace(
             data,
             old_ids=data.old_ids + quiet,
@@ -434,10 +434,10 @@ def observe(
     made the current version gained on its new batches' holdout (see `update_gain`)."""
     std = data.target[1] if data.target else 1.0
     held = data.old_holdout
-    if not isinstance(held, Rows):  # left in the store: read the newest learned batches' only
-        reference = _stored_reference(StoredUnion.of(held), manifest)
+    if not held.in_memory:  # left in the store: read the newest learned batches' only
+        reference = _stored_reference(held, manifest)
     elif manifest is not None and len(held):
-        reference = held
+        reference = held.load()
         position = {b: i for i, b in enumerate(data.batch_ids)}
         keep = np.zeros(len(reference), bool)
         for batch in reversed(manifest.batches_seen):
@@ -446,7 +446,7 @@ def observe(
                 break
         reference = reference.take(keep) if keep.any() else reference
     else:
-        reference = held
+        reference = held.load()
     return Observation(
         rows,
         reference,
@@ -461,9 +461,10 @@ def observe(
     )
 
 
-def _stored_reference(holdout: StoredUnion, manifest: Manifest | None) -> Rows:
+def _stored_reference(held: RowSource, manifest: Manifest | None) -> Rows:
     """`observe`'s reference read from the store: the held-out rows of the newest batches the
     current model learned, at least REFERENCE_ROWS of them where there are."""
+    holdout = StoredUnion.of(held)
     singles = [single for part in holdout.parts for single in part.per_batch()]
     chosen, count = set(), 0
     for single in reversed(singles):

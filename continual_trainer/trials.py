@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from continual_trainer import strategies
-from continual_trainer.data.chunks import RowSource, StoredRows, StoredUnion
-from continual_trainer.data.rows import Rows
+from continual_trainer.data.chunks import StoredRows, StoredUnion
+from continual_trainer.data.rows import Rows, RowSource
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.evaluate import class_metrics, class_parts, finite, join_parts, score, score_regression
 from continual_trainer.updatedata import UpdateData
@@ -84,14 +84,15 @@ def scored(
     for name, rows in sets.items():
         if not len(rows):
             continue
-        if isinstance(rows, StoredRows | StoredUnion):
+        if not rows.in_memory:
             parts, order, bad = _parts_in_pieces(candidate, rows, n_classes, cache, parts_of)
             metrics = class_metrics(parts, n_classes) if n_classes else score_regression(parts["pred"], parts["y"])
             if bad:
                 metrics["nonfinite_rows"] = float(bad)
             pred, y = parts["predicted" if n_classes else "pred"], parts["y"]
         else:
-            pred, y, order = candidate.predict(rows.x, n_classes), rows.y, rows.order
+            held = rows.load()
+            pred, y, order = candidate.predict(held.x, n_classes), held.y, held.order
             metrics = score(pred, y)
         for metric, value in metrics.items():
             out[f"{name}_{metric}"] = value
@@ -109,7 +110,7 @@ def scored(
 
 def _parts_in_pieces(
     candidate: Candidate,
-    rows: StoredRows | StoredUnion,
+    rows: RowSource,
     n_classes: int,
     cache: dict[tuple[Any, ...], tuple[dict[str, np.ndarray], int]],
     parts_of: PartsOf = stored_parts,

@@ -12,9 +12,9 @@ import numpy as np
 
 from continual_trainer import strategies
 from continual_trainer.data.batches import load_rows
-from continual_trainer.data.chunks import RowSource, StoredRows, StoredUnion
+from continual_trainer.data.chunks import StoredRows
 from continual_trainer.data.errors import UserError
-from continual_trainer.data.rows import Rows
+from continual_trainer.data.rows import RowSource
 from continual_trainer.data.schema import InputInfo
 from continual_trainer.data.storage import Store
 from continual_trainer.strategies.base import reads_old
@@ -45,10 +45,7 @@ class UpdateData:
 
     @functools.cached_property
     def holdout(self) -> RowSource:
-        if isinstance(self.old_holdout, StoredRows) and isinstance(self.new_holdout, StoredRows):
-            return StoredUnion((self.old_holdout, self.new_holdout))  # left in the store: read when scored
-        assert isinstance(self.old_holdout, Rows) and isinstance(self.new_holdout, Rows)
-        return Rows.concat([self.old_holdout, self.new_holdout])
+        return self.old_holdout.join(self.new_holdout)  # left in the store: read when scored
 
     def eval_sets(self, extra: Mapping[str, RowSource] | None = None) -> dict[str, RowSource]:
         return {"holdout": self.holdout, "old": self.old_holdout, "new": self.new_holdout, **(extra or {})}
@@ -199,7 +196,7 @@ def with_old_rows(
     left in the store (all of the update's rows) if the budget calls for it (as `load_update_data`)."""
     if len(data.old) or not data.old_ids:
         return data
-    if isinstance(data.new, StoredRows) or _over_budget(store, data.old_ids + data.new_ids, memory_budget, in_pieces):
+    if not data.new.in_memory or _over_budget(store, data.old_ids + data.new_ids, memory_budget, in_pieces):
         old, new, old_holdout, new_holdout = _left_in_store(store, data.old_ids, data.old_ids, data.new_ids)
         return replace(data, old=old, new=new, old_holdout=old_holdout, new_holdout=new_holdout)
     return replace(data, old=load_rows(store, data.old_ids)[0])

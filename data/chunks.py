@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from continual_trainer.data.rows import Rows
+from continual_trainer.data.rows import Rows, RowSource
 from continual_trainer.data.sampling import holdout_mask, stable_seed
 from continual_trainer.data.storage import Store
 
@@ -72,8 +72,20 @@ class StoredRows:
         position = {b: i for i, b in enumerate(store.batch_ids())}
         return cls(store, tuple(batch_ids), tuple(position[b] for b in batch_ids), part)
 
-    def sharded(self, index: int, count: int) -> StoredRows:
+    @property
+    def in_memory(self) -> bool:
+        return False
+
+    def sharded(self, index: int, count: int, seed: int = 0) -> StoredRows:
+        """Shard `index` of `count` by row groups (see `shard`): which actor reads a row group
+        is fixed by the batch, not by `seed`, so each reads whole row groups of its own."""
         return replace(self, shard=(index, count))
+
+    def join(self, other: RowSource) -> StoredUnion:
+        return StoredUnion.of(self).join(other)
+
+    def rows_by_order(self) -> dict[int, int]:
+        return StoredUnion.of(self).rows_by_order()
 
     def per_batch(self) -> Iterator[StoredRows]:
         """These rows batch by batch, each as its own `StoredRows`."""
@@ -184,15 +196,32 @@ class StoredUnion:
     parts: tuple[StoredRows, ...]
 
     @classmethod
-    def of(cls, rows: StoredRows | StoredUnion) -> StoredUnion:
-        return rows if isinstance(rows, StoredUnion) else cls((rows,))
+    def of(cls, rows: RowSource) -> StoredUnion:
+        """`rows` left in the store, as a union (code that reads them batch by batch)."""
+        if isinstance(rows, StoredUnion):
+            return rows
+        if isinstance(rows, StoredRows):
+            return cls((rows,))
+        raise TypeError("rows in memory are not left in the store")
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.parts)
 
-    def sharded(self, index: int, count: int) -> StoredUnion:
-        """Shard `index` of `count` of every part (see `StoredRows.shard`)."""
+    @property
+    def in_memory(self) -> bool:
+        return False
+
+    def sharded(self, index: int, count: int, seed: int = 0) -> StoredUnion:
+        """Shard `index` of `count` of every part (see `StoredRows.sharded`)."""
         return StoredUnion(tuple(p.sharded(index, count) for p in self.parts))
+
+    def join(self, other: RowSource) -> StoredUnion:
+        if other.in_memory:
+            if len(other):
+                raise ValueError("rows left in the store join only rows left in the store")
+            return self
+        assert isinstance(other, StoredRows | StoredUnion)  # the only rows not in memory
+        return StoredUnion(self.parts + StoredUnion.of(other).parts)
 
     def sampled(self, fraction: float, seed: int) -> StoredUnion:
         return StoredUnion(tuple(p.sampled(fraction, seed) for p in self.parts))
@@ -227,8 +256,3 @@ class StoredUnion:
 
     def load(self) -> Rows:
         return Rows.concat([p.load() for p in self.parts])
-
-
-# Rows a strategy, a trial or a scorer is given: in memory (`data.rows.Rows`) or left in the
-# store and read a chunk at a time (`StoredRows`, several as a `StoredUnion`).
-RowSource = Rows | StoredRows | StoredUnion

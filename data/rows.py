@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -12,6 +12,51 @@ if TYPE_CHECKING:
     from continual_trainer.data.schema import InputInfo
 
 NUMERIC = "numeric"  # the input holding the scalar numeric features (see data.schema)
+
+
+class RowSource(Protocol):
+    """Labelled rows a strategy, a trial or a scorer is given: in memory (`Rows`) or left in
+    the store and read a chunk at a time (`data.chunks.StoredRows`, several as a `StoredUnion`).
+    Both answer the same questions; code that needs every row at once calls `load()`, code
+    whose algorithm differs by where the rows are (one compiled fit over arrays, or passes a
+    chunk at a time) asks `in_memory`."""
+
+    @property
+    def in_memory(self) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+    def chunks(self, shuffle_seed: int | None = None) -> Iterator[Rows]:
+        """One pass over the rows as pieces; `shuffle_seed` fixes an order of the pieces."""
+        ...
+
+    def sampled(self, fraction: float, seed: int) -> RowSource:
+        """About `fraction` of the rows, drawn by `seed` (all of them from 1 up)."""
+        ...
+
+    def sharded(self, index: int, count: int, seed: int = 0) -> RowSource:
+        """Shard `index` of `count` disjoint shards covering the rows."""
+        ...
+
+    def set_aside(self, validation: float, seed: int) -> tuple[RowSource, RowSource]:
+        """(the rows to train on, a `validation` share of them set aside by `seed`)."""
+        ...
+
+    def join(self, other: RowSource) -> RowSource:
+        """These rows and `other`'s, read as one (both in memory or both left in the store)."""
+        ...
+
+    def rows_by_order(self) -> dict[int, int]:
+        """How many rows come from each batch (by ingestion order)."""
+        ...
+
+    def load(self) -> Rows:
+        """Every row, in memory."""
+        ...
+
+    def verify(self) -> None:
+        """Check the rows' files against their checksums now (nothing to do in memory)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -67,6 +112,39 @@ class Rows:
         """Rows `start` to `stop` (exclusive), sharing these rows' arrays (no copy)."""
         return Rows({name: a[start:stop] for name, a in self.x.items()}, self.y[start:stop], self.order[start:stop])
 
+    @property
+    def in_memory(self) -> bool:
+        return True
+
+    def sampled(self, fraction: float, seed: int) -> Rows:
+        """A uniform sample without replacement of `fraction` of the rows (at least one)."""
+        if fraction >= 1 or len(self) == 0:
+            return self
+        k = max(1, round(len(self) * fraction))
+        return self.take(np.sort(np.random.default_rng(seed).choice(len(self), size=k, replace=False)))
+
+    def sharded(self, index: int, count: int, seed: int = 0) -> Rows:
+        """Shard `index` of `count`: the rows dealt at random (by `seed`) into `count` parts."""
+        return self.take(shard_index(len(self), index, count, seed))
+
+    def set_aside(self, validation: float, seed: int) -> tuple[Rows, Rows]:
+        """A seeded `validation` share of the rows set aside (at least one row), as
+        `trainer.loop.train` sets aside rows in memory to stop early on."""
+        order = np.random.default_rng(seed).permutation(len(self))
+        cut = max(1, round(len(self) * validation))
+        return self.take(np.sort(order[cut:])), self.take(np.sort(order[:cut]))
+
+    def join(self, other: RowSource) -> RowSource:
+        if not len(self):
+            return other
+        if not isinstance(other, Rows):  # the one place rows ask what the other rows are
+            raise ValueError("rows in memory join only rows in memory")
+        return Rows.concat([self, other]) if len(other) else self
+
+    def rows_by_order(self) -> dict[int, int]:
+        orders, counts = np.unique(self.order, return_counts=True)
+        return {int(o): int(c) for o, c in zip(orders, counts, strict=True)}
+
     def chunks(self, shuffle_seed: int | None = None) -> Iterator[Rows]:
         """These rows as one piece, as rows left in the store give theirs a chunk at a time
         (`data.chunks.StoredRows.chunks`); in memory there is nothing to shuffle between pieces."""
@@ -85,6 +163,14 @@ class Rows:
         models outside the network, such as a domain classifier); strings are left out."""
         parts = [a.reshape(len(a), -1).astype(np.float32) for a in self.x.values() if a.dtype != object]
         return np.concatenate(parts, axis=1) if parts else np.zeros((len(self), 0), np.float32)
+
+
+def shard_index(n_rows: int, index: int, count: int, seed: int) -> np.ndarray:
+    """The rows of shard `index` of `count`: a seeded permutation of `n_rows` rows split into
+    `count` near-equal parts (sorted)."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, not {(index, count)}")
+    return np.sort(np.array_split(np.random.default_rng(seed).permutation(n_rows), count)[index])
 
 
 def with_statistics(spec: Mapping[str, InputInfo], pieces: Iterable[Rows]) -> dict[str, InputInfo]:

@@ -6,8 +6,6 @@ import hashlib
 
 import numpy as np
 
-from continual_trainer.data.rows import Rows
-
 
 def stable_seed(*parts: object) -> int:
     """A seed from values, the same in every process (unlike `hash`)."""
@@ -28,15 +26,6 @@ def holdout_mask(batch_id: str, n: int, fraction: float) -> np.ndarray:
     k = min(n - 1, max(1, round(n * fraction))) if n > 1 else 0
     mask[rng.choice(n, size=k, replace=False)] = True
     return mask
-
-
-def sample(rows: Rows, fraction: float, seed: int) -> Rows:
-    """A uniform sample without replacement of `fraction` of the rows (at least one)."""
-    if fraction >= 1 or len(rows) == 0:
-        return rows
-    rng = np.random.default_rng(seed)
-    k = max(1, round(len(rows) * fraction))
-    return rows.take(np.sort(rng.choice(len(rows), size=k, replace=False)))
 
 
 def recency_weights(order: np.ndarray, half_life: float) -> np.ndarray:

@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from continual_trainer.data.chunks import RowSource, StoredRows, StoredUnion
 from continual_trainer.data.errors import UserError
-from continual_trainer.data.rows import Rows, with_statistics
-from continual_trainer.data.sampling import importance_weights, recency_weights, sample
+from continual_trainer.data.rows import Rows, RowSource, with_statistics
+from continual_trainer.data.sampling import importance_weights, recency_weights
 from continual_trainer.trainer.loop import LoopConfig, LossHook, train, train_stream
 from continual_trainer.trainer.models import ModelSpec, build_model, feed
 from continual_trainer.trainer.params import Choice, Interval, Params, Rule, param
@@ -142,46 +141,30 @@ def training_set(inputs: UpdateInputs, params: TrainParams) -> tuple[RowSource, 
     New rows are sampled by `new_fraction`; old rows, if the strategy uses them, by
     `old_fraction`. `recency` halves a row's weight every `half_life` batches back;
     `importance` weights old rows by how much they resemble the new data.
+    Rows left in the store give a recipe for reading them a chunk at a time, with the weights
+    as a function of each row's batch.
     """
-    if not isinstance(inputs.new, Rows):
-        return _stored_training_set(inputs.new, inputs.old, inputs.seed, params)
-    new = sample(inputs.new, params.new_fraction, inputs.seed + 1)
-    parts = [new]
-    old = None
-    if params.trains_on_old():
-        old = sample(inputs.old.load(), getattr(params, "old_fraction", 1.0), inputs.seed + 2)
-        parts.insert(0, old)
-    rows = Rows.concat(parts)
+    new = inputs.new.sampled(params.new_fraction, inputs.seed + 1)
+    old = inputs.old.sampled(getattr(params, "old_fraction", 1.0), inputs.seed + 2) if params.trains_on_old() else None
+    rows = new if old is None else old.join(new)
     if params.weighting == "recency":
-        return rows, recency_weights(rows.order, params.half_life)
+        if rows.in_memory:
+            return rows, recency_weights(rows.load().order, params.half_life)
+        counts = rows.rows_by_order()
+        newest = max(counts)
+        total = sum(c * 0.5 ** ((newest - o) / params.half_life) for o, c in counts.items())
+        mean = total / max(sum(counts.values()), 1)
+        return rows, lambda order: (np.power(0.5, (newest - order) / params.half_life) / mean).astype(np.float32)
     if params.weighting == "importance" and old is not None:
-        w = np.concatenate([importance_weights(old.matrix(), new.matrix(), inputs.seed), np.ones(len(new), np.float32)])
+        if not rows.in_memory:
+            raise UserError(
+                "weighting=importance compares every old row with the new ones in memory; it is not available "
+                "above the memory budget (use recency, or raise the budget)"
+            )
+        x_old, x_new = old.load().matrix(), new.load().matrix()
+        w = np.concatenate([importance_weights(x_old, x_new, inputs.seed), np.ones(len(new), np.float32)])
         return rows, (w / w.mean()).astype(np.float32)
     return rows, None
-
-
-def _stored_training_set(
-    new: StoredRows | StoredUnion, old: RowSource, seed: int, params: TrainParams
-) -> tuple[StoredUnion, Weights]:
-    """`training_set` for rows left in the store: the same samples and weights, as a recipe
-    for reading them a chunk at a time (the weights as a function of each row's batch)."""
-    parts = [new.sampled(params.new_fraction, seed + 1)]
-    if params.trains_on_old():
-        if isinstance(old, Rows):
-            raise ValueError("the old rows are in memory while the new ones are left in the store")
-        parts.insert(0, old.sampled(getattr(params, "old_fraction", 1.0), seed + 2))
-    rows = StoredUnion(tuple(p for part in parts for p in StoredUnion.of(part).parts))
-    if params.weighting == "importance":
-        raise UserError(
-            "weighting=importance compares every old row with the new ones in memory; it is not available above "
-            "the memory budget (use recency, or raise the budget)"
-        )
-    if params.weighting != "recency":
-        return rows, None
-    counts = rows.rows_by_order()
-    newest = max(counts)
-    mean = sum(c * 0.5 ** ((newest - o) / params.half_life) for o, c in counts.items()) / max(sum(counts.values()), 1)
-    return rows, lambda order: (np.power(0.5, (newest - order) / params.half_life) / mean).astype(np.float32)
 
 
 def fit_fresh(inputs: UpdateInputs, params: TrainParams, seed_offset: int = 0) -> keras.Model:
@@ -219,13 +202,13 @@ def train_rows(
     with `weights` then a function of the rows' batch order, or None, and `spread` rows held
     in memory with their weights mixed into every pass (see `passes_over`). `relabel` gives
     the targets to train towards from the rows (e.g. a teacher's soft targets), piece by piece."""
-    if not isinstance(rows, Rows):
+    if not rows.in_memory:
         if weights is not None and not callable(weights):
             raise TypeError("rows left in the store are weighted by a function of their batch order")
         seed, settings = inputs.seed + seed_offset, config.loop()
         validation = None
         if settings.patience:  # a share of the rows set aside, at most VALIDATION_ROWS of it read
-            rows, aside = StoredUnion.of(rows).set_aside(settings.validation, seed)
+            rows, aside = rows.set_aside(settings.validation, seed)
             aside = aside.sampled(min(1.0, VALIDATION_ROWS / max(len(aside), 1)), seed + 17)
             held = aside.load()
             y = held.y if relabel is None else relabel(held)
@@ -243,15 +226,16 @@ def train_rows(
         return
     if callable(weights):
         raise TypeError("rows in memory are weighted one weight per row")
+    held = rows.load()
     if relabel is not None:
-        rows = Rows(rows.x, relabel(rows), rows.order)
+        held = Rows(held.x, relabel(held), held.order)
     if spread is not None:  # in memory: simply more rows
-        w = np.ones(len(rows), np.float32) if weights is None else np.asarray(weights, np.float32)
-        rows, weights = Rows.concat([rows, spread[0]]), np.concatenate([w, spread[1]])
+        w = np.ones(len(held), np.float32) if weights is None else np.asarray(weights, np.float32)
+        held, weights = Rows.concat([held, spread[0]]), np.concatenate([w, spread[1]])
     train(
         model,
-        feed(model, rows.x),
-        rows.y,
+        feed(model, held.x),
+        held.y,
         config.loop(),
         sample_weight=weights,
         seed=inputs.seed + seed_offset,
@@ -263,7 +247,7 @@ def train_rows(
 
 def passes_over(
     model: keras.Model,
-    rows: StoredRows | StoredUnion,
+    rows: RowSource,
     weights: Callable[[np.ndarray], np.ndarray] | None,
     seed: int,
     spread: tuple[Rows, np.ndarray] | None = None,

@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from continual_trainer.data.chunks import StoredRows, StoredUnion
 from continual_trainer.data.errors import UserError
-from continual_trainer.data.rows import Rows
+from continual_trainer.data.rows import Rows, RowSource
 from continual_trainer.strategies.base import FinetuneRecipe, TrainParams, UpdateInputs, train_rows, training_set
 from continual_trainer.strategies.memory import SELECTIONS, Memory, has_memory, logits_of, pad_logits, select
 from continual_trainer.strategies.registry import Capabilities, describes_state, register
@@ -105,7 +104,7 @@ def _memory(inputs: UpdateInputs, params: MemoryOptions, logits: bool) -> Memory
     memory = Memory.from_state(inputs.current.state)
     if memory is not None and (memory.logits is not None or not logits):
         return memory
-    if memory is None and not isinstance(inputs.old, Rows):  # offered a chunk at a time
+    if memory is None and not inputs.old.in_memory:  # offered a chunk at a time
         teacher = inputs.current.members[0]
         teach = (lambda x: logits_of(teacher, x, inputs.regression)) if logits else None
         return _offered(None, inputs.old, params, inputs.seed + 3, teach)
@@ -130,7 +129,7 @@ def _weights(n_new: int, n_memory: int, ratio: float) -> np.ndarray:
 
 def _offered(
     memory: Memory | None,
-    rows: StoredRows | StoredUnion,
+    rows: RowSource,
     params: MemoryOptions,
     seed: int,
     logits: Callable[[Any], np.ndarray] | None = None,
@@ -154,14 +153,15 @@ def replay(inputs: UpdateInputs, params: ReplayParams) -> Candidate:
     memory's rows spread over each pass, and offered to the memory chunk by chunk."""
     model = with_classes(single_network(inputs, "replay"), inputs.n_classes, inputs.seed, "replay")
     memory = _memory(inputs, params, logits=False)
-    if isinstance(inputs.new, StoredRows | StoredUnion):
+    if not inputs.new.in_memory:
         new, old = _weight_pair(len(inputs.new), len(memory), params.replay_ratio)
         spread = (memory.rows, np.full(len(memory), old, np.float32))
         train_rows(model, inputs, inputs.new, params, lambda o: np.full(len(o), new, np.float32), spread=spread)
         return Candidate((model,), (1.0,), _offered(memory, inputs.new, params, inputs.seed + 4).to_state())
-    rows = Rows.concat([inputs.new, memory.rows])
-    train_rows(model, inputs, rows, params, _weights(len(inputs.new), len(memory), params.replay_ratio))
-    kept = select(memory, inputs.new, params.memory_size, params.selection, inputs.seed + 4)
+    fresh = inputs.new.load()
+    rows = Rows.concat([fresh, memory.rows])
+    train_rows(model, inputs, rows, params, _weights(len(fresh), len(memory), params.replay_ratio))
+    kept = select(memory, fresh, params.memory_size, params.selection, inputs.seed + 4)
     return Candidate((model,), (1.0,), kept.to_state())
 
 
@@ -172,17 +172,18 @@ def der(inputs: UpdateInputs, params: DerParams) -> Candidate:
     New rows left in the store are read a chunk at a time, as `replay` reads them."""
     model = with_classes(single_network(inputs, "der"), inputs.n_classes, inputs.seed, "der")
     memory = _memory(inputs, params, logits=True)
-    if not isinstance(inputs.new, Rows):
+    if not inputs.new.in_memory:
         return _der_in_pieces(inputs, inputs.new, params, model, memory)
-    n_new, n_mem = len(inputs.new), len(memory)
-    rows = Rows.concat([inputs.new, memory.rows])
+    fresh = inputs.new.load()
+    n_new, n_mem = len(fresh), len(memory)
+    rows = Rows.concat([fresh, memory.rows])
     weights = _weights(n_new, n_mem, params.replay_ratio)
     assert memory.logits is not None
     if inputs.regression:  # both terms are squared errors: one mixed target, one weight
         total = params.alpha + params.beta
         stored = memory.logits[:, 0]
         mixed = (params.alpha * stored + params.beta * memory.rows.y) / total if total else memory.rows.y
-        rows = Rows(rows.x, np.concatenate([inputs.new.y, mixed.astype(np.float32)]), rows.order)
+        rows = Rows(rows.x, np.concatenate([fresh.y, mixed.astype(np.float32)]), rows.order)
         weights[n_new:] *= total
         train_rows(model, inputs, rows, params, weights)
     else:
@@ -193,13 +194,13 @@ def der(inputs: UpdateInputs, params: DerParams) -> Candidate:
         columns = np.concatenate([LogitMatch.unmatched(n_new, units), matched])
         rows = Rows(rows.x, lay_out(rows.y, units, [columns]), rows.order)
         train_rows(model, inputs, rows, params, weights, hooks=(LogitMatch(),))
-    new_logits = logits_of(model, inputs.new.x, inputs.regression)
-    kept = select(memory, inputs.new, params.memory_size, params.selection, inputs.seed + 4, new_logits)
+    new_logits = logits_of(model, fresh.x, inputs.regression)
+    kept = select(memory, fresh, params.memory_size, params.selection, inputs.seed + 4, new_logits)
     return Candidate((model,), (1.0,), kept.to_state())
 
 
 def _der_in_pieces(
-    inputs: UpdateInputs, new: StoredRows | StoredUnion, params: DerParams, model: keras.Model, memory: Memory
+    inputs: UpdateInputs, new: RowSource, params: DerParams, model: keras.Model, memory: Memory
 ) -> Candidate:
     """`der` on new rows left in the store: the memory's rows, with their targets laid out as
     the in-memory loop lays them out, spread over every pass; new rows offered to the memory
@@ -333,11 +334,10 @@ def _padded(f: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _sample(rows: Rows | StoredRows | StoredUnion, n: int, seed: int) -> Rows:
+def _sample(source: RowSource, n: int, seed: int) -> Rows:
     """At most `n` of the rows, drawn by `seed`, in memory (rows left in the store: about
     `n` of them read by a seeded draw per row, then trimmed)."""
-    if isinstance(rows, StoredRows | StoredUnion):
-        rows = rows.sampled(min(1.0, 1.1 * n / max(len(rows), 1)), seed).load()
+    rows = source.load() if source.in_memory else source.sampled(min(1.0, 1.1 * n / max(len(source), 1)), seed).load()
     if len(rows) <= n:
         return rows
     return rows.take(np.sort(np.random.default_rng(seed).choice(len(rows), n, replace=False)))

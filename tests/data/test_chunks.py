@@ -104,3 +104,37 @@ def test_rows_set_aside_for_validation_leave_the_training_rows(store: Store) -> 
     )
     assert [len(p) for p in aside.parts] == [len(p.load()) for p in aside.parts]
     _same(StoredRows.of(store, ids, "holdout").set_aside(0.2, 5)[0].load(), StoredRows.of(store, ids, "holdout").load())
+
+
+def _keys(rows: Rows) -> set[tuple[float, ...]]:
+    """Each row as a hashable key (the rows of `make_table` are distinct)."""
+    return {tuple(r) for r in np.column_stack([rows.x["numeric"], rows.y, rows.order]).tolist()}
+
+
+@pytest.mark.parametrize("where", ["memory", "store"])
+def test_rows_in_memory_and_in_the_store_answer_the_same_questions(store: Store, where: str) -> None:
+    """The row-source protocol (`data.rows.RowSource`): length, counts by batch, samples,
+    shards, a validation share set aside and joins, the same answers in memory and in the
+    store; rows of the two kinds do not mix."""
+    ids = store.batch_ids()
+    stored = StoredRows.of(store, ids)
+    whole = stored.load()
+    source = whole if where == "memory" else stored
+    assert source.in_memory is (where == "memory")
+    assert len(source) == len(whole)
+    assert source.rows_by_order() == whole.rows_by_order() == {0: 240, 1: 800, 2: len(whole) - 1040}
+    assert source.sampled(1.0, seed=1).load().y.tolist() == whole.y.tolist()
+    half = source.sampled(0.5, seed=1).load()
+    assert 0.4 < len(half) / len(whole) < 0.6 and _keys(half) <= _keys(whole)
+    shards = [source.sharded(i, 3, seed=2).load() for i in range(3)]
+    assert sum(len(s) for s in shards) == len(whole) and all(len(s) for s in shards)
+    assert set().union(*(_keys(s) for s in shards)) == _keys(whole)
+    kept, aside = (part.load() for part in source.set_aside(0.25, seed=5))
+    assert len(kept) + len(aside) == len(whole) and 0.15 < len(aside) / len(whole) < 0.35
+    assert not _keys(kept) & _keys(aside) and _keys(kept) | _keys(aside) == _keys(whole)
+    holdout = StoredRows.of(store, ids, "holdout")
+    joined = source.join(holdout.load() if where == "memory" else holdout)
+    assert joined.in_memory is (where == "memory") and len(joined) == len(whole) + len(holdout)
+    assert source.join(Rows.empty(store.schema.input_spec())).load().y.tolist() == whole.y.tolist()
+    with pytest.raises(ValueError, match="join only"):
+        source.join(holdout if where == "memory" else holdout.load())
