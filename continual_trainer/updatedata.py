@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -15,16 +14,16 @@ from continual_trainer.data.batches import load_rows
 from continual_trainer.data.chunks import StoredRows
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import RowSource
-from continual_trainer.data.schema import InputInfo
 from continual_trainer.data.storage import Store
 from continual_trainer.strategies.base import reads_old
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.models import ModelSpec
 
 
-@dataclass(frozen=True)
-class UpdateData:
-    """What every strategy of one update sees: the current version and the rows.
+@dataclass(frozen=True, kw_only=True)
+class UpdateData(strategies.UpdateRows):
+    """What every strategy of one update sees: the rows (`strategies.UpdateRows`), which
+    batches they come from and the version they update.
 
     Built once by the driver; on a cluster it goes into Ray's object store once and
     every job reads it from there.
@@ -33,35 +32,13 @@ class UpdateData:
     parent: str
     old_ids: list[str]
     new_ids: list[str]
-    old: RowSource
-    new: RowSource
-    old_holdout: RowSource
-    new_holdout: RowSource
-    n_classes: int
-    model_spec: ModelSpec
-    input_spec: Mapping[str, InputInfo] = field(default_factory=dict)
-    target: tuple[float, float] | None = None
     batch_ids: tuple[str, ...] = ()  # every batch in ingestion order: a row's `order` indexes it
-
-    @functools.cached_property
-    def holdout(self) -> RowSource:
-        return self.old_holdout.join(self.new_holdout)  # left in the store: read when scored
 
     def eval_sets(self, extra: Mapping[str, RowSource] | None = None) -> dict[str, RowSource]:
         return {"holdout": self.holdout, "old": self.old_holdout, "new": self.new_holdout, **(extra or {})}
 
     def inputs(self, current: Candidate, seed: int) -> strategies.UpdateInputs:
-        return strategies.UpdateInputs(
-            current,
-            self.old,
-            self.new,
-            self.holdout,
-            self.n_classes,
-            self.model_spec,
-            seed,
-            self.input_spec,
-            self.target,
-        )
+        return strategies.UpdateInputs(**self.rows(), current=current, seed=seed)
 
 
 class NothingNew(UserError):
@@ -118,18 +95,18 @@ def load_update_data(
         old, old_holdout = load_rows(store, old_ids, train=old_train)
         new, new_holdout = load_rows(store, new_ids)
     return UpdateData(
-        parent,
-        old_ids,
-        new_ids,
-        old,
-        new,
-        old_holdout,
-        new_holdout,
-        store.schema.n_classes,
-        model_spec(store),
-        store.schema.input_spec(),
-        store.schema.target,
-        tuple(committed),  # rows index it by ingestion order, retired batches included
+        parent=parent,
+        old_ids=old_ids,
+        new_ids=new_ids,
+        old=old,
+        new=new,
+        old_holdout=old_holdout,
+        new_holdout=new_holdout,
+        n_classes=store.schema.n_classes,
+        model_spec=model_spec(store),
+        input_spec=store.schema.input_spec(),
+        target=store.schema.target,
+        batch_ids=tuple(committed),  # rows index it by ingestion order, retired batches included
     )
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -25,37 +26,58 @@ WEIGHTINGS = ("none", "recency", "importance")
 
 
 @dataclass(frozen=True)
-class UpdateInputs:
-    """Everything a strategy may use; strategies must not mutate any of it.
+class UpdateRows:
+    """The rows of one update and the store's recipe for networks: what the update's data
+    (`continual_trainer.updatedata.UpdateData`) holds and every strategy is given.
 
     Attributes:
-        current: the promoted model or ensemble.
         old: training rows of the batches the current model has seen.
         new: training rows of the batches that arrived since.
-        holdout: held-out rows of old and new batches, for model selection such as
-            fitted ensemble weights (the caller reports metrics on the same rows).
-        n_classes: classes the store knows now (may exceed what `current` knows); 0 for
-            regression.
+        old_holdout, new_holdout: the held-out rows of those batches.
+        n_classes: classes the store knows now (may exceed what the current model knows);
+            0 for regression.
         model_spec: the store's network recipe, for fresh models.
         input_spec: the model inputs the store's columns give (`data.schema.InputInfo`).
         target: a regression label's first-batch mean and standard deviation (see
             `data.schema.Schema.target`).
-        seed: fixes initialisation, sampling and shuffling.
     """
 
-    current: Candidate
     old: RowSource
     new: RowSource
-    holdout: RowSource
+    old_holdout: RowSource
+    new_holdout: RowSource
     n_classes: int
     model_spec: ModelSpec
-    seed: int
     input_spec: Mapping[str, InputInfo] = field(default_factory=dict)
     target: tuple[float, float] | None = None
+
+    @functools.cached_property
+    def holdout(self) -> RowSource:
+        """Held-out rows of old and new batches, for model selection such as fitted ensemble
+        weights (the caller reports metrics on the same rows); left in the store: read when used."""
+        return self.old_holdout.join(self.new_holdout)
 
     @property
     def regression(self) -> bool:
         return self.n_classes == 0
+
+    def rows(self) -> dict[str, Any]:
+        """These fields by name, to build an `UpdateInputs` or `UpdateData` from them."""
+        return {f.name: getattr(self, f.name) for f in fields(UpdateRows)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpdateInputs(UpdateRows):
+    """Everything a strategy may use; strategies must not mutate any of it: the update's rows
+    (`UpdateRows`), the current version and a seed.
+
+    Attributes:
+        current: the promoted model or ensemble.
+        seed: fixes initialisation, sampling and shuffling.
+    """
+
+    current: Candidate
+    seed: int
 
     def fresh_model(self, seed_offset: int = 0, rows: RowSource | None = None) -> keras.Model:
         """A new network of the store's recipe, covering every class the store knows; with

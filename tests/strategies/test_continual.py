@@ -170,14 +170,15 @@ def test_ewc_keeps_online_fisher_information_and_holds_important_weights(split_s
 
         ewc = strategies.get("ewc")
         inputs = UpdateInputs(
-            Candidate(current.load().members, (1.0,), current.state),
-            rows.take(np.arange(0)),
-            rows,
-            rows,
-            raw.schema.n_classes,
-            model_spec(raw),
-            0,
-            raw.schema.input_spec(),
+            current=Candidate(current.load().members, (1.0,), current.state),
+            old=rows.take(np.arange(0)),
+            new=rows,
+            old_holdout=rows.take(np.arange(0)),
+            new_holdout=rows,
+            n_classes=raw.schema.n_classes,
+            model_spec=model_spec(raw),
+            seed=0,
+            input_spec=raw.schema.input_spec(),
         )
         out = ewc(inputs, ewc.make_params({"ewc_lambda": strength, "epochs": 30, "learning_rate": 0.01}))
         after = out.members[0].trainable_variables
