@@ -236,7 +236,7 @@ class ModelStore:
             NothingNew: no batch arrived since the current version (and the strategy trains).
         """
         from continual_trainer.commands import update
-        from continual_trainer.executor import make_executor
+        from continual_trainer.executor import executor_name, make_executor
         from continual_trainer.trainer.forgetting import Gate
 
         budget = _budget(memory_budget)
@@ -248,7 +248,7 @@ class ModelStore:
                 params,
                 seed=seed,
                 promote=promote,
-                executor=make_executor(ray=True if actors else ray, actors=actors),
+                executor=make_executor(executor_name(True if actors else ray), actors=actors),
                 actors=actors,
                 sync_steps=sync_steps,
                 gate=Gate(max_forgetting, max_flip_rate),
@@ -290,7 +290,7 @@ class ModelStore:
         import yaml
 
         from continual_trainer.commands import save_sweep_winner
-        from continual_trainer.executor import make_executor
+        from continual_trainer.executor import executor_name, make_executor
         from continual_trainer.sweep import SweepSpec, run_sweep
         from continual_trainer.trainer.forgetting import Gate
 
@@ -307,7 +307,7 @@ class ModelStore:
             raise UserError("sweep: give a config, or the id of a sweep to resume")
         budget = _budget(memory_budget)
         store = self._store()
-        executor = make_executor(ray=ray)
+        executor = make_executor(executor_name(ray))
         winner = None
         with self._reporting("sweep"):
             result = run_sweep(store, executor, spec, resume=resume, memory_budget=budget)
@@ -366,7 +366,7 @@ class ModelStore:
         """
         from dataclasses import asdict
 
-        from continual_trainer.executor import deferred_executor
+        from continual_trainer.executor import deferred_executor, executor_name
         from continual_trainer.stream import DEFAULT_CANDIDATES, Policy, run_stream
         from continual_trainer.trainer.forgetting import Gate
         from continual_trainer.triggers import TriggerSet
@@ -385,7 +385,7 @@ class ModelStore:
             scale,
             budget,
         )
-        executor = deferred_executor(ray=ray)
+        executor = deferred_executor(executor_name(ray))
         mirror = self._mirror
 
         def recorded(event: StreamEvent) -> None:
@@ -458,9 +458,9 @@ class ModelStore:
         `actors`, scored on that many Ray actors, each reading its own row groups). Returns
         {"rows", "version", "out"}."""
         from continual_trainer.commands import predict
-        from continual_trainer.executor import LocalExecutor, make_executor
+        from continual_trainer.executor import make_executor
 
-        executor = make_executor(ray=True, actors=actors) if actors else LocalExecutor()
+        executor = make_executor("ray" if actors else "local", actors=actors)
         with self._reporting("predict"):
             return predict(self.uri, data, out, version=version, executor=executor)
 
@@ -590,9 +590,9 @@ def run_demo(
     strategy against the new batch, scored on the test split. Returns {"store", "report",
     "results" (one row per strategy), "executor" (where it ran), "table" (as text)}."""
     from continual_trainer import demo
-    from continual_trainer.executor import make_executor
+    from continual_trainer.executor import executor_name, make_executor
 
-    executor = make_executor(ray=ray)
+    executor = make_executor(executor_name(ray))
     where, results, report = demo.run_demo(executor, store, seed=seed, on_result=on_result)
     return {
         "store": where,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
 from continual_trainer.trainer.params import Interval, Params, param
+from continual_trainer.trainer.registry import Registry
 from continual_trainer.trials import PartsOf, TrialResult, run_strategy, score_candidate, stored_parts
 
 if TYPE_CHECKING:
@@ -216,29 +217,55 @@ class Deferred:
         return self._get().score(*args, **kwargs)
 
 
-def deferred_executor(ray: bool | None = None, *, actors: int = 0) -> Executor:
-    """`make_executor`, with Ray joined or started only when work first needs it."""
-    if ray is None:
-        ray = bool(os.environ.get("RAY_ADDRESS"))
-    if not ray:
-        return LocalExecutor()
-    address = os.environ.get("RAY_ADDRESS")
-    planned = f"the Ray cluster at {address}" if address else "a local Ray (started when a file needs it)"
-    return Deferred(lambda: make_executor(ray=True, actors=actors), planned)
+# Executors by name: a factory given how many actors the work may use.
+EXECUTORS: Registry[Callable[[int], Executor]] = Registry("executor", "executor")
 
 
-def make_executor(ray: bool | None = None, *, actors: int = 0) -> Executor:
-    """This process, or Ray.
+def _local(actors: int) -> Executor:
+    return LocalExecutor()
 
-    Args:
-        ray: True asks for Ray (the cluster at RAY_ADDRESS, else a local one started
-            here); None means Ray exactly when RAY_ADDRESS names a cluster.
-        actors: on Ray, how many actors score or run jobs at once (default: all CPUs).
-    """
-    if ray is None:
-        ray = bool(os.environ.get("RAY_ADDRESS"))
-    if not ray:
-        return LocalExecutor()
-    from continual_trainer.cluster.executor import RayExecutor
+
+def _ray(actors: int) -> Executor:
+    from continual_trainer.cluster.executor import RayExecutor  # the layer above: Ray lives there
 
     return RayExecutor(actors)
+
+
+EXECUTORS.add("local", _local)
+EXECUTORS.add("ray", _ray)
+
+
+def executor_name(ray: bool | None = None) -> str:
+    """Where work runs, by name: `ray` when asked for (True) or, if not said (None), when
+    RAY_ADDRESS names a cluster; else `local` (this process)."""
+    if ray is None:
+        ray = bool(os.environ.get("RAY_ADDRESS"))
+    return "ray" if ray else "local"
+
+
+def make_executor(name: str | None = None, *, actors: int = 0) -> Executor:
+    """The executor registered as `name` (`local`, `ray`, or one registered in `EXECUTORS`);
+    None: by `executor_name`'s rule.
+
+    Args:
+        name: which executor. `ray` joins the cluster at RAY_ADDRESS, else starts a local one.
+        actors: on Ray, how many actors score or run jobs at once (default: all CPUs).
+    """
+    return EXECUTORS.get(name or executor_name())(actors)
+
+
+def deferred_executor(name: str | None = None, *, actors: int = 0) -> Executor:
+    """`make_executor`, made only when work first needs it (a stream that finds nothing new
+    starts no Ray)."""
+    name = name or executor_name()
+    make = EXECUTORS.get(name)
+    if name == "local":
+        return make(actors)
+    address = os.environ.get("RAY_ADDRESS")
+    if name != "ray":
+        planned = f"the {name} executor (made when work needs it)"
+    elif address:
+        planned = f"the Ray cluster at {address}"
+    else:
+        planned = "a local Ray (started when a file needs it)"
+    return Deferred(lambda: make(actors), planned)

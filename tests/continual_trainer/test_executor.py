@@ -11,7 +11,7 @@ from continual_trainer.commands import predict, update
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.storage import Store
 from continual_trainer.demo import run_demo
-from continual_trainer.executor import LocalExecutor, make_executor
+from continual_trainer.executor import EXECUTORS, LocalExecutor, deferred_executor, executor_name, make_executor
 from continual_trainer.stream import Policy, run_stream
 from continual_trainer.sweep import SweepSpec, run_sweep
 from tests.conftest import make_table
@@ -69,5 +69,23 @@ def test_data_parallel_work_needs_ray(tiny_store: str) -> None:
 
 def test_without_ray_address_work_stays_in_this_process(monkeypatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert executor_name() == executor_name(False) == "local" and executor_name(True) == "ray"
     assert isinstance(make_executor(), LocalExecutor)
-    assert isinstance(make_executor(ray=False), LocalExecutor)
+    assert isinstance(make_executor("local"), LocalExecutor)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    assert executor_name() == "ray" and executor_name(False) == "local"
+
+
+def test_executors_are_chosen_by_name_from_one_registry(monkeypatch) -> None:
+    """A new executor is one registration; an unknown name is the user's mistake, naming the choices."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    made: list[int] = []
+    EXECUTORS.add("recording", lambda actors: made.append(actors) or Recording())
+    try:
+        assert isinstance(make_executor("recording", actors=3), Recording) and made == [3]
+        deferred = deferred_executor("recording", actors=2)
+        assert made == [3] and "recording" in deferred.where  # nothing made until work needs it
+        with pytest.raises(UserError, match="unknown executor; choose one of local, ray, recording"):
+            make_executor("slurm")
+    finally:
+        EXECUTORS.remove("recording")
