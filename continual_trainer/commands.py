@@ -103,7 +103,7 @@ def init_store(
     start = time.perf_counter()
     if architecture is not None:
         net = from_bytes(architecture, source=model_name)
-        numeric = [c.name for c in schema.columns if c.kind == "numeric"]
+        numeric = [c.name for c in schema.columns if c.type.grouped]
         schema = replace(schema, numeric_inputs=numeric_layout(net, numeric))
         check_model(net, schema.input_spec(), schema.n_classes, model_name)
     else:

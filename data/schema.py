@@ -16,6 +16,8 @@ created:
   it grows as batches bring new values.
 The store also records each numeric and tensor column's mean and variance over the
 first batch, which the default network uses to normalise its inputs.
+Each kind is a class in `data.columns` (what it accepts, checks, gives the model and records);
+a new kind is one class there.
 
 The task is `classification` (labels are classes) or `regression` (labels are numbers).
 
@@ -38,42 +40,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from continual_trainer.data.columns import (
+    FLOAT32_MAX,
+    Column,
+    InputInfo,
+    check_column,
+    grouped,
+    infer_column,
+    is_number,
+)
 from continual_trainer.data.errors import NewClassesRefused, UserError
 from continual_trainer.data.rows import NUMERIC
 
 # Columns `predict` adds to its output: a feature of that name could never be predicted.
 OUTPUT_COLUMNS = ("prediction", "probability")
-KINDS = ("numeric", "tensor", "categorical")
 # How numeric columns reach the model: side by side as one `numeric` input, or one input each.
 NUMERIC_LAYOUTS = ("grouped", "columns")
 TASKS = ("classification", "regression")
-# The largest magnitude the model's float32 arithmetic represents.
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _is_numeric(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
-
-
-def _is_text(t: pa.DataType) -> bool:
-    if pa.types.is_dictionary(t):
-        return _is_text(t.value_type)
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
-
-
-def _is_list(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
-
-
-def kind_of(t: pa.DataType) -> str | None:
-    """The feature kind an Arrow type makes, or None if it cannot be a feature."""
-    if _is_numeric(t):
-        return "numeric"
-    if _is_list(t) and _is_numeric(t.value_type):
-        return "tensor"
-    if _is_text(t):
-        return "categorical"
-    return None
 
 
 def check_unique_columns(table: pa.Table, source: str) -> None:
@@ -88,81 +71,6 @@ def check_unique_columns(table: pa.Table, source: str) -> None:
 def _label_key(value: Any) -> Any:
     """Normalise a label for comparison: numpy scalars to Python ones."""
     return value.item() if isinstance(value, np.generic) else value
-
-
-@dataclass(frozen=True)
-class Column:
-    """One feature column.
-
-    Attributes:
-        name: the column's name.
-        kind: `numeric`, `tensor` or `categorical`.
-        shape: a tensor's shape per row.
-        vocabulary: a categorical column's values seen so far, sorted within each batch
-            that brought them (earlier values keep their position).
-        mean, variance: over the store's first batch (all elements, for a tensor); None
-            in stores made before they were recorded.
-    """
-
-    name: str
-    kind: str = "numeric"
-    shape: tuple[int, ...] = ()
-    vocabulary: tuple[str, ...] = ()
-    mean: float | None = None
-    variance: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"column kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape)) if self.shape else 1
-
-    def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"name": self.name, "kind": self.kind}
-        if self.kind == "tensor":
-            d["shape"] = list(self.shape)
-        if self.kind == "categorical":
-            d["vocabulary"] = list(self.vocabulary)
-        if self.mean is not None:
-            d["mean"], d["variance"] = self.mean, self.variance
-        return d
-
-    @classmethod
-    def from_json(cls, d: Any) -> Column:
-        if isinstance(d, str):  # stores of format 1 list feature names only: all numeric
-            return cls(d)
-        if not isinstance(d, dict) or not isinstance(d.get("name"), str):
-            raise ValueError("a column is not an object with a name")
-        shape = tuple(int(s) for s in d.get("shape", ()))
-        vocabulary = tuple(str(v) for v in d.get("vocabulary", ()))
-        mean = None if d.get("mean") is None else float(d["mean"])
-        variance = None if d.get("variance") is None else float(d["variance"])
-        return cls(d["name"], str(d.get("kind", "numeric")), shape, vocabulary, mean, variance)
-
-
-@dataclass(frozen=True)
-class InputInfo:
-    """One model input, as a model builder sees it.
-
-    Attributes:
-        shape: per row, e.g. `(5,)` for five numeric features, `(8, 8, 1)` for an image,
-            `()` for a categorical column.
-        dtype: `float32`, or `string` for a categorical column.
-        vocabulary: a categorical column's values (a model maps them, e.g. with
-            `keras.layers.StringLookup(vocabulary=...)`, and sends others to its OOV bucket).
-        mean, variance: per feature (numeric) or over all elements (tensor), from the
-            store's first batch, for normalisation; None if unknown.
-        columns: for the numeric input, the columns it holds side by side.
-    """
-
-    shape: tuple[int, ...]
-    dtype: str
-    vocabulary: tuple[str, ...] = ()
-    mean: tuple[float, ...] | None = None
-    variance: tuple[float, ...] | None = None
-    columns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -256,17 +164,9 @@ class Schema:
     def input_spec(self) -> dict[str, InputInfo]:
         """The model inputs this schema gives, by name (see the module's docstring)."""
         spec: dict[str, InputInfo] = {}
-        numeric = [c for c in self.columns if c.kind == "numeric"]
+        numeric = grouped(self.columns)
         if numeric and self.numeric_inputs == "columns":
-            for c in numeric:
-                stats = c.mean is not None
-                spec[c.name] = InputInfo(
-                    (),
-                    "float32",
-                    mean=(float(c.mean),) if stats else None,  # type: ignore[arg-type]
-                    variance=(float(c.variance),) if stats else None,  # type: ignore[arg-type]
-                    columns=(c.name,),
-                )
+            spec.update((c.name, c.type.input_info(c)) for c in numeric)
         elif numeric:
             known = all(c.mean is not None for c in numeric)
             spec[NUMERIC] = InputInfo(
@@ -276,36 +176,19 @@ class Schema:
                 variance=tuple(float(c.variance) for c in numeric) if known else None,  # type: ignore[arg-type]
                 columns=tuple(c.name for c in numeric),
             )
-        for c in self.columns:
-            if c.kind == "tensor":
-                stats = c.mean is not None
-                spec[c.name] = InputInfo(
-                    c.shape,
-                    "float32",
-                    mean=(float(c.mean),) if stats else None,  # type: ignore[arg-type]
-                    variance=(float(c.variance),) if stats else None,  # type: ignore[arg-type]
-                )
-            elif c.kind == "categorical":
-                spec[c.name] = InputInfo((), "string", c.vocabulary)
+        spec.update((c.name, c.type.input_info(c)) for c in self.columns if not c.type.grouped)
         return spec
 
     def inputs(self, table: pa.Table) -> dict[str, np.ndarray]:
         """The features of a (checked) table as model inputs, by input name."""
-        n = table.num_rows
         out: dict[str, np.ndarray] = {}
-        numeric = [c.name for c in self.columns if c.kind == "numeric"]
-        cols = [table.column(c).to_numpy().astype(np.float32, copy=False) for c in numeric]
+        numeric = grouped(self.columns)
+        cols = [c.type.to_input(table.column(c.name), c) for c in numeric]
         if numeric and self.numeric_inputs == "columns":
-            out.update((name, np.ascontiguousarray(col)) for name, col in zip(numeric, cols, strict=True))
+            out.update((c.name, col) for c, col in zip(numeric, cols, strict=True))
         elif numeric:
             out[NUMERIC] = np.ascontiguousarray(np.stack(cols, axis=1))
-        for c in self.columns:
-            col = table.column(c.name)
-            if c.kind == "tensor":
-                flat = col.combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-                out[c.name] = flat.reshape((n, *c.shape))
-            elif c.kind == "categorical":
-                out[c.name] = np.asarray(_strings(col), dtype=object)
+        out.update((c.name, c.type.to_input(table.column(c.name), c)) for c in self.columns if not c.type.grouped)
         return out
 
     def features_matrix(self, table: pa.Table) -> np.ndarray:
@@ -362,13 +245,14 @@ class Schema:
         unknown = sorted(set(shapes) - set(names))
         if unknown:
             raise UserError.about("shapes", unknown[0], f"no feature column of that name in {source}")
-        columns = [_infer_column(table, name, shapes.pop(name, None), source) for name in names]
+        columns = [infer_column(table, name, shapes.pop(name, None), source) for name in names]
         for c in columns:
-            if c.name == NUMERIC and c.kind != "numeric":
+            if c.name == NUMERIC and not c.type.grouped:
                 raise UserError(f"{source}: a {c.kind} column may not be called {NUMERIC!r} (the numeric input's name)")
         schema = cls(tuple(columns), label, (), task or "classification", ignore=kept)
         schema.check_features(table, source)
-        _refuse_identifiers(table, columns, source)
+        for c in columns:
+            c.type.first_batch(table.column(c.name), c, source)
         schema = schema.with_stats(table)._grow_vocabularies(table)
         if task is None and _looks_like_regression(table.column(label)):
             schema = replace(schema, task="regression")
@@ -387,21 +271,14 @@ class Schema:
         return replace(schema, classes=classes)
 
     def with_stats(self, table: pa.Table) -> Schema:
-        """This schema with each numeric and tensor column's mean and variance over `table`."""
-        inputs = self.inputs(table)
-        numeric = [c.name for c in self.columns if c.kind == "numeric"]
+        """This schema with the mean and variance over `table` of each column whose kind has
+        statistics (numeric and tensor columns)."""
         columns = []
         for c in self.columns:
-            if c.kind == "numeric" and self.numeric_inputs == "columns":
-                x = inputs[c.name].astype(np.float64)
-            elif c.kind == "numeric":
-                x = inputs[NUMERIC][:, numeric.index(c.name)].astype(np.float64)
-            elif c.kind == "tensor":
-                x = inputs[c.name].astype(np.float64).ravel()
-            else:
-                columns.append(c)
-                continue
-            columns.append(replace(c, mean=float(x.mean()), variance=float(x.var())))
+            if c.type.statistics:
+                x = c.type.values(c.type.to_input(table.column(c.name), c))
+                c = replace(c, mean=float(x.mean()), variance=float(x.var()))
+            columns.append(c)
         return replace(self, columns=tuple(columns))
 
     def check_features(self, table: pa.Table, source: str, *, allow_extra: bool = False) -> None:
@@ -424,7 +301,7 @@ class Schema:
                 "columns, create the store with --ignore or --features)"
             )
         for c in self.columns:
-            _check_column(table.column(c.name), c, source)
+            check_column(table.column(c.name), c, source)
 
     def kept(self, column: str) -> bool:
         """Whether `column` is one the store keeps but does not train on (see the module docstring)."""
@@ -439,7 +316,7 @@ class Schema:
         if self.label not in table.column_names:
             raise UserError(f"{source}: missing label column {self.label!r}")
         col = table.column(self.label)
-        if not (_is_numeric(col.type) or pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        if not (is_number(col.type) or pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
             raise UserError(f"{source}: label {self.label!r} is {col.type}; use integers or strings")
         values = col.to_pylist()
         if col.null_count or any(isinstance(v, float) and not np.isfinite(v) for v in values):
@@ -451,7 +328,7 @@ class Schema:
         if self.label not in table.column_names:
             raise UserError(f"{source}: missing label column {self.label!r}")
         col = table.column(self.label)
-        if not _is_numeric(col.type):
+        if not is_number(col.type):
             raise UserError(f"{source}: label {self.label!r} is {col.type}; a regression label is a number")
         y = col.to_numpy(zero_copy_only=False).astype(np.float64)
         bad = int(np.count_nonzero(~np.isfinite(y) | (np.abs(y) > FLOAT32_MAX)))
@@ -497,14 +374,7 @@ class Schema:
         return replace(self, columns=tuple(columns), classes=tuple(sorted(set(self.classes) | set(other.classes))))
 
     def _grow_vocabularies(self, table: pa.Table) -> Schema:
-        columns = []
-        for c in self.columns:
-            if c.kind == "categorical":
-                known = set(c.vocabulary)
-                new = sorted({v for v in _strings(table.column(c.name)) if v not in known})
-                c = replace(c, vocabulary=c.vocabulary + tuple(new))
-            columns.append(c)
-        return replace(self, columns=tuple(columns))
+        return replace(self, columns=tuple(c.type.grown(c, table.column(c.name)) for c in self.columns))
 
     def label_indices(self, table: pa.Table) -> np.ndarray:
         """The labels as int32 indices into `classes`."""
@@ -526,12 +396,6 @@ class Schema:
     def class_type(self) -> pa.DataType:
         """The Arrow type of `prediction`: the class labels' type, or float64 for regression."""
         return pa.float64() if self.is_regression else pa.array(list(self.classes)).type
-
-
-def _strings(col: pa.ChunkedArray) -> list[str]:
-    if pa.types.is_dictionary(col.type):
-        col = col.cast(col.type.value_type)
-    return [str(v) for v in col.to_pylist()]
 
 
 def _looks_like_regression(col: pa.ChunkedArray) -> bool:
@@ -556,116 +420,3 @@ def _pandas_index(column: str) -> bool:
     """A DataFrame's index that `DataFrame.to_parquet` wrote as a column (`__index_level_0__`):
     row labels, never a feature; kept and passed through like an ignored column."""
     return fnmatch.fnmatchcase(column, "__index_level_*__")
-
-
-def _refuse_identifiers(table: pa.Table, columns: Sequence[Column], source: str) -> None:
-    """A string column with a different value in every row is an identifier, not a feature:
-    as a category it would teach the model nothing and grow its vocabulary by every row."""
-    for c in columns:
-        distinct = len(set(_strings(table.column(c.name)))) if c.kind == "categorical" else 0
-        if table.num_rows >= 20 and distinct == table.num_rows:
-            raise UserError(
-                f"{source}: column {c.name!r} has a different value in every row (an identifier?); "
-                f"keep it out of the features with --ignore {c.name}"
-            )
-
-
-def _infer_column(table: pa.Table, name: str, shape: tuple[int, ...] | None, source: str) -> Column:
-    col = table.column(name)
-    kind = kind_of(col.type)
-    if kind is None:
-        raise UserError(
-            f"{source}: feature {name!r} is {col.type}; features are numbers, fixed-size lists of numbers or strings"
-        )
-    if shape is not None and kind != "tensor":
-        raise UserError.about("shapes", name, f"{name!r} is {col.type}, not a list of numbers")
-    if kind != "tensor":
-        return Column(name, kind)
-    if pa.types.is_fixed_size_list(col.type):
-        size = col.type.list_size
-    else:
-        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False) if len(col) else np.zeros(0)
-        valid = lengths[~np.isnan(lengths.astype(float))] if lengths.size else lengths
-        size = int(valid[0]) if len(valid) else 0
-    shape = shape or (size,)
-    if int(np.prod(shape)) != size or size < 1:
-        raise UserError(f"{source}: feature {name!r} holds {size} numbers per row, which shape {shape} cannot take")
-    return Column(name, "tensor", tuple(shape))
-
-
-def _check_column(col: pa.ChunkedArray, column: Column, source: str) -> None:
-    name, kind = column.name, kind_of(col.type)
-    if kind != column.kind:
-        raise UserError(f"{source}: feature {name!r} is {col.type} here; the store holds it as {column.kind}")
-    if col.null_count:
-        raise UserError(f"{source}: feature {name!r} has {col.null_count} missing value(s)")
-    if kind == "categorical":
-        return
-    if kind == "tensor":
-        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-        wrong = int(np.count_nonzero(lengths != column.size))
-        if wrong:
-            raise UserError(
-                f"{source}: feature {name!r} has {wrong} row(s) whose length is not {column.size} "
-                f"(shape {column.shape})"
-            )
-        values = col.combine_chunks().flatten()
-        if values.null_count:
-            raise UserError(f"{source}: feature {name!r} has {values.null_count} missing value(s) inside its lists")
-        _check_finite(values.to_numpy(zero_copy_only=False), name, source)
-        _check_magnitude(values.to_numpy(zero_copy_only=False), name, source)
-    elif pa.types.is_floating(col.type):
-        _check_finite(col.to_numpy(), name, source)
-        _check_magnitude(col.to_numpy(), name, source)
-    elif pa.types.is_integer(col.type):
-        _check_sentinels(col, name, source)
-        _check_magnitude(col.to_numpy(), name, source)
-
-
-# A feature value's size, beyond which a batch is refused: far past any measurement kept in
-# float32's 7 digits, and small enough that a square summed over a million rows (a variance,
-# a squared error) stays inside float32's range (1e30 x 1e6 < 3.4e38). Values beyond it (3.3e38,
-# an integer type's extreme used as "missing") passed as finite and made every later update
-# that read them diverge.
-MAX_MAGNITUDE = 1e15
-
-
-def _check_magnitude(x: np.ndarray, name: str, source: str) -> None:
-    huge = np.abs(x.astype(np.float64, copy=False)) > MAX_MAGNITUDE
-    count = int(np.count_nonzero(huge))
-    if count:
-        example = float(x[np.argmax(huge)])
-        raise UserError(
-            f"{source}: feature {name!r} has {count} value(s) beyond ±1e15 (e.g. {example:.3g}), far outside "
-            "what a network can train on; replace them (missing values?) before ingesting"
-        )
-
-
-def _check_sentinels(col: pa.ChunkedArray, name: str, source: str) -> None:
-    """An integer type's extreme is almost always a 'missing' sentinel, not a measurement."""
-    info = np.iinfo(col.type.to_pandas_dtype())
-    x = col.to_numpy()
-    for value, what in ((info.max, "maximum"), (info.min, "minimum")):
-        if value == 0:
-            continue
-        count = int(np.count_nonzero(x == value))
-        if count:
-            raise UserError(
-                f"{source}: feature {name!r} has {count} value(s) equal to {col.type}'s {what} ({value}), "
-                "a sentinel for missing values, not a measurement; replace them before ingesting"
-            )
-
-
-def _check_finite(x: np.ndarray, name: str, source: str) -> None:
-    """Values as the model computes them, in float32: finite and within its range."""
-    if x.dtype.kind != "f":
-        return
-    bad = int(np.count_nonzero(~np.isfinite(x)))
-    if bad:
-        raise UserError(f"{source}: feature {name!r} has {bad} NaN or infinite value(s)")
-    huge = int(np.count_nonzero(np.abs(x) > FLOAT32_MAX))
-    if huge:
-        raise UserError(
-            f"{source}: feature {name!r} has {huge} value(s) beyond float32's range (|x| > 3.4e38), "
-            "infinite where the model computes"
-        )
