@@ -373,8 +373,9 @@ def learnt(request) -> UpdateInputs:
     current = clone(family.model)
     train(current, feed(current, old.x), old.y, LoopConfig(epochs=60, learning_rate=0.02))
     inputs = dataclasses.replace(family, model=current).inputs()
+    held = family.rows(400, seed=12)
     return dataclasses.replace(
-        inputs, old=old, new=family.rows(300, seed=11, order=1), holdout=family.rows(400, seed=12)
+        inputs, old=old, new=family.rows(300, seed=11, order=1), old_holdout=held.take(np.arange(0)), new_holdout=held
     )
 
 
