@@ -11,12 +11,23 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import IO, Any
 
 _OPEN: ContextVar[Reporter | None] = ContextVar("ctrain_reporter", default=None)
+# Set to stop work running on other threads of this process (jobs run side by side, see
+# `executor.LocalExecutor`): long work reports progress every half second or so, and a report
+# is where it notices the request and stops with `Stopped`.
+STOP = threading.Event()
+
+
+class Stopped(Exception):
+    """Work stopped because its command was interrupted (see `STOP`)."""
+
+
 STATUS_SECONDS = 10.0  # between status lines when stderr is not a terminal (CTRAIN_STATUS_SECONDS)
 
 
@@ -103,7 +114,10 @@ def reporting(reporter: Reporter | None) -> Iterator[Reporter | None]:
 
 
 def report(what: str, done: int, total: int, note: str | None = None) -> None:
-    """Count `done` of `total` `what` on the open reporter, if there is one."""
+    """Count `done` of `total` `what` on the open reporter, if there is one; raise `Stopped`
+    if work was asked to stop."""
+    if STOP.is_set():
+        raise Stopped("stopped: the command was interrupted")
     reporter = _OPEN.get()
     if reporter is not None:
         reporter.count(what, done, total, note)

@@ -7,11 +7,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+import continual_trainer as ct
 from continual_trainer.commands import predict, update
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.storage import Store
 from continual_trainer.demo import run_demo
-from continual_trainer.executor import EXECUTORS, LocalExecutor, deferred_executor, executor_name, make_executor
+from continual_trainer.executor import EXECUTORS, Job, LocalExecutor, deferred_executor, executor_name, make_executor
 from continual_trainer.stream import Policy, run_stream
 from continual_trainer.sweep import SweepSpec, run_sweep
 from tests.conftest import make_table
@@ -21,6 +22,7 @@ class Recording(LocalExecutor):
     """The local executor, noting which of its operations each command used."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[str] = []
 
     def run(self, *args, **kwargs):
@@ -89,3 +91,88 @@ def test_executors_are_chosen_by_name_from_one_registry(monkeypatch) -> None:
             make_executor("slurm")
     finally:
         EXECUTORS.remove("recording")
+
+
+@pytest.fixture
+def side_by_side():
+    """Two strategies of a user's: one waits until another job runs beside it, one works
+    (reporting progress, as the training loop does) until it is stopped."""
+    import threading
+
+    from continual_trainer import strategies
+    from continual_trainer.strategies import registry
+    from continual_trainer.trainer.progress import Stopped, report
+
+    met = threading.Barrier(2, timeout=60)
+    seen: dict[str, object] = {}
+
+    def meet(inputs, params):
+        met.wait()  # both jobs must be running at once to pass
+        return inputs.current
+
+    def work(inputs, params):
+        try:
+            for i in range(20_000):  # bounded: 20 s or more if nothing stops it
+                report("steps", i, 20_000)
+                threading.Event().wait(0.001)
+        except Stopped:
+            seen["stopped"] = True
+            raise
+        return inputs.current
+
+    keep = strategies.get("keep").params
+    strategies.register("meet", keep, "test: waits for a job beside it")(meet)
+    strategies.register("work", keep, "test: works until stopped")(work)
+    yield seen
+    registry._REGISTRY.remove("meet")
+    registry._REGISTRY.remove("work")
+
+
+def _jobs(*names: str) -> list[Job]:
+    from continual_trainer import strategies
+
+    return [Job(strategies.get(n), strategies.get(n).make_params({}), 0) for n in names]
+
+
+def test_local_jobs_run_side_by_side_with_the_results_they_have_alone(tiny_store: str, side_by_side) -> None:
+    from continual_trainer import strategies
+    from continual_trainer.updatedata import load_update_data
+    from continual_trainer.versions import stored_candidate
+
+    store = Store.open(tiny_store)
+    pq.write_table(make_table(n=120, seed=5), Path(tiny_store).parent / "more.parquet")
+    ct.open_store(tiny_store).ingest(str(Path(tiny_store).parent / "more.parquet"))
+    data, current = load_update_data(store), None
+    current = stored_candidate(store, data.parent)
+    met = LocalExecutor(workers=2).run(data, current, _jobs("meet", "meet"))
+    assert [type(o).__name__ for o in met] == ["TrialResult"] * 2
+    jobs = [
+        Job(strategies.get(n), strategies.get(n).make_params({"epochs": 30}), s)
+        for n in ("finetune_all", "fresh_new")
+        for s in (0, 1)
+    ]
+    done: list[int] = []
+    alone = LocalExecutor(workers=1).run(data, current, jobs)
+    beside = LocalExecutor(workers=2).run(data, current, jobs, on_done=lambda i, _: done.append(i))
+    assert sorted(done) == [0, 1, 2, 3]
+    assert [o.metrics for o in beside] == [o.metrics for o in alone]
+
+
+def test_an_interrupt_stops_the_jobs_running_beside_it(tiny_store: str, side_by_side) -> None:
+    from continual_trainer.trainer.progress import STOP
+    from continual_trainer.updatedata import load_update_data
+    from continual_trainer.versions import stored_candidate
+
+    store = Store.open(tiny_store)
+    pq.write_table(make_table(n=120, seed=5), Path(tiny_store).parent / "more.parquet")
+    ct.open_store(tiny_store).ingest(str(Path(tiny_store).parent / "more.parquet"))
+    data = load_update_data(store)
+
+    def interrupt(i: int, outcome) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        LocalExecutor(workers=2).run(
+            data, stored_candidate(store, data.parent), _jobs("keep", "work"), on_done=interrupt
+        )
+    assert side_by_side == {"stopped": True} and not STOP.is_set()
