@@ -265,7 +265,7 @@ class ModelStore:
         config: str | Mapping[str, Any] | None = None,
         *,
         resume: str | None = None,
-        ray: bool | None = False,
+        ray: bool | None = None,
         promote_best: bool = False,
         max_forgetting: float | None = None,
         max_flip_rate: float | None = None,
@@ -279,7 +279,9 @@ class ModelStore:
             resume: instead of `config`, the id of an interrupted sweep to finish (its finished
                 trials are kept, not redone).
             ray: on Ray Tune (True: the cluster at RAY_ADDRESS, else a local Ray), in this
-                process (False), or on Ray when RAY_ADDRESS is set (None).
+                process with trials side by side on its cores (False), or on Ray exactly when
+                RAY_ADDRESS is set (None, the default). Ray is joined or started only when a
+                trial needs it (resuming a finished sweep starts none).
             promote_best: train the winning configuration as a version and promote it if it
                 beats the current one (and is not refused by `max_forgetting`/`max_flip_rate`,
                 as for `update`); its outcome is then `last_outcome`.
@@ -290,7 +292,7 @@ class ModelStore:
         import yaml
 
         from continual_trainer.commands import save_sweep_winner
-        from continual_trainer.executor import executor_name, make_executor
+        from continual_trainer.executor import deferred_executor, executor_name
         from continual_trainer.sweep import SweepSpec, run_sweep
         from continual_trainer.trainer.forgetting import Gate
 
@@ -307,13 +309,15 @@ class ModelStore:
             raise UserError("sweep: give a config, or the id of a sweep to resume")
         budget = _budget(memory_budget)
         store = self._store()
-        executor = make_executor(executor_name(ray))
+        executor = deferred_executor(executor_name(ray))
         winner = None
         with self._reporting("sweep"):
             result = run_sweep(store, executor, spec, resume=resume, memory_budget=budget)
             if promote_best:
                 gate = Gate(max_forgetting, max_flip_rate)
-                winner = save_sweep_winner(store, result, executor=executor, gate=gate, memory_budget=budget)
+                # One job needs no cluster: the winner trains here, so that resuming a finished
+                # sweep to keep its winner starts no Ray.
+                winner = save_sweep_winner(store, result, gate=gate, memory_budget=budget)
                 self.last_outcome = winner
         if self._mirror is not None:
             self._mirror.log_sweep(result, winner)
@@ -453,16 +457,18 @@ class ModelStore:
 
         return history(self.uri)
 
-    def predict_file(self, data: str, out: str, *, version: str = "current", actors: int = 0) -> dict[str, Any]:
+    def predict_file(
+        self, data: str, out: str, *, version: str = "current", actors: int = 0, ray: bool | None = None
+    ) -> dict[str, Any]:
         """`predict` from a Parquet file or URI to another, without holding all rows (with
-        `actors`, scored on that many Ray actors, each reading its own row groups). Returns
-        {"rows", "version", "out"}."""
+        `actors`, scored on that many Ray actors, each reading its own row groups; `ray` as for
+        `update`). Returns {"rows", "version", "out", "executor"}."""
         from continual_trainer.commands import predict
-        from continual_trainer.executor import make_executor
+        from continual_trainer.executor import executor_name, make_executor
 
-        executor = make_executor("ray" if actors else "local", actors=actors)
+        executor = make_executor(executor_name(True if actors else ray), actors=actors)
         with self._reporting("predict"):
-            return predict(self.uri, data, out, version=version, executor=executor)
+            return {**predict(self.uri, data, out, version=version, executor=executor), "executor": executor.where}
 
     def batches(self) -> list[dict[str, Any]]:
         """Every batch in ingestion order: its id, source file name, rows, when it was ingested,

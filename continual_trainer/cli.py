@@ -156,7 +156,7 @@ def _outcome_text(o: Any) -> str:
             f"{second.replace('_', ' ')} {_fmt(m[f'holdout_{second}'])}, "
             f"{extra_name} {_fmt(m.get(f'holdout_{extra}'))}, on {int(m.get('holdout_rows') or 0)} rows"
         )
-    lines.append(f"trained in {o.train_seconds:.2f} s, {o.members} member(s)")
+    lines.append(f"trained in {o.train_seconds:.2f} s in {o.executor or 'this process'}, {o.members} member(s)")
     lines.append(f"promoted: {'yes' if o.promoted else 'no'} ({o.reason})")
     lines += [f"warning: this model may have learned nothing: {w}" for w in o.warnings]
     return "\n".join(lines)
@@ -321,6 +321,7 @@ def cmd_update(args: argparse.Namespace) -> None:
             max_flip_rate=args.max_flip_rate,
             promote_on=args.promote_on,
             memory_budget=args.memory_budget,
+            ray=_where_flag(args),
             **settings,
         )
     except ct.NothingNew as exc:  # a scheduled or retried updater with nothing to do succeeds
@@ -332,8 +333,10 @@ def cmd_update(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     import continual_trainer as ct
 
-    r = ct.open_store(args.store).predict_file(args.data, args.out, version=args.version, actors=args.actors)
-    _emit(args, "" if args.json else f"wrote {r['rows']} predictions of version {r['version']} to {r['out']}", r)
+    store = ct.open_store(args.store)
+    r = store.predict_file(args.data, args.out, version=args.version, actors=args.actors, ray=_where_flag(args))
+    text = f"wrote {r['rows']} predictions of version {r['version']} to {r['out']} (scored in {r['executor']})"
+    _emit(args, "" if args.json else text, r)
 
 
 def cmd_history(args: argparse.Namespace) -> None:
@@ -415,13 +418,17 @@ def cmd_gc(args: argparse.Namespace) -> None:
     _emit(args, "" if args.json else text, {"deleted": doomed, "dry_run": args.dry_run})
 
 
-def _where_flag(args: argparse.Namespace, default: bool | None) -> bool | None:
-    """Ray or not, from --ray / --local, else the command's default (None: if RAY_ADDRESS is set)."""
+def _where_flag(args: argparse.Namespace) -> bool | None:
+    """Ray or not, from --ray / --address / --local, else None: Ray if RAY_ADDRESS is set (or,
+    for update and predict, with --actors), this process otherwise; the rule of every command."""
+    if getattr(args, "address", None):
+        os.environ["RAY_ADDRESS"] = args.address  # this process's cluster, as RAY_ADDRESS names one
+        return True
     if getattr(args, "ray", False):
         return True
     if getattr(args, "local", False):
         return False
-    return default
+    return None
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -433,7 +440,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     r = store.sweep(
         args.config,
         resume=args.resume,
-        ray=_where_flag(args, True),
+        ray=_where_flag(args),
         promote_best=args.promote == "best",
         max_forgetting=args.max_forgetting,
         max_flip_rate=args.max_flip_rate,
@@ -491,7 +498,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
         trigger_params=_settings(args.trigger_set),
         combine=args.trigger_combine,
         seed=args.seed,
-        ray=_where_flag(args, True if args.policy == "best" else None),
+        ray=_where_flag(args),
         max_forgetting=args.max_forgetting,
         max_flip_rate=args.max_flip_rate,
         promote_on=args.promote_on,
@@ -518,7 +525,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         done.append(row)
         report("strategies", len(done), total, f"{row['strategy']}: acc {row['test_accuracy']:.3f}")
 
-    r = ct.run_demo(args.store, seed=args.seed, ray=_where_flag(args, None), on_result=step)
+    r = ct.run_demo(args.store, seed=args.seed, ray=_where_flag(args), on_result=step)
     text = (
         f"{r['table']}\nran on: {r['executor']}\nstore: {r['store']}\nreport: {r['report']}\n"
         f"next: ctrain sweep --store {r['store']} --config examples/sweep.yaml"
@@ -576,18 +583,24 @@ def build_parser() -> argparse.ArgumentParser:
             help="also log runs to this MLflow tracking URI (default: MLFLOW_TRACKING_URI if MLflow is installed)",
         )
 
-    def where(c: argparse.ArgumentParser, default: str) -> None:
+    def where(c: argparse.ArgumentParser) -> None:
+        """Where work runs, as for every command: this process unless a cluster is configured
+        (RAY_ADDRESS, --address) or asked for (--ray, or --actors where there is one)."""
         group = c.add_mutually_exclusive_group()
-        ray_help = f"run on Ray: RAY_ADDRESS's cluster, else a local one (default: {default})"
-        group.add_argument("--ray", action="store_true", help=ray_help)
-        group.add_argument("--local", action="store_true", help="run in this process, one job after another")
+        group.add_argument("--ray", action="store_true", help="run on Ray: RAY_ADDRESS's cluster, else a local one")
+        group.add_argument("--address", metavar="HOST:PORT", help="run on the Ray cluster at this address")
+        group.add_argument(
+            "--local",
+            action="store_true",
+            help="run in this process even if RAY_ADDRESS is set (the default without it)",
+        )
 
-    c = command("demo", cmd_demo, "the reference experiment end to end (in this process unless RAY_ADDRESS or --ray)")
+    c = command("demo", cmd_demo, "the reference experiment end to end")
     c.add_argument("--store", help="store folder or URI (default: a new temporary folder)")
     c.add_argument("--seed", type=_checked(SEED), default=0, help="fixes initialisation, sampling, shuffling")
-    where(c, "this process, or Ray when RAY_ADDRESS is set")
+    where(c)
 
-    c = command("sweep", cmd_sweep, "strategies x parameters x seeds on Ray Tune (--local: in this process)")
+    c = command("sweep", cmd_sweep, "strategies x parameters x seeds, side by side (on Ray Tune with --ray)")
     c.add_argument("--store", required=True)
     c.add_argument("--config", help="sweep YAML (see examples/sweep.yaml)")
     c.add_argument("--resume", metavar="SWEEP_ID", help="finish an interrupted sweep without redoing finished trials")
@@ -599,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     budgeted(c)
     gated(c)
     tracked(c)
-    where(c, "Ray")
+    where(c)
 
     c = command("stream", cmd_stream, "ingest and update on every new Parquet file in an inbox")
     c.add_argument("--store", required=True)
@@ -638,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     judged(c)
     tracked(c)
     budgeted(c)
-    where(c, "Ray for --policy best, else this process")
+    where(c)
 
     c = command("init", cmd_init, "create a store from a first batch and train its first model")
     c.add_argument("--store", required=True)
@@ -709,6 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
     gated(c)
     judged(c)
     tracked(c)
+    where(c)
 
     c = command("inputs", cmd_inputs, "the inputs a store feeds a model, as keras.Input lines", needs_tf=False)
     c.add_argument("--store", help="an existing store")
@@ -750,6 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="score on N Ray actors, each reading its row groups",
     )
+    where(c)
 
     c = command("batches", cmd_batches, "the store's batches: rows, when, learned, retired", needs_tf=False)
     c.add_argument("--store", required=True)

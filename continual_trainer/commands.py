@@ -279,7 +279,8 @@ def update(
     job = Job(strategy, params, seed, actors, sync_steps)
     (outcome,) = executor.run(data, stored_candidate(store, data.parent), [job], extra_eval=extra_eval)
     result = result_or_raise(outcome)
-    return commit(store, data, strategy_name, params, seed, result, promote, by, dict(origin or {}), gate, on)
+    committed = commit(store, data, strategy_name, params, seed, result, promote, by, dict(origin or {}), gate, on)
+    return replace(committed, executor=executor.where)
 
 
 def predict(

@@ -33,6 +33,7 @@ class UpdateOutcome:
     current_metrics: dict[str, float | None]
     train_seconds: float
     members: int
+    executor: str = ""  # where it trained, in words (see `executor.Executor.where`)
 
     @property
     def warnings(self) -> list[str]:

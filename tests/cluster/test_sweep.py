@@ -85,7 +85,16 @@ def test_a_relative_store_and_a_users_mistake_on_workers_through_the_cli(tiny_st
     good.write_text("strategies: [keep, fresh_all]\nparams: {epochs: 2}\n")
     bad = tmp_path / "bad.yaml"
     bad.write_text("strategies: [{graft: {freeze: 9, epochs: 2}}]\nseeds: [0, 1, 2]\nmax_failures: 3\n")
-    ctrain = [sys.executable, "-m", "continual_trainer", "sweep", "--store", "./" + Path(tiny_store).name, "--json"]
+    ctrain = [
+        sys.executable,
+        "-m",
+        "continual_trainer",
+        "sweep",
+        "--store",
+        "./" + Path(tiny_store).name,
+        "--json",
+        "--ray",
+    ]
     ok = subprocess.run([*ctrain, "--config", str(good)], cwd=cwd, capture_output=True, text=True, timeout=600)
     assert ok.returncode == 0, ok.stderr[-2000:]
     out = json.loads(ok.stdout.strip().splitlines()[-1])
