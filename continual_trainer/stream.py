@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,10 +32,10 @@ from continual_trainer.data.rows import Rows, RowSource
 from continual_trainer.data.storage import Store, sha256
 from continual_trainer.executor import Executor, Failure, Job, WorkFailed, result_or_raise
 from continual_trainer.promotion import commit
+from continual_trainer.sizing import STREAM_SECONDS, sized
 from continual_trainer.strategies.base import reads_old
 from continual_trainer.trainer.evaluate import better, score
 from continual_trainer.trainer.forgetting import Gate
-from continual_trainer.trainer.loop import LoopConfig
 from continual_trainer.trials import JUDGED_ON, TrialResult, holdout_metrics
 from continual_trainer.triggers import Observation, TriggerSet, per_row_loss
 from continual_trainer.updatedata import UpdateData, default_memory_budget, load_update_data, with_old_rows
@@ -157,12 +156,7 @@ class Policy:
         if not self.scale:
             return self.jobs
         budget = STREAM_SECONDS / max(len(self.jobs), 1)
-        out = []
-        for job in self.jobs:
-            trains_old = getattr(job.params, "trains_on_old", lambda: False)()
-            n = len(data.new) + (len(data.old) if trains_old else 0)
-            out.append(dataclasses.replace(job, params=scaled(job.params, n, budget, self.user_keys)))
-        return out
+        return [sized(job, data, budget, self.user_keys) for job in self.jobs]
 
     def run(
         self, store: Store, data: UpdateData, executor: Executor, tried: list[dict[str, Any]] | None = None
@@ -188,31 +182,6 @@ class Policy:
             result_or_raise(next((o for o in outcomes if isinstance(o, Failure) and o.user_error), outcomes[0]))
         assert best is not None
         return best
-
-
-STREAM_SECONDS = 25.0  # the training budget of one file's candidates together, once scaled
-SCALE_FROM = 5000  # training rows from which the settings scale
-STEPS_PER_EPOCH = 400
-
-
-def scaled(params: Any, rows: int, seconds: float, user_keys: frozenset[str] = frozenset()) -> Any:
-    """Training settings for `rows` rows: the reference recipe (made for 500 rows) up to
-    SCALE_FROM rows; above, a batch giving about STEPS_PER_EPOCH steps per epoch (a power of
-    two, at most 1024) with the learning rate scaled by the square root of its growth, early
-    stopping (`patience` 15) and a wall-clock budget of `seconds`. Keys in `user_keys` stay."""
-    if rows < SCALE_FROM or not isinstance(params, LoopConfig):
-        return params
-    changes: dict[str, Any] = {}
-    batch = min(1024, 2 ** round(math.log2(max(rows / STEPS_PER_EPOCH, 1))))
-    if "batch_size" not in user_keys and batch > params.batch_size:
-        changes["batch_size"] = batch
-        if "learning_rate" not in user_keys:
-            changes["learning_rate"] = params.learning_rate * math.sqrt(batch / params.batch_size)
-    if "patience" not in user_keys and not params.patience:
-        changes["patience"] = 15
-    if "max_seconds" not in user_keys and not params.max_seconds:
-        changes["max_seconds"] = round(seconds, 2)
-    return dataclasses.replace(params, **changes)
 
 
 def _tried(job: Job, outcome: TrialResult | Failure) -> dict[str, Any]:

@@ -89,6 +89,11 @@ class Reporter:
             self._bar.close()
             self._bar = None
 
+    def say(self, line: str) -> None:
+        """A line for the user (e.g. the plan before training), on its own line."""
+        self._close_bar()
+        print(f"ctrain: {self._command}: {line}", file=self._stream, flush=True)
+
     def close(self) -> None:
         self._close_bar()
 
@@ -111,6 +116,13 @@ def reporting(reporter: Reporter | None) -> Iterator[Reporter | None]:
         _OPEN.reset(token)
         if reporter is not None:
             reporter.close()
+
+
+def say(line: str) -> None:
+    """Tell the user `line` on the open reporter, if there is one (a command run from the CLI)."""
+    reporter = _OPEN.get()
+    if reporter is not None:
+        reporter.say(line)
 
 
 def report(what: str, done: int, total: int, note: str | None = None) -> None:

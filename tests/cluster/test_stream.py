@@ -43,7 +43,7 @@ def test_a_stream_starts_ray_only_when_a_file_needs_it(ray_cluster, tiny_store: 
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    argv = ["stream", "--store", tiny_store, "--inbox", str(inbox), "--once", "--policy", "best", "--json"]
+    argv = ["stream", "--store", tiny_store, "--inbox", str(inbox), "--once", "--policy", "best", "--json", "--ray"]
     argv += ["--candidates", "finetune_new,fresh_all", "--set", "epochs=2"]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["executor"] == "a local Ray (started when a file needs it)"

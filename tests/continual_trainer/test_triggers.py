@@ -363,7 +363,7 @@ def test_the_python_api_checks_drift_streams_with_triggers_and_reports(store_of_
 
 def test_stream_settings_scale_with_the_rows_unless_the_user_set_them() -> None:
     from continual_trainer import strategies
-    from continual_trainer.stream import scaled
+    from continual_trainer.sizing import scaled
 
     fresh = strategies.get("fresh_all").make_params()
     assert scaled(fresh, 4000, 6.0) == fresh  # small batches keep the reference recipe

@@ -1,0 +1,80 @@
+"""Training settings sized to the rows: what `update`, each sweep trial and each stream
+candidate train with when the user does not say.
+
+The strategies' defaults are the reference recipe, made for the tutorial's 500 rows (batch 32,
+up to 100 epochs, no early stopping). On 167,000 rows that is 5,200 steps per epoch and about
+five minutes of training that nothing announced. From SCALE_FROM training rows the settings
+grow with the rows (`scaled`): a batch giving about STEPS_PER_EPOCH steps per epoch, the
+learning rate scaled by the square root of the batch's growth, early stopping on a set-aside
+share and a wall-clock budget. Settings the user gave (`--set`, a sweep's parameters) always
+stay; below SCALE_FROM nothing changes, so the reference experiment keeps its recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Any
+
+from continual_trainer.trainer.loop import LoopConfig
+
+if TYPE_CHECKING:
+    from continual_trainer.executor import Job
+    from continual_trainer.updatedata import UpdateData
+
+SCALE_FROM = 5000  # training rows from which the settings scale
+STEPS_PER_EPOCH = 400
+PATIENCE = 15
+UPDATE_SECONDS = 300.0  # the budget of an update's training, and of each sweep trial's
+STREAM_SECONDS = 25.0  # the training budget of one stream file's candidates together
+SIZED = ("batch_size", "learning_rate", "patience", "max_seconds")
+
+
+def scaled(params: Any, rows: int, seconds: float, user_keys: frozenset[str] = frozenset()) -> Any:
+    """Training settings for `rows` rows: the reference recipe (made for 500 rows) up to
+    SCALE_FROM rows; above, a batch giving about STEPS_PER_EPOCH steps per epoch (a power of
+    two, at most 1024) with the learning rate scaled by the square root of its growth, early
+    stopping (`patience` PATIENCE) and a wall-clock budget of `seconds`. Keys in `user_keys` stay."""
+    if rows < SCALE_FROM or not isinstance(params, LoopConfig):
+        return params
+    changes: dict[str, Any] = {}
+    batch = min(1024, 2 ** round(math.log2(max(rows / STEPS_PER_EPOCH, 1))))
+    if "batch_size" not in user_keys and batch > params.batch_size:
+        changes["batch_size"] = batch
+        if "learning_rate" not in user_keys:
+            changes["learning_rate"] = params.learning_rate * math.sqrt(batch / params.batch_size)
+    if "patience" not in user_keys and not params.patience:
+        changes["patience"] = PATIENCE
+    if "max_seconds" not in user_keys and not params.max_seconds:
+        changes["max_seconds"] = round(seconds, 2)
+    return dataclasses.replace(params, **changes)
+
+
+def training_rows(job: Job, data: UpdateData) -> int:
+    """The rows a job trains on: the new ones, and the old ones too if its strategy learns them."""
+    trains_old = getattr(job.params, "trains_on_old", lambda: False)()
+    return len(data.new) + (len(data.old) if trains_old else 0)
+
+
+def sized(job: Job, data: UpdateData, seconds: float, user_keys: frozenset[str]) -> Job:
+    """`job` with its settings scaled to the rows it trains on (see `scaled`)."""
+    return dataclasses.replace(job, params=scaled(job.params, training_rows(job, data), seconds, user_keys))
+
+
+def plan(job: Job, sized_job: Job, rows: int) -> str | None:
+    """One line saying what sizing changed, or None if nothing (small data, or all set)."""
+    changed = [k for k in SIZED if getattr(job.params, k, None) != getattr(sized_job.params, k, None)]
+    if not changed:
+        return None
+    p = sized_job.params
+    words = {
+        "batch_size": f"batch {p.batch_size}",
+        "learning_rate": f"learning_rate {p.learning_rate:.3g}",
+        "patience": f"early stopping (patience {p.patience})",
+        "max_seconds": f"at most {p.max_seconds:g} s",
+    }
+    settings = ", ".join([f"up to {p.epochs} epochs", *(words[k] for k in changed)])
+    return (
+        f"plan: {job.strategy.name} on {rows:,} training rows: {settings} "
+        f"(sized to the rows; --set {changed[0]}=... and the others choose your own)"
+    )

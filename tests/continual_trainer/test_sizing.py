@@ -1,0 +1,84 @@
+"""`update` and sweeps sized to the rows, as streams are; the plan is said before training and
+what the user sets always wins."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from continual_trainer import strategies
+from continual_trainer.cli import main
+from continual_trainer.data.storage import Store
+from tests.conftest import make_table
+
+
+def _store(tmp_path: Path, n: int) -> str:
+    pq.write_table(make_table(n=n, seed=0), tmp_path / "old.parquet")
+    pq.write_table(make_table(n=n, seed=1, shift=0.3), tmp_path / "new.parquet")
+    store = str(tmp_path / "s")
+    assert (
+        main(["init", "--store", store, "--data", str(tmp_path / "old.parquet"), "--label", "y", "--epochs", "2"]) == 0
+    )
+    assert main(["ingest", "--store", store, str(tmp_path / "new.parquet")]) == 0
+    return store
+
+
+def _params(store: str, version: str) -> dict:
+    return Store.open(store).manifest(version).params
+
+
+def test_an_update_on_many_rows_is_sized_and_says_so(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("CTRAIN_STATUS_SECONDS", "1000")
+    store = _store(tmp_path, 30_000)
+    capsys.readouterr()
+    base = [
+        "update",
+        "--store",
+        store,
+        "--strategy",
+        "finetune_new",
+        "--promote",
+        "never",
+        "--json",
+        "--set",
+        "epochs=2",
+    ]
+    assert main(base) == 0
+    out, err = capsys.readouterr()
+    sized = _params(store, json.loads(out.strip().splitlines()[-1])["version"])
+    # 24,000 training rows (80 % of 30,000): batch 64 gives about 400 steps per epoch, the
+    # learning rate grows by the square root of the batch's growth (64 / 32)
+    default = strategies.get("finetune_new").make_params({})
+    assert sized["batch_size"] == 64 and abs(sized["learning_rate"] - default.learning_rate * 2**0.5) < 1e-9
+    assert sized["patience"] == 15 and sized["max_seconds"] == 300
+    assert "plan: finetune_new on 24,000 training rows: up to 2 epochs, batch 64" in err and "at most 300 s" in err
+    assert main([*base, "--set", "batch_size=64", "--set", "patience=0"]) == 0
+    out, err = capsys.readouterr()
+    mine = _params(store, json.loads(out.strip().splitlines()[-1])["version"])
+    assert mine["batch_size"] == 64 and mine["patience"] == 0 and mine["max_seconds"] == 300
+    assert "batch" not in err.split("plan:")[1].split("(sized")[0] and "patience" not in err.split("plan:")[1]
+
+
+def test_small_data_keeps_the_reference_recipe(tmp_path: Path, capsys) -> None:
+    store = _store(tmp_path, 300)
+    capsys.readouterr()
+    argv = ["update", "--store", store, "--strategy", "finetune_new", "--promote", "never", "--json"]
+    assert main([*argv, "--set", "epochs=2"]) == 0
+    out, err = capsys.readouterr()
+    params = _params(store, json.loads(out.strip().splitlines()[-1])["version"])
+    assert params["batch_size"] == 32 and params["patience"] == 0 and not params["max_seconds"] and "plan:" not in err
+
+
+def test_a_sweep_sizes_each_trial_but_keeps_its_grid(tmp_path: Path, capsys) -> None:
+    store = _store(tmp_path, 8000)
+    (tmp_path / "sweep.yaml").write_text(
+        "strategies: [finetune_new, {finetune_all: {batch_size: 64}}]\nparams: {epochs: 2}\n"
+    )
+    capsys.readouterr()
+    assert main(["sweep", "--store", store, "--config", str(tmp_path / "sweep.yaml"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "plan: " in err and "(each trial sized likewise)" in err
+    sweep = json.loads(out.strip().splitlines()[-1])
+    assert sweep["finished"] == 2
