@@ -228,8 +228,9 @@ class ModelStore:
             promote_on: what `auto` compares on: `holdout` (every seen batch's held-out rows)
                 or `new` (the new batches' only, for data that drifts).
             memory_budget: how much memory the training rows may take (bytes, or `"2GiB"`;
-                default a quarter of the machine's); above it, strategies that can train on
-                rows read from the store a chunk at a time.
+                default 192 MiB where the strategy can read the store in pieces, the measured
+                point from which that is as fast, else a quarter of the machine's); above it,
+                strategies that can train on rows read from the store a chunk at a time.
             **params: the strategy's parameters, e.g. `epochs=20, learning_rate=0.001`.
 
         Raises:

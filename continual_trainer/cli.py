@@ -46,8 +46,9 @@ def budgeted(c: argparse.ArgumentParser) -> None:
         "--memory-budget",
         type=_size,
         metavar="SIZE",
-        help="memory the training rows may take, e.g. 2GiB (default a quarter of this machine's); above it "
-        "strategies that can train on rows read from the store a chunk at a time",
+        help="memory the training rows may take, e.g. 2GiB (default 192MiB of rows where the strategies can "
+        "read the store in pieces, else a quarter of this machine's); above it they train on rows read from "
+        "the store a chunk at a time",
     )
 
 

@@ -257,9 +257,9 @@ def update(
             kept in the event log and the manifest.
         gate: with `promote="auto"`, the forgetting and negative-flip limits a winner must keep.
         on: what `auto` compares on: `holdout` or `new` (the new batches' held-out rows).
-        memory_budget: bytes the training rows may take in memory (default a quarter of the
-            machine's); above it a strategy that can trains on rows read from the store a chunk
-            at a time (see `updatedata.load_update_data`).
+        memory_budget: bytes the training rows may take in memory (default
+            `updatedata.default_memory_budget`); above it a strategy that can trains on rows read
+            from the store a chunk at a time (see `updatedata.load_update_data`).
 
     Raises:
         NothingNew: no batch arrived since the current version and the strategy trains.
@@ -274,7 +274,7 @@ def update(
         store,
         require_new=strategy.can.trains,
         params=[params],
-        memory_budget=default_memory_budget() if memory_budget is None else memory_budget,
+        memory_budget=default_memory_budget(strategy.can.in_pieces) if memory_budget is None else memory_budget,
         in_pieces=strategy.can.in_pieces,
     )
     executor = executor or LocalExecutor()

@@ -109,8 +109,9 @@ class Policy:
         on: what candidates are ranked and promoted on: `holdout` (every seen batch's
             held-out rows) or `new` (the new batches' only; for data that drifts).
         scale: size each candidate's training settings to its rows (see `scaled`).
-        memory_budget: bytes an update's training rows may take in memory (default a quarter
-            of the machine's); above it the candidates read the store a chunk at a time.
+        memory_budget: bytes an update's training rows may take in memory (default
+            `updatedata.default_memory_budget`); above it the candidates read the store a chunk
+            at a time.
     """
 
     def __init__(
@@ -147,8 +148,8 @@ class Policy:
         ]
         self.user_keys = frozenset(values)
         self.scale = scale
-        self.memory_budget = default_memory_budget() if memory_budget is None else memory_budget
         self.in_pieces = all(job.strategy.can.in_pieces for job in self.jobs)
+        self.memory_budget = default_memory_budget(self.in_pieces) if memory_budget is None else memory_budget
 
     def sized(self, data: UpdateData) -> list[Job]:
         """The jobs with settings scaled to the rows each trains on (see `scaled`), unless

@@ -170,7 +170,7 @@ def run_sweep(
     memory_budget: int | None = None,
 ) -> SweepResult:
     """Run (or, with `resume`, finish) a sweep; trials run where `executor` says. Above
-    `memory_budget` (bytes; default a quarter of the machine's memory) the trials read the
+    `memory_budget` (bytes; default `updatedata.default_memory_budget`) the trials read the
     store a chunk at a time, if all their strategies can (see `updatedata.load_update_data`).
 
     Raises UserError if every trial failed through the user's input, WorkFailed if
@@ -185,11 +185,12 @@ def run_sweep(
         raise ValueError("give a spec or a sweep id to resume")
     sweep_id = resume or f"sweep-{utc_stamp()}"
     jobs = [t.job() for t in spec.trials]
+    in_pieces = all(j.strategy.can.in_pieces for j in jobs)
     data = load_update_data(
         store,
         params=[j.params for j in jobs],
-        memory_budget=default_memory_budget() if memory_budget is None else memory_budget,
-        in_pieces=all(j.strategy.can.in_pieces for j in jobs),
+        memory_budget=default_memory_budget(in_pieces) if memory_budget is None else memory_budget,
+        in_pieces=in_pieces,
     )
     if len(data.holdout) == 0:
         raise UserError(f"{store.display}: sweeps score trials on held-out rows; this store's holdout_fraction is 0")

@@ -3,10 +3,11 @@
 For each size (millions of rows × 20 float features, a linear concept with 5% label noise, in
 files of 500,000 rows with row groups of 131,072 rows): a store is made with `ctrain init` on
 the first file and `ctrain ingest` of the rest, then `ctrain update --strategy finetune_all
---set epochs=1 --set batch_size=1024 --promote never` runs on a copy of it in each mode:
+--set epochs=E --set batch_size=1024 --set patience=0 --promote never` (E from `--epochs`, 1 by
+default; no early stopping, so both paths do the same work) runs on a copy of it in each mode:
 
 - `in memory` (`--memory-budget 1TiB`): every training row read into the process, as before;
-- `in pieces` (`--memory-budget 256MiB`): training and held-out rows read from the store a
+- `in pieces` (`--memory-budget 1KB`): training and held-out rows read from the store a
   chunk at a time, in the process;
 - `1 actor, in pieces` / `2 actors, in pieces` (`--actors 1|2` on a local Ray): the actors
   read their own row groups; two average their models every 100 steps.
@@ -43,7 +44,8 @@ import pyarrow.parquet as pq
 
 FEATURES, FILE_ROWS, ROW_GROUP = 20, 500_000, 131_072
 CTRAIN = [os.path.join(os.path.dirname(sys.executable), "ctrain")]  # the installed command
-PIECES = ["--memory-budget", "256MiB"]
+PIECES = ["--memory-budget", "1KB"]
+EPOCHS = [1]  # set from --epochs
 MODES = {
     "in memory": ["--memory-budget", "1TiB"],
     "in pieces": PIECES,
@@ -52,14 +54,17 @@ MODES = {
 }
 
 
-def write_files(folder: str, millions: int) -> list[str]:
+def write_files(folder: str, millions: float) -> list[str]:
     rng = np.random.default_rng(0)
     w = rng.normal(size=FEATURES)
     paths = []
-    for i in range(millions * 1_000_000 // FILE_ROWS):
-        x = rng.normal(size=(FILE_ROWS, FEATURES)).astype(np.float32)
+    total = round(millions * 1_000_000)
+    per_file = min(FILE_ROWS, -(-total // 2))  # at least two files: a first batch and a new one
+    for i, start in enumerate(range(0, total, per_file)):
+        n = min(per_file, total - start)
+        x = rng.normal(size=(n, FEATURES)).astype(np.float32)
         y = ((x @ w) > 0).astype(np.int64)
-        flip = rng.random(FILE_ROWS) < 0.05
+        flip = rng.random(n) < 0.05
         y[flip] = 1 - y[flip]
         table = pa.table({**{f"x{j}": x[:, j] for j in range(FEATURES)}, "label": y})
         path = os.path.join(folder, f"part{i:03d}.parquet")
@@ -108,12 +113,13 @@ def run(argv: list[str]) -> tuple[float, str, float]:
         return peak, out.read().decode(), workers
 
 
-def measure(store: str, millions: int, mode: str) -> tuple:
+def measure(store: str, millions: float, mode: str) -> tuple:
     copy = f"{store}-{mode.replace(' ', '-').replace(',', '')}"
     shutil.copytree(store, copy)
     try:
         argv = [*CTRAIN, "update", "--store", copy, "--strategy", "finetune_all", "--promote", "never"]
-        argv += ["--set", "epochs=1", "--set", "batch_size=1024", "--json", *MODES[mode]]
+        argv += ["--set", f"epochs={EPOCHS[0]}", "--set", "batch_size=1024", "--set", "patience=0"]
+        argv += ["--json", *MODES[mode]]
         began = time.perf_counter()
         peak, out, actor_peak = run(argv)
         wall = time.perf_counter() - began
@@ -124,7 +130,7 @@ def measure(store: str, millions: int, mode: str) -> tuple:
         shutil.rmtree(copy, ignore_errors=True)
     seconds = manifest["train_seconds"]
     started = manifest.get("execution", {}).get("start_seconds", 0.0)  # averaging: the actors' start
-    trained = millions * 1_000_000 * 0.8
+    trained = millions * 1_000_000 * 0.8 * EPOCHS[0]
     accuracy = outcome["metrics"]["holdout_accuracy"]
     return (millions, mode, peak, actor_peak, seconds, trained / seconds, accuracy, wall, started)
 
@@ -180,13 +186,15 @@ def shard_bound(store: str) -> tuple[float, float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", default="1,4", help="millions of rows, comma-separated")
+    p.add_argument("--sizes", default="1,4", help="millions of rows, comma-separated (0.25: 250,000)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs of each update")
     p.add_argument("--modes", default=";".join(MODES), help="';'-separated, of: " + "; ".join(MODES))
     p.add_argument("--workdir", help="where to write the stores (default a temporary folder)")
     p.add_argument(
         "--bound", action="store_true", help="also time two averaging actors' work without Ray (what the cores allow)"
     )
     args = p.parse_args()
+    EPOCHS[0] = args.epochs
     modes = args.modes.split(";")
     if unknown := [m for m in modes if m not in MODES]:
         p.error(f"unknown mode(s) {unknown}")
@@ -194,7 +202,7 @@ def main() -> None:
     rows, bounds = [], {}
     start = time.perf_counter()
     try:
-        for millions in [int(s) for s in args.sizes.split(",")]:
+        for millions in [float(s) if "." in s else int(s) for s in args.sizes.split(",")]:
             folder = os.path.join(base, f"{millions}m")
             shutil.rmtree(folder, ignore_errors=True)
             os.makedirs(folder)

@@ -82,3 +82,39 @@ def test_a_sweep_sizes_each_trial_but_keeps_its_grid(tmp_path: Path, capsys) -> 
     assert "plan: " in err and "(each trial sized likewise)" in err
     sweep = json.loads(out.strip().splitlines()[-1])
     assert sweep["finished"] == 2
+
+
+def test_the_store_is_read_in_pieces_by_default_from_the_crossover(tmp_path: Path, monkeypatch) -> None:
+    """Without --memory-budget: rows over `PIECES_FROM` are left in the store for a strategy
+    that can read them in pieces, and held in memory (up to a quarter of the machine) for one
+    that cannot; an explicit budget still decides."""
+    import continual_trainer as ct
+    from continual_trainer import updatedata
+    from continual_trainer.strategies import Capabilities, registry
+
+    seen: dict[str, bool] = {}
+
+    def noting(name: str):
+        def fn(inputs, params):
+            seen[name] = inputs.new.in_memory
+            return inputs.current
+
+        return fn
+
+    keep = strategies.get("keep").params
+    strategies.register("pieces_ok", keep, "test", Capabilities(in_pieces=True))(noting("pieces_ok"))
+    strategies.register("memory_only", keep, "test")(noting("memory_only"))
+    try:
+        store = ct.open_store(_store(tmp_path, 300))
+        store.update("pieces_ok", promote="never")
+        store.update("memory_only", promote="never")
+        assert seen == {"pieces_ok": True, "memory_only": True}  # 240 rows: far below the crossover
+        monkeypatch.setattr(updatedata, "PIECES_FROM", 1024)
+        store.update("pieces_ok", promote="never")
+        store.update("memory_only", promote="never")
+        assert seen == {"pieces_ok": False, "memory_only": True}
+        store.update("pieces_ok", promote="never", memory_budget="1GiB")
+        assert seen["pieces_ok"] is True
+    finally:
+        registry._REGISTRY.remove("pieces_ok")
+        registry._REGISTRY.remove("memory_only")
