@@ -51,7 +51,10 @@ def metric_names(task: str) -> tuple[str, ...]:
     return (*pairs, f"holdout_{extra}")
 
 
-_GRID_KEYS = {"strategies", "params", "seeds"}
+_GRID_KEYS = {"strategies", "params", "seeds", "search", "num_samples", "search_seed"}
+SEARCHES = ("grid", "random")
+# Ray Tune's names for search spaces: `{loguniform: [0.0001, 0.1]}` as a parameter's value.
+SPACES = ("uniform", "loguniform", "randint", "choice")
 _SETTING_KEYS = {f for f in SweepSettings.__dataclass_fields__}
 
 
@@ -91,6 +94,18 @@ class SweepSpec:
         if unknown:
             known = ", ".join(sorted(_GRID_KEYS | _SETTING_KEYS))
             raise UserError(f"{name}: unknown key(s) {', '.join(sorted(unknown))}; known: {known}")
+        search = doc.get("search", "grid")
+        if search not in SEARCHES:
+            raise UserError(f"{name}: search must be one of {', '.join(SEARCHES)}, not {search!r}")
+        samples = doc.get("num_samples", 10)
+        if search == "random" and not (isinstance(samples, int) and not isinstance(samples, bool) and samples >= 1):
+            raise UserError(f"{name}: num_samples must be a whole number >= 1, not {samples!r}")
+        if search == "grid" and ("num_samples" in doc or "search_seed" in doc):
+            raise UserError(f"{name}: num_samples and search_seed apply to `search: random`")
+        search_seed = doc.get("search_seed", 0)
+        if not isinstance(search_seed, int) or isinstance(search_seed, bool):
+            raise UserError(f"{name}: search_seed must be a whole number, not {search_seed!r}")
+        rng = np.random.default_rng(search_seed)
         shared = doc.get("params") or {}
         if not isinstance(shared, dict):
             raise UserError(f"{name}: `params` must be a mapping of parameter to value or list of values")
@@ -109,8 +124,16 @@ class SweepSpec:
             grid = {k: v for k, v in shared.items() if k in accepted}
             used |= set(grid)
             grid.update(own)
-            for combo in _product(grid):
-                strategy.make_params(combo)  # validate now, before any cluster work
+            combos = (
+                _product(grid, name) if search == "grid" else [_sample(grid, rng, name) for _ in range(int(samples))]
+            )
+            for combo in combos:
+                try:
+                    strategy.make_params(combo)  # validate now, before any cluster work
+                except UserError as exc:
+                    if search == "grid":
+                        raise
+                    raise UserError(f"{name}: a sampled {strategy_name} configuration {combo}: {exc}") from None
                 trials.extend(TrialSpec(strategy_name, combo, seed) for seed in seeds)
         stray = set(shared) - used
         if stray:
@@ -133,10 +156,50 @@ def _one_item(entry: Any, name: str) -> tuple[str, dict[str, Any]]:
     return str(strategy_name), dict(grid or {})
 
 
-def _product(grid: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _space(value: Any) -> tuple[str, Any] | None:
+    """A search space (`{uniform: [a, b]}`, ...) as (kind, argument), or None for a plain value."""
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SPACES:
+        ((kind, arg),) = value.items()
+        return str(kind), arg
+    return None
+
+
+def _product(grid: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
     keys = sorted(grid)
+    spaces = [k for k in keys if _space(grid[k])]
+    if spaces:
+        raise UserError(f"{name}: {spaces[0]} is a search space; a grid takes lists (add `search: random`)")
     axes = [grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys]
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*axes)]
+
+
+def _sample(grid: Mapping[str, Any], rng: np.random.Generator, name: str) -> dict[str, Any]:
+    """One configuration drawn from `grid`: a list or `{choice: [...]}` picks one of its values,
+    `{uniform: [a, b]}` and `{loguniform: [a, b]}` draw a float (4 significant digits), `{randint:
+    [a, b]}` a whole number in [a, b) (as Ray Tune's `tune.randint`); other values stay."""
+    out: dict[str, Any] = {}
+    for key in sorted(grid):
+        value, space = grid[key], _space(grid[key])
+        if space is None:
+            out[key] = value[int(rng.integers(len(value)))] if isinstance(value, list) and value else value
+            continue
+        kind, arg = space
+        if kind == "choice":
+            if not isinstance(arg, list) or not arg:
+                raise UserError(f"{name}: {key}: choice takes a non-empty list of values")
+            out[key] = arg[int(rng.integers(len(arg)))]
+            continue
+        ok = isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, int | float) for v in arg)
+        if not ok or not arg[0] < arg[1] or (kind == "loguniform" and arg[0] <= 0):
+            need = "0 < low < high" if kind == "loguniform" else "low < high"
+            raise UserError(f"{name}: {key}: {kind} takes [low, high] with {need}, not {arg!r}")
+        low, high = arg
+        if kind == "randint":
+            out[key] = int(rng.integers(int(low), int(high)))
+        else:
+            x = np.exp(rng.uniform(np.log(low), np.log(high))) if kind == "loguniform" else rng.uniform(low, high)
+            out[key] = float(f"{x:.4g}")
+    return out
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ def test_spec_expands_the_grid_and_validates_early() -> None:
 def test_example_sweep_file_parses() -> None:
     path = Path(__file__).parents[2] / "examples" / "sweep.yaml"
     assert len(SweepSpec.parse(path.read_text()).trials) == 8 * 3
+    search = SweepSpec.parse((path.parent / "search.yaml").read_text())
+    assert len(search.trials) == 2 * 8 * 2  # strategies x num_samples x seeds
 
 
 def test_local_sweep_writes_results_report_and_plots_and_resumes(tiny_store: str) -> None:
@@ -106,3 +108,62 @@ def test_ranking_is_accuracy_then_log_loss_as_in_promotion() -> None:
 
     rows = summarize([rec("a", 0.9, 0.5), rec("b", 0.9, 0.3), rec("c", 0.8, 0.1)])
     assert [r["strategy"] for r in rows] == ["b", "a", "c"]
+
+
+SEARCH = """
+search: random
+num_samples: 6
+strategies:
+  - finetune_all:
+      learning_rate: {loguniform: [0.0001, 0.1]}
+      weighting: {choice: [none, recency]}
+  - fresh_all:
+      epochs: {randint: [2, 5]}
+      old_fraction: [0.5, 1.0]
+params: {epochs: 3}
+seeds: [0, 1]
+"""
+
+
+def test_a_random_search_samples_tune_style_spaces_the_same_way_every_time() -> None:
+    spec = SweepSpec.parse(SEARCH)
+    assert len(spec.trials) == 2 * 6 * 2  # strategies x samples x seeds
+    ft = [t.params for t in spec.trials if t.strategy == "finetune_all"]
+    assert all(1e-4 <= p["learning_rate"] <= 0.1 and p["weighting"] in ("none", "recency") for p in ft)
+    assert len({p["learning_rate"] for p in ft}) == 6 and {p["epochs"] for p in ft} == {3}
+    rates = sorted({p["learning_rate"] for p in ft})
+    assert rates[0] < 0.003 < rates[-1]  # log-uniform: spread over the decades, not bunched near 0.1
+    fresh = [t.params for t in spec.trials if t.strategy == "fresh_all"]
+    assert all(p["epochs"] in (2, 3, 4) and p["old_fraction"] in (0.5, 1.0) for p in fresh)
+    again = SweepSpec.parse(SEARCH)
+    assert [t.trial_id for t in again.trials] == [t.trial_id for t in spec.trials]  # resumable: same trials
+    other = SweepSpec.parse(SEARCH + "search_seed: 1\n")
+    assert [t.trial_id for t in other.trials] != [t.trial_id for t in spec.trials]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("strategies: [{finetune_all: {learning_rate: {uniform: [0.001, 0.1]}}}]", "add `search: random`"),
+        ("search: random\nstrategies: [{finetune_all: {learning_rate: {loguniform: [0, 1]}}}]", "0 < low < high"),
+        ("search: random\nnum_samples: 0\nstrategies: [keep]", "num_samples must be"),
+        ("search: bayes\nstrategies: [keep]", "search must be one of grid, random"),
+        ("num_samples: 3\nstrategies: [keep]", "apply to `search: random`"),
+        ("search: random\nstrategies: [{finetune_all: {old_fraction: {uniform: [0.5, 3]}}}]", "a sampled finetune_all"),
+    ],
+)
+def test_search_spaces_are_checked_before_any_work(text: str, message: str) -> None:
+    with pytest.raises(UserError, match=re.escape(message)):
+        SweepSpec.parse(text)
+
+
+def test_a_random_search_runs_and_resumes_like_a_grid(tiny_store: str) -> None:
+    spec = SweepSpec.parse(
+        "search: random\nnum_samples: 3\nstrategies:\n  - finetune_new:\n"
+        "      learning_rate: {loguniform: [0.001, 0.1]}\nparams: {epochs: 2}\n"
+    )
+    store = Store.open(tiny_store)
+    result = run_sweep(store, LocalExecutor(), spec)
+    assert result.finished == result.trials == 3
+    assert len(set(result.table.column("params").to_pylist())) == 3
+    assert run_sweep(store, LocalExecutor(), resume=result.sweep_id).finished == 3
