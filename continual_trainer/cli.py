@@ -817,6 +817,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="ctrain: %(levelname)s: %(message)s")
     from continual_trainer.trainer.progress import Reporter, reporting
 
+    address = os.environ.get("RAY_ADDRESS")  # --address names the cluster for this command only
     try:
         if args.needs_tf:
             _import_tensorflow_quietly()
@@ -840,6 +841,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(args, *stop)
         first = next((line for line in str(exc).splitlines() if line.strip()), "")
         return _fail(args, f"unexpected {type(exc).__name__}: {first[:300]}", EXIT_WORK_FAILED, debug=True)
+    finally:
+        if address is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = address
     return 0
 
 

@@ -5,6 +5,7 @@ work that needs none."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -24,7 +25,8 @@ class RayAsked(Exception):
 @pytest.fixture
 def no_ray(monkeypatch):
     """The `ray` executor replaced by one that fails the command when made: nothing may start Ray."""
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "")  # recorded, so the test's own changes are undone after it
+    monkeypatch.delenv("RAY_ADDRESS")
     made: list[int] = []
 
     def refuse(actors: int):
@@ -79,6 +81,8 @@ def test_every_command_runs_here_unless_a_cluster_is_configured_or_asked_for(
             monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
         assert main(argv) == 1
         assert "Ray was asked for" in capsys.readouterr().err
+        if "--address" in argv:  # for that command only: the process's environment is as it was
+            assert "RAY_ADDRESS" not in os.environ
     assert len(no_ray) == 4
     pq.write_table(make_table(seed=5, shift=0.3), "more.parquet")
     assert main(["ingest", "--store", "s", "more.parquet", "--quiet"]) == 0
