@@ -161,16 +161,14 @@ class LocalExecutor:
     which releases the GIL, so two trials on two threads train at once; a process per worker
     would pay its own TensorFlow import, traces and copy of the rows. Measured on 2 cores,
     six strategies of 300 epochs on digits (`scripts/bench_local_parallel.py`): 2 threads
-    1.85x one thread, 2 spawned processes 0.60x (their imports outweigh the work), results
+    1.84x one thread, 2 spawned processes 0.61x (their imports outweigh the work), results
     identical to the digit.
     """
 
+    where = "this process (no Ray)"
+
     def __init__(self, workers: int | None = None) -> None:
         self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
-
-    @property
-    def where(self) -> str:
-        return "this process (no Ray)"
 
     def run(
         self,

@@ -5,7 +5,7 @@ trial (the source of truth, written as each trial ends), and the outputs: a resu
 table, a Markdown report ranking the configurations and plots. `--resume` reruns
 exactly the trials without a record, so an interrupted sweep finishes the same way on
 every storage backend. The executor decides where trials run (Ray Tune on a cluster,
-or one after another in this process); nothing here touches Ray.
+or side by side on this process's cores); nothing here touches Ray.
 """
 
 from __future__ import annotations
