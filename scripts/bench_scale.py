@@ -6,6 +6,7 @@ the first file and `ctrain ingest` of the rest, then `ctrain update --strategy f
 --set epochs=E --set batch_size=1024 --set patience=0 --promote never` (E from `--epochs`, 1 by
 default; no early stopping, so both paths do the same work) runs on a copy of it in each mode:
 
+- `default` (no `--memory-budget`): the path `update` picks by itself;
 - `in memory` (`--memory-budget 1TiB`): every training row read into the process, as before;
 - `in pieces` (`--memory-budget 1KB`): training and held-out rows read from the store a
   chunk at a time, in the process;
@@ -47,6 +48,7 @@ CTRAIN = [os.path.join(os.path.dirname(sys.executable), "ctrain")]  # the instal
 PIECES = ["--memory-budget", "1KB"]
 EPOCHS = [1]  # set from --epochs
 MODES = {
+    "default": [],  # no --memory-budget: the path `update` picks by itself
     "in memory": ["--memory-budget", "1TiB"],
     "in pieces": PIECES,
     "1 actor, in pieces": [*PIECES, "--actors", "1"],
