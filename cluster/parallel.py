@@ -263,10 +263,11 @@ def _parts(rows: Any, weights: Any, actors: int, seed: int) -> Any:
         shards = [rows.sharded(i, actors) for i in range(actors)]
         yield from ((s, weights) for s in shards if len(s))
         return
+    held = rows.load()
     for i in range(actors):
-        s = shard_index(len(rows), i, actors, seed)
+        s = shard_index(len(held), i, actors, seed)
         if len(s):
-            yield rows.sharded(i, actors, seed), None if weights is None else weights[s]
+            yield held.take(s), None if weights is None else weights[s]
 
 
 def _task(data: UpdateData) -> tuple[str, float]:

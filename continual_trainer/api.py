@@ -249,7 +249,7 @@ class ModelStore:
                 params,
                 seed=seed,
                 promote=promote,
-                executor=make_executor(executor_name(True if actors else ray), actors=actors),
+                executor=make_executor(executor_name(ray, actors), actors=actors),
                 actors=actors,
                 sync_steps=sync_steps,
                 gate=Gate(max_forgetting, max_flip_rate),
@@ -467,7 +467,7 @@ class ModelStore:
         from continual_trainer.commands import predict
         from continual_trainer.executor import executor_name, make_executor
 
-        executor = make_executor(executor_name(True if actors else ray), actors=actors)
+        executor = make_executor(executor_name(ray, actors), actors=actors)
         with self._reporting("predict"):
             return {**predict(self.uri, data, out, version=version, executor=executor), "executor": executor.where}
 

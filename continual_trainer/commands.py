@@ -28,7 +28,7 @@ from continual_trainer.data.schema import OUTPUT_COLUMNS, Schema
 from continual_trainer.data.storage import NotAStore, Store, StoreMeta, batch_name, utc_stamp
 from continual_trainer.executor import Executor, Job, LocalExecutor, result_or_raise
 from continual_trainer.promotion import UpdateOutcome, check_promote, commit
-from continual_trainer.sizing import UPDATE_SECONDS, plan, sized, training_rows
+from continual_trainer.sizing import UPDATE_SECONDS, sized_and_said
 from continual_trainer.sweep import SweepResult, summarize
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.evaluate import headline, rank_key
@@ -43,9 +43,8 @@ from continual_trainer.trainer.models import (
     numeric_layout,
     to_bytes,
 )
-from continual_trainer.trainer.progress import say
 from continual_trainer.trials import evaluate_sets
-from continual_trainer.updatedata import UpdateData, default_memory_budget, load_update_data
+from continual_trainer.updatedata import default_memory_budget, load_update_data
 from continual_trainer.versions import save_candidate, stored_candidate
 
 
@@ -279,20 +278,11 @@ def update(
     )
     executor = executor or LocalExecutor()
     job = Job(strategy, params, seed, actors, sync_steps)
-    job = _sized(job, data, UPDATE_SECONDS, frozenset(values or {}))
+    (job,) = sized_and_said([(job, frozenset(values or {}))], data, UPDATE_SECONDS)
     (outcome,) = executor.run(data, stored_candidate(store, data.parent), [job], extra_eval=extra_eval)
     result = result_or_raise(outcome)
     committed = commit(store, data, strategy_name, job.params, seed, result, promote, by, dict(origin or {}), gate, on)
     return replace(committed, executor=executor.where)
-
-
-def _sized(job: Job, data: UpdateData, seconds: float, user_keys: frozenset[str]) -> Job:
-    """`job` sized to its rows (see `sizing`), with the plan told to the user if it changed."""
-    out = sized(job, data, seconds, user_keys)
-    line = plan(job, out, training_rows(job, data))
-    if line:
-        say(line)
-    return out
 
 
 def predict(

@@ -270,9 +270,11 @@ EXECUTORS.add("local", _local)
 EXECUTORS.add("ray", _ray)
 
 
-def executor_name(ray: bool | None = None) -> str:
-    """Where work runs, by name: `ray` when asked for (True) or, if not said (None), when
-    RAY_ADDRESS names a cluster; else `local` (this process)."""
+def executor_name(ray: bool | None = None, actors: int = 0) -> str:
+    """Where work runs, by name: `ray` when asked for (True, or actors to train or score on)
+    or, if not said (None), when RAY_ADDRESS names a cluster; else `local` (this process)."""
+    if actors:
+        return "ray"
     if ray is None:
         ray = bool(os.environ.get("RAY_ADDRESS"))
     return "ray" if ray else "local"

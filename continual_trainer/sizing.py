@@ -61,6 +61,19 @@ def sized(job: Job, data: UpdateData, seconds: float, user_keys: frozenset[str])
     return dataclasses.replace(job, params=scaled(job.params, training_rows(job, data), seconds, user_keys))
 
 
+def sized_and_said(jobs: list[tuple[Job, frozenset[str]]], data: UpdateData, seconds: float) -> list[Job]:
+    """Each job (with the keys its user set) sized to its rows; the first plan that changed
+    anything is told to the user (once: a sweep's trials are sized alike)."""
+    from continual_trainer.trainer.progress import say
+
+    out = [sized(job, data, seconds, keys) for job, keys in jobs]
+    lines = [plan(job, new, training_rows(new, data)) for (job, _), new in zip(jobs, out, strict=True)]
+    told = [line for line in lines if line]
+    if told:
+        say(told[0] + (" (each trial sized likewise)" if len(jobs) > 1 else ""))
+    return out
+
+
 def plan(job: Job, sized_job: Job, rows: int) -> str | None:
     """One line saying what sizing changed, or None if nothing (small data, or all set)."""
     changed = [k for k in SIZED if getattr(job.params, k, None) != getattr(sized_job.params, k, None)]

@@ -31,11 +31,11 @@ from continual_trainer.data.storage import Store, utc_stamp
 from continual_trainer.executor import Executor, Failure, Job, Outcome, SweepSettings, WorkFailed
 from continual_trainer.plots import heatmap_png, png
 from continual_trainer.promotion import stored_manifest
-from continual_trainer.sizing import UPDATE_SECONDS, plan, sized, training_rows
+from continual_trainer.sizing import UPDATE_SECONDS, sized_and_said
 from continual_trainer.trainer import params as P
 from continual_trainer.trainer.evaluate import headline, rank_key
 from continual_trainer.trainer.forgetting import forgetting, matrix_row
-from continual_trainer.trainer.progress import report, say
+from continual_trainer.trainer.progress import report
 from continual_trainer.updatedata import default_memory_budget, load_update_data
 from continual_trainer.versions import stored_candidate
 
@@ -276,10 +276,7 @@ def run_sweep(
                 bar.best(trial.strategy, outcome.metrics)
             bar.update()
 
-        jobs = [sized(t.job(), data, UPDATE_SECONDS, frozenset(t.params)) for t in todo]
-        lines = [plan(t.job(), job, training_rows(job, data)) for t, job in zip(todo, jobs, strict=True)]
-        if any(lines):
-            say(f"{next(line for line in lines if line)} (each trial sized likewise)")
+        jobs = sized_and_said([(t.job(), frozenset(t.params)) for t in todo], data, UPDATE_SECONDS)
         executor.sweep(data, stored_candidate(store, data.parent), jobs, spec.settings, record)
     result = dataclasses.replace(_write_outputs(store, sweep_id, spec, failures, task, ancestors), where=executor.where)
     if result.finished == 0 and failures:
