@@ -124,9 +124,7 @@ class SweepSpec:
             grid = {k: v for k, v in shared.items() if k in accepted}
             used |= set(grid)
             grid.update(own)
-            combos = (
-                _product(grid, name) if search == "grid" else [_sample(grid, rng, name) for _ in range(int(samples))]
-            )
+            combos = _product(grid, name) if search == "grid" else _draws(grid, rng, int(samples), name)
             for combo in combos:
                 try:
                     strategy.make_params(combo)  # validate now, before any cluster work
@@ -135,6 +133,8 @@ class SweepSpec:
                         raise
                     raise UserError(f"{name}: a sampled {strategy_name} configuration {combo}: {exc}") from None
                 trials.extend(TrialSpec(strategy_name, combo, seed) for seed in seeds)
+        # A configuration drawn (or listed) twice is one trial: trials are known by their content.
+        trials = list({t.trial_id: t for t in reversed(trials)}.values())[::-1]
         stray = set(shared) - used
         if stray:
             raise UserError(f"{name}: no listed strategy has parameter(s) {', '.join(sorted(stray))}")
@@ -171,6 +171,18 @@ def _product(grid: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
         raise UserError(f"{name}: {spaces[0]} is a search space; a grid takes lists (add `search: random`)")
     axes = [grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys]
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*axes)]
+
+
+def _draws(grid: Mapping[str, Any], rng: np.random.Generator, samples: int, name: str) -> list[dict[str, Any]]:
+    """`samples` distinct configurations drawn from `grid` (a trial is known by its content, so a
+    configuration drawn again would be the same trial); fewer if the space has fewer."""
+    out: dict[str, dict[str, Any]] = {}
+    for _ in range(100 * samples):
+        if len(out) == samples:
+            break
+        combo = _sample(grid, rng, name)
+        out.setdefault(json.dumps(combo, sort_keys=True, default=str), combo)
+    return list(out.values())
 
 
 def _sample(grid: Mapping[str, Any], rng: np.random.Generator, name: str) -> dict[str, Any]:

@@ -157,6 +157,18 @@ def test_search_spaces_are_checked_before_any_work(text: str, message: str) -> N
         SweepSpec.parse(text)
 
 
+def test_a_configuration_drawn_twice_is_one_trial() -> None:
+    """Trials are known by their content: asked for 8 configurations of a space of 2, a search
+    has 2 trials per seed, and the sweep's count says so (it counted a configuration drawn twice
+    twice, and the sweep then said 30 of 32 trials finished with none failed)."""
+    spec = SweepSpec.parse(
+        "search: random\nnum_samples: 8\nstrategies:\n  - finetune_new:\n"
+        "      epochs: {randint: [1, 3]}\nseeds: [0, 1]\n"
+    )
+    assert sorted((t.params["epochs"], t.seed) for t in spec.trials) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert len({t.trial_id for t in spec.trials}) == len(spec.trials)
+
+
 def test_a_random_search_runs_and_resumes_like_a_grid(tiny_store: str) -> None:
     spec = SweepSpec.parse(
         "search: random\nnum_samples: 3\nstrategies:\n  - finetune_new:\n"
