@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING
 
 from continual_trainer.cluster import pool, runtime
 from continual_trainer.data.rows import Rows
-from continual_trainer.executor import Failure, Job, OnDone, Outcome, SweepSettings, run_job
+from continual_trainer.executor import (
+    Failure,
+    Job,
+    OnDone,
+    OnTrialDone,
+    Outcome,
+    Schedule,
+    SweepSettings,
+    run_job,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -65,11 +74,17 @@ class RayExecutor:
         return outcomes
 
     def sweep(
-        self, data: UpdateData, current: StoredCandidate, jobs: Sequence[Job], settings: SweepSettings, on_done: OnDone
+        self,
+        data: UpdateData,
+        current: StoredCandidate,
+        jobs: Sequence[Job],
+        settings: SweepSettings,
+        on_done: OnTrialDone,
+        schedule: Schedule | None = None,
     ) -> None:
         from continual_trainer.cluster.tune import run_trials
 
-        run_trials(data, current, jobs, settings, on_done)
+        run_trials(data, current, jobs, settings, on_done, schedule)
 
     def score(self, store: Store, version: str, uri: str, table: pa.Table) -> np.ndarray:
         import ray

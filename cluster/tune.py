@@ -8,6 +8,7 @@ state (which holds pickles) lives in scratch space on the driver, deleted afterw
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -16,7 +17,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from continual_trainer.cluster.pool import ACTOR_MEMORY, CurrentCache
-from continual_trainer.executor import Failure, Job, OnDone, Outcome, SweepSettings, run_job
+from continual_trainer.executor import (
+    Failure,
+    Job,
+    OnTrialDone,
+    Schedule,
+    StoppedEarly,
+    SweepSettings,
+    TrialOutcome,
+    run_trial,
+)
 from continual_trainer.trials import TrialResult
 from continual_trainer.updatedata import UpdateData
 from continual_trainer.versions import StoredCandidate
@@ -24,20 +34,45 @@ from continual_trainer.versions import StoredCandidate
 _current = CurrentCache()
 
 
-def _trial(config: dict[str, Any], payload: tuple[UpdateData, StoredCandidate, Sequence[Job]]) -> None:
+def _trial(config: dict[str, Any], payload: tuple[UpdateData, StoredCandidate, Sequence[Job], Schedule | None]) -> None:
     from ray import tune
 
     from continual_trainer.cluster.runtime import pin_threads
 
     pin_threads()
-    data, current, jobs = payload
-    tune.report(_report(run_job(data, _current.get(data, current), jobs[config["index"]])))
+    data, current, jobs, schedule = payload
+    tune.report(_report(run_trial(data, _current.get(data, current), jobs[config["index"]], schedule)))
 
 
-def _report(outcome: Outcome) -> dict[str, Any]:
+class _Decider:
+    """The sweep's scheduler (`schedule.Asha`), held by one Ray actor that every trial asks."""
+
+    def __init__(self, decide: Any) -> None:
+        self._decide = decide
+
+    def decide(self, trial: str, epochs: int, score: float) -> bool:
+        return bool(self._decide(trial, epochs, score))
+
+
+class _AskActor:
+    """`decide` for trials on Ray workers: a call to the scheduler's actor."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def __call__(self, trial: str, epochs: int, score: float) -> bool:
+        import ray
+
+        return bool(ray.get(self.actor.decide.remote(trial, epochs, score)))
+
+
+def _report(outcome: TrialOutcome) -> dict[str, Any]:
     """An outcome as a Tune result (scores only; the candidate stays on the worker)."""
     if isinstance(outcome, Failure):
         return {"failed": 1, "user_error": int(outcome.user_error), "message": outcome.message}
+    if isinstance(outcome, StoppedEarly):
+        curve = json.dumps(outcome.curve)
+        return {"failed": 0, "stopped_epochs": outcome.epochs, "score": outcome.score, "curve": curve}
     return {
         "failed": 0,
         "holdout_accuracy": outcome.metrics.get("holdout_accuracy"),
@@ -46,12 +81,16 @@ def _report(outcome: Outcome) -> dict[str, Any]:
         "train_seconds": outcome.train_seconds,
         "members": outcome.members,
         "peak_rss_mb": outcome.peak_rss_mb,
+        "curve": json.dumps(outcome.curve),
     }
 
 
-def _outcome(result: dict[str, Any]) -> Outcome:
+def _outcome(result: dict[str, Any]) -> TrialOutcome:
     if result.get("failed", 1):
         return Failure(str(result.get("message", "the trial reported nothing")), bool(result.get("user_error")))
+    curve = tuple((int(e), float(v)) for e, v in json.loads(result.get("curve", "[]")))
+    if "stopped_epochs" in result:
+        return StoppedEarly(int(result["stopped_epochs"]), float(result["score"]), curve)
     return TrialResult(
         None,
         json.loads(result["metrics"]),
@@ -59,20 +98,32 @@ def _outcome(result: dict[str, Any]) -> Outcome:
         float(result["train_seconds"]),
         int(result["members"]),
         peak_rss_mb=float(result["peak_rss_mb"]),
+        curve=curve,
     )
 
 
 def run_trials(
-    data: UpdateData, current: StoredCandidate, jobs: Sequence[Job], settings: SweepSettings, on_done: OnDone
+    data: UpdateData,
+    current: StoredCandidate,
+    jobs: Sequence[Job],
+    settings: SweepSettings,
+    on_done: OnTrialDone,
+    schedule: Schedule | None = None,
 ) -> None:
-    """Run every job as a Tune trial; `on_done(index, outcome)` in the driver as each ends."""
+    """Run every job as a Tune trial; `on_done(index, outcome)` in the driver as each ends.
+    With `schedule`, its scheduler lives in one actor that the trials ask at their rungs."""
+    import ray
     from ray import tune
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter honours verbose=0
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C stops the sweep like any command
     scratch = tempfile.mkdtemp(prefix="ctrain-tune-")
+    decider: Any = None
+    if schedule is not None:
+        decider = ray.remote(num_cpus=0)(_Decider).remote(schedule.decide)
+        schedule = dataclasses.replace(schedule, decide=_AskActor(decider))
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, payload=(data, current, list(jobs))),
+        tune.with_parameters(_trial, payload=(data, current, list(jobs), schedule)),
         {"cpu": settings.cpus_per_trial, "memory": ACTOR_MEMORY},
     )
     relay = _relay_class()(on_done, [job.strategy.name for job in jobs], settings.max_failures)
@@ -92,6 +143,8 @@ def run_trials(
         tuner.fit()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if decider is not None:
+            ray.kill(decider)
 
 
 def _relay_class() -> type:
@@ -99,7 +152,7 @@ def _relay_class() -> type:
     from ray import tune
 
     class Relay(tune.Callback):
-        def __init__(self, on_done: OnDone, names: list[str], retries: int) -> None:
+        def __init__(self, on_done: OnTrialDone, names: list[str], retries: int) -> None:
             self.on_done, self.names, self.retries = on_done, names, retries
 
         def __getstate__(self) -> dict[str, Any]:

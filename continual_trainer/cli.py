@@ -447,7 +447,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         max_flip_rate=args.max_flip_rate,
         memory_budget=args.memory_budget,
     )
-    done = f"{r.finished} of {r.trials} trials finished on {r.where}"
+    early = f" ({r.stopped} stopped early by ASHA)" if r.stopped else ""
+    done = f"{r.finished} of {r.trials} trials finished{early} on {r.where}"
     lines = [f"sweep {r.sweep_id}: {done}; results in {r.folder}"]
     first = ct.metric_names(store.schema.task)[0]
     for row in r.summary(store.schema.task):
@@ -467,6 +468,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             "folder": r.folder,
             "trials": r.trials,
             "finished": r.finished,
+            "stopped_early": r.stopped,
             "failed": len(r.failures),
             "executor": r.where,
             **({"winner": winner.to_json()} if winner else {}),

@@ -10,6 +10,7 @@ comes back as a `Failure` that is reported, not retried.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from continual_trainer.updatedata import UpdateData
     from continual_trainer.versions import StoredCandidate
 
+Decide = Callable[[str, int, float], bool]  # (trial, epochs, score) -> go on?
+
 
 @dataclass(frozen=True)
 class Job:
@@ -45,6 +48,7 @@ class Job:
         actors: more than 1: train data-parallel on that many Ray actors, as the
             strategy's `can.data_parallel` says; 0 or 1: in one process.
         sync_steps: with `actors` and averaging: steps between weight averages.
+        trial: the sweep trial it is (names it to a scheduler).
     """
 
     strategy: strategies.Strategy
@@ -52,6 +56,7 @@ class Job:
     seed: int
     actors: int = 0
     sync_steps: int = 100
+    trial: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,30 @@ class Failure:
     error: UserError | None = None
 
 
+@dataclass(frozen=True)
+class StoppedEarly:
+    """A sweep trial its scheduler stopped at a rung (see `schedule`): the epochs it trained,
+    its holdout score then, and every score it reported as (epochs, score)."""
+
+    epochs: int
+    score: float
+    curve: tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How a sweep's trials are watched as they train: every `every` epochs each scores its
+    model on `rows` (a holdout sample) and asks `decide(trial, epochs, score)` whether to go on."""
+
+    every: int
+    rows: Rows
+    decide: Decide
+
+
 Outcome = TrialResult | Failure
 OnDone = Callable[[int, Outcome], None]
+TrialOutcome = TrialResult | Failure | StoppedEarly  # a sweep's trials may also be stopped early
+OnTrialDone = Callable[[int, TrialOutcome], None]
 
 
 class WorkFailed(Exception):
@@ -107,9 +134,16 @@ class Executor(Protocol):
         passed to `on_done(index, outcome)` as it arrives. Candidates come back whole."""
 
     def sweep(
-        self, data: UpdateData, current: StoredCandidate, jobs: Sequence[Job], settings: SweepSettings, on_done: OnDone
+        self,
+        data: UpdateData,
+        current: StoredCandidate,
+        jobs: Sequence[Job],
+        settings: SweepSettings,
+        on_done: OnTrialDone,
+        schedule: Schedule | None = None,
     ) -> None:
-        """Run a sweep's trials, retrying those whose worker dies; only scores come back."""
+        """Run a sweep's trials, retrying those whose worker dies, each watched by `schedule`
+        if given; only scores come back."""
 
     def score(self, store: Store, version: str, uri: str, table: pa.Table) -> np.ndarray:
         """Class probabilities of a stored version for every row of the Parquet file `uri`
@@ -142,6 +176,23 @@ def run_job(
         return score_candidate(data, current, candidate, seconds, extra_eval, execution, parts_of)
     except UserError as exc:
         return Failure(str(exc), user_error=True, error=exc)
+
+
+def run_trial(data: UpdateData, current: Candidate, job: Job, schedule: Schedule | None) -> TrialOutcome:
+    """`run_job` for a sweep's trial, its training watched by `schedule` (if any): the scores
+    it reported come back with its result, or it stops early (`StoppedEarly`)."""
+    if schedule is None:
+        return run_job(data, current, job)
+    from continual_trainer.schedule import Pruned, Watch
+    from continual_trainer.trainer.progress import watching
+
+    watch = Watch(job.trial, schedule.every, schedule.rows, data.n_classes, schedule.decide)
+    try:
+        with watching(watch):
+            outcome = run_job(data, current, job)
+    except Pruned as stop:
+        return StoppedEarly(stop.epochs, stop.score, tuple(watch.curve))
+    return dataclasses.replace(outcome, curve=tuple(watch.curve)) if isinstance(outcome, TrialResult) else outcome
 
 
 def result_or_raise(outcome: Outcome) -> TrialResult:
@@ -179,17 +230,28 @@ class LocalExecutor:
         extra_eval: Mapping[str, Rows] | None = None,
         on_done: OnDone | None = None,
     ) -> list[Outcome]:
-        model = current.load()
-
-        def one(job: Job) -> Outcome:
+        def one(model: Candidate, job: Job) -> Outcome:
             if job.actors > 1:
                 return Failure("data-parallel training (--actors) runs on Ray actors", user_error=True)
             return run_job(data, model, job, extra_eval)
 
-        outcomes: dict[int, Outcome] = {}
-        if self.workers == 1 or len(jobs) < 2:
+        return self._side_by_side(current, jobs, one, on_done, self.workers)  # type: ignore[arg-type,return-value]
+
+    @staticmethod
+    def _side_by_side(
+        current: StoredCandidate,
+        jobs: Sequence[Job],
+        one: Callable[[Candidate, Job], TrialOutcome],
+        on_done: OnTrialDone | None,
+        workers: int,
+    ) -> list[TrialOutcome]:
+        """`one(model, job)` for every job on up to `workers` threads, outcomes in job order,
+        each passed to `on_done` on this thread as it arrives."""
+        model = current.load()
+        outcomes: dict[int, TrialOutcome] = {}
+        if workers == 1 or len(jobs) < 2:
             for i, job in enumerate(jobs):
-                outcomes[i] = one(job)
+                outcomes[i] = one(model, job)
                 if on_done:
                     on_done(i, outcomes[i])
             return [outcomes[i] for i in range(len(jobs))]
@@ -197,9 +259,9 @@ class LocalExecutor:
 
         from continual_trainer.trainer.progress import STOP
 
-        pool = ThreadPoolExecutor(min(self.workers, len(jobs)), thread_name_prefix="ctrain-job")
+        pool = ThreadPoolExecutor(min(workers, len(jobs)), thread_name_prefix="ctrain-job")
         try:
-            futures = {pool.submit(one, job): i for i, job in enumerate(jobs)}
+            futures = {pool.submit(one, model, job): i for i, job in enumerate(jobs)}
             for future in as_completed(futures):
                 i = futures[future]
                 outcomes[i] = future.result()
@@ -214,9 +276,16 @@ class LocalExecutor:
         return [outcomes[i] for i in range(len(jobs))]
 
     def sweep(
-        self, data: UpdateData, current: StoredCandidate, jobs: Sequence[Job], settings: SweepSettings, on_done: OnDone
+        self,
+        data: UpdateData,
+        current: StoredCandidate,
+        jobs: Sequence[Job],
+        settings: SweepSettings,
+        on_done: OnTrialDone,
+        schedule: Schedule | None = None,
     ) -> None:
-        self.run(data, current, jobs, on_done=on_done)
+        workers = min(self.workers, settings.max_concurrent or self.workers)
+        self._side_by_side(current, jobs, lambda model, job: run_trial(data, model, job, schedule), on_done, workers)
 
     def score(self, store: Store, version: str, uri: str, table: pa.Table) -> np.ndarray:
         from continual_trainer.versions import load_candidate

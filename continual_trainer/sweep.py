@@ -28,9 +28,19 @@ from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import Manifest, lineage
 from continual_trainer.data.parquet import table_to_bytes
 from continual_trainer.data.storage import Store, utc_stamp
-from continual_trainer.executor import Executor, Failure, Job, Outcome, SweepSettings, WorkFailed
+from continual_trainer.executor import (
+    Executor,
+    Failure,
+    Job,
+    Schedule,
+    StoppedEarly,
+    SweepSettings,
+    TrialOutcome,
+    WorkFailed,
+)
 from continual_trainer.plots import heatmap_png, png
 from continual_trainer.promotion import stored_manifest
+from continual_trainer.schedule import Asha, AshaSettings, watched_rows
 from continual_trainer.sizing import UPDATE_SECONDS, sized_and_said
 from continual_trainer.trainer import params as P
 from continual_trainer.trainer.evaluate import headline, rank_key
@@ -52,6 +62,7 @@ def metric_names(task: str) -> tuple[str, ...]:
 
 
 _GRID_KEYS = {"strategies", "params", "seeds", "search", "num_samples", "search_seed"}
+_SCHEDULE_KEYS = {"scheduler", "grace_period", "reduction_factor", "report_every"}
 SEARCHES = ("grid", "random")
 # Ray Tune's names for search spaces: `{loguniform: [0.0001, 0.1]}` as a parameter's value.
 SPACES = ("uniform", "loguniform", "randint", "choice")
@@ -71,16 +82,19 @@ class TrialSpec:
 
     def job(self) -> Job:
         strategy = strategies.get(self.strategy)
-        return Job(strategy, strategy.make_params(self.params), self.seed)
+        return Job(strategy, strategy.make_params(self.params), self.seed, trial=self.trial_id)
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """A parsed sweep file; `trials` is the full grid, validated against the registry."""
+    """A parsed sweep file; `trials` is the full grid, validated against the registry;
+    `asha`: the scheduler's settings with `scheduler: asha`, else None (every trial runs
+    to its end)."""
 
     trials: tuple[TrialSpec, ...]
     source: str
     settings: SweepSettings = field(default_factory=SweepSettings)
+    asha: AshaSettings | None = None
 
     @classmethod
     def parse(cls, text: str, name: str = "sweep config") -> SweepSpec:
@@ -90,9 +104,9 @@ class SweepSpec:
             raise UserError(f"{name}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(doc, dict) or "strategies" not in doc:
             raise UserError(f"{name}: expected a mapping with a `strategies` list (see examples/sweep.yaml)")
-        unknown = set(doc) - _GRID_KEYS - _SETTING_KEYS
+        unknown = set(doc) - _GRID_KEYS - _SETTING_KEYS - _SCHEDULE_KEYS
         if unknown:
-            known = ", ".join(sorted(_GRID_KEYS | _SETTING_KEYS))
+            known = ", ".join(sorted(_GRID_KEYS | _SETTING_KEYS | _SCHEDULE_KEYS))
             raise UserError(f"{name}: unknown key(s) {', '.join(sorted(unknown))}; known: {known}")
         search = doc.get("search", "grid")
         if search not in SEARCHES:
@@ -144,7 +158,7 @@ class SweepSpec:
             settings = P.build(SweepSettings, {k: doc[k] for k in _SETTING_KEYS if k in doc})
         except ValueError as exc:
             raise UserError(f"{name}: {exc}") from None
-        return cls(tuple(trials), text, settings)
+        return cls(tuple(trials), text, settings, AshaSettings.parse(doc, name))
 
 
 def _one_item(entry: Any, name: str) -> tuple[str, dict[str, Any]]:
@@ -220,6 +234,7 @@ class SweepResult:
 
     Attributes:
         failures: (trial id, Failure) of every trial that ended without a result in this run.
+        stopped: trials the scheduler (ASHA) stopped early; `finished` does not count them.
         where: where its trials ran (`Executor.where`).
     """
 
@@ -230,6 +245,7 @@ class SweepResult:
     finished: int
     failures: list[tuple[str, Failure]] = field(default_factory=list)
     where: str = ""
+    stopped: int = 0
 
     def summary(self, task: str = "classification") -> list[dict[str, Any]]:
         """`summarize` of the finished trials: mean and std over seeds, ranked."""
@@ -279,17 +295,21 @@ def run_sweep(
     if todo:
         bar = _Progress(len(spec.trials), len(spec.trials) - len(todo), task)
 
-        def record(i: int, outcome: Outcome) -> None:
+        def record(i: int, outcome: TrialOutcome) -> None:
             trial = todo[i]
             if isinstance(outcome, Failure):
                 failures.append((trial.trial_id, outcome))
+            elif isinstance(outcome, StoppedEarly):
+                store.write_trial_record(sweep_id, trial.trial_id, _stopped_record(trial, outcome))
             else:
                 store.write_trial_record(sweep_id, trial.trial_id, _record(trial, outcome, task, ancestors))
                 bar.best(trial.strategy, outcome.metrics)
             bar.update()
 
-        jobs = sized_and_said([(t.job(), frozenset(t.params)) for t in todo], data, UPDATE_SECONDS)
-        executor.sweep(data, stored_candidate(store, data.parent), jobs, spec.settings, record)
+        everyone = sized_and_said([(t.job(), frozenset(t.params)) for t in spec.trials], data, UPDATE_SECONDS)
+        jobs = [job for job in everyone if job.trial not in done]
+        schedule = _schedule(spec, everyone, data, store.trial_records(sweep_id)) if spec.asha else None
+        executor.sweep(data, stored_candidate(store, data.parent), jobs, spec.settings, record, schedule)
     result = dataclasses.replace(_write_outputs(store, sweep_id, spec, failures, task, ancestors), where=executor.where)
     if result.finished == 0 and failures:
         first = next((f for _, f in failures if f.user_error), failures[0][1])
@@ -299,6 +319,33 @@ def run_sweep(
 
 
 FORGETTING = ("forgetting", "backward_transfer", "negative_flip_rate")
+
+
+def _schedule(spec: SweepSpec, jobs: list[Job], data: Any, recorded: Mapping[str, dict[str, Any]]) -> Schedule:
+    """ASHA over the sweep's trials: rungs from the longest trial's epochs, and what the trials
+    that already ran reported at them (a resumed sweep decides as the interrupted one would)."""
+    assert spec.asha is not None
+    every, rungs = spec.asha.rungs(max((getattr(j.params, "epochs", 1) for j in jobs), default=1))
+    asha = Asha(rungs, spec.asha.reduction_factor)
+    asha.replay((t.trial_id, _curve(recorded[t.trial_id])) for t in spec.trials if t.trial_id in recorded)
+    return Schedule(every, watched_rows(data.holdout), asha.decide)
+
+
+def _curve(record: Mapping[str, Any]) -> list[tuple[int, float]]:
+    return [(int(e), float(v)) for e, v in json.loads(record.get("curve") or "[]")]
+
+
+def _stopped_record(trial: TrialSpec, outcome: StoppedEarly) -> dict[str, Any]:
+    """A trial the scheduler stopped: when, its holdout score then, and what it reported."""
+    return {
+        "trial_id": trial.trial_id,
+        "strategy": trial.strategy,
+        "params": json.dumps(trial.params, sort_keys=True),
+        "seed": trial.seed,
+        "stopped_epochs": outcome.epochs,
+        "stopped_score": outcome.score,
+        "curve": json.dumps(outcome.curve),
+    }
 
 
 def _record(trial: TrialSpec, outcome: Any, task: str, ancestors: list[Manifest]) -> dict[str, Any]:
@@ -319,6 +366,7 @@ def _record(trial: TrialSpec, outcome: Any, task: str, ancestors: list[Manifest]
         "backward_transfer": f.backward_transfer,
         "negative_flip_rate": outcome.metrics.get("holdout_negative_flip_rate"),
         **{k: v for k, v in outcome.metrics.items() if k.startswith("batch_")},
+        **({"curve": json.dumps(outcome.curve)} if outcome.curve else {}),
     }
 
 
@@ -352,16 +400,18 @@ def _write_outputs(
 ) -> SweepResult:
     wanted = {t.trial_id for t in spec.trials}
     recorded = store.trial_records(sweep_id)
-    records = [recorded[i] for i in sorted(set(recorded) & wanted)]
+    kept = [recorded[i] for i in sorted(set(recorded) & wanted)]
+    records = [r for r in kept if "stopped_epochs" not in r]
+    stopped = [r for r in kept if "stopped_epochs" in r]
     table = pa.Table.from_pylist(records) if records else pa.table({"trial_id": pa.array([], pa.string())})
     plots = _plots(records, task) if records else {}
     matrix = accuracy_matrix_png(records, ancestors, store.batch_ids(), task)
     if matrix:
         plots["plots/accuracy_matrix.png"] = matrix
-    report = render_report(records, spec, sweep_id, sorted(plots), failures, task)
+    report = render_report(records, spec, sweep_id, sorted(plots), failures, task, stopped)
     files = {"results.parquet": table_to_bytes(table), "report.md": report.encode(), **plots}
     folder = store.write_report(sweep_id, files)
-    return SweepResult(sweep_id, folder, table, len(spec.trials), len(records), failures)
+    return SweepResult(sweep_id, folder, table, len(spec.trials), len(records), failures, stopped=len(stopped))
 
 
 def summarize(records: list[dict[str, Any]], task: str = "classification") -> list[dict[str, Any]]:
@@ -395,6 +445,7 @@ def render_report(
     plots: list[str],
     failures: list[tuple[str, Failure]] = (),  # type: ignore[assignment]
     task: str = "classification",
+    stopped: list[dict[str, Any]] = (),  # type: ignore[assignment]
 ) -> str:
     def pm(v: tuple[float | None, float | None], d: int = 3) -> str:
         return "n/a" if v[0] is None else f"{v[0]:.{d}f} ± {v[1]:.{d}f}"
@@ -404,7 +455,8 @@ def render_report(
     lines = [
         f"# Sweep {sweep_id}",
         "",
-        f"{len(records)} of {len(spec.trials)} trials finished. Every trial is scored on the same held-out rows: "
+        f"{len(records)} of {len(spec.trials)} trials finished{_stopped_words(stopped)}. "
+        "Every trial is scored on the same held-out rows: "
         "`holdout` is all of them, `old` the old batches' (forgetting), `new` the new batches' (plasticity). "
         f"Mean ± std over seeds; ranked as promotion ranks versions ({how}). `forgetting`: on the worst "
         "earlier batch, the best score an earlier version in the current model's lineage reached minus the "
@@ -426,6 +478,21 @@ def render_report(
                 f"{pm(r['forgetting'])} | {pm(r['negative_flip_rate'])} | {pm(r['train_seconds'], 2)} |"
             )
         lines.append("")
+    if spec.asha is not None:
+        lines += [
+            f"## Stopped early by ASHA: {len(stopped)} trial(s)",
+            "",
+            "Each trial scored its model on the holdout as it trained; at each rung a trial below the best "
+            f"1/{spec.asha.reduction_factor} of those that reached the rung before it stopped there "
+            "(its score then is not comparable with finished trials', and it is not ranked above).",
+            "",
+        ]
+        lines += [
+            f"- `{r['trial_id']}` (`{r['params']}`): after {r['stopped_epochs']} epochs, holdout score "
+            f"{abs(r['stopped_score']):.3f}"
+            for r in stopped
+        ]
+        lines.append("")
     if failures:
         lines += ["## Failed trials", ""]
         lines += [f"- `{trial_id}`: {f.message}" for trial_id, f in failures]
@@ -433,6 +500,10 @@ def render_report(
     if plots:
         lines += ["Plots: " + ", ".join(f"`{p}`" for p in plots) + ".", ""]
     return "\n".join(lines)
+
+
+def _stopped_words(stopped: list[dict[str, Any]]) -> str:
+    return f", {len(stopped)} stopped early" if stopped else ""
 
 
 def _plots(records: list[dict[str, Any]], task: str = "classification") -> dict[str, bytes]:

@@ -29,6 +29,7 @@ class TrialResult:
         candidate: the model or ensemble; None when only the scores came back (sweeps).
         execution: how it ran, for the manifest (`{"mode": "local"}` in one process).
         peak_rss_mb: peak resident memory of the process that ran it.
+        curve: in a sweep with a scheduler, its holdout score as it trained: (epochs, score).
     """
 
     candidate: Candidate | None
@@ -38,6 +39,7 @@ class TrialResult:
     members: int
     execution: dict[str, Any] = field(default_factory=lambda: {"mode": "local"})
     peak_rss_mb: float = 0.0
+    curve: tuple[tuple[int, float], ...] = ()
 
 
 def evaluate_sets(

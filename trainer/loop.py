@@ -38,7 +38,7 @@ import numpy as np
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.parquet import one_line
 from continual_trainer.trainer.params import Choice, Interval, Params, param
-from continual_trainer.trainer.progress import report
+from continual_trainer.trainer.progress import milestones, report
 
 if TYPE_CHECKING:
     import keras
@@ -684,10 +684,13 @@ def train(
     inputs = compiled.tensor(x)
     args = (inputs, tf.constant(targets), tf.constant(w))
     losses, done, chunk, stopped, per_epoch = [], 0, 1, None, 0.0
+    watch = milestones()
     while done < config.epochs:
         k = min(chunk, config.epochs - done)
         if stopper is not None:
             k = 1  # the validation loss after every epoch
+        if watch is not None:  # chunks end where a sweep's scheduler looks at the model
+            k = max(1, min(k, watch.until_next()))
         if config.max_seconds and done:  # no chunk expected to overrun the budget by much
             left = config.max_seconds - (time.perf_counter() - start)
             k = max(1, min(k, int(left / max(per_epoch, 1e-9))))
@@ -702,6 +705,8 @@ def train(
         if progress is not None:
             progress(done)
         report("epochs", done, config.epochs, f"loss {float(out[-1]):.4g}")
+        if watch is not None:
+            watch.ran(k, model)
         if stopper is not None and stopper.stop(done):
             stopped = "patience"
             break
@@ -758,6 +763,7 @@ def train_stream(
     losses: list[float] = []
     stopped = None
     stopper: _Stopper | None = None
+    watch = milestones()
     for epoch in range(config.epochs):
         total, rows = 0.0, 0
         for b, (x, y, w) in enumerate(prefetched(_buffers(passes(epoch), buffer_rows))):
@@ -786,6 +792,8 @@ def train_stream(
         if progress is not None:
             progress(epoch + 1)
         report("epochs", epoch + 1, config.epochs, f"loss {losses[-1]:.4g}")
+        if watch is not None:
+            watch.ran(1, model)
         if config.patience and validation is not None and len(validation[1]):
             if stopper is None:
                 vx, vy, vw = validation

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 _OPEN: ContextVar[Reporter | None] = ContextVar("ctrain_reporter", default=None)
 # Set to stop work running on other threads of this process (jobs run side by side, see
@@ -26,6 +26,37 @@ STOP = threading.Event()
 
 class Stopped(Exception):
     """Work stopped because its command was interrupted (see `STOP`)."""
+
+
+class Milestones(Protocol):
+    """Told the epochs a training run has finished, with the model as it stands then (a sweep's
+    trial scores it and asks its scheduler whether to go on; see `continual_trainer.schedule`).
+
+    `until_next()` is how many more epochs to run before telling again (the training loop ends
+    its compiled chunks there); `ran(epochs, model)` is called after every chunk and may raise to
+    stop the training (the exception reaches whoever opened the milestones)."""
+
+    def until_next(self) -> int: ...
+
+    def ran(self, epochs: int, model: Any) -> None: ...
+
+
+_MILESTONES: ContextVar[Milestones | None] = ContextVar("ctrain_milestones", default=None)
+
+
+@contextlib.contextmanager
+def watching(milestones: Milestones | None) -> Iterator[Milestones | None]:
+    """Tell `milestones` of every epoch the training loop runs in this context (this thread)."""
+    token = _MILESTONES.set(milestones)
+    try:
+        yield milestones
+    finally:
+        _MILESTONES.reset(token)
+
+
+def milestones() -> Milestones | None:
+    """The milestones the training loop tells of its epochs, if any are open here."""
+    return _MILESTONES.get()
 
 
 STATUS_SECONDS = 10.0  # between status lines when stderr is not a terminal (CTRAIN_STATUS_SECONDS)

@@ -19,7 +19,7 @@ from continual_trainer.strategies.base import TrainParams, UpdateInputs
 from continual_trainer.strategies.retrain import fresh
 from continual_trainer.sweep import SweepSpec, run_sweep
 from continual_trainer.trainer.candidate import Candidate
-from tests.continual_trainer.test_sweep import SPEC
+from tests.continual_trainer.test_sweep import ASHA, SPEC
 
 
 @pytest.mark.ray
@@ -31,6 +31,17 @@ def test_sweep_on_tune_writes_results(ray_cluster, tiny_store: str) -> None:
     assert table.num_rows == 6 and len(set(table.column("trial_id").to_pylist())) == 6
     assert (table.column("worker_peak_rss_mb").to_numpy() > 0).all()
     assert {"plots/accuracy_by_strategy.png", "results.parquet"} <= set(store.report_files(result.sweep_id))
+
+
+@pytest.mark.ray
+def test_asha_on_tune_stops_trials_early_through_the_drivers_rungs(ray_cluster, tiny_store: str) -> None:
+    """Trials on Ray workers ask one scheduler actor at their rungs; those that cannot learn stop."""
+    store = Store.open(tiny_store)
+    result = run_sweep(store, RayExecutor(), SweepSpec.parse(ASHA))
+    stopped = [r for r in store.trial_records(result.sweep_id).values() if "stopped_epochs" in r]
+    assert {json.loads(r["params"])["learning_rate"] for r in stopped} >= {0.00001, 0.000003}
+    assert result.stopped == len(stopped) and result.finished + result.stopped == 4
+    assert [e for e, _ in json.loads(result.table.column("curve")[0].as_py())] == [2, 4, 6, 8]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -179,3 +180,73 @@ def test_a_random_search_runs_and_resumes_like_a_grid(tiny_store: str) -> None:
     assert result.finished == result.trials == 3
     assert len(set(result.table.column("params").to_pylist())) == 3
     assert run_sweep(store, LocalExecutor(), resume=result.sweep_id).finished == 3
+
+
+# Four learning rates, two of them too small to learn anything in 8 epochs; one at a time,
+# so that the order in which trials reach the rungs is the spec's.
+ASHA = """
+scheduler: asha
+grace_period: 2
+reduction_factor: 2
+max_concurrent: 1
+strategies:
+  - fresh_all:
+      learning_rate: [0.05, 0.02, 0.00001, 0.000003]
+params: {epochs: 8}
+"""
+
+
+def test_asha_judges_a_trial_against_those_that_reached_its_rung_before_it() -> None:
+    from continual_trainer.schedule import Asha
+
+    asha = Asha((2, 6), reduction_factor=2)
+    assert asha.decide("a", 2, 0.80)  # the first at a rung goes on: nothing to compare with
+    assert asha.decide("b", 2, 0.90)  # at least the median of [0.80]
+    assert not asha.decide("c", 2, 0.70)  # below the median of [0.80, 0.90]
+    assert asha.decide("b", 4, 0.91)  # between rungs: nothing to judge
+    assert asha.decide("b", 6, 0.95) and not asha.decide("a", 6, 0.85)
+    assert asha.decide("a", 6, 0.10)  # judged once per rung
+    again = Asha((2, 6), reduction_factor=2)
+    again.replay([("a", [(2, 0.80)]), ("b", [(2, 0.90)])])
+    assert not again.decide("c", 2, 0.70)  # a resumed sweep decides as the first run did
+
+
+def test_asha_settings_are_checked_and_rungs_follow_the_epochs() -> None:
+    from continual_trainer.schedule import AshaSettings
+
+    spec = SweepSpec.parse(ASHA)
+    assert spec.asha == AshaSettings(grace_period=2, reduction_factor=2)
+    assert spec.asha.rungs(8) == (2, (2, 4))
+    assert AshaSettings().rungs(150) == (6, (6, 18, 54))  # grace: epochs / 3^3
+    assert SweepSpec.parse("strategies: [keep]").asha is None
+    for bad, message in [
+        ("scheduler: hyperband\nstrategies: [keep]", "scheduler must be one of fifo, asha"),
+        ("scheduler: asha\nreduction_factor: 1\nstrategies: [keep]", "reduction_factor must be a whole number >= 2"),
+        ("grace_period: 3\nstrategies: [keep]", "apply to `scheduler: asha`"),
+    ]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            SweepSpec.parse(bad)
+
+
+def test_asha_stops_hopeless_trials_early_and_keeps_the_grids_winner(tiny_store: str) -> None:
+    store = Store.open(tiny_store)
+    fifo = ASHA.replace("scheduler: asha", "scheduler: fifo").replace("grace_period: 2\nreduction_factor: 2\n", "")
+    grid = run_sweep(store, LocalExecutor(), SweepSpec.parse(fifo))
+    assert grid.finished == 4 and grid.stopped == 0
+    result = run_sweep(store, LocalExecutor(), SweepSpec.parse(ASHA))
+    stopped = {r["params"]: r for r in store.trial_records(result.sweep_id).values() if "stopped_epochs" in r}
+    # Both learning rates too small to learn stop at the first rung: 2 of their 8 epochs.
+    assert {json.loads(p)["learning_rate"] for p in stopped} >= {0.00001, 0.000003}
+    assert all(r["stopped_epochs"] < 8 for r in stopped.values())
+    assert result.stopped == len(stopped) and result.finished == 4 - len(stopped)
+    assert summarize(result.table.to_pylist())[0]["params"] == summarize(grid.table.to_pylist())[0]["params"]
+    # A finished trial reported its holdout score every 2 epochs.
+    curve = json.loads(result.table.column("curve")[0].as_py())
+    assert [e for e, _ in curve] == [2, 4, 6, 8]
+    report = (Path(result.folder) / "report.md").read_text()
+    assert f"Stopped early by ASHA: {len(stopped)} trial(s)" in report and "after 2 epochs" in report
+    # Resuming the finished sweep reruns nothing, stopped trials included.
+    kept = {p.name: p.read_bytes() for p in (Path(result.folder) / "trials").iterdir()}
+    again = run_sweep(store, LocalExecutor(), resume=result.sweep_id)
+    assert again.stopped == result.stopped
+    assert {p.name: p.read_bytes() for p in (Path(result.folder) / "trials").iterdir()} == kept

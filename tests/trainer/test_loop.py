@@ -154,3 +154,40 @@ def test_a_new_loss_hook_needs_no_change_to_the_loop(general: bool) -> None:
 def test_loop_config_says_what_is_wrong(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LoopConfig(**kwargs)
+
+
+class _Looks:
+    """Milestones every 3 epochs: what the model predicted then; stops training at epoch 6."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x, self.epochs, self.seen = x, 0, []
+
+    def until_next(self) -> int:
+        return 3 - self.epochs % 3
+
+    def ran(self, epochs: int, model) -> None:
+        self.epochs += epochs
+        if self.epochs % 3 == 0:
+            self.seen.append((self.epochs, np.asarray(model(self.x)).copy()))
+        if self.epochs == 6:
+            raise KeyboardInterrupt  # any exception ends the training where it is
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_milestones_see_the_model_as_it_trains_and_can_stop_it(streamed: bool) -> None:
+    """A sweep's scheduler looks at the model every K epochs of the compiled loop (whose chunks
+    end there) and may stop it: the model it saw differs from one look to the next."""
+    from continual_trainer.trainer.loop import train_stream
+    from continual_trainer.trainer.progress import watching
+
+    x, y = _data(n=200)
+    model = build_model(ModelSpec((8,)), 6, 2, seed=0)
+    looks = _Looks(x)
+    config = LoopConfig(epochs=50, batch_size=32)
+    with watching(looks), pytest.raises(KeyboardInterrupt):
+        if streamed:
+            train_stream(model, lambda epoch: iter([(x, y, None)]), config)
+        else:
+            train(model, x, y, config)
+    assert [e for e, _ in looks.seen] == [3, 6] and looks.epochs == 6
+    assert not np.allclose(looks.seen[0][1], looks.seen[1][1])
