@@ -41,7 +41,8 @@ from continual_trainer.executor import (
 from continual_trainer.plots import heatmap_png, png
 from continual_trainer.promotion import stored_manifest
 from continual_trainer.schedule import Asha, AshaSettings, watched_rows
-from continual_trainer.sizing import UPDATE_SECONDS, sized_and_said
+from continual_trainer.search import SEARCHES, Tpe, draws, key_of, largest, product
+from continual_trainer.sizing import UPDATE_SECONDS, sized, sized_and_said
 from continual_trainer.trainer import params as P
 from continual_trainer.trainer.evaluate import headline, rank_key
 from continual_trainer.trainer.forgetting import forgetting, matrix_row
@@ -63,9 +64,6 @@ def metric_names(task: str) -> tuple[str, ...]:
 
 _GRID_KEYS = {"strategies", "params", "seeds", "search", "num_samples", "search_seed"}
 _SCHEDULE_KEYS = {"scheduler", "grace_period", "reduction_factor", "report_every"}
-SEARCHES = ("grid", "random")
-# Ray Tune's names for search spaces: `{loguniform: [0.0001, 0.1]}` as a parameter's value.
-SPACES = ("uniform", "loguniform", "randint", "choice")
 _SETTING_KEYS = {f for f in SweepSettings.__dataclass_fields__}
 
 
@@ -87,14 +85,26 @@ class TrialSpec:
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """A parsed sweep file; `trials` is the full grid, validated against the registry;
-    `asha`: the scheduler's settings with `scheduler: asha`, else None (every trial runs
-    to its end)."""
+    """A parsed sweep file; `trials` is the full grid (or the random draws), validated
+    against the registry; `asha`: the scheduler's settings with `scheduler: asha`, else None
+    (every trial runs to its end). With `search: tpe` the trials are proposed as the sweep runs:
+    `trials` is empty and `spaces` holds each strategy's space, searched for `num_samples`
+    configurations, each run once per seed of `seeds`."""
 
     trials: tuple[TrialSpec, ...]
     source: str
     settings: SweepSettings = field(default_factory=SweepSettings)
     asha: AshaSettings | None = None
+    search: str = "grid"
+    spaces: tuple[tuple[str, dict[str, Any]], ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    num_samples: int = 0
+    search_seed: int = 0
+
+    @property
+    def planned(self) -> int:
+        """How many trials the sweep will run (at most, for TPE)."""
+        return len(self.trials) or len(self.spaces) * self.num_samples * len(self.seeds)
 
     @classmethod
     def parse(cls, text: str, name: str = "sweep config") -> SweepSpec:
@@ -112,10 +122,10 @@ class SweepSpec:
         if search not in SEARCHES:
             raise UserError(f"{name}: search must be one of {', '.join(SEARCHES)}, not {search!r}")
         samples = doc.get("num_samples", 10)
-        if search == "random" and not (isinstance(samples, int) and not isinstance(samples, bool) and samples >= 1):
+        if search != "grid" and not (isinstance(samples, int) and not isinstance(samples, bool) and samples >= 1):
             raise UserError(f"{name}: num_samples must be a whole number >= 1, not {samples!r}")
         if search == "grid" and ("num_samples" in doc or "search_seed" in doc):
-            raise UserError(f"{name}: num_samples and search_seed apply to `search: random`")
+            raise UserError(f"{name}: num_samples and search_seed apply to `search: random` and `search: tpe`")
         search_seed = doc.get("search_seed", 0)
         if not isinstance(search_seed, int) or isinstance(search_seed, bool):
             raise UserError(f"{name}: search_seed must be a whole number, not {search_seed!r}")
@@ -130,6 +140,7 @@ class SweepSpec:
         if not isinstance(doc["strategies"], list | type(None)):
             raise UserError(f"{name}: `strategies` must be a list")
         trials: list[TrialSpec] = []
+        spaces: list[tuple[str, dict[str, Any]]] = []
         used: set[str] = set()
         for entry in doc["strategies"] or []:
             strategy_name, own = (entry, {}) if isinstance(entry, str) else _one_item(entry, name)
@@ -138,8 +149,11 @@ class SweepSpec:
             grid = {k: v for k, v in shared.items() if k in accepted}
             used |= set(grid)
             grid.update(own)
-            combos = _product(grid, name) if search == "grid" else _draws(grid, rng, int(samples), name)
-            for combo in combos:
+            if search == "tpe":
+                Tpe(grid, search_seed, name)  # its space is checked here, before any work
+                spaces.append((strategy_name, grid))
+            combos = product(grid, name) if search == "grid" else draws(grid, rng, int(samples), name)
+            for combo in combos if search != "tpe" else combos[:1]:
                 try:
                     strategy.make_params(combo)  # validate now, before any cluster work
                 except UserError as exc:
@@ -158,7 +172,10 @@ class SweepSpec:
             settings = P.build(SweepSettings, {k: doc[k] for k in _SETTING_KEYS if k in doc})
         except ValueError as exc:
             raise UserError(f"{name}: {exc}") from None
-        return cls(tuple(trials), text, settings, AshaSettings.parse(doc, name))
+        asha = AshaSettings.parse(doc, name)
+        if search == "tpe":  # proposed as the sweep runs, from the scores before
+            return cls((), text, settings, asha, search, tuple(spaces), tuple(seeds), int(samples), search_seed)
+        return cls(tuple(trials), text, settings, asha, search)
 
 
 def _one_item(entry: Any, name: str) -> tuple[str, dict[str, Any]]:
@@ -168,64 +185,6 @@ def _one_item(entry: Any, name: str) -> tuple[str, dict[str, Any]]:
     if grid is not None and not isinstance(grid, dict):
         raise UserError(f"{name}: parameters of {strategy_name} must be a mapping")
     return str(strategy_name), dict(grid or {})
-
-
-def _space(value: Any) -> tuple[str, Any] | None:
-    """A search space (`{uniform: [a, b]}`, ...) as (kind, argument), or None for a plain value."""
-    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SPACES:
-        ((kind, arg),) = value.items()
-        return str(kind), arg
-    return None
-
-
-def _product(grid: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
-    keys = sorted(grid)
-    spaces = [k for k in keys if _space(grid[k])]
-    if spaces:
-        raise UserError(f"{name}: {spaces[0]} is a search space; a grid takes lists (add `search: random`)")
-    axes = [grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys]
-    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*axes)]
-
-
-def _draws(grid: Mapping[str, Any], rng: np.random.Generator, samples: int, name: str) -> list[dict[str, Any]]:
-    """`samples` distinct configurations drawn from `grid` (a trial is known by its content, so a
-    configuration drawn again would be the same trial); fewer if the space has fewer."""
-    out: dict[str, dict[str, Any]] = {}
-    for _ in range(100 * samples):
-        if len(out) == samples:
-            break
-        combo = _sample(grid, rng, name)
-        out.setdefault(json.dumps(combo, sort_keys=True, default=str), combo)
-    return list(out.values())
-
-
-def _sample(grid: Mapping[str, Any], rng: np.random.Generator, name: str) -> dict[str, Any]:
-    """One configuration drawn from `grid`: a list or `{choice: [...]}` picks one of its values,
-    `{uniform: [a, b]}` and `{loguniform: [a, b]}` draw a float (4 significant digits), `{randint:
-    [a, b]}` a whole number in [a, b) (as Ray Tune's `tune.randint`); other values stay."""
-    out: dict[str, Any] = {}
-    for key in sorted(grid):
-        value, space = grid[key], _space(grid[key])
-        if space is None:
-            out[key] = value[int(rng.integers(len(value)))] if isinstance(value, list) and value else value
-            continue
-        kind, arg = space
-        if kind == "choice":
-            if not isinstance(arg, list) or not arg:
-                raise UserError(f"{name}: {key}: choice takes a non-empty list of values")
-            out[key] = arg[int(rng.integers(len(arg)))]
-            continue
-        ok = isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, int | float) for v in arg)
-        if not ok or not arg[0] < arg[1] or (kind == "loguniform" and arg[0] <= 0):
-            need = "0 < low < high" if kind == "loguniform" else "low < high"
-            raise UserError(f"{name}: {key}: {kind} takes [low, high] with {need}, not {arg!r}")
-        low, high = arg
-        if kind == "randint":
-            out[key] = int(rng.integers(int(low), int(high)))
-        else:
-            x = np.exp(rng.uniform(np.log(low), np.log(high))) if kind == "loguniform" else rng.uniform(low, high)
-            out[key] = float(f"{x:.4g}")
-    return out
 
 
 @dataclass(frozen=True)
@@ -275,11 +234,11 @@ def run_sweep(
     if spec is None:
         raise ValueError("give a spec or a sweep id to resume")
     sweep_id = resume or f"sweep-{utc_stamp()}"
-    jobs = [t.job() for t in spec.trials]
-    in_pieces = all(j.strategy.can.in_pieces for j in jobs)
+    probes = [t.job() for t in spec.trials] or [_probe(name, grid) for name, grid in spec.spaces]
+    in_pieces = all(j.strategy.can.in_pieces for j in probes)
     data = load_update_data(
         store,
-        params=[j.params for j in jobs],
+        params=[j.params for j in probes] if spec.trials else None,  # TPE's trials are not known yet
         memory_budget=default_memory_budget(in_pieces) if memory_budget is None else memory_budget,
         in_pieces=in_pieces,
     )
@@ -287,48 +246,168 @@ def run_sweep(
         raise UserError(f"{store.display}: sweeps score trials on held-out rows; this store's holdout_fraction is 0")
     if not resume:
         store.write_sweep_spec(sweep_id, spec.source)
-    done = set(store.trial_records(sweep_id))
-    todo = [t for t in spec.trials if t.trial_id not in done]
-    task = store.schema.task
-    failures: list[tuple[str, Failure]] = []
-    ancestors = lineage(data.parent, stored_manifest(store))
-    if todo:
-        bar = _Progress(len(spec.trials), len(spec.trials) - len(todo), task)
-
-        def record(i: int, outcome: TrialOutcome) -> None:
-            trial = todo[i]
-            if isinstance(outcome, Failure):
-                failures.append((trial.trial_id, outcome))
-            elif isinstance(outcome, StoppedEarly):
-                store.write_trial_record(sweep_id, trial.trial_id, _stopped_record(trial, outcome))
-            else:
-                store.write_trial_record(sweep_id, trial.trial_id, _record(trial, outcome, task, ancestors))
-                bar.best(trial.strategy, outcome.metrics)
-            bar.update()
-
-        everyone = sized_and_said([(t.job(), frozenset(t.params)) for t in spec.trials], data, UPDATE_SECONDS)
-        jobs = [job for job in everyone if job.trial not in done]
-        schedule = _schedule(spec, everyone, data, store.trial_records(sweep_id)) if spec.asha else None
-        executor.sweep(data, stored_candidate(store, data.parent), jobs, spec.settings, record, schedule)
-    result = dataclasses.replace(_write_outputs(store, sweep_id, spec, failures, task, ancestors), where=executor.where)
-    if result.finished == 0 and failures:
+    recorded = store.trial_records(sweep_id)
+    runner = _Runner(store, executor, spec, data, sweep_id, recorded, probes)
+    if spec.search == "tpe":
+        trials = _search_tpe(runner, spec, recorded)
+    else:
+        trials = list(spec.trials)
+        runner.run([t for t in trials if t.trial_id not in recorded])
+    failures = runner.failures
+    result = _write_outputs(store, sweep_id, spec, trials, failures, runner.task, runner.ancestors)
+    result = dataclasses.replace(result, where=executor.where)
+    if result.finished == 0 and result.stopped == 0 and failures:
         first = next((f for _, f in failures if f.user_error), failures[0][1])
         message = f"sweep {sweep_id}: none of {result.trials} trials finished; first failure: {first.message}"
         raise (UserError if first.user_error else WorkFailed)(message)
     return result
 
 
+def _probe(strategy_name: str, grid: Mapping[str, Any]) -> Job:
+    """A job of the strategy with the longest training its space allows (for planning)."""
+    epochs = largest(grid.get("epochs"))
+    strategy = strategies.get(strategy_name)
+    return Job(strategy, strategy.make_params({} if epochs is None else {"epochs": int(epochs)}), 0)
+
+
+class _Runner:
+    """Runs batches of a sweep's trials on the executor and records each as it ends (finished,
+    stopped early by the scheduler, or failed), with one progress bar and one scheduler for
+    the whole sweep."""
+
+    def __init__(
+        self,
+        store: Store,
+        executor: Executor,
+        spec: SweepSpec,
+        data: Any,
+        sweep_id: str,
+        recorded: Mapping[str, dict[str, Any]],
+        probes: list[Job],
+    ) -> None:
+        self.store, self.executor, self.spec, self.data, self.sweep_id = store, executor, spec, data, sweep_id
+        self.task = store.schema.task
+        self.failures: list[tuple[str, Failure]] = []
+        self.ancestors = lineage(data.parent, stored_manifest(store))
+        self.bar = _Progress(spec.planned, len(recorded), self.task)
+        self.told = False
+        self.asha: Asha | None = None
+        self.schedule: Schedule | None = None
+        if spec.asha is not None:
+            every, rungs = spec.asha.rungs(max((getattr(j.params, "epochs", 1) for j in probes), default=1))
+            self.asha = Asha(rungs, spec.asha.reduction_factor)
+            self.asha.replay((trial, _curve(r)) for trial, r in recorded.items())
+            self.schedule = Schedule(every, watched_rows(data.holdout), self.asha.decide)
+
+    def run(self, trials: list[TrialSpec]) -> dict[str, TrialOutcome]:
+        """Run `trials` (sized to the rows; the first plan is told once); outcomes by trial id."""
+        if not trials:
+            return {}
+        pairs = [(t.job(), frozenset(t.params)) for t in trials]
+        if self.told:
+            jobs = [sized(job, self.data, UPDATE_SECONDS, keys) for job, keys in pairs]
+        else:
+            jobs, self.told = sized_and_said(pairs, self.data, UPDATE_SECONDS), True
+        outcomes: dict[str, TrialOutcome] = {}
+
+        def record(i: int, outcome: TrialOutcome) -> None:
+            trial = trials[i]
+            outcomes[trial.trial_id] = outcome
+            if isinstance(outcome, Failure):
+                self.failures.append((trial.trial_id, outcome))
+            elif isinstance(outcome, StoppedEarly):
+                self.store.write_trial_record(self.sweep_id, trial.trial_id, _stopped_record(trial, outcome))
+            else:
+                row = _record(trial, outcome, self.task, self.ancestors)
+                self.store.write_trial_record(self.sweep_id, trial.trial_id, row)
+                self.bar.best(trial.strategy, outcome.metrics)
+            if self.asha is not None and not isinstance(outcome, Failure):
+                self.asha.replay([(trial.trial_id, list(outcome.curve))])  # what a Ray actor heard
+            self.bar.update()
+
+        current = stored_candidate(self.store, self.data.parent)
+        self.executor.sweep(self.data, current, jobs, self.spec.settings, record, self.schedule)
+        return outcomes
+
+
+def _score(outcome: TrialOutcome | Mapping[str, Any], task: str) -> float | None:
+    """What TPE maximises: the holdout's first metric (accuracy, or minus the RMSE); for a
+    trial stopped early, its score when it stopped (as Tune's searchers see a stopped trial)."""
+    if isinstance(outcome, Failure):
+        return None
+    if isinstance(outcome, StoppedEarly):
+        return outcome.score
+    if isinstance(outcome, Mapping):
+        if "stopped_epochs" in outcome:
+            return float(outcome["stopped_score"])
+        metrics = {m: outcome.get(f"holdout_{m}") for m in headline(task)}
+    else:
+        metrics = {m: outcome.metrics.get(f"holdout_{m}") for m in headline(task)}
+    value = rank_key(metrics)[0]
+    return None if value == -float("inf") else value
+
+
+def _search_tpe(runner: _Runner, spec: SweepSpec, recorded: Mapping[str, dict[str, Any]]) -> list[TrialSpec]:
+    """Optuna's TPE (`search.Tpe`, one per strategy) proposes `num_samples` configurations per
+    strategy, a wave at a time (`max_concurrent` trials, default this machine's CPUs, each
+    configuration once per seed); each wave's mean scores over seeds guide the next. A resumed
+    sweep tells the searchers what its records hold and finishes configurations missing seeds
+    first. Returns every trial the sweep ran."""
+    import os
+
+    seeds, task = list(spec.seeds), runner.task
+    searchers = {name: Tpe(grid, spec.search_seed + i, name) for i, (name, grid) in enumerate(spec.spaces)}
+    configs: dict[tuple[str, str], dict[str, Any]] = {}  # (strategy, params key) -> params, in order
+    for r in recorded.values():
+        configs.setdefault((r["strategy"], key_of(json.loads(r["params"]))), json.loads(r["params"]))
+    trials = [TrialSpec(name, params, seed) for (name, _), params in configs.items() for seed in seeds]
+    missing = [t for t in trials if t.trial_id not in recorded]
+    outcomes: dict[str, Any] = {**recorded, **runner.run(missing)}
+
+    def mean_score(name: str, params: dict[str, Any]) -> float | None:
+        scores = [_score(outcomes[TrialSpec(name, params, s).trial_id], task) for s in seeds]
+        known = [v for v in scores if v is not None]
+        return float(np.mean(known)) if known else None
+
+    for (name, _), params in configs.items():
+        score = mean_score(name, params)
+        if score is not None and name in searchers:
+            searchers[name].seen(params, score)
+    count = {name: sum(1 for n, _ in configs if n == name) for name in searchers}
+    wave_size = max(1, -(-(spec.settings.max_concurrent or os.cpu_count() or 1) // len(seeds)))
+    stale = 0  # proposals that repeated a configuration already tried: a small space is exhausted
+    while any(count[n] < spec.num_samples for n in searchers) and stale < 20 * spec.num_samples:
+        wave: list[tuple[str, str, dict[str, Any]]] = []
+        for name in itertools.cycle([n for n in searchers if count[n] < spec.num_samples]):
+            if len(wave) == wave_size or all(count[n] >= spec.num_samples for n in searchers):
+                break
+            if count[name] >= spec.num_samples:
+                continue
+            ticket, params = searchers[name].ask()
+            if (name, key_of(params)) in configs:
+                searchers[name].tell(ticket, mean_score(name, params))
+                stale += 1
+                continue
+            configs[(name, key_of(params))] = params
+            count[name] += 1
+            wave.append((name, ticket, params))
+        batch = [TrialSpec(name, params, seed) for name, _, params in wave for seed in seeds]
+        valid = []
+        for t in batch:
+            try:
+                t.job()  # a proposed configuration this strategy refuses fails as a trial, told as such
+                valid.append(t)
+            except UserError as exc:
+                runner.failures.append((t.trial_id, Failure(str(exc), user_error=True, error=exc)))
+                outcomes[t.trial_id] = runner.failures[-1][1]
+        outcomes.update(runner.run(valid))
+        trials += batch
+        for name, ticket, params in wave:
+            searchers[name].tell(ticket, mean_score(name, params))
+    return trials
+
+
 FORGETTING = ("forgetting", "backward_transfer", "negative_flip_rate")
-
-
-def _schedule(spec: SweepSpec, jobs: list[Job], data: Any, recorded: Mapping[str, dict[str, Any]]) -> Schedule:
-    """ASHA over the sweep's trials: rungs from the longest trial's epochs, and what the trials
-    that already ran reported at them (a resumed sweep decides as the interrupted one would)."""
-    assert spec.asha is not None
-    every, rungs = spec.asha.rungs(max((getattr(j.params, "epochs", 1) for j in jobs), default=1))
-    asha = Asha(rungs, spec.asha.reduction_factor)
-    asha.replay((t.trial_id, _curve(recorded[t.trial_id])) for t in spec.trials if t.trial_id in recorded)
-    return Schedule(every, watched_rows(data.holdout), asha.decide)
 
 
 def _curve(record: Mapping[str, Any]) -> list[tuple[int, float]]:
@@ -394,11 +473,12 @@ def _write_outputs(
     store: Store,
     sweep_id: str,
     spec: SweepSpec,
+    trials: list[TrialSpec],
     failures: list[tuple[str, Failure]],
     task: str,
     ancestors: list[Manifest],
 ) -> SweepResult:
-    wanted = {t.trial_id for t in spec.trials}
+    wanted = {t.trial_id for t in trials}
     recorded = store.trial_records(sweep_id)
     kept = [recorded[i] for i in sorted(set(recorded) & wanted)]
     records = [r for r in kept if "stopped_epochs" not in r]
@@ -408,10 +488,10 @@ def _write_outputs(
     matrix = accuracy_matrix_png(records, ancestors, store.batch_ids(), task)
     if matrix:
         plots["plots/accuracy_matrix.png"] = matrix
-    report = render_report(records, spec, sweep_id, sorted(plots), failures, task, stopped)
+    report = render_report(records, spec, sweep_id, sorted(plots), failures, task, stopped, len(trials))
     files = {"results.parquet": table_to_bytes(table), "report.md": report.encode(), **plots}
     folder = store.write_report(sweep_id, files)
-    return SweepResult(sweep_id, folder, table, len(spec.trials), len(records), failures, stopped=len(stopped))
+    return SweepResult(sweep_id, folder, table, len(trials), len(records), failures, stopped=len(stopped))
 
 
 def summarize(records: list[dict[str, Any]], task: str = "classification") -> list[dict[str, Any]]:
@@ -446,6 +526,7 @@ def render_report(
     failures: list[tuple[str, Failure]] = (),  # type: ignore[assignment]
     task: str = "classification",
     stopped: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    total: int | None = None,
 ) -> str:
     def pm(v: tuple[float | None, float | None], d: int = 3) -> str:
         return "n/a" if v[0] is None else f"{v[0]:.{d}f} ± {v[1]:.{d}f}"
@@ -455,7 +536,7 @@ def render_report(
     lines = [
         f"# Sweep {sweep_id}",
         "",
-        f"{len(records)} of {len(spec.trials)} trials finished{_stopped_words(stopped)}. "
+        f"{len(records)} of {total or spec.planned} trials finished{_stopped_words(stopped)}. "
         "Every trial is scored on the same held-out rows: "
         "`holdout` is all of them, `old` the old batches' (forgetting), `new` the new batches' (plasticity). "
         f"Mean ± std over seeds; ranked as promotion ranks versions ({how}). `forgetting`: on the worst "

@@ -19,7 +19,7 @@ from continual_trainer.strategies.base import TrainParams, UpdateInputs
 from continual_trainer.strategies.retrain import fresh
 from continual_trainer.sweep import SweepSpec, run_sweep
 from continual_trainer.trainer.candidate import Candidate
-from tests.continual_trainer.test_sweep import ASHA, SPEC
+from tests.continual_trainer.test_sweep import ASHA, SPEC, TPE
 
 
 @pytest.mark.ray
@@ -42,6 +42,16 @@ def test_asha_on_tune_stops_trials_early_through_the_drivers_rungs(ray_cluster, 
     assert {json.loads(r["params"])["learning_rate"] for r in stopped} >= {0.00001, 0.000003}
     assert result.stopped == len(stopped) and result.finished + result.stopped == 4
     assert [e for e, _ in json.loads(result.table.column("curve")[0].as_py())] == [2, 4, 6, 8]
+
+
+@pytest.mark.ray
+def test_a_tpe_search_runs_its_waves_on_tune(ray_cluster, tiny_store: str) -> None:
+    """TPE proposes in the driver; each wave of trials (2 at a time here) runs on Tune."""
+    store = Store.open(tiny_store)
+    spec = SweepSpec.parse(TPE + "max_concurrent: 2\n")
+    result = run_sweep(store, RayExecutor(), spec)
+    assert result.finished == result.trials == 6 and "Ray" in result.where
+    assert len({r["params"] for r in result.table.to_pylist()}) == 3
 
 
 @dataclass(frozen=True)
