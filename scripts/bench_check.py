@@ -26,6 +26,7 @@ BENCHMARKS = (
     "bench_models.py",
     "bench_demo.py",
     "bench_sweep.py",
+    "bench_asha.py",
     "bench_sharded.py",
     "bench_averaging.py",
 )
