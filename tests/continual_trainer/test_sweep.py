@@ -8,10 +8,10 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.image
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute
 import pyarrow.parquet as pq
-import numpy as np
 import pytest
 
 from continual_trainer.data.errors import UserError
