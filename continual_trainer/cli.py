@@ -102,29 +102,6 @@ def _names(raw: str | None) -> list[str] | None:
     return [n.strip() for n in raw.split(",") if n.strip()] if raw else None
 
 
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow and Keras with file descriptor 2 pointed at /dev/null.
-
-    TensorFlow's C++ runtime prints start-up notices (oneDNN, absl) straight to
-    fd 2, whatever TF_CPP_MIN_LOG_LEVEL says; users would see them above every
-    message, and scripts reading stderr would get more than one line.
-    """
-    if "keras" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import keras  # noqa: F401
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def _emit(args: argparse.Namespace, text: str, payload: dict[str, Any]) -> None:
     if text:
         print(text)
@@ -617,7 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     tracked(c)
     where(c)
 
-    c = command("stream", cmd_stream, "ingest and update on every new Parquet file in an inbox")
+    # stream and predict import TensorFlow only when they load a model through Keras (a plain
+    # Dense stack scores without it: a quiet stream file or a day's predictions need none)
+    c = command("stream", cmd_stream, "ingest and update on every new Parquet file in an inbox", needs_tf=False)
     c.add_argument("--store", required=True)
     c.add_argument("--inbox", required=True, help="folder or URI watched for *.parquet")
     c.add_argument(
@@ -754,7 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdout", type=_checked(HOLDOUT), default=0.2, help="the fraction init will hold out (its --holdout)"
     )
 
-    c = command("predict", cmd_predict, "write predictions of a stored version")
+    c = command("predict", cmd_predict, "write predictions of a stored version", needs_tf=False)
     c.add_argument("--store", required=True)
     c.add_argument("--data", required=True)
     c.add_argument("--out", required=True)
@@ -817,12 +796,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="ctrain: %(levelname)s: %(message)s")
-    from continual_trainer.trainer.progress import Reporter, reporting
+    from continual_trainer.trainer.progress import Reporter, import_keras_quietly, reporting
 
     address = os.environ.get("RAY_ADDRESS")  # --address names the cluster for this command only
     try:
         if args.needs_tf:
-            _import_tensorflow_quietly()
+            import_keras_quietly()
         with reporting(None if args.quiet else Reporter(args.command)):
             args.func(args)
     except UserError as exc:

@@ -288,10 +288,10 @@ class LocalExecutor:
         self._side_by_side(current, jobs, lambda model, job: run_trial(data, model, job, schedule), on_done, workers)
 
     def score(self, store: Store, version: str, uri: str, table: pa.Table) -> np.ndarray:
-        from continual_trainer.versions import load_candidate
+        from continual_trainer.versions import stored_candidate
 
-        schema = store.schema
-        return load_candidate(store, version).predict(schema.inputs(table), schema.n_classes)
+        schema = store.schema  # a plain Dense stack scores without TensorFlow (`trainer.light`)
+        return stored_candidate(store, version).for_scoring().predict(schema.inputs(table), schema.n_classes)
 
 
 class Deferred:

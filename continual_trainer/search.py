@@ -122,7 +122,8 @@ class Tpe:
         try:
             import optuna
             from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-            from ray.tune.search.optuna import OptunaSearch
+
+            from continual_trainer.cluster.search import optuna_search  # Tune's searcher: Ray's layer
         except ImportError:
             raise UserError(f"{name}: search: tpe needs Optuna: pip install 'continual-trainer[search]'") from None
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -142,7 +143,7 @@ class Tpe:
             else:
                 dists[key] = FloatDistribution(float(arg[0]), float(arg[1]), log=kind == "loguniform")
         self._dists = dists
-        self._searcher = OptunaSearch(space=dists, metric="score", mode="max", seed=seed) if dists else None
+        self._searcher = optuna_search(dists, seed) if dists else None
         self._asked = 0
 
     def ask(self) -> tuple[str, dict[str, Any]]:

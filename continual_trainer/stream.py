@@ -266,7 +266,7 @@ def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent, b
     # The old batches' holdout and the new rows (left in the store above the memory budget).
     data = load_update_data(store, params=[], memory_budget=policy.memory_budget, in_pieces=policy.in_pieces)
     rows = _file_rows(store, data, batch)  # this file's rows: the drift signal
-    current = stored_candidate(store, data.parent).load()
+    current = stored_candidate(store, data.parent).for_scoring()  # a quiet file imports no TensorFlow
     pred = current.predict(rows.x, data.n_classes)
     event.drift = score(pred, rows.y)
     fired, window = _triggered(store, policy, data, current, rows, pred, event)

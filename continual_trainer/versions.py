@@ -49,6 +49,17 @@ class StoredCandidate:
             _LOADED.pop(next(iter(_LOADED)))
         return Candidate(members, self.weights, dict(self.state))
 
+    def for_scoring(self) -> Candidate:
+        """The candidate to score with: plain Dense stacks read straight from their files and
+        computed in NumPy (`trainer.light`: no TensorFlow to import), any other member through
+        Keras (`load`). Never to train: strategies take `load`'s Keras models."""
+        from continual_trainer.trainer.light import read
+
+        light = [read(f) for f in self.files]
+        if any(member is None for member in light):
+            return self.load()
+        return Candidate(tuple(light), self.weights, dict(self.state))
+
     @classmethod
     def of(cls, candidate: Candidate) -> StoredCandidate:
         return cls(tuple(to_bytes(m) for m in candidate.members), candidate.weights, dict(candidate.state))

@@ -27,6 +27,7 @@ BENCHMARKS = (
     "bench_demo.py",
     "bench_sweep.py",
     "bench_asha.py",
+    "bench_stream.py",
     "bench_sharded.py",
     "bench_averaging.py",
 )

@@ -58,22 +58,24 @@ def copy_of(model) -> Sequential:
     return clone
 
 
-def update(name: str, old_model, x_old, y_old, x_new, y_new) -> np.ndarray:
+def update(name: str, old_model, x_old, y_old, x_new, y_new, x_score=None) -> np.ndarray:
+    """The updated model's predictions on `x_score` (default: the new rows, as the tutorial)."""
     x_all, y_all = np.vstack((x_old, x_new)), np.hstack((y_old, y_new))
+    x_score = x_new if x_score is None else x_score
     if name == "keep":
-        return old_model.predict(x_new, verbose=0)
+        return old_model.predict(x_score, verbose=0)
     if name in ("finetune_new", "finetune_all"):
         model = copy_of(old_model)
         x, y = (x_new, y_new) if name == "finetune_new" else (x_all, y_all)
         fit(model, x, y, 0.001, 100)
-        return model.predict(x_new, verbose=0)
+        return model.predict(x_score, verbose=0)
     if name in ("fresh_new", "fresh_all", "ensemble_new", "ensemble_all"):
         model = define_model()
         x, y = (x_new, y_new) if name.endswith("_new") else (x_all, y_all)
         fit(model, x, y, 0.01, 150)
-        yhat = model.predict(x_new, verbose=0)
+        yhat = model.predict(x_score, verbose=0)
         if name.startswith("ensemble"):
-            yhat = (yhat + old_model.predict(x_new, verbose=0)) / 2
+            yhat = (yhat + old_model.predict(x_score, verbose=0)) / 2
         return yhat
     body = copy_of(old_model)
     layers = body.layers[:-1]
@@ -82,7 +84,7 @@ def update(name: str, old_model, x_old, y_old, x_new, y_new) -> np.ndarray:
     extra = [Dense(10, kernel_initializer="he_normal", activation="relu")] if name == "graft" else []
     model = Sequential([Input((20,)), *layers, *extra, Dense(1, activation="sigmoid")])
     fit(model, x_all, y_all, 0.01, 150)
-    return model.predict(x_new, verbose=0)
+    return model.predict(x_score, verbose=0)
 
 
 def main() -> None:

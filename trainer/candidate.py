@@ -10,6 +10,7 @@ import numpy as np
 
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import NUMERIC
+from continual_trainer.trainer.light import DenseStack
 from continual_trainer.trainer.models import feed, from_bytes, model_classes
 
 if TYPE_CHECKING:
@@ -90,6 +91,8 @@ def _inputs(x: Mapping[str, np.ndarray] | np.ndarray) -> Mapping[str, np.ndarray
 def member_output(model: keras.Model, x: Mapping[str, np.ndarray] | np.ndarray) -> np.ndarray:
     """One network's raw output for every row, in chunks, shape (n, units)."""
     x = _inputs(x)
+    if isinstance(model, DenseStack):  # read without Keras (`trainer.light`)
+        return model.output(x)
     n = len(next(iter(x.values())))
     if n == 0:
         return np.zeros((0, int(model.outputs[0].shape[-1])), np.float64)

@@ -28,6 +28,7 @@ import numpy as np
 
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import NUMERIC
+from continual_trainer.trainer.light import DenseStack
 
 if TYPE_CHECKING:
     import keras
@@ -416,7 +417,7 @@ def _as_input(value: np.ndarray, tensor: Any) -> np.ndarray:
 
 def model_classes(model: keras.Model) -> int:
     """How many classes a classifier's head predicts (a single sigmoid unit: two)."""
-    units = int(model.outputs[0].shape[-1])
+    units = model.units if isinstance(model, DenseStack) else int(model.outputs[0].shape[-1])
     return 2 if units == 1 else units
 
 
@@ -519,6 +520,9 @@ def from_bytes(data: bytes, source: str = "") -> keras.Model:
 
     With `source` (a file a user gave), any failure is a UserError naming it.
     """
+    from continual_trainer.trainer.progress import import_keras_quietly
+
+    import_keras_quietly()
     import keras
 
     with tempfile.TemporaryDirectory() as tmp:

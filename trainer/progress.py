@@ -164,3 +164,27 @@ def report(what: str, done: int, total: int, note: str | None = None) -> None:
     reporter = _OPEN.get()
     if reporter is not None:
         reporter.count(what, done, total, note)
+
+
+def import_keras_quietly() -> None:
+    """Import TensorFlow and Keras (once) with file descriptor 2 pointed at /dev/null.
+
+    TensorFlow's C++ runtime prints start-up notices (oneDNN, absl) straight to fd 2,
+    whatever TF_CPP_MIN_LOG_LEVEL says; users would see them above every message, and
+    scripts reading stderr would get more than one line. Commands that train import it
+    first; those that may score without it (`trainer.light`) when they first load a model.
+    """
+    if "keras" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
