@@ -81,8 +81,6 @@ def binary_auc(y: np.ndarray, score: np.ndarray) -> float:
 
 def class_metrics(parts: Mapping[str, np.ndarray], n_classes: int) -> dict[str, float | None]:
     """`score_classes` from `class_parts`."""
-    from sklearn.metrics import roc_auc_score
-
     y, predicted = parts["y"], parts["predicted"]
     metrics: dict[str, float | None] = {  # in NumPy: scikit-learn's checks cost more than these sums
         "accuracy": float(np.mean(predicted == y)),
@@ -96,6 +94,8 @@ def class_metrics(parts: Mapping[str, np.ndarray], n_classes: int) -> dict[str, 
             if n_classes == 2:
                 metrics["roc_auc"] = binary_auc(y, parts["ranked"])
             elif len(present) == n_classes:
+                from sklearn.metrics import roc_auc_score  # only here: importing scikit-learn takes a second
+
                 labels = list(range(n_classes))
                 metrics["roc_auc"] = float(roc_auc_score(y, parts["ranked"], multi_class="ovr", labels=labels))
     metrics["rows"] = float(len(y))
@@ -106,14 +106,14 @@ def class_metrics(parts: Mapping[str, np.ndarray], n_classes: int) -> dict[str, 
 
 
 def score_regression(pred: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
-    """Mean absolute error, root mean squared error and R² (None for a constant target)."""
-    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-
+    """Mean absolute error, root mean squared error and R² (None for a constant target), in
+    NumPy (scikit-learn's definitions; importing it would cost a scoring process a second)."""
     y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
+    error = y - pred
     return {
-        "mae": float(mean_absolute_error(y, pred)),
-        "rmse": float(math.sqrt(mean_squared_error(y, pred))),
-        "r2": float(r2_score(y, pred)) if len(y) > 1 and np.ptp(y) > 0 else None,
+        "mae": float(np.mean(np.abs(error))),
+        "rmse": float(math.sqrt(np.mean(error**2))),
+        "r2": float(1 - np.sum(error**2) / np.sum((y - y.mean()) ** 2)) if len(y) > 1 and np.ptp(y) > 0 else None,
         "rows": float(len(y)),
         "baseline_rmse": float(np.std(y)),  # always predicting the mean
         "prediction_std": float(np.std(pred)),
