@@ -28,6 +28,8 @@ BENCHMARKS = (
     "bench_sweep.py",
     "bench_asha.py",
     "bench_stream.py",
+    "bench_stream_once.py",
+    "bench_grid.py",
     "bench_sharded.py",
     "bench_averaging.py",
 )
