@@ -143,6 +143,14 @@ class Tpe:
             else:
                 dists[key] = FloatDistribution(float(arg[0]), float(arg[1]), log=kind == "loguniform")
         self._dists = dists
+        # How many configurations the space holds, if it is finite (no floats): at most that many.
+        self.size: int | None = 1
+        for d in dists.values():
+            if isinstance(d, FloatDistribution):
+                self.size = None
+                break
+            n = len(d.choices) if isinstance(d, CategoricalDistribution) else d.high - d.low + 1
+            self.size *= n
         self._searcher = optuna_search(dists, seed) if dists else None
         self._asked = 0
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import logging
 from collections.abc import Mapping
@@ -374,23 +373,31 @@ def _search_tpe(runner: _Runner, spec: SweepSpec, recorded: Mapping[str, dict[st
         if score is not None and name in searchers:
             searchers[name].seen(params, score)
     count = {name: sum(1 for n, _ in configs if n == name) for name in searchers}
+    # A space with fewer configurations than num_samples gives what it has (as a random search).
+    quota = {name: min(spec.num_samples, searchers[name].size or spec.num_samples) for name in searchers}
     wave_size = max(1, -(-(spec.settings.max_concurrent or os.cpu_count() or 1) // len(seeds)))
-    stale = 0  # proposals that repeated a configuration already tried: a small space is exhausted
-    while any(count[n] < spec.num_samples for n in searchers) and stale < 20 * spec.num_samples:
+    stale = {name: 0 for name in searchers}  # proposals repeating a tried configuration, in a row
+    while True:
+        wanted = [n for n in searchers if count[n] < quota[n]]
+        if not wanted:
+            break
         wave: list[tuple[str, str, dict[str, Any]]] = []
-        for name in itertools.cycle([n for n in searchers if count[n] < spec.num_samples]):
-            if len(wave) == wave_size or all(count[n] >= spec.num_samples for n in searchers):
-                break
-            if count[name] >= spec.num_samples:
-                continue
-            ticket, params = searchers[name].ask()
-            if (name, key_of(params)) in configs:
-                searchers[name].tell(ticket, mean_score(name, params))
-                stale += 1
-                continue
-            configs[(name, key_of(params))] = params
-            count[name] += 1
-            wave.append((name, ticket, params))
+        while wanted and len(wave) < wave_size:
+            for name in list(wanted):
+                if len(wave) == wave_size:
+                    break
+                ticket, params = searchers[name].ask()
+                if (name, key_of(params)) in configs:
+                    searchers[name].tell(ticket, mean_score(name, params))
+                    stale[name] += 1
+                    if stale[name] >= 20:  # the searcher keeps proposing what was tried: done
+                        quota[name] = count[name]
+                else:
+                    configs[(name, key_of(params))] = params
+                    count[name], stale[name] = count[name] + 1, 0
+                    wave.append((name, ticket, params))
+                if count[name] >= quota[name]:
+                    wanted.remove(name)
         batch = [TrialSpec(name, params, seed) for name, _, params in wave for seed in seeds]
         valid = []
         for t in batch:

@@ -296,3 +296,15 @@ def test_a_tpe_search_runs_each_configuration_on_every_seed_and_resumes(tiny_sto
     again = run_sweep(store, LocalExecutor(), resume=result.sweep_id)
     assert again.finished == 6 and lost.exists()
     assert {r["params"] for r in again.table.to_pylist()} == {r["params"] for r in rows}
+
+
+def test_tpe_on_a_space_smaller_than_num_samples_runs_what_the_space_holds(tiny_store: str) -> None:
+    """`keep` has one configuration and a two-value list two: asked for 5 of each, TPE runs 1 + 2
+    (it looped forever proposing `keep` again)."""
+    spec = SweepSpec.parse(
+        "search: tpe\nnum_samples: 5\nstrategies:\n  - keep\n  - finetune_new:\n"
+        "      weighting: [none, recency]\nparams: {epochs: 1}\n"
+    )
+    result = run_sweep(Store.open(tiny_store), LocalExecutor(), spec)
+    assert result.finished == result.trials == 3
+    assert sorted(result.table.column("strategy").to_pylist()) == ["finetune_new", "finetune_new", "keep"]
