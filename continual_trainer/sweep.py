@@ -77,6 +77,11 @@ class TrialSpec:
         key = json.dumps([self.strategy, self.params, self.seed], sort_keys=True, default=str)
         return f"{self.strategy}-s{self.seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
+    def identity(self) -> dict[str, Any]:
+        """What names the trial in its record."""
+        params = json.dumps(self.params, sort_keys=True)
+        return {"trial_id": self.trial_id, "strategy": self.strategy, "params": params, "seed": self.seed}
+
     def job(self) -> Job:
         strategy = strategies.get(self.strategy)
         return Job(strategy, strategy.make_params(self.params), self.seed, trial=self.trial_id)
@@ -424,10 +429,7 @@ def _curve(record: Mapping[str, Any]) -> list[tuple[int, float]]:
 def _stopped_record(trial: TrialSpec, outcome: StoppedEarly) -> dict[str, Any]:
     """A trial the scheduler stopped: when, its holdout score then, and what it reported."""
     return {
-        "trial_id": trial.trial_id,
-        "strategy": trial.strategy,
-        "params": json.dumps(trial.params, sort_keys=True),
-        "seed": trial.seed,
+        **trial.identity(),
         "stopped_epochs": outcome.epochs,
         "stopped_score": outcome.score,
         "curve": json.dumps(outcome.curve),
@@ -439,10 +441,7 @@ def _record(trial: TrialSpec, outcome: Any, task: str, ancestors: list[Manifest]
     its accuracy-matrix row (`batch_<id>_<metric>`, one per batch)."""
     f = forgetting(outcome.metrics, ancestors)
     return {
-        "trial_id": trial.trial_id,
-        "strategy": trial.strategy,
-        "params": json.dumps(trial.params, sort_keys=True),
-        "seed": trial.seed,
+        **trial.identity(),
         "train_seconds": outcome.train_seconds,
         "members": outcome.members,
         "worker_peak_rss_mb": outcome.peak_rss_mb,
