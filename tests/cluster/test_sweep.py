@@ -46,12 +46,13 @@ def test_asha_on_tune_stops_trials_early_through_the_drivers_rungs(ray_cluster, 
 
 @pytest.mark.ray
 def test_a_tpe_search_runs_its_waves_on_tune(ray_cluster, tiny_store: str) -> None:
-    """TPE proposes in the driver; each wave of trials (2 at a time here) runs on Tune."""
+    """TPE proposes in the driver; each wave of trials (one configuration on its 2 seeds here)
+    runs on Tune, and the second wave follows the first."""
     store = Store.open(tiny_store)
-    spec = SweepSpec.parse(TPE + "max_concurrent: 2\n")
+    spec = SweepSpec.parse(TPE.replace("num_samples: 3", "num_samples: 2") + "max_concurrent: 2\n")
     result = run_sweep(store, RayExecutor(), spec)
-    assert result.finished == result.trials == 6 and "Ray" in result.where
-    assert len({r["params"] for r in result.table.to_pylist()}) == 3
+    assert result.finished == result.trials == 4 and "Ray" in result.where
+    assert len({r["params"] for r in result.table.to_pylist()}) == 2
 
 
 @dataclass(frozen=True)
