@@ -471,6 +471,25 @@ class ModelStore:
         with self._reporting("predict"):
             return {**predict(self.uri, data, out, version=version, executor=executor), "executor": executor.where}
 
+    def serve(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        poll: float = 2.0,
+        max_body: int = 64 * 2**20,
+        token: str | None = None,
+        on_ready: Callable[[str], None] | None = None,
+    ) -> None:
+        """Serve the current version over HTTP until interrupted, reloading it when a promotion
+        changes it (`POST /predict`, `GET /health`, `/version`, `/metrics`, `/`; see
+        `continual_trainer.serve`). Binds to 127.0.0.1 unless `host` says otherwise; with `token`,
+        requests but `/health` need `Authorization: Bearer <token>`. `on_ready(version)` is called
+        once the version is loaded, just before the server listens."""
+        from continual_trainer.serve import serve
+
+        serve(self.uri, host=host, port=port, poll=poll, max_body=max_body, token=token, on_ready=on_ready)
+
     def batches(self) -> list[dict[str, Any]]:
         """Every batch in ingestion order: its id, source file name, rows, when it was ingested,
         whether the current version learned it, and its retirement (None, or when and why)."""

@@ -317,6 +317,29 @@ def cmd_predict(args: argparse.Namespace) -> None:
     _emit(args, "" if args.json else text, r)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import continual_trainer as ct
+
+    token = None
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError.about("token-file", args.token_file, f"cannot be read ({exc.__class__.__name__})") from None
+        if not token:
+            raise UserError.about("token-file", args.token_file, "is empty")
+    store = ct.open_store(args.store)
+    url = f"http://{args.host}:{args.port}"
+
+    def ready(version: str) -> None:  # the JSON object is the last line: nothing follows it but the stop
+        text = f"serving version {version} of {store.display} on {url} (POST /predict; Ctrl-C stops)"
+        _emit(args, "" if args.json else text, {"url": url, "version": version, "store": store.display})
+        sys.stdout.flush()
+
+    store.serve(host=args.host, port=args.port, poll=args.poll, max_body=args.max_body, token=token, on_ready=ready)
+
+
 def cmd_history(args: argparse.Namespace) -> None:
     import continual_trainer as ct
 
@@ -732,6 +755,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--holdout", type=_checked(HOLDOUT), default=0.2, help="the fraction init will hold out (its --holdout)"
     )
+
+    c = command("serve", cmd_serve, "answer predictions over HTTP, reloading on promotion", needs_tf=False)
+    c.add_argument("--store", required=True)
+    c.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    c.add_argument("--port", type=int, default=8000)
+    c.add_argument("--poll", type=float, default=2.0, help="seconds between looks for a promoted version")
+    c.add_argument("--max-body", type=_size, default=64 * 2**20, help="largest request body, e.g. 64MiB")
+    c.add_argument("--token-file", help="a file holding a token requests must bear (Authorization: Bearer ...)")
 
     c = command("predict", cmd_predict, "write predictions of a stored version", needs_tf=False)
     c.add_argument("--store", required=True)

@@ -322,13 +322,25 @@ def predict_table(
     """
     version = store.resolve(version)
     schema = store.schema
+    check_scorable(schema, table, source)
+    if executor is None or data_uri is None:
+        executor = LocalExecutor()
+    pred = executor.score(store, version, data_uri or source, table)
+    return with_predictions(schema, table, pred, version, source)
+
+
+def check_scorable(schema: Any, table: pa.Table, source: str) -> None:
+    """UserError unless `table` has the store's feature columns (others pass through) and none
+    of the columns predictions are written to."""
     schema.check_features(table, source, allow_extra=True)
     for name in OUTPUT_COLUMNS:
         if name in table.column_names:
             raise UserError(f"{source}: already has a column {name!r}; rename or drop it")
-    if executor is None or data_uri is None:
-        executor = LocalExecutor()
-    pred = executor.score(store, version, data_uri or source, table)
+
+
+def with_predictions(schema: Any, table: pa.Table, pred: np.ndarray, version: str, source: str) -> pa.Table:
+    """`table` plus `prediction` (and `probability` of class 1 for two classes) from `pred`
+    (class probabilities, or numbers); UserError if a row has no finite prediction."""
     bad = int(np.count_nonzero(~np.isfinite(pred.reshape(len(pred), -1)).all(axis=1)))
     if bad:
         raise UserError(

@@ -100,7 +100,39 @@ def test_every_command_prints_json_on_its_last_line(tmp_path: Path, inputs, caps
     assert dropped == {"batch": batches[-1]["batch"], "retired": True}
     demo = run_json(capsys, "demo", "--store", "demo-store", "--local")
     assert len(demo["results"]) >= 9 and demo["executor"] == "this process (no Ray)"
+    served = serve_json(store)
+    assert served["version"] == next(v["version"] for v in run_json(capsys, "history", "--store", store)["versions"]
+                                     if v["current"])  # fmt: skip
     assert set(build_parser()._subparsers._group_actions[0].choices) <= COMMANDS_TESTED
+
+
+def serve_json(store: str) -> dict:
+    """`ctrain serve --json` runs until stopped: its one JSON object is printed when it is ready
+    (and is its last line); it answers, and Ctrl-C stops it with exit 0."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.continual_trainer.test_serve import _free_port
+
+    COMMANDS_TESTED.add("serve")
+    port = _free_port()
+    argv = [sys.executable, "-m", "continual_trainer", "serve", "--store", store, "--port", str(port), "--json"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        ready = json.loads(line)
+        from continual_trainer.serve import wait_ready
+
+        wait_ready(ready["url"])
+        with urllib.request.urlopen(f"{ready['url']}/version") as r:
+            assert json.loads(r.read())["version"] == ready["version"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and out.strip() == "" and err.strip() == "", (out, err)
+    return ready
 
 
 def drop_file(inbox: str, tag: str) -> None:
