@@ -30,6 +30,7 @@ BENCHMARKS = (
     "bench_stream.py",
     "bench_stream_once.py",
     "bench_grid.py",
+    "bench_serve.py",
     "bench_sharded.py",
     "bench_averaging.py",
 )
