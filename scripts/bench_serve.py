@@ -127,7 +127,7 @@ def main() -> None:
     rows = ours[1]["rps"] / peer[1]["rps"]
     print(
         f"ctrain / peer: single-row throughput {throughput:.1f}x, p99 latency {p99:.2f}x, 1,000-row rows/s {rows:.1f}x"
-    )  # noqa: E501
+    )
     emit(
         [
             check("serve: single-row throughput vs FastAPI + Keras predict, 32 clients", throughput, 10.0),
