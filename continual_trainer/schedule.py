@@ -118,10 +118,6 @@ class Asha:
             for epochs, score in curve:
                 self.decide(trial, epochs, score)
 
-    def stopped_at(self) -> dict[int, int]:
-        """How many trials were recorded at each rung."""
-        return {rung: len(self._records.get(rung, {})) for rung in self.rungs}
-
 
 class Pruned(Exception):
     """The scheduler stopped this trial at a rung (raised from inside its training)."""
