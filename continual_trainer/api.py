@@ -471,24 +471,61 @@ class ModelStore:
         with self._reporting("predict"):
             return {**predict(self.uri, data, out, version=version, executor=executor), "executor": executor.where}
 
-    def serve(
-        self,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 8000,
-        poll: float = 2.0,
-        max_body: int = 64 * 2**20,
-        token: str | None = None,
-        on_ready: Callable[[str], None] | None = None,
-    ) -> None:
+    def serve(self, on_ready: Callable[[str], None] | None = None, **options: Any) -> None:
         """Serve the current version over HTTP until interrupted, reloading it when a promotion
         changes it (`POST /predict`, `GET /health`, `/version`, `/metrics`, `/`; see
-        `continual_trainer.serve`). Binds to 127.0.0.1 unless `host` says otherwise; with `token`,
-        requests but `/health` need `Authorization: Bearer <token>`. `on_ready(version)` is called
-        once the version is loaded, just before the server listens."""
-        from continual_trainer.serve import serve
+        `continual_trainer.serve`). `options` are `ServeOptions`' fields: `host` (127.0.0.1
+        unless told otherwise), `port`, `poll`, `max_body`, `token` (requests but `/health` then
+        need `Authorization: Bearer <token>`), `log_sample` (the fraction of rows kept in the
+        prediction log; 0 keeps none), `id_column`, `shadow` (a version that scores every
+        request too, logged, never answering). `on_ready(version)` is called once the version
+        is loaded, just before the server listens."""
+        from continual_trainer.serve import ServeOptions, serve
 
-        serve(self.uri, host=host, port=port, poll=poll, max_body=max_body, token=token, on_ready=on_ready)
+        try:
+            settings = ServeOptions(**options)
+        except TypeError as exc:
+            raise UserError(f"serve: {exc}") from None
+        serve(self.uri, settings, on_ready=on_ready)
+
+    def label(
+        self,
+        data: Any,
+        *,
+        key: str = "id",
+        label: str | None = None,
+        late_after: float = 7 * 86400.0,
+        promote: str = "never",
+        min_shadow_rows: int = 500,
+    ) -> dict[str, Any]:
+        """Join delayed labels (a Parquet file, a pandas DataFrame or an Arrow table with `key`
+        and `label` columns; `label` defaults to the store's label) to the prediction log, and
+        ingest the matched rows (the features as served, the label as arrived) as a new batch.
+        Returns the counts (matched, unknown, duplicated, late), the batch, the versions that
+        served the rows and their live metrics (and a shadow candidate's).
+
+        With `promote="auto"`, a shadow candidate whose live metric over all labelled rows it
+        scored (at least `min_shadow_rows`) is no worse than that of the versions that answered
+        those rows is promoted (`promoted`: its id, `reason`: why)."""
+        from continual_trainer.predlog import join_labels, live_metrics, shadow_verdict
+        from continual_trainer.promotion import promote_by_hand
+
+        if promote not in ("never", "auto"):
+            raise UserError(f"label: promote must be 'never' or 'auto', not {promote!r}")
+        store = self._store()
+        with self._reporting("label"):
+            source = data if isinstance(data, str) else _table(data)
+            out = join_labels(store, source, key=key, label=label, late_after=late_after).to_json()
+        out["promoted"] = out["reason"] = None
+        if promote == "auto":
+            live = live_metrics(store)
+            current = store.current()
+            for version in sorted(out["shadow"]):
+                why = shadow_verdict(store.schema, live, version, min_shadow_rows)
+                if why is not None and version != current:
+                    out["promoted"], out["reason"] = promote_by_hand(store, version, why)[0], why
+                    break
+        return out
 
     def batches(self) -> list[dict[str, Any]]:
         """Every batch in ingestion order: its id, source file name, rows, when it was ingested,

@@ -61,6 +61,15 @@ def _size(raw: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _duration(raw: str) -> float:
+    from continual_trainer.trainer.params import parse_duration
+
+    try:
+        return parse_duration(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _checked(constraint: Constraint) -> Any:
     """An argparse `type` parsing and checking an option by a declared constraint (see trainer.params)."""
 
@@ -337,7 +346,63 @@ def cmd_serve(args: argparse.Namespace) -> None:
         _emit(args, "" if args.json else text, {"url": url, "version": version, "store": store.display})
         sys.stdout.flush()
 
-    store.serve(host=args.host, port=args.port, poll=args.poll, max_body=args.max_body, token=token, on_ready=ready)
+    store.serve(
+        on_ready=ready,
+        host=args.host,
+        port=args.port,
+        poll=args.poll,
+        max_body=args.max_body,
+        token=token,
+        log_sample=args.log_sample,
+        id_column=args.id_column,
+        shadow=args.shadow,
+    )
+
+
+def cmd_label(args: argparse.Namespace) -> None:
+    import continual_trainer as ct
+
+    store = ct.open_store(args.store)
+    r = store.label(
+        args.data,
+        key=args.key,
+        label=args.label,
+        late_after=args.late_after,
+        promote=args.promote,
+        min_shadow_rows=args.min_shadow_rows,
+    )
+    counts = (
+        f"{r['labels']} label(s): {r['matched']} matched the prediction log, {r['unknown']} unknown, "
+        f"{r['duplicated']} duplicated, {r['late']} late"
+    )
+    if r["batch"] is None:
+        text = f"{counts}; nothing to ingest"
+    else:
+        live = "; ".join(f"{v}: {_live_text(m)}" for v, m in r["live"].items())
+        shadow = "; ".join(
+            f"shadow {v}: {_live_text(m)} (served: {_live_text(m['served'])})" for v, m in r["shadow"].items()
+        )
+        kept = "ingested as batch" if r["added"] else "already in the store as batch"
+        promoted = [f"promoted {r['promoted']} ({r['reason']})"] if r["promoted"] else []
+        text = "\n".join(
+            [
+                f"{counts}",
+                f"{kept} {r['batch']} ({r['matched']} rows)",
+                f"live: {live}",
+                *([shadow] if shadow else []),
+                *promoted,
+                f"next: ctrain update --store {args.store}",
+            ]
+        )
+    _emit(args, "" if args.json else text, r)
+
+
+def _live_text(metric: dict[str, Any]) -> str:
+    """`accuracy 0.912 on 500 rows` (or RMSE) from a live metric."""
+    name = "rmse" if "rmse" in metric else "accuracy"
+    if not metric.get("rows"):
+        return "no rows"
+    return f"{name} {metric[name]:.3f} on {metric['rows']} rows"
 
 
 def cmd_history(args: argparse.Namespace) -> None:
@@ -365,6 +430,10 @@ def cmd_history(args: argparse.Namespace) -> None:
         lines.append(
             "† scored on other holdout rows than the current version (* ); its metrics do not compare directly"
         )
+    for r in rows:
+        for role, m in r["live"].items():
+            beside = f" (served: {_live_text(m['served'])})" if role == "shadow" else ""
+            lines.append(f"live, {role}: {r['version']} {_live_text(m)}{beside}")
     _emit(args, "" if args.json else "\n".join(lines), {"versions": rows})
 
 
@@ -763,6 +832,38 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--poll", type=float, default=2.0, help="seconds between looks for a promoted version")
     c.add_argument("--max-body", type=_size, default=64 * 2**20, help="largest request body, e.g. 64MiB")
     c.add_argument("--token-file", help="a file holding a token requests must bear (Authorization: Bearer ...)")
+    c.add_argument(
+        "--log-sample",
+        type=_checked(Interval(float, 0.0, 1.0)),
+        default=1.0,
+        help="fraction of answered rows kept in the store's prediction log (default 1; 0 keeps none)",
+    )
+    c.add_argument("--id-column", help="a column whose values key the rows in the log (default: request id + row)")
+    c.add_argument("--shadow", help="a version that scores every request too, logged but never answering")
+
+    c = command("label", cmd_label, "join delayed labels to the prediction log and ingest them", needs_tf=False)
+    c.add_argument("--store", required=True)
+    c.add_argument("--data", required=True, help="a Parquet file of keys and labels")
+    c.add_argument("--key", default="id", help="the key column (the served rows' ids; default id)")
+    c.add_argument("--label", help="the label column (default: the store's label)")
+    c.add_argument(
+        "--late-after",
+        type=_duration,
+        default=7 * 86400.0,
+        help="count a label as late when its prediction is older than this (e.g. 12h, 7d; default 7d)",
+    )
+    c.add_argument(
+        "--promote",
+        choices=("never", "auto"),
+        default="never",
+        help="auto: promote a shadow candidate once its live metric is no worse than the served one's",
+    )
+    c.add_argument(
+        "--min-shadow-rows",
+        type=_checked(Interval(int, 1)),
+        default=500,
+        help="labelled rows a shadow candidate needs before --promote auto may promote it (default 500)",
+    )
 
     c = command("predict", cmd_predict, "write predictions of a stored version", needs_tf=False)
     c.add_argument("--store", required=True)

@@ -27,6 +27,7 @@ from continual_trainer.data.rows import Rows
 from continual_trainer.data.schema import OUTPUT_COLUMNS, Schema
 from continual_trainer.data.storage import NotAStore, Store, StoreMeta, batch_name, utc_stamp
 from continual_trainer.executor import Executor, Job, LocalExecutor, result_or_raise
+from continual_trainer.predlog import live_metrics
 from continual_trainer.promotion import UpdateOutcome, check_promote, commit
 from continual_trainer.sizing import UPDATE_SECONDS, sized_and_said
 from continual_trainer.sweep import SweepResult, summarize
@@ -425,6 +426,7 @@ def history(uri: str) -> list[dict[str, Any]]:
         promoted.add(current)
     manifests = {v: store.manifest(v) for v in store.versions()}
     seen_by_current = set(manifests[current].batches_seen) if current in manifests else None
+    live = live_metrics(store)
     rows = []
     for version, m in manifests.items():
         f = forgetting(m.metrics, lineage(m.parent, manifests.get))
@@ -449,6 +451,7 @@ def history(uri: str) -> list[dict[str, Any]]:
                 "negative_flip_rate": m.metrics.get("holdout_negative_flip_rate"),
                 "memory_rows": (m.state.get("memory") or {}).get("rows"),
                 "metrics": m.metrics,
+                "live": live.get(version, {}),
             }
         )
     return rows

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ import pyarrow as pa
 from continual_trainer.commands import check_scorable, with_predictions
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.storage import Store
+from continual_trainer.predlog import Logged, PredictionLog
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.versions import stored_candidate
 
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 MAX_BODY = 64 * 2**20  # bytes a request body may have (--max-body)
 JSON = "application/json"
 ARROW = "application/vnd.apache.arrow.stream"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # a client's X-Request-Id, used as the request's id
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
 
 
@@ -84,6 +88,8 @@ class Metrics:
                 "# HELP ctrain_refused_versions Versions that failed to load and were not served.",
                 "# TYPE ctrain_refused_versions gauge",
                 f"ctrain_refused_versions {len(served.refused)}",
+                *served.shadow_lines(),
+                *served.log_lines(),
             ]
         return "\n".join(lines) + "\n"
 
@@ -103,12 +109,24 @@ class Served:
         uri: the store.
         poll: seconds between looks at `CURRENT` (doubling, up to 60 s, while the store
             cannot be read).
+        log_sample: the fraction of answered rows kept in the store's prediction log (0: none).
+        id_column: a column of the rows whose values are their keys in the log (else each row's
+            key is `<request id>-<row>`).
+        shadow: a version (reference) that scores every request too, without answering.
     """
 
-    def __init__(self, uri: str, poll: float = 2.0) -> None:
+    def __init__(
+        self,
+        uri: str,
+        poll: float = 2.0,
+        log_sample: float = 1.0,
+        id_column: str | None = None,
+        shadow: str | None = None,
+    ) -> None:
         self.store = Store.open(uri)
         self.schema = self.store.schema
         self.poll = poll
+        self.id_column = id_column
         self.current: Loaded | None = None
         self.reloads = 0
         self.refused: dict[str, str] = {}  # version -> why it could not be loaded
@@ -116,10 +134,33 @@ class Served:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sample: pa.Table | None = None  # the newest batch's first rows: a new version is warmed up on them
+        self.shadow = self.load(self.store.resolve(shadow)) if shadow else None
+        self.shadow_rows = self.shadow_agree = self.shadow_failed = 0
+        self.shadow_abs = 0.0
+        self.log = PredictionLog(self.store, self.schema, log_sample) if log_sample > 0 else None
 
     def load(self, version: str) -> Loaded:
-        """`version` read from the store (each file checked against its sha256), ready to score."""
-        return Loaded(version, stored_candidate(self.store, version).for_scoring())
+        """`version` read from the store (each file checked against its sha256), warmed up on a
+        few rows of the newest batch, ready to score."""
+        loaded = Loaded(version, stored_candidate(self.store, version).for_scoring())
+        sample = self._sample if self._sample is not None else self._newest_rows()
+        if sample is not None:
+            loaded.candidate.predict(self.schema.inputs(sample), self.schema.n_classes)
+        return loaded
+
+    def _newest_rows(self) -> pa.Table | None:
+        """A few rows of the newest batch (to warm a version up on), or None."""
+        from continual_trainer.data.parquet import table_from_bytes
+
+        batches = self.store.batch_ids()
+        if not batches:
+            return None
+        try:
+            self._sample = table_from_bytes(self.store.read_batch(batches[-1]), batches[-1]).slice(0, 8)
+        except (UserError, OSError):
+            return None
+        return self._sample
 
     def refresh(self) -> bool:
         """Swap in the store's current version if it changed and loads; True if it did."""
@@ -158,9 +199,12 @@ class Served:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop watching, and write what the prediction log holds."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.log is not None:
+            self.log.close()
 
     def pinned(self, ref: str) -> Loaded:
         """A version by reference (`ctrain history` ids, `current`, `parent`), kept loaded."""
@@ -175,16 +219,97 @@ class Served:
             self._pinned.move_to_end(version)
             return self._pinned[version]
 
-    def predict(self, table: pa.Table, loaded: Loaded) -> dict[str, Any]:
-        """The answer to a request for `table`'s rows by `loaded`."""
+    def predict(self, table: pa.Table, loaded: Loaded, request: str | None = None) -> dict[str, Any]:
+        """The answer to a request for `table`'s rows by `loaded`: its version, request id, the
+        rows' keys, predictions (and probabilities). Logged, and scored by the shadow too."""
         source = "request"
         check_scorable(self.schema, table, source)
-        pred = loaded.candidate.predict(self.schema.inputs(table), self.schema.n_classes)
+        inputs = self.schema.inputs(table)
+        pred = loaded.candidate.predict(inputs, self.schema.n_classes)
         out = with_predictions(self.schema, table, pred, loaded.version, source)
-        answer: dict[str, Any] = {"version": loaded.version, "predictions": out.column("prediction").to_pylist()}
+        request = request or uuid.uuid4().hex
+        if self.id_column and self.id_column in table.column_names:
+            keys = [str(k) for k in table.column(self.id_column).to_pylist()]
+        else:
+            keys = [f"{request}-{i}" for i in range(table.num_rows)]
+        predictions = out.column("prediction").to_pylist()
+        answer: dict[str, Any] = {
+            "version": loaded.version,
+            "request_id": request,
+            "ids": keys,
+            "predictions": predictions,
+        }
         if not self.schema.is_regression:
             answer["probabilities"] = np.round(pred, 6).tolist()
+        shadow = self._shadowed(table, inputs, predictions) if loaded is self.current else None
+        if self.log is not None:
+            by = self.shadow.version if shadow is not None and self.shadow is not None else None
+            self.log.add(Logged(table, keys, request, time.time(), loaded.version, predictions, by, shadow))
         return answer
+
+    def _shadowed(self, table: pa.Table, inputs: dict[str, np.ndarray], served: list[Any]) -> list[Any] | None:
+        """The shadow candidate's predictions for the rows (counted against what was served), or
+        None; a shadow that fails is counted, never the request's failure."""
+        shadow = self.shadow
+        if shadow is None or (self.current is not None and shadow.version == self.current.version):
+            return None
+        try:
+            pred = shadow.candidate.predict(inputs, self.schema.n_classes)
+            values = with_predictions(self.schema, table, pred, shadow.version, "request").column("prediction")
+        except Exception as exc:
+            with self._lock:
+                self.shadow_failed += len(served)
+            log.warning("shadow version %s failed on a request (%s)", shadow.version, exc)
+            return None
+        predicted = values.to_pylist()
+        with self._lock:
+            self.shadow_rows += len(served)
+            if self.schema.is_regression:
+                self.shadow_abs += float(np.sum(np.abs(np.asarray(predicted) - np.asarray(served))))
+            else:
+                self.shadow_agree += sum(p == s for p, s in zip(predicted, served, strict=True))
+        return predicted
+
+    def shadow_lines(self) -> list[str]:
+        """`/metrics` lines for the shadow candidate (none without one)."""
+        if self.shadow is None:
+            return []
+        v = self.shadow.version
+        lines = [
+            "# HELP ctrain_shadow_rows_total Rows the shadow candidate scored beside the served version.",
+            "# TYPE ctrain_shadow_rows_total counter",
+            f'ctrain_shadow_rows_total{{shadow="{v}"}} {self.shadow_rows}',
+            f'ctrain_shadow_failed_rows_total{{shadow="{v}"}} {self.shadow_failed}',
+        ]
+        if self.schema.is_regression:
+            mean = self.shadow_abs / self.shadow_rows if self.shadow_rows else 0.0
+            name, value, help_text = "mean_abs_difference", mean, "Mean |shadow - served| prediction."
+        else:
+            agreement = self.shadow_agree / self.shadow_rows if self.shadow_rows else 0.0
+            name, value, help_text = "agreement", agreement, "Fraction of rows the shadow predicts as served."
+        return [
+            *lines,
+            f"# HELP ctrain_shadow_{name} {help_text}",
+            f"# TYPE ctrain_shadow_{name} gauge",
+            f'ctrain_shadow_{name}{{shadow="{v}"}} {value:.6f}',
+        ]
+
+    def log_lines(self) -> list[str]:
+        """`/metrics` lines for the prediction log (none when it is off)."""
+        if self.log is None:
+            return []
+        return [
+            "# HELP ctrain_log_rows_total Rows of the prediction log: written to the store, dropped "
+            "(queue full) or failed (store not writable).",
+            "# TYPE ctrain_log_rows_total counter",
+            f'ctrain_log_rows_total{{outcome="written"}} {self.log.logged}',
+            f'ctrain_log_rows_total{{outcome="dropped"}} {self.log.dropped}',
+            f'ctrain_log_rows_total{{outcome="failed"}} {self.log.failed}',
+            f"ctrain_log_files_total {self.log.files}",
+            "# HELP ctrain_log_rows_waiting Rows held for the prediction log's next file.",
+            "# TYPE ctrain_log_rows_waiting gauge",
+            f"ctrain_log_rows_waiting {self.log.waiting}",
+        ]
 
 
 def rows_table(body: bytes, kind: str = JSON) -> pa.Table:
@@ -265,11 +390,13 @@ def app(served: Served, max_body: int = MAX_BODY, concurrency: int = 8, token: s
             if len(body) > max_body:
                 return error(413, f"request: body over {max_body:,} bytes"), 0
         ref = request.query_params.get("version")
+        given = request.headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
         def work() -> dict[str, Any]:
             with slots:
                 chosen = served.pinned(ref) if ref else loaded
-                return served.predict(rows_table(bytes(body), kind), chosen)
+                return served.predict(rows_table(bytes(body), kind), chosen, request_id)
 
         try:
             answer = await run_in_threadpool(work)
@@ -279,7 +406,7 @@ def app(served: Served, max_body: int = MAX_BODY, concurrency: int = 8, token: s
         except Exception as exc:  # not the request's fault: one line, never a traceback
             log.exception("predict failed")
             return error(500, f"the server failed to score the rows ({type(exc).__name__})"), 0
-        headers = {"X-Ctrain-Version": answer["version"]}
+        headers = {"X-Ctrain-Version": answer["version"], "X-Request-Id": request_id}
         return JSONResponse(answer, headers=headers), len(answer["predictions"])
 
     async def metrics_text(request: Request) -> Response:
@@ -338,27 +465,38 @@ def app(served: Served, max_body: int = MAX_BODY, concurrency: int = 8, token: s
     )
 
 
-def serve(
-    uri: str,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    poll: float = 2.0,
-    max_body: int = MAX_BODY,
-    token: str | None = None,
-    on_ready: Callable[[str], None] | None = None,
-) -> None:
+@dataclass(frozen=True)
+class ServeOptions:
+    """How `ctrain serve` serves: where it listens, how often it looks for a promotion, the
+    largest body, the bearer token, the prediction log's sample and key column, a shadow
+    candidate; on Ray, the replicas (a fixed number, or autoscaling up to `max_replicas`)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    poll: float = 2.0
+    max_body: int = MAX_BODY
+    token: str | None = None
+    log_sample: float = 1.0
+    id_column: str | None = None
+    shadow: str | None = None
+    replicas: int = 1
+    max_replicas: int | None = None
+
+
+def serve(uri: str, options: ServeOptions, on_ready: Callable[[str], None] | None = None) -> None:
     """Serve the store's current version until interrupted (`ctrain serve`); `on_ready(version)`
     once the version is loaded and the port is free, just before the server listens."""
     import socket
 
     import uvicorn
 
+    host, port = options.host, options.port
     try:  # a port in use is the user's to see in one line (uvicorn would exit 3 with its own)
         with socket.create_server((host, port)):
             pass
     except OSError as exc:
         raise UserError.about("port", port, f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
-    served = Served(uri, poll)
+    served = Served(uri, options.poll, options.log_sample, options.id_column, options.shadow)
     served.start()
     if served.current is None:
         served.stop()
@@ -368,7 +506,11 @@ def serve(
         on_ready(served.current.version)
     try:
         uvicorn.run(
-            app(served, max_body, token=token), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5
+            app(served, options.max_body, token=options.token),
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
         )
     finally:
         served.stop()

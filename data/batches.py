@@ -40,8 +40,11 @@ def ingest(store: Store, uri: str, *, allow_new_classes: bool = False) -> Ingest
     return ingest_bytes(store, redact(uri), read_bytes(uri), allow_new_classes=allow_new_classes)
 
 
-def ingest_bytes(store: Store, source: str, data: bytes, *, allow_new_classes: bool = False) -> IngestResult:
-    """`ingest` for a file already read; `source` names it in messages and records."""
+def ingest_bytes(
+    store: Store, source: str, data: bytes, *, allow_new_classes: bool = False, origin: dict | None = None
+) -> IngestResult:
+    """`ingest` for a file already read; `source` names it in messages and records, `origin` (if
+    given) records where its rows came from (e.g. the prediction log)."""
     existing = store.find_batch(sha256(data))
     if existing:
         return IngestResult(existing, int(store.batch_info(existing)["rows"]), added=False)
@@ -61,6 +64,7 @@ def ingest_bytes(store: Store, source: str, data: bytes, *, allow_new_classes: b
             "rows": table.num_rows,
             "ingested": dt.datetime.now(dt.timezone.utc).isoformat(),
             "new_classes": list(new_classes),
+            **({"origin": origin} if origin else {}),
         },
     )
     return IngestResult(batch_id, table.num_rows, added=added, new_classes=new_classes if added else ())

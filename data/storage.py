@@ -10,11 +10,13 @@ Layout::
     events/<when>-<kind>-<rand>.json the store's event log: every promotion, rollback and pruning
     sweeps/<id>/                     sweep.yaml, trials/<trial>.json, results and reports
     stream/events/, stream/processed/  one event per inbox file; a marker per file's sha256
+    predictions/log/<when>-<rand>.parquet  what `ctrain serve` answered (the prediction log)
+    predictions/labelled/<batch>.parquet   the logged keys whose labels made that batch
     locks/                           short-lived lock files
 
 Everything else asks the store by name (`add_batch`, `write_version`, `trial_records`,
 `stream_marker`, ...); nothing outside the store (this module and `data/store/`: the storage
-core and its repositories for batches, versions and runs) joins a store path.
+core and its repositories for batches, versions, runs and predictions) joins a store path.
 
 Writes are atomic: a temporary name then a rename on local disks, a single PUT on
 object stores. A batch or model version without its marker file does not exist.
@@ -38,6 +40,7 @@ from continual_trainer.data.parquet import one_line, resolve, scrub
 from continual_trainer.data.schema import Schema
 from continual_trainer.data.store.batches import _BATCH_MARKER, Batches, batch_name, trust, verified
 from continual_trainer.data.store.core import _LOCK_STALE_SECONDS, StoreMeta, sha256, utc_stamp
+from continual_trainer.data.store.predictions import Predictions
 from continual_trainer.data.store.runs import Runs
 from continual_trainer.data.store.versions import _VERSION_MARKER, VersionGone, Versions
 
@@ -55,7 +58,7 @@ class NotAStore(UserError):
     """There is no store (no store.json) at the URI."""
 
 
-class Store(Batches, Versions, Runs):
+class Store(Batches, Versions, Runs, Predictions):
     """A store on a local folder or any pyarrow filesystem.
 
     Use `Store.create` or `Store.open`; both fail with UserError on a bad URI.

@@ -307,3 +307,19 @@ def parse_size(raw: str | int) -> int:
     if unit not in _UNITS or not value > 0:
         raise ValueError(f"{raw!r} is not a size such as 2GiB, 500MB or a number of bytes")
     return int(value * _UNITS[unit])
+
+
+_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(raw: str | float) -> float:
+    """Seconds from `45s`, `30m`, `12h`, `7d` or a number of seconds; ValueError if not a duration."""
+    text = str(raw).strip().lower()
+    number = text.rstrip("smhd")
+    try:
+        value, unit = float(number), text[len(number) :]
+    except ValueError:
+        value, unit = -1.0, ""
+    if unit not in _SECONDS or not value >= 0:
+        raise ValueError(f"{raw!r} is not a duration such as 45s, 30m, 12h, 7d or a number of seconds")
+    return value * _SECONDS[unit]

@@ -1,0 +1,169 @@
+"""The prediction log `ctrain serve` keeps, delayed labels joined to it (`ctrain label`), and
+shadow candidates judged on them."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from continual_trainer.api import open_store
+from continual_trainer.data.errors import UserError
+from continual_trainer.data.storage import Store
+from continual_trainer.predlog import KEY, PREDICTION, SHADOW_PREDICTION, VERSION, Logged, PredictionLog, read_log
+from continual_trainer.serve import Served
+from tests.conftest import make_table
+
+
+def _rows(n: int, seed: int, first_id: int = 0) -> tuple[pa.Table, pa.Table]:
+    """(rows to serve, with an `id` column; their labels, keyed by id)."""
+    table = make_table(n=n, seed=seed)
+    ids = pa.array([f"r{first_id + i}" for i in range(n)])
+    return table.drop(["y"]).append_column("id", ids), pa.table({"id": ids, "y": table.column("y")})
+
+
+def _serve(served: Served, rows: pa.Table, per_request: int = 10) -> list[dict]:
+    return [served.predict(rows.slice(i, per_request), served.current) for i in range(0, rows.num_rows, per_request)]
+
+
+def test_every_answered_row_is_logged_with_its_key_version_and_prediction(tiny_store: str) -> None:
+    served = Served(tiny_store, id_column="id")
+    served.start()
+    rows, _ = _rows(25, seed=4)
+    answers = _serve(served, rows)
+    anonymous = served.predict(rows.drop(["id"]).slice(0, 3), served.current, request="req-7")
+    served.stop()  # writes what waits
+    assert anonymous["ids"] == ["req-7-0", "req-7-1", "req-7-2"] and anonymous["request_id"] == "req-7"
+    logged = read_log(Store.open(tiny_store))
+    assert logged is not None and logged.num_rows == 28
+    assert logged.column(KEY).to_pylist() == [*rows.column("id").to_pylist(), *anonymous["ids"]]
+    assert set(logged.column(VERSION).to_pylist()) == {served.current.version}
+    assert logged.column(PREDICTION).to_pylist() == [p for a in (*answers, anonymous) for p in a["predictions"]]
+    for name in ("f0", "f4"):  # the features as served
+        assert logged.column(name).to_pylist()[:25] == rows.column(name).to_pylist()
+
+
+def test_log_sample_keeps_a_fraction_and_zero_keeps_none(tiny_store: str) -> None:
+    served = Served(tiny_store, log_sample=0.0)
+    served.start()
+    _serve(served, _rows(30, seed=4)[0])
+    served.stop()
+    assert served.log is None and read_log(Store.open(tiny_store)) is None
+    sampled = PredictionLog(Store.open(tiny_store), Store.open(tiny_store).schema, sample=0.25)
+    rows = _rows(2000, seed=5)[0]
+    sampled.add(Logged(rows, rows.column("id").to_pylist(), "r", time.time(), "v", [0] * 2000))
+    sampled.close()
+    assert 350 < sampled.logged < 650  # 500 expected; a binomial draw with sd ~19
+
+
+def test_a_full_queue_drops_and_counts_rows_and_an_unwritable_store_fails_them_without_blocking(
+    tiny_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store.open(tiny_store)
+    rows = _rows(6, seed=4)[0]
+    item = Logged(rows, rows.column("id").to_pylist(), "r", time.time(), "v", [0] * 6)
+    full = PredictionLog(store, store.schema, max_queued=10, roll_seconds=3600)
+    with full._cond:  # the writer is held up: the queue fills
+        full.add(item)
+        full.add(item)
+    full.close()
+    assert (full.logged, full.dropped) == (6, 6)
+
+    def refuse(data: bytes) -> str:
+        raise UserError(f"{store.display}: cannot write predictions/log/x.parquet (No space left on device)")
+
+    monkeypatch.setattr(store, "write_prediction_log", refuse)
+    broken = PredictionLog(store, store.schema)
+    start = time.perf_counter()
+    broken.add(item)
+    assert time.perf_counter() - start < 1.0
+    broken.close()
+    assert (broken.logged, broken.failed) == (0, 6)
+
+
+def test_labels_join_the_log_into_a_batch_that_records_where_it_came_from(tiny_store: str, tmp_path: Path) -> None:
+    served = Served(tiny_store, id_column="id")
+    served.start()
+    rows, labels = _rows(40, seed=6)
+    answers = _serve(served, rows)
+    served.stop()
+    version = served.current.version
+    # 30 known labels, one repeated, two unknown keys
+    arrived = pa.concat_tables([labels.slice(0, 30), labels.slice(0, 1), pa.table({"id": ["x1", "x2"], "y": [0, 1]})])
+    pq.write_table(arrived, tmp_path / "labels.parquet")
+    store = open_store(tiny_store)
+    before = len(store.batches())
+    r = store.label(str(tmp_path / "labels.parquet"), key="id")
+    assert (r["labels"], r["matched"], r["duplicated"], r["unknown"], r["late"]) == (33, 30, 1, 2, 0)
+    assert r["added"] and r["versions"] == [version] and len(store.batches()) == before + 1
+    predicted = [p for a in answers for p in a["predictions"]][:30]
+    truth = labels.column("y").to_pylist()[:30]
+    expected = np.mean([p == t for p, t in zip(predicted, truth, strict=True)])
+    assert r["live"][version] == {"rows": 30, "accuracy": pytest.approx(expected, abs=1e-6)}
+    s = Store.open(tiny_store)
+    batch = pq.read_table(io.BytesIO(s.read_batch(r["batch"])))
+    assert batch.column_names == [*s.schema.features, "y"]
+    assert batch.column("f2").to_pylist() == rows.column("f2").to_pylist()[:30]
+    assert batch.column("y").to_pylist() == truth
+    origin = s.batch_info(r["batch"])["origin"]
+    assert origin["kind"] == "prediction-log" and origin["versions"] == [version] and origin["from"] <= origin["to"]
+    again = store.label(str(tmp_path / "labels.parquet"), key="id", late_after=0.0)
+    assert (again["matched"], again["duplicated"], again["batch"]) == (0, 31, None)
+    late = store.label(labels.slice(30, 10), key="id", late_after=0.0)  # an Arrow table; labels after 0 s are late
+    assert (late["matched"], late["late"]) == (10, 10)
+
+
+def test_a_shadow_scores_every_request_and_is_promoted_once_labels_show_it_no_worse(tiny_store: str) -> None:
+    store = open_store(tiny_store)
+    candidate = store.update("finetune_new", epochs=2, promote="never").version
+    served = Served(tiny_store, id_column="id", shadow=candidate)
+    served.start()
+    rows, labels = _rows(60, seed=7)
+    _serve(served, rows)
+    served.stop()
+    assert served.shadow_rows == 60 and 0 <= served.shadow_agree <= 60
+    logged = read_log(Store.open(tiny_store))
+    shadow_predictions = logged.column(SHADOW_PREDICTION).to_pylist()
+    assert None not in shadow_predictions and len(shadow_predictions) == 60
+    truth = labels.column("y").to_pylist()
+    shadow_right = sum(p == t for p, t in zip(shadow_predictions, truth, strict=True))
+    served_right = sum(p == t for p, t in zip(logged.column(PREDICTION).to_pylist(), truth, strict=True))
+    waiting = store.label(labels.slice(0, 20), promote="auto", min_shadow_rows=50)
+    assert waiting["promoted"] is None  # 20 labelled rows: not enough
+    r = store.label(labels.slice(20, 40), promote="auto", min_shadow_rows=50)
+    history = {h["version"]: h for h in store.versions()}
+    assert history[candidate]["live"]["shadow"]["rows"] == 60
+    assert history[candidate]["live"]["shadow"]["accuracy"] == pytest.approx(shadow_right / 60, abs=1e-6)
+    if shadow_right >= served_right:
+        assert r["promoted"] == candidate and store.current == candidate
+    else:
+        assert r["promoted"] is None and store.current != candidate
+
+
+def test_label_through_the_cli_reports_counts_and_mistakes_in_one_line(
+    tiny_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from continual_trainer.cli import main
+
+    served = Served(tiny_store, id_column="id")
+    served.start()
+    rows, labels = _rows(12, seed=8)
+    _serve(served, rows)
+    served.stop()
+    pq.write_table(labels.rename_columns(["key", "truth"]), tmp_path / "l.parquet")
+    given = ["label", "--store", tiny_store, "--data", str(tmp_path / "l.parquet")]
+    assert main([*given, "--key", "key", "--label", "truth", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["matched"] == 12 and out["batch"]
+    assert main(given) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no column 'id' (--key)" in err[0]
+    with pytest.raises(SystemExit) as exit_:
+        main([*given, "--key", "key", "--late-after", "soon"])
+    assert exit_.value.code == 2 and "not a duration" in capsys.readouterr().err
