@@ -356,6 +356,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         log_sample=args.log_sample,
         id_column=args.id_column,
         shadow=args.shadow,
+        ray=_where_flag(args),
+        replicas=args.replicas,
+        max_replicas=args.max_replicas,
+        replica_cpus=args.replica_cpus,
     )
 
 
@@ -840,6 +844,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--id-column", help="a column whose values key the rows in the log (default: request id + row)")
     c.add_argument("--shadow", help="a version that scores every request too, logged but never answering")
+    where(c)
+    c.add_argument(
+        "--replicas",
+        type=_checked(Interval(int, 1)),
+        default=1,
+        help="on Ray: replicas (the least, with --max-replicas)",
+    )
+    c.add_argument(
+        "--max-replicas", type=_checked(Interval(int, 1)), help="on Ray: autoscale between --replicas and this many"
+    )
+    c.add_argument(
+        "--replica-cpus",
+        type=_checked(Interval(float, 0.0, low_open=True)),
+        default=1.0,
+        help="on Ray: CPUs per replica",
+    )
 
     c = command("label", cmd_label, "join delayed labels to the prediction log and ingest them", needs_tf=False)
     c.add_argument("--store", required=True)

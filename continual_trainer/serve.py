@@ -113,6 +113,8 @@ class Served:
         id_column: a column of the rows whose values are their keys in the log (else each row's
             key is `<request id>-<row>`).
         shadow: a version (reference) that scores every request too, without answering.
+        one_at_a_time: swap under the store's `serve-swap` lock, so that the replicas of one
+            deployment never reload together (Ray Serve).
     """
 
     def __init__(
@@ -122,8 +124,10 @@ class Served:
         log_sample: float = 1.0,
         id_column: str | None = None,
         shadow: str | None = None,
+        one_at_a_time: bool = False,
     ) -> None:
         self.store = Store.open(uri)
+        self.one_at_a_time = one_at_a_time
         self.schema = self.store.schema
         self.poll = poll
         self.id_column = id_column
@@ -133,6 +137,7 @@ class Served:
         self._pinned: OrderedDict[str, Loaded] = OrderedDict()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._sample: pa.Table | None = None  # the newest batch's first rows: a new version is warmed up on them
         self.shadow = self.load(self.store.resolve(shadow)) if shadow else None
@@ -169,6 +174,12 @@ class Served:
             return False
         if version in self.refused:
             return False
+        if self.one_at_a_time:
+            with self.store.lock("serve-swap"):
+                return self._swap(version)
+        return self._swap(version)
+
+    def _swap(self, version: str) -> bool:
         try:
             loaded = self.load(version)
         except Exception as exc:  # a damaged or unreadable version: the old one keeps serving
@@ -187,7 +198,11 @@ class Served:
 
         def watch() -> None:
             wait = self.poll
-            while not self._stop.wait(wait):
+            while not self._stop.is_set():
+                self._wake.wait(wait)
+                self._wake.clear()
+                if self._stop.is_set():
+                    return
                 try:
                     self.refresh()
                     wait = self.poll
@@ -198,9 +213,14 @@ class Served:
         self._thread = threading.Thread(target=watch, name="ctrain-serve-watch", daemon=True)
         self._thread.start()
 
+    def wake(self) -> None:
+        """Look at `CURRENT` now (a push from whoever promoted), not at the next poll."""
+        self._wake.set()
+
     def stop(self) -> None:
         """Stop watching, and write what the prediction log holds."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.log is not None:
@@ -336,9 +356,12 @@ def rows_table(body: bytes, kind: str = JSON) -> pa.Table:
         raise UserError(f"request: the rows do not make a table ({str(exc).splitlines()[0]})") from None
 
 
-def app(served: Served, max_body: int = MAX_BODY, concurrency: int = 8, token: str | None = None) -> Any:
+def app(
+    served: Served, max_body: int = MAX_BODY, concurrency: int = 8, token: str | None = None, replica: int | None = None
+) -> Any:
     """The ASGI application answering for `served`. With `token`, every request but `/health`
-    needs `Authorization: Bearer <token>` (compared in constant time)."""
+    needs `Authorization: Bearer <token>` (compared in constant time). `replica` (a Ray Serve
+    replica's process id) is named in `/version`."""
     import hmac
 
     from starlette.applications import Starlette
@@ -451,6 +474,7 @@ def app(served: Served, max_body: int = MAX_BODY, concurrency: int = 8, token: s
                 "reloads": served.reloads,
                 "refused": served.refused,
                 "store": served.store.display,
+                **({"replica": replica} if replica is not None else {}),
             }
         )
 
@@ -469,7 +493,8 @@ def app(served: Served, max_body: int = MAX_BODY, concurrency: int = 8, token: s
 class ServeOptions:
     """How `ctrain serve` serves: where it listens, how often it looks for a promotion, the
     largest body, the bearer token, the prediction log's sample and key column, a shadow
-    candidate; on Ray, the replicas (a fixed number, or autoscaling up to `max_replicas`)."""
+    candidate; whether on Ray Serve (None: if RAY_ADDRESS is set), and there the replicas (a
+    fixed number, or autoscaling up to `max_replicas`) and the CPUs each reserves."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -479,8 +504,15 @@ class ServeOptions:
     log_sample: float = 1.0
     id_column: str | None = None
     shadow: str | None = None
+    ray: bool | None = None
     replicas: int = 1
     max_replicas: int | None = None
+    replica_cpus: float = 1.0
+
+    def on_ray(self) -> bool:
+        import os
+
+        return self.ray if self.ray is not None else bool(os.environ.get("RAY_ADDRESS"))
 
 
 def serve(uri: str, options: ServeOptions, on_ready: Callable[[str], None] | None = None) -> None:
@@ -491,11 +523,18 @@ def serve(uri: str, options: ServeOptions, on_ready: Callable[[str], None] | Non
     import uvicorn
 
     host, port = options.host, options.port
+    if options.max_replicas is not None and options.max_replicas < options.replicas:
+        raise UserError(f"--max-replicas {options.max_replicas} is below --replicas {options.replicas}")
     try:  # a port in use is the user's to see in one line (uvicorn would exit 3 with its own)
         with socket.create_server((host, port)):
             pass
     except OSError as exc:
         raise UserError.about("port", port, f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    if options.on_ray():
+        from continual_trainer.cluster.serving import serve_on_ray
+
+        serve_on_ray(uri, options, on_ready)
+        return
     served = Served(uri, options.poll, options.log_sample, options.id_column, options.shadow)
     served.start()
     if served.current is None:

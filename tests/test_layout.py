@@ -11,7 +11,10 @@ ROOT = Path(__file__).parents[1]
 # The folders, bottom layer first: each imports only the ones before it at module level
 # (a function may import a layer above it when it runs, e.g. the Ray executor chosen by name).
 PACKAGES = ("data", "trainer", "strategies", "continual_trainer", "cluster")
-STORE_MODULES = {"data/storage.py", *(f"data/store/{m}.py" for m in ("core", "batches", "versions", "runs", "predictions"))}
+STORE_MODULES = {
+    "data/storage.py",
+    *(f"data/store/{m}.py" for m in ("core", "batches", "versions", "runs", "predictions")),
+}
 LAYOUT = re.compile(r"^(models|batches|sweeps|stream|quarantine|locks|predictions)/|^member-")
 MARKERS = {"CURRENT", "store.json", "manifest.json", "batch.json", "data.parquet", "reason.txt", "sweep.yaml"}
 PRIVATE_STORE = re.compile(r"\.(_path|_read|_read_json|_write|_write_json|_exists|_list\w*|_fs|_root|_claim|_delete)\b")

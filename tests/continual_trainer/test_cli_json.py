@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -103,6 +104,9 @@ def test_every_command_prints_json_on_its_last_line(tmp_path: Path, inputs, caps
     served = serve_json(store)
     assert served["version"] == next(v["version"] for v in run_json(capsys, "history", "--store", store)["versions"]
                                      if v["current"])  # fmt: skip
+    pq.write_table(pa.table({"id": ["a", "b"], "y": [0, 1]}), "labels.parquet")
+    labelled = run_json(capsys, "label", "--store", store, "--data", "labels.parquet")
+    assert (labelled["unknown"], labelled["matched"], labelled["batch"]) == (2, 0, None)  # nothing served yet
     assert set(build_parser()._subparsers._group_actions[0].choices) <= COMMANDS_TESTED
 
 
