@@ -59,6 +59,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _live_value(metric: Mapping[str, Any]) -> str:
+    """`accuracy 0.912` or `rmse 3.1` from a live metric; – without rows."""
+    name = "rmse" if "rmse" in metric else "accuracy"
+    return f"{name} {metric[name]:.3f}" if metric.get("rows") else "–"
+
+
 def _stat(value: Any) -> str:
     """A statistic in three significant digits (p-values can be tiny)."""
     return "–" if value is None else f"{value:.3g}"
@@ -125,6 +131,17 @@ def _sections(
         ]
         for p in promotions
     ]
+    live = [
+        [
+            h["version"],
+            role,
+            _live_value(m),
+            str(m.get("rows", 0)),
+            _live_value(m["served"]) if role == "shadow" else "",
+        ]
+        for h in history
+        for role, m in (h.get("live") or {}).items()
+    ]
     current = store.current()
     n_fired = sum(1 for e in events if any(d.get("fire") for d in (e.get("triggers") or {}).values()))
     summary = (
@@ -168,6 +185,19 @@ def _sections(
             "Promotions",
             "Every change of the current version, by whom and why.",
             (["time", "version", "previous", "by", "reason"], moves),
+        ),
+        *(
+            [
+                (
+                    "Live traffic",
+                    "Rows `ctrain serve` answered whose labels arrived later (`ctrain label`): each version's live "
+                    "metric on the rows it answered, and a shadow candidate's on the rows it scored beside the "
+                    "served version (with the served version's on the same rows).",
+                    (["version", "as", "live metric", "labelled rows", "served on the same rows"], live),
+                )
+            ]
+            if live
+            else []
         ),
     ]
 

@@ -31,6 +31,7 @@ BENCHMARKS = (
     "bench_stream_once.py",
     "bench_grid.py",
     "bench_serve.py",
+    "bench_serve_log.py",
     "bench_sharded.py",
     "bench_averaging.py",
 )

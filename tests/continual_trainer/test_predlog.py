@@ -117,6 +117,12 @@ def test_labels_join_the_log_into_a_batch_that_records_where_it_came_from(tiny_s
     assert (again["matched"], again["duplicated"], again["batch"]) == (0, 31, None)
     late = store.label(labels.slice(30, 10), key="id", late_after=0.0)  # an Arrow table; labels after 0 s are late
     assert (late["matched"], late["late"]) == (10, 10)
+    page = store.write_report(str(tmp_path / "report"))
+    text = (Path(page["page"]).parent / "report.md").read_text()
+    assert (
+        f"| {version} | served | accuracy {(expected * 30 + late['live'][version]['accuracy'] * 10) / 40:.3f} | 40 |"
+        in text
+    )
 
 
 def test_a_shadow_scores_every_request_and_is_promoted_once_labels_show_it_no_worse(tiny_store: str) -> None:
@@ -167,3 +173,31 @@ def test_label_through_the_cli_reports_counts_and_mistakes_in_one_line(
     with pytest.raises(SystemExit) as exit_:
         main([*given, "--key", "key", "--late-after", "soon"])
     assert exit_.value.code == 2 and "not a duration" in capsys.readouterr().err
+
+
+def test_a_version_that_loads_but_cannot_score_is_refused_at_warm_up(
+    tiny_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    import continual_trainer.serve as serving
+
+    store = open_store(tiny_store)
+    first = store.current
+    bad = store.update("finetune_new", epochs=2, promote="never").version
+    real = serving.stored_candidate
+
+    class CannotScore:
+        def predict(self, x: dict, n_classes: int) -> np.ndarray:
+            raise ValueError("input shape mismatch")
+
+    def stored(s: Store, version: str):
+        return SimpleNamespace(for_scoring=CannotScore) if version == bad else real(s, version)
+
+    monkeypatch.setattr(serving, "stored_candidate", stored)
+    served = Served(tiny_store, log_sample=0)
+    served.start()
+    store.promote(bad)
+    assert served.refresh() is False
+    assert served.current.version == first and "input shape mismatch" in served.refused[bad]
+    served.stop()
