@@ -407,13 +407,31 @@ class ModelStore:
             on_where(executor.where)
         return [asdict(e) for e in events]
 
-    def drift(self, data: Any, *, trigger: str = "performance,features", **trigger_params: Any) -> dict[str, Any]:
+    def drift(
+        self,
+        data: Any = None,
+        *,
+        served: bool = False,
+        since: float | None = None,
+        trigger: str | None = None,
+        **trigger_params: Any,
+    ) -> dict[str, Any]:
         """Ask triggers whether a labelled batch (a file, Arrow table or DataFrame) differs from
-        what the current model learned, without keeping it: {trigger: {fire, statistic, detail}}."""
-        from continual_trainer.commands import drift
+        what the current model learned, without keeping it (`trigger` default
+        "performance,features"); or, with `served=True`, whether the rows `serve` answered do
+        (the prediction log, the last `since` seconds of it; triggers that need no labels,
+        default "features"). Returns {"fire", trigger: {fire, statistic, detail}}."""
+        from continual_trainer.commands import drift, served_drift
 
+        if served:
+            if data is not None:
+                raise UserError("drift: give data or served=True, not both")
+            return served_drift(self._store(), trigger or "features", trigger_params, since)
+        if data is None:
+            raise UserError("drift: give the data to judge, or served=True for the served rows")
         source = data if isinstance(data, str) else "the data"
-        return drift(self._store(), data if isinstance(data, str) else _table(data), trigger, trigger_params, source)
+        table = data if isinstance(data, str) else _table(data)
+        return drift(self._store(), table, trigger or "performance,features", trigger_params, source)
 
     def report(self, out: str | None = None) -> str:
         """Write `ctrain report`'s page, Markdown and plots (by default into the store under

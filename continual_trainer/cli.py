@@ -401,6 +401,25 @@ def cmd_label(args: argparse.Namespace) -> None:
     _emit(args, "" if args.json else text, r)
 
 
+def cmd_drift(args: argparse.Namespace) -> None:
+    import continual_trainer as ct
+
+    if not args.data and not args.served:
+        raise UserError.about("data", None, "give --data FILE (labelled rows) or --served (the rows serve answered)")
+    store = ct.open_store(args.store)
+    settings = _settings(args.trigger_set)
+    r = store.drift(None if args.served else args.data, served=args.served, since=args.since,
+                    trigger=args.trigger, **settings)  # fmt: skip
+    lines = [
+        f"{name}: {'fired' if d['fire'] else 'quiet'}, statistic {_fmt(d.get('statistic'))}; {d.get('detail', '')}"
+        for name, d in r.items()
+        if isinstance(d, dict)
+    ]
+    head = f"{r['rows']} served row(s): " if "rows" in r else ""
+    verdict = "drifted from what the current version learned" if r["fire"] else "no drift"
+    _emit(args, "" if args.json else "\n".join([f"{head}{verdict}", *lines]), r)
+
+
 def _live_text(metric: dict[str, Any]) -> str:
     """`accuracy 0.912 on 500 rows` (or RMSE) from a live metric."""
     name = "rmse" if "rmse" in metric else "accuracy"
@@ -859,6 +878,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=_checked(Interval(float, 0.0, low_open=True)),
         default=1.0,
         help="on Ray: CPUs per replica",
+    )
+
+    c = command("drift", cmd_drift, "ask the triggers whether rows drifted, keeping nothing", needs_tf=False)
+    c.add_argument("--store", required=True)
+    source = c.add_mutually_exclusive_group()
+    source.add_argument("--data", help="a labelled Parquet file to judge")
+    source.add_argument("--served", action="store_true", help="judge the rows serve answered (the prediction log)")
+    c.add_argument("--since", type=_duration, help="with --served: only the rows of this last while, e.g. 24h")
+    c.add_argument("--trigger", help="triggers (default performance,features; with --served, features)")
+    c.add_argument(
+        "--trigger-set", action="append", metavar="KEY=VALUE", help="a parameter for every trigger that has it"
     )
 
     c = command("label", cmd_label, "join delayed labels to the prediction log and ingest them", needs_tf=False)

@@ -103,10 +103,14 @@ TriggerFn = Callable[[Observation, Any, Mapping[str, Any]], Decision]
 
 @dataclass(frozen=True)
 class Trigger:
+    """A registered trigger; `needs_labels` says whether it reads the rows' labels (the
+    current model's loss on them), so whether it can judge served traffic, which has none."""
+
     name: str
     params: type
     fn: TriggerFn
     summary: str
+    needs_labels: bool = True
 
     def make_params(self, values: Mapping[str, Any] | None = None) -> Any:
         return P.build_for(self.name, self.params, values, "trigger_params")
@@ -115,11 +119,11 @@ class Trigger:
 _TRIGGERS = Registry[Trigger]("trigger", "trigger")
 
 
-def register(name: str, params: type, summary: str) -> Callable[[TriggerFn], TriggerFn]:
+def register(name: str, params: type, summary: str, needs_labels: bool = True) -> Callable[[TriggerFn], TriggerFn]:
     """Register `fn(observation, params, state) -> Decision` under `name`."""
 
     def decorate(fn: TriggerFn) -> TriggerFn:
-        _TRIGGERS.add(name, Trigger(name, params, fn, summary))
+        _TRIGGERS.add(name, Trigger(name, params, fn, summary, needs_labels))
         return fn
 
     return decorate
@@ -141,7 +145,7 @@ class NoParams(Params):
     """A trigger without parameters."""
 
 
-@register("always", NoParams, "every file")
+@register("always", NoParams, "every file", needs_labels=False)
 def always(obs: Observation, params: NoParams, state: Mapping[str, Any]) -> Decision:
     return Decision(True, None, "every file")
 
@@ -152,7 +156,7 @@ class EveryParams(Params):
     rows: int = param(0, Interval(int, 0), "... or once this many rows arrived since the last update (0: off)")
 
 
-@register("every", EveryParams, "every N files or N rows")
+@register("every", EveryParams, "every N files or N rows", needs_labels=False)
 def every(obs: Observation, params: EveryParams, state: Mapping[str, Any]) -> Decision:
     by_rows = params.rows > 0 and obs.rows_since_update >= params.rows
     fire = obs.files_since_update >= params.files or by_rows
@@ -248,7 +252,7 @@ class FeaturesParams(Params):
     multivariate: bool = param(True, Boolean(), "also a domain classifier over all numeric inputs")
 
 
-@register("features", FeaturesParams, "the new rows' features differ from those the model learned")
+@register("features", FeaturesParams, "the new rows' features differ from those the model learned", needs_labels=False)
 def features(obs: Observation, params: FeaturesParams, state: Mapping[str, Any]) -> Decision:
     from scipy import stats
 

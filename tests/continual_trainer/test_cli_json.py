@@ -104,6 +104,8 @@ def test_every_command_prints_json_on_its_last_line(tmp_path: Path, inputs, caps
     served = serve_json(store)
     assert served["version"] == next(v["version"] for v in run_json(capsys, "history", "--store", store)["versions"]
                                      if v["current"])  # fmt: skip
+    drift = run_json(capsys, "drift", "--store", store, "--data", inputs["new"], "--trigger", "features")
+    assert set(drift) == {"fire", "features"} and isinstance(drift["fire"], bool)
     pq.write_table(pa.table({"id": ["a", "b"], "y": [0, 1]}), "labels.parquet")
     labelled = run_json(capsys, "label", "--store", store, "--data", "labels.parquet")
     assert (labelled["unknown"], labelled["matched"], labelled["batch"]) == (2, 0, None)  # nothing served yet

@@ -201,3 +201,31 @@ def test_a_version_that_loads_but_cannot_score_is_refused_at_warm_up(
     assert served.refresh() is False
     assert served.current.version == first and "input shape mismatch" in served.refused[bad]
     served.stop()
+
+
+def test_served_traffic_that_moved_fires_the_features_trigger_without_labels(
+    tiny_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from continual_trainer.cli import main
+
+    store = open_store(tiny_store)
+    with pytest.raises(UserError, match="no served rows"):
+        store.drift(served=True)
+    served = Served(tiny_store)
+    served.start()
+    like_training = make_table(seed=0).drop(["y"])  # init's rows: the distribution the model learned
+    _serve(served, like_training, per_request=40)
+    served.stop()
+    quiet = store.drift(served=True)
+    assert quiet["rows"] == 120 and not quiet["fire"] and not quiet["features"]["fire"], quiet
+    time.sleep(1.1)
+    served = Served(tiny_store)
+    served.start()
+    _serve(served, make_table(seed=0, shift=2.0).drop(["y"]), per_request=40)
+    served.stop()
+    moved = store.drift(served=True, since=1.0)  # the last second: the moved rows only
+    assert moved["rows"] == 120 and moved["fire"] and "most shifted" in moved["features"]["detail"]
+    assert main(["drift", "--store", tiny_store, "--served", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["rows"] == 240
+    assert main(["drift", "--store", tiny_store, "--served", "--trigger", "performance"]) == 2
+    assert "needs labels" in capsys.readouterr().err
