@@ -340,6 +340,7 @@ class ModelStore:
         promote_on: str = "holdout",
         scale: bool = True,
         memory_budget: int | str | None = None,
+        label_key: str | None = None,
         once: bool = True,
         interval: float = 5.0,
         on_where: Callable[[str], None] | None = None,
@@ -363,6 +364,8 @@ class ModelStore:
             scale: above 5,000 training rows, size batch, learning rate, early stopping and a
                 time budget to the rows (parameters given here are kept as given).
             memory_budget: as `update`'s: above it the candidates read the store a chunk at a time.
+            label_key: an inbox file with this column and the label but no features is delayed
+                labels, joined to the prediction log (as `label`) into the file's batch.
             on_where: called with where the work runs: before the first file (as planned),
                 and again at the end (where it ran: e.g. a local Ray, if one was started).
             on_event: called with each file's event (a `StreamEvent`) as it is recorded.
@@ -389,6 +392,7 @@ class ModelStore:
             promote_on,
             scale,
             budget,
+            label_key,
         )
         executor = deferred_executor(executor_name(ray))
         mirror = self._mirror

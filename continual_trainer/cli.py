@@ -599,6 +599,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
         promote_on=args.promote_on,
         scale=not args.fixed_settings,
         memory_budget=args.memory_budget,
+        label_key=args.label_key,
         once=args.once,
         interval=args.interval,
         on_where=at,
@@ -721,6 +722,11 @@ def build_parser() -> argparse.ArgumentParser:
         "parallel and promote the winner if it beats the current model",
     )
     c.add_argument("--candidates", help="comma-separated strategies for --policy best")
+    c.add_argument(
+        "--label-key",
+        metavar="COL",
+        help="files with this column and the label but no features are delayed labels, joined to the prediction log",
+    )
     c.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="a parameter for every strategy that has it (repeatable)"
     )

@@ -249,13 +249,14 @@ def join_labels(
     key: str = "id",
     label: str | None = None,
     late_after: float = 7 * 86400.0,
+    source: str | None = None,
 ) -> Labelled:
     """Join the labels in `data` (a Parquet file or a table with `key` and `label` columns;
     `label` defaults to the store's label) to the prediction log and ingest the matched rows as a
     new batch. Keys already labelled, or repeated in the file, count as duplicated (the first is
     kept); keys the log does not hold as unknown; matched rows logged more than `late_after`
-    seconds ago as late (they are kept: a label is a label)."""
-    source = data if isinstance(data, str) else "labels"
+    seconds ago as late (they are kept: a label is a label). `source` names a table in messages."""
+    source = data if isinstance(data, str) else source or "labels"
     table = load_table(data)[1] if isinstance(data, str) else data
     source = redact(source)
     schema = store.schema

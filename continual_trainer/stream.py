@@ -23,11 +23,11 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from continual_trainer import strategies
-from continual_trainer.data.batches import ingest_bytes
+from continual_trainer.data.batches import IngestResult, ingest_bytes
 from continual_trainer.data.chunks import StoredRows, StoredUnion
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import Manifest
-from continual_trainer.data.parquet import redact, resolve
+from continual_trainer.data.parquet import redact, resolve, table_from_bytes
 from continual_trainer.data.rows import Rows, RowSource
 from continual_trainer.data.storage import Store, sha256
 from continual_trainer.executor import Executor, Failure, Job, WorkFailed, result_or_raise
@@ -112,6 +112,8 @@ class Policy:
         memory_budget: bytes an update's training rows may take in memory (default
             `updatedata.default_memory_budget`); above it the candidates read the store a chunk
             at a time.
+        label_key: a file holding this column and the label but not the features is delayed
+            labels: joined to the prediction log (`ctrain label`), the joined rows are its batch.
     """
 
     def __init__(
@@ -125,10 +127,12 @@ class Policy:
         on: str = "holdout",
         scale: bool = True,
         memory_budget: int | None = None,
+        label_key: str | None = None,
     ) -> None:
         if on not in JUDGED_ON:
             raise UserError.about("promote_on", on, f"choose one of {', '.join(JUDGED_ON)}")
         self.on = on
+        self.label_key = label_key
         self.name = name
         self.seed = seed
         self.gate = gate
@@ -242,7 +246,7 @@ def _process(
 ) -> StreamEvent:
     event = StreamEvent(name, digest, "rejected")
     try:
-        result = ingest_bytes(store, name, data)
+        result = _labels(store, name, data, policy.label_key) or ingest_bytes(store, name, data)
     except UserError as exc:
         event.reason = str(exc)
     else:
@@ -254,6 +258,33 @@ def _process(
     event.seconds = time.perf_counter() - start
     store.record_stream_event(digest, asdict(event))
     return event
+
+
+def _labels(store: Store, name: str, data: bytes, key: str | None) -> IngestResult | None:
+    """With a label key, a file of keys and labels (no feature columns) joined to the prediction
+    log into a batch; None for any other file. UserError if none of its labels matched."""
+    if key is None:
+        return None
+    import io
+
+    import pyarrow.parquet as pq
+
+    from continual_trainer.predlog import join_labels
+
+    try:
+        columns = set(pq.read_schema(io.BytesIO(data)).names)
+    except Exception:
+        return None
+    schema = store.schema
+    if key not in columns or schema.label not in columns or set(schema.features) <= columns:
+        return None
+    joined = join_labels(store, table_from_bytes(data, name), key=key, source=name)
+    if joined.batch is None:
+        raise UserError(
+            f"{name}: none of its {joined.labels} label(s) matched the prediction log "
+            f"({joined.unknown} unknown, {joined.duplicated} duplicated)"
+        )
+    return IngestResult(joined.batch, joined.matched, joined.added)
 
 
 def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent, batch: str) -> None:

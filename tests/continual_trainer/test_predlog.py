@@ -229,3 +229,24 @@ def test_served_traffic_that_moved_fires_the_features_trigger_without_labels(
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["rows"] == 240
     assert main(["drift", "--store", tiny_store, "--served", "--trigger", "performance"]) == 2
     assert "needs labels" in capsys.readouterr().err
+
+
+def test_a_stream_takes_label_files_from_its_inbox_and_learns_the_joined_rows(tiny_store: str, tmp_path: Path) -> None:
+    served = Served(tiny_store, id_column="id")
+    served.start()
+    rows, labels = _rows(40, seed=9)
+    _serve(served, rows)
+    served.stop()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    pq.write_table(labels, inbox / "a-labels.parquet")
+    pq.write_table(pa.table({"id": ["nobody"], "y": [1]}), inbox / "b-unknown-labels.parquet")
+    store = open_store(tiny_store)
+    events = store.stream(str(inbox), policy="finetune_new", trigger="always", label_key="id", epochs=2)
+    first, second = events
+    assert first["status"] in ("updated", "kept") and first["rows"] == 40
+    origin = Store.open(tiny_store).batch_info(first["batch"])["origin"]
+    assert origin["kind"] == "prediction-log" and origin["labels"] == "a-labels.parquet"
+    assert second["status"] == "rejected" and "none of its 1 label(s) matched" in second["reason"]
+    learned = Store.open(tiny_store).manifest(first["version"]).batches_seen
+    assert first["batch"] in learned
