@@ -341,10 +341,12 @@ class ModelStore:
         scale: bool = True,
         memory_budget: int | str | None = None,
         label_key: str | None = None,
+        watch_served: bool = False,
         once: bool = True,
         interval: float = 5.0,
         on_where: Callable[[str], None] | None = None,
         on_event: Callable[[StreamEvent], None] | None = None,
+        on_served: Callable[[dict[str, Any]], None] | None = None,
         params: Mapping[str, Any] | None = None,
         **more_params: Any,
     ) -> list[dict[str, Any]]:
@@ -366,6 +368,9 @@ class ModelStore:
             memory_budget: as `update`'s: above it the candidates read the store a chunk at a time.
             label_key: an inbox file with this column and the label but no features is delayed
                 labels, joined to the prediction log (as `label`) into the file's batch.
+            watch_served: on every pass, also judge the rows `serve` logged since the last look
+                (at least 500) with the label-free triggers among `trigger` (else `features`);
+                each verdict is kept in the store's event log and given to `on_served`.
             on_where: called with where the work runs: before the first file (as planned),
                 and again at the end (where it ran: e.g. a local Ray, if one was started).
             on_event: called with each file's event (a `StreamEvent`) as it is recorded.
@@ -406,7 +411,16 @@ class ModelStore:
         if on_where is not None:
             on_where(executor.where)
         with self._reporting("stream"):
-            events = run_stream(self.uri, inbox, chosen, executor, once=once, interval=interval, on_event=recorded)
+            events = run_stream(
+                self.uri,
+                inbox,
+                chosen,
+                executor,
+                once=once,
+                interval=interval,
+                on_event=recorded,
+                on_served=(on_served or (lambda verdict: None)) if watch_served else None,
+            )
         if on_where is not None:
             on_where(executor.where)
         return [asdict(e) for e in events]

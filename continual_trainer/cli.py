@@ -585,6 +585,16 @@ def cmd_stream(args: argparse.Namespace) -> None:
         if not args.json:
             print(event.line(), flush=True)
 
+    served: list[dict[str, Any]] = []
+
+    def on_served(verdict: dict[str, Any]) -> None:
+        served.append(verdict)
+        if not args.json:
+            said = "; ".join(f"{n}: {d.get('detail', '')}" for n, d in verdict.items() if isinstance(d, dict))
+            state = "drifted from what the current version learned" if verdict["fire"] else "steady"
+            print(f"served traffic ({verdict['rows']} rows, {verdict['from'][:19]} to {verdict['to'][:19]}): "
+                  f"{state}; {said}", flush=True)  # fmt: skip
+
     recorded = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True).stream(
         args.inbox,
         policy=args.policy,
@@ -600,15 +610,17 @@ def cmd_stream(args: argparse.Namespace) -> None:
         scale=not args.fixed_settings,
         memory_budget=args.memory_budget,
         label_key=args.label_key,
+        watch_served=args.watch_served,
         once=args.once,
         interval=args.interval,
         on_where=at,
         on_event=on_event,
+        on_served=on_served,
         params=_settings(args.set),
     )
     if events and all(e.status in ("rejected", "failed") for e in events):
         raise UserError(f"none of the {len(events)} new file(s) was learned; first: {events[0].line()}")
-    _emit(args, "", {"events": recorded, "executor": where[-1]})
+    _emit(args, "", {"events": recorded, "executor": where[-1], **({"served": served} if args.watch_served else {})})
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -726,6 +738,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-key",
         metavar="COL",
         help="files with this column and the label but no features are delayed labels, joined to the prediction log",
+    )
+    c.add_argument(
+        "--watch-served",
+        action="store_true",
+        help="also judge the traffic serve logged since the last look (the label-free triggers, else features)",
     )
     c.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="a parameter for every strategy that has it (repeatable)"

@@ -383,34 +383,16 @@ def served_drift(
     """The triggers' decisions on the rows `ctrain serve` answered (the prediction log, those of
     the last `since` seconds) against what the current model learned; triggers that read
     labels cannot judge them (UserError)."""
-    import pyarrow.compute as pc
-
-    from continual_trainer.predlog import TIME, read_log
-    from continual_trainer.stream import observe
+    from continual_trainer.predlog import served_rows
+    from continual_trainer.stream import judge_served
     from continual_trainer.triggers import TriggerSet
 
     triggers = TriggerSet.parse(trigger, values)
-    labelled = [t.name for t, _ in triggers.triggers if t.needs_labels]
-    if labelled:
-        raise UserError.about("trigger", ",".join(labelled), "needs labels; served rows have none (use features)")
-    schema = store.schema
-    table = read_log(store, [*schema.features, TIME])
-    if table is not None and since is not None:
-        now = pa.scalar(int((time.time() - since) * 1000), pa.timestamp("ms", tz="UTC"))
-        table = table.filter(pc.greater_equal(table.column(TIME), now))
-    if table is None or table.num_rows == 0:
+    table = served_rows(store, None if since is None else time.time() - since)
+    if table is None:
         window = f" in the last {since:g} s" if since is not None else ""
         raise UserError(f"{store.display}: the prediction log holds no served rows{window}; serve first")
-    n = table.num_rows
-    rows = Rows(
-        schema.inputs(table), np.zeros(n, np.float32 if schema.is_regression else np.int32), np.zeros(n, np.int32)
-    )
-    update_data = load_update_data(store, require_new=False, params=[])
-    current = stored_candidate(store, update_data.parent).for_scoring()
-    pred = current.predict(rows.x, update_data.n_classes)
-    observation = observe(update_data, current, rows, pred, manifest=store.manifest(update_data.parent))
-    fire, decisions = triggers.decide(observation, {})
-    return {"fire": fire, "rows": n, **{name: d.to_json() for name, d in decisions.items()}}
+    return judge_served(store, table, triggers)
 
 
 def store_report(uri: str, out: str | None = None) -> tuple[str, list[str]]:

@@ -44,6 +44,7 @@ VERSION = "ctrain_version"
 PREDICTION = "ctrain_prediction"
 SHADOW_VERSION = "ctrain_shadow_version"
 SHADOW_PREDICTION = "ctrain_shadow_prediction"
+TIME_TYPE = pa.timestamp("ms", tz="UTC")
 LOG_COLUMNS = (KEY, REQUEST, TIME, VERSION, PREDICTION, SHADOW_VERSION, SHADOW_PREDICTION)
 
 
@@ -157,7 +158,7 @@ class PredictionLog:
         extra = {
             KEY: pa.array(item.keys, pa.string()),
             REQUEST: pa.array([item.request] * n, pa.string()),
-            TIME: pa.array(np.full(n, int(item.when * 1000), "datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
+            TIME: pa.array(np.full(n, int(item.when * 1000), "datetime64[ms]"), TIME_TYPE),
             VERSION: pa.array([item.version] * n, pa.string()),
             PREDICTION: pa.array(item.predictions, kind),
             SHADOW_VERSION: pa.array([item.shadow_version] * n, pa.string()),
@@ -191,10 +192,11 @@ def _take(item: Logged, keep: list[int]) -> Logged:
     )  # fmt: skip
 
 
-def read_log(store: Store, columns: list[str] | None = None) -> pa.Table | None:
-    """The whole prediction log (or some of its columns), oldest first; None if it is empty."""
+def read_log(store: Store, columns: list[str] | None = None, names: list[str] | None = None) -> pa.Table | None:
+    """The whole prediction log (or some of its columns; or the files `names`), oldest first;
+    None if it is empty."""
     tables = []
-    for name in store.prediction_logs():
+    for name in store.prediction_logs() if names is None else names:
         try:
             tables.append(pq.read_table(io.BytesIO(store.read_prediction_log(name)), columns=columns))
         except FileNotFoundError:
@@ -202,6 +204,15 @@ def read_log(store: Store, columns: list[str] | None = None) -> pa.Table | None:
         except (pa.ArrowException, OSError) as exc:
             log.warning("prediction log file %s is unreadable (%s); skipped", name, exc)
     return pa.concat_tables(tables, promote_options="permissive") if tables else None
+
+
+def served_rows(store: Store, after: float | None = None, names: list[str] | None = None) -> pa.Table | None:
+    """The logged rows' features and times (those served after `after`, seconds since the
+    epoch; of the log files `names`), oldest first; None if there are none."""
+    table = read_log(store, [*store.schema.features, TIME], names)
+    if table is not None and after is not None:
+        table = table.filter(pc.greater(table.column(TIME), pa.scalar(int(after * 1000), TIME_TYPE)))
+    return table if table is not None and table.num_rows else None
 
 
 @dataclass

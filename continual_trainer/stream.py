@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from continual_trainer import strategies
@@ -478,6 +479,56 @@ def _stored_reference(held: RowSource, manifest: Manifest | None) -> Rows:
     return StoredRows.of(holdout.parts[0].store, kept, "holdout").load()
 
 
+def judge_served(store: Store, table: Any, triggers: TriggerSet) -> dict[str, Any]:
+    """The decisions of `triggers` (none may need labels) on served rows (`table`: the feature
+    columns) against what the current model learned: {"fire", "rows", trigger: decision}."""
+    labelled = [t.name for t, _ in triggers.triggers if t.needs_labels]
+    if labelled:
+        raise UserError.about("trigger", ",".join(labelled), "needs labels; served rows have none (use features)")
+    schema = store.schema
+    n = table.num_rows
+    y = np.zeros(n, np.float32 if schema.is_regression else np.int32)
+    rows = Rows(schema.inputs(table), y, np.zeros(n, np.int32))
+    data = load_update_data(store, require_new=False, params=[])
+    current = stored_candidate(store, data.parent).for_scoring()
+    pred = current.predict(rows.x, data.n_classes)
+    observation = observe(data, current, rows, pred, manifest=store.manifest(data.parent))
+    fire, decisions = triggers.decide(observation, {})
+    return {"fire": fire, "rows": n, **{name: d.to_json() for name, d in decisions.items()}}
+
+
+SERVED_ROWS = 500  # served rows a stream waits for before it judges them
+
+
+def watch_served(store: Store, triggers: TriggerSet, min_rows: int = SERVED_ROWS) -> dict[str, Any] | None:
+    """Judge the rows of the log files written since the last look (once at least `min_rows`
+    wait) with the label-free triggers among `triggers` (else `features`); the verdict is kept
+    in the store's event log (`served-drift`, naming the last file judged) and returned; None
+    while too few rows wait."""
+    from continual_trainer.predlog import TIME, served_rows
+
+    label_free = TriggerSet(tuple((t, p) for t, p in triggers.triggers if not t.needs_labels), triggers.combine)
+    if not label_free.triggers:
+        label_free = TriggerSet.parse("features")
+    looked = store.events("served-drift")
+    last_file = str(looked[-1].get("last_file", "")) if looked else ""
+    names = [n for n in store.prediction_logs() if n > last_file]
+    table = served_rows(store, names=names) if names else None
+    if table is None or table.num_rows < min_rows:
+        return None
+    times = table.column(TIME)
+    verdict = {
+        **judge_served(store, table, label_free),
+        "from": pc.min(times).as_py().isoformat(),
+        "to": pc.max(times).as_py().isoformat(),
+        "files": len(names),
+        "last_file": names[-1],
+        "version": store.current(),
+    }
+    store.record_event("served-drift", verdict)
+    return verdict
+
+
 def run_stream(
     store_uri: str,
     inbox: str,
@@ -487,8 +538,11 @@ def run_stream(
     once: bool = False,
     interval: float = 5.0,
     on_event: Callable[[StreamEvent], None] | None = None,
+    on_served: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[StreamEvent]:
-    """Process the inbox until interrupted (or, with `once`, until it holds nothing new)."""
+    """Process the inbox until interrupted (or, with `once`, until it holds nothing new). With
+    `on_served`, also judge the traffic `ctrain serve` logged since the last look (see
+    `watch_served`) on every pass, and call it with each verdict."""
     store = Store.open(store_uri)
     events: list[StreamEvent] = []
     while True:
@@ -498,6 +552,10 @@ def run_stream(
                 events.append(event)
                 if on_event is not None:
                     on_event(event)
+        if on_served is not None:
+            verdict = watch_served(store, policy.triggers)
+            if verdict is not None:
+                on_served(verdict)
         if once:
             return events
         time.sleep(interval)

@@ -250,3 +250,34 @@ def test_a_stream_takes_label_files_from_its_inbox_and_learns_the_joined_rows(ti
     assert second["status"] == "rejected" and "none of its 1 label(s) matched" in second["reason"]
     learned = Store.open(tiny_store).manifest(first["version"]).batches_seen
     assert first["batch"] in learned
+
+
+def test_a_stream_watching_served_traffic_judges_each_log_file_once_and_fires_when_it_moved(
+    tiny_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from continual_trainer.cli import main
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    argv = ["stream", "--store", tiny_store, "--inbox", str(inbox), "--once", "--watch-served"]
+    argv += ["--trigger", "performance,features"]
+
+    def serve_rows(table: pa.Table) -> None:
+        served = Served(tiny_store)
+        served.start()
+        _serve(served, pa.concat_tables([table] * 5), per_request=100)  # 600 rows: enough to judge
+        served.stop()
+
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["served"] == []  # nothing served yet
+    serve_rows(make_table(seed=0).drop(["y"]))  # what the model learned
+    assert main([*argv, "--json"]) == 0
+    (steady,) = json.loads(capsys.readouterr().out.splitlines()[-1])["served"]
+    assert steady["rows"] == 600 and steady["fire"] is False and "performance" not in steady
+    assert main([*argv, "--json"]) == 0  # the same files are not judged again
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["served"] == []
+    serve_rows(make_table(seed=0, shift=2.0).drop(["y"]))
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "served traffic (600 rows" in out and "drifted from what the current version learned" in out
+    assert [e["fire"] for e in Store.open(tiny_store).events("served-drift")] == [False, True]
