@@ -47,8 +47,9 @@ def wait(port: int) -> None:
     raise TimeoutError(f"port {port} never became ready")
 
 
-def load(port: int, body: bytes, clients: int, requests: int, seconds: float) -> dict:
-    """`requests` POSTs of `body` from `clients` threads (bounded by `seconds`): latencies, failures."""
+def load(port: int, body: bytes, clients: int, requests: int, seconds: float, kind: str = "application/json") -> dict:
+    """`requests` POSTs of `body` (content type `kind`) from `clients` threads (bounded by
+    `seconds`): latencies, failures."""
     latencies: list[float] = []
     failed = [0]
     left = [requests]
@@ -64,7 +65,7 @@ def load(port: int, body: bytes, clients: int, requests: int, seconds: float) ->
                 left[0] -= 1
             start = time.perf_counter()
             try:
-                conn.request("POST", "/predict", body, {"content-type": "application/json"})
+                conn.request("POST", "/predict", body, {"content-type": kind})
                 response = conn.getresponse()
                 response.read()
                 ok = response.status == 200
