@@ -634,7 +634,9 @@ class ModelStore:
         return promote_by_hand(self._store(), version, reason)[0]
 
     def rollback(self, to: str | None = None, *, reason: str = "") -> str:
-        """Make the current version's parent (or `to`) current; returns its id."""
+        """Undo the last change of the current version (back to what was current before it; a
+        second call redoes it), or make `to` current (`"parent"`: the lineage parent); returns
+        the id made current."""
         from continual_trainer.promotion import rollback
 
         return rollback(self._store(), to, reason)[0]

@@ -981,9 +981,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("version", help="an id, parent, or a unique prefix or suffix of an id")
     c.add_argument("--reason", help="why, kept in the store's event log")
 
-    c = command("rollback", cmd_rollback, "make the current version's parent current again", needs_tf=False)
+    c = command(
+        "rollback", cmd_rollback, "undo the last promotion: what was current before is current again", needs_tf=False
+    )
     c.add_argument("--store", required=True)
-    c.add_argument("--to", metavar="VERSION", help="another version to roll back to")
+    c.add_argument(
+        "--to", metavar="VERSION", help="a version to make current instead; parent: the current version's parent"
+    )
     c.add_argument("--reason", help="why, kept in the store's event log")
 
     c = command("gc", cmd_gc, "delete old versions that were never promoted", needs_tf=False)

@@ -157,16 +157,38 @@ def promote_by_hand(store: Store, ref: str, reason: str = "") -> tuple[str, str 
 
 
 def rollback(store: Store, to: str | None = None, reason: str = "") -> tuple[str, str]:
-    """`ctrain rollback`: make the current version's parent current (or `to`); returns (version,
-    the version it replaced). Walking back again goes one more step up the lineage."""
+    """`ctrain rollback`: undo the last change of the current version, making current what was
+    current before it (the event log knows; a second rollback redoes it, as `kubectl rollout
+    undo` does), or make `to` current (`parent`: the current version's parent in its lineage).
+    Returns (version, the version it replaced)."""
     previous = store.current()
     if previous is None:
         raise UserError(f"{store.display}: no current version to roll back from")
-    version = store.resolve(to) if to else store.resolve("parent")
+    version = store.resolve(to) if to else _current_before(store, previous)
     if version == previous:
         raise UserError(f"{store.display}: {version} is already the current version")
     _swap(store, version, previous, "rollback", reason or f"rolled back from {previous}")
     return version, previous
+
+
+def _current_before(store: Store, current: str) -> str:
+    """The version that was current before the last change made `current` current."""
+    for event in reversed(store.events("promote")):
+        if event.get("version") != current:
+            continue
+        before = event.get("previous")
+        if not isinstance(before, str) or not before:
+            raise UserError(
+                f"{store.display}: {current} was the store's first current version; nothing to undo "
+                "(use --to VERSION, e.g. --to parent)"
+            )
+        if before not in store.versions():
+            raise UserError(
+                f"{store.display}: {before}, current before {current}, no longer exists (deleted by gc); "
+                "use --to VERSION"
+            )
+        return before
+    return store.resolve("parent")  # a store without events of its promotions: the lineage
 
 
 def _swap(store: Store, version: str, previous: str | None, by: str, reason: str) -> None:

@@ -126,13 +126,17 @@ def _store_with_versions(tmp_path: Path, capsys) -> tuple[str, list[str]]:
     return store, versions
 
 
+def test_rollback_of_the_first_current_version_says_there_is_nothing_to_undo(tiny_store: str, capsys) -> None:
+    err = run(capsys, "rollback", "--store", tiny_store, code=2)["error"]
+    assert "was the store's first current version; nothing to undo" in err
+
+
 def test_promote_rollback_and_version_references(tmp_path: Path, capsys) -> None:
     store, (init, fresh1, tune1, fresh2, tune2) = _store_with_versions(tmp_path, capsys)
     assert Store.open(store).current() == tune2
-    assert run(capsys, "rollback", "--store", store) == {"version": tune1, "previous": tune2}
-    assert run(capsys, "rollback", "--store", store, "--reason", "bad week") == {"version": init, "previous": tune1}
-    err = run(capsys, "rollback", "--store", store, code=2)["error"]
-    assert "has no parent" in err
+    assert run(capsys, "rollback", "--store", store) == {"version": tune1, "previous": tune2}  # undo the update
+    # a second rollback undoes the first (kubectl rollout undo), not one more step up the lineage
+    assert run(capsys, "rollback", "--store", store, "--reason", "bad week") == {"version": tune2, "previous": tune1}
     assert run(capsys, "promote", "--store", store, fresh2[-4:])["version"] == fresh2  # a unique suffix
     assert run(capsys, "promote", "--store", store, "parent")["version"] == tune1  # fresh2's parent
     assert run(capsys, "promote", "--store", store, "current")["version"] == tune1
@@ -142,6 +146,10 @@ def test_promote_rollback_and_version_references(tmp_path: Path, capsys) -> None
     events = Store.open(store).events("promote")
     assert [e["by"] for e in events] == ["init", "update", "update", "rollback", "rollback", "promote", "promote"]
     assert events[4]["reason"] == "bad week" and events[4]["previous"] == tune1
+    # after `promote` of any version, rollback goes back to what was current before it
+    assert run(capsys, "promote", "--store", store, init)["version"] == init
+    assert run(capsys, "rollback", "--store", store) == {"version": tune1, "previous": init}
+    assert run(capsys, "rollback", "--store", store, "--to", "parent") == {"version": init, "previous": tune1}
 
     out = tmp_path / "p.parquet"
     pq.write_table(pq.read_table(tmp_path / "b2.parquet").drop_columns(["y"]), tmp_path / "score.parquet")

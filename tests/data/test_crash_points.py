@@ -134,7 +134,7 @@ def test_a_kill_at_every_named_point_leaves_a_store_that_verifies(
         problems, _ = Store.open(store).verify()
         assert problems == [], problems
     # The next command works: the same one again, unless the kill came after its work was done
-    # (a second init finds a store, a second rollback goes one step further back; a second
+    # (a second init finds a store, a second rollback undoes the first; a second
     # promote says the version is current already, exit 0).
     done = point == "promote.after-swap" and command in ("init", "rollback")
     assert main(["history", "--store", store] if done else argv) == 0, capsys.readouterr().err
