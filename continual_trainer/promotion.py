@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,6 +17,8 @@ from continual_trainer.trainer.models import preprocessing_of
 from continual_trainer.trials import JUDGED_ON, TrialResult, holdout_metrics
 from continual_trainer.updatedata import UpdateData
 from continual_trainer.versions import save_candidate
+
+log = logging.getLogger(__name__)
 
 PROMOTE_MODES = ("auto", "always", "never")
 
@@ -152,8 +155,31 @@ def promote_by_hand(store: Store, ref: str, reason: str = "") -> tuple[str, str 
     previous = store.current()
     if version == previous:
         return version, previous
+    worse = scores_below(store, version, previous)
     _swap(store, version, previous, "promote", reason or "by hand")
+    if worse:
+        log.warning(worse)
     return version, previous
+
+
+def scores_below(store: Store, version: str, other: str | None) -> str | None:
+    """A warning if `version` scores below `other` on the same holdout rows (both saw the same
+    batches), else None (better, equal, or not comparable)."""
+    if other is None:
+        return None
+    mine, theirs = store.manifest(version), store.manifest(other)
+    if set(mine.batches_seen) != set(theirs.batches_seen):
+        return None
+    a, b = holdout_metrics(mine.metrics), holdout_metrics(theirs.metrics)
+    if not a or not b or not better(b, a):
+        return None
+    name = "rmse" if "rmse" in a else "accuracy"
+    if a.get(name) is None or b.get(name) is None:
+        return None
+    return (
+        f"{version} scores holdout {name} {a[name]:.4f}, worse than {b[name]:.4f} of {other}, the version it "
+        f"replaced, on the same holdout rows (`ctrain rollback` undoes this)"
+    )
 
 
 def rollback(store: Store, to: str | None = None, reason: str = "") -> tuple[str, str]:

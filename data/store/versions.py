@@ -169,7 +169,9 @@ class Versions(StorageCore):
         if len(found) == 1:
             return found[0]
         if not found:
-            raise UserError(f"{self.display}: no model version {ref!r}; see `ctrain history`")
+            close = _close_matches(ref, versions)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise UserError(f"{self.display}: no model version {ref!r}; {hint}see `ctrain history`")
         listed = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
         raise UserError(f"{self.display}: {ref!r} names {len(found)} versions ({listed}); give more of it")
 
@@ -217,3 +219,21 @@ class Versions(StorageCore):
         if not _VERSION_ID.fullmatch(version) or not self._exists(f"models/{version}/{_VERSION_MARKER}"):
             raise UserError(f"{self.display}: CURRENT is damaged: it names no committed version ({version[:60]!r})")
         return version
+
+
+def _close_matches(ref: str, versions: list[str]) -> list[str]:
+    """Up to three versions whose id, or whose prefix or suffix as long as `ref`, is close to it
+    (a mistyped suffix such as `2ae3` for `...-2ae2`)."""
+    import difflib
+
+    n = len(ref)
+    pieces: dict[str, str] = {}
+    for v in versions:
+        pieces.setdefault(v, v)
+        pieces.setdefault(v[-n:], v)
+        pieces.setdefault(v[:n], v)
+    out: list[str] = []
+    for piece in difflib.get_close_matches(ref, list(pieces), n=6, cutoff=0.6):
+        if pieces[piece] not in out:
+            out.append(pieces[piece])
+    return out[:3]

@@ -143,6 +143,9 @@ def test_promote_rollback_and_version_references(tmp_path: Path, capsys) -> None
     err = run(capsys, "promote", "--store", store, fresh2[:9], code=2)["error"]  # the date: 5 versions
     assert "names 5 versions" in err
     assert "no model version" in run(capsys, "promote", "--store", store, "zzzz", code=2)["error"]
+    typo = tune2[-4:-1] + ("0" if tune2[-1] != "0" else "1")  # the last character mistyped
+    if all(not v.endswith(typo) for v in (init, fresh1, tune1, fresh2, tune2)):
+        assert f"did you mean {tune2}" in run(capsys, "promote", "--store", store, typo, code=2)["error"]
     events = Store.open(store).events("promote")
     assert [e["by"] for e in events] == ["init", "update", "update", "rollback", "rollback", "promote", "promote"]
     assert events[4]["reason"] == "bad week" and events[4]["previous"] == tune1
@@ -346,3 +349,18 @@ def test_the_python_api_reports_progress_when_asked(tiny_store: str, capsys, mon
     assert capsys.readouterr().err == ""  # not asked: silent, like any library
     ct.open_store(tiny_store, progress=True).update("finetune_new", epochs=3, promote="never")
     assert "ctrain: update: epochs 3/3" in capsys.readouterr().err
+
+
+def test_promoting_a_version_that_scores_below_the_one_it_replaces_warns(tiny_store: str, capsys, caplog) -> None:
+    from continual_trainer.api import open_store
+
+    store = open_store(tiny_store)
+    weak = store.update("fresh_new", epochs=1, learning_rate=1e-6, promote="never").version  # learns ~nothing
+    strong = store.update("finetune_all", epochs=20, promote="never").version
+    accuracy = {h["version"]: h["metrics"]["holdout_accuracy"] for h in store.versions()}
+    assert accuracy[strong] > accuracy[weak]
+    run(capsys, "promote", "--store", tiny_store, strong)
+    assert "worse than" not in caplog.text  # the CLI prints warnings on stderr as `ctrain: WARNING: ...`
+    assert run(capsys, "promote", "--store", tiny_store, weak)["version"] == weak
+    err = caplog.text
+    assert f"{weak} scores holdout accuracy {accuracy[weak]:.4f}, worse than {accuracy[strong]:.4f}" in err
