@@ -463,10 +463,11 @@ class ModelStore:
         folder, files = store_report(self.uri, out)
         return {"folder": folder, "page": f"{folder}/index.html", "files": files}
 
-    def predict(self, data: Any, *, version: str = "current") -> Any:
+    def predict(self, data: Any, *, version: str = "current", prediction_column: str = "prediction") -> Any:
         """`data`'s rows plus `prediction` (and `probability` of class 1 for two classes), by
-        `version` (an id, `current`, `parent`, or a unique prefix or suffix). Columns that
-        are not features pass through. Returns a DataFrame for a DataFrame, else an Arrow table."""
+        `version` (an id, `current`, `parent`, or a unique prefix or suffix); with another
+        `prediction_column`, that and `<name>_probability`. Columns that are not features pass
+        through. Returns a DataFrame for a DataFrame, else an Arrow table."""
         from continual_trainer.commands import predict_table
         from continual_trainer.data.batches import load_table
         from continual_trainer.data.parquet import redact
@@ -476,7 +477,7 @@ class ModelStore:
             source = redact(data)
         else:
             table, source = _table(data), "the data"
-        out = predict_table(self._store(), table, source, version=version)
+        out = predict_table(self._store(), table, source, version=version, column=prediction_column)
         return out.to_pandas() if _is_pandas(data) else out
 
     def history(self) -> pd.DataFrame:
@@ -495,7 +496,14 @@ class ModelStore:
         return history(self.uri)
 
     def predict_file(
-        self, data: str, out: str, *, version: str = "current", actors: int = 0, ray: bool | None = None
+        self,
+        data: str,
+        out: str,
+        *,
+        version: str = "current",
+        actors: int = 0,
+        ray: bool | None = None,
+        prediction_column: str = "prediction",
     ) -> dict[str, Any]:
         """`predict` from a Parquet file or URI to another, without holding all rows (with
         `actors`, scored on that many Ray actors, each reading its own row groups; `ray` as for
@@ -505,7 +513,8 @@ class ModelStore:
 
         executor = make_executor(executor_name(ray, actors), actors=actors)
         with self._reporting("predict"):
-            return {**predict(self.uri, data, out, version=version, executor=executor), "executor": executor.where}
+            done = predict(self.uri, data, out, version=version, executor=executor, column=prediction_column)
+            return {**done, "executor": executor.where}
 
     def serve(self, on_ready: Callable[[str], None] | None = None, **options: Any) -> None:
         """Serve the current version over HTTP until interrupted, reloading it when a promotion

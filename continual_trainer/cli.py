@@ -321,7 +321,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
     import continual_trainer as ct
 
     store = ct.open_store(args.store)
-    r = store.predict_file(args.data, args.out, version=args.version, actors=args.actors, ray=_where_flag(args))
+    r = store.predict_file(
+        args.data,
+        args.out,
+        version=args.version,
+        actors=args.actors,
+        ray=_where_flag(args),
+        prediction_column=args.prediction_column,
+    )
     text = f"wrote {r['rows']} predictions of version {r['version']} to {r['out']} (scored in {r['executor']})"
     _emit(args, "" if args.json else text, r)
 
@@ -942,6 +949,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--store", required=True)
     c.add_argument("--data", required=True)
     c.add_argument("--out", required=True)
+    c.add_argument(
+        "--prediction-column",
+        default="prediction",
+        metavar="NAME",
+        help="the column predictions go to (default prediction; the probability goes to NAME_probability)",
+    )
     c.add_argument(
         "--version", default="current", help="a version: an id, current (default), parent, or a unique prefix or suffix"
     )

@@ -287,9 +287,16 @@ def update(
 
 
 def predict(
-    uri: str, data_uri: str, out_uri: str, *, version: str | None = None, executor: Executor | None = None
+    uri: str,
+    data_uri: str,
+    out_uri: str,
+    *,
+    version: str | None = None,
+    executor: Executor | None = None,
+    column: str = "prediction",
 ) -> dict[str, Any]:
-    """Write the rows of `data_uri` plus `prediction` (and `probability` of class 1 for two classes).
+    """Write the rows of `data_uri` plus `prediction` (and `probability` of class 1 for two
+    classes; with another `column`, that and `<column>_probability`).
 
     Columns that are not features, the label included whatever its type, pass through.
     """
@@ -302,7 +309,8 @@ def predict(
         )
     version = store.resolve(version or "current")  # an unknown version is the user's mistake, found before any work
     _, table = load_table(data_uri)
-    out = predict_table(store, table, redact(data_uri), version=version, data_uri=data_uri, executor=executor)
+    source = redact(data_uri)
+    out = predict_table(store, table, source, version=version, data_uri=data_uri, executor=executor, column=column)
     write_table(out_uri, out)
     return {"version": version, "rows": out.num_rows, "out": redact(out_uri)}
 
@@ -315,46 +323,61 @@ def predict_table(
     version: str = "current",
     data_uri: str | None = None,
     executor: Executor | None = None,
+    column: str = "prediction",
 ) -> pa.Table:
-    """`table` plus `prediction` (and `probability` of class 1 for two classes) by `version`.
+    """`table` plus `prediction` (and `probability` of class 1 for two classes) by `version`
+    (with another `column`, that and `<column>_probability`).
 
     `data_uri` is where the table was read from, for executors that read their shares of it
     themselves (sharded scoring); without it the table is scored in this process.
     """
     version = store.resolve(version)
     schema = store.schema
-    check_scorable(schema, table, source)
+    check_scorable(schema, table, source, column)
     if executor is None or data_uri is None:
         executor = LocalExecutor()
     pred = executor.score(store, version, data_uri or source, table)
-    return with_predictions(schema, table, pred, version, source)
+    return with_predictions(schema, table, pred, version, source, column)
 
 
-def check_scorable(schema: Any, table: pa.Table, source: str) -> None:
+def output_columns(column: str = "prediction") -> tuple[str, str]:
+    """The columns predictions are written to: `prediction` and `probability`, or for another
+    name `<name>` and `<name>_probability`."""
+    return OUTPUT_COLUMNS if column == "prediction" else (column, f"{column}_probability")
+
+
+def check_scorable(schema: Any, table: pa.Table, source: str, column: str = "prediction") -> None:
     """UserError unless `table` has the store's feature columns (others pass through) and none
     of the columns predictions are written to."""
     schema.check_features(table, source, allow_extra=True)
-    for name in OUTPUT_COLUMNS:
+    if not column or column in schema.features:
+        raise UserError.about("prediction-column", column, "is a feature column; choose another name")
+    for name in output_columns(column):
         if name in table.column_names:
-            raise UserError(f"{source}: already has a column {name!r}; rename or drop it")
+            option = "--prediction-column NAME" if column == "prediction" else "another --prediction-column"
+            raise UserError(f"{source}: already has a column {name!r}; rename or drop it, or give {option}")
 
 
-def with_predictions(schema: Any, table: pa.Table, pred: np.ndarray, version: str, source: str) -> pa.Table:
+def with_predictions(
+    schema: Any, table: pa.Table, pred: np.ndarray, version: str, source: str, column: str = "prediction"
+) -> pa.Table:
     """`table` plus `prediction` (and `probability` of class 1 for two classes) from `pred`
-    (class probabilities, or numbers); UserError if a row has no finite prediction."""
+    (class probabilities, or numbers), or the `output_columns` of another `column`; UserError
+    if a row has no finite prediction."""
     bad = int(np.count_nonzero(~np.isfinite(pred.reshape(len(pred), -1)).all(axis=1)))
     if bad:
         raise UserError(
             f"{source}: version {version} gives no finite prediction for {bad} row(s); "
             "their features are far outside what it was trained on"
         )
+    name, probability = output_columns(column)
     if schema.is_regression:
-        return table.append_column("prediction", pa.array(pred, pa.float64()))
+        return table.append_column(name, pa.array(pred, pa.float64()))
     classes = list(schema.classes)
     labels = pa.array([classes[i] for i in pred.argmax(axis=1)], type=schema.class_type())
-    out = table.append_column("prediction", labels)
+    out = table.append_column(name, labels)
     if schema.n_classes == 2:
-        out = out.append_column("probability", pa.array(pred[:, 1], pa.float64()))
+        out = out.append_column(probability, pa.array(pred[:, 1], pa.float64()))
     return out
 
 

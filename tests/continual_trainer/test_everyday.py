@@ -364,3 +364,24 @@ def test_promoting_a_version_that_scores_below_the_one_it_replaces_warns(tiny_st
     assert run(capsys, "promote", "--store", tiny_store, weak)["version"] == weak
     err = caplog.text
     assert f"{weak} scores holdout accuracy {accuracy[weak]:.4f}, worse than {accuracy[strong]:.4f}" in err
+
+
+def test_predict_into_another_column_when_the_input_has_predictions_already(
+    tiny_store: str, tmp_path: Path, capsys
+) -> None:
+    rows = tmp_path / "rows.parquet"
+    pq.write_table(make_table(n=20, seed=4).drop(["y"]), rows)
+    first, second = tmp_path / "first.parquet", tmp_path / "second.parquet"
+    run(capsys, "predict", "--store", tiny_store, "--data", str(rows), "--out", str(first))
+    err = run(capsys, "predict", "--store", tiny_store, "--data", str(first), "--out", str(second), code=2)["error"]
+    assert "already has a column 'prediction'" in err and "--prediction-column" in err
+    argv = ["predict", "--store", tiny_store, "--data", str(first), "--out", str(second)]
+    assert run(capsys, *argv, "--prediction-column", "again")["rows"] == 20
+    out = pq.read_table(second)
+    assert out.column_names[-4:] == ["prediction", "probability", "again", "again_probability"]
+    assert out.column("again").to_pylist() == out.column("prediction").to_pylist()  # the same version
+    assert "is a feature column" in run(capsys, *argv, "--prediction-column", "f0", code=2)["error"]
+    from continual_trainer.api import open_store
+
+    frame = open_store(tiny_store).predict(out.to_pandas(), prediction_column="third")
+    assert list(frame.columns[-2:]) == ["third", "third_probability"]
