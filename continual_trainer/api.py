@@ -342,6 +342,7 @@ class ModelStore:
         memory_budget: int | str | None = None,
         label_key: str | None = None,
         watch_served: bool = False,
+        archive: str | None = None,
         once: bool = True,
         interval: float = 5.0,
         on_where: Callable[[str], None] | None = None,
@@ -371,6 +372,8 @@ class ModelStore:
             watch_served: on every pass, also judge the rows `serve` logged since the last look
                 (at least 500) with the label-free triggers among `trigger` (else `features`);
                 each verdict is kept in the store's event log and given to `on_served`.
+            archive: a folder or URI processed files move to (default: they stay in the inbox,
+                never processed twice); it must not be inside the store.
             on_where: called with where the work runs: before the first file (as planned),
                 and again at the end (where it ran: e.g. a local Ray, if one was started).
             on_event: called with each file's event (a `StreamEvent`) as it is recorded.
@@ -385,6 +388,8 @@ class ModelStore:
         from continual_trainer.triggers import TriggerSet
 
         triggers = TriggerSet.parse(trigger, trigger_params, combine)
+        if archive is not None and self._store().contains(archive):
+            raise UserError.about("archive", archive, f"is inside the store {self.display}; choose another folder")
         gate = Gate(max_forgetting, max_flip_rate)
         budget = _budget(memory_budget)
         chosen = Policy(
@@ -420,6 +425,7 @@ class ModelStore:
                 interval=interval,
                 on_event=recorded,
                 on_served=(on_served or (lambda verdict: None)) if watch_served else None,
+                archive=archive,
             )
         if on_where is not None:
             on_where(executor.where)

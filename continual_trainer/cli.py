@@ -618,6 +618,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
         memory_budget=args.memory_budget,
         label_key=args.label_key,
         watch_served=args.watch_served,
+        archive=args.archive,
         once=args.once,
         interval=args.interval,
         on_where=at,
@@ -746,6 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COL",
         help="files with this column and the label but no features are delayed labels, joined to the prediction log",
     )
+    c.add_argument("--archive", metavar="DIR", help="move each processed inbox file here (default: it stays)")
     c.add_argument(
         "--watch-served",
         action="store_true",

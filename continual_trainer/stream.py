@@ -225,21 +225,48 @@ _WARNED_LINKS: set[str] = set()
 
 
 def process_file(
-    store: Store, fs: pafs.FileSystem, path: str, policy: Policy, executor: Executor
+    store: Store, fs: pafs.FileSystem, path: str, policy: Policy, executor: Executor, archive: str | None = None
 ) -> StreamEvent | None:
-    """Handle one inbox file exactly once; None if it was processed before."""
+    """Handle one inbox file exactly once; None if it was processed before. With `archive` (a
+    folder or URI), a processed file (its event recorded, whatever its status) moves there."""
     start = time.perf_counter()
     with fs.open_input_stream(path) as f:
         data = f.read()
     digest = sha256(data)
-    if store.stream_marker(digest) is not None or not store.claim_stream_file(digest):
-        return None  # done before, or another stream is on it now
+    if store.stream_marker(digest) is not None:
+        _archive(fs, path, data, archive)  # done before (an archive move interrupted, or no archive then)
+        return None
+    if not store.claim_stream_file(digest):
+        return None  # another stream is on it now
     try:
         if store.stream_marker(digest) is not None:  # finished by another stream just before our claim
             return None
-        return _process(store, path.rsplit("/", 1)[-1], data, digest, policy, executor, start)
+        event = _process(store, path.rsplit("/", 1)[-1], data, digest, policy, executor, start)
     finally:
         store.release_stream_file(digest)
+    _archive(fs, path, data, archive)
+    return event
+
+
+def _archive(fs: pafs.FileSystem, path: str, data: bytes, archive: str | None) -> None:
+    """Move a processed inbox file into `archive` (its name kept; with the file's sha256 added
+    if the archive holds another file of that name); the inbox copy goes only once it is there."""
+    if archive is None:
+        return
+    target_fs, root = resolve(archive)
+    name = path.rsplit("/", 1)[-1]
+    target = f"{root.rstrip('/')}/{name}"
+    try:
+        target_fs.create_dir(root, recursive=True)
+        if target_fs.get_file_info(target).type != pafs.FileType.NotFound:
+            stem = name[: -len(".parquet")] if name.endswith(".parquet") else name
+            target = f"{root.rstrip('/')}/{stem}-{sha256(data)[:12]}.parquet"
+        if target_fs.get_file_info(target).type == pafs.FileType.NotFound:
+            with target_fs.open_output_stream(target) as out:
+                out.write(data)
+        fs.delete_file(path)
+    except OSError as exc:  # the file stays in the inbox, processed (its marker says so): moved next time
+        log.warning("cannot move %s to %s (%s); it stays in the inbox", name, redact(archive), exc)
 
 
 def _process(
@@ -539,15 +566,17 @@ def run_stream(
     interval: float = 5.0,
     on_event: Callable[[StreamEvent], None] | None = None,
     on_served: Callable[[dict[str, Any]], None] | None = None,
+    archive: str | None = None,
 ) -> list[StreamEvent]:
     """Process the inbox until interrupted (or, with `once`, until it holds nothing new). With
     `on_served`, also judge the traffic `ctrain serve` logged since the last look (see
-    `watch_served`) on every pass, and call it with each verdict."""
+    `watch_served`) on every pass, and call it with each verdict. With `archive`, processed
+    files move there (see `process_file`)."""
     store = Store.open(store_uri)
     events: list[StreamEvent] = []
     while True:
         for fs, path in inbox_files(inbox):
-            event = process_file(store, fs, path, policy, executor)
+            event = process_file(store, fs, path, policy, executor, archive)
             if event is not None:
                 events.append(event)
                 if on_event is not None:

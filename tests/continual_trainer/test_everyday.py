@@ -17,6 +17,7 @@ import pytest
 
 import continual_trainer as ct
 from continual_trainer.cli import main
+from continual_trainer.data.errors import UserError
 from continual_trainer.data.storage import Store
 from continual_trainer.trainer.progress import Reporter, report, reporting
 from tests.conftest import make_table
@@ -385,3 +386,21 @@ def test_predict_into_another_column_when_the_input_has_predictions_already(
 
     frame = open_store(tiny_store).predict(out.to_pandas(), prediction_column="third")
     assert list(frame.columns[-2:]) == ["third", "third_probability"]
+
+
+def test_a_stream_with_an_archive_moves_processed_files_out_of_the_inbox(tiny_store: str, tmp_path: Path) -> None:
+    from continual_trainer.api import open_store
+
+    inbox, archive = tmp_path / "inbox", tmp_path / "done"
+    inbox.mkdir()
+    pq.write_table(make_table(seed=5, shift=0.3), inbox / "a.parquet")
+    (inbox / "b.parquet").write_bytes(b"not parquet")
+    store = open_store(tiny_store)
+    events = store.stream(str(inbox), policy="finetune_new", trigger="always", archive=str(archive), epochs=1)
+    assert [e["status"] for e in events] in (["updated", "rejected"], ["kept", "rejected"])
+    assert sorted(os.listdir(inbox)) == [] and sorted(os.listdir(archive)) == ["a.parquet", "b.parquet"]
+    pq.write_table(make_table(seed=5, shift=0.3), inbox / "a.parquet")  # the same bytes again: done before
+    assert store.stream(str(inbox), policy="finetune_new", archive=str(archive)) == []
+    assert os.listdir(inbox) == [] and len(os.listdir(archive)) == 3  # kept beside the first, its sha256 added
+    with pytest.raises(UserError, match="inside the store"):
+        store.stream(str(inbox), archive=os.path.join(tiny_store, "archive"))
