@@ -159,6 +159,7 @@ class ModelStore:
     ) -> None:
         self.uri = uri
         self.last_outcome: UpdateOutcome | None = None
+        self.update_failures: list[str] = []  # strategies of the last several-strategy update that failed
         self._mirror = None
         if mlflow or mlflow_from_env:  # from the environment: MLFLOW_TRACKING_URI if MLflow is installed
             from continual_trainer.tracking import mirror_for
@@ -203,7 +204,7 @@ class ModelStore:
 
     def update(
         self,
-        strategy: str,
+        strategy: str | Sequence[str],
         *,
         promote: str = "auto",
         seed: int = 0,
@@ -215,11 +216,14 @@ class ModelStore:
         promote_on: str = "holdout",
         memory_budget: int | str | None = None,
         **params: Any,
-    ) -> UpdateOutcome:
-        """Run one strategy on the batches that arrived since the current version.
+    ) -> Any:
+        """Run one strategy on the batches that arrived since the current version; or several
+        (a list, or `"a,b,c"`), side by side on one read of the data, each kept as a version,
+        the best of them promoted as one would be (returns their outcomes, in order; a strategy
+        that failed is left out and named in `self.update_failures`).
 
         Args:
-            strategy: a registered strategy (see `continual_trainer.strategies.names()`).
+            strategy: a registered strategy (see `continual_trainer.strategies.names()`), or several.
             promote: `auto` (if better on the holdout), `always` or `never`.
             actors: train data-parallel on that many Ray actors (model averaging or bagging).
             ray: run on Ray (True), here (False), or on Ray when RAY_ADDRESS is set (None).
@@ -236,11 +240,33 @@ class ModelStore:
         Raises:
             NothingNew: no batch arrived since the current version (and the strategy trains).
         """
-        from continual_trainer.commands import update
+        from continual_trainer.commands import update, update_several
         from continual_trainer.executor import executor_name, make_executor
         from continual_trainer.trainer.forgetting import Gate
 
         budget = _budget(memory_budget)
+        names = [n.strip() for n in strategy.split(",")] if isinstance(strategy, str) else list(strategy)
+        if len(names) > 1:
+            if actors:
+                raise UserError.about("actors", actors, "trains one strategy; give one --strategy")
+            with self._reporting("update"):
+                outcomes, best, self.update_failures = update_several(
+                    self._store(),
+                    names,
+                    params,
+                    seed=seed,
+                    promote=promote,
+                    executor=make_executor(executor_name(ray)),
+                    gate=Gate(max_forgetting, max_flip_rate),
+                    on=promote_on,
+                    memory_budget=budget,
+                )
+            for o in outcomes:
+                if self._mirror is not None:
+                    self._mirror.log_update(o, {**params, "seed": seed}, "update")
+            self.last_outcome = outcomes[best]
+            return outcomes
+        strategy = names[0]
 
         with self._reporting("update"):
             outcome = update(

@@ -295,7 +295,9 @@ def cmd_update(args: argparse.Namespace) -> None:
     import continual_trainer as ct
 
     settings = _settings(args.set)
-    ct.check_strategy(args.strategy, settings)  # fail fast, before TensorFlow loads
+    names = [n.strip() for n in args.strategy.split(",") if n.strip()]
+    for name in names:  # fail fast, before TensorFlow loads
+        ct.check_strategy(name, settings if len(names) == 1 else None)
     store = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True)
     try:
         o = store.update(
@@ -314,7 +316,42 @@ def cmd_update(args: argparse.Namespace) -> None:
     except ct.NothingNew as exc:  # a scheduled or retried updater with nothing to do succeeds
         _emit(args, "" if args.json else str(exc), {"version": None, "promoted": False, "reason": str(exc)})
         return
+    if isinstance(o, list):
+        _emit(args, "" if args.json else _several_text(o, store.update_failures, args.store), _several_json(o, store))
+        return
     _emit(args, "" if args.json else _outcome_text(o), o.to_json())
+
+
+def _several_text(outcomes: list[Any], failed: list[str], where: str) -> str:
+    """Several strategies' versions side by side, best first, and what was promoted."""
+    first, second = _headline(outcomes[0].metrics)
+    current = outcomes[0].current_metrics.get(f"holdout_{first}")
+    lines = [f"  {'strategy':14} {'version':40} {first[:8]:>8} {second[:8]:>8} {'secs':>6}  promoted"]
+    for o in outcomes:
+        m = o.metrics
+        lines.append(
+            f"{'*' if o.promoted else ' '} {o.strategy:14} {o.version:40} {_fmt(m.get(f'holdout_{first}')):>8} "
+            f"{_fmt(m.get(f'holdout_{second}')):>8} {o.train_seconds:6.1f}  "
+            f"{'yes' if o.promoted else 'no'} ({o.reason})"
+        )
+    lines.append(f"holdout {first} of the current version before: {_fmt(current)}; every strategy is kept as a version")
+    lines += [f"failed: {f}" for f in failed]
+    promoted = next((o for o in outcomes if o.promoted), None)
+    if promoted is None:
+        lines.append(f"next: ctrain promote --store {where} VERSION makes one of them current")
+    else:
+        lines.append(f"next: ctrain rollback --store {where} undoes the promotion")
+    return "\n".join(lines)
+
+
+def _several_json(outcomes: list[Any], store: Any) -> dict[str, Any]:
+    promoted = next((o.version for o in outcomes if o.promoted), None)
+    return {
+        "versions": [o.to_json() for o in outcomes],
+        "version": promoted,
+        "promoted": promoted is not None,
+        "failed": store.update_failures,
+    }
 
 
 def cmd_predict(args: argparse.Namespace) -> None:

@@ -26,7 +26,7 @@ from continual_trainer.data.parquet import one_line, read_bytes, redact, same_fi
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.schema import OUTPUT_COLUMNS, Schema
 from continual_trainer.data.storage import NotAStore, Store, StoreMeta, batch_name, utc_stamp
-from continual_trainer.executor import Executor, Job, LocalExecutor, result_or_raise
+from continual_trainer.executor import Executor, Failure, Job, LocalExecutor, result_or_raise
 from continual_trainer.predlog import live_metrics
 from continual_trainer.promotion import UpdateOutcome, check_promote, commit
 from continual_trainer.sizing import UPDATE_SECONDS, sized_and_said
@@ -44,7 +44,7 @@ from continual_trainer.trainer.models import (
     numeric_layout,
     to_bytes,
 )
-from continual_trainer.trials import evaluate_sets
+from continual_trainer.trials import evaluate_sets, holdout_metrics
 from continual_trainer.updatedata import default_memory_budget, load_update_data
 from continual_trainer.versions import save_candidate, stored_candidate
 
@@ -284,6 +284,62 @@ def update(
     result = result_or_raise(outcome)
     committed = commit(store, data, strategy_name, job.params, seed, result, promote, by, dict(origin or {}), gate, on)
     return replace(committed, executor=executor.where)
+
+
+def update_several(
+    store: Store,
+    names: Sequence[str],
+    values: Mapping[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    promote: str = "auto",
+    executor: Executor | None = None,
+    gate: Gate | None = None,
+    on: str = "holdout",
+    memory_budget: int | None = None,
+) -> tuple[list[UpdateOutcome], int, list[str]]:
+    """Several strategies against the current model on one read of the data, side by side;
+    each is kept as a version, and the best by the one ranking (on `on`'s rows) goes through
+    `promote` and the gate as `update`'s would (`never`: none is promoted). `values` go to each
+    strategy that has them. Returns the outcomes (in `names`' order, without those that failed),
+    the best one's index among them, and the strategies that failed, one line each; raises the
+    first failure if all did."""
+    if len(set(names)) != len(names) or not names:
+        raise UserError.about("strategy", ",".join(names), "name each strategy once")
+    chosen = [strategies.get(n) for n in names]
+    values = dict(values or {})
+    unused = set(values) - {f for s in chosen for f in s.param_names}
+    if unused:
+        raise UserError.about(sorted(unused)[0], None, "no strategy of --strategy has this parameter", group="params")
+    check_promote(promote, on)
+    jobs = [Job(s, s.make_params({k: v for k, v in values.items() if k in s.param_names}), seed) for s in chosen]
+    in_pieces = all(s.can.in_pieces for s in chosen)
+    data = load_update_data(
+        store,
+        require_new=any(s.can.trains for s in chosen),
+        params=[job.params for job in jobs],
+        memory_budget=default_memory_budget(in_pieces) if memory_budget is None else memory_budget,
+        in_pieces=in_pieces,
+    )
+    executor = executor or LocalExecutor()
+    keys = [frozenset(k for k in values if k in job.strategy.param_names) for job in jobs]
+    jobs = sized_and_said(list(zip(jobs, keys, strict=True)), data, UPDATE_SECONDS)
+    outcomes = executor.run(data, stored_candidate(store, data.parent), jobs)
+    done = [(job, o) for job, o in zip(jobs, outcomes, strict=True) if not isinstance(o, Failure)]
+    failed = [
+        f"{job.strategy.name}: {o.message}" for job, o in zip(jobs, outcomes, strict=True) if isinstance(o, Failure)
+    ]
+    if not done:
+        result_or_raise(outcomes[0])
+    best = max(range(len(done)), key=lambda i: rank_key(holdout_metrics(done[i][1].metrics, on)))
+    committed = []
+    for i, (job, result) in enumerate(done):
+        mode = promote if i == best else "never"
+        outcome = commit(store, data, job.strategy.name, job.params, seed, result, mode, "update", {}, gate, on)
+        if i != best and promote != "never":
+            outcome = replace(outcome, reason=f"{done[best][0].strategy.name} scored higher")
+        committed.append(replace(outcome, executor=executor.where))
+    return committed, best, failed
 
 
 def predict(

@@ -404,3 +404,27 @@ def test_a_stream_with_an_archive_moves_processed_files_out_of_the_inbox(tiny_st
     assert os.listdir(inbox) == [] and len(os.listdir(archive)) == 3  # kept beside the first, its sha256 added
     with pytest.raises(UserError, match="inside the store"):
         store.stream(str(inbox), archive=os.path.join(tiny_store, "archive"))
+
+
+def test_update_with_several_strategies_keeps_each_and_promotes_the_best(tiny_store: str, capsys) -> None:
+    from continual_trainer.api import open_store
+
+    before = Store.open(tiny_store).current()
+    argv = ["update", "--store", tiny_store, "--strategy", "finetune_new,fresh_new", "--set", "epochs=3"]
+    kept = run(capsys, *argv, "--promote", "never")
+    assert [v["strategy"] for v in kept["versions"]] == ["finetune_new", "fresh_new"]
+    assert kept["promoted"] is False and Store.open(tiny_store).current() == before
+    assert main(["update", "--store", tiny_store, "--strategy", "finetune_all,keep", "--promote", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "finetune_all" in out and "keep" in out and "every strategy is kept as a version" in out
+    store = open_store(tiny_store)
+    outcomes = store.update(["keep", "finetune_new", "fresh_new"], epochs=3, promote="always")
+    assert [o.strategy for o in outcomes] == ["keep", "finetune_new", "fresh_new"]
+    accuracy = [o.metrics["holdout_accuracy"] for o in outcomes]
+    best = max(range(3), key=lambda i: (accuracy[i], -outcomes[i].metrics["holdout_log_loss"]))
+    assert [o.promoted for o in outcomes] == [i == best for i in range(3)]
+    assert store.current == outcomes[best].version and store.last_outcome == outcomes[best]
+    assert all(f"{outcomes[best].strategy} scored higher" == o.reason for o in outcomes if not o.promoted)
+    assert len({h["version"] for h in store.versions()}) == 1 + 2 + 2 + 3  # every strategy kept as a version
+    err = run(capsys, *argv[:-2], "--set", "nonsense=1", code=2)["error"]
+    assert "nonsense" in err
