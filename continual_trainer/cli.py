@@ -118,6 +118,32 @@ def _emit(args: argparse.Namespace, text: str, payload: dict[str, Any]) -> None:
         print(json.dumps(payload, default=str, sort_keys=True))
 
 
+def _program() -> str:
+    """How the user can run ctrain again: `ctrain` if that is on PATH and is this program, else
+    the path they ran (e.g. `.venv/bin/ctrain` after `make demo`), else `python -m continual_trainer`."""
+    import shutil
+
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if os.path.basename(argv0) != "ctrain":
+        return "python -m continual_trainer"
+    found = shutil.which("ctrain")
+    if found and os.path.realpath(found) == os.path.realpath(argv0):
+        return "ctrain"
+    return argv0
+
+
+def _next(*commands: str) -> str:
+    """The next step(s), runnable as printed: `next: <program> <command>`, several joined by `; `."""
+    return "next: " + "; ".join(f"{_program()} {c}" for c in commands)
+
+
+def _after_outcome(o: Any, store: str) -> str:
+    """What to run after an update's outcome: undo the promotion, or promote the version."""
+    if o.promoted:
+        return _next(f"rollback --store {store}") + "  (undoes the promotion)"
+    return _next(f"promote --store {store} {o.version[-4:]}") + "  (makes it current)"
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -319,7 +345,7 @@ def cmd_update(args: argparse.Namespace) -> None:
     if isinstance(o, list):
         _emit(args, "" if args.json else _several_text(o, store.update_failures, args.store), _several_json(o, store))
         return
-    _emit(args, "" if args.json else _outcome_text(o), o.to_json())
+    _emit(args, "" if args.json else _outcome_text(o) + "\n" + _after_outcome(o, args.store), o.to_json())
 
 
 def _several_text(outcomes: list[Any], failed: list[str], where: str) -> str:
@@ -338,9 +364,9 @@ def _several_text(outcomes: list[Any], failed: list[str], where: str) -> str:
     lines += [f"failed: {f}" for f in failed]
     promoted = next((o for o in outcomes if o.promoted), None)
     if promoted is None:
-        lines.append(f"next: ctrain promote --store {where} VERSION makes one of them current")
+        lines.append(_next(f"promote --store {where} VERSION") + "  (makes one of them current)")
     else:
-        lines.append(f"next: ctrain rollback --store {where} undoes the promotion")
+        lines.append(_next(f"rollback --store {where}") + "  (undoes the promotion)")
     return "\n".join(lines)
 
 
@@ -439,7 +465,7 @@ def cmd_label(args: argparse.Namespace) -> None:
                 f"live: {live}",
                 *([shadow] if shadow else []),
                 *promoted,
-                f"next: ctrain update --store {args.store}",
+                _next(f"update --store {args.store}") + "  (learns the labelled rows)",
             ]
         )
     _emit(args, "" if args.json else text, r)
@@ -595,7 +621,16 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         print(f"ctrain: warning: trial {trial_id} failed: {failure.message}", file=sys.stderr)
     winner = store.last_outcome if args.promote == "best" else None
     if winner is not None:
-        lines += ["best configuration, trained as a version:", _outcome_text(winner)]
+        lines += [
+            "best configuration, trained as a version:",
+            _outcome_text(winner),
+            _after_outcome(winner, args.store),
+        ]
+    elif r.finished:
+        promote = f"sweep --store {args.store} --resume {r.sweep_id} --promote best"
+        lines.append(
+            _next(promote) + "  (trains the best configuration as a version, promoted if it beats the current one)"
+        )
     _emit(
         args,
         "" if args.json else "\n".join(lines),
@@ -679,10 +714,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
         report("strategies", len(done), total, f"{row['strategy']}: acc {row['test_accuracy']:.3f}")
 
     r = ct.run_demo(args.store, seed=args.seed, ray=_where_flag(args), on_result=step)
-    text = (
-        f"{r['table']}\nran on: {r['executor']}\nstore: {r['store']}\nreport: {r['report']}\n"
-        f"next: ctrain sweep --store {r['store']} --config examples/sweep.yaml"
-    )
+    steps = [f"history --store {r['store']}", f"serve --store {r['store']}"]
+    if os.path.exists(os.path.join("examples", "sweep.yaml")):
+        steps.insert(1, f"sweep --store {r['store']} --config examples/sweep.yaml")
+    text = f"{r['table']}\nran on: {r['executor']}\nstore: {r['store']}\nreport: {r['report']}\n{_next(*steps)}"
     _emit(
         args,
         "" if args.json else text,

@@ -86,4 +86,8 @@ def test_demo_on_ray_prints_the_same_table_says_where_and_the_next_step(tmp_path
     results = [{"strategy": r[0], "test_accuracy": float(r[1]), "test_log_loss": float(r[2])} for r in rows[2:]]
     check_against_the_readme(results)
     assert "ran on: a local Ray started here" in proc.stdout
-    assert proc.stdout.strip().splitlines()[-1] == f"next: ctrain sweep --store {store} --config examples/sweep.yaml"
+    run = "python -m continual_trainer"  # as it was run: the next steps run the same way
+    assert proc.stdout.strip().splitlines()[-1] == (
+        f"next: {run} history --store {store}; {run} sweep --store {store} --config examples/sweep.yaml; "
+        f"{run} serve --store {store}"
+    )

@@ -428,3 +428,16 @@ def test_update_with_several_strategies_keeps_each_and_promotes_the_best(tiny_st
     assert len({h["version"] for h in store.versions()}) == 1 + 2 + 2 + 3  # every strategy kept as a version
     err = run(capsys, *argv[:-2], "--set", "nonsense=1", code=2)["error"]
     assert "nonsense" in err
+
+
+def test_next_steps_are_runnable_as_printed(tiny_store: str, tmp_path: Path) -> None:
+    """The `next:` line names the program as the user ran it, and the command works."""
+    venv_ctrain = os.path.join(os.path.dirname(sys.executable), "ctrain")
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}  # ctrain is not on PATH, as after `make demo`
+    argv = [venv_ctrain, "update", "--store", tiny_store, "--strategy", "finetune_new", "--set", "epochs=2"]
+    out = subprocess.run([*argv, "--promote", "never"], capture_output=True, text=True, env=env, check=True).stdout
+    step = out.strip().splitlines()[-1]
+    assert step.startswith(f"next: {venv_ctrain} promote --store {tiny_store} ") and step.endswith("(makes it current)")
+    command = step.removeprefix("next: ").split("  (")[0].split()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and "is current" in done.stdout
