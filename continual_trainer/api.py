@@ -50,6 +50,7 @@ def init_store(
     holdout: float = 0.2,
     seed: int = 0,
     mlflow: str | None = None,
+    mlflow_model: str | None = None,
     progress: bool = False,
 ) -> ModelStore:
     """Create a store from a first labelled batch and train (or import) its first model.
@@ -69,7 +70,7 @@ def init_store(
         epochs, batch_size, learning_rate: how the first model trains.
         holdout: the fraction of every batch held out for evaluation.
         seed: fixes initialisation, sampling and shuffling.
-        mlflow, progress: as for `open_store`, for this store's later updates and sweeps
+        mlflow, progress, mlflow_model: as for `open_store`, for this store's later updates and sweeps
             (the first model trains with progress too).
 
     Returns:
@@ -99,8 +100,10 @@ def init_store(
             ignore=ignore,
             data=raw,
         )
-    store = open_store(uri, mlflow=mlflow, progress=progress)
+    store = open_store(uri, mlflow=mlflow, progress=progress, mlflow_model=mlflow_model)
     store.last_outcome = outcome
+    if store._mirror is not None:  # the first version: registered, and the champion
+        store._mirror.log_update(outcome, {}, "init")
     return store
 
 
@@ -132,18 +135,32 @@ def expected_inputs(
 
 
 def open_store(
-    uri: str, *, mlflow: str | None = None, progress: bool = False, mlflow_from_env: bool = False
+    uri: str,
+    *,
+    mlflow: str | None = None,
+    progress: bool = False,
+    mlflow_from_env: bool = False,
+    mlflow_model: str | None = None,
 ) -> ModelStore:
     """Open an existing store; UserError if there is none at `uri`.
 
     Args:
         mlflow: an MLflow tracking URI to mirror updates and sweeps to (needs the `mlflow`
-            extra); MLFLOW_TRACKING_URI is not read here: a notebook says what it wants.
+            extra; e.g. `sqlite:///mlflow.db`); MLFLOW_TRACKING_URI is not read here: a notebook
+            says what it wants. Each version's model is registered, and the current one carries
+            the alias `champion`, moved by every promotion and rollback.
         progress: report epochs and trials on stderr, as `ctrain` does.
+        mlflow_model: the registered model's name (default `ctrain-<the store's folder name>`).
     """
     from continual_trainer.data.storage import Store
 
-    return ModelStore(Store.open(uri).uri, mlflow=mlflow, progress=progress, mlflow_from_env=mlflow_from_env)
+    return ModelStore(
+        Store.open(uri).uri,
+        mlflow=mlflow,
+        progress=progress,
+        mlflow_from_env=mlflow_from_env,
+        mlflow_model=mlflow_model,
+    )
 
 
 class ModelStore:
@@ -155,7 +172,13 @@ class ModelStore:
     """
 
     def __init__(
-        self, uri: str, *, mlflow: str | None = None, progress: bool = False, mlflow_from_env: bool = False
+        self,
+        uri: str,
+        *,
+        mlflow: str | None = None,
+        progress: bool = False,
+        mlflow_from_env: bool = False,
+        mlflow_model: str | None = None,
     ) -> None:
         self.uri = uri
         self.last_outcome: UpdateOutcome | None = None
@@ -164,7 +187,7 @@ class ModelStore:
         if mlflow or mlflow_from_env:  # from the environment: MLFLOW_TRACKING_URI if MLflow is installed
             from continual_trainer.tracking import mirror_for
 
-            self._mirror = mirror_for(mlflow, uri)
+            self._mirror = mirror_for(mlflow, uri, mlflow_model)
         self._progress = progress
 
     def _reporting(self, command: str) -> Any:
@@ -672,7 +695,10 @@ class ModelStore:
         """Make a stored version current (compare-and-swap; recorded with `reason`); returns its id."""
         from continual_trainer.promotion import promote_by_hand
 
-        return promote_by_hand(self._store(), version, reason)[0]
+        made = promote_by_hand(self._store(), version, reason)[0]
+        if self._mirror is not None:
+            self._mirror.champion(made)
+        return made
 
     def rollback(self, to: str | None = None, *, reason: str = "") -> str:
         """Undo the last change of the current version (back to what was current before it; a
@@ -680,7 +706,10 @@ class ModelStore:
         the id made current."""
         from continual_trainer.promotion import rollback
 
-        return rollback(self._store(), to, reason)[0]
+        made = rollback(self._store(), to, reason)[0]
+        if self._mirror is not None:
+            self._mirror.champion(made, "rollback")
+        return made
 
     def gc(self, keep: int = 5, *, dry_run: bool = False) -> list[str]:
         """Delete versions that were never promoted, but the `keep` newest of them; never the

@@ -193,6 +193,8 @@ def cmd_init(args: argparse.Namespace) -> None:
         learning_rate=args.learning_rate,
         holdout=args.holdout,
         seed=args.seed,
+        mlflow=args.mlflow,
+        mlflow_model=args.mlflow_model,
     )
     o = store.last_outcome
     payload = o.to_json()
@@ -324,7 +326,7 @@ def cmd_update(args: argparse.Namespace) -> None:
     names = [n.strip() for n in args.strategy.split(",") if n.strip()]
     for name in names:  # fail fast, before TensorFlow loads
         ct.check_strategy(name, settings if len(names) == 1 else None)
-    store = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True)
+    store = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True, mlflow_model=args.mlflow_model)
     try:
         o = store.update(
             args.strategy,
@@ -554,7 +556,7 @@ def _short(version: str | None) -> str:
 def cmd_promote(args: argparse.Namespace) -> None:
     import continual_trainer as ct
 
-    store = ct.open_store(args.store)
+    store = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True, mlflow_model=args.mlflow_model)
     previous = store.current
     version = store.promote(args.version, reason=args.reason or "")
     text = f"{version} is current" + (" already" if version == previous else f" (was {previous or '-'})")
@@ -564,7 +566,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
 def cmd_rollback(args: argparse.Namespace) -> None:
     import continual_trainer as ct
 
-    store = ct.open_store(args.store)
+    store = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True, mlflow_model=args.mlflow_model)
     previous = store.current
     version = store.rollback(args.to, reason=args.reason or "")
     _emit(
@@ -599,7 +601,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     if not args.config and not args.resume:
         raise UserError("sweep: give --config SWEEP.yaml, or --resume SWEEP_ID")
-    store = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True)
+    store = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True, mlflow_model=args.mlflow_model)
     r = store.sweep(
         args.config,
         resume=args.resume,
@@ -674,7 +676,9 @@ def cmd_stream(args: argparse.Namespace) -> None:
             print(f"served traffic ({verdict['rows']} rows, {verdict['from'][:19]} to {verdict['to'][:19]}): "
                   f"{state}; {said}", flush=True)  # fmt: skip
 
-    recorded = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True).stream(
+    recorded = ct.open_store(
+        args.store, mlflow=args.mlflow, mlflow_from_env=True, mlflow_model=args.mlflow_model
+    ).stream(
         args.inbox,
         policy=args.policy,
         candidates=candidates,
@@ -768,8 +772,10 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument(
             "--mlflow",
             metavar="URI",
-            help="also log runs to this MLflow tracking URI (default: MLFLOW_TRACKING_URI if MLflow is installed)",
+            help="also log runs and register models at this MLflow tracking URI, e.g. sqlite:///mlflow.db "
+            "(default: MLFLOW_TRACKING_URI if MLflow is installed)",
         )
+        c.add_argument("--mlflow-model", metavar="NAME", help="the registered model (default ctrain-<store folder>)")
 
     def where(c: argparse.ArgumentParser) -> None:
         """Where work runs, as for every command: this process unless a cluster is configured
@@ -855,6 +861,7 @@ def build_parser() -> argparse.ArgumentParser:
     where(c)
 
     c = command("init", cmd_init, "create a store from a first batch and train its first model")
+    tracked(c)
     c.add_argument("--store", required=True)
     c.add_argument("--data", required=True, help="Parquet file of the first batch")
     c.add_argument("--label", required=True, help="the label column")
@@ -1067,6 +1074,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--store", required=True)
     c.add_argument("version", help="an id, parent, or a unique prefix or suffix of an id")
     c.add_argument("--reason", help="why, kept in the store's event log")
+    tracked(c)
 
     c = command(
         "rollback", cmd_rollback, "undo the last promotion: what was current before is current again", needs_tf=False
@@ -1076,6 +1084,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", metavar="VERSION", help="a version to make current instead; parent: the current version's parent"
     )
     c.add_argument("--reason", help="why, kept in the store's event log")
+    tracked(c)
 
     c = command("gc", cmd_gc, "delete old versions that were never promoted", needs_tf=False)
     c.add_argument("--store", required=True)

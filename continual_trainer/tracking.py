@@ -2,9 +2,14 @@
 
 The store stays the source of truth: a version, a sweep or a stream event is committed
 there first, then logged here as a run (a sweep as a parent run with one nested run per
-trial). Nothing is read back from MLflow. Needs the optional extra
-(`pip install 'continual-trainer[mlflow]'`); the tracking URI comes from `--mlflow URI`
-or MLFLOW_TRACKING_URI, and the experiment is named after the store.
+trial). Each committed version's model (an ensemble as one Keras model) is logged with its
+run in MLflow's Keras flavour and registered as a version of one registered model per store
+(`ctrain-<store folder>` unless named); the store's current version carries the alias
+`champion`, moved on every promotion and rollback, so `models:/<name>@champion` follows
+`CURRENT`. Nothing is read back from MLflow. Needs the optional extra
+(`pip install 'continual-trainer[mlflow]'`, which brings what a local `sqlite:///mlflow.db`
+store needs); the tracking URI comes from `--mlflow URI` or MLFLOW_TRACKING_URI, and the
+experiment is named after the store.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -30,8 +36,11 @@ class MlflowMirror:
     tracking URI (and MLFLOW_TRACKING_URI) for everything that runs after it.
     """
 
-    def __init__(self, tracking_uri: str, store_uri: str, source: str | None = None) -> None:
-        """`source`: where the URI came from, for messages (None: the `mlflow` argument)."""
+    def __init__(
+        self, tracking_uri: str, store_uri: str, source: str | None = None, model_name: str | None = None
+    ) -> None:
+        """`source`: where the URI came from, for messages (None: the `mlflow` argument);
+        `model_name`: the registered model (default `ctrain-<the store's folder name>`)."""
 
         def mistake(value: str | None, problem: str) -> UserError:
             if source is None:
@@ -48,12 +57,21 @@ class MlflowMirror:
         # the store's work up (a user's own settings win).
         for key, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
+        if _file_store(tracking_uri) and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+            raise mistake(
+                tracking_uri,
+                "is MLflow's file store, which MLflow 3 turns off (it has no model registry); use "
+                "sqlite:///mlflow.db for a local tracking store, or an http(s):// tracking server",
+            )
         self._warned = False
+        self._store_uri = store_uri
+        folder = os.path.basename(store_uri.rstrip("/").split("?")[0]) or "store"
+        self.model_name = model_name or f"ctrain-{folder}"
         # One experiment per store, however its path was typed (relative or absolute).
         self._store = redact(store_uri if "://" in store_uri else os.path.abspath(store_uri))
         name = f"ctrain {self._store}"
         try:
-            self._client = MlflowClient(tracking_uri=tracking_uri)
+            self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
             found = self._client.get_experiment_by_name(name)
             self._experiment = found.experiment_id if found else self._client.create_experiment(name)
         except Exception as exc:  # MLflow raises its own types for unreachable or refused stores
@@ -83,11 +101,63 @@ class MlflowMirror:
             )
             self._client.set_terminated(run.info.run_id)
         except Exception as exc:  # the mirror is a copy: its failure is worth a warning, not an exit code
-            if not self._warned:
-                log.warning("MLflow: could not log %s (%s); the store is unaffected", name, _one_line(exc))
-                self._warned = True
+            self._warn(f"could not log {name}", exc)
             return ""
         return run.info.run_id
+
+    def _warn(self, what: str, exc: Exception) -> None:
+        if not self._warned:
+            log.warning("MLflow: %s (%s); the store is unaffected", what, _one_line(exc))
+            self._warned = True
+
+    def _register(self, run_id: str, version: str) -> str | None:
+        """Log `version`'s model with run `run_id` (MLflow's Keras flavour) and register it as a
+        version of the store's registered model; its number, or None if MLflow failed."""
+        try:
+            import keras
+            import mlflow.keras
+            import tensorflow as tf
+
+            from continual_trainer.commands import load_model
+
+            model = load_model(self._store_uri, version)[0]
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = os.path.join(tmp, "model")
+                requirements = [f"keras=={keras.__version__}", f"tensorflow-cpu=={tf.__version__}"]
+                mlflow.keras.save_model(model, folder, pip_requirements=requirements)
+                self._client.log_artifacts(run_id, folder, "model")
+            try:
+                self._client.create_registered_model(self.model_name, tags={"ctrain.store": self._store})
+            except Exception as exc:
+                if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+                    raise
+            source = f"{self._client.get_run(run_id).info.artifact_uri}/model"
+            made = self._client.create_model_version(
+                self.model_name, source, run_id=run_id, tags={"ctrain.version": version}
+            )
+        except Exception as exc:  # the mirror is a copy: warn, never fail the command
+            self._warn(f"could not register {version} in the model registry", exc)
+            return None
+        return str(made.version)
+
+    def _model_version(self, version: str) -> str | None:
+        """The registered model version that holds `version`, or None."""
+        for found in self._client.search_model_versions(f"name='{self.model_name}'"):
+            if found.tags.get("ctrain.version") == version:
+                return str(found.version)
+        return None
+
+    def champion(self, version: str, command: str = "promote") -> None:
+        """Move the alias `champion` to `version` (registering it first if it never was)."""
+        try:
+            number = self._model_version(version)
+            if number is None:
+                run_id = self._run(version, {}, {}, {"ctrain.command": command, "ctrain.version": version})
+                number = self._register(run_id, version) if run_id else None
+            if number is not None:
+                self._client.set_registered_model_alias(self.model_name, CHAMPION, number)
+        except Exception as exc:  # the mirror is a copy: warn, never fail the command
+            self._warn(f"could not move the alias {CHAMPION} to {version}", exc)
 
     def log_update(self, outcome: Any, params: Mapping[str, Any], command: str, parent: str | None = None) -> str:
         """One run for a committed version: its parameters, metrics and lineage."""
@@ -98,7 +168,11 @@ class MlflowMirror:
             "ctrain.promoted": str(outcome.promoted).lower(),
             "ctrain.reason": outcome.reason,
         }
-        return self._run(outcome.version, {"strategy": outcome.strategy, **params}, outcome.metrics, tags, parent)
+        run_id = self._run(outcome.version, {"strategy": outcome.strategy, **params}, outcome.metrics, tags, parent)
+        number = self._register(run_id, outcome.version) if run_id else None
+        if number is not None and outcome.promoted:
+            self.champion(outcome.version)
+        return run_id
 
     def log_sweep(self, result: Any, winner: Any = None) -> str:
         """A parent run for the sweep, a nested run per finished trial (and the saved winner)."""
@@ -122,28 +196,42 @@ class MlflowMirror:
             "ctrain.reason": event.reason,
         }
         params = {"file": event.file, "strategy": event.strategy or ""}
-        return self._run(
+        run_id = self._run(
             f"{event.file} ({event.status})",
             params,
             {"rows": event.rows, "seconds": event.seconds, **event.drift},
             tags,
         )
+        if run_id and event.version:
+            number = self._register(run_id, event.version)
+            if number is not None and event.promoted:
+                self.champion(event.version)
+        return run_id
 
 
-def mirror_for(tracking_uri: str | None, store_uri: str) -> MlflowMirror | None:
+def mirror_for(tracking_uri: str | None, store_uri: str, model_name: str | None = None) -> MlflowMirror | None:
     """The mirror `--mlflow URI` asks for, else MLFLOW_TRACKING_URI's if MLflow is installed
     (a variable set for other tools is no reason to fail), else None."""
     import importlib.util
 
     if tracking_uri:  # asked for: one that cannot be used is an error, found before any work
-        return MlflowMirror(tracking_uri, store_uri)
+        return MlflowMirror(tracking_uri, store_uri, model_name=model_name)
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri and importlib.util.find_spec("mlflow") is not None:
         try:
-            return MlflowMirror(uri, store_uri, source="MLFLOW_TRACKING_URI")
+            return MlflowMirror(uri, store_uri, source="MLFLOW_TRACKING_URI", model_name=model_name)
         except UserError as exc:  # set for other tools, or down: the store's work goes on unmirrored
             log.warning("%s; not mirroring to MLflow", exc)
     return None
+
+
+CHAMPION = "champion"  # the alias of the store's current version in the model registry
+
+
+def _file_store(uri: str) -> bool:
+    """Whether `uri` names MLflow's file store (a `file:` URI or a plain path)."""
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    return scheme == "file" or (len(scheme) <= 1 and "://" not in uri)  # no scheme, or a Windows drive letter
 
 
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}

@@ -9,9 +9,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from continual_trainer.cli import main
+from continual_trainer.data.storage import Store
 from tests.conftest import make_table
 
 mlflow = pytest.importorskip("mlflow")  # the `mlflow` extra; `make test` installs it with `dev`
+
+
+def sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A local tracking store and registry, as the README tells users to make one; artifacts go
+    to ./mlruns as MLflow's default puts them, here under tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def runs(uri: str, experiment: str) -> list:
@@ -21,8 +29,7 @@ def runs(uri: str, experiment: str) -> list:
 
 
 def test_update_sweep_and_stream_are_logged_as_runs(tmp_path: Path, tiny_store: str, capsys, monkeypatch) -> None:
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow's local file-based tracking store
-    uri = (tmp_path / "mlruns").as_uri()
+    uri = sqlite(tmp_path, monkeypatch)
     experiment = f"ctrain {tiny_store}"
     argv = ["update", "--store", tiny_store, "--strategy", "finetune_new", "--set", "epochs=2", "--json"]
     assert main([*argv, "--mlflow", uri]) == 0
@@ -65,10 +72,52 @@ def test_a_bad_tracking_uri_is_one_line_and_exit_2(tiny_store: str, capsys) -> N
 def test_the_python_api_mirrors_updates_and_sweeps(tmp_path: Path, tiny_store: str, monkeypatch) -> None:
     import continual_trainer as ct
 
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    uri = (tmp_path / "mlruns").as_uri()
+    uri = sqlite(tmp_path, monkeypatch)
     store = ct.open_store(tiny_store, mlflow=uri)
     outcome = store.update("finetune_new", epochs=2, promote="never")
     store.sweep({"strategies": ["keep"]})
     names = {r.info.run_name for r in runs(uri, f"ctrain {tiny_store}")}
     assert outcome.version in names and any(n.startswith("sweep-") for n in names)
+
+
+def test_the_registry_follows_promotions_and_rollbacks_with_the_alias_champion(
+    tmp_path: Path, tiny_store: str, capsys, monkeypatch
+) -> None:
+    import numpy as np
+
+    uri = sqlite(tmp_path, monkeypatch)
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    # a store that was never mirrored: promoting its current version registers it as the champion
+    assert main(["promote", "--store", tiny_store, "current", "--mlflow", uri, "--mlflow-model", "churn"]) == 0
+    init = Store.open(tiny_store).current()
+    assert client.get_model_version_by_alias("churn", "champion").tags["ctrain.version"] == init
+    argv = ["update", "--store", tiny_store, "--strategy", "finetune_new", "--set", "epochs=2", "--json"]
+    assert main([*argv, "--promote", "always", "--mlflow", uri, "--mlflow-model", "churn"]) == 0
+    new = json.loads(capsys.readouterr().out.splitlines()[-1])["version"]
+    champion = client.get_model_version_by_alias("churn", "champion")
+    assert champion.tags["ctrain.version"] == new
+    # the registered model is the version as `ctrain predict` scores it
+    model = mlflow.keras.load_model("models:/churn@champion")
+    import continual_trainer as ct
+
+    rows = make_table(n=8, seed=3).drop(["y"]).to_pandas()
+    expected = ct.open_store(tiny_store).predict(rows)["probability"].to_numpy()
+    (name,) = ct.expected_inputs(tiny_store)  # one numeric input: the five columns side by side
+    inputs = {name: rows[[f"f{i}" for i in range(5)]].to_numpy("float32")}
+    assert np.allclose(np.asarray(model(inputs))[:, -1], expected, atol=1e-5)  # the probability of class 1
+    # a rollback moves the alias back to what was current before (registered then, as never logged)
+    back = ["rollback", "--store", tiny_store, "--mlflow", uri, "--mlflow-model", "churn", "--json"]
+    assert main(back) == 0
+    previous = json.loads(capsys.readouterr().out.splitlines()[-1])["version"]
+    assert client.get_model_version_by_alias("churn", "champion").tags["ctrain.version"] == previous == init
+    assert main(["promote", "--store", tiny_store, new[-4:], "--mlflow", uri, "--mlflow-model", "churn"]) == 0
+    assert client.get_model_version_by_alias("churn", "champion").tags["ctrain.version"] == new
+    assert len(client.search_model_versions("name='churn'")) == 2  # each version registered once
+
+
+def test_the_file_store_is_refused_with_what_to_use(tiny_store: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    argv = ["update", "--store", tiny_store, "--strategy", "keep", "--mlflow", (tmp_path / "mlruns").as_uri()]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "use sqlite:///mlflow.db" in err and err.count("\n") == 1
