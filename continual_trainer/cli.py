@@ -507,6 +507,35 @@ def cmd_history(args: argparse.Namespace) -> None:
     first = _headline(rows[0]["metrics"] if rows else {})[0]
     extra, extra_title = ("roc_auc", "auc") if first == "accuracy" else ("r2", "r2")
     title = {"accuracy": "acc", "rmse": "rmse"}[first]
+    lines = _history_wide(rows, first, title, extra, extra_title) if args.wide else _history(rows, first, title)
+    if any(not r["same_holdout"] for r in rows):
+        lines.append("† scored on other holdout rows than the current version (*): not directly comparable")
+    for r in rows:
+        for role, m in r["live"].items():
+            beside = f" (served: {_live_text(m['served'])})" if role == "shadow" else ""
+            lines.append(f"live, {role}: {_short(r['version'])} {_live_text(m)}{beside}")
+    _emit(args, "" if args.json else "\n".join(lines), {"versions": rows})
+
+
+def _history(rows: list[dict[str, Any]], first: str, title: str) -> list[str]:
+    """The versions in at most 100 columns: the id's tail (what every command takes), strategy,
+    parent, holdout size and score, forgetting, flips, promoted."""
+    lines = [
+        f"  {'version':20} {'strategy':13} {'parent':14} {'rows':>5} {title:>6} {'forget':>6} {'flips':>6} promoted"
+    ]
+    for r in rows:
+        m = r["metrics"]
+        mark = "" if r["same_holdout"] else "†"
+        lines.append(
+            f"{'*' if r['current'] else ' '} {_tail(r['version'], 20):20} {r['strategy'][:13]:13} "
+            f"{_short(r['parent']):14} {r['holdout_rows']:>5}{mark or ' '}{_fmt(m.get(f'holdout_{first}')):>6} "
+            f"{_fmt(r['forgetting']):>6} {_fmt(r['negative_flip_rate']):>6} {'yes' if r['promoted'] else 'no'}"
+        )
+    return lines
+
+
+def _history_wide(rows: list[dict[str, Any]], first: str, title: str, extra: str, extra_title: str) -> list[str]:
+    """Every column: full ids, a second metric, training seconds and the parameters."""
     lines = [
         f"  {'version':45} {'strategy':13} {'parent':14} {'rows':>5} {title:>6} {extra_title:>6} {'forget':>6} "
         f"{'flips':>6} {'secs':>6} promoted  params"
@@ -521,15 +550,12 @@ def cmd_history(args: argparse.Namespace) -> None:
             f"{_fmt(r['train_seconds'], 2):>6} "
             f"{'yes' if r['promoted'] else 'no':8}  {r['params'][:60]}"
         )
-    if any(not r["same_holdout"] for r in rows):
-        lines.append(
-            "† scored on other holdout rows than the current version (* ); its metrics do not compare directly"
-        )
-    for r in rows:
-        for role, m in r["live"].items():
-            beside = f" (served: {_live_text(m['served'])})" if role == "shadow" else ""
-            lines.append(f"live, {role}: {r['version']} {_live_text(m)}{beside}")
-    _emit(args, "" if args.json else "\n".join(lines), {"versions": rows})
+    return lines
+
+
+def _tail(version: str, width: int) -> str:
+    """A version id cut to `width` from the left (its tail, which names it uniquely)."""
+    return version if len(version) <= width else "…" + version[-(width - 1) :]
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -1065,6 +1091,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = command("history", cmd_history, "versions, lineage and metrics", needs_tf=False)
     c.add_argument("--store", required=True)
+    c.add_argument("--wide", action="store_true", help="every column: full ids, seconds, parameters")
 
     c = command("report", cmd_report, "the store's life on one HTML page and in Markdown, with plots", needs_tf=False)
     c.add_argument("--store", required=True)
@@ -1117,6 +1144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, *_stopped_by(exc))  # type: ignore[misc]
     except StoreDamaged as exc:
         return _fail(args, str(exc), EXIT_WORK_FAILED)
+    except BrokenPipeError:  # the reader stopped reading (`ctrain history | head`): nothing to say
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:  # the machine: a full or read-only disk, permissions, too many open files
         code = EXIT_USER_ERROR if exc.errno in _ENVIRONMENT_ERRNOS else EXIT_WORK_FAILED
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""

@@ -441,3 +441,21 @@ def test_next_steps_are_runnable_as_printed(tiny_store: str, tmp_path: Path) -> 
     command = step.removeprefix("next: ").split("  (")[0].split()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     assert done.returncode == 0 and "is current" in done.stdout
+
+
+def test_history_fits_100_columns_and_wide_shows_everything(tmp_path: Path, capsys) -> None:
+    store, versions = _store_with_versions(tmp_path, capsys)
+    assert main(["history", "--store", store]) == 0
+    narrow = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in narrow) <= 100 and len(narrow) >= 1 + len(versions)
+    assert all(any(v[-12:] in line for line in narrow) for v in versions)  # each named by its tail
+    assert main(["history", "--store", store, "--wide"]) == 0
+    wide = capsys.readouterr().out
+    assert (all(v in wide for v in versions) and '"epochs": 2' in wide) or "epochs=2" in wide
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tiny_store: str) -> None:
+    venv_ctrain = os.path.join(os.path.dirname(sys.executable), "ctrain")
+    shell = f"{venv_ctrain} history --store {tiny_store} --wide | true; echo ${{PIPESTATUS[0]}}"  # true reads nothing
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "0" and "error" not in done.stderr
