@@ -87,6 +87,7 @@ def _sections(
         stats = "; ".join(
             f"{n}: {_stat(d.get('statistic'))}{' fired' if d.get('fire') else ''}"
             + (f" ({', '.join(d['because'])})" if d.get("fire") and d.get("because") else "")
+            + (f" — {d['detail']}" if d.get("detail") else "")
             for n, d in (e.get("triggers") or {}).items()
         )
         tried = ", ".join(
@@ -149,7 +150,8 @@ def _sections(
         f"{len(events)} stream file(s), of which {n_fired} fired a trigger."
     )
     return [
-        ("Summary", summary, None),
+        ("Now", _now(store, history, batches, events, promotions, first), None),
+        ("Summary", summary + " " + _cost(history, events, promotions), None),
         (
             "Batches as they arrived",
             f"Each batch with the stream's view of it (if it came through `ctrain stream`): the current model's "
@@ -202,13 +204,76 @@ def _sections(
     ]
 
 
+def _now(
+    store: Store,
+    history: list[dict[str, Any]],
+    batches: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    promotions: list[dict[str, Any]],
+    first: str,
+) -> str:
+    """The current version and its score, what happened last, and what to do next."""
+    current = next((h for h in history if h["current"]), None)
+    if current is None:
+        return "No current version yet: `ctrain init` has not finished."
+    score = _fmt(current["metrics"].get(f"holdout_{first}"))
+    parts = [f"Current: {current['version']} ({current['strategy']}), holdout {first} {score}."]
+    last = [(str(p.get("time", "")), f"{p.get('by', '')} made {p.get('version')} current ({p.get('reason', '')})")
+            for p in promotions[-1:]]  # fmt: skip
+    last += [(str(b.get("ingested", "")), f"batch {b['id']} arrived from {b.get('source', '?')}") for b in batches[-1:]]
+    if last:
+        parts.append(f"Last: {max(last)[1]}.")
+    seen = set(store.manifest(current["version"]).batches_seen)
+    retired = store.retired_batches()
+    waiting = [b for b in batches if b["id"] not in seen and b["id"] not in retired]
+    drifted = [v for v in store.events("served-drift") if v.get("fire")]
+    failed = [e for e in events[-1:] if e.get("status") in ("rejected", "failed")]
+    where = store.display
+    if waiting:
+        parts.append(
+            f"Next: {len(waiting)} batch(es) not learned yet ({', '.join(str(b.get('source')) for b in waiting[:3])}"
+            f"{', ...' if len(waiting) > 3 else ''}): `ctrain update --store {where} --strategy "
+            "finetune_all,ewc,fresh_all` compares three ways to learn them and keeps the best."
+        )
+    elif failed:
+        parts.append(f"Next: look at {failed[0].get('file')}: {failed[0].get('reason', '')}.")
+    elif drifted and drifted[-1].get("to", "") >= str(current.get("created", "")):
+        parts.append(
+            "Next: served traffic drifted since this version was made; join labels with `ctrain label` and update."
+        )
+    else:
+        parts.append("Next: nothing to do; the current version has learned every batch.")
+    return " ".join(parts)
+
+
+def _cost(history: list[dict[str, Any]], events: list[dict[str, Any]], promotions: list[dict[str, Any]]) -> str:
+    """Training time spent, updates made and promoted, and what triggers saved against updating
+    on every file (the quiet files times the mean time of the stream's updates)."""
+    seconds = sum(float(h.get("train_seconds") or 0) for h in history)
+    text = (
+        f"Cost: {seconds:.1f} s of training over {max(len(history) - 1, 0)} update(s), {len(promotions)} promotion(s)."
+    )
+    updates = [float(e.get("seconds") or 0) for e in events if e.get("status") in ("updated", "kept")]
+    quiet = [e for e in events if e.get("status") == "ingested"]
+    if updates and quiet:
+        saved = len(quiet) * sum(updates) / len(updates)
+        text += (
+            f" Triggers kept the model on {len(quiet)} of {len(events)} stream files: about {saved:.0f} s saved "
+            f"against updating on every file (the mean stream update took {sum(updates) / len(updates):.1f} s)."
+        )
+    return text
+
+
 def _over_time(history: list[dict[str, Any]], first: str) -> bytes:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     xs = np.arange(len(history))
     ys = np.array([h["metrics"].get(f"holdout_{first}") or np.nan for h in history], float)
     promoted = np.array([h["promoted"] for h in history])
-    ax.plot(xs, ys, color="#bbbbbb", linewidth=1, zorder=1)
+    for i in range(1, len(history)):  # a line only between versions scored on the same holdout rows
+        a, b = history[i - 1], history[i]
+        if (a["batches_seen"], a["holdout_rows"]) == (b["batches_seen"], b["holdout_rows"]):
+            ax.plot(xs[i - 1 : i + 1], ys[i - 1 : i + 1], color="#bbbbbb", linewidth=1, zorder=1)
     ax.scatter(xs[promoted], ys[promoted], color="#2b8a3e", label="promoted", zorder=2)
     ax.scatter(xs[~promoted], ys[~promoted], facecolors="none", edgecolors="#c92a2a", label="not promoted", zorder=2)
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -256,10 +321,19 @@ def _matrix(store: Store, first: str) -> bytes | None:
     return heatmap_png(
         values,
         [f"{m.strategy} {m.version}" for m in chain],
-        [f"batch {batch_ids.index(b) + 1}" for b in columns],
+        [_source(store, b, batch_ids.index(b) + 1) for b in columns],
         f"Accuracy matrix of the current lineage: holdout {first} per batch (oldest version on top)",
         lower_is_better=first == "rmse",
     )
+
+
+def _source(store: Store, batch: str, number: int) -> str:
+    """A batch as people know it: its source file (shortened), else its number."""
+    source = str(store.batch_info(batch).get("source") or "").split(" joined to the prediction log")[0]
+    source = source.removesuffix(".parquet")
+    if not source:
+        return f"batch {number}"
+    return source if len(source) <= 14 else source[:6] + "…" + source[-7:]
 
 
 def _markdown(store: Store, sections: list[tuple[str, str, Table | None]], plots: Mapping[str, bytes]) -> str:
@@ -283,6 +357,7 @@ th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-al
 th { background: #f1f3f5; } tr:nth-child(even) td { background: #fafafa; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 p { max-width: 75em; }
+.now { border: 2px solid #1971c2; background: #e7f5ff; padding: 0.2em 1em; margin: 1em 0; }
 """
 
 
@@ -295,6 +370,9 @@ def _html(store: Store, sections: list[tuple[str, str, Table | None]], plots: Ma
         f"<h1>Store report: {e(store.display)}</h1>",
     ]
     for title, text, table in sections:
+        if title == "Now":
+            out.append(f'<div class="now"><p>{e(text)}</p></div>')
+            continue
         out += [f"<h2>{e(title)}</h2>", f"<p>{e(text)}</p>"]
         if table and table[1]:
             head, rows = table

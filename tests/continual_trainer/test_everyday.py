@@ -459,3 +459,20 @@ def test_a_closed_pipe_ends_the_command_quietly(tiny_store: str) -> None:
     shell = f"{venv_ctrain} history --store {tiny_store} --wide | true; echo ${{PIPESTATUS[0]}}"  # true reads nothing
     done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "0" and "error" not in done.stderr
+
+
+def test_the_report_opens_with_now_last_and_next_and_counts_the_cost(tiny_store: str, tmp_path: Path) -> None:
+    from continual_trainer.api import open_store
+
+    store = open_store(tiny_store)
+    text = (Path(store.write_report(str(tmp_path / "r1"))["folder"]) / "report.md").read_text()
+    now = text.split("## Now", 1)[1].split("##", 1)[0]
+    assert f"Current: {store.current}" in now and "Last: batch" in now and "from new.parquet" in now
+    assert "Next: 1 batch(es) not learned yet (new.parquet)" in now and "--strategy finetune_all,ewc,fresh_all" in now
+    outcome = store.update("finetune_new", epochs=2, promote="always")
+    folder = Path(store.write_report(str(tmp_path / "r2"))["folder"])
+    text = (folder / "report.md").read_text()
+    now = text.split("## Now", 1)[1].split("##", 1)[0]
+    assert f"Last: update made {outcome.version} current" in now and "Next: nothing to do" in now
+    assert f"Cost: {sum(h['train_seconds'] or 0 for h in store.versions()):.1f} s of training over 1 update(s)" in text
+    assert '<div class="now">' in (folder / "index.html").read_text()
