@@ -26,6 +26,9 @@ def connect(num_cpus: int | None = None) -> dict[str, Any]:
     import ray
 
     if not ray.is_initialized():
+        from continual_trainer.trainer.progress import phase
+
+        phase("joining the Ray cluster" if os.environ.get("RAY_ADDRESS") else "starting a local Ray")
         env = {"TF_CPP_MIN_LOG_LEVEL": "3"}
         address = os.environ.get("RAY_ADDRESS")
         if not address:  # the current folder (a user's model builder), and where this package is

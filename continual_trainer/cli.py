@@ -112,6 +112,9 @@ def _names(raw: str | None) -> list[str] | None:
 
 
 def _emit(args: argparse.Namespace, text: str, payload: dict[str, Any]) -> None:
+    from continual_trainer.trainer.progress import clear
+
+    clear()  # a bar or phase line ends before the result starts
     if text:
         print(text)
     if args.json:
@@ -1128,13 +1131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="ctrain: %(levelname)s: %(message)s")
-    from continual_trainer.trainer.progress import Reporter, import_keras_quietly, reporting
+    from continual_trainer.trainer.progress import Reporter, import_keras_quietly, phase, reporting
 
     address = os.environ.get("RAY_ADDRESS")  # --address names the cluster for this command only
     try:
-        if args.needs_tf:
-            import_keras_quietly()
         with reporting(None if args.quiet else Reporter(args.command)):
+            if args.needs_tf:
+                phase("starting TensorFlow")
+                import_keras_quietly()
             args.func(args)
     except UserError as exc:
         return _fail(args, in_flags(exc), EXIT_USER_ERROR)

@@ -44,6 +44,7 @@ from continual_trainer.trainer.models import (
     numeric_layout,
     to_bytes,
 )
+from continual_trainer.trainer.progress import phase
 from continual_trainer.trials import evaluate_sets, holdout_metrics
 from continual_trainer.updatedata import default_memory_budget, load_update_data
 from continual_trainer.versions import save_candidate, stored_candidate
@@ -324,6 +325,7 @@ def update_several(
     executor = executor or LocalExecutor()
     keys = [frozenset(k for k in values if k in job.strategy.param_names) for job in jobs]
     jobs = sized_and_said(list(zip(jobs, keys, strict=True)), data, UPDATE_SECONDS)
+    phase(f"training {', '.join(names)} side by side")
     outcomes = executor.run(data, stored_candidate(store, data.parent), jobs)
     done = [(job, o) for job, o in zip(jobs, outcomes, strict=True) if not isinstance(o, Failure)]
     failed = [

@@ -324,7 +324,7 @@ class _Runner:
             else:
                 row = _record(trial, outcome, self.task, self.ancestors)
                 self.store.write_trial_record(self.sweep_id, trial.trial_id, row)
-                self.bar.best(trial.strategy, outcome.metrics)
+                self.bar.best(trial.strategy, outcome.metrics, row["params"])
             if self.asha is not None and not isinstance(outcome, Failure):
                 self.asha.replay([(trial.trial_id, list(outcome.curve))])  # what a Ray actor heard
             self.bar.update()
@@ -456,19 +456,29 @@ def _record(trial: TrialSpec, outcome: Any, task: str, ancestors: list[Manifest]
 
 
 class _Progress:
-    """Trials done, with the best so far (ranked as everywhere), on the command's reporter."""
+    """Trials done, with the best configuration so far by the final table's rule (the mean over
+    the seeds finished, ranked as everywhere), on the command's reporter."""
 
     def __init__(self, total: int, done: int, task: str) -> None:
         self._total, self._done = total, done
-        self._best: tuple[float, float] | None = None
         self._note: str | None = None
         self._names = headline(task)
+        self._seen: dict[tuple[str, str], list[dict[str, float | None]]] = {}
 
-    def best(self, strategy: str, metrics: Mapping[str, float | None]) -> None:
-        key = rank_key({m: metrics.get(f"holdout_{m}") for m in self._names})
-        if self._best is None or key > self._best:
-            self._best = key
-            self._note = f"best {strategy} {self._names[0]} {abs(key[0]):.3f}"
+    def best(self, strategy: str, metrics: Mapping[str, float | None], params: str = "") -> None:
+        self._seen.setdefault((strategy, params), []).append({m: metrics.get(f"holdout_{m}") for m in self._names})
+
+        def mean(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
+            out: dict[str, float | None] = {}
+            for m in self._names:
+                values = [v for r in runs if (v := r[m]) is not None]
+                out[m] = float(np.mean(values)) if values else None
+            return out
+
+        (name, _), runs = max(self._seen.items(), key=lambda kv: rank_key(mean(kv[1])))
+        value = mean(runs)[self._names[0]]
+        seeds = f" (mean of {len(runs)} seeds)" if len(runs) > 1 else ""
+        self._note = f"best {name} {self._names[0]} {'n/a' if value is None else f'{value:.3f}'}{seeds}"
 
     def update(self) -> None:
         self._done += 1

@@ -18,6 +18,7 @@ from continual_trainer.data.chunks import StoredRows, StoredUnion
 from continual_trainer.data.rows import Rows, RowSource
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.evaluate import class_metrics, class_parts, finite, join_parts, score, score_regression
+from continual_trainer.trainer.progress import labelled, phase
 from continual_trainer.updatedata import UpdateData
 
 
@@ -160,9 +161,11 @@ def run_strategy(
     extra_eval: Mapping[str, Rows] | None = None,
 ) -> TrialResult:
     """Run one strategy and score it."""
-    start = time.perf_counter()
-    candidate = strategy(data.inputs(current, seed), params)
-    return score_candidate(data, current, candidate, time.perf_counter() - start, extra_eval)
+    with labelled(strategy.name):
+        phase(f"building {strategy.name}")
+        start = time.perf_counter()
+        candidate = strategy(data.inputs(current, seed), params)
+        return score_candidate(data, current, candidate, time.perf_counter() - start, extra_eval)
 
 
 def score_candidate(
@@ -178,6 +181,7 @@ def score_candidate(
     holdout scored apart, and (classification) the candidate's negative flip rate. Rows left
     in the store are scored by `parts_of` (see `scored`)."""
     sets = data.eval_sets(extra_eval)
+    phase(f"scoring {sum(len(rows) for rows in sets.values()):,} held-out rows")
     metrics, pred, y = scored(candidate, sets, data.n_classes, data.batch_ids, parts_of)
     current_metrics, before, _ = scored(current, sets, data.n_classes, data.batch_ids, parts_of)
     if data.n_classes and pred is not None and before is not None and y is not None:

@@ -18,6 +18,7 @@ from continual_trainer.data.storage import Store
 from continual_trainer.strategies.base import reads_old
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.models import ModelSpec
+from continual_trainer.trainer.progress import phase
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +84,7 @@ def load_update_data(
     old_ids = [b for b in batches if b in seen]
     if require_new and not new_ids:
         raise NothingNew(f"no new batches since version {parent}; nothing to update (add some with `ctrain ingest`)")
+    phase(f"checking and reading {len(batches)} batch(es) ({len(new_ids)} new)")
     state = store.manifest(parent).state.get("files", {})
     old_train = params is None or any(reads_old(p, state) for p in params)
     old: RowSource

@@ -84,11 +84,15 @@ class Reporter:
         )
         self._start = self._last = time.monotonic()
         self._bar: Any = None
+        self._phase_shown = False
         self._what, self._done, self._total, self._note = "", 0, 0, ""
 
     def count(self, what: str, done: int, total: int, note: str | None = None) -> None:
         """`done` of `total` `what` (e.g. 40 of 150 epochs); a new count when `what` changes or
-        `done` goes back (the next model's training)."""
+        `done` goes back (the next model's training). Under `labelled(name)`, `what` is named
+        after it (`finetune_all: epochs`)."""
+        label = _LABEL.get()
+        what = f"{label}: {what}" if label else what
         if what != self._what or done < self._done or total != self._total:
             self._close_bar()
             self._what, self._total = what, total
@@ -119,6 +123,22 @@ class Reporter:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        if self._phase_shown:  # the phase line goes: the next line starts clean
+            self._stream.write("\r\x1b[2K")
+            self._stream.flush()
+            self._phase_shown = False
+
+    def phase(self, text: str) -> None:
+        """What the command is doing now (`starting TensorFlow`, `reading 4 batches`): on a
+        terminal one line, replaced by the next phase, bar or output; elsewhere nothing (status
+        lines there count work, and scripts reading stderr get only what they must)."""
+        if not self._tty:
+            return
+        self._close_bar()
+        elapsed = time.monotonic() - self._start
+        self._stream.write(f"\r\x1b[2Kctrain: {self._command}: {text} … ({elapsed:.0f} s)")
+        self._stream.flush()
+        self._phase_shown = True
 
     def say(self, line: str) -> None:
         """A line for the user (e.g. the plan before training), on its own line."""
@@ -147,6 +167,34 @@ def reporting(reporter: Reporter | None) -> Iterator[Reporter | None]:
         _OPEN.reset(token)
         if reporter is not None:
             reporter.close()
+
+
+_LABEL: ContextVar[str] = ContextVar("ctrain_progress_label", default="")
+
+
+@contextlib.contextmanager
+def labelled(name: str) -> Iterator[None]:
+    """Name the counts reported in this context (this thread) after `name`, e.g. the strategy
+    being trained, so that a bar says whose epochs it counts."""
+    token = _LABEL.set(name)
+    try:
+        yield
+    finally:
+        _LABEL.reset(token)
+
+
+def phase(text: str) -> None:
+    """Tell the user what the command is doing now, on the open reporter (see `Reporter.phase`)."""
+    reporter = _OPEN.get()
+    if reporter is not None:
+        reporter.phase(text)
+
+
+def clear() -> None:
+    """Take any bar or phase line off the terminal (before a command prints its result)."""
+    reporter = _OPEN.get()
+    if reporter is not None:
+        reporter._close_bar()
 
 
 def say(line: str) -> None:

@@ -476,3 +476,35 @@ def test_the_report_opens_with_now_last_and_next_and_counts_the_cost(tiny_store:
     assert f"Last: update made {outcome.version} current" in now and "Next: nothing to do" in now
     assert f"Cost: {sum(h['train_seconds'] or 0 for h in store.versions()):.1f} s of training over 1 update(s)" in text
     assert '<div class="now">' in (folder / "index.html").read_text()
+
+
+def test_long_work_says_what_it_is_doing_and_names_the_strategy_it_trains(tiny_store: str) -> None:
+    from continual_trainer.api import open_store
+
+    terminal = io.StringIO()
+    with reporting(Reporter("update", stream=terminal, tty=True)):
+        open_store(tiny_store).update("finetune_new", epochs=2, promote="never")
+    said = terminal.getvalue()
+    for phase in ("checking and reading 2 batch(es) (1 new)", "building finetune_new", "held-out rows"):
+        assert phase in said, said
+    assert "finetune_new: epochs" in said  # the bar names the strategy it counts
+    terminal = io.StringIO()
+    with reporting(Reporter("update", stream=terminal, tty=True)):
+        open_store(tiny_store).update(["finetune_new", "fresh_new"], epochs=2, promote="never")
+    assert "training finetune_new, fresh_new side by side" in terminal.getvalue()
+    piped = io.StringIO()  # not a terminal: no phase lines for scripts to read
+    with reporting(Reporter("update", stream=piped, tty=False, interval=3600)):
+        open_store(tiny_store).update("keep", promote="never")
+    assert piped.getvalue() == ""
+
+
+def test_the_sweep_bar_names_the_best_configuration_by_its_mean_over_seeds() -> None:
+    from continual_trainer.sweep import _Progress
+
+    bar = _Progress(total=4, done=0, task="classification")
+    bar.best("lucky", {"holdout_accuracy": 0.95, "holdout_log_loss": 0.2}, '{"lr": 1}')
+    bar.best("steady", {"holdout_accuracy": 0.90, "holdout_log_loss": 0.2}, '{"lr": 2}')
+    bar.best("steady", {"holdout_accuracy": 0.91, "holdout_log_loss": 0.2}, '{"lr": 2}')
+    assert bar._note == "best lucky accuracy 0.950"
+    bar.best("lucky", {"holdout_accuracy": 0.80, "holdout_log_loss": 0.2}, '{"lr": 1}')  # its mean falls to 0.875
+    assert bar._note == "best steady accuracy 0.905 (mean of 2 seeds)"
