@@ -733,7 +733,8 @@ def cmd_stream(args: argparse.Namespace) -> None:
     )
     if events and all(e.status in ("rejected", "failed") for e in events):
         raise UserError(f"none of the {len(events)} new file(s) was learned; first: {events[0].line()}")
-    _emit(args, "", {"events": recorded, "executor": where[-1], **({"served": served} if args.watch_served else {})})
+    text = "" if args.json or not args.once else _next(f"report --store {args.store}") + "  (the stream on one page)"
+    _emit(args, text, {"events": recorded, "executor": where[-1], **({"served": served} if args.watch_served else {})})
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -280,4 +280,5 @@ def test_a_stream_watching_served_traffic_judges_each_log_file_once_and_fires_wh
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "served traffic (600 rows" in out and "drifted from what the current version learned" in out
+    assert out.strip().splitlines()[-1].endswith(f"report --store {tiny_store}  (the stream on one page)")
     assert [e["fire"] for e in Store.open(tiny_store).events("served-drift")] == [False, True]
