@@ -749,8 +749,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     r = ct.run_demo(args.store, seed=args.seed, ray=_where_flag(args), on_result=step)
     steps = [f"history --store {r['store']}", f"serve --store {r['store']}"]
-    if os.path.exists(os.path.join("examples", "sweep.yaml")):
-        steps.insert(1, f"sweep --store {r['store']} --config examples/sweep.yaml")
+    example = "examples/sweep.yaml"  # the checkout's example, when run there
+    if os.path.exists(example):
+        steps.insert(1, f"sweep --store {r['store']} --config {example}")
     text = f"{r['table']}\nran on: {r['executor']}\nstore: {r['store']}\nreport: {r['report']}\n{_next(*steps)}"
     _emit(
         args,

@@ -185,7 +185,9 @@ def test_history_is_honest_about_rows_params_and_promotion(tmp_path: Path, capsy
     assert "roc_auc" in json.dumps(rows[tune2]["metrics"])
     assert main(["history", "--store", store]) == 0
     text = capsys.readouterr().out
-    assert "†" in text and "promoted" in text and "auc" in text
+    assert "†" in text and "promoted" in text and "acc" in text
+    assert main(["history", "--store", store, "--wide"]) == 0
+    assert "auc" in capsys.readouterr().out
 
 
 def test_a_model_that_learned_nothing_is_called_out(tmp_path: Path, capsys) -> None:
@@ -349,7 +351,7 @@ def test_the_python_api_reports_progress_when_asked(tiny_store: str, capsys, mon
     ct.open_store(tiny_store).update("finetune_new", epochs=3, promote="never")
     assert capsys.readouterr().err == ""  # not asked: silent, like any library
     ct.open_store(tiny_store, progress=True).update("finetune_new", epochs=3, promote="never")
-    assert "ctrain: update: epochs 3/3" in capsys.readouterr().err
+    assert "ctrain: update: finetune_new: epochs 3/3" in capsys.readouterr().err
 
 
 def test_promoting_a_version_that_scores_below_the_one_it_replaces_warns(tiny_store: str, capsys, caplog) -> None:
