@@ -201,7 +201,10 @@ def performance(obs: Observation, params: PerformanceParams, state: Mapping[str,
     # An update that paid more than `drop` is followed by another: after a drift the model
     # keeps learning the new concept until updating stops paying.
     paying = params.follow and obs.last_gain is not None and obs.last_gain > params.drop
-    detail = f"error {loss.mean():.3f} vs {ref.mean():.3f} on the newest learned batches' holdout (z {z:.1f})"
+    detail = (
+        f"error {loss.mean():.3f} vs {ref.mean():.3f} on the newest learned batches' holdout (z {z:.1f}); "
+        f"fires on a rise above {params.drop:g} with z ≥ {params.z:g}"
+    )
     if slow and not now:
         detail += f"; Page-Hinkley {m - low:.3f} > {params.ph_lambda:g}"
     if paying and not (now or slow):
@@ -273,7 +276,12 @@ def features(obs: Observation, params: FeaturesParams, state: Mapping[str, Any])
     worst_name, worst_p = min(tests, key=lambda t: t[1]) if tests else ("", 1.0)
     adjusted = min(1.0, worst_p * max(len(tests), 1))  # Bonferroni
     fire = adjusted < params.alpha / (2 if params.multivariate else 1)
-    detail = f"most shifted {worst_name!r} (adjusted p {adjusted:.2g}, {len(tests)} tests)" if tests else "no tests"
+    threshold = params.alpha / (2 if params.multivariate else 1)
+    detail = (
+        f"most shifted {worst_name!r} (adjusted p {adjusted:.2g}, {len(tests)} tests; fires below {threshold:g})"
+        if tests
+        else "no tests"
+    )
     statistic = adjusted
     if params.multivariate and a.shape[1]:
         auc, p = _domain_auc(a, b, obs.seed)

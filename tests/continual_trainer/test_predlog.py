@@ -225,6 +225,7 @@ def test_served_traffic_that_moved_fires_the_features_trigger_without_labels(
     served.stop()
     moved = store.drift(served=True, since=1.0)  # the last second: the moved rows only
     assert moved["rows"] == 120 and moved["fire"] and "most shifted" in moved["features"]["detail"]
+    assert "fires below 0.005" in moved["features"]["detail"]  # the threshold beside the statistic
     assert main(["drift", "--store", tiny_store, "--served", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["rows"] == 240
     assert main(["drift", "--store", tiny_store, "--served", "--trigger", "performance"]) == 2
