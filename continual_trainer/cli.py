@@ -510,7 +510,7 @@ def cmd_history(args: argparse.Namespace) -> None:
     first = _headline(rows[0]["metrics"] if rows else {})[0]
     extra, extra_title = ("roc_auc", "auc") if first == "accuracy" else ("r2", "r2")
     title = {"accuracy": "acc", "rmse": "rmse"}[first]
-    lines = _history_wide(rows, first, title, extra, extra_title) if args.wide else _history(rows, first, title)
+    lines = _history(rows, first, title, extra, extra_title, args.wide)
     if any(not r["same_holdout"] for r in rows):
         lines.append("† scored on other holdout rows than the current version (*): not directly comparable")
     for r in rows:
@@ -520,39 +520,30 @@ def cmd_history(args: argparse.Namespace) -> None:
     _emit(args, "" if args.json else "\n".join(lines), {"versions": rows})
 
 
-def _history(rows: list[dict[str, Any]], first: str, title: str) -> list[str]:
-    """The versions in at most 100 columns: the id's tail (what every command takes), strategy,
-    parent, holdout size and score, forgetting, flips, promoted."""
-    lines = [
-        f"  {'version':20} {'strategy':13} {'parent':14} {'rows':>5} {title:>6} {'forget':>6} {'flips':>6} promoted"
-    ]
+def _history(
+    rows: list[dict[str, Any]], first: str, title: str, extra: str, extra_title: str, wide: bool = False
+) -> list[str]:
+    """The versions as a table: in at most 100 columns the id's tail (what every command
+    takes), strategy, parent, holdout size and score, forgetting, flips, promoted; `wide` adds
+    full ids, a second metric, training seconds and the parameters."""
+    width = 45 if wide else 20
+    head = f"  {'version':{width}} {'strategy':13} {'parent':14} {'rows':>5} {title:>6} "
+    head += (f"{extra_title:>6} " if wide else "") + f"{'forget':>6} {'flips':>6} "
+    lines = [head + (f"{'secs':>6} promoted  params" if wide else "promoted")]
     for r in rows:
         m = r["metrics"]
         mark = "" if r["same_holdout"] else "†"
-        lines.append(
-            f"{'*' if r['current'] else ' '} {_tail(r['version'], 20):20} {r['strategy'][:13]:13} "
-            f"{_short(r['parent']):14} {r['holdout_rows']:>5}{mark or ' '}{_fmt(m.get(f'holdout_{first}')):>6} "
-            f"{_fmt(r['forgetting']):>6} {_fmt(r['negative_flip_rate']):>6} {'yes' if r['promoted'] else 'no'}"
-        )
-    return lines
-
-
-def _history_wide(rows: list[dict[str, Any]], first: str, title: str, extra: str, extra_title: str) -> list[str]:
-    """Every column: full ids, a second metric, training seconds and the parameters."""
-    lines = [
-        f"  {'version':45} {'strategy':13} {'parent':14} {'rows':>5} {title:>6} {extra_title:>6} {'forget':>6} "
-        f"{'flips':>6} {'secs':>6} promoted  params"
-    ]
-    for r in rows:
-        m = r["metrics"]
-        mark = "" if r["same_holdout"] else "†"
-        lines.append(
-            f"{'*' if r['current'] else ' '} {r['version']:45} {r['strategy']:13} {_short(r['parent']):14} "
+        version = r["version"] if wide else _tail(r["version"], width)
+        line = (
+            f"{'*' if r['current'] else ' '} {version:{width}} {r['strategy'][:13]:13} {_short(r['parent']):14} "
             f"{r['holdout_rows']:>5}{mark or ' '}{_fmt(m.get(f'holdout_{first}')):>6} "
-            f"{_fmt(m.get(f'holdout_{extra}')):>6} {_fmt(r['forgetting']):>6} {_fmt(r['negative_flip_rate']):>6} "
-            f"{_fmt(r['train_seconds'], 2):>6} "
-            f"{'yes' if r['promoted'] else 'no':8}  {r['params'][:60]}"
         )
+        line += (f"{_fmt(m.get(f'holdout_{extra}')):>6} " if wide else "") + (
+            f"{_fmt(r['forgetting']):>6} {_fmt(r['negative_flip_rate']):>6} "
+        )
+        promoted = "yes" if r["promoted"] else "no"
+        line += f"{_fmt(r['train_seconds'], 2):>6} {promoted:8}  {r['params'][:60]}" if wide else promoted
+        lines.append(line)
     return lines
 
 
