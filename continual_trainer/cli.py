@@ -459,7 +459,8 @@ def cmd_label(args: argparse.Namespace) -> None:
     else:
         live = "; ".join(f"{v}: {_live_text(m)}" for v, m in r["live"].items())
         shadow = "; ".join(
-            f"shadow {v}: {_live_text(m)} (served: {_live_text(m['served'])})" for v, m in r["shadow"].items()
+            f"shadow {v}: {_live_text(m)} (served: {_live_text(m['served'])}{_agreement(m)})"
+            for v, m in r["shadow"].items()
         )
         kept = "ingested as batch" if r["added"] else "already in the store as batch"
         promoted = [f"promoted {r['promoted']} ({r['reason']})"] if r["promoted"] else []
@@ -495,6 +496,14 @@ def cmd_drift(args: argparse.Namespace) -> None:
     _emit(args, "" if args.json else "\n".join([f"{head}{verdict}", *lines]), r)
 
 
+def _agreement(metric: dict[str, Any]) -> str:
+    """`; agrees on 95.0 %` (or `; RMSE 0.12 from it`) of a shadow's live metric, if known."""
+    agreement = metric.get("agreement") or {}
+    if "accuracy" in agreement:
+        return f"; agrees on {100 * agreement['accuracy']:.1f} %"
+    return f"; RMSE {agreement['rmse']:.3g} from it" if "rmse" in agreement else ""
+
+
 def _live_text(metric: dict[str, Any]) -> str:
     """`accuracy 0.912 on 500 rows` (or RMSE) from a live metric."""
     name = "rmse" if "rmse" in metric else "accuracy"
@@ -515,7 +524,7 @@ def cmd_history(args: argparse.Namespace) -> None:
         lines.append("† scored on other holdout rows than the current version (*): not directly comparable")
     for r in rows:
         for role, m in r["live"].items():
-            beside = f" (served: {_live_text(m['served'])})" if role == "shadow" else ""
+            beside = f" (served: {_live_text(m['served'])}{_agreement(m)})" if role == "shadow" else ""
             lines.append(f"live, {role}: {_short(r['version'])} {_live_text(m)}{beside}")
     _emit(args, "" if args.json else "\n".join(lines), {"versions": rows})
 

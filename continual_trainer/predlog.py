@@ -375,6 +375,7 @@ def _live(schema: Schema, rows: pa.Table, truth: list[Any]) -> tuple[dict[str, A
         idx = [i for i, x in enumerate(shadows) if x == v]
         entry = _metric(schema, [shadow_predicted[i] for i in idx], [truth[i] for i in idx])
         entry["served"] = _metric(schema, [predicted[i] for i in idx], [truth[i] for i in idx])
+        entry["agreement"] = _metric(schema, [shadow_predicted[i] for i in idx], [predicted[i] for i in idx])
         shadow[v] = entry
     return live, shadow
 
@@ -382,12 +383,19 @@ def _live(schema: Schema, rows: pa.Table, truth: list[Any]) -> tuple[dict[str, A
 def live_metrics(store: Store) -> dict[str, dict[str, dict[str, Any]]]:
     """Each version's live metric over every batch joined from the log: `{"served": {...}}` for
     the rows it answered, `{"shadow": {...}}` for those it scored as a shadow, the latter with
-    `served`, the answering versions' metric on the same rows. Rows and accuracy (or RMSE)."""
-    sums: dict[tuple[str, str], list[float]] = {}  # (version, role) -> [rows, total, served rows, served total]
+    `served`, the answering versions' metric on the same rows, and `agreement`, its predictions
+    scored against theirs (the share that agree; for regression the RMSE between them). Rows and
+    accuracy (or RMSE)."""
+    # (version, role) -> [rows, total] of its metric, of the served versions' on the same rows, of
+    # its agreement with them
+    sums: dict[tuple[str, str], list[float]] = {}
 
-    def add(version: str, role: str, metric: dict[str, Any], served: dict[str, Any] | None = None) -> None:
-        s = sums.setdefault((version, role), [0.0, 0.0, 0.0, 0.0])
-        for i, m in ((0, metric), (2, served or {})):
+    def add(
+        version: str, role: str, metric: dict[str, Any], served: dict[str, Any] | None = None,
+        agreement: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        s = sums.setdefault((version, role), [0.0] * 6)
+        for i, m in ((0, metric), (2, served or {}), (4, agreement or {})):
             rows = float(m.get("rows") or 0)
             if "accuracy" in m:
                 s[i], s[i + 1] = s[i] + rows, s[i + 1] + rows * m["accuracy"]
@@ -401,7 +409,7 @@ def live_metrics(store: Store) -> dict[str, dict[str, dict[str, Any]]]:
         for version, metric in (origin.get("live") or {}).items():
             add(version, "served", metric)
         for version, metric in (origin.get("shadow") or {}).items():
-            add(version, "shadow", metric, metric.get("served"))
+            add(version, "shadow", metric, metric.get("served"), metric.get("agreement"))
     out: dict[str, dict[str, dict[str, Any]]] = {}
     regression = store.schema.is_regression
 
@@ -411,10 +419,11 @@ def live_metrics(store: Store) -> dict[str, dict[str, dict[str, Any]]]:
         name, v = ("rmse", float(np.sqrt(total / rows))) if regression else ("accuracy", total / rows)
         return {"rows": int(rows), name: round(v, 6)}
 
-    for (version, role), (rows, total, served_rows, served_total) in sums.items():
+    for (version, role), (rows, total, served_rows, served_total, agree_rows, agree_total) in sums.items():
         entry = value(rows, total)
         if role == "shadow":
             entry["served"] = value(served_rows, served_total)
+            entry["agreement"] = value(agree_rows, agree_total)  # accuracy against the served predictions
         out.setdefault(version, {})[role] = entry
     return out
 

@@ -139,6 +139,7 @@ def _sections(
             _live_value(m),
             str(m.get("rows", 0)),
             _live_value(m["served"]) if role == "shadow" else "",
+            _live_value(m.get("agreement") or {}) if role == "shadow" else "",
         ]
         for h in history
         for role, m in (h.get("live") or {}).items()
@@ -194,8 +195,12 @@ def _sections(
                     "Live traffic",
                     "Rows `ctrain serve` answered whose labels arrived later (`ctrain label`): each version's live "
                     "metric on the rows it answered, and a shadow candidate's on the rows it scored beside the "
-                    "served version (with the served version's on the same rows).",
-                    (["version", "as", "live metric", "labelled rows", "served on the same rows"], live),
+                    "served version (with the served version's on the same rows, and how often it agreed with "
+                    "what was served: its accuracy against the served predictions, or the RMSE between them).",
+                    (
+                        ["version", "as", "live metric", "labelled rows", "served on the same rows", "agreement"],
+                        live,
+                    ),
                 )
             ]
             if live

@@ -88,8 +88,13 @@ class StreamEvent:
             for n, d in self.triggers.items()
             if d.get("fire")
         ]
+        why = [
+            str(d["detail"]) for n, d in self.triggers.items() if d.get("fire") and d.get("detail") and n != "always"
+        ]
         if self.triggers and list(self.triggers) != ["always"]:
-            parts.append(f"trigger: {', '.join(fired) if fired else 'none'} fired")
+            parts.append(
+                f"trigger: {', '.join(fired) if fired else 'none'} fired" + (f": {'; '.join(why)}" if why else "")
+            )
         if self.version:
             parts.append(f"{self.strategy} -> {self.version} {'promoted' if self.promoted else 'not promoted'}")
         parts.append(f"update failed: {self.reason}" if self.status == "failed" else self.reason)

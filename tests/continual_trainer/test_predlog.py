@@ -146,6 +146,9 @@ def test_a_shadow_scores_every_request_and_is_promoted_once_labels_show_it_no_wo
     history = {h["version"]: h for h in store.versions()}
     assert history[candidate]["live"]["shadow"]["rows"] == 60
     assert history[candidate]["live"]["shadow"]["accuracy"] == pytest.approx(shadow_right / 60, abs=1e-6)
+    served = logged.column(PREDICTION).to_pylist()
+    agree = sum(p == q for p, q in zip(shadow_predictions, served, strict=True))
+    assert history[candidate]["live"]["shadow"]["agreement"] == {"rows": 60, "accuracy": pytest.approx(agree / 60)}
     if shadow_right >= served_right:
         assert r["promoted"] == candidate and store.current == candidate
     else:

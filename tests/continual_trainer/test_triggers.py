@@ -410,3 +410,12 @@ def test_a_stream_above_its_memory_budget_decides_and_learns_the_same_from_the_s
     assert main([*bad, "--json"]) == 2
     error = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
     assert "update failed" in error and "weighting=importance" in error and "above the memory budget" in error
+
+
+def test_a_stream_line_says_why_its_trigger_fired() -> None:
+    from continual_trainer.stream import StreamEvent
+
+    detail = "most shifted 'ANC' (adjusted p 0.036, 16 tests; fires below 0.005)"
+    triggers = {"features": {"fire": True, "detail": detail}, "performance": {"fire": False}}
+    event = StreamEvent("day-12.parquet", "ab" * 32, "updated", batch="000012-ab", rows=500, triggers=triggers)
+    assert f"trigger: features fired: {detail}" in event.line()
