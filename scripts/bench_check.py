@@ -34,6 +34,7 @@ BENCHMARKS = (
     "bench_serve_log.py",
     "bench_sharded.py",
     "bench_averaging.py",
+    "bench_update_several.py",
 )
 
 
