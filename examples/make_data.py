@@ -36,7 +36,9 @@ def main(folder: str) -> None:
     diabetes = load_diabetes(scaled=False)
     x, y = diabetes.data, diabetes.target
     sex = np.where(x[:, 1] == 1, "female", "male")
-    older = np.argsort(x[:, 0])  # by age: the new clinic's patients are older
+    # by age: the new clinic's patients are older; a stable sort splits ties among equal ages the
+    # same way on every machine (NumPy's default sort may not, by CPU)
+    older = np.argsort(x[:, 0], kind="stable")
     parts = {"old": older[:250], "new": older[250:380], "score": older[380:]}
     names = [n for n in diabetes.feature_names if n != "sex"]
     for name, part in parts.items():
