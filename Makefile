@@ -13,6 +13,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml data trainer strategies continual_trainer cluster
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	# tensorflow-cpu (the base dependency before the GPU extra) shares its files with tensorflow
+	if $(PY) -m pip show --quiet tensorflow-cpu 2>/dev/null; then $(PY) -m pip uninstall --quiet -y tensorflow-cpu tensorflow; fi
 	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
 	touch $(STAMP)
 

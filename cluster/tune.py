@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from continual_trainer.cluster.pool import ACTOR_MEMORY, CurrentCache
+from continual_trainer.data.errors import UserError
 from continual_trainer.executor import (
     Failure,
     Job,
@@ -102,6 +103,17 @@ def _outcome(result: dict[str, Any]) -> TrialOutcome:
     )
 
 
+def _check_gpus(per_trial: float) -> None:
+    """Trials that ask for GPUs the cluster does not have would wait forever: say so first."""
+    import ray
+
+    have = ray.cluster_resources().get("GPU", 0)
+    if per_trial > have:
+        raise UserError.about(
+            "gpus_per_trial", per_trial, f"the Ray cluster has {have:g} GPUs (set 0 to train on CPUs)"
+        )
+
+
 def run_trials(
     data: UpdateData,
     current: StoredCandidate,
@@ -115,6 +127,7 @@ def run_trials(
     import ray
     from ray import tune
 
+    _check_gpus(settings.gpus_per_trial)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter honours verbose=0
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C stops the sweep like any command
     scratch = tempfile.mkdtemp(prefix="ctrain-tune-")
@@ -124,7 +137,7 @@ def run_trials(
         schedule = dataclasses.replace(schedule, decide=_AskActor(decider))
     trainable = tune.with_resources(
         tune.with_parameters(_trial, payload=(data, current, list(jobs), schedule)),
-        {"cpu": settings.cpus_per_trial, "memory": ACTOR_MEMORY},
+        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial, "memory": ACTOR_MEMORY},
     )
     relay = _relay_class()(on_done, [job.strategy.name for job in jobs], settings.max_failures)
     tuner = tune.Tuner(

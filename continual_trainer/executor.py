@@ -110,6 +110,7 @@ class SweepSettings(Params):
     """How a sweep's trials are scheduled (ignored where there is one process)."""
 
     cpus_per_trial: float = param(1.0, Interval(float, 0, low_open=True), "Ray CPUs per trial")
+    gpus_per_trial: float = param(0.0, Interval(float, 0), "Ray GPUs per trial (0: trials see no GPU)")
     max_failures: int = param(2, Interval(int, 0), "retries of a trial whose worker died")
     max_concurrent: int = param(0, Interval(int, 0), "trials at once (0: as many as there are CPUs)")
 

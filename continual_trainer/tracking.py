@@ -123,7 +123,7 @@ class MlflowMirror:
             model = load_model(self._store_uri, version)[0]
             with tempfile.TemporaryDirectory() as tmp:
                 folder = os.path.join(tmp, "model")
-                requirements = [f"keras=={keras.__version__}", f"tensorflow-cpu=={tf.__version__}"]
+                requirements = [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"]
                 mlflow.keras.save_model(model, folder, pip_requirements=requirements)
                 self._client.log_artifacts(run_id, folder, "model")
             try:

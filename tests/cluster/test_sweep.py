@@ -14,6 +14,7 @@ import pytest
 
 from continual_trainer import strategies
 from continual_trainer.cluster.executor import RayExecutor
+from continual_trainer.data.errors import UserError
 from continual_trainer.data.storage import Store
 from continual_trainer.strategies.base import TrainParams, UpdateInputs
 from continual_trainer.strategies.retrain import fresh
@@ -53,6 +54,15 @@ def test_a_tpe_search_runs_its_waves_on_tune(ray_cluster, tiny_store: str) -> No
     result = run_sweep(store, RayExecutor(), spec)
     assert result.finished == result.trials == 4 and "Ray" in result.where
     assert len({r["params"] for r in result.table.to_pylist()}) == 2
+
+
+@pytest.mark.ray
+def test_a_sweep_asking_for_gpus_the_cluster_lacks_is_refused_before_any_trial(ray_cluster, tiny_store: str) -> None:
+    """Tune would leave such trials pending for ever; the local test cluster has no GPU."""
+    store = Store.open(tiny_store)
+    spec = SweepSpec.parse(SPEC + "gpus_per_trial: 1\n")
+    with pytest.raises(UserError, match=r"gpus_per_trial=1.0: the Ray cluster has 0 GPUs \(set 0 to train on CPUs\)"):
+        run_sweep(store, RayExecutor(), spec)
 
 
 @dataclass(frozen=True)

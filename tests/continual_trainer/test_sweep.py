@@ -46,6 +46,7 @@ def test_spec_expands_the_grid_and_validates_early() -> None:
         ("strategies: [keep]\ncolour: blue", "unknown key(s) colour"),
         ("strategies: [keep]\nmax_failures: -1", "max_failures must be >= 0"),
         ("strategies: [keep]\ncpus_per_trial: zero", "cpus_per_trial=zero: expected a number"),
+        ("strategies: [keep]\ngpus_per_trial: -1", "gpus_per_trial must be >= 0"),
         ("strategies: [keep", "not valid YAML"),
     ]:
         with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
