@@ -269,16 +269,21 @@ def _cost(history: list[dict[str, Any]], events: list[dict[str, Any]], promotion
     return text
 
 
+def comparable_steps(history: list[dict[str, Any]]) -> list[int]:
+    """The positions `i` whose version was scored on the same holdout rows as version `i - 1`
+    (the same batches seen, as many rows): only there does the plot draw a line between them."""
+    same = [(h["batches_seen"], h["holdout_rows"]) for h in history]
+    return [i for i in range(1, len(history)) if same[i] == same[i - 1]]
+
+
 def _over_time(history: list[dict[str, Any]], first: str) -> bytes:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     xs = np.arange(len(history))
     ys = np.array([h["metrics"].get(f"holdout_{first}") or np.nan for h in history], float)
     promoted = np.array([h["promoted"] for h in history])
-    for i in range(1, len(history)):  # a line only between versions scored on the same holdout rows
-        a, b = history[i - 1], history[i]
-        if (a["batches_seen"], a["holdout_rows"]) == (b["batches_seen"], b["holdout_rows"]):
-            ax.plot(xs[i - 1 : i + 1], ys[i - 1 : i + 1], color="#bbbbbb", linewidth=1, zorder=1)
+    for i in comparable_steps(history):
+        ax.plot(xs[i - 1 : i + 1], ys[i - 1 : i + 1], color="#bbbbbb", linewidth=1, zorder=1)
     ax.scatter(xs[promoted], ys[promoted], color="#2b8a3e", label="promoted", zorder=2)
     ax.scatter(xs[~promoted], ys[~promoted], facecolors="none", edgecolors="#c92a2a", label="not promoted", zorder=2)
     ax.xaxis.get_major_locator().set_params(integer=True)

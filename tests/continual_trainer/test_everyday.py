@@ -510,3 +510,14 @@ def test_the_sweep_bar_names_the_best_configuration_by_its_mean_over_seeds() -> 
     assert bar._note == "best lucky accuracy 0.950"
     bar.best("lucky", {"holdout_accuracy": 0.80, "holdout_log_loss": 0.2}, '{"lr": 1}')  # its mean falls to 0.875
     assert bar._note == "best steady accuracy 0.905 (mean of 2 seeds)"
+
+
+def test_the_plot_over_time_joins_only_versions_scored_on_the_same_holdout_rows(tiny_store: str) -> None:
+    from continual_trainer.api import open_store
+    from continual_trainer.report import comparable_steps
+
+    store = open_store(tiny_store)
+    store.update(["finetune_new", "fresh_new"], epochs=2, promote="never")  # both on the two batches' holdout
+    history = store.versions()
+    assert len(history) == 3 and history[0]["batches_seen"] != history[1]["batches_seen"]
+    assert comparable_steps(history) == [2]  # the initial version saw one batch: no line to the first update
