@@ -49,7 +49,8 @@ def test_an_update_over_the_budget_trains_from_the_store_as_well(stores, capsys,
     a, b = in_memory["metrics"]["holdout_accuracy"], pieces["metrics"]["holdout_accuracy"]
     assert b > 0.75 and abs(a - b) < 0.03, (a, b)
     assert pieces["metrics"]["holdout_rows"] == in_memory["metrics"]["holdout_rows"]  # the same held-out rows
-    assert pieces["current_metrics"] == in_memory["current_metrics"]  # scored alike, a chunk at a time
+    # scored alike, a chunk at a time (sums over chunks round differently in the last digits on some CPUs)
+    assert pieces["current_metrics"] == pytest.approx(in_memory["current_metrics"], rel=1e-7)
     # Recency weighting and fitted ensemble weights read the same way; importance weighting
     # needs every old row at once.
     ct.open_store(stores[1]).update(
@@ -104,7 +105,7 @@ def test_regression_above_the_budget_is_scored_alike(tmp_path: Path) -> None:
         budget = "1KB" if name == "pieces" else None
         outcomes.append(store.update("finetune_all", memory_budget=budget, epochs=5, promote="never"))
     memory, pieces = outcomes
-    assert pieces.current_metrics == memory.current_metrics
+    assert pieces.current_metrics == pytest.approx(memory.current_metrics, rel=1e-7)
     assert abs(pieces.metrics["holdout_rmse"] - memory.metrics["holdout_rmse"]) < 0.2 * memory.metrics["holdout_rmse"]
     # Dark experience replay's regression form (one mixed target for memory rows) in pieces too.
     der = [ct.open_store(str(tmp_path / name)) for name in ("memory", "pieces")]
@@ -195,4 +196,4 @@ def test_every_strategy_that_declares_it_trains_from_the_store_alike(name: str, 
     pieces = update(stores[1], "--memory-budget", "1KB")
     a, b = in_memory["metrics"]["holdout_accuracy"], pieces["metrics"]["holdout_accuracy"]
     assert abs(a - b) < 0.06, (a, b)
-    assert pieces["current_metrics"] == in_memory["current_metrics"]
+    assert pieces["current_metrics"] == pytest.approx(in_memory["current_metrics"], rel=1e-7)
