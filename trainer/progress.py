@@ -231,7 +231,11 @@ def import_keras_quietly() -> None:
     try:
         os.dup2(devnull, 2)
         import keras  # noqa: F401
-        import tensorflow  # noqa: F401
+        import tensorflow
+
+        # The devices start here too: a TensorFlow built with CUDA logs its failed cuInit on a
+        # machine without a GPU the first time they are listed.
+        tensorflow.config.list_physical_devices()
     finally:
         os.dup2(saved, 2)
         os.close(saved)
