@@ -109,8 +109,9 @@ def _check_gpus(per_trial: float) -> None:
 
     have = ray.cluster_resources().get("GPU", 0)
     if per_trial > have:
-        raise UserError.about(
-            "gpus_per_trial", per_trial, f"the Ray cluster has {have:g} GPUs (set 0 to train on CPUs)"
+        raise UserError(  # a sweep file's key, not a flag: said as the file says it
+            f"gpus_per_trial: {per_trial:g} in the sweep file, but the Ray cluster has {have:g} GPUs "
+            "(set 0 to train on CPUs)"
         )
 
 

@@ -61,7 +61,8 @@ def test_a_sweep_asking_for_gpus_the_cluster_lacks_is_refused_before_any_trial(r
     """Tune would leave such trials pending for ever; the local test cluster has no GPU."""
     store = Store.open(tiny_store)
     spec = SweepSpec.parse(SPEC + "gpus_per_trial: 1\n")
-    with pytest.raises(UserError, match=r"gpus_per_trial=1.0: the Ray cluster has 0 GPUs \(set 0 to train on CPUs\)"):
+    refused = r"gpus_per_trial: 1 in the sweep file, but the Ray cluster has 0 GPUs \(set 0 to train on CPUs\)"
+    with pytest.raises(UserError, match=refused):
         run_sweep(store, RayExecutor(), spec)
 
 
