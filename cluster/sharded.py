@@ -37,8 +37,8 @@ class ShardScorer:
         with fs.open_input_file(path) as f:
             table = pq.ParquetFile(f).read_row_groups(row_groups, columns=columns)
         source = f"{redact(uri)} (row groups {row_groups[0]}-{row_groups[-1]})"
-        self.schema.check_features(table, source, allow_extra=True)
-        pred = self.candidate.predict(self.schema.inputs(table), self.schema.n_classes)
+        rows = self.schema.conform(table, source)  # the rule `ctrain predict` and `serve` read rows by
+        pred = self.candidate.predict(self.schema.inputs(rows), self.schema.n_classes)
         return pred.astype(np.float32), self.schema.targets(table, source) if with_labels else None
 
     def evaluate(self, uri: str, row_groups: list[int]) -> dict[str, Any]:

@@ -391,11 +391,11 @@ def predict_table(
     """
     version = store.resolve(version)
     schema = store.schema
-    check_scorable(schema, table, source, column)
+    rows = check_scorable(schema, table, source, column)
     if executor is None or data_uri is None:
         executor = LocalExecutor()
-    pred = executor.score(store, version, data_uri or source, table)
-    return with_predictions(schema, table, pred, version, source, column)
+    pred = executor.score(store, version, data_uri or source, rows)
+    return with_predictions(schema, table, pred, version, source, column)  # the rows as given, predictions beside
 
 
 def output_columns(column: str = "prediction") -> tuple[str, str]:
@@ -404,16 +404,18 @@ def output_columns(column: str = "prediction") -> tuple[str, str]:
     return OUTPUT_COLUMNS if column == "prediction" else (column, f"{column}_probability")
 
 
-def check_scorable(schema: Any, table: pa.Table, source: str, column: str = "prediction") -> None:
-    """UserError unless `table` has the store's feature columns (others pass through) and none
-    of the columns predictions are written to."""
-    schema.check_features(table, source, allow_extra=True)
+def check_scorable(schema: Any, table: pa.Table, source: str, column: str = "prediction") -> pa.Table:
+    """`table` with its features in the store's types (`Schema.conform`: what converts exactly is
+    converted, others pass through); UserError unless every feature is there and usable and no
+    column is one predictions are written to."""
+    rows = schema.conform(table, source)
     if not column or column in schema.features:
         raise UserError.about("prediction-column", column, "is a feature column; choose another name")
     for name in output_columns(column):
         if name in table.column_names:
             option = "--prediction-column NAME" if column == "prediction" else "another --prediction-column"
             raise UserError(f"{source}: already has a column {name!r}; rename or drop it, or give {option}")
+    return rows
 
 
 def with_predictions(

@@ -30,6 +30,10 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 # an integer type's extreme used as "missing") passed as finite and made every later update
 # that read them diverge.
 MAX_MAGNITUDE = 1e15
+# A number written as text, as a numeric feature accepts it (a JSON client that quotes its
+# numbers, a CSV read as strings): decimal digits, a point, an exponent; nothing else ("nan",
+# "1_000" and "0x10" are not numbers here, in any reader).
+NUMBER_TEXT = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,7 @@ class ColumnKind:
     name: ClassVar[str]
     grouped: ClassVar[bool] = False  # scalar numbers side by side in the `numeric` input
     statistics: ClassVar[bool] = True
+    form: ClassVar[str] = "number"  # what one row's value is, as a client sends it: number, numbers or text
 
     def matches(self, t: pa.DataType) -> bool:
         raise NotImplementedError
@@ -158,6 +163,46 @@ class ColumnKind:
         """What store.json records of a column of this kind beyond its name and statistics."""
         return {}
 
+    def canonical(self, column: Column) -> pa.DataType | None:
+        """The one Arrow type a column of this kind is held in once typed (rows to score, the
+        prediction log): every type the kind takes converts to it exactly. None (a kind that does
+        not say): columns are held as they come, and typed as their model input."""
+        return None
+
+    def typed_type(self, column: Column) -> pa.DataType:
+        """The Arrow type of `typed_arrow`'s arrays (the prediction log's column)."""
+        given = self.canonical(column)
+        if given is not None:
+            return given
+        return pa.list_(pa.float32(), column.size) if column.shape else pa.float32()
+
+    def converts(self, t: pa.DataType) -> bool:
+        """Whether a column of type `t`, not of this kind, converts to it exactly (numbers written
+        as text, say); `convert` does it."""
+        return False
+
+    def convert(self, col: pa.ChunkedArray, column: Column, source: str) -> pa.ChunkedArray:
+        """A column that `converts` (and has no nulls) as one of this kind; UserError naming the
+        first row that does not convert."""
+        raise NotImplementedError
+
+    # Typed rows (`Schema.typed_rows`): a column of a kind that is not grouped as one NumPy array.
+
+    def typed(self, col: pa.ChunkedArray, column: Column) -> np.ndarray:
+        """A column in its canonical type as its typed array (by default, its model input)."""
+        return self.to_input(col, column)
+
+    def typed_input(self, value: np.ndarray, column: Column) -> np.ndarray:
+        """The model input of a typed array (as `to_input` gives for the same values)."""
+        return value
+
+    def typed_arrow(self, value: np.ndarray, column: Column) -> pa.Array:
+        """A typed array as an Arrow array of `typed_type`."""
+        flat = np.ascontiguousarray(value, np.float32)
+        if column.shape:
+            return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), column.size)
+        return pa.array(flat)
+
 
 class Numeric(ColumnKind):
     """A scalar integer, float or boolean."""
@@ -179,11 +224,26 @@ class Numeric(ColumnKind):
     def to_input(self, col: pa.ChunkedArray, column: Column) -> np.ndarray:
         return np.ascontiguousarray(col.to_numpy().astype(np.float32, copy=False))
 
+    def canonical(self, column: Column) -> pa.DataType:
+        return pa.float64()  # exact for every accepted value: integers are at most 1e15 < 2**53
+
+    def converts(self, t: pa.DataType) -> bool:
+        return is_text(t)
+
+    def convert(self, col: pa.ChunkedArray, column: Column, source: str) -> pa.ChunkedArray:
+        text = col.cast(pa.string()) if pa.types.is_dictionary(col.type) else col
+        ok = pc.match_substring_regex(text, NUMBER_TEXT)
+        if not pc.all(ok).as_py():
+            row = _first(~ok.to_numpy(zero_copy_only=False))
+            raise UserError(f"{source}: feature {column.name!r}, row {row}: {text[row].as_py()!r} is not a number")
+        return pc.cast(pc.utf8_trim_whitespace(text), pa.float64())
+
 
 class Tensor(ColumnKind):
     """A list of numbers of one fixed size, shaped as the store records."""
 
     name = "tensor"
+    form = "numbers"
 
     def matches(self, t: pa.DataType) -> bool:
         return (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) and is_number(
@@ -210,13 +270,13 @@ class Tensor(ColumnKind):
         if wrong:
             raise UserError(
                 f"{source}: feature {name!r} has {wrong} row(s) whose length is not {column.size} "
-                f"(shape {column.shape})"
+                f"(shape {column.shape}; the first is row {_first(lengths != column.size)})"
             )
         values = col.combine_chunks().flatten()
         if values.null_count:
             raise UserError(f"{source}: feature {name!r} has {values.null_count} missing value(s) inside its lists")
-        _check_finite(values.to_numpy(zero_copy_only=False), name, source)
-        _check_magnitude(values.to_numpy(zero_copy_only=False), name, source)
+        _check_finite(values.to_numpy(zero_copy_only=False), name, source, column.size)
+        _check_magnitude(values.to_numpy(zero_copy_only=False), name, source, column.size)
 
     def to_input(self, col: pa.ChunkedArray, column: Column) -> np.ndarray:
         flat = col.combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
@@ -225,6 +285,20 @@ class Tensor(ColumnKind):
     def json_extras(self, column: Column) -> dict[str, Any]:
         return {"shape": list(column.shape)}
 
+    def canonical(self, column: Column) -> pa.DataType:
+        return pa.list_(pa.float64(), column.size)  # fixed size: no offsets to keep, cheaper to write
+
+    def typed(self, col: pa.ChunkedArray, column: Column) -> np.ndarray:
+        flat = col.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        return flat.astype(np.float64, copy=False).reshape(len(col), column.size)
+
+    def typed_input(self, value: np.ndarray, column: Column) -> np.ndarray:
+        return value.reshape(len(value), *column.shape).astype(np.float32)
+
+    def typed_arrow(self, value: np.ndarray, column: Column) -> pa.Array:
+        flat = np.ascontiguousarray(value, np.float64).ravel()
+        return pa.FixedSizeListArray.from_arrays(pa.array(flat), column.size)
+
 
 class Categorical(ColumnKind):
     """A string or dictionary column: the model gets the strings and maps them with the
@@ -232,6 +306,7 @@ class Categorical(ColumnKind):
 
     name = "categorical"
     statistics = False
+    form = "text"
 
     def matches(self, t: pa.DataType) -> bool:
         return is_text(t)
@@ -259,6 +334,24 @@ class Categorical(ColumnKind):
     def json_extras(self, column: Column) -> dict[str, Any]:
         return {"vocabulary": list(column.vocabulary)}
 
+    def canonical(self, column: Column) -> pa.DataType:
+        return pa.string()
+
+    def converts(self, t: pa.DataType) -> bool:
+        return pa.types.is_integer(t)  # codes written as integers: their decimal text
+
+    def convert(self, col: pa.ChunkedArray, column: Column, source: str) -> pa.ChunkedArray:
+        return pc.cast(col, pa.string())
+
+    def typed(self, col: pa.ChunkedArray, column: Column) -> np.ndarray:
+        return np.asarray(col.to_pylist(), dtype=object)
+
+    def typed_input(self, value: np.ndarray, column: Column) -> np.ndarray:
+        return value
+
+    def typed_arrow(self, value: np.ndarray, column: Column) -> pa.Array:
+        return pa.array(value, pa.string())
+
 
 # The kinds by the name the store records, in the order a column's type is tried.
 KINDS: dict[str, ColumnKind] = {kind.name: kind for kind in (Numeric(), Tensor(), Categorical())}
@@ -285,9 +378,37 @@ def check_column(col: pa.ChunkedArray, column: Column, source: str) -> None:
     kind = kind_of(col.type)
     if kind is None or kind.name != column.kind:
         raise UserError(f"{source}: feature {column.name!r} is {col.type} here; the store holds it as {column.kind}")
-    if col.null_count:
-        raise UserError(f"{source}: feature {column.name!r} has {col.null_count} missing value(s)")
+    _check_nulls(col, column.name, source)
     kind.check(col, column, source)
+
+
+def _check_nulls(col: pa.ChunkedArray, name: str, source: str) -> None:
+    if col.null_count:
+        row = _first(col.is_null().to_numpy(zero_copy_only=False))
+        raise UserError(f"{source}: feature {name!r} has {col.null_count} missing value(s) (the first in row {row})")
+
+
+def _first(mask: np.ndarray) -> int:
+    """The index of the first true element of a boolean mask (one that has one)."""
+    return int(np.argmax(mask))
+
+
+def conform_column(col: pa.ChunkedArray, column: Column, source: str) -> pa.ChunkedArray:
+    """A column of rows to score, checked as `check_column` checks and held in its kind's
+    canonical type: what converts exactly is converted (integers and booleans to float, numbers
+    written as text to numbers, dictionary or large strings to strings, integer codes to text);
+    anything else is a UserError naming the column (and the first row at fault)."""
+    kind = column.type
+    if not kind.matches(col.type) and kind.converts(col.type):
+        _check_nulls(col, column.name, source)
+        col = kind.convert(col, column, source)
+    check_column(col, column, source)
+    target = kind.canonical(column)
+    if target is None or col.type == target:
+        return col
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    return col.cast(target)
 
 
 def grouped(columns: Sequence[Column]) -> list[Column]:
@@ -311,14 +432,15 @@ def strings(col: pa.ChunkedArray) -> list[str]:
     return [str(v) for v in col.to_pylist()]
 
 
-def _check_magnitude(x: np.ndarray, name: str, source: str) -> None:
+def _check_magnitude(x: np.ndarray, name: str, source: str, size: int = 1) -> None:
     huge = np.abs(x.astype(np.float64, copy=False)) > MAX_MAGNITUDE
     count = int(np.count_nonzero(huge))
     if count:
-        example = float(x[np.argmax(huge)])
+        first = _first(huge)
         raise UserError(
-            f"{source}: feature {name!r} has {count} value(s) beyond ±1e15 (e.g. {example:.3g}), far outside "
-            "what a network can train on; replace them (missing values?) before ingesting"
+            f"{source}: feature {name!r} has {count} value(s) beyond ±1e15 (e.g. {float(x[first]):.3g} in row "
+            f"{first // size}), far outside what a network can train on; replace them (missing values?) before "
+            "ingesting"
         )
 
 
@@ -332,21 +454,24 @@ def _check_sentinels(col: pa.ChunkedArray, name: str, source: str) -> None:
         count = int(np.count_nonzero(x == value))
         if count:
             raise UserError(
-                f"{source}: feature {name!r} has {count} value(s) equal to {col.type}'s {what} ({value}), "
-                "a sentinel for missing values, not a measurement; replace them before ingesting"
+                f"{source}: feature {name!r} has {count} value(s) equal to {col.type}'s {what} ({value}, the "
+                f"first in row {_first(x == value)}), a sentinel for missing values, not a measurement; replace "
+                "them before ingesting"
             )
 
 
-def _check_finite(x: np.ndarray, name: str, source: str) -> None:
+def _check_finite(x: np.ndarray, name: str, source: str, size: int = 1) -> None:
     """Values as the model computes them, in float32: finite and within its range."""
     if x.dtype.kind != "f":
         return
     bad = int(np.count_nonzero(~np.isfinite(x)))
     if bad:
-        raise UserError(f"{source}: feature {name!r} has {bad} NaN or infinite value(s)")
-    huge = int(np.count_nonzero(np.abs(x) > FLOAT32_MAX))
+        row = _first(~np.isfinite(x)) // size
+        raise UserError(f"{source}: feature {name!r} has {bad} NaN or infinite value(s) (the first in row {row})")
+    beyond = np.abs(x) > FLOAT32_MAX
+    huge = int(np.count_nonzero(beyond))
     if huge:
         raise UserError(
-            f"{source}: feature {name!r} has {huge} value(s) beyond float32's range (|x| > 3.4e38), "
-            "infinite where the model computes"
+            f"{source}: feature {name!r} has {huge} value(s) beyond float32's range (|x| > 3.4e38, the first in row "
+            f"{_first(beyond) // size}), infinite where the model computes"
         )

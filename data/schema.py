@@ -45,6 +45,7 @@ from continual_trainer.data.columns import (
     Column,
     InputInfo,
     check_column,
+    conform_column,
     grouped,
     infer_column,
     is_number,
@@ -190,6 +191,68 @@ class Schema:
             out[NUMERIC] = np.ascontiguousarray(np.stack(cols, axis=1))
         out.update((c.name, c.type.to_input(table.column(c.name), c)) for c in self.columns if not c.type.grouped)
         return out
+
+    def inputs_of(self, typed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model inputs of rows already typed (`typed_rows`), by input name: the same arrays
+        `inputs` gives for the same values."""
+        out: dict[str, np.ndarray] = {}
+        numeric = grouped(self.columns)
+        if numeric and self.numeric_inputs == "columns":
+            m = typed[NUMERIC]
+            out.update((c.name, np.ascontiguousarray(m[:, i], np.float32)) for i, c in enumerate(numeric))
+        elif numeric:
+            out[NUMERIC] = typed[NUMERIC].astype(np.float32)
+        for c in self.columns:
+            if c.type.grouped:
+                continue
+            out[c.name] = c.type.typed_input(typed[c.name], c)
+        return out
+
+    def conform(self, table: pa.Table, source: str) -> pa.Table:
+        """Rows to score, checked (every feature present and usable; other columns pass) and each
+        feature held in its kind's canonical type (`data.columns.conform_column`: what converts
+        exactly is converted, anything else is a UserError naming the column and row). `ctrain
+        predict` and `ctrain serve` read rows through this one rule."""
+        if table.num_rows == 0:
+            raise UserError(f"{source}: the file has no rows")
+        check_unique_columns(table, source)
+        missing = [c for c in self.features if c not in table.column_names]
+        if missing:
+            raise UserError(f"{source}: missing feature column(s) {', '.join(missing)}")
+        for c in self.columns:
+            i = table.column_names.index(c.name)
+            table = table.set_column(i, c.name, conform_column(table.column(i), c, source))
+        return table
+
+    def typed_rows(self, table: pa.Table) -> dict[str, np.ndarray]:
+        """A conformed table's features as NumPy arrays in their canonical form: the grouped
+        numeric columns side by side as one float64 matrix (the input `numeric`), a tensor as
+        float64 rows of its size, a categorical column as strings (objects)."""
+        out: dict[str, np.ndarray] = {}
+        numeric = grouped(self.columns)
+        if numeric:
+            out[NUMERIC] = np.stack([table.column(c.name).to_numpy() for c in numeric], axis=1)
+        for c in self.columns:
+            if c.type.grouped:
+                continue
+            out[c.name] = c.type.typed(table.column(c.name), c)
+        return out
+
+    def typed_table(self, typed: Mapping[str, np.ndarray]) -> pa.Table:
+        """Typed rows (`typed_rows`) as a table of the features in their canonical types: the
+        prediction log's feature columns."""
+        numeric = grouped(self.columns)
+        arrays: dict[str, pa.Array] = {}
+        for c in self.columns:
+            if c.type.grouped:
+                arrays[c.name] = pa.array(typed[NUMERIC][:, numeric.index(c)], c.type.typed_type(c))
+            else:
+                arrays[c.name] = c.type.typed_arrow(typed[c.name], c)
+        return pa.table(arrays)
+
+    def canonical_schema(self) -> pa.Schema:
+        """The features' Arrow types once typed (see `conform`; the prediction log's)."""
+        return pa.schema([(c.name, c.type.typed_type(c)) for c in self.columns])
 
     def features_matrix(self, table: pa.Table) -> np.ndarray:
         """The scalar numeric features as a float32 matrix (stores of numeric columns only)."""

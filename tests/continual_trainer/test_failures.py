@@ -60,9 +60,9 @@ def test_an_unexpected_error_is_one_line_with_exit_1_and_a_traceback_only_when_a
 @pytest.mark.parametrize(
     ("column", "values", "expected"),
     [
-        ("f0", "uint64-max", "equal to uint64's maximum (18446744073709551615)"),
+        ("f0", "uint64-max", "equal to uint64's maximum (18446744073709551615, the first in row 0)"),
         ("f1", "int64-min", "equal to int64's minimum"),
-        ("f2", "3.3e38", "1 value(s) beyond ±1e15 (e.g. 3.3e+38)"),
+        ("f2", "3.3e38", "1 value(s) beyond ±1e15 (e.g. 3.3e+38 in row 0)"),
     ],
 )
 def test_values_that_pass_as_finite_but_wedge_training_are_refused_at_ingest(
