@@ -36,7 +36,7 @@ class Replica:
     def __init__(self, uri: str, options: dict[str, Any]) -> None:
         import os
 
-        from continual_trainer.serve import Served
+        from continual_trainer.serve.served import Served
 
         self.options = ServeOptions(**options)
         self.served = Served(
@@ -46,12 +46,14 @@ class Replica:
             self.options.id_column,
             self.options.shadow,
             one_at_a_time=True,
+            batch_rows=self.options.batch_rows,
+            batch_wait=self.options.batch_wait,
         )
         self.served.start()
         self.pid = os.getpid()
 
     def __serve_build_asgi_app__(self) -> Any:
-        from continual_trainer.serve import app
+        from continual_trainer.serve.app import app
 
         return app(self.served, self.options.max_body, token=self.options.token, replica=self.pid)
 

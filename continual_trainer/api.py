@@ -571,22 +571,26 @@ class ModelStore:
             done = predict(self.uri, data, out, version=version, executor=executor, column=prediction_column)
             return {**done, "executor": executor.where}
 
-    def serve(self, on_ready: Callable[[str], None] | None = None, **options: Any) -> None:
+    def serve(self, on_ready: Callable[[str], None] | None = None, console: bool = True, **options: Any) -> None:
         """Serve the current version over HTTP until interrupted, reloading it when a promotion
         changes it (`POST /predict`, `GET /health`, `/version`, `/metrics`, `/`; see
         `continual_trainer.serve`). `options` are `ServeOptions`' fields: `host` (127.0.0.1
         unless told otherwise), `port`, `poll`, `max_body`, `token` (requests but `/health` then
         need `Authorization: Bearer <token>`), `log_sample` (the fraction of rows kept in the
         prediction log; 0 keeps none), `id_column`, `shadow` (a version that scores every
-        request too, logged, never answering). `on_ready(version)` is called once the version
-        is loaded, just before the server listens."""
+        request too, logged, never answering), `workers` (processes sharing the port; default
+        one per core), `batch_rows` and `batch_wait` (requests that arrive together are scored
+        in one call of at most that many rows, a request waiting at most that many seconds for
+        company). `on_ready(version)` is called once the version is loaded and the server
+        answers; with `console`, a line on standard error for each version swapped in or
+        refused, and when the server stops."""
         from continual_trainer.serve import ServeOptions, serve
 
         try:
             settings = ServeOptions(**options)
         except TypeError as exc:
             raise UserError(f"serve: {exc}") from None
-        serve(self.uri, settings, on_ready=on_ready)
+        serve(self.uri, settings, on_ready=on_ready, console=console)
 
     def label(
         self,

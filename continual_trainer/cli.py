@@ -423,6 +423,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     store.serve(
         on_ready=ready,
+        console=not args.json,
         host=args.host,
         port=args.port,
         poll=args.poll,
@@ -431,6 +432,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         log_sample=args.log_sample,
         id_column=args.id_column,
         shadow=args.shadow,
+        workers=args.workers,
+        batch_rows=args.batch_rows,
+        batch_wait=args.batch_wait_us / 1e6,
         ray=_where_flag(args),
         replicas=args.replicas,
         max_replicas=args.max_replicas,
@@ -993,8 +997,27 @@ def build_parser() -> argparse.ArgumentParser:
     c = command("serve", cmd_serve, "answer predictions over HTTP, reloading on promotion", needs_tf=False)
     c.add_argument("--store", required=True)
     c.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    c.add_argument("--port", type=int, default=8000)
-    c.add_argument("--poll", type=float, default=2.0, help="seconds between looks for a promoted version")
+    c.add_argument("--port", type=_checked(Interval(int, 1, 65535)), default=8000)
+    c.add_argument(
+        "--poll", type=_checked(Interval(float, 0.1)), default=2.0, help="seconds between looks for a promoted version"
+    )
+    c.add_argument(
+        "--workers",
+        type=_checked(Interval(int, 1, 64)),
+        help="server processes sharing the port (default: one per core)",
+    )
+    c.add_argument(
+        "--batch-rows",
+        type=_checked(Interval(int, 1, 100_000)),
+        default=64,
+        help="most rows scored in one model call when requests arrive together (1: no batching; default 64)",
+    )
+    c.add_argument(
+        "--batch-wait-us",
+        type=_checked(Interval(int, 0, 1_000_000)),
+        default=0,
+        help="microseconds a request waits for others to batch with (default 0: only those already waiting)",
+    )
     c.add_argument("--max-body", type=_size, default=64 * 2**20, help="largest request body, e.g. 64MiB")
     c.add_argument("--token-file", help="a file holding a token requests must bear (Authorization: Bearer ...)")
     c.add_argument(

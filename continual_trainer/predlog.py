@@ -1,11 +1,20 @@
 """The prediction log: what `ctrain serve` answered, kept in the store; and delayed labels
 joined to it (`ctrain label`).
 
-Every answered request's rows (the feature columns as served), a key per row, the request id,
-the time, the version and its predictions (and a shadow candidate's) go to a background thread
-through a queue bounded in rows; when it is full the rows are dropped and counted, so logging
-never blocks or fails a request. The thread writes one Parquet file into the store when it holds
-`roll_rows` rows or its oldest row is `roll_seconds` old, and on shutdown.
+Every answered request's rows (the features as typed at the edge, `serve.edge`), a key per
+row, the request id, the time, the version and its predictions (and a shadow candidate's) are
+handed to a background thread through a queue bounded in rows: the request path appends to a
+deque (atomic, no lock) and never waits; when the queue is full the rows are dropped and
+counted. The thread builds the Arrow columns of many requests at once and writes one Parquet
+file into the store when it holds `roll_rows` rows or its oldest row is `roll_seconds` old, and
+on shutdown.
+
+Every file has one schema, `log_schema(store schema)`: the features in their canonical types
+(`Schema.canonical_schema`) and the log's own columns. Rows are typed before they are answered,
+so a row answered 200 is a row the writer can write. Files written before that rule (whose
+columns may hold other types) are read through the same schema: what converts is converted, a
+file that does not is skipped with one warning and counted (`LogReader.skipped`), so `drift
+--served`, `label` and the stream never fail on a log file.
 
 Labels arrive later as a Parquet file of keys and labels. `join_labels` finds each key's logged
 row (the newest if a key was served twice), pairs the features as served with the label as
@@ -17,10 +26,10 @@ from __future__ import annotations
 
 import io
 import logging
-import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,18 +57,39 @@ TIME_TYPE = pa.timestamp("ms", tz="UTC")
 LOG_COLUMNS = (KEY, REQUEST, TIME, VERSION, PREDICTION, SHADOW_VERSION, SHADOW_PREDICTION)
 
 
+def log_schema(schema: Schema) -> pa.Schema:
+    """The one schema of every prediction log file of a store of `schema`."""
+    kind = schema.class_type()
+    own = [(KEY, pa.string()), (REQUEST, pa.string()), (TIME, TIME_TYPE), (VERSION, pa.string()),
+           (PREDICTION, kind), (SHADOW_VERSION, pa.string()), (SHADOW_PREDICTION, kind)]  # fmt: skip
+    return pa.schema([*schema.canonical_schema(), *own])
+
+
 @dataclass(frozen=True)
 class Logged:
-    """One answered request, as the log receives it (made into a table on the writer thread)."""
+    """One answered request, as the log receives it (made into columns on the writer thread).
 
-    features: pa.Table
-    keys: list[str]
+    Attributes:
+        typed: the features, typed (`Schema.typed_rows`).
+        n: rows.
+        keys: each row's key, or None where the row has none of its own (then it is keyed
+            `<request>-<row>`); None for no keys at all.
+        predictions: class indices into the schema's classes, or the predicted numbers.
+        shadow_predictions: the shadow candidate's, the same way (None: no shadow scored them).
+    """
+
+    typed: dict[str, np.ndarray]
+    n: int
+    keys: list[str | None] | None
     request: str
     when: float
     version: str
-    predictions: list[Any]
+    predictions: np.ndarray
     shadow_version: str | None = None
-    shadow_predictions: list[Any] | None = None
+    shadow_predictions: np.ndarray | None = None
+
+
+Counted = Callable[[str, int], None]
 
 
 class PredictionLog:
@@ -72,6 +102,8 @@ class PredictionLog:
         roll_rows, roll_seconds: a file is written when this many rows wait, or the oldest
             waiting row is this old.
         max_queued: rows the queue holds; beyond it rows are dropped and counted.
+        counted: told of rows `written`, `dropped` or `failed` (the server's metrics), and of
+            the rows `waiting` for the next file.
     """
 
     def __init__(
@@ -82,137 +114,207 @@ class PredictionLog:
         roll_rows: int = 50_000,
         roll_seconds: float = 60.0,
         max_queued: int = 200_000,
+        counted: Counted | None = None,
     ) -> None:
         self.store, self.schema, self.sample = store, schema, sample
         self.roll_rows, self.roll_seconds, self.max_queued = roll_rows, roll_seconds, max_queued
+        self.counted = counted
         self.logged = self.dropped = self.failed = self.files = 0
         self.waiting = 0  # rows held by the writer for its next file
         self._queue: deque[Logged] = deque()
-        self._queued = 0
-        self._cond = threading.Condition()
-        self._random = random.Random()
-        self._closing = False
+        self._added = self._taken = 0  # rows appended by the request path, taken by the writer
+        self._rng = np.random.default_rng()
+        self._text = [f.name for f in schema.canonical_schema() if pa.types.is_string(f.type)]  # categorical
+        self._tensors = {f.name for f in schema.canonical_schema() if pa.types.is_fixed_size_list(f.type)}
+        self._closing = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ctrain-prediction-log", daemon=True)
         self._thread.start()
 
     def add(self, item: Logged) -> None:
-        """Queue a request's rows (sampled); never blocks; drops and counts them if the queue is full."""
-        n = len(item.keys)
-        if self.sample < 1.0:
-            keep = [i for i in range(n) if self._random.random() < self.sample]
-            if not keep:
-                return
-            if len(keep) < n:
-                item = _take(item, keep)
-                n = len(keep)
-        with self._cond:
-            if self._closing or self._queued + n > self.max_queued:
-                self.dropped += n
-                return
-            self._queue.append(item)
-            self._queued += n
-            self._cond.notify()
+        """Queue a request's rows; never blocks or locks; drops and counts them if the queue is full."""
+        if self._closing.is_set() or self._added - self._taken + item.n > self.max_queued:
+            self.dropped += item.n
+            if self.counted is not None:
+                self.counted("dropped", item.n)
+            return
+        self._queue.append(item)
+        self._added += item.n
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what waits, then stop the thread."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
+        self._closing.set()
+        self._wake.set()
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        held: list[pa.Table] = []
+        held: list[pa.Table] = []  # the next file's rows, made into columns as they arrive
         rows, since = 0, 0.0
         while True:
-            with self._cond:
-                wait = self.roll_seconds - (time.monotonic() - since) if held else None
-                if not self._queue and not self._closing:
-                    self._cond.wait(timeout=max(wait, 0.0) if wait is not None else None)
-                items = list(self._queue)
-                self._queue.clear()
-                self._queued = 0
-                closing = self._closing
-            for item in items:
-                try:
-                    held.append(self._table(item))
-                except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:  # cannot happen for checked rows
-                    self.failed += len(item.keys)
-                    log.error("a request's rows could not be logged (%s)", exc)
-                    continue
-                if rows == 0:
+            closing = self._closing.is_set()
+            items = []
+            while self._queue:
+                items.append(self._queue.popleft())
+            if items:
+                n = sum(item.n for item in items)
+                self._taken += n
+                if not held:
                     since = time.monotonic()
-                rows += len(item.keys)
+                try:
+                    held.append(self.table(items))
+                    rows += n
+                except (pa.ArrowException, ValueError) as exc:  # cannot happen for rows typed at the edge
+                    self._fail(n, exc)
             self.waiting = rows
-            due = rows >= self.roll_rows or (held and time.monotonic() - since >= self.roll_seconds)
-            if held and (due or closing):
+            if self.counted is not None:
+                self.counted("waiting", rows)
+            if held and (closing or rows >= self.roll_rows or time.monotonic() - since >= self.roll_seconds):
                 self._flush(held, rows)
                 held, rows = [], 0
                 self.waiting = 0
             if closing and not self._queue:
+                if self.counted is not None:
+                    self.counted("waiting", 0)
                 return
+            self._wake.wait(0.05)  # the request path never signals: the writer looks 20 times a second
+            self._wake.clear()
 
-    def _table(self, item: Logged) -> pa.Table:
-        kind = self.schema.class_type()
-        n = len(item.keys)
-        table = item.features.select([c for c in self.schema.features if c in item.features.column_names])
-        extra = {
-            KEY: pa.array(item.keys, pa.string()),
-            REQUEST: pa.array([item.request] * n, pa.string()),
-            TIME: pa.array(np.full(n, int(item.when * 1000), "datetime64[ms]"), TIME_TYPE),
-            VERSION: pa.array([item.version] * n, pa.string()),
-            PREDICTION: pa.array(item.predictions, kind),
-            SHADOW_VERSION: pa.array([item.shadow_version] * n, pa.string()),
-            SHADOW_PREDICTION: pa.array(item.shadow_predictions or [None] * n, kind),
+    def table(self, items: list[Logged]) -> pa.Table:
+        """The log's rows for `items`, in `log_schema`, sampled; built column by column (no loop
+        over rows in Python but for keys a client gave)."""
+        schema = self.schema
+        sizes = np.array([item.n for item in items])
+        n = int(sizes.sum())
+        which = pa.array(np.repeat(np.arange(len(items), dtype=np.int32), sizes))  # each row's request
+        starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
+        requests = pa.array([item.request for item in items], pa.string()).take(which)
+        keys = pc.binary_join_element_wise(requests, pc.cast(pa.array(np.arange(n) - starts), pa.string()), "-")
+        if any(item.keys is not None for item in items):  # a client's keys where it gave them
+            given = pa.array([k for item in items for k in (item.keys or [None] * item.n)], pa.string())
+            keys = pc.if_else(given.is_valid(), given, keys)
+        typed = {k: np.concatenate([item.typed[k] for item in items]) for k in items[0].typed}
+        table = schema.typed_table(typed)
+        own = {
+            KEY: keys,
+            REQUEST: requests,
+            TIME: pa.array(
+                np.repeat(np.array([int(item.when * 1000) for item in items], "datetime64[ms]"), sizes), TIME_TYPE
+            ),
+            VERSION: pa.array([item.version for item in items], pa.string()).take(which),
+            PREDICTION: _labels(schema, [item.predictions for item in items], sizes),
+            SHADOW_VERSION: pa.array([item.shadow_version for item in items], pa.string()).take(which),
+            SHADOW_PREDICTION: _labels(schema, [item.shadow_predictions for item in items], sizes),
         }
-        for name, values in extra.items():
+        for name, values in own.items():
             table = table.append_column(name, values)
+        table = table.cast(log_schema(schema))
+        if self.sample < 1.0:
+            table = table.filter(pa.array(self._rng.random(n) < self.sample))
         return table
 
     def _flush(self, held: list[pa.Table], rows: int) -> None:
         try:
-            table = pa.concat_tables(held, promote_options="permissive")
+            table = pa.concat_tables(held)
             sink = io.BytesIO()
-            pq.write_table(table, sink, compression="zstd")
-            self.store.write_prediction_log(sink.getvalue())
-        except (UserError, OSError, pa.ArrowException) as exc:  # a full or read-only store: serving goes on
-            self.failed += rows
-            log.error("%s rows of the prediction log could not be written (%s)", f"{rows:,}", exc)
+            # dictionaries only where few values repeat; statistics only for time (row groups skipped by it)
+            few = [VERSION, SHADOW_VERSION, *self._text]
+            compression = {
+                c: "none" if c in self._tensors else "snappy" for c in table.column_names
+            }  # floats do not shrink
+            pq.write_table(table, sink, compression=compression, use_dictionary=few, write_statistics=[TIME])
+            if table.num_rows:
+                self.store.write_prediction_log(sink.getvalue())
+        except (UserError, OSError, pa.ArrowException, ValueError) as exc:  # a full or read-only store: serving goes on
+            self._fail(rows, exc)
             return
-        self.logged += rows
+        self.logged += table.num_rows
         self.files += 1
+        if self.counted is not None:
+            self.counted("written", table.num_rows)
+
+    def _fail(self, rows: int, exc: Exception) -> None:
+        self.failed += rows
+        if self.counted is not None:
+            self.counted("failed", rows)
+        log.error("%s rows of the prediction log could not be written (%s)", f"{rows:,}", exc)
 
 
-def _take(item: Logged, keep: list[int]) -> Logged:
-    def pick(values: list[Any] | None) -> list[Any] | None:
-        return None if values is None else [values[i] for i in keep]
+def _labels(schema: Schema, parts: list[np.ndarray | None], sizes: np.ndarray) -> pa.Array:
+    """Predictions (class labels, or numbers) as a prediction column of the log; nulls for the
+    requests whose part is None."""
+    kind = schema.class_type()
+    if all(part is not None for part in parts):
+        return pa.array(np.concatenate(parts), kind)  # type: ignore[arg-type]
+    chunks = [
+        pa.nulls(int(n), kind) if part is None else pa.array(part, kind) for part, n in zip(parts, sizes, strict=True)
+    ]
+    return pa.concat_arrays(chunks)
 
-    return Logged(
-        item.features.take(keep), [item.keys[i] for i in keep], item.request, item.when, item.version,
-        [item.predictions[i] for i in keep], item.shadow_version, pick(item.shadow_predictions),
-    )  # fmt: skip
+
+class LogReader:
+    """The prediction log read through one schema (`log_schema`): files written with other types
+    are converted; a file that cannot be read or converted is skipped with one warning and
+    counted in `skipped`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.schema = log_schema(store.schema)
+        self.skipped: list[str] = []
+
+    def file(self, name: str, columns: list[str] | None = None) -> pa.Table | None:
+        """One file's rows (of `columns`), in the log's schema; None if it vanished or is skipped."""
+        try:
+            table = pq.read_table(io.BytesIO(self.store.read_prediction_log(name)), columns=columns)
+            return _unified(
+                table, self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
+            )
+        except FileNotFoundError:
+            return None
+        except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
+            if name not in self.skipped:
+                self.skipped.append(name)
+                log.warning("prediction log file %s is unreadable (%s); skipped", name, str(exc).splitlines()[0])
+            return None
+
+    def read(self, columns: list[str] | None = None, names: list[str] | None = None) -> pa.Table | None:
+        """The whole log (or some of its columns; or the files `names`), oldest first; None if empty."""
+        tables = [t for n in (self.store.prediction_logs() if names is None else names)
+                  if (t := self.file(n, columns)) is not None]  # fmt: skip
+        return pa.concat_tables(tables) if tables else None
+
+    def served_rows(self, after: float | None = None, names: list[str] | None = None) -> pa.Table | None:
+        """The logged rows' features and times (those served after `after`, seconds since the
+        epoch; of the log files `names`), oldest first; None if there are none."""
+        table = self.read([*self.store.schema.features, TIME], names)
+        if table is not None and after is not None:
+            table = table.filter(pc.greater(table.column(TIME), pa.scalar(int(after * 1000), TIME_TYPE)))
+        return table if table is not None and table.num_rows else None
+
+
+def _unified(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` as `schema`: each column converted (nulls where a column is missing, extra columns
+    dropped); ValueError or an Arrow error if a column does not convert."""
+    columns = []
+    for f in schema:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            if pa.types.is_dictionary(col.type):
+                col = col.cast(col.type.value_type)
+            columns.append(col if col.type == f.type else col.cast(f.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def read_log(store: Store, columns: list[str] | None = None, names: list[str] | None = None) -> pa.Table | None:
-    """The whole prediction log (or some of its columns; or the files `names`), oldest first;
-    None if it is empty."""
-    tables = []
-    for name in store.prediction_logs() if names is None else names:
-        try:
-            tables.append(pq.read_table(io.BytesIO(store.read_prediction_log(name)), columns=columns))
-        except FileNotFoundError:
-            continue
-        except (pa.ArrowException, OSError) as exc:
-            log.warning("prediction log file %s is unreadable (%s); skipped", name, exc)
-    return pa.concat_tables(tables, promote_options="permissive") if tables else None
+    """The whole prediction log (or some of its columns; or the files `names`), oldest first,
+    in one schema; None if it is empty."""
+    return LogReader(store).read(columns, names)
 
 
 def served_rows(store: Store, after: float | None = None, names: list[str] | None = None) -> pa.Table | None:
-    """The logged rows' features and times (those served after `after`, seconds since the
-    epoch; of the log files `names`), oldest first; None if there are none."""
-    table = read_log(store, [*store.schema.features, TIME], names)
-    if table is not None and after is not None:
-        table = table.filter(pc.greater(table.column(TIME), pa.scalar(int(after * 1000), TIME_TYPE)))
-    return table if table is not None and table.num_rows else None
+    """The logged rows' features and times (see `LogReader.served_rows`)."""
+    return LogReader(store).served_rows(after, names)
 
 
 @dataclass
@@ -338,21 +440,20 @@ def _labelled_keys(store: Store) -> set[str]:
 
 def _matched_rows(store: Store, wanted: pa.Array) -> pa.Table | None:
     """The logged rows whose key is in `wanted`, the newest per key, read file by file."""
+    reader = LogReader(store)
     parts = []
     for name in store.prediction_logs():
-        try:
-            data = store.read_prediction_log(name)
-            ids = pq.read_table(io.BytesIO(data), columns=[KEY]).column(KEY)
-            mask = pc.is_in(ids, value_set=wanted)
-            if pc.any(mask).as_py():
-                parts.append(pq.read_table(io.BytesIO(data)).filter(mask))
-        except FileNotFoundError:
+        ids = reader.file(name, [KEY])
+        if ids is None:
             continue
-        except (pa.ArrowException, OSError) as exc:
-            log.warning("prediction log file %s is unreadable (%s); skipped", name, exc)
+        mask = pc.is_in(ids.column(KEY), value_set=wanted)
+        if pc.any(mask).as_py():
+            rows = reader.file(name)
+            if rows is not None:
+                parts.append(rows.filter(mask))
     if not parts:
         return None
-    rows = pa.concat_tables(parts, promote_options="permissive")
+    rows = pa.concat_tables(parts)
     newest: dict[str, int] = {}
     for i, k in enumerate(rows.column(KEY).to_pylist()):
         newest[k] = i  # files are oldest first: the last seen is the newest

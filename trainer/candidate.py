@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -60,23 +60,40 @@ class Candidate:
         (n, n_classes), or for regression (`n_classes` 0) the predicted numbers, shape (n,).
 
         `x` is the inputs by name (a plain matrix is the `numeric` input)."""
-        if n_classes == 0:
-            return np.asarray(
-                sum(w * member_output(m, x)[:, 0] for m, w in zip(self.members, self.weights, strict=True) if w)
-            )
-        return self.predict_proba(x, n_classes)
+        x = _inputs(x)
+        return self.combine([member_output(m, x) if w else None for m, w in self.used()], n_classes)
 
     def predict_proba(self, x: Mapping[str, np.ndarray] | np.ndarray, n_classes: int) -> np.ndarray:
-        """Class probabilities, shape (n, n_classes): for each class, the weighted mean of the
-        probabilities of the members that know it. Members that predate a class do not vote
-        against it: with members knowing different class sets, rows are normalised after."""
+        """Class probabilities, shape (n, n_classes) (see `combine`)."""
         x = _inputs(x)
-        n = len(next(iter(x.values())))
+        return self.combine([member_output(m, x) if w else None for m, w in self.used()], n_classes)
+
+    def used(self) -> list[tuple[keras.Model, float]]:
+        """(member, weight) pairs, in order."""
+        return list(zip(self.members, self.weights, strict=True))
+
+    def combine(self, outputs: list[np.ndarray | None], n_classes: int) -> np.ndarray:
+        """What `predict` gives from each member's raw output (None for a member of weight 0),
+        however they were computed (in NumPy, by Keras, or by one compiled function).
+
+        For classes: for each class, the weighted mean of the probabilities of the members that
+        know it. Members that predate a class do not vote against it: with members knowing
+        different class sets, rows are normalised after."""
+        if n_classes == 0:
+            total: Any = 0
+            for raw, w in zip(outputs, self.weights, strict=True):
+                if w and raw is not None:
+                    total = total + w * raw[:, 0]
+            return np.asarray(total)
+        if len(outputs) == 1 and outputs[0] is not None and model_classes(self.members[0]) == n_classes:
+            # one network that knows every class: its probabilities as they are
+            return _proba(self.members[0], outputs[0], n_classes)
+        n = len(next(raw for raw in outputs if raw is not None))
         out = np.zeros((n, n_classes), np.float64)
         cover = np.zeros(n_classes, np.float64)
-        for model, weight in zip(self.members, self.weights, strict=True):
-            if weight:
-                out += weight * member_proba(model, x, n_classes)
+        for model, weight, raw in zip(self.members, self.weights, outputs, strict=True):
+            if weight and raw is not None:
+                out += weight * _proba(model, raw, n_classes)
                 cover[: model_classes(model)] += weight
         if np.allclose(cover, 1.0):
             return out
@@ -105,11 +122,17 @@ def member_output(model: keras.Model, x: Mapping[str, np.ndarray] | np.ndarray) 
 
 def member_proba(model: keras.Model, x: Mapping[str, np.ndarray], n_classes: int) -> np.ndarray:
     """One network's class probabilities, padded with zeros for classes it does not know."""
+    return _proba(model, member_output(model, x), n_classes)
+
+
+def _proba(model: keras.Model, raw: np.ndarray, n_classes: int) -> np.ndarray:
+    """A network's raw output as class probabilities, padded with zeros for classes it does not know."""
     known = model_classes(model)
     if known > n_classes:
         raise ValueError(f"model predicts {known} classes but the data has {n_classes}")
-    raw = member_output(model, x)
     probs = np.hstack([1 - raw, raw]) if raw.shape[1] == 1 else raw
+    if known == n_classes:
+        return probs
     out = np.zeros((len(raw), n_classes), np.float64)
     out[:, :known] = probs
     return out

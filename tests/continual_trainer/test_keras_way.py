@@ -15,49 +15,7 @@ import pytest
 
 from continual_trainer.cli import main
 from continual_trainer.data.errors import UserError
-
-NUMERIC = ("age", "hours", "gain")
-
-
-def census(n: int, seed: int, cities=("paris", "lyon", "nice"), shift: float = 0.0) -> pa.Table:
-    rng = np.random.default_rng(seed)
-    age = rng.normal(40 + 5 * shift, 12, n).clip(18, 90)
-    hours = rng.normal(38, 10, n).clip(1, 99)
-    gain = rng.exponential(2000, n)
-    city = rng.choice(cities, n)
-    code = rng.integers(1, 25, n)
-    score = 0.05 * (age - 40) + 0.08 * (hours - 38) + gain / 3000 + (city == "paris") + (code > 16) * 1.2 - 1
-    y = (score + rng.normal(0, 0.5, n) > 0).astype(np.int64)
-    return pa.table({"age": age, "hours": hours, "gain": gain, "city": city, "code": code, "y": y})
-
-
-def keras_way_model(table: pa.Table):
-    """As in Keras's 'structured data classification from scratch' guide."""
-    import keras
-    import tensorflow as tf
-
-    df = table.to_pandas()
-    inputs, encoded = {}, []
-    for col in NUMERIC:
-        inputs[col] = keras.Input(shape=(1,), name=col)
-        norm = keras.layers.Normalization()
-        norm.adapt(df[col].to_numpy().reshape(-1, 1))
-        encoded.append(norm(inputs[col]))
-    inputs["city"] = keras.Input(shape=(1,), name="city", dtype="string")
-    lookup = keras.layers.StringLookup(output_mode="one_hot")
-    lookup.adapt(df["city"].to_numpy())
-    encoded.append(lookup(inputs["city"]))
-    inputs["code"] = keras.Input(shape=(1,), name="code", dtype="int64")
-    codes = keras.layers.IntegerLookup(output_mode="one_hot")
-    codes.adapt(df["code"].to_numpy())
-    encoded.append(codes(inputs["code"]))
-    h = keras.layers.Dense(16, activation="relu")(keras.layers.concatenate(encoded))
-    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(h))
-    model.compile("adam", "binary_crossentropy")
-    x = {c: tf.constant(df[c].to_numpy().reshape(-1, 1)) for c in (*NUMERIC, "code")}
-    x["city"] = tf.constant(df["city"].to_numpy().astype(str).reshape(-1, 1))
-    model.fit(x, df["y"].to_numpy(), epochs=15, verbose=0)
-    return model
+from examples.census import NUMERIC, census, keras_way_model
 
 
 def run(capsys, *argv: str) -> tuple[int, dict, str]:

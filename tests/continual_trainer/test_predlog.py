@@ -17,7 +17,7 @@ from continual_trainer.api import open_store
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.storage import Store
 from continual_trainer.predlog import KEY, PREDICTION, SHADOW_PREDICTION, VERSION, Logged, PredictionLog, read_log
-from continual_trainer.serve import Served
+from continual_trainer.serve.served import Served
 from tests.conftest import make_table
 
 
@@ -26,6 +26,13 @@ def _rows(n: int, seed: int, first_id: int = 0) -> tuple[pa.Table, pa.Table]:
     table = make_table(n=n, seed=seed)
     ids = pa.array([f"r{first_id + i}" for i in range(n)])
     return table.drop(["y"]).append_column("id", ids), pa.table({"id": ids, "y": table.column("y")})
+
+
+def _logged(store: Store, rows: pa.Table, request: str = "r") -> Logged:
+    """What serve hands the log for `rows` (keyed by their `id`), all predicted class 0."""
+    typed = store.schema.typed_rows(store.schema.conform(rows, "rows"))
+    n = rows.num_rows
+    return Logged(typed, n, rows.column("id").to_pylist(), request, time.time(), "v", np.zeros(n, np.int64))
 
 
 def _serve(served: Served, rows: pa.Table, per_request: int = 10) -> list[dict]:
@@ -56,8 +63,7 @@ def test_log_sample_keeps_a_fraction_and_zero_keeps_none(tiny_store: str) -> Non
     served.stop()
     assert served.log is None and read_log(Store.open(tiny_store)) is None
     sampled = PredictionLog(Store.open(tiny_store), Store.open(tiny_store).schema, sample=0.25)
-    rows = _rows(2000, seed=5)[0]
-    sampled.add(Logged(rows, rows.column("id").to_pylist(), "r", time.time(), "v", [0] * 2000))
+    sampled.add(_logged(Store.open(tiny_store), _rows(2000, seed=5)[0]))
     sampled.close()
     assert 350 < sampled.logged < 650  # 500 expected; a binomial draw with sd ~19
 
@@ -66,12 +72,12 @@ def test_a_full_queue_drops_and_counts_rows_and_an_unwritable_store_fails_them_w
     tiny_store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = Store.open(tiny_store)
-    rows = _rows(6, seed=4)[0]
-    item = Logged(rows, rows.column("id").to_pylist(), "r", time.time(), "v", [0] * 6)
+    item = _logged(store, _rows(6, seed=4)[0])
     full = PredictionLog(store, store.schema, max_queued=10, roll_seconds=3600)
-    with full._cond:  # the writer is held up: the queue fills
-        full.add(item)
-        full.add(item)
+    full._taken -= 10  # the writer is held up: ten rows still wait in the queue
+    full.add(item)
+    full._taken += 10
+    full.add(item)
     full.close()
     assert (full.logged, full.dropped) == (6, 6)
 
@@ -183,19 +189,25 @@ def test_a_version_that_loads_but_cannot_score_is_refused_at_warm_up(
 ) -> None:
     from types import SimpleNamespace
 
-    import continual_trainer.serve as serving
+    import continual_trainer.serve.served as serving
+    from continual_trainer.trainer.candidate import Candidate
+    from continual_trainer.trainer.light import DenseStack
 
     store = open_store(tiny_store)
     first = store.current
     bad = store.update("finetune_new", epochs=2, promote="never").version
     real = serving.stored_candidate
 
-    class CannotScore:
-        def predict(self, x: dict, n_classes: int) -> np.ndarray:
+    class CannotScore(DenseStack):
+        def output(self, x: dict) -> np.ndarray:
             raise ValueError("input shape mismatch")
 
+    member = CannotScore("broken", None, None, ((np.zeros((5, 1), np.float32), None, "sigmoid"),))
+
     def stored(s: Store, version: str):
-        return SimpleNamespace(for_scoring=CannotScore) if version == bad else real(s, version)
+        if version == bad:
+            return SimpleNamespace(for_scoring=lambda: Candidate((member,), (1.0,)))
+        return real(s, version)
 
     monkeypatch.setattr(serving, "stored_candidate", stored)
     served = Served(tiny_store, log_sample=0)

@@ -33,7 +33,9 @@ def server(request, tiny_store: str) -> Iterator[tuple[str, str]]:
     `@pytest.mark.parametrize("server", [TOKEN], indirect=True)` requests need the token."""
     import uvicorn
 
-    from continual_trainer.serve import Served, app, wait_ready
+    from continual_trainer.serve import wait_ready
+    from continual_trainer.serve.app import app
+    from continual_trainer.serve.served import Served
 
     served = Served(tiny_store, poll=0.1)
     served.start()
@@ -59,6 +61,17 @@ def _post(url: str, body: bytes, kind: str = "application/json", token: str | No
             return r.status, json.loads(r.read()), dict(r.headers)
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read()), dict(exc.headers)
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample of a Prometheus exposition (None if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return None
 
 
 def _rows(n: int = 5, seed: int = 3) -> bytes:
@@ -167,9 +180,10 @@ def test_an_arrow_stream_body_is_scored_like_json_and_metrics_count_it(server) -
     with urllib.request.urlopen(f"{url}/metrics") as r:
         text = r.read().decode()
     version = answer["version"]
-    assert f'ctrain_requests_total{{version="{version}",status="200"}} 2' in text
-    assert f'ctrain_rows_total{{version="{version}"}} 80' in text
-    assert "ctrain_request_seconds_count 3" in text and "ctrain_reloads_total 1" in text
+    assert sample(text, "ctrain_requests_total", version=version, status="200") == 2
+    assert sample(text, "ctrain_requests_total", version=version, status="400") == 1
+    assert sample(text, "ctrain_rows_total", version=version) == 80
+    assert sample(text, "ctrain_request_seconds_count") == 3 and sample(text, "ctrain_reloads_total") == 1
     with urllib.request.urlopen(f"{url}/") as r:
         page = r.read().decode()
     assert version in page and "<table>" in page
@@ -204,3 +218,147 @@ def test_serve_mistakes_are_one_line_and_exit_2(tiny_store: str, tmp_path: Path,
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"ctrain: error: --token-file {tmp_path / 'missing'}: cannot be read (FileNotFoundError)",
                    f"ctrain: error: --token-file {tmp_path / 'empty'}: is empty"]  # fmt: skip
+
+
+async def _asgi_post(asgi, body: bytes, kind: bytes = b"application/json") -> tuple[int, dict]:
+    """One request through the ASGI application itself (no sockets): its status and JSON answer."""
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict:
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "query_string": b"",
+             "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())]}  # fmt: skip
+    await asgi(scope, receive, send)
+    return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+def test_batching_on_and_off_gives_identical_answers_and_batches_requests_that_arrive_together(
+    tiny_store: str,
+) -> None:
+    import asyncio
+
+    from continual_trainer.serve.app import app
+    from continual_trainer.serve.served import Served
+
+    bodies = [_rows(n, seed=s) for s, n in enumerate([1, 3, 1, 7, 2, 1, 5, 1, 1, 4] * 2)]
+    answers = {}
+    for rows in (1, 64):
+        served = Served(tiny_store, batch_rows=rows, log_sample=0)
+        served.start()
+        asgi = app(served)
+
+        async def all_at_once(asgi=asgi) -> list:
+            return await asyncio.gather(*(_asgi_post(asgi, b) for b in bodies))
+
+        answers[rows] = asyncio.run(all_at_once())
+        served.stop()
+        assert all(status == 200 for status, _ in answers[rows])
+        calls = served.current.batcher.calls
+        assert calls == (len(bodies) if rows == 1 else 1), calls  # together: one call for all twenty
+    for (_, alone), (_, batched) in zip(answers[1], answers[64], strict=True):
+        assert alone["predictions"] == batched["predictions"]
+        assert alone["probabilities"] == batched["probabilities"]
+        assert len(alone["ids"]) == len(batched["ids"]) == len(alone["predictions"])
+
+
+def test_hostile_bodies_get_a_4xx_in_one_line_and_no_traceback_reaches_the_log(
+    server, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, _ = server
+    one = {f"f{i}": 0.5 for i in range(5)}
+    cases = [
+        (
+            json.dumps({"rows": [one]}).encode()[:-3] + b', "deep": ' + b"[" * 5_000 + b"]" * 5_000 + b"}]}",
+            400,
+            "nested too deep",
+        ),
+        (
+            b'{"rows": [{"f0": ' + b"[" * 5_000 + b"]" * 5_000 + b"}]}",
+            422,
+            "'f0', row 0: expected a number, got a list",
+        ),
+        (json.dumps({"rows": [{**one, "f0": 2**70}]}).encode(), 422, "beyond ±1e15"),
+        (json.dumps({"rows": [{**one, "f0": True, "f1": "2.5", "f2": 3}]}).encode(), 200, None),
+        (b"\xff\xfe\x00garbage", 400, "not valid JSON"),
+        (json.dumps({"rows": [{**one, "f3": None}]}).encode(), 422, "feature 'f3' has a missing value (null) in row 0"),
+    ]
+    for body, status, words in cases:
+        got, answer, headers = _post(f"{url}/predict", body)
+        assert got == status, (got, answer)
+        if words:
+            assert list(answer) == ["error"] and words in answer["error"] and "\n" not in answer["error"]
+            assert headers.get("x-request-id")
+    # a client that goes away before its body ends
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+        )
+        s.sendall(b'{"rows": [')
+    time.sleep(0.5)
+    assert _post(f"{url}/predict", _rows(2))[0] == 200  # still answering
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+
+
+@pytest.mark.slow
+def test_workers_share_the_port_each_reloads_on_promotion_and_metrics_add_up(tiny_store: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from continual_trainer import open_store
+    from continual_trainer.data.storage import Store
+    from continual_trainer.predlog import read_log
+    from continual_trainer.serve import wait_ready
+
+    store = open_store(tiny_store)
+    first = store.current
+    second = store.update("finetune_new", epochs=2, promote="never").version
+    port = _free_port()
+    ctrain = os.path.join(os.path.dirname(sys.executable), "ctrain")
+    argv = [ctrain, "serve", "--store", tiny_store, "--port", str(port), "--workers", "2", "--poll", "0.2"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, 120)
+        assert proc.stdout.readline().startswith(f"serving version {first} of ")
+        pids, sent, rows = set(), 0, 0
+        for _ in range(200):  # a new connection each: the workers take turns accepting them
+            status, _, _ = _post(f"{url}/predict", _rows(3))
+            assert status == 200
+            sent, rows = sent + 1, rows + 3
+            with urllib.request.urlopen(f"{url}/version") as r:
+                pids.add(json.loads(r.read())["pid"])
+            if len(pids) == 2 and sent >= 20:
+                break
+        assert len(pids) == 2, pids
+        store.promote(second)
+        seen: dict[int, str] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (len(seen) < 2 or set(seen.values()) != {second}):
+            status, _, _ = _post(f"{url}/predict", _rows(3))
+            sent, rows = sent + 1, rows + 3
+            assert status == 200
+            with urllib.request.urlopen(f"{url}/version") as r:
+                state = json.loads(r.read())
+            seen[state["pid"]] = state["version"]
+        assert set(seen) == pids and set(seen.values()) == {second}, seen
+        with urllib.request.urlopen(f"{url}/metrics") as r:
+            text = r.read().decode()
+        total = sum(sample(text, "ctrain_requests_total", version=v, status="200") or 0 for v in (first, second))
+        assert total == sent, (total, sent)
+        assert sample(text, "ctrain_reloads_total") == 4  # two workers, two versions each
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and err.count(f"serving version {second} (was {first})") == 2, err
+    assert err.strip().endswith("stopped"), err
+    logged = read_log(Store.open(tiny_store))
+    assert logged is not None and logged.num_rows == rows
