@@ -437,8 +437,10 @@ class ModelStore:
         from continual_trainer.triggers import TriggerSet
 
         triggers = TriggerSet.parse(trigger, trigger_params, combine)
-        if archive is not None and self._store().contains(archive):
-            raise UserError.about("archive", archive, f"is inside the store {self.display}; choose another folder")
+        if archive is not None:
+            from continual_trainer.data.storage import check_output
+
+            check_output(archive, "archive", inbox=inbox)
         gate = Gate(max_forgetting, max_flip_rate)
         budget = _budget(memory_budget)
         chosen = Policy(
@@ -617,9 +619,23 @@ class ModelStore:
         if promote not in ("never", "auto"):
             raise UserError(f"label: promote must be 'never' or 'auto', not {promote!r}")
         store = self._store()
+
+        def shadows_loadable(joined: Any) -> None:  # before anything is written: a failure consumes nothing
+            from continual_trainer.versions import stored_candidate
+
+            for version in sorted(joined.shadow):
+                try:
+                    stored_candidate(store, version)
+                except UserError as exc:
+                    raise UserError(
+                        f"shadow version {version} cannot be promoted ({str(exc).removeprefix(store.display + ': ')}); "
+                        "nothing was written: label again without promote='auto'"
+                    ) from None
+
         with self._reporting("label"):
             source = data if isinstance(data, str) else _table(data)
-            out = join_labels(store, source, key=key, label=label, late_after=late_after).to_json()
+            check = shadows_loadable if promote == "auto" else None
+            out = join_labels(store, source, key=key, label=label, late_after=late_after, check=check).to_json()
         out["promoted"] = out["reason"] = None
         if promote == "auto":
             live = live_metrics(store)
@@ -667,9 +683,21 @@ class ModelStore:
         return found[0]
 
     def verify(self) -> tuple[list[str], list[str]]:
-        """Check every file of the store against its sha256 and the lineage for gaps:
-        (problems, notes); see `ctrain verify`."""
-        return self._store().verify()
+        """Check the whole store: every file against its sha256, CURRENT (present whenever a
+        promotion was recorded), the lineage for gaps, the prediction log (every file readable in
+        the log's one schema), the labelled keys and retired batches: (problems, notes); see
+        `ctrain verify`."""
+        from continual_trainer.predlog import LogReader
+
+        store = self._store()
+        problems, notes = store.verify()
+        reader = LogReader(store, warn=False)
+        for name in store.prediction_logs():
+            reader.file(name)
+        known = " ".join(problems)
+        problems += [f"prediction log file {name} cannot be read in the log's schema; `drift --served`, `label` and "
+                     "the stream skip it" for name in reader.skipped if name not in known]  # fmt: skip
+        return problems, notes
 
     @property
     def display(self) -> str:

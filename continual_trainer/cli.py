@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from continual_trainer.data.errors import UserError
+from continual_trainer.data.errors import TerminalFormatter, UserError, terminal_safe
 from continual_trainer.trainer.params import Constraint, Interval
 
 EXIT_USER_ERROR = 2
@@ -33,7 +33,7 @@ class Terminated(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        print(f"ctrain: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        print(terminal_safe(f"ctrain: error: {message} (see `{self.prog} --help`)"), file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
 
 
@@ -68,6 +68,12 @@ def _duration(raw: str) -> float:
         return parse_duration(raw)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def written(raw: str) -> str:
+    """The type of every flag naming a path a command writes (the API checks it with
+    `data.storage.check_output`; tests/continual_trainer/test_outputs.py finds them all by it)."""
+    return raw
 
 
 def _checked(constraint: Constraint) -> Any:
@@ -116,7 +122,7 @@ def _emit(args: argparse.Namespace, text: str, payload: dict[str, Any]) -> None:
 
     clear()  # a bar or phase line ends before the result starts
     if text:
-        print(text)
+        print(terminal_safe(text, lines=True))
     if args.json:
         print(json.dumps(payload, default=str, sort_keys=True))
 
@@ -653,7 +659,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         value = "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
         lines.append(f"  {row['strategy']:13} {row['params']:40} holdout {first} {value}")
     for trial_id, failure in r.failures:
-        print(f"ctrain: warning: trial {trial_id} failed: {failure.message}", file=sys.stderr)
+        print(terminal_safe(f"ctrain: warning: trial {trial_id} failed: {failure.message}"), file=sys.stderr)
     winner = store.last_outcome if args.promote == "best" else None
     if winner is not None:
         lines += [
@@ -691,13 +697,15 @@ def cmd_stream(args: argparse.Namespace) -> None:
 
     def at(executor: str) -> None:
         if not where and not args.json:
-            print(f"stream: {args.inbox} -> {args.store}, policy {args.policy}, on {executor}", flush=True)
+            print(
+                terminal_safe(f"stream: {args.inbox} -> {args.store}, policy {args.policy}, on {executor}"), flush=True
+            )
         where.append(executor)
 
     def on_event(event: Any) -> None:
         events.append(event)
         if not args.json:
-            print(event.line(), flush=True)
+            print(terminal_safe(event.line()), flush=True)
 
     served: list[dict[str, Any]] = []
 
@@ -706,8 +714,8 @@ def cmd_stream(args: argparse.Namespace) -> None:
         if not args.json:
             said = "; ".join(f"{n}: {d.get('detail', '')}" for n, d in verdict.items() if isinstance(d, dict))
             state = "drifted from what the current version learned" if verdict["fire"] else "steady"
-            print(f"served traffic ({verdict['rows']} rows, {verdict['from'][:19]} to {verdict['to'][:19]}): "
-                  f"{state}; {said}", flush=True)  # fmt: skip
+            head = f"served traffic ({verdict['rows']} rows, {verdict['from'][:19]} to {verdict['to'][:19]})"
+            print(terminal_safe(f"{head}: {state}; {said}"), flush=True)
 
     recorded = ct.open_store(
         args.store, mlflow=args.mlflow, mlflow_from_env=True, mlflow_model=args.mlflow_model
@@ -860,7 +868,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COL",
         help="files with this column and the label but no features are delayed labels, joined to the prediction log",
     )
-    c.add_argument("--archive", metavar="DIR", help="move each processed inbox file here (default: it stays)")
+    c.add_argument(
+        "--archive", metavar="DIR", type=written, help="move each processed inbox file here (default: it stays)"
+    )
     c.add_argument(
         "--watch-served",
         action="store_true",
@@ -980,7 +990,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = command("export", cmd_export, "write a version as one Keras model or a TensorFlow SavedModel")
     c.add_argument("--store", required=True)
-    c.add_argument("--out", required=True, help="FILE.keras, or a folder for a SavedModel (written as FOLDER/<n>/)")
+    c.add_argument(
+        "--out", required=True, type=written, help="FILE.keras, or a folder for a SavedModel (written as FOLDER/<n>/)"
+    )
     c.add_argument("--version", default="current", help="an id, current (default), parent, or a unique prefix")
     c.add_argument("--format", choices=("keras", "saved_model"), help="default: keras for *.keras, else saved_model")
 
@@ -988,8 +1000,8 @@ def build_parser() -> argparse.ArgumentParser:
         "split", cmd_split, "write a first batch's training and holdout rows as init will split them", needs_tf=False
     )
     c.add_argument("--data", required=True, help="the Parquet file you will give init --data")
-    c.add_argument("--out-train", required=True, help="Parquet file for the training rows")
-    c.add_argument("--out-holdout", required=True, help="Parquet file for the holdout rows")
+    c.add_argument("--out-train", required=True, type=written, help="Parquet file for the training rows")
+    c.add_argument("--out-holdout", required=True, type=written, help="Parquet file for the holdout rows")
     c.add_argument(
         "--holdout", type=_checked(HOLDOUT), default=0.2, help="the fraction init will hold out (its --holdout)"
     )
@@ -1083,7 +1095,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = command("predict", cmd_predict, "write predictions of a stored version", needs_tf=False)
     c.add_argument("--store", required=True)
     c.add_argument("--data", required=True)
-    c.add_argument("--out", required=True)
+    c.add_argument("--out", required=True, type=written, help="the Parquet file to write")
     c.add_argument(
         "--prediction-column",
         default="prediction",
@@ -1123,7 +1135,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = command("report", cmd_report, "the store's life on one HTML page and in Markdown, with plots", needs_tf=False)
     c.add_argument("--store", required=True)
-    c.add_argument("--out", help="folder or URI to write to (default: the store's reports/report-<time>/)")
+    c.add_argument(
+        "--out", type=written, help="folder or URI to write to (default: the store's reports/report-<time>/)"
+    )
 
     c = command("promote", cmd_promote, "make a stored version current (compare-and-swap)", needs_tf=False)
     c.add_argument("--store", required=True)
@@ -1155,7 +1169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from continual_trainer import WorkFailed
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="ctrain: %(levelname)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(TerminalFormatter("ctrain: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     from continual_trainer.trainer.progress import Reporter, import_keras_quietly, phase, reporting
 
     address = os.environ.get("RAY_ADDRESS")  # --address names the cluster for this command only
@@ -1196,7 +1212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # The Python API's argument names whose flag is not `--` + the name with dashes.
-FLAGS = {"shapes": "--shape", "combine": "--trigger-combine", "params": "--set", "trigger_params": "--trigger-set"}
+FLAGS = {
+    "shapes": "--shape",
+    "combine": "--trigger-combine",
+    "params": "--set",
+    "trigger_params": "--trigger-set",
+    "train_out": "--out-train",
+    "holdout_out": "--out-holdout",
+}
 
 
 def flag(option: str) -> str:
@@ -1241,7 +1264,7 @@ def _fail(args: argparse.Namespace, message: str, code: int, debug: bool = False
     if _STANDALONE:  # first: Ray's error listener prints on stdout (an actor killed mid-task), never after the JSON
         _leave_ray()
     message = printable(message)  # column and file names are the user's: no escapes reach the terminal
-    print(f"ctrain: error: {message}", file=sys.stderr)
+    print(terminal_safe(f"ctrain: error: {message}"), file=sys.stderr)
     if args.json:
         print(json.dumps({"error": message, "exit_code": code}), flush=True)
     return code

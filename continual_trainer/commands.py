@@ -25,7 +25,7 @@ from continual_trainer.data.manifest import Manifest, lineage
 from continual_trainer.data.parquet import one_line, read_bytes, redact, same_file, table_from_bytes, write_table
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.schema import OUTPUT_COLUMNS, Schema
-from continual_trainer.data.storage import NotAStore, Store, StoreMeta, batch_name, utc_stamp
+from continual_trainer.data.storage import NotAStore, Store, StoreMeta, batch_name, check_output, utc_stamp
 from continual_trainer.executor import Executor, Failure, Job, LocalExecutor, result_or_raise
 from continual_trainer.predlog import live_metrics
 from continual_trainer.promotion import UpdateOutcome, check_promote, commit
@@ -358,13 +358,8 @@ def predict(
 
     Columns that are not features, the label included whatever its type, pass through.
     """
-    if same_file(out_uri, data_uri):
-        raise UserError.about("out", redact(out_uri), "is the input file; choose another path")
+    check_output(out_uri, "out", inputs=(data_uri,))
     store = Store.open(uri)
-    if store.contains(out_uri):
-        raise UserError.about(
-            "out", redact(out_uri), f"is inside the store {store.display}; write predictions elsewhere"
-        )
     version = store.resolve(version or "current")  # an unknown version is the user's mistake, found before any work
     _, table = load_table(data_uri)
     source = redact(data_uri)
@@ -485,13 +480,8 @@ def store_report(uri: str, out: str | None = None) -> tuple[str, list[str]]:
     from continual_trainer.report import build_report
 
     store = Store.open(uri)
-    if out is not None and store.contains(out):
-        raise UserError.about(
-            "out",
-            redact(out),
-            f"is inside the store {store.display}; write the report elsewhere (without it the report goes to "
-            "the store's reports/ folder)",
-        )
+    if out is not None:
+        check_output(out, "out")
     files = build_report(store, history(uri))
     if out is None:
         return store.write_report(f"report-{utc_stamp()}", files, folder="reports"), sorted(files)
@@ -639,8 +629,7 @@ def export_model(uri: str, out: str, *, version: str = "current", fmt: str | Non
     if fmt == "keras" and not out.endswith(".keras"):
         raise UserError(f"export {out}: a Keras model file is named *.keras")
     store = Store.open(uri)
-    if store.contains(out):
-        raise UserError(f"export {out}: is inside the store {store.display}; export elsewhere")
+    check_output(out, "out")
     if fmt == "keras" and os.path.exists(out):
         raise UserError(f"export {out}: exists; choose a new file name")
     if fmt == "saved_model" and os.path.isfile(out):
@@ -671,6 +660,7 @@ def _export(model: Any, version: str, out: str, fmt: str) -> dict[str, Any]:
                 os.remove(tmp)
         return {"version": version, "format": fmt, "out": out}
     os.makedirs(out, exist_ok=True)
+    _remove_dead_exports(out)
     numbers = [int(n) for n in os.listdir(out) if n.isdigit()]
     number = max(numbers, default=0) + 1
     target, tmp = os.path.join(out, str(number)), os.path.join(out, f".{number}.{os.getpid()}.tmp")
@@ -681,6 +671,27 @@ def _export(model: Any, version: str, out: str, fmt: str) -> dict[str, Any]:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     return {"version": version, "format": fmt, "out": target}
+
+
+def _remove_dead_exports(folder: str) -> None:
+    """Remove the hidden `.N.PID.tmp` folders of exports into `folder` whose process is gone (killed
+    mid-export); a live exporter's folder is left alone."""
+    import re
+
+    for name in os.listdir(folder):
+        found = re.fullmatch(r"\.\d+\.(\d+)\.tmp", name)
+        if found and not _alive(int(found.group(1))):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def expected_inputs(
@@ -724,9 +735,8 @@ def split_file(data_uri: str, train_uri: str, holdout_uri: str, *, holdout_fract
     bytes), so the model to import can be fitted on the training part only."""
     if not 0 < holdout_fraction < 1:
         raise UserError.about("holdout", holdout_fraction, "must be in (0, 1)")
-    for out in (train_uri, holdout_uri):
-        if same_file(out, data_uri):
-            raise UserError(f"{redact(out)}: is the input file; choose another path")
+    check_output(train_uri, "train_out", inputs=(data_uri,))
+    check_output(holdout_uri, "holdout_out", inputs=(data_uri,))
     if same_file(train_uri, holdout_uri):
         raise UserError("the training and holdout outputs are the same file")
     from continual_trainer.data.sampling import holdout_mask

@@ -38,9 +38,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from continual_trainer.data import failpoints
 from continual_trainer.data.batches import ingest_bytes, load_table
 from continual_trainer.data.errors import UserError
-from continual_trainer.data.parquet import redact
+from continual_trainer.data.parquet import one_line, redact
 from continual_trainer.data.schema import Schema
 from continual_trainer.data.storage import Store
 
@@ -256,10 +257,11 @@ class LogReader:
     are converted; a file that cannot be read or converted is skipped with one warning and
     counted in `skipped`."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, warn: bool = True) -> None:
         self.store = store
         self.schema = log_schema(store.schema)
         self.skipped: list[str] = []
+        self.warn = warn
 
     def file(self, name: str, columns: list[str] | None = None) -> pa.Table | None:
         """One file's rows (of `columns`), in the log's schema; None if it vanished or is skipped."""
@@ -273,7 +275,8 @@ class LogReader:
         except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
             if name not in self.skipped:
                 self.skipped.append(name)
-                log.warning("prediction log file %s is unreadable (%s); skipped", name, str(exc).splitlines()[0])
+                if self.warn:
+                    log.warning("prediction log file %s is unreadable (%s); skipped", name, str(exc).splitlines()[0])
             return None
 
     def read(self, columns: list[str] | None = None, names: list[str] | None = None) -> pa.Table | None:
@@ -363,12 +366,15 @@ def join_labels(
     label: str | None = None,
     late_after: float = 7 * 86400.0,
     source: str | None = None,
+    check: Callable[[Labelled], None] | None = None,
 ) -> Labelled:
     """Join the labels in `data` (a Parquet file or a table with `key` and `label` columns;
     `label` defaults to the store's label) to the prediction log and ingest the matched rows as a
     new batch. Keys already labelled, or repeated in the file, count as duplicated (the first is
     kept); keys the log does not hold as unknown; matched rows logged more than `late_after`
-    seconds ago as late (they are kept: a label is a label). `source` names a table in messages."""
+    seconds ago as late (they are kept: a label is a label). `source` names a table in messages.
+    `check(result)` runs once the join is known and before anything is written: whatever it
+    raises leaves the store as it was (a retry joins again)."""
     source = data if isinstance(data, str) else source or "labels"
     table = load_table(data)[1] if isinstance(data, str) else data
     source = redact(source)
@@ -379,9 +385,7 @@ def join_labels(
             raise UserError(f"{source}: no column {name!r} ({what}); it has {', '.join(table.column_names)}")
     if table.num_rows == 0:
         raise UserError(f"{source}: the file has no rows")
-    keys = pc.cast(table.column(key), pa.string()).to_pylist()
-    if any(k is None for k in keys):
-        raise UserError(f"{source}: column {key!r} has missing keys")
+    keys = _keys(table.column(key), key, source)
     truth = table.column(label).to_pylist()
     with store.lock("labels"):
         done = _labelled_keys(store)
@@ -419,6 +423,9 @@ def join_labels(
             "live": result.live,
             "shadow": result.shadow,
         }
+        if check is not None:
+            check(result)
+        failpoints.reached("label.before-commit")
         ingested = ingest_bytes(store, f"{source.rsplit('/', 1)[-1]} joined to the prediction log",
                                 sink.getvalue(), origin=origin)  # fmt: skip
         result.batch, result.added = ingested.batch_id, ingested.added
@@ -426,6 +433,21 @@ def join_labels(
         pq.write_table(pa.table({KEY: matched.column(KEY)}), keys_sink)
         store.record_labelled(ingested.batch_id, keys_sink.getvalue())
     return result
+
+
+def _keys(col: pa.ChunkedArray, key: str, source: str) -> list[str]:
+    """A label file's keys as text; UserError for a column that cannot hold keys (lists,
+    structs, bytes that are not UTF-8) or a missing key."""
+    kind = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)):
+        raise UserError(f"{source}: key column {key!r} is {col.type}; keys are text or integers")
+    try:
+        keys = pc.cast(col.cast(kind) if kind is not col.type else col, pa.string()).to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise UserError(f"{source}: key column {key!r} cannot be read as text ({one_line(str(exc))})") from None
+    if any(k is None for k in keys):
+        raise UserError(f"{source}: column {key!r} has missing keys")
+    return keys
 
 
 def _labelled_keys(store: Store) -> set[str]:

@@ -20,15 +20,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from continual_trainer import strategies
+from continual_trainer.data import failpoints
 from continual_trainer.data.batches import IngestResult, ingest_bytes
 from continual_trainer.data.chunks import StoredRows, StoredUnion
-from continual_trainer.data.errors import UserError
+from continual_trainer.data.errors import UserError, terminal_safe
 from continual_trainer.data.manifest import Manifest
-from continual_trainer.data.parquet import redact, resolve, table_from_bytes
+from continual_trainer.data.parquet import one_line, redact, resolve, table_from_bytes
 from continual_trainer.data.rows import Rows, RowSource
 from continual_trainer.data.storage import Store, sha256
 from continual_trainer.executor import Executor, Failure, Job, WorkFailed, result_or_raise
@@ -235,8 +237,14 @@ def process_file(
     """Handle one inbox file exactly once; None if it was processed before. With `archive` (a
     folder or URI), a processed file (its event recorded, whatever its status) moves there."""
     start = time.perf_counter()
-    with fs.open_input_stream(path) as f:
-        data = f.read()
+    failpoints.reached("stream.before-read")
+    name = path.rsplit("/", 1)[-1]
+    try:
+        with fs.open_input_stream(path) as f:
+            data = f.read()
+    except FileNotFoundError:  # moved or removed since the inbox was listed (another stream archived it?)
+        log.warning("%s left the inbox before it was read; skipped", terminal_safe(name))
+        return None
     digest = sha256(data)
     if store.stream_marker(digest) is not None:
         _archive(fs, path, data, archive)  # done before (an archive move interrupted, or no archive then)
@@ -246,7 +254,7 @@ def process_file(
     try:
         if store.stream_marker(digest) is not None:  # finished by another stream just before our claim
             return None
-        event = _process(store, path.rsplit("/", 1)[-1], data, digest, policy, executor, start)
+        event = _process(store, name, data, digest, policy, executor, start)
     finally:
         store.release_stream_file(digest)
     _archive(fs, path, data, archive)
@@ -263,26 +271,45 @@ def _archive(fs: pafs.FileSystem, path: str, data: bytes, archive: str | None) -
     target = f"{root.rstrip('/')}/{name}"
     try:
         target_fs.create_dir(root, recursive=True)
-        if target_fs.get_file_info(target).type != pafs.FileType.NotFound:
+        if target_fs.get_file_info(target).type != pafs.FileType.NotFound and not _holds(target_fs, target, data):
             stem = name[: -len(".parquet")] if name.endswith(".parquet") else name
             target = f"{root.rstrip('/')}/{stem}-{sha256(data)[:12]}.parquet"
         if target_fs.get_file_info(target).type == pafs.FileType.NotFound:
             with target_fs.open_output_stream(target) as out:
                 out.write(data)
         fs.delete_file(path)
+    except FileNotFoundError:  # another stream moved it first: it is in the archive once
+        return
     except OSError as exc:  # the file stays in the inbox, processed (its marker says so): moved next time
-        log.warning("cannot move %s to %s (%s); it stays in the inbox", name, redact(archive), exc)
+        log.warning("cannot move %s to %s (%s); it stays in the inbox", terminal_safe(name), redact(archive), exc)
+
+
+def _holds(fs: pafs.FileSystem, path: str, data: bytes) -> bool:
+    """Whether the file at `path` has exactly these bytes (an archive copy made before)."""
+    try:
+        with fs.open_input_stream(path) as f:
+            return bool(f.read() == data)
+    except OSError:
+        return False
 
 
 def _process(
     store: Store, name: str, data: bytes, digest: str, policy: Policy, executor: Executor, start: float
 ) -> StreamEvent:
     event = StreamEvent(name, digest, "rejected")
+    result, refused = None, False
     try:
-        result = _labels(store, name, data, policy.label_key) or ingest_bytes(store, name, data)
-    except UserError as exc:
-        event.reason = str(exc)
-    else:
+        result = _labels(store, name, data, policy.label_key)
+    except (UserError, *FILE_ERRORS) as exc:  # a label file it cannot use: kept aside with the reason
+        event.reason, refused = _quarantined(store, name, data, exc), True
+    if result is None and not refused:
+        try:
+            result = ingest_bytes(store, name, data)  # quarantines what it refuses
+        except UserError as exc:
+            event.reason = str(exc)
+        except FILE_ERRORS as exc:
+            event.reason = _quarantined(store, name, data, exc)
+    if result is not None:
         event.batch, event.rows = result.batch_id, result.rows
         try:
             _act(store, policy, executor, event, result.batch_id)
@@ -291,6 +318,18 @@ def _process(
     event.seconds = time.perf_counter() - start
     store.record_stream_event(digest, asdict(event))
     return event
+
+
+# What a file's content can raise while it is read as a batch or a label file: its fault, never
+# the stream's (a store that cannot be written raises OSError, and the stream stops on it).
+FILE_ERRORS = (pa.ArrowException, ValueError, TypeError, KeyError, IndexError, UnicodeError)
+
+
+def _quarantined(store: Store, name: str, data: bytes, exc: Exception) -> str:
+    """The reason a file cannot be used, once the file is kept aside in quarantine with it."""
+    text = one_line(str(exc)) or type(exc).__name__
+    reason = text if isinstance(exc, UserError) else f"{name}: cannot be read ({type(exc).__name__}: {text})"
+    return f"{reason} (quarantined in {store.quarantine(name, data, reason)})"
 
 
 def _labels(store: Store, name: str, data: bytes, key: str | None) -> IngestResult | None:

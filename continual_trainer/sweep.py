@@ -61,6 +61,9 @@ def metric_names(task: str) -> tuple[str, ...]:
     return (*pairs, f"holdout_{extra}")
 
 
+# The most configurations a search draws per strategy: each is a trial with its own record, and
+# drawing them happens before the first trial starts (a larger number looked like a hang).
+MAX_SAMPLES = 10_000
 _GRID_KEYS = {"strategies", "params", "seeds", "search", "num_samples", "search_seed"}
 _SCHEDULE_KEYS = {"scheduler", "grace_period", "reduction_factor", "report_every"}
 _SETTING_KEYS = {f for f in SweepSettings.__dataclass_fields__}
@@ -126,8 +129,10 @@ class SweepSpec:
         if search not in SEARCHES:
             raise UserError(f"{name}: search must be one of {', '.join(SEARCHES)}, not {search!r}")
         samples = doc.get("num_samples", 10)
-        if search != "grid" and not (isinstance(samples, int) and not isinstance(samples, bool) and samples >= 1):
-            raise UserError(f"{name}: num_samples must be a whole number >= 1, not {samples!r}")
+        if search != "grid" and not (
+            isinstance(samples, int) and not isinstance(samples, bool) and 1 <= samples <= MAX_SAMPLES
+        ):
+            raise UserError(f"{name}: num_samples must be a whole number from 1 to {MAX_SAMPLES:,}, not {samples!r}")
         if search == "grid" and ("num_samples" in doc or "search_seed" in doc):
             raise UserError(f"{name}: num_samples and search_seed apply to `search: random` and `search: tpe`")
         search_seed = doc.get("search_seed", 0)

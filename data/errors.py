@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 
@@ -36,3 +38,24 @@ class UserError(Exception):
 
 class NewClassesRefused(UserError):
     """A batch holds labels the store does not know, and the user did not accept new classes."""
+
+
+# Characters that move a terminal's cursor, change its colours or reorder text: C0 and C1
+# controls, DEL, the Unicode line and paragraph separators and bidirectional overrides.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str, *, lines: bool = False) -> str:
+    """`text` fit to print on a terminal: every control character written as its escape (`\\x1b`,
+    `\\n`), so a file name, a column name or a reason a user gave never reaches the terminal raw.
+    With `lines`, line breaks are kept (a table of several lines) and only the rest is escaped."""
+    if lines:
+        return "\n".join(terminal_safe(line) for line in text.split("\n"))
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class TerminalFormatter(logging.Formatter):
+    """Log lines meant for a terminal, every control character escaped (`terminal_safe`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_safe(super().format(record))

@@ -381,6 +381,11 @@ class Schema:
         col = table.column(self.label)
         if not (is_number(col.type) or pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
             raise UserError(f"{source}: label {self.label!r} is {col.type}; use integers or strings")
+        if pa.types.is_boolean(col.type) and self.classes and not all(isinstance(c, bool) for c in self.classes):
+            raise UserError(
+                f"{source}: label {self.label!r} holds true/false, but the store's classes are {list(self.classes)}; "
+                "write the labels as those classes"
+            )
         values = col.to_pylist()
         if col.null_count or any(isinstance(v, float) and not np.isfinite(v) for v in values):
             raise UserError(f"{source}: label {self.label!r} has missing or NaN values")
@@ -391,7 +396,7 @@ class Schema:
         if self.label not in table.column_names:
             raise UserError(f"{source}: missing label column {self.label!r}")
         col = table.column(self.label)
-        if not is_number(col.type):
+        if not is_number(col.type) or pa.types.is_boolean(col.type):
             raise UserError(f"{source}: label {self.label!r} is {col.type}; a regression label is a number")
         y = col.to_numpy(zero_copy_only=False).astype(np.float64)
         bad = int(np.count_nonzero(~np.isfinite(y) | (np.abs(y) > FLOAT32_MAX)))

@@ -33,6 +33,8 @@ import socket
 import time
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from continual_trainer.data import failpoints
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import Manifest
@@ -44,7 +46,19 @@ from continual_trainer.data.store.predictions import Predictions
 from continual_trainer.data.store.runs import Runs
 from continual_trainer.data.store.versions import _VERSION_MARKER, VersionGone, Versions
 
-__all__ = ["NotAStore", "Store", "StoreMeta", "VersionGone", "batch_name", "sha256", "trust", "utc_stamp", "verified"]
+__all__ = [
+    "NotAStore",
+    "Store",
+    "StoreMeta",
+    "VersionGone",
+    "batch_name",
+    "check_output",
+    "sha256",
+    "store_around",
+    "trust",
+    "utc_stamp",
+    "verified",
+]
 
 _ARCHITECTURE = "architecture.keras"
 
@@ -185,9 +199,17 @@ class Store(Batches, Versions, Runs, Predictions):
         problems, notes = [], []
         try:
             current = self.current()
-        except UserError as exc:
-            problems.append(str(exc).removeprefix(f"{self.display}: "))
+        except (UserError, OSError) as exc:
+            problems.append(one_line(str(exc)).removeprefix(f"{self.display}: ") or f"CURRENT: {type(exc).__name__}")
             current = None
+        else:
+            promoted = [e for e in self.events("promote") if e.get("version")]
+            if current is None and promoted:
+                last = promoted[-1]["version"]
+                problems.append(
+                    f"CURRENT is missing, yet {len(promoted)} promotion(s) were recorded (the last made {last} "
+                    f"current); make it current again with `ctrain promote --store {self.display} {last}`"
+                )
         batches = set(self.batch_ids())
         for batch_id in sorted(batches):
             try:
@@ -221,4 +243,57 @@ class Store(Batches, Versions, Runs, Predictions):
             for folder in self._list_dirs(kind):
                 if not self._exists(f"{kind}/{folder}/{marker}"):
                     notes.append(f"{kind}/{folder} has no {marker} (an unfinished write; it does not exist)")
+        for batch_id, record in self.retired_batches().items():
+            if record.get("damaged"):
+                problems.append(f"batch {batch_id}'s retirement record is damaged (not a JSON object)")
+        problems += self.verify_predictions(batches)
         return problems, notes
+
+
+def store_around(uri: str) -> str | None:
+    """The store that `uri` names or lies inside (the nearest folder at or above it holding a
+    store's `store.json`; symlinks resolved on local disks), as a URI fit to print; else None."""
+    fs, path = resolve(uri)
+    local = isinstance(fs, pafs.LocalFileSystem)
+    here = os.path.realpath(path) if local else path.rstrip("/")
+    for _ in range(64):  # a bounded walk up to the root
+        try:
+            if fs.get_file_info(f"{here.rstrip('/')}/store.json").type == pafs.FileType.File:
+                return here if local else _redact(uri, here)
+        except OSError:  # a prefix the credentials may not list: not a store we can see
+            pass
+        parent = os.path.dirname(here) if local else here.rsplit("/", 1)[0] if "/" in here else ""
+        if not parent or parent == here:
+            return None
+        here = parent
+    return None
+
+
+def check_output(uri: str, option: str, *, inputs: tuple[str, ...] = (), inbox: str | None = None) -> None:
+    """UserError unless a command may write a user's output at `uri` (given as the API argument
+    `option`): never a path inside a store, its own files included (through relative paths and
+    symlinks), never one of the command's `inputs`, and, for an archive, never the `inbox` or a
+    folder inside it. Every option that names where a command writes goes through this."""
+    from continual_trainer.data.parquet import redact, same_file
+
+    store = store_around(uri)
+    if store is not None:
+        raise UserError.about(option, redact(uri), f"is inside the store {store}; write it outside any store")
+    for given in inputs:
+        if same_file(uri, given):
+            raise UserError.about(option, redact(uri), "is the input file; choose another path")
+    if inbox is not None:
+        (fs_a, a), (fs_b, b) = resolve(uri), resolve(inbox)
+        if type(fs_a) is type(fs_b):
+            if isinstance(fs_a, pafs.LocalFileSystem):
+                a, b = os.path.realpath(a), os.path.realpath(b)
+            a, b = a.rstrip("/"), b.rstrip("/")
+            if a == b or a.startswith(b + "/"):
+                raise UserError.about(option, redact(uri), "is the inbox or inside it; choose a folder outside it")
+
+
+def _redact(uri: str, path: str) -> str:
+    from continual_trainer.data.parquet import redact
+
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    return redact(f"{scheme}://{path}") if scheme else path

@@ -6,7 +6,8 @@ per worker), and is driven by the same load generator written in C, `wrk` (keep-
 threads): single-row JSON bodies from 32 connections, 1,000-row bodies from 8, each for a fixed
 time after a short warm-up. The servers take turns (interleaved, `--rounds` times; the median
 counts):
-- `ctrain serve --store S` with its defaults (prediction log on, batching on);
+- `ctrain serve --store S` with its defaults (prediction log on, batching on), and with batching
+  off (`--batch-rows 1`);
 - the competent peer (scripts/peer_serve.py): Starlette + uvicorn, the model loaded with Keras
   and called through one `tf.function` with an input signature, in the event loop and in the
   threadpool, parsing and answering with orjson (the better of the two variants counts);
@@ -363,8 +364,10 @@ def main() -> None:
                 return [sys.executable, PEER, "--model", entry["member"], "--columns", cols, "--mode", mode,  # noqa: B023
                         "--json", parser, "--port", str(port), "--workers", workers]  # fmt: skip
 
+            serve = [CTRAIN, "serve", "--store", entry["store"], "--port"]
             sides: dict[str, Any] = {
-                "ctrain serve": lambda port: [CTRAIN, "serve", "--store", entry["store"], "--port", str(port)],  # noqa: B023
+                "ctrain serve": lambda port: [*serve, str(port)],  # noqa: B023
+                "ctrain serve, batching off (--batch-rows 1)": lambda port: [*serve, str(port), "--batch-rows", "1"],  # noqa: B023
                 "peer, tf.function in the event loop": lambda port: peer("loop", "orjson", port),
                 "peer, tf.function in the threadpool": lambda port: peer("thread", "orjson", port),
             }
@@ -407,6 +410,9 @@ def main() -> None:
     for model in ("keras-way", "cnn"):
         figures[f"{model} single"] = results[model]["ctrain serve"]["rps"] / best_peer(model, "rps")
         figures[f"{model} rows"] = results[model]["ctrain serve"]["rows"] / best_peer(model, "rows")
+    for model in results:
+        off = results[model]["ctrain serve, batching off (--batch-rows 1)"]["rps"]
+        figures[f"{model} batching on / off"] = results[model]["ctrain serve"]["rps"] / off
     for name, value in figures.items():
         print(f"  {name}: {value:.2f}x")
     failed = sum(r[n]["failed"] for r in results.values() for n in r if n == "ctrain serve")

@@ -1,12 +1,13 @@
 """`ctrain serve`'s memory while it logs a million rows: flat, and every row in the store.
 
-The reference network (`ctrain demo`'s store) served on 127.0.0.1 by `ctrain serve` (the
-prediction log on, as by default); 4 client threads send 1,000 requests of 1,000 rows each (an
-Arrow IPC stream body; at most 600 s). The server's resident memory (VmRSS) is read once the
-first 100,000 rows were answered (the server warm), then every 0.05 s; printed: that RSS, the
-peak over rows 100,000-500,000 and over rows 500,000-1,000,000, and their ratio (memory that
-grew with the rows logged would show in it); then the rows the log holds in the store after the server stops,
-and the rows `/metrics` counts as dropped or failed.
+The reference network (`ctrain demo`'s store) served on 127.0.0.1 by `ctrain serve` in one
+process (`--workers 1`: the memory of the process that logs; each worker of several logs its
+own share the same way) with the prediction log on, as by default; 4 client threads send 1,000
+requests of 1,000 rows each (an Arrow IPC stream body; at most 600 s). The server's resident
+memory (VmRSS) is read once the first 100,000 rows were answered (the server warm), then every
+0.05 s; printed: that RSS, the peak over rows 100,000-500,000 and over rows 500,000-1,000,000,
+and their ratio (memory that grew with the rows logged would show in it); then the rows the log
+holds in the store after the server stops, and the rows `/metrics` counts as dropped or failed.
 
 Run: .venv/bin/python scripts/bench_serve_log.py
 """
@@ -24,12 +25,47 @@ import threading
 import time
 
 from bench_check import check, emit
-from bench_serve import load, wait
+from bench_serve import wait
 
 CTRAIN = os.path.join(os.path.dirname(sys.executable), "ctrain")
 PORT = 18803
 REQUESTS, ROWS, WARM, FIRST = 1000, 1000, 100, 400
 ARROW = "application/vnd.apache.arrow.stream"
+
+
+def load(port: int, body: bytes, clients: int, requests: int, seconds: float, kind: str) -> dict:
+    """`requests` POSTs of `body` from `clients` threads with keep-alive connections (bounded
+    by `seconds`): requests, failures, wall time."""
+    done = {"requests": 0, "failed": 0}
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while time.monotonic() < deadline:
+            with lock:
+                if done["requests"] >= requests:
+                    return
+                done["requests"] += 1
+            try:
+                conn.request("POST", "/predict", body, {"content-type": kind})
+                response = conn.getresponse()
+                response.read()
+                ok = response.status == 200
+            except OSError:
+                ok = False
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            if not ok:
+                with lock:
+                    done["failed"] += 1
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {**done, "wall": time.perf_counter() - start}
 
 
 def rss(pid: int) -> int:
@@ -60,12 +96,14 @@ def main() -> None:
             writer.write_table(rows)
         body = sink.getvalue()
         proc = subprocess.Popen(
-            [CTRAIN, "serve", "--store", store, "--port", str(PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [CTRAIN, "serve", "--store", store, "--port", str(PORT), "--workers", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         peaks: list[int] = []
         phases: list[dict] = []
         try:
-            wait(PORT)
+            wait(PORT, proc)
             phases.append(load(PORT, body, 4, WARM, 120, ARROW))  # 100,000 rows: the server warm
             warm_rss = rss(proc.pid)
             for requests in (FIRST, REQUESTS - WARM - FIRST):  # rows 100k-500k, then 500k-1M

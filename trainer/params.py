@@ -322,4 +322,10 @@ def parse_duration(raw: str | float) -> float:
         value, unit = -1.0, ""
     if unit not in _SECONDS or not value >= 0:
         raise ValueError(f"{raw!r} is not a duration such as 45s, 30m, 12h, 7d or a number of seconds")
-    return value * _SECONDS[unit]
+    seconds = value * _SECONDS[unit]
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{raw!r} is longer than {MAX_DURATION / (365 * 86400):.0f} years; durations are at most that")
+    return seconds
+
+
+MAX_DURATION = 100 * 365 * 86400.0  # seconds: longer than any store has existed, short enough for dates

@@ -147,7 +147,7 @@ class Decoder:
                 matrix = np.fromiter(chain.from_iterable(values), np.float64, len(rows) * k).reshape(len(rows), k)
             except (ValueError, TypeError):
                 matrix = np.array([[float(getattr(r, f)) for f in self._fields] for r in rows], np.float64)
-            if not np.isfinite(matrix).all() or np.abs(matrix).max() > MAX_MAGNITUDE:
+            if not np.abs(matrix).max() <= MAX_MAGNITUDE:  # one pass: NaN compares false too
                 self._check_numbers(matrix)
             typed[NUMERIC] = matrix
         for field, column in self._others:
@@ -182,7 +182,7 @@ class Decoder:
                     array = _numbers(np.array(values), column.size)
                     if array is None:
                         return None
-                    typed[column.name] = array
+                    typed[column.name] = array.astype(np.float32)
                 elif all(type(v) is str for v in values):
                     typed[column.name] = np.array(values, dtype=object)
                 else:
@@ -201,6 +201,7 @@ class Decoder:
         """The data layer's words for the first numeric column that fails its checks."""
         for j, name in enumerate(self._numeric):
             check_column(pa.chunked_array([pa.array(matrix[:, j])]), self.schema.column(name), SOURCE)
+        raise UserError(f"{SOURCE}: a numeric feature is beyond ±{MAX_MAGNITUDE:.0e}")
 
     def _tensor(self, values: list[Any], column: Any) -> np.ndarray:
         try:
@@ -216,7 +217,7 @@ class Decoder:
         ):
             check_column(pa.chunked_array([pa.array(values, pa.list_(pa.float64()))]), column, SOURCE)
             raise UserError(f"{SOURCE}: feature {column.name!r} does not hold {column.size} numbers per row")
-        return array
+        return array.astype(np.float32)  # the kind's typed form (checked in float64 first)
 
     def _refusal(self, message: str, body: bytes) -> UserError:
         """msgspec's validation error in the project's words: the column and the row."""
@@ -290,9 +291,7 @@ def _numbers(array: np.ndarray, width: int) -> np.ndarray | None:
     if array.dtype.kind not in "fiub" or array.ndim != 2 or array.shape[1] != width:
         return None
     array = array.astype(np.float64, copy=False)
-    if not np.isfinite(array).all() or np.abs(array).max() > MAX_MAGNITUDE:
-        return None
-    return array
+    return array if np.abs(array).max() <= MAX_MAGNITUDE else None  # NaN compares false
 
 
 def _value(body: bytes, row: int, column: str) -> Any:

@@ -10,6 +10,7 @@ the version it started with until it ends, and every answer names it.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import threading
@@ -99,6 +100,7 @@ class Served:
         self.current: Loaded | None = None
         self.reloads = 0
         self.refused: dict[str, str] = {}  # version -> why it could not be loaded
+        self._refused_files: dict[str, tuple[tuple[str, int, int], ...]] = {}
         self.on_change: Callable[[str, str], None] | None = None  # (event, text): reloads and refusals
         self._pinned: OrderedDict[str, Loaded] = OrderedDict()
         self._lock = threading.Lock()
@@ -147,7 +149,10 @@ class Served:
         if version is None or (self.current is not None and version == self.current.version):
             return False
         if version in self.refused:
-            return False
+            if self.store.fingerprint(version) == self._refused_files.get(version):
+                return False
+            log.info("version %s changed since it was refused; loading it again", version)
+            del self.refused[version]
         if self.one_at_a_time:
             with self.store.lock("serve-swap"):
                 return self._swap(version)
@@ -158,6 +163,7 @@ class Served:
             loaded = self.load(version)
         except Exception as exc:  # a damaged or unreadable version: the old one keeps serving
             self.refused[version] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self._refused_files[version] = self.store.fingerprint(version)  # tried again once its files change
             self.metrics.refused.set(len(self.refused))
             still = self.current.version if self.current else "nothing"
             self._tell(
@@ -167,6 +173,7 @@ class Served:
         before = self.current
         self.current = loaded  # one assignment: a request keeps the Loaded it read
         self.reloads += 1
+        gc.freeze()  # the models and libraries live as long as the server: collections skip them
         self.metrics.reloads.inc()
         if before is not None:  # the first version is announced by whoever started the server
             self._tell("reloaded", f"serving version {version} (was {before.version})")
@@ -241,8 +248,8 @@ class Served:
         shadow's, or None): version, request id, the rows' keys, predictions (and probabilities).
         The rows go to the prediction log; UserError if a row has no finite prediction."""
         pred, shadow = scored
-        finite = np.isfinite(pred).all(axis=1) if pred.ndim == 2 else np.isfinite(pred)
-        if not finite.all():
+        if not np.isfinite(pred).all():
+            finite = np.isfinite(pred).all(axis=1) if pred.ndim == 2 else np.isfinite(pred)
             raise UserError(
                 f"request: version {loaded.version} gives no finite prediction for {int(np.count_nonzero(~finite))} "
                 "row(s); their features are far outside what it was trained on"

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from continual_trainer.data.errors import UserError
+from continual_trainer.data.errors import TerminalFormatter, UserError
 
 __all__ = ["ServeOptions", "cores", "serve", "wait_ready"]
 
@@ -264,7 +264,7 @@ class _console:
     def __enter__(self) -> _console:
         self.logger = logging.getLogger("continual_trainer.serve")
         self.handler = logging.StreamHandler(sys.stderr)
-        self.handler.setFormatter(logging.Formatter(f"ctrain serve [{os.getpid()}]: %(message)s"))
+        self.handler.setFormatter(TerminalFormatter(f"ctrain serve [{os.getpid()}]: %(message)s"))
         self.handler.setLevel(logging.INFO if self.show else logging.ERROR)
         self.level = self.logger.level
         self.logger.addHandler(self.handler)

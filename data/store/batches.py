@@ -71,7 +71,7 @@ class Batches(StorageCore):
                 try:
                     out[batch_id] = dict(self._read_json(f"batches/{batch_id}/{_RETIRED}"))
                 except (ValueError, TypeError):
-                    out[batch_id] = {"reason": "(its record is damaged)"}
+                    out[batch_id] = {"reason": "(its record is damaged)", "damaged": True}
         return out
 
     def batch_info(self, batch_id: str) -> dict[str, Any]:

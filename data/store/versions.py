@@ -11,6 +11,8 @@ import shutil
 import uuid
 from collections.abc import Mapping
 
+import pyarrow.fs as pafs
+
 from continual_trainer.data import failpoints
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import FILE_NAME, FORMAT_VERSION, Manifest, ManifestError, Member, lineage
@@ -108,11 +110,31 @@ class Versions(StorageCore):
         return data
 
     def current(self) -> str | None:
-        """The promoted version, or None before the first; UserError if CURRENT names no committed version."""
+        """The promoted version, or None before the first; UserError if CURRENT names no committed
+        version or cannot be read as a file."""
         try:
             return self._current_of(self._read("CURRENT"))
         except FileNotFoundError:
             return None
+        except (IsADirectoryError, PermissionError, NotADirectoryError) as exc:
+            raise UserError(
+                f"{self.display}: CURRENT cannot be read ({type(exc).__name__}: it should be a file naming the current "
+                "version); see `ctrain verify`"
+            ) from None
+
+    def check_files(self, version: str) -> None:
+        """UserError unless every file of the version is there and matches its sha256."""
+        for name in sorted(self.manifest(version).files):
+            self.read_member(version, name)
+
+    def fingerprint(self, version: str) -> tuple[tuple[str, int, int], ...]:
+        """The version's files as (name, size, modification time): changes when a file is repaired."""
+        folder = self._path(f"models/{version}")
+        try:
+            infos = self._fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        except OSError:
+            return ()
+        return tuple(sorted((i.base_name, int(i.size or 0), int(i.mtime_ns or 0)) for i in infos))
 
     def promote(self, version: str, expected: str | None, *, by: str = "update", reason: str = "") -> bool:
         """Compare-and-swap CURRENT from `expected` to `version`; False if another won.
@@ -122,6 +144,8 @@ class Versions(StorageCore):
         promotion that took effect is recorded in the event log (`by`: the command, and why).
         """
         body = (version + "\n").encode()
+        if version in self.versions():
+            self.check_files(version)  # a damaged version never becomes current
         with self.lock("CURRENT"):  # gc deletes under it too: what exists now still exists at the swap
             if version not in self.versions():
                 raise VersionGone(

@@ -403,6 +403,9 @@ def test_a_stream_with_an_archive_moves_processed_files_out_of_the_inbox(tiny_st
     assert sorted(os.listdir(inbox)) == [] and sorted(os.listdir(archive)) == ["a.parquet", "b.parquet"]
     pq.write_table(make_table(seed=5, shift=0.3), inbox / "a.parquet")  # the same bytes again: done before
     assert store.stream(str(inbox), policy="finetune_new", archive=str(archive)) == []
+    assert os.listdir(inbox) == [] and len(os.listdir(archive)) == 2  # the same bytes: in the archive once
+    pq.write_table(make_table(seed=6, shift=0.3), inbox / "a.parquet")  # other bytes under the same name
+    assert len(store.stream(str(inbox), policy="finetune_new", archive=str(archive))) == 1
     assert os.listdir(inbox) == [] and len(os.listdir(archive)) == 3  # kept beside the first, its sha256 added
     with pytest.raises(UserError, match="inside the store"):
         store.stream(str(inbox), archive=os.path.join(tiny_store, "archive"))

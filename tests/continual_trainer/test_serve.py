@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from continual_trainer.data.errors import UserError
 from continual_trainer.data.storage import Store
 from tests.conftest import make_table
 
@@ -154,14 +155,22 @@ def test_a_version_that_fails_its_checksum_is_refused_and_the_old_one_serves(ser
     first = Store.open(uri).current()
     bad = open_store(uri).update("finetune_new", epochs=2, promote="never").version
     member = next((Path(uri) / "models" / bad).glob("member-*.keras"))
-    member.write_bytes(member.read_bytes()[:-10] + b"0123456789")  # damaged after it was committed
-    Store.open(uri).promote(bad, first, by="test")
+    good = member.read_bytes()
+    member.write_bytes(good[:-10] + b"0123456789")  # damaged after it was committed
+    with pytest.raises(UserError, match="fails its sha256 check"):  # promote refuses a damaged version...
+        Store.open(uri).promote(bad, first, by="test")
+    Store.open(uri)._write("CURRENT", f"{bad}\n".encode())  # ... so CURRENT is changed by hand, as rot would
     time.sleep(1.0)
     with urllib.request.urlopen(f"{url}/version") as r:
         state = json.loads(r.read())
     assert state["version"] == first and bad in state["refused"]
     status, answer, _ = _post(f"{url}/predict", _rows(2))
     assert status == 200 and answer["version"] == first
+    member.write_bytes(good)  # repaired: the server tries the version again
+    time.sleep(1.0)
+    with urllib.request.urlopen(f"{url}/version") as r:
+        state = json.loads(r.read())
+    assert state["version"] == bad and bad not in state["refused"]
 
 
 def test_an_arrow_stream_body_is_scored_like_json_and_metrics_count_it(server) -> None:
