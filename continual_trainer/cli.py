@@ -272,11 +272,11 @@ def cmd_batches(args: argparse.Namespace) -> None:
     rows = ct.open_store(args.store).batches()
     lines = [f"  {'batch':22} {'rows':>7}  {'ingested':19}  {'learned':7}  source"]
     for r in rows:
-        state = f"  retired: {r['retired'].get('reason') or '-'}" if r["retired"] else ""
+        state = f"  retired: {terminal_safe(r['retired'].get('reason') or '-')}" if r["retired"] else ""
         when = str(r["ingested"] or "")[:19].replace("T", " ")
         lines.append(
             f"  {r['batch']:22} {r['rows']:>7}  {when:19}  {'yes' if r['learned_by_current'] else 'no':7}  "
-            f"{printable(str(r['source']))}{state}"
+            f"{terminal_safe(str(r['source']))}{state}"
         )
     _emit(args, "" if args.json else "\n".join(lines), {"batches": rows})
 
@@ -287,12 +287,6 @@ def cmd_drop(args: argparse.Namespace) -> None:
     batch = ct.open_store(args.store).drop(args.batch, reason=args.reason or "")
     text = f"batch {batch} retired: kept in the store and in every lineage, never trained on or scored again"
     _emit(args, "" if args.json else text, {"batch": batch, "retired": True})
-
-
-def printable(text: str) -> str:
-    """User-controlled text fit for a terminal: control characters (newlines, escape sequences,
-    NUL) shown escaped, as repr shows them."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
@@ -319,7 +313,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     for path, r in zip(args.files, results, strict=True):
         state = "added as" if r.added else "already in the store as"
         extra = f", new classes {list(r.new_classes)}" if r.new_classes else ""
-        lines.append(f"{printable(path)}: {r.rows} rows {state} batch {r.batch_id}{extra}")
+        lines.append(f"{terminal_safe(path)}: {r.rows} rows {state} batch {r.batch_id}{extra}")
     payload = {
         "batches": [
             {"batch": r.batch_id, "rows": r.rows, "added": r.added, "new_classes": list(r.new_classes)} for r in results
@@ -1263,7 +1257,7 @@ def _fail(args: argparse.Namespace, message: str, code: int, debug: bool = False
         traceback.print_exc()
     if _STANDALONE:  # first: Ray's error listener prints on stdout (an actor killed mid-task), never after the JSON
         _leave_ray()
-    message = printable(message)  # column and file names are the user's: no escapes reach the terminal
+    # column and file names are the user's: no escapes reach the terminal (JSON carries them as they are)
     print(terminal_safe(f"ctrain: error: {message}"), file=sys.stderr)
     if args.json:
         print(json.dumps({"error": message, "exit_code": code}), flush=True)

@@ -70,7 +70,7 @@ class Batches(StorageCore):
             if self._exists(f"batches/{batch_id}/{_RETIRED}"):
                 try:
                     out[batch_id] = dict(self._read_json(f"batches/{batch_id}/{_RETIRED}"))
-                except (ValueError, TypeError):
+                except (UserError, ValueError, TypeError):  # still retired: a damaged record never revives a batch
                     out[batch_id] = {"reason": "(its record is damaged)", "damaged": True}
         return out
 

@@ -16,6 +16,7 @@ import pyarrow.fs as pafs
 from continual_trainer.data import failpoints
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import FILE_NAME, FORMAT_VERSION, Manifest, ManifestError, Member, lineage
+from continual_trainer.data.parquet import one_line, scrub
 from continual_trainer.data.store.core import _VERSION_ID, StorageCore, sha256, utc_stamp
 
 log = logging.getLogger("continual_trainer.data.storage")
@@ -116,10 +117,10 @@ class Versions(StorageCore):
             return self._current_of(self._read("CURRENT"))
         except FileNotFoundError:
             return None
-        except (IsADirectoryError, PermissionError, NotADirectoryError) as exc:
+        except OSError as exc:  # a folder in its place, no permission, an unreachable object store
             raise UserError(
-                f"{self.display}: CURRENT cannot be read ({type(exc).__name__}: it should be a file naming the current "
-                "version); see `ctrain verify`"
+                f"{self.display}: CURRENT cannot be read ({one_line(scrub(str(exc), self.uri))}); it should be a file "
+                "naming the current version"
             ) from None
 
     def check_files(self, version: str) -> None:
