@@ -611,7 +611,7 @@ class ModelStore:
         served the rows and their live metrics (and a shadow candidate's).
 
         With `promote="auto"`, a shadow candidate whose live metric over all labelled rows it
-        scored (at least `min_shadow_rows`) is no worse than that of the versions that answered
+        scored (at least `min_shadow_rows`) is better than that of the versions that answered
         those rows is promoted (`promoted`: its id, `reason`: why)."""
         from continual_trainer.predlog import join_labels, live_metrics, shadow_verdict
         from continual_trainer.promotion import promote_by_hand

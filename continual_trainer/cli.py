@@ -1077,7 +1077,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--promote",
         choices=("never", "auto"),
         default="never",
-        help="auto: promote a shadow candidate once its live metric is no worse than the served one's",
+        help="auto: promote a shadow candidate once its live metric beats the served one's (a tie keeps it)",
     )
     c.add_argument(
         "--min-shadow-rows",

@@ -555,7 +555,8 @@ def shadow_verdict(
     schema: Schema, live: dict[str, dict[str, dict[str, Any]]], version: str, min_rows: int
 ) -> str | None:
     """Why the shadow candidate `version` may be promoted (its live metric on at least `min_rows`
-    labelled rows is no worse than what answered the same rows), or None."""
+    labelled rows is better than that of what answered the same rows: a tie keeps what serves),
+    or None."""
     shadow = (live.get(version) or {}).get("shadow")
     if not shadow or shadow.get("rows", 0) < max(min_rows, 1):
         return None
@@ -563,6 +564,6 @@ def shadow_verdict(
     mine, theirs = shadow.get(name), (shadow.get("served") or {}).get(name)
     if mine is None or theirs is None:
         return None
-    if (mine > theirs) if schema.is_regression else (mine < theirs):
+    if (mine >= theirs) if schema.is_regression else (mine <= theirs):
         return None
     return f"shadow: live {name} {mine:.4f} vs {theirs:.4f} served, on {shadow['rows']} labelled rows"

@@ -23,6 +23,7 @@ ENV = "CTRAIN_FAILPOINT"
 POINTS = (
     "write.after-temp",  # a file's bytes in a temporary, not yet renamed into place
     "write.after-rename",  # the file in place
+    "ingest.after-check",  # under the batch lock, the bytes found new, nothing written yet
     "ingest.after-data",  # a batch's data written, its marker not yet
     "version.after-members",  # a version's members written, its manifest not yet
     "version.after-manifest",  # a version committed, not yet promoted

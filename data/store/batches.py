@@ -109,6 +109,7 @@ class Batches(StorageCore):
             existing = self.find_batch(digest)
             if existing:
                 return existing, False
+            failpoints.reached("ingest.after-check")
             self._remove_uncommitted("batches", _BATCH_MARKER, _BATCH_OWNER)
             taken = self._list_dirs("batches")
             seq = max((int(b.split("-", 1)[0]) for b in taken if b.split("-", 1)[0].isdigit()), default=0) + 1

@@ -43,14 +43,22 @@ def one_line(err: str) -> bool:
 
 @pytest.mark.slow
 def test_concurrent_ingests_of_the_same_bytes_keep_one_copy(tiny_store: str, tmp_path: Path) -> None:
+    """Forced, not hoped for: every ingest waits, once it found the bytes new, at the failpoint
+    `ingest.after-check` until all four are started, then all go on together. Without the batch
+    lock all four pass the check and race for one folder (checked: removing `with
+    self.lock("batches")` from `add_batch` makes this test fail)."""
     path = tmp_path / "b.parquet"
     pq.write_table(make_table(seed=42), path)
-    for _ in range(3):
+    for round_ in range(2):
+        gate = tmp_path / f"go-{round_}"
+        env = {**os.environ, "CTRAIN_FAILPOINT": f"ingest.after-check=wait:{gate}"}
         procs = [
-            subprocess.Popen([*CTRAIN, "ingest", "--store", tiny_store, str(path)], stderr=subprocess.PIPE)
+            subprocess.Popen([*CTRAIN, "ingest", "--store", tiny_store, str(path)], stderr=subprocess.PIPE, env=env)
             for _ in range(4)
         ]
-        assert all(p.wait(timeout=120) == 0 for p in procs)
+        time.sleep(4)  # every one started and waits: at the point, or for the lock held by one there
+        gate.touch()
+        assert all(p.wait(timeout=120) == 0 for p in procs), [p.stderr.read() for p in procs]
     store = Store.open(tiny_store)
     digests = [store.batch_info(b)["sha256"] for b in store.batch_ids()]
     assert len(digests) == len(set(digests)) == 3  # old, new and b: one copy
@@ -89,12 +97,22 @@ def test_store_opens_in_a_tight_loop_never_break_ingests_or_updates(tiny_store: 
 
 @pytest.mark.slow
 def test_two_streams_on_one_inbox_process_each_file_once(tiny_store: str, tmp_path: Path) -> None:
+    """Forced: both streams list the inbox and wait at the failpoint `stream.before-read` until
+    both are there, then read the first file together. Without the claim a stream takes before it
+    works on a file, both process it (checked: `claim_stream_file` returning True always makes this
+    test fail)."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     for i in range(4):
         pq.write_table(make_table(seed=500 + i, shift=0.1 * i), inbox / f"f{i}.parquet")
     argv = [*CTRAIN, "stream", "--store", tiny_store, "--inbox", str(inbox), "--once", "--policy", "finetune_new"]
-    procs = [subprocess.Popen([*argv, "--set", "epochs=30", "--local"], stderr=subprocess.PIPE) for _ in range(2)]
+    gate = tmp_path / "go"
+    env = {**os.environ, "CTRAIN_FAILPOINT": f"stream.before-read=wait:{gate}"}
+    procs = [
+        subprocess.Popen([*argv, "--set", "epochs=30", "--local"], stderr=subprocess.PIPE, env=env) for _ in range(2)
+    ]
+    time.sleep(4)
+    gate.touch()
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     events = Store.open(tiny_store).stream_events()
     assert sorted(e["file"] for e in events) == [f"f{i}.parquet" for i in range(4)]
