@@ -28,9 +28,9 @@ PARALLEL := -n 2 --dist loadfile
 test: $(STAMP)
 	$(PY) -m pytest $(PARALLEL) --durations=25
 
-# The quick loop: every module, nothing marked slow (under 3 minutes on 2 cores).
+# The quick loop: every module, nothing marked slow and no Ray (under 3 minutes on 2 cores).
 test-fast: $(STAMP)
-	$(PY) -m pytest $(PARALLEL) -m "not slow" --durations=10
+	$(PY) -m pytest $(PARALLEL) -m "not slow and not ray" --durations=10
 
 # Repeated runs that catch rare failures, at full count (make test runs them reduced).
 stress: $(STAMP)

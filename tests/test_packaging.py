@@ -25,6 +25,7 @@ def test_the_gpu_extra_adds_cuda_to_the_base_tensorflow_in_the_same_range() -> N
     assert gpu == [base.replace("tensorflow", "tensorflow[and-cuda]", 1)]
 
 
+@pytest.mark.slow
 def test_the_installed_tensorflow_has_the_gpu_kernels_and_runs_on_the_cpu() -> None:
     """`tensorflow-cpu` is built without CUDA: with it, the gpu extra could not use a GPU."""
     code = "import tensorflow as tf; print(tf.test.is_built_with_cuda(), float(tf.reduce_sum(tf.ones(3))))"

@@ -44,6 +44,7 @@ def inputs(tmp_path: Path) -> dict[str, str]:
     return paths
 
 
+@pytest.mark.slow
 def test_every_command_prints_json_on_its_last_line(tmp_path: Path, inputs, capsys, monkeypatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.chdir(tmp_path)

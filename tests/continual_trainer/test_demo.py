@@ -44,6 +44,7 @@ def check_against_the_readme(results: list[dict]) -> None:
     assert same == [], f"scored exactly as keep, as if they never trained: {same}"
 
 
+@pytest.mark.slow
 def test_the_demo_runs_here_reproduces_the_readme_table_and_its_store_takes_a_sweep(
     tmp_path: Path, capsys, monkeypatch
 ) -> None:

@@ -435,6 +435,7 @@ def test_update_with_several_strategies_keeps_each_and_promotes_the_best(tiny_st
     assert "nonsense" in err
 
 
+@pytest.mark.slow
 def test_next_steps_are_runnable_as_printed(tiny_store: str, tmp_path: Path) -> None:
     """The `next:` line names the program as the user ran it, and the command works."""
     venv_ctrain = os.path.join(os.path.dirname(sys.executable), "ctrain")

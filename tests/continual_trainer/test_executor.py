@@ -38,6 +38,7 @@ class Recording(LocalExecutor):
         return super().score(*args, **kwargs)
 
 
+@pytest.mark.slow
 def test_update_predict_sweep_stream_and_demo_go_through_the_executor(tiny_store: str, tmp_path: Path) -> None:
     used = {}
     ex = Recording()

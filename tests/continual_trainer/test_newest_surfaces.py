@@ -192,6 +192,7 @@ def test_a_sweep_with_a_huge_num_samples_is_refused_naming_the_cap(tiny_store: s
     assert time.monotonic() - start < 30
 
 
+@pytest.mark.slow
 def test_a_file_removed_from_the_inbox_mid_run_is_skipped_and_two_archiving_streams_share_one_inbox(
     tiny_store: str, tmp_path: Path
 ) -> None:

@@ -72,6 +72,7 @@ def test_triggers_are_registered_with_declared_parameters() -> None:
     assert window({"a": T.Decision(True, window=2), "b": T.Decision(False)}) == 2
 
 
+@pytest.mark.slow
 def test_features_keeps_quiet_on_the_same_distribution_and_names_the_shifted_column() -> None:
     reference = _rows(400, seed=0)
     alarms = [
@@ -305,6 +306,7 @@ def test_every_strategy_takes_the_budget_parameters() -> None:
         assert params.loop().patience == 3 and params.loop().max_seconds == 10
 
 
+@pytest.mark.slow
 def test_stream_with_triggers_and_report_on_s3(s3_server, write_parquet, tmp_path: Path, capsys) -> None:
     uri = s3_server()
     assert (

@@ -48,6 +48,7 @@ def _json(capsys, *argv: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_every_command_runs_here_unless_a_cluster_is_configured_or_asked_for(
     tmp_path: Path, capsys, no_ray: list[int], monkeypatch
 ) -> None:
