@@ -42,6 +42,7 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from bench_check import check, emit
 
 FEATURES, FILE_ROWS, ROW_GROUP = 20, 500_000, 131_072
 CTRAIN = [os.path.join(os.path.dirname(sys.executable), "ctrain")]  # the installed command
@@ -251,6 +252,20 @@ def main() -> None:
             line += f"two at once {together:,.0f} rows/s together"
             print(line + (f", {together / one[5]:.2f}x one actor's" if one else ""))
     print(f"total {time.perf_counter() - start:.0f} s")
+    defaults = [r for r in rows if r[1] == "default"]
+    emit(
+        [
+            check(
+                f"update of a {r[0]}M-row store, by default: the driver's peak MiB",
+                r[2],
+                1280,
+                " MiB",
+                at_most=True,
+                readme=f"scale.{r[0]}m.default",
+            )
+            for r in defaults
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -147,7 +147,14 @@ def main() -> None:
     )
     emit(
         [
-            check("serve: peak RSS over rows 500k-1M / over rows 100k-500k", ratio, 1.10, "x", at_most=True),
+            check(
+                "serve: peak RSS over rows 500k-1M / over rows 100k-500k",
+                ratio,
+                1.10,
+                "x",
+                at_most=True,
+                readme="serve.log.flat",
+            ),
             check("serve: rows in the log of 1M answered", kept / max(answered, 1), 1.0, ""),
             check("serve: failed requests while logging 1M rows", float(failed), 0, "", at_most=True),
         ]

@@ -65,3 +65,27 @@ def test_the_checks_above_fail_on_a_wrong_citation() -> None:
         "scripts/bench_nothing.py",
         "tests/x/test_y.py",
     ]
+
+
+def test_every_figure_a_benchmark_backs_is_marked_in_the_readme_and_a_changed_one_is_caught() -> None:
+    """`make bench-check` compares each measured figure with the number the README prints (marked
+    `<!-- name -->`): every name a script backs is marked, and a printed number changed by 30 %
+    is reported against the figure that was measured for it."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_check import TOLERANCE, against_readme, printed
+
+    backed = set()
+    for script in (ROOT / "scripts").glob("bench_*.py"):
+        backed |= set(re.findall(r'readme=f?"([\w.{}\[\]-]+)"', script.read_text()))
+    numbers = printed(README)
+    fixed = {name for name in backed if "{" not in name}
+    assert fixed and fixed <= set(numbers), sorted(fixed - set(numbers))
+    name, shown = next(iter(sorted(numbers.items())))
+    check = {"figure": shown, "readme": name}
+    assert against_readme(check, numbers) is None
+    changed = README.replace(f"**{shown:g}", f"**{shown * 1.3:.2f}", 1) if f"**{shown:g}" in README else README
+    moved = printed(changed)
+    assert moved[name] != shown and against_readme(check, moved) is not None
+    assert against_readme({"figure": shown * (1 + TOLERANCE / 2), "readme": name}, numbers) is None
