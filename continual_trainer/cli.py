@@ -369,7 +369,7 @@ def _several_text(outcomes: list[Any], failed: list[str], where: str) -> str:
     lines += [f"failed: {f}" for f in failed]
     promoted = next((o for o in outcomes if o.promoted), None)
     if promoted is None:
-        lines.append(_next(f"promote --store {where} VERSION") + "  (makes one of them current)")
+        lines.append(_next(f"promote --store {where} {outcomes[0].version[-4:]}") + "  (makes the best one current)")
     else:
         lines.append(_next(f"rollback --store {where}") + "  (undoes the promotion)")
     return "\n".join(lines)
@@ -475,7 +475,7 @@ def cmd_label(args: argparse.Namespace) -> None:
                 f"live: {live}",
                 *([shadow] if shadow else []),
                 *promoted,
-                _next(f"update --store {args.store}") + "  (learns the labelled rows)",
+                _next(f"update --store {args.store} --strategy finetune_new") + "  (learns the labelled rows)",
             ]
         )
     _emit(args, "" if args.json else text, r)

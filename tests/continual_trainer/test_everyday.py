@@ -448,6 +448,31 @@ def test_next_steps_are_runnable_as_printed(tiny_store: str, tmp_path: Path) -> 
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     assert done.returncode == 0 and "is current" in done.stdout
 
+    def runs_as_printed(argv: list[str]) -> subprocess.CompletedProcess:
+        out = subprocess.run(argv, capture_output=True, text=True, env=env, check=True).stdout
+        step = out.strip().splitlines()[-1]
+        assert step.startswith(f"next: {venv_ctrain} "), step
+        done = subprocess.run(
+            step.removeprefix("next: ").split("  (")[0].split(), capture_output=True, text=True, env=env
+        )
+        assert done.returncode == 0, (step, done.stderr)
+        return done
+
+    pq.write_table(make_table(n=80, seed=8, shift=0.4), tmp_path / "more.parquet")
+    subprocess.run([venv_ctrain, "ingest", "--store", tiny_store, str(tmp_path / "more.parquet")], check=True, env=env)
+    several = [venv_ctrain, "update", "--store", tiny_store, "--strategy", "keep,finetune_new", "--set", "epochs=2"]
+    runs_as_printed([*several, "--promote", "never"])  # next: promote the best of them
+    labels = tmp_path / "labels.parquet"
+    from continual_trainer.serve.served import Served
+
+    served = Served(tiny_store, id_column="id")
+    served.start()
+    rows = make_table(n=30, seed=9)
+    served.predict(rows.drop(["y"]).append_column("id", pa.array([f"r{i}" for i in range(30)])), served.current)
+    served.stop()
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(30)], "y": rows.column("y")}), labels)
+    runs_as_printed([venv_ctrain, "label", "--store", tiny_store, "--data", str(labels)])  # next: update on them
+
 
 def test_history_fits_100_columns_and_wide_shows_everything(tmp_path: Path, capsys) -> None:
     store, versions = _store_with_versions(tmp_path, capsys)
