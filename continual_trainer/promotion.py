@@ -11,7 +11,7 @@ from continual_trainer import strategies
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import Manifest, lineage
 from continual_trainer.data.storage import Store
-from continual_trainer.trainer.evaluate import better, learned_nothing
+from continual_trainer.trainer.evaluate import better, learned_nothing, rank_key
 from continual_trainer.trainer.forgetting import Gate
 from continual_trainer.trainer.models import preprocessing_of
 from continual_trainer.trials import JUDGED_ON, TrialResult, holdout_metrics
@@ -101,13 +101,15 @@ def commit(
             preprocessing=preprocessing_of(data.model_spec, strategies.get(strategy_name).can.starts_from),
         ),
     )
-    wins = better(holdout_metrics(result.metrics, on), holdout_metrics(result.current_metrics, on))
+    mine, theirs = holdout_metrics(result.metrics, on), holdout_metrics(result.current_metrics, on)
+    wins = better(mine, theirs)
+    tie = bool(mine) and bool(theirs) and rank_key(mine) == rank_key(theirs)
     gated = gate is not None and gate.active and wins
     refused = gate.refuses(result.metrics, lineage(data.parent, stored_manifest(store))) if gate and gated else None
     if promote == "auto" and refused:
         promoted, reason = False, f"better on the holdout, but {refused}"
     else:
-        promoted, reason = promote_version(store, version, data.parent, promote, wins, by, on)
+        promoted, reason = promote_version(store, version, data.parent, promote, wins, by, on, tie=tie)
     return UpdateOutcome(
         version,
         data.parent,
@@ -122,14 +124,25 @@ def commit(
 
 
 def promote_version(
-    store: Store, version: str, parent: str | None, mode: str, wins: bool, by: str = "update", on: str = "holdout"
+    store: Store,
+    version: str,
+    parent: str | None,
+    mode: str,
+    wins: bool,
+    by: str = "update",
+    on: str = "holdout",
+    *,
+    tie: bool = False,
 ) -> tuple[bool, str]:
-    """Make `version` current if `mode` says so and nobody promoted another since `parent`."""
+    """Make `version` current if `mode` says so and nobody promoted another since `parent`
+    (`tie`: it scores exactly as the current version, which a tie keeps)."""
     where = "the holdout" if on == "holdout" else "the new batches' holdout"
     if mode == "never":
         return False, "--promote never"
     if mode == "auto" and not wins:
-        return False, f"not better than the current model on {where}"
+        return False, f"not better than the current model on {where}" + (
+            " (a tie: the current one stays)" if tie else ""
+        )
     reason = "promoted" if mode == "always" else f"better than the current model on {where}"
     if store.promote(version, parent, by=by, reason=f"--promote {mode}: {reason}"):
         return True, reason
@@ -173,9 +186,16 @@ def scores_below(store: Store, version: str, other: str | None) -> str | None:
     a, b = holdout_metrics(mine.metrics), holdout_metrics(theirs.metrics)
     if not a or not b or not better(b, a):
         return None
-    name = "rmse" if "rmse" in a else "accuracy"
+    name, second = ("rmse", "mae") if "rmse" in a else ("accuracy", "log_loss")
     if a.get(name) is None or b.get(name) is None:
         return None
+    if a[name] == b[name]:  # a tie on the headline: worse only on the second metric, and it says so
+        if a.get(second) is None or b.get(second) is None:
+            return None
+        return (
+            f"{version} ties {other}, the version it replaced, on holdout {name} ({a[name]:.4f}) but has a worse "
+            f"{second} ({a[second]:.4f} vs {b[second]:.4f}) on the same rows (`ctrain rollback` undoes this)"
+        )
     return (
         f"{version} scores holdout {name} {a[name]:.4f}, worse than {b[name]:.4f} of {other}, the version it "
         f"replaced, on the same holdout rows (`ctrain rollback` undoes this)"

@@ -46,6 +46,7 @@ def test_update_auto_promotes_only_a_better_candidate(candidate, promoted: bool,
     assert store.current == (outcome.version if promoted else before)
     if not promoted:
         assert outcome.reason.startswith(NOT_BETTER), outcome.reason
+        assert ("a tie" in outcome.reason) is (candidate is TIE), outcome.reason  # a tie is called a tie
     assert outcome.version in [v["version"] for v in store.versions()]  # kept either way
 
 
