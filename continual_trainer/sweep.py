@@ -219,6 +219,14 @@ class SweepResult:
         """`summarize` of the finished trials: mean and std over seeds, ranked."""
         return summarize(self.table.to_pylist(), task) if self.finished else []
 
+    def __repr__(self) -> str:
+        best = self.summary()[:1]
+        top = f"; best {best[0]['strategy']} {best[0]['params']}".rstrip() if best else ""
+        return (
+            f"SweepResult({self.sweep_id}: {self.finished} of {self.trials} trial(s) finished, "
+            f"{len(self.failures)} failed, {self.stopped} stopped early{top}; results in {self.folder})"
+        )
+
 
 def run_sweep(
     store: Store,

@@ -309,3 +309,13 @@ def test_tpe_on_a_space_smaller_than_num_samples_runs_what_the_space_holds(tiny_
     result = run_sweep(Store.open(tiny_store), LocalExecutor(), spec)
     assert result.finished == result.trials == 3
     assert sorted(result.table.column("strategy").to_pylist()) == ["finetune_new", "finetune_new", "keep"]
+
+
+def test_a_sweep_result_reads_as_a_sentence_in_python(tiny_store: str, tmp_path: Path) -> None:
+    from continual_trainer.api import open_store
+
+    (tmp_path / "s.yaml").write_text("strategies: [keep, finetune_new]\nparams: {epochs: 2}\n")
+    result = open_store(tiny_store).sweep(str(tmp_path / "s.yaml"))
+    text = repr(result)
+    assert text.startswith(f"SweepResult({result.sweep_id}: 2 of 2 trial(s) finished, 0 failed")
+    assert "best " in text and "pyarrow" not in text and "\n" not in text
