@@ -1158,6 +1158,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_third_parties() -> None:
+    """Other libraries' warnings (Keras, NumPy, MLflow) are not the user's to read: shown only with
+    CTRAIN_DEBUG=1. The project's own warnings and log lines stay."""
+    import warnings
+
+    if os.environ.get("CTRAIN_DEBUG") == "1":
+        return
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module=r"continual_trainer(\.|$)")
+    for name in ("mlflow", "alembic", "urllib3", "absl", "py.warnings"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (0, 1 when work failed, 2 for a user's mistake)."""
     from continual_trainer import WorkFailed
@@ -1166,6 +1179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(TerminalFormatter("ctrain: %(levelname)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    _quiet_third_parties()
     from continual_trainer.trainer.progress import Reporter, import_keras_quietly, phase, reporting
 
     address = os.environ.get("RAY_ADDRESS")  # --address names the cluster for this command only

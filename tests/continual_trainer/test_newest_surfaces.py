@@ -278,3 +278,17 @@ def test_serving_imports_nothing_of_training_or_the_cli() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("debug", ["", "1"])
+def test_other_libraries_warnings_show_only_with_ctrain_debug(debug: str) -> None:
+    code = (
+        "import warnings; from continual_trainer import cli; cli._quiet_third_parties();"
+        "warnings.warn_explicit('from keras', UserWarning, 'functional.py', 1, module='keras.src.models.functional');"
+        "warnings.warn_explicit('from numpy', RuntimeWarning, 'x.py', 1, module='numpy.core');"
+        "warnings.warn_explicit('ours', UserWarning, 'y.py', 1, module='continual_trainer.x')"
+    )
+    env = {**os.environ, "CTRAIN_DEBUG": debug}
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stderr
+    assert "ours" in err
+    assert ("from keras" in err and "from numpy" in err) is (debug == "1"), err
