@@ -145,13 +145,12 @@ class Versions(StorageCore):
         promotion that took effect is recorded in the event log (`by`: the command, and why).
         """
         body = (version + "\n").encode()
-        if version in self.versions():
-            self.check_files(version)  # a damaged version never becomes current
         with self.lock("CURRENT"):  # gc deletes under it too: what exists now still exists at the swap
             if version not in self.versions():
                 raise VersionGone(
                     f"{self.display}: version {version} no longer exists (deleted by gc?); it cannot be promoted"
                 )
+            self.check_files(version)  # a damaged version never becomes current (gc cannot delete it meanwhile)
             failpoints.reached("promote.before-swap")
             if self._conditional is None:
                 if self.current() != expected:
