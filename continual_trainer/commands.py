@@ -678,20 +678,12 @@ def _remove_dead_exports(folder: str) -> None:
     mid-export); a live exporter's folder is left alone."""
     import re
 
+    from continual_trainer.data.store.core import pid_alive
+
     for name in os.listdir(folder):
         found = re.fullmatch(r"\.\d+\.(\d+)\.tmp", name)
-        if found and not _alive(int(found.group(1))):
+        if found and not pid_alive(int(found.group(1))):
             shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def expected_inputs(

@@ -213,12 +213,7 @@ class Schema:
         feature held in its kind's canonical type (`data.columns.conform_column`: what converts
         exactly is converted, anything else is a UserError naming the column and row). `ctrain
         predict` and `ctrain serve` read rows through this one rule."""
-        if table.num_rows == 0:
-            raise UserError(f"{source}: the file has no rows")
-        check_unique_columns(table, source)
-        missing = [c for c in self.features if c not in table.column_names]
-        if missing:
-            raise UserError(f"{source}: missing feature column(s) {', '.join(missing)}")
+        self._check_present(table, source)
         for c in self.columns:
             i = table.column_names.index(c.name)
             table = table.set_column(i, c.name, conform_column(table.column(i), c, source))
@@ -350,12 +345,7 @@ class Schema:
         Columns that are neither features nor the label are an error unless
         `allow_extra` (prediction input may carry ids and the like).
         """
-        if table.num_rows == 0:
-            raise UserError(f"{source}: the file has no rows")
-        check_unique_columns(table, source)
-        missing = [c for c in self.features if c not in table.column_names]
-        if missing:
-            raise UserError(f"{source}: missing feature column(s) {', '.join(missing)}")
+        self._check_present(table, source)
         extra = [c for c in table.column_names if c not in self.features and c != self.label and not self.kept(c)]
         if extra and not allow_extra:
             raise UserError(
@@ -365,6 +355,15 @@ class Schema:
             )
         for c in self.columns:
             check_column(table.column(c.name), c, source)
+
+    def _check_present(self, table: pa.Table, source: str) -> None:
+        """UserError unless the table has rows, unique column names and every feature."""
+        if table.num_rows == 0:
+            raise UserError(f"{source}: the file has no rows")
+        check_unique_columns(table, source)
+        missing = [c for c in self.features if c not in table.column_names]
+        if missing:
+            raise UserError(f"{source}: missing feature column(s) {', '.join(missing)}")
 
     def kept(self, column: str) -> bool:
         """Whether `column` is one the store keeps but does not train on (see the module docstring)."""

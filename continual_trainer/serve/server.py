@@ -146,14 +146,7 @@ def _serve_here(uri: str, options: ServeOptions, on_ready: Callable[[str], None]
             raise UserError(f"{served.store.display}: nothing to serve ({why})")
         if on_ready is not None:
             on_ready(served.current.version)
-        uvicorn.run(
-            app(served, options.max_body, token=options.token),
-            host=options.host,
-            port=options.port,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=5,
-        )
+        uvicorn.run(app(served, options.max_body, token=options.token), **_uvicorn(options))
     finally:
         served.stop()
 
@@ -191,16 +184,7 @@ def _serve_workers(uri: str, options: ServeOptions, on_ready: Callable[[str], No
         watcher = threading.Thread(target=_wait_workers, args=(ready, n, on_ready, failed), daemon=True)
         watcher.start()
         try:
-            uvicorn.run(
-                f"{__name__}:worker",
-                factory=True,
-                workers=n,
-                host=options.host,
-                port=options.port,
-                log_level="warning",
-                access_log=False,
-                timeout_graceful_shutdown=5,
-            )
+            uvicorn.run(f"{__name__}:worker", factory=True, workers=n, **_uvicorn(options))
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -209,6 +193,13 @@ def _serve_workers(uri: str, options: ServeOptions, on_ready: Callable[[str], No
                     os.environ[k] = v
         if failed:
             raise UserError(f"{store.display}: nothing to serve ({failed[0]})")
+
+
+def _uvicorn(options: ServeOptions) -> dict[str, Any]:
+    """uvicorn's settings, the same in one process and with workers (its access log off: the
+    metrics count requests; a request's errors are logged by the application)."""
+    return {"host": options.host, "port": options.port, "log_level": "warning", "access_log": False,
+            "timeout_graceful_shutdown": 5}  # fmt: skip
 
 
 def _wait_workers(folder: str, n: int, on_ready: Callable[[str], None] | None, failed: list[str]) -> None:

@@ -174,7 +174,7 @@ class StorageCore:
         except (ValueError, OSError, TypeError, AttributeError):  # unreadable: a holder writes it whole at once
             info = self._fs.get_file_info(self._path(rel))
             return info.mtime is not None and time.time() - info.mtime.timestamp() > 5.0
-        if holder.get("host") in (socket.gethostname(), HOST) and not _pid_alive(pid):
+        if holder.get("host") in (socket.gethostname(), HOST) and not pid_alive(pid):
             return True
         return time.time() - when > stale_after
 
@@ -396,10 +396,11 @@ def _age(path: str) -> float:
 
 def _is_dead(host: str, pid: int, age: float) -> bool:
     """Whether the writer (host, pid) is gone: checked on this host, assumed after the grace period elsewhere."""
-    return not _pid_alive(pid) if host == HOST else age > _GRACE_SECONDS
+    return not pid_alive(pid) if host == HOST else age > _GRACE_SECONDS
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with this id runs (one we may not signal counts)."""
     if pid <= 0:
         return False
     try:
