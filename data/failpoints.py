@@ -2,9 +2,10 @@
 
 `CTRAIN_FAILPOINT=name` (or `name=exit:N`) makes the process leave at once with exit code N
 (default 77) when it reaches the point named, as a `kill -9` would land there: no cleanup, no
-`finally`. `name=sleep:S` makes it wait S seconds there instead; `name=wait:PATH` makes it wait
-until the file PATH exists (at most two minutes), so a test can hold several processes at one
-point and release them together: a race by design, not by timing. Several points are separated
+`finally`. `name=sleep:S` makes it wait S seconds there instead; `name=wait:PATH` makes it create
+`PATH.arrived` and wait until the file PATH exists (at most two minutes), so a test can see a
+process (or thread) arrive at a point, hold it there while another runs, and release it: a race
+by design, not by timing. Several points are separated
 by commas. Unset, a point costs one dictionary lookup.
 
 The points (see `POINTS`) are the moments where a crash could leave the store inconsistent if a
@@ -51,6 +52,8 @@ def reached(name: str) -> None:
         if kind == "sleep":
             time.sleep(float(value or 1))
         elif kind == "wait":
+            with open(value + ".arrived", "a"):
+                pass
             deadline = time.monotonic() + WAIT_LIMIT
             while not os.path.exists(value) and time.monotonic() < deadline:
                 time.sleep(0.05)
