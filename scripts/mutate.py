@@ -1,0 +1,173 @@
+"""Mutation testing of the modules that hold the product's rules (`make mutate`).
+
+mutmut (https://mutmut.readthedocs.io) changes one operator, constant or call at a time in a
+module and runs the tests that reach the changed function; a mutant the tests do not notice
+"survived". The score is the share of mutants killed.
+
+mutmut finds a module by its file's path, and this checkout's folders install as subpackages of
+`continual_trainer` (`data/store/core.py` is `continual_trainer.data.store.core`), so the
+package is first laid out as installed in build/mutate/ (pip's `--target`), with the tests,
+and mutmut runs there; the checkout is never modified.
+
+    python scripts/mutate.py                 # every rule module, then the score
+    python scripts/mutate.py sampling gate   # some groups (see GROUPS)
+    python scripts/mutate.py --survivors     # the last run's survivors (cd build/mutate/GROUP; mutmut show NAME)
+
+The modules, and the tests that guard them, are `GROUPS` below. Survivors judged
+equivalent (no test can tell them apart) are listed, with why, in the README's Development
+section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "build" / "mutate"
+
+# Each rule: where it lives (as installed), and the tests that guard it. Each group is its own
+# mutmut run (in build/mutate/<group>/), so a mutant runs only its group's tests that reach it.
+GROUPS = {
+    "gate": (
+        ["continual_trainer/promotion.py", "continual_trainer/trainer/evaluate.py",
+         "continual_trainer/trainer/forgetting.py"],
+        ["tests/continual_trainer/test_gate.py", "tests/trainer/test_evaluate.py",
+         "tests/continual_trainer/test_forgetting.py", "tests/continual_trainer/test_rules.py"],
+    ),
+    "versions": (
+        ["continual_trainer/data/store/versions.py"],
+        ["tests/data/test_store.py", "tests/data/test_races.py", "tests/continual_trainer/test_rules.py"],
+    ),
+    "store": (
+        ["continual_trainer/data/store/core.py"],
+        ["tests/data/test_store.py", "tests/data/test_races.py", "tests/continual_trainer/test_rules.py"],
+    ),
+    "sampling": (["continual_trainer/data/sampling.py"], ["tests/data/test_sampling.py", "tests/data/test_store.py"]),
+    "triggers": (["continual_trainer/triggers.py"], ["tests/continual_trainer/test_triggers.py"]),
+    "typing": (
+        ["continual_trainer/data/columns.py", "continual_trainer/serve/edge.py"],
+        ["tests/data/test_columns.py", "tests/continual_trainer/test_serve_edge.py",
+         "tests/continual_trainer/test_typing_rules.py"],
+    ),
+}  # fmt: skip
+
+# Groups whose tests train networks: TensorFlow is imported (not run) before mutmut forks.
+PRELOAD_TENSORFLOW = {"gate"}
+
+# Tests too slow to run once per mutant (each has a faster neighbour covering its rule).
+DESELECT = [
+    "tests/data/test_races.py::test_two_inits_on_one_path_one_wins_and_the_store_agrees_with_its_model",
+    "tests/data/test_columns.py::test_a_new_column_kind_is_one_class",
+    "tests/continual_trainer/test_triggers.py::test_stream_with_triggers_and_report_on_s3",
+]
+
+# Lines whose mutants no test can see: typing-only imports and log calls (regular expressions).
+QUIET = ["if TYPE_CHECKING:", "log.debug(", "log.info("]
+
+KILLED = {"killed", "timeout", "segfault", "caught by type check"}
+
+
+def stage(group: str) -> Path:
+    """build/mutate/<group>/: the package as installed, the tests, and mutmut's settings."""
+    work = BUILD / group
+    shutil.rmtree(work, ignore_errors=True)
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile"]
+    subprocess.run([*pip, "--target", str(work), str(ROOT)], check=True)
+    for extra in work.glob("*.dist-info"):
+        shutil.rmtree(extra)
+    shutil.rmtree(work / "bin", ignore_errors=True)
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    modules, tests = GROUPS[group]
+    if group in PRELOAD_TENSORFLOW:  # imported once in mutmut's fork server, not in every mutant's process
+        with open(work / "tests" / "conftest.py", "a") as conftest:
+            conftest.write("\nimport keras  # noqa: E402,F401  (scripts/mutate.py)\n")
+    args = ["-p", "no:cacheprovider", "-m", "not ray and not stress"]
+    args += [f"--deselect={t}" for t in DESELECT]
+    (work / "pyproject.toml").write_text(
+        "[tool.pytest.ini_options]\n"
+        'testpaths = ["tests"]\n'
+        f"markers = {json.dumps(['slow: slow', 'ray: ray', 'stress: stress'])}\n"
+        'filterwarnings = ["ignore::DeprecationWarning"]\n'
+        "[tool.mutmut]\n"
+        'source_paths = ["continual_trainer"]\n'
+        f"only_mutate = {json.dumps(modules)}\n"
+        f"pytest_add_cli_args = {json.dumps(args)}\n"
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
+        # forked from a process that has imported the tests but run none: TensorFlow's thread
+        # pools do not survive a fork from a process that has used them
+        'process_isolation = "forkserver"\n'
+        f"do_not_mutate_patterns = {json.dumps([re.escape(p) for p in QUIET])}\n"
+    )
+    return work
+
+
+def results(work: Path) -> dict[str, str]:
+    """Each mutant's status after a run (mutmut's own listing)."""
+    if not (work / "mutants").is_dir():
+        return {}
+    out = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, capture_output=True, text=True
+    ).stdout
+    status = {}
+    for line in out.splitlines():
+        name, _, state = line.strip().rpartition(": ")
+        if name and "__mutmut_" in name:
+            status[name] = state
+    return status
+
+
+def module_of(mutant: str) -> str:
+    return mutant.split(".x_")[0].split(".xǁ")[0]
+
+
+def report(status: dict[str, str]) -> int:
+    by_module: dict[str, Counter[str]] = {}
+    for name, state in status.items():
+        by_module.setdefault(module_of(name), Counter())[state] += 1
+    total = Counter[str]()
+    print(f"{'module':<44} {'mutants':>7} {'killed':>7} {'survived':>8} {'no tests':>8} {'score':>6}")
+    for module, counts in sorted(by_module.items()):
+        n, killed = sum(counts.values()), sum(counts[s] for s in KILLED)
+        total.update(counts)
+        print(f"{module:<44} {n:>7} {killed:>7} {counts['survived']:>8} {counts['no tests']:>8} {killed / n:>6.1%}")
+    n, killed = sum(total.values()), sum(total[s] for s in KILLED)
+    if not n:
+        print("no mutants: did mutmut run?")
+        return 1
+    print(f"{'all':<44} {n:>7} {killed:>7} {total['survived']:>8} {total['no tests']:>8} {killed / n:>6.1%}")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "groups", nargs="*", choices=[[], *GROUPS], help=f"rule groups (default: all of {', '.join(GROUPS)})"
+    )
+    ap.add_argument("--survivors", action="store_true", help="list the last run's survivors, do not run")
+    ap.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default 2)")
+    args = ap.parse_args()
+    groups = args.groups or list(GROUPS)
+    status: dict[str, str] = {}
+    for group in groups:
+        if not args.survivors:
+            work = stage(group)
+            run = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)]
+            subprocess.run(run, cwd=work, check=False, stdout=subprocess.DEVNULL)
+        status.update(results(BUILD / group))
+    if args.survivors:
+        for name, state in sorted(status.items()):
+            if state not in KILLED:
+                print(f"{state:<10} {name}")
+        return 0
+    return report(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
