@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast stress lint bench bench-check ray-package
+.PHONY: demo test test-fast stress lint bench bench-check ray-package mutate
 
 # A strict editable install: build/__editable__.*/ holds links to the checkout's files laid out
 # as the package `continual_trainer`, so type checkers and IDEs resolve every import (the default
@@ -35,6 +35,11 @@ test-fast: $(STAMP)
 # Repeated runs that catch rare failures, at full count (make test runs them reduced).
 stress: $(STAMP)
 	CTRAIN_STRESS_RUNS=100 $(PY) -m pytest -m stress --durations=10
+
+# Mutation testing of the modules that hold the rules (scripts/mutate.py; not in `make test`:
+# it takes about half an hour here). Prints each module's score; the README records the last.
+mutate: $(STAMP)
+	$(PY) scripts/mutate.py
 
 # Style, then types: mypy reads the installed package from build/ (in the checkout's root,
 # `continual_trainer/` alone would hide its sibling folders).

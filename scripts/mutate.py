@@ -47,7 +47,7 @@ GROUPS = {
     ),
     "store": (
         ["continual_trainer/data/store/core.py"],
-        ["tests/data/test_store.py", "tests/data/test_races.py", "tests/continual_trainer/test_rules.py"],
+        ["tests/data/test_store_rules.py", "tests/data/test_store.py", "tests/data/test_races.py"],
     ),
     "sampling": (["continual_trainer/data/sampling.py"], ["tests/data/test_sampling.py", "tests/data/test_store.py"]),
     "triggers": (["continual_trainer/triggers.py"], ["tests/continual_trainer/test_triggers.py"]),

@@ -165,7 +165,7 @@ def test_users_networks_and_columns_on_actors_sweeps_and_streams(ray_cluster, tm
     digits = str(tmp_path / "digits")
     pq.write_table(images(300, 0), tmp_path / "digits-old.parquet")
     argv = ["init", "--store", digits, "--data", str(tmp_path / "digits-old.parquet"), "--label", "digit"]
-    assert main([*argv, "--shape", "image=8,8,1", "--model", "examples.digits:cnn", "--epochs", "5"]) == 0
+    assert main([*argv, "--shape", "image=8,8,1", "--model", "examples.digits:cnn", "--epochs", "3"]) == 0
     pq.write_table(images(300, 1, shift=0.1), tmp_path / "digits-new.parquet")
     assert main(["ingest", "--store", digits, str(tmp_path / "digits-new.parquet")]) == 0
     capsys.readouterr()
@@ -176,7 +176,7 @@ def test_users_networks_and_columns_on_actors_sweeps_and_streams(ray_cluster, tm
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     pq.write_table(images(300, 2, shift=0.2), inbox / "next.parquet")
-    policy = Policy("best", ["finetune_new", "fresh_all", "ensemble_all"], values={"epochs": "3"})
+    policy = Policy("best", ["finetune_new", "ensemble_all"], values={"epochs": "2"})
     (event,) = run_stream(digits, str(inbox), policy, RayExecutor(), once=True)
     assert event.version and Store.open(digits).stream_marker(event.sha256)["version"] == event.version
 

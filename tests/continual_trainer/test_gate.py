@@ -7,6 +7,7 @@ True in `promotion.promote_version` fails the update, stream and sweep tests bel
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pyarrow as pa
@@ -173,3 +174,37 @@ def test_the_gate_forgetting_and_flip_rules_on_their_own() -> None:
 )
 def test_better_is_strict_and_orders_by_the_tasks_metrics(candidate: dict, current: dict, wins: bool) -> None:
     assert better(candidate, current) is wins
+
+
+def test_a_committed_version_records_what_made_it(tiny_store: str) -> None:
+    """Whatever auto decides, the version is kept with its making: the strategy and its
+    parameters, the seed, the recipe, which batches it saw and trained on, both sides' metrics,
+    where it ran and where its preprocessing comes from."""
+    from continual_trainer.strategies import get
+    from continual_trainer.trainer.models import ModelSpec, preprocessing_of
+
+    store = open_store(tiny_store)
+    raw = Store.open(tiny_store)
+    (old,), (new,) = (
+        raw.manifest(raw.current()).batches_seen,
+        [b for b in raw.batch_ids() if b not in raw.manifest(raw.current()).batches_seen],
+    )
+    for strategy, trains_on_old in (("finetune_new", False), ("finetune_all", True)):
+        outcome = store.update(strategy, promote="never", seed=3, epochs=1)
+        m = raw.manifest(outcome.version)
+        assert strategy in outcome.version and m.strategy == strategy and m.parent == outcome.parent
+        params = get(strategy).make_params({"epochs": "1"})
+        assert m.params == dataclasses.asdict(params) and m.seed == 3 and m.model == "mlp:8,4"
+        assert m.batches_seen == (old, new)
+        assert m.batches_trained == ((old, new) if trains_on_old else (new,))
+        assert m.metrics == outcome.metrics and m.current_metrics == outcome.current_metrics
+        assert m.current_metrics["holdout_accuracy"] is not None and m.train_seconds > 0
+        assert m.execution["mode"] == "local" and m.origin == {}
+        assert m.preprocessing == preprocessing_of(ModelSpec.parse("mlp:8,4"), get(strategy).can.starts_from)
+        assert m.preprocessing == "the current model's, kept (never retrained)"  # both start from the current one
+        assert outcome.reason == "--promote never" and not outcome.promoted
+        assert outcome.to_json()["warnings"] == outcome.warnings
+    outcome = store.update("keep", promote="always")
+    event = raw.events("promote")[-1]
+    assert event["version"] == outcome.version and event["by"] == "update"
+    assert event["reason"] == "--promote always: promoted"

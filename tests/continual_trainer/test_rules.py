@@ -352,3 +352,23 @@ def test_the_gate_refuses_in_words_that_name_the_batch_and_the_limit() -> None:
     )
     assert Gate(max_flip_rate=0.01).refuses(forgets, ancestors) is None
     assert Gate(max_flip_rate=0.0).refuses({"batch_b1_accuracy": 0.9}, ancestors) is None  # no flip rate known
+
+
+def test_forgetting_exactly_at_the_limit_passes_and_the_first_of_equal_losses_is_named() -> None:
+    ancestors = [_ancestor(batch_b1_accuracy=1.0, batch_b2_accuracy=1.0)]
+    at_limit = {"batch_b1_accuracy": 0.75, "batch_b2_accuracy": 0.75}
+    assert Gate(max_forgetting=0.25).refuses(at_limit, ancestors) is None
+    assert forgetting(at_limit, ancestors).batch == "b1"
+
+
+def test_rollback_finds_the_last_promotion_of_the_current_version_past_a_lost_event(store: Store) -> None:
+    v1 = _version(store, None, "v1")
+    v3 = _version(store, v1, "v3")
+    v2 = _version(store, v3, "v2")  # its lineage says v3; its promotion's event says v1
+    store.promote(v1, None)
+    store.promote(v2, v1)
+    store.promote(v3, v2)
+    store.promote(v2, v3)
+    *_, last = store._list_files("events")
+    store._delete(f"events/{last}")  # the event of v2's second promotion is lost
+    assert rollback(store) == (v1, v2)  # the last event that made v2 current: v1 before it
