@@ -77,7 +77,7 @@ def main() -> None:
     )
     emit(
         [
-            check("ASHA's wall time / the full search's", asha[0] / full[0], 0.4, "", at_most=True),
+            check("ASHA's wall time / the full search's", asha[0] / full[0], 0.4, "", at_most=True, readme="asha"),
             check("ASHA's pick below the full search's best (accuracy points)", gap, 0.5, "", at_most=True),
         ]
     )

@@ -60,7 +60,7 @@ def main() -> None:
     print(f"medians of {args.rounds} interleaved rounds, whole processes:")
     print(f"  ctrain demo (this process)              {median['demo']:6.1f} s")
     print(f"  the tutorial's work in one Keras process {median['keras']:6.1f} s -> demo {ratio:.1f}x faster")
-    checks = [check("ctrain demo vs the tutorial's work in Keras, whole processes", ratio, 4.0)]
+    checks = [check("ctrain demo vs the tutorial's work in Keras, whole processes", ratio, 4.0, readme="demo")]
     if args.ray:
         ray_ratio = median["keras"] / median["demo --ray"]
         print(f"  ctrain demo --ray (Ray start charged)    {median['demo --ray']:6.1f} s -> {ray_ratio:.1f}x")

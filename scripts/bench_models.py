@@ -169,7 +169,7 @@ def main() -> None:
     emit(
         [
             check("reference MLP, general path: accuracy points below fit", -general[1], 1.0, " points", at_most=True),
-            check("CNN on digits: our loop vs fit", conv[0], 1.5),
+            check("CNN on digits: our loop vs fit", conv[0], 1.5, readme="models.cnn"),
             check("CNN on digits: accuracy points below fit", -conv[1], 1.0, " points", at_most=True),
             check("Dense + BatchNormalization + Dropout: accuracy points below fit", -norm[1], 1.0, " points",
                   at_most=True),

@@ -94,7 +94,7 @@ def main() -> None:
             print(f"{name:<40} per file, whole process: {per_file}; test accuracy {accuracy:.4f}")
             if not extra:
                 checks.append(check("slowest 69,000-row file through stream --once, whole process (s)", max(walls), 15,
-                                    " s", at_most=True))  # fmt: skip
+                                    " s", at_most=True, readme="stream.file"))  # fmt: skip
             for e in events:
                 tried = ", ".join(
                     f"{c['strategy']} {c.get('holdout', {}).get('accuracy', float('nan')):.4f} "

@@ -59,7 +59,7 @@ GROUPS = {
 }  # fmt: skip
 
 # Groups whose tests train networks: TensorFlow is imported (not run) before mutmut forks.
-PRELOAD_TENSORFLOW = {"gate"}
+PRELOAD_TENSORFLOW = {"gate", "triggers"}
 
 # Tests too slow to run once per mutant (each has a faster neighbour covering its rule).
 DESELECT = [
