@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -372,3 +373,92 @@ def test_rollback_finds_the_last_promotion_of_the_current_version_past_a_lost_ev
     *_, last = store._list_files("events")
     store._delete(f"events/{last}")  # the event of v2's second promotion is lost
     assert rollback(store) == (v1, v2)  # the last event that made v2 current: v1 before it
+
+
+def test_a_reference_naming_many_versions_lists_four_and_says_there_are_more(store: Store) -> None:
+    made = sorted(_version(store, None, "same") for _ in range(5))
+    with pytest.raises(UserError) as five:
+        store.resolve("-same-")  # in the middle: neither a prefix nor a suffix
+    with pytest.raises(UserError) as many:
+        store.resolve(made[0][:8])
+    assert str(many.value).endswith(f"names 5 versions ({', '.join(made[:4])}, ...); give more of it")
+    store._delete_version(made[4], store.manifest(made[4]))
+    with pytest.raises(UserError) as four:
+        store.resolve(made[0][:8])
+    assert str(four.value).endswith(f"names 4 versions ({', '.join(made[:4])}); give more of it")
+    assert "no model version '-same-'" in str(five.value)
+
+
+def test_a_mistyped_reference_suggests_at_most_three_close_versions(store: Store) -> None:
+    made = [_version(store, None, "abc") for _ in range(5)]
+    suffix = made[0][-4:]
+    typo = suffix[:-1] + ("x" if suffix[-1] != "x" else "y")
+    with pytest.raises(UserError) as wrong:
+        store.resolve(typo)
+    said = str(wrong.value)
+    assert made[0] in said and said.count("-abc-") <= 3
+    prefix_typo = "1" + made[0][1:12]  # a mistyped year, as long as a prefix
+    with pytest.raises(UserError, match="did you mean"):
+        store.resolve(prefix_typo)
+
+
+def test_gc_keeps_an_unpromoted_parent_of_the_current_version(store: Store) -> None:
+    v1 = _version(store, None, "v1")
+    v2 = _version(store, v1, "v2")  # never promoted itself
+    v3 = _version(store, v2, "v3")
+    store.promote(v1, None)
+    store.promote(v3, v1)
+    spare = _version(store, v1, "spare")
+    assert store.prune(0) == [spare]
+    assert set(store.versions()) == {v1, v2, v3}
+
+
+def test_gc_never_follows_a_version_folder_that_leads_out_of_the_store(store: Store, tmp_path: Path, caplog) -> None:
+    v1 = _version(store, None, "v1")
+    store.promote(v1, None)
+    outside = tmp_path / "outside"
+    linked = _version(store, v1, "linked")
+    Path(store._path(f"models/{linked}")).rename(outside)
+    Path(store._path(f"models/{linked}")).symlink_to(outside)
+    with caplog.at_level(logging.WARNING):
+        assert store.prune(0) == []
+    assert "leads out of the store; left alone" in caplog.text
+    assert sorted(p.name for p in outside.iterdir()) == [".writer", "manifest.json", "member-0.keras"]
+
+
+def test_gc_removes_the_manifest_first_so_a_crash_leaves_no_half_version(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from continual_trainer.data import failpoints
+
+    v1 = _version(store, None, "v1")
+    store.promote(v1, None)
+    doomed = _version(store, v1, "doomed")
+
+    def crash(name: str) -> None:
+        if name == "gc.after-manifest-delete":
+            raise KeyboardInterrupt(name)
+
+    monkeypatch.setattr(failpoints, "reached", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.prune(0)
+    assert doomed not in store.versions()  # gone from the moment its manifest is
+    assert Path(store._path(f"models/{doomed}/member-0.keras")).exists()  # its files not yet
+
+
+def test_a_current_file_naming_no_committed_version_is_damaged(store: Store) -> None:
+    for raw in (b"not-a-version-here\n", b"\xff\xfe\n", b"a/../../b\n"):
+        Path(store._path("CURRENT")).write_bytes(raw)
+        with pytest.raises(UserError, match="CURRENT is damaged: it names no committed version"):
+            store.current()
+    Path(store._path("CURRENT")).write_bytes(b"\n")
+    assert store.current() is None
+
+
+def test_a_versions_fingerprint_sees_a_rewrite_of_the_same_size(store: Store) -> None:
+    version = _version(store, None, "v")
+    member = Path(store._path(f"models/{version}/member-0.keras"))
+    before = store.fingerprint(version)
+    member.write_bytes(member.read_bytes()[::-1])
+    os.utime(member, ns=(1, 10**18))
+    assert store.fingerprint(version) != before
