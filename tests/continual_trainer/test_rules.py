@@ -4,9 +4,12 @@ training, no TensorFlow): each assertion names the rule it guards, so that a mut
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +17,10 @@ import pytest
 
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import Manifest
+from continual_trainer.data.parquet import HOST
 from continual_trainer.data.schema import Schema
 from continual_trainer.data.storage import Store, StoreMeta, VersionGone
+from continual_trainer.data.store.core import sha256
 from continual_trainer.promotion import (
     check_promote,
     promote_by_hand,
@@ -26,6 +31,12 @@ from continual_trainer.promotion import (
 )
 from continual_trainer.trainer.evaluate import better, headline, learned_nothing, rank_key, score_regression
 from continual_trainer.trainer.forgetting import Forgetting, Gate, forgetting, matrix_row
+
+
+@pytest.fixture(scope="module")
+def dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
 
 
 @pytest.fixture()
@@ -462,3 +473,97 @@ def test_a_versions_fingerprint_sees_a_rewrite_of_the_same_size(store: Store) ->
     member.write_bytes(member.read_bytes()[::-1])
     os.utime(member, ns=(1, 10**18))
     assert store.fingerprint(version) != before
+
+
+def test_a_version_is_committed_in_order_and_its_manifest_is_sorted_json(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from continual_trainer.data import failpoints
+
+    reached: list[str] = []
+    monkeypatch.setattr(failpoints, "reached", lambda name: None if name.startswith("write.") else reached.append(name))
+    v1 = store.new_version_id("fresh")
+    assert v1.split("-")[-2] == "fresh" and len(v1.split("-")[-1]) == 4
+    manifest = store.write_version(
+        v1, [(b"net", 2)], Manifest(parent=None, strategy="s", weights=(1.0,)), {"state-m.npy": b"memory"}
+    )
+    assert reached == ["version.after-members", "version.after-manifest"]
+    assert manifest.files == {"member-0.keras": sha256(b"net"), "state-m.npy": sha256(b"memory")}
+    assert manifest.created.endswith("+00:00") and manifest.version == v1
+    raw = Path(store._path(f"models/{v1}/manifest.json")).read_text()
+    assert raw == json.dumps(json.loads(raw), indent=2, sort_keys=True) + "\n"
+    assert store.read_member(v1, "state-m.npy") == b"memory"
+    reached.clear()
+    assert store.promote(v1, None, by="init", reason="first")
+    assert reached == ["promote.before-swap", "promote.after-swap"]
+    reached.clear()
+    doomed = _version(store, v1, "doomed")
+    reached.clear()
+    assert store.prune(0) == [doomed]
+    assert reached == ["gc.after-listing", "gc.after-manifest-delete"]
+
+
+def test_a_version_refuses_files_that_are_not_its_own_and_a_failed_write_leaves_nothing(store: Store) -> None:
+    made = Manifest(parent=None, strategy="s", weights=(1.0,))
+    with pytest.raises(ValueError, match="1 members but 2 weights"):
+        store.write_version("v-a", [(b"x", 2)], Manifest(parent=None, strategy="s", weights=(0.5, 0.5)))
+    with pytest.raises(ValueError, match="0 members but 0 weights"):
+        store.write_version("v-a", [], Manifest(parent=None, strategy="s", weights=()))
+    for bad in (".hidden", "member-9.keras", "manifest.json", "a/b", "x" * 201, ""):
+        version = store.new_version_id("bad")
+        with pytest.raises(ValueError, match="cannot be a file of a version"):
+            store.write_version(version, [(b"x", 2)], made, {bad: b"y"})
+        assert not Path(store._path(f"models/{version}")).exists(), bad  # abandoned: the folder is gone
+    taken = store.new_version_id("taken")
+    assert store._claim(f"models/{taken}", ".writer")
+    with pytest.raises(RuntimeError, match=f"version {taken} is being written by another process"):
+        store.write_version(taken, [(b"x", 2)], made)
+    assert store.versions() == []
+
+
+def test_writing_a_version_clears_a_dead_writers_uncommitted_one(store: Store, dead_pid: int) -> None:
+    left = Path(store._path("models/20260101-000000-000-dead-abcd"))
+    left.mkdir(parents=True)
+    (left / ".writer").write_text(json.dumps({"host": HOST, "pid": dead_pid}))
+    (left / "member-0.keras").write_bytes(b"half")
+    _version(store, None, "next")
+    assert not left.exists()
+
+
+def test_names_that_are_no_version_are_refused_before_any_file_is_read(store: Store) -> None:
+    for ref in ("..", ".hidden", "a/b", "x" * 201, ""):
+        with pytest.raises(UserError, match="no model version"):
+            store.manifest(ref)
+    version = _version(store, None, "v")
+    Path(store._path(f"models/{version}/manifest.json")).write_text('{"parent": 3}')
+    with pytest.raises(UserError, match=rf"models/{version}/manifest.json is damaged \("):
+        store.manifest(version)
+
+
+def test_a_current_file_that_cannot_be_read_says_what_it_should_be(store: Store) -> None:
+    Path(store._path("CURRENT")).mkdir()
+    with pytest.raises(UserError) as unreadable:
+        store.current()
+    message = str(unreadable.value)
+    assert message.startswith(f"{store.display}: CURRENT cannot be read (")
+    assert message.endswith("); it should be a file naming the current version") and "\n" not in message
+
+
+def test_compare_and_swap_on_s3_is_conditional_on_what_was_read(s3_server) -> None:
+    uri = s3_server()
+    store = Store.create(uri, StoreMeta(Schema(("a", "b"), "y", (0, 1)), "mlp:4"))
+    store.release_init()
+    assert store._conditional is not None
+    v1, v2, v3 = (_version(store, None, f"v{i}") for i in (1, 2, 3))
+    assert not store.promote(v1, v2)  # nothing current yet: only `None` is what it was
+    assert store.promote(v1, None) and store.current() == v1
+    assert not store.promote(v2, None)  # another won first
+    assert store.promote(v2, v1) and store.current() == v2
+    assert not store.promote(v3, v1) and store.current() == v2
+    assert [e["version"] for e in store.events("promote")] == [v1, v2]
+    # the swap is an If-Match on the ETag read: CURRENT changed after the read, the put loses
+    seen = store._conditional.get("CURRENT")
+    assert seen is not None and seen[0] == f"{v2}\n".encode()
+    store._conditional.put_if_unchanged("CURRENT", f"{v1}\n".encode(), seen[1])
+    assert not store._conditional.put_if_unchanged("CURRENT", f"{v3}\n".encode(), seen[1])
+    assert store.current() == v1
