@@ -241,3 +241,61 @@ def test_events_are_read_oldest_first_by_kind_and_unreadable_ones_skipped(store:
     stamp = utc_stamp()
     assert len(stamp) == len("20261205-231406-757") and stamp[8] == "-" and stamp[15] == "-"
     assert isinstance(store._fs, pafs.LocalFileSystem)
+
+
+def test_a_holder_that_wrote_no_pid_or_time_counts_as_gone(store: Store) -> None:
+    lock = Path(store._path("locks/L"))
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(json.dumps({"host": HOST, "time": time.time()}))
+    assert store._holder_is_gone("locks/L", 300)  # no pid: no live process holds it
+    lock.write_text(json.dumps({"host": "another-host", "pid": os.getpid()}))
+    assert store._holder_is_gone("locks/L", 300)  # no time: as old as can be
+    lock.write_text("[unreadable")
+    _age_file(lock, 5.5)
+    assert store._holder_is_gone("locks/L", 300)
+
+
+def test_json_files_are_written_sorted_indented_and_with_what_json_cannot_hold_as_text(store: Store) -> None:
+    store._write_json("x.json", {"b": 1, "a": Path("/p")})
+    assert Path(store._path("x.json")).read_text() == '{\n  "a": "/p",\n  "b": 1\n}\n'
+    store.record_event("note", {"path": Path("/q")})
+    (event,) = store.events("note")
+    assert event["path"] == "/q" and event["kind"] == "note" and event["time"].endswith("+00:00")
+
+
+def test_time_stamps_are_utc_whatever_the_machines_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # UTC+9, no daylight saving
+    time.tzset()
+    try:
+        stamp = utc_stamp()
+        utc = time.gmtime()
+        assert stamp[9:11] == time.strftime("%H", utc) != time.strftime("%H", time.localtime())
+        assert int(stamp.rsplit("-", 1)[1]) < 1000
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_a_claim_makes_the_folders_above_it(store: Store) -> None:
+    assert store._claim("deep/er/folder", ".writer")
+    assert Path(store._path("deep/er/folder/.writer")).exists()
+
+
+def test_missing_paths_have_no_names_and_no_age(tmp_path: Path) -> None:
+    assert core._names(str(tmp_path / "missing")) == []
+    assert core._age(str(tmp_path / "missing")) == 0.0
+    assert pid_alive(1)  # the first process of the machine (or container) is alive
+
+
+def test_claims_and_containment_on_s3(s3_server) -> None:
+    uri = s3_server()
+    store = Store.create(uri, StoreMeta(Schema(("a", "b"), "y", (0, 1)), "mlp:4"))
+    store.release_init()
+    assert store._claim("models/v1", ".writer") and not store._claim("models/v1", ".writer")
+    assert json.loads(store._read("models/v1/.writer")) == {"host": HOST, "pid": os.getpid()}
+    base, _, query = uri.partition("?")
+    assert store.contains(uri) and store.contains(f"{base}/batches/b1?{query}")
+    assert store.contains(f"{base}/?{query}")
+    assert not store.contains(f"{base}-sibling?{query}") and not store.contains(f"{base}x/y?{query}")
+    assert not store.contains(f"s3://another-bucket/store?{query}")
+    assert not store.contains("/tmp/local")
