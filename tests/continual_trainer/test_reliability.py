@@ -115,7 +115,10 @@ def race(store_uri: str, commands: list[list[str]], go: Path) -> list[dict]:
     """Run `commands` (updates with `--json`) so that each has read CURRENT and committed its
     version before any of them may promote: each waits at the `version.after-manifest` crash
     point until all versions are in the store, then all are released at once. A race by design,
-    whatever each process's start-up or training takes. Their JSON results, in order."""
+    whatever each process's start-up or training takes. Their JSON results, in order.
+
+    Checked against the mutation: with promote's compare removed (CURRENT swapped whatever it
+    holds), every updater reports a promotion and the racing test fails."""
     env = {**os.environ, "CTRAIN_FAILPOINT": f"version.after-manifest=wait:{go}"}
     before = set(Store.open(store_uri).versions())
     procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for c in commands]
