@@ -6,7 +6,7 @@ module and runs the tests that reach the changed function; a mutant the tests do
 
 mutmut finds a module by its file's path, and this checkout's folders install as subpackages of
 `continual_trainer` (`data/store/core.py` is `continual_trainer.data.store.core`), so the
-package is first laid out as installed in build/mutate/ (pip's `--target`), with the tests,
+package is first laid out as installed in build/mutate/ (pyproject's package-dir), with the tests,
 and mutmut runs there; the checkout is never modified.
 
     python scripts/mutate.py                 # every rule module, then the score
@@ -74,15 +74,33 @@ QUIET = ["if TYPE_CHECKING:", "log.debug(", "log.info("]
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 
 
+def install_layout(target: Path) -> None:
+    """The package's files laid out under `target` as installed (pyproject's packages and
+    package-dir), copied, not built: several groups may be staged at once."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: pip lays it out (one staging at a time)
+        pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile"]
+        subprocess.run([*pip, "--target", str(target), str(ROOT)], check=True)
+        return
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        setuptools = tomllib.load(f)["tool"]["setuptools"]
+    mapped = setuptools["package-dir"]
+    for package in setuptools["packages"]:
+        parent = max((p for p in mapped if package == p or package.startswith(p + ".")), key=len)
+        folder = ROOT / mapped[parent] / package[len(parent) + 1 :].replace(".", "/")
+        dest = target / package.replace(".", "/")
+        dest.mkdir(parents=True, exist_ok=True)
+        for source in folder.iterdir():
+            if source.is_file() and (source.suffix in (".py", ".html") or source.name == "py.typed"):
+                shutil.copy2(source, dest / source.name)
+
+
 def stage(group: str) -> Path:
     """build/mutate/<group>/: the package as installed, the tests, and mutmut's settings."""
     work = BUILD / group
     shutil.rmtree(work, ignore_errors=True)
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile"]
-    subprocess.run([*pip, "--target", str(work), str(ROOT)], check=True)
-    for extra in work.glob("*.dist-info"):
-        shutil.rmtree(extra)
-    shutil.rmtree(work / "bin", ignore_errors=True)
+    install_layout(work)
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     modules, tests = GROUPS[group]
     if group in PRELOAD_TENSORFLOW:  # imported once in mutmut's fork server, not in every mutant's process
