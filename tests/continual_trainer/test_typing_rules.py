@@ -17,7 +17,7 @@ from continual_trainer.data.columns import Column, InputInfo, check_column, infe
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import NUMERIC
 from continual_trainer.data.schema import Schema
-from continual_trainer.serve.edge import Decoder, RequestRows
+from continual_trainer.serve.edge import BadRequest, Decoder, RequestRows
 
 SCHEMAS = {
     "one number": Schema((Column("a"),), "y", (0, 1)),
@@ -270,3 +270,78 @@ def test_a_text_column_with_a_different_value_in_every_row_is_an_identifier() ->
     )
     city.type.first_batch(pa.chunked_array([pa.array([f"u{i}" for i in range(19)])]), city, "f")  # too few to tell
     city.type.first_batch(pa.chunked_array([pa.array([f"u{i % 19}" for i in range(20)])]), city, "f")
+
+
+# -- typed rows, model inputs and the log's Arrow columns agree for every kind
+
+
+def test_each_kinds_typed_rows_give_the_model_input_and_the_log_column_it_would_get_from_a_file() -> None:
+    schema = Schema(
+        (Column("a"), Column("img", "tensor", (2, 2)), Column("one", "tensor", (1,)),
+         Column("city", "categorical", vocabulary=("x",))),
+        "y",
+        (0, 1),
+    )  # fmt: skip
+    table = pa.table(
+        {
+            "a": pa.array([1, 2, 3], pa.int64()),
+            "img": pa.array([[1, 2, 3, 4], [5, 6, 7, 8], [0, 0, 0, 1]], pa.list_(pa.float64())),
+            "one": pa.array([[1.5], [2.5], [3.5]]),
+            "city": pa.array(["x", "q", "x"]).dictionary_encode(),
+        }
+    )
+    conformed = schema.conform(table, "f")
+    typed = schema.typed_rows(conformed)
+    for column in schema.columns:
+        kind = column.type
+        if kind.grouped:
+            continue
+        from_typed = kind.typed_input(typed[column.name], column)
+        from_file = kind.to_input(conformed.column(column.name), column)
+        assert from_typed.dtype == from_file.dtype and from_typed.tolist() == from_file.tolist(), column.name
+        logged = kind.typed_arrow(typed[column.name], column)
+        assert logged.type == kind.typed_type(column), column.name
+        assert logged.to_pylist() == conformed.column(column.name).to_pylist(), column.name
+    img = schema.column("img")
+    assert typed["img"].dtype == np.float32 and img.type.typed_input(typed["img"], img).shape == (3, 2, 2)
+    assert Column("one", "tensor", (1,)).type.typed_type(schema.column("one")) == pa.list_(pa.float32(), 1)
+    numbers = Column("a")
+    assert numbers.type.typed_type(numbers) == pa.float64()
+    assert numbers.type.typed_arrow(np.array([1.0, 2.0]), numbers).type == pa.float32()  # a kind's default
+
+
+def test_an_arrow_body_that_is_no_stream_or_has_no_rows_is_refused() -> None:
+    decoder = Decoder(SCHEMAS["tensor and text"])
+    with pytest.raises(BadRequest) as garbage:
+        decoder.arrow(b"not arrow at all")
+    assert str(garbage.value).startswith("request: not an Arrow IPC stream (") and "\n" not in str(garbage.value)
+    empty = pa.table({"a": pa.array([], pa.float64())})
+    with pytest.raises(UserError) as none:
+        decoder.arrow(_stream(empty))
+    assert str(none.value) == "request: the Arrow stream has no rows"
+    one = pa.table({"a": [1.0], "b": [2.0], "img": [[1.0, 2, 3, 4]], "city": ["x"]})
+    assert decoder.arrow(_stream(one)).n == 1
+
+
+def test_a_refused_key_or_number_names_what_was_expected() -> None:
+    decoder = Decoder(SCHEMAS["tensor and text"], id_column="id")
+    for value, words in (([1], "expected text or an integer, got a list"), ({"k": 1}, "got an object")):
+        with pytest.raises(UserError) as refused:
+            decoder.json(json.dumps({"rows": [{**GOOD, "id": value}]}).encode())
+        assert str(refused.value).startswith("request: feature 'id', row 0: ") and words in str(refused.value)
+    with pytest.raises(UserError) as huge:
+        decoder.json(json.dumps({"rows": [{**GOOD, "a": 3e15}]}).encode())
+    assert str(huge.value).startswith("request: feature 'a' has 1 value(s) beyond ±1e15")
+
+
+def test_a_tensor_of_one_number_per_row_is_a_tensor() -> None:
+    table = pa.table({"t": pa.array([[1.0], [2.0]])})
+    assert infer_column(table, "t", None, "f") == Column("t", "tensor", (1,))
+    assert infer_column(pa.table({"t": pa.array([[1.0, 2.0]])}), "t", None, "f").shape == (2,)
+
+
+def _stream(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
