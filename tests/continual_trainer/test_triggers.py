@@ -421,3 +421,43 @@ def test_a_stream_line_says_why_its_trigger_fired() -> None:
     triggers = {"features": {"fire": True, "detail": detail}, "performance": {"fire": False}}
     event = StreamEvent("day-12.parquet", "ab" * 32, "updated", batch="000012-ab", rows=500, triggers=triggers)
     assert f"trigger: features fired: {detail}" in event.line()
+
+
+def test_the_chi_square_test_of_a_categorical_column_is_scipys() -> None:
+    from scipy import stats
+
+    new = np.array(["a"] * 30 + ["b"] * 10)
+    ref = np.array(["a"] * 10 + ["b"] * 25 + ["c"] * 5)
+    table = [[30, 10, 0], [10, 25, 5]]
+    assert T._chi2(new, ref) == pytest.approx(stats.chi2_contingency(table)[1], rel=1e-12)
+    assert T._chi2(np.array(["a", "a"]), np.array(["a"])) == 1.0  # one value on both sides: nothing to test
+    assert T._chi2(np.array(["a"] * 20), np.array(["b"] * 20)) < 1e-6  # two values: tested
+
+
+def test_the_performance_triggers_loss_is_the_error_rate_or_the_squared_error_in_label_deviations() -> None:
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    assert T.per_row_loss(proba, np.array([0, 0, 1])).tolist() == [0.0, 1.0, 1.0]
+    assert T.per_row_loss(np.array([1.0, 3.0]), np.array([2.0, 3.0]), target_std=2.0).tolist() == [0.25, 0.0]
+    assert T.per_row_loss(np.array([1.0]), np.array([3.0])).tolist() == [4.0]
+
+
+def test_a_trigger_set_combines_its_triggers_and_their_windows() -> None:
+    def fixed(fire: bool, window: int | None) -> T.Trigger:
+        return T.Trigger(f"t{fire}{window}", T.NoParams, lambda o, p, s: T.Decision(fire, window=window), "")
+
+    obs = _obs(_rows(50, 0), _rows(50, 1))
+    both = ((fixed(True, 3), T.NoParams()), (fixed(False, 9), T.NoParams()))
+    assert T.TriggerSet(both, "any").decide(obs, {})[0] is True
+    assert T.TriggerSet(both, "all").decide(obs, {})[0] is False
+    _, decisions = T.TriggerSet(both, "any").decide(obs, {})
+    assert T.TriggerSet.window(decisions) == 3  # the one that fired; the other's window does not count
+    wide = T.TriggerSet(((fixed(True, 3), T.NoParams()), (fixed(True, 5), T.NoParams())))
+    assert T.TriggerSet.window(wide.decide(obs, {})[1]) == 5
+    every = T.TriggerSet(((fixed(True, 3), T.NoParams()), (fixed(True, None), T.NoParams())))
+    assert T.TriggerSet.window(every.decide(obs, {})[1]) is None  # one says every new file
+    assert T.TriggerSet.window({}) is None
+    assert T.TriggerSet.parse("always").names == ["always"] and T.TriggerSet.parse().combine == "any"
+    with pytest.raises(UserError, match="choose any or all"):
+        T.TriggerSet.parse("always", combine="most")
+    with pytest.raises(UserError, match="give at least one trigger"):
+        T.TriggerSet.parse(" , ")
