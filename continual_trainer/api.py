@@ -234,6 +234,7 @@ class ModelStore:
         actors: int = 0,
         sync_steps: int = 100,
         ray: bool | None = None,
+        executor: str | None = None,
         max_forgetting: float | None = None,
         max_flip_rate: float | None = None,
         promote_on: str = "holdout",
@@ -250,6 +251,8 @@ class ModelStore:
             promote: `auto` (if better on the holdout), `always` or `never`.
             actors: train data-parallel on that many Ray actors (model averaging or bagging).
             ray: run on Ray (True), here (False), or on Ray when RAY_ADDRESS is set (None).
+            executor: where work runs by name instead: `local`, `ray`, or one registered in
+                `continual_trainer.executor.EXECUTORS` (`ray` and `local` above are shorthands).
             max_forgetting, max_flip_rate: with `auto`, refuse a winner that forgets more than
                 this on an earlier batch or flips more holdout rows from right to wrong.
             promote_on: what `auto` compares on: `holdout` (every seen batch's held-out rows)
@@ -279,7 +282,7 @@ class ModelStore:
                     params,
                     seed=seed,
                     promote=promote,
-                    executor=make_executor(executor_name(ray)),
+                    executor=make_executor(executor_name(ray, name=executor)),
                     gate=Gate(max_forgetting, max_flip_rate),
                     on=promote_on,
                     memory_budget=budget,
@@ -298,7 +301,7 @@ class ModelStore:
                 params,
                 seed=seed,
                 promote=promote,
-                executor=make_executor(executor_name(ray, actors), actors=actors),
+                executor=make_executor(executor_name(ray, actors, executor), actors=actors),
                 actors=actors,
                 sync_steps=sync_steps,
                 gate=Gate(max_forgetting, max_flip_rate),
@@ -316,6 +319,7 @@ class ModelStore:
         *,
         resume: str | None = None,
         ray: bool | None = None,
+        executor: str | None = None,
         promote_best: bool = False,
         max_forgetting: float | None = None,
         max_flip_rate: float | None = None,
@@ -359,10 +363,10 @@ class ModelStore:
             raise UserError("sweep: give a config, or the id of a sweep to resume")
         budget = _budget(memory_budget)
         store = self._store()
-        executor = deferred_executor(executor_name(ray))
+        runner = deferred_executor(executor_name(ray, name=executor))
         winner = None
         with self._reporting("sweep"):
-            result = run_sweep(store, executor, spec, resume=resume, memory_budget=budget)
+            result = run_sweep(store, runner, spec, resume=resume, memory_budget=budget)
             if promote_best:
                 gate = Gate(max_forgetting, max_flip_rate)
                 # One job needs no cluster: the winner trains here, so that resuming a finished
@@ -384,6 +388,7 @@ class ModelStore:
         combine: str = "any",
         seed: int = 0,
         ray: bool | None = None,
+        executor: str | None = None,
         max_forgetting: float | None = None,
         max_flip_rate: float | None = None,
         promote_on: str = "holdout",
@@ -455,7 +460,7 @@ class ModelStore:
             budget,
             label_key,
         )
-        executor = deferred_executor(executor_name(ray))
+        runner = deferred_executor(executor_name(ray, name=executor))
         mirror = self._mirror
 
         def recorded(event: StreamEvent) -> None:
@@ -465,13 +470,13 @@ class ModelStore:
                 on_event(event)
 
         if on_where is not None:
-            on_where(executor.where)
+            on_where(runner.where)
         with self._reporting("stream"):
             events = run_stream(
                 self.uri,
                 inbox,
                 chosen,
-                executor,
+                runner,
                 once=once,
                 interval=interval,
                 on_event=recorded,
@@ -479,7 +484,7 @@ class ModelStore:
                 archive=archive,
             )
         if on_where is not None:
-            on_where(executor.where)
+            on_where(runner.where)
         return [asdict(e) for e in events]
 
     def drift(
@@ -560,6 +565,7 @@ class ModelStore:
         version: str = "current",
         actors: int = 0,
         ray: bool | None = None,
+        executor: str | None = None,
         prediction_column: str = "prediction",
     ) -> dict[str, Any]:
         """`predict` from a Parquet file or URI to another, without holding all rows (with
@@ -568,10 +574,10 @@ class ModelStore:
         from continual_trainer.commands import predict
         from continual_trainer.executor import executor_name, make_executor
 
-        executor = make_executor(executor_name(ray, actors), actors=actors)
+        runner = make_executor(executor_name(ray, actors, executor), actors=actors)
         with self._reporting("predict"):
-            done = predict(self.uri, data, out, version=version, executor=executor, column=prediction_column)
-            return {**done, "executor": executor.where}
+            done = predict(self.uri, data, out, version=version, executor=runner, column=prediction_column)
+            return {**done, "executor": runner.where}
 
     def serve(self, on_ready: Callable[[str], None] | None = None, console: bool = True, **options: Any) -> None:
         """Serve the current version over HTTP until interrupted, reloading it when a promotion
@@ -788,6 +794,7 @@ def run_demo(
     seed: int = 0,
     ray: bool | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    executor: str | None = None,
 ) -> dict[str, Any]:
     """The reference experiment (`ctrain demo`): the old model on the tutorial's data, every
     strategy against the new batch, scored on the test split. Returns {"store", "report",
@@ -795,13 +802,13 @@ def run_demo(
     from continual_trainer import demo
     from continual_trainer.executor import executor_name, make_executor
 
-    executor = make_executor(executor_name(ray))
-    where, results, report = demo.run_demo(executor, store, seed=seed, on_result=on_result)
+    runner = make_executor(executor_name(ray, name=executor))
+    where, results, report = demo.run_demo(runner, store, seed=seed, on_result=on_result)
     return {
         "store": where,
         "report": report,
         "results": results,
-        "executor": executor.where,
+        "executor": runner.where,
         "table": demo.render_table(results),
     }
 

@@ -342,6 +342,7 @@ def cmd_update(args: argparse.Namespace) -> None:
             promote_on=args.promote_on,
             memory_budget=args.memory_budget,
             ray=_where_flag(args),
+            executor=args.executor,
             **settings,
         )
     except ct.NothingNew as exc:  # a scheduled or retried updater with nothing to do succeeds
@@ -395,6 +396,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         version=args.version,
         actors=args.actors,
         ray=_where_flag(args),
+        executor=args.executor,
         prediction_column=args.prediction_column,
     )
     text = f"wrote {r['rows']} predictions of version {r['version']} to {r['out']} (scored in {r['executor']})"
@@ -435,7 +437,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         workers=args.workers,
         batch_rows=args.batch_rows,
         batch_wait=args.batch_wait_us / 1e6,
-        ray=_where_flag(args),
+        ray=_serve_on_ray(args),
         replicas=args.replicas,
         max_replicas=args.max_replicas,
         replica_cpus=args.replica_cpus,
@@ -616,6 +618,15 @@ def cmd_gc(args: argparse.Namespace) -> None:
     _emit(args, "" if args.json else text, {"deleted": doomed, "dry_run": args.dry_run})
 
 
+def _serve_on_ray(args: argparse.Namespace) -> bool | None:
+    """`serve` runs here or on Ray Serve: --executor may name only those two."""
+    if args.executor not in (None, "local", "ray"):
+        raise UserError.about("executor", args.executor, "serve runs here (local) or on Ray Serve (ray)")
+    if args.executor is not None:
+        return args.executor == "ray"
+    return _where_flag(args)
+
+
 def _where_flag(args: argparse.Namespace) -> bool | None:
     """Ray or not, from --ray / --address / --local, else None: Ray if RAY_ADDRESS is set (or,
     for update and predict, with --actors), this process otherwise; the rule of every command."""
@@ -639,6 +650,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         args.config,
         resume=args.resume,
         ray=_where_flag(args),
+        executor=args.executor,
         promote_best=args.promote == "best",
         max_forgetting=args.max_forgetting,
         max_flip_rate=args.max_flip_rate,
@@ -722,6 +734,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
         combine=args.trigger_combine,
         seed=args.seed,
         ray=_where_flag(args),
+        executor=args.executor,
         max_forgetting=args.max_forgetting,
         max_flip_rate=args.max_flip_rate,
         promote_on=args.promote_on,
@@ -753,7 +766,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         done.append(row)
         report("strategies", len(done), total, f"{row['strategy']}: acc {row['test_accuracy']:.3f}")
 
-    r = ct.run_demo(args.store, seed=args.seed, ray=_where_flag(args), on_result=step)
+    r = ct.run_demo(args.store, seed=args.seed, ray=_where_flag(args), executor=args.executor, on_result=step)
     steps = [f"history --store {r['store']}", f"serve --store {r['store']}"]
     example = "examples/sweep.yaml"  # the checkout's example, when run there
     if os.path.exists(example):
@@ -824,6 +837,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--local",
             action="store_true",
             help="run in this process even if RAY_ADDRESS is set (the default without it)",
+        )
+        group.add_argument(
+            "--executor",
+            metavar="NAME",
+            help="run on the executor registered as NAME (local, ray, or a plugin's; --ray and --local are shorthands)",
         )
 
     c = command("demo", cmd_demo, "the reference experiment end to end")

@@ -340,9 +340,16 @@ EXECUTORS.add("local", _local)
 EXECUTORS.add("ray", _ray)
 
 
-def executor_name(ray: bool | None = None, actors: int = 0) -> str:
-    """Where work runs, by name: `ray` when asked for (True, or actors to train or score on)
-    or, if not said (None), when RAY_ADDRESS names a cluster; else `local` (this process)."""
+def executor_name(ray: bool | None = None, actors: int = 0, name: str | None = None) -> str:
+    """Where work runs, by name: `name` if given (`local`, `ray`, or one registered in
+    `EXECUTORS`: UserError naming the choices if not); else `ray` when asked for (True, or actors
+    to train or score on) or, if not said (None), when RAY_ADDRESS names a cluster; else `local`
+    (this process)."""
+    if name is not None:
+        EXECUTORS.get(name)  # registered, or the user's mistake in one line
+        if ray and name != "ray":
+            raise UserError.about("executor", name, "--ray asks for the ray executor; give one of the two")
+        return name
     if actors:
         return "ray"
     if ray is None:

@@ -94,6 +94,41 @@ def test_executors_are_chosen_by_name_from_one_registry(monkeypatch) -> None:
         EXECUTORS.remove("recording")
 
 
+def test_an_executor_is_named_from_the_api_and_the_cli(tiny_store: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    """`executor="NAME"` in the API and `--executor NAME` on the CLI reach any registered
+    executor; --ray and --local stay shorthands; a name nobody registered is one line, exit 2."""
+    from continual_trainer.cli import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    made: list[Recording] = []
+    EXECUTORS.add("recording", lambda actors: made.append(Recording()) or made[-1])
+    try:
+        store = ct.open_store(tiny_store)
+        store.update("finetune_new", executor="recording", promote="never", epochs=1)
+        assert made[-1].calls == ["run"]
+        score = tmp_path / "score.parquet"
+        pq.write_table(make_table(n=20, seed=4).drop_columns(["y"]), score)
+        out = str(tmp_path / "out.parquet")
+        assert (
+            main(["predict", "--store", tiny_store, "--data", str(score), "--out", out, "--executor", "recording"]) == 0
+        )
+        assert made[-1].calls == ["score"]
+        argv = ["update", "--store", tiny_store, "--strategy", "keep", "--promote", "never", "--executor", "recording"]
+        assert main(argv) == 0 and made[-1].calls == ["run"] and len(made) == 3
+        capsys.readouterr()
+        assert main([*argv[:-1], "slurm"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "unknown executor; choose one of local, ray, recording" in err and len(err.splitlines()) == 1
+        with pytest.raises(SystemExit) as both:  # one place to say where: --executor or a shorthand
+            main([*argv, "--ray"])
+        assert both.value.code == 2
+        assert executor_name(name="local") == "local" and executor_name(True, name="ray") == "ray"
+        with pytest.raises(UserError, match="--ray asks for the ray executor"):
+            executor_name(True, name="recording")
+    finally:
+        EXECUTORS.remove("recording")
+
+
 @pytest.fixture
 def side_by_side():
     """Two strategies of a user's: one waits until another job runs beside it, one works
