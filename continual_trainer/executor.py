@@ -323,7 +323,9 @@ class Deferred:
 
 
 # Executors by name: a factory given how many actors the work may use.
-EXECUTORS: Registry[Callable[[int], Executor]] = Registry("executor", "executor")
+EXECUTORS: Registry[Callable[[int], Executor]] = Registry(
+    "executor", "executor", group="continual_trainer.executors", load=lambda factory: factory
+)
 
 
 def _local(actors: int) -> Executor:

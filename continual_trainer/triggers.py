@@ -116,7 +116,7 @@ class Trigger:
         return P.build_for(self.name, self.params, values, "trigger_params")
 
 
-_TRIGGERS = Registry[Trigger]("trigger", "trigger")
+_TRIGGERS = Registry[Trigger]("trigger", "trigger", group="continual_trainer.triggers")
 
 
 def register(name: str, params: type, summary: str, needs_labels: bool = True) -> Callable[[TriggerFn], TriggerFn]:

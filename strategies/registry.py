@@ -82,7 +82,7 @@ class Strategy:
         return P.build_for(self.name, self.params, values)
 
 
-_REGISTRY = Registry[Strategy]("strategy", "strategy")
+_REGISTRY = Registry[Strategy]("strategy", "strategy", group="continual_trainer.strategies")
 
 
 def register(
