@@ -52,9 +52,16 @@ class GraftParams(TransferParams):
 
 
 def single_network(inputs: UpdateInputs, strategy: str) -> keras.Model:
+    """The current model's one network, or UserError naming the strategies that make one."""
     if len(inputs.current.members) != 1:
+        from continual_trainer.strategies.registry import names
+
+        one = names(starts_from="scratch", trains=True)  # strategies that make one new network
         raise UserError(
-            f"{strategy} needs a single-network current model; it has {len(inputs.current.members)} members"
+            f"{strategy} needs a single-network current model; the current one is an ensemble of "
+            f"{len(inputs.current.members)} members. Make one network first with {' or '.join(one)} "
+            f"(`ctrain update --store STORE --strategy {one[-1]}`), then run {strategy}; or roll back to a "
+            "single-network version (`ctrain rollback --store STORE --to VERSION`)"
         )
     return inputs.current.members[0]
 

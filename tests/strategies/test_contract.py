@@ -444,3 +444,25 @@ def test_every_training_strategy_moves_toward_a_new_concept(name: str, shifted: 
     got, current = belief(candidate), belief(shifted.current)
     assert current < 0.2, current  # the premise: the current model disagrees with the new concept
     assert got >= current + 0.25, (name, got, current)
+
+
+@pytest.mark.parametrize("name", strategies.names(trains=True))
+def test_every_strategy_from_an_ensemble_works_or_says_which_command_would(name: str, current_model) -> None:
+    """With an ensemble current (ensemble_* made one), a strategy either updates it or refuses
+    in one line naming the strategies that make one network and the command to run."""
+    other = clone(current_model)
+    ensemble = Candidate((current_model, other), (0.5, 0.5))
+    inputs = dataclasses.replace(_inputs(current_model), current=ensemble)
+    strategy = strategies.get(name)
+    try:
+        candidate = strategy(inputs, _tiny_params(strategy))
+    except UserError as refused:
+        message = str(refused)
+        one = strategies.names(starts_from="scratch", trains=True)
+        assert message.startswith(f"{name} needs a single-network current model; the current one is an ensemble of 2")
+        assert f"`ctrain update --store STORE --strategy {one[-1]}`" in message and "\n" not in message
+        made = strategies.get(one[-1])(inputs, _tiny_params(strategies.get(one[-1])))
+        assert len(made.members) == 1  # what the message says to run makes one network
+        strategy(dataclasses.replace(inputs, current=made), _tiny_params(strategy))  # then it works
+        return
+    assert candidate.predict_proba(_inputs(current_model).new.x, 2).shape == (60, 2)
