@@ -535,7 +535,7 @@ class ModelStore:
         from continual_trainer.data.parquet import redact
 
         if isinstance(data, str):
-            _, table = load_table(data)
+            _, table = load_table(data, self._store().schema.text_types())
             source = redact(data)
         else:
             table, source = _table(data), "the data"

@@ -920,7 +920,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = command("init", cmd_init, "create a store from a first batch and train its first model")
     tracked(c)
     c.add_argument("--store", required=True)
-    c.add_argument("--data", required=True, help="Parquet file of the first batch")
+    c.add_argument("--data", required=True, help="the first batch: a Parquet, CSV or JSON Lines file")
     c.add_argument("--label", required=True, help="the label column")
     c.add_argument(
         "--model",
@@ -960,7 +960,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--seed", type=_checked(SEED), default=0, help="fixes initialisation, sampling, shuffling")
 
-    c = command("ingest", cmd_ingest, "validate and add new batches", needs_tf=False)
+    c = command("ingest", cmd_ingest, "validate and add new batches (Parquet, CSV or JSON Lines files)", needs_tf=False)
     c.add_argument("--store", required=True)
     c.add_argument("--new-classes", action="store_true", help="accept labels the store has not seen")
     c.add_argument("files", nargs="+", metavar="PARQUET")
@@ -1011,7 +1011,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = command(
         "split", cmd_split, "write a first batch's training and holdout rows as init will split them", needs_tf=False
     )
-    c.add_argument("--data", required=True, help="the Parquet file you will give init --data")
+    c.add_argument("--data", required=True, help="the file you will give init --data (Parquet, CSV or JSON Lines)")
     c.add_argument("--out-train", required=True, type=written, help="Parquet file for the training rows")
     c.add_argument("--out-holdout", required=True, type=written, help="Parquet file for the holdout rows")
     c.add_argument(
@@ -1072,7 +1072,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = command("drift", cmd_drift, "ask the triggers whether rows drifted, keeping nothing", needs_tf=False)
     c.add_argument("--store", required=True)
     source = c.add_mutually_exclusive_group()
-    source.add_argument("--data", help="a labelled Parquet file to judge")
+    source.add_argument("--data", help="a labelled file to judge (Parquet, CSV or JSON Lines)")
     source.add_argument("--served", action="store_true", help="judge the rows serve answered (the prediction log)")
     c.add_argument("--since", type=_duration, help="with --served: only the rows of this last while, e.g. 24h")
     c.add_argument("--trigger", help="triggers (default performance,features; with --served, features)")
@@ -1082,7 +1082,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = command("label", cmd_label, "join delayed labels to the prediction log and ingest them", needs_tf=False)
     c.add_argument("--store", required=True)
-    c.add_argument("--data", required=True, help="a Parquet file of keys and labels")
+    c.add_argument("--data", required=True, help="a file of keys and labels (Parquet, CSV or JSON Lines)")
     c.add_argument("--key", default="id", help="the key column (the served rows' ids; default id)")
     c.add_argument("--label", help="the label column (default: the store's label)")
     c.add_argument(

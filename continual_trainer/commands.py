@@ -361,7 +361,7 @@ def predict(
     check_output(out_uri, "out", inputs=(data_uri,))
     store = Store.open(uri)
     version = store.resolve(version or "current")  # an unknown version is the user's mistake, found before any work
-    _, table = load_table(data_uri)
+    _, table = load_table(data_uri, store.schema.text_types())
     source = redact(data_uri)
     out = predict_table(store, table, source, version=version, data_uri=data_uri, executor=executor, column=column)
     write_table(out_uri, out)
@@ -444,7 +444,7 @@ def drift(
     from continual_trainer.triggers import TriggerSet
 
     triggers = TriggerSet.parse(trigger, values)
-    table = load_table(data)[1] if isinstance(data, str) else data
+    table = load_table(data, store.schema.text_types())[1] if isinstance(data, str) else data
     schema = store.schema.validate(table, source)
     rows = Rows(schema.inputs(table), schema.targets(table, source), np.zeros(table.num_rows, np.int32))
     update_data = load_update_data(store, require_new=False, params=[])

@@ -376,7 +376,7 @@ def join_labels(
     `check(result)` runs once the join is known and before anything is written: whatever it
     raises leaves the store as it was (a retry joins again)."""
     source = data if isinstance(data, str) else source or "labels"
-    table = load_table(data)[1] if isinstance(data, str) else data
+    table = load_table(data, store.schema.text_types())[1] if isinstance(data, str) else data
     source = redact(source)
     schema = store.schema
     label = label or schema.label

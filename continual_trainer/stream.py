@@ -30,7 +30,7 @@ from continual_trainer.data.batches import IngestResult, ingest_bytes
 from continual_trainer.data.chunks import StoredRows, StoredUnion
 from continual_trainer.data.errors import UserError, terminal_safe
 from continual_trainer.data.manifest import Manifest
-from continual_trainer.data.parquet import one_line, redact, resolve, table_from_bytes
+from continual_trainer.data.parquet import FORMATS, one_line, redact, resolve, table_from_bytes, text_format
 from continual_trainer.data.rows import Rows, RowSource
 from continual_trainer.data.storage import Store, sha256
 from continual_trainer.executor import Executor, Failure, Job, WorkFailed, result_or_raise
@@ -217,7 +217,7 @@ def inbox_files(inbox: str) -> list[tuple[pafs.FileSystem, str]]:
         infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=False))
     except (FileNotFoundError, OSError) as exc:
         raise UserError.about("inbox", redact(inbox), f"cannot list ({exc})") from None
-    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
+    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.lower().endswith(FORMATS))
     if isinstance(fs, pafs.LocalFileSystem):  # a link could bring any readable file into the store
         links = [f for f in files if os.path.islink(f)]
         for link in links:
@@ -272,8 +272,8 @@ def _archive(fs: pafs.FileSystem, path: str, data: bytes, archive: str | None) -
     try:
         target_fs.create_dir(root, recursive=True)
         if target_fs.get_file_info(target).type != pafs.FileType.NotFound and not _holds(target_fs, target, data):
-            stem = name[: -len(".parquet")] if name.endswith(".parquet") else name
-            target = f"{root.rstrip('/')}/{stem}-{sha256(data)[:12]}.parquet"
+            stem, dot, ext = name.rpartition(".")
+            target = f"{root.rstrip('/')}/{stem or ext}-{sha256(data)[:12]}{dot}{ext if stem else ''}"
         if target_fs.get_file_info(target).type == pafs.FileType.NotFound:
             with target_fs.open_output_stream(target) as out:
                 out.write(data)
@@ -343,14 +343,18 @@ def _labels(store: Store, name: str, data: bytes, key: str | None) -> IngestResu
 
     from continual_trainer.predlog import join_labels
 
+    schema = store.schema
     try:
-        columns = set(pq.read_schema(io.BytesIO(data)).names)
+        if text_format(name):
+            table = table_from_bytes(data, name, schema.text_types())
+            columns = set(table.column_names)
+        else:
+            columns = set(pq.read_schema(io.BytesIO(data)).names)
     except Exception:
         return None
-    schema = store.schema
     if key not in columns or schema.label not in columns or set(schema.features) <= columns:
         return None
-    joined = join_labels(store, table_from_bytes(data, name), key=key, source=name)
+    joined = join_labels(store, table_from_bytes(data, name, schema.text_types()), key=key, source=name)
     if joined.batch is None:
         raise UserError(
             f"{name}: none of its {joined.labels} label(s) matched the prediction log "

@@ -1,4 +1,5 @@
-"""Ingesting labelled Parquet batches into a store, and reading them back as rows."""
+"""Ingesting labelled batches (Parquet, CSV or JSON Lines) into a store, and reading them back as
+rows. A text file is read with the store's column types and kept as the Parquet of its table."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from continual_trainer.data.errors import UserError
-from continual_trainer.data.parquet import read_bytes, redact, table_from_bytes
+from continual_trainer.data.parquet import read_bytes, redact, table_from_bytes, table_to_bytes, text_format
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.sampling import holdout_mask
 from continual_trainer.data.schema import Schema
@@ -25,14 +26,17 @@ class IngestResult:
     new_classes: tuple = ()
 
 
-def load_table(uri: str) -> tuple[bytes, pa.Table]:
-    """Read a Parquet file into bytes and a table, with one clear error if it is bad."""
+def load_table(uri: str, types: dict[str, pa.DataType] | None = None) -> tuple[bytes, pa.Table]:
+    """Read a data file (Parquet, CSV or JSON Lines) into Parquet bytes and a table, with one
+    clear error if it is bad. `types`: the Arrow types of the columns a text file's reader should
+    not guess (`Schema.text_types`); a text file's bytes come back as the Parquet of its table."""
     data = read_bytes(uri)
-    return data, table_from_bytes(data, redact(uri))
+    table = table_from_bytes(data, redact(uri), types)
+    return (table_to_bytes(table) if text_format(uri) else data), table
 
 
 def ingest(store: Store, uri: str, *, allow_new_classes: bool = False) -> IngestResult:
-    """Validate one Parquet file and keep it in the store as a new batch.
+    """Validate one data file (Parquet, CSV or JSON Lines) and keep it in the store as a new batch.
 
     A file the store already holds (same bytes) is a no-op. A file that fails
     validation is copied to quarantine with the reason, and UserError is raised.
@@ -45,14 +49,22 @@ def ingest_bytes(
 ) -> IngestResult:
     """`ingest` for a file already read; `source` names it in messages and records, `origin` (if
     given) records where its rows came from (e.g. the prediction log)."""
+    table, sent = None, data
+    if text_format(source):  # kept as the Parquet of its table, read with the store's types
+        try:
+            table = table_from_bytes(data, source, store.schema.text_types())
+        except UserError as exc:
+            folder = store.quarantine(os.path.basename(source.rstrip("/")), data, str(exc))
+            raise type(exc)(f"{exc} (quarantined in {folder})") from None
+        data = table_to_bytes(table)
     existing = store.find_batch(sha256(data))
     if existing:
         return IngestResult(existing, int(store.batch_info(existing)["rows"]), added=False)
     try:
-        table = table_from_bytes(data, source)
+        table = table if table is not None else table_from_bytes(data, source)
         schema = store.schema.validate(table, source, allow_new_classes=allow_new_classes)
     except UserError as exc:
-        folder = store.quarantine(os.path.basename(source.rstrip("/")), data, str(exc))
+        folder = store.quarantine(os.path.basename(source.rstrip("/")), sent, str(exc))  # the bytes as sent
         raise type(exc)(f"{exc} (quarantined in {folder})") from None
     new_classes = tuple(c for c in schema.classes if c not in store.schema.classes)
     if schema != store.schema:  # new classes or categorical values

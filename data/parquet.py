@@ -1,4 +1,12 @@
-"""Reading and writing Parquet from local paths or any pyarrow filesystem URI."""
+"""Reading and writing Parquet from local paths or any pyarrow filesystem URI; reading CSV and
+JSON Lines wherever Parquet is read.
+
+A file's format is told by its name: `.csv` (and `.tsv`) through `pyarrow.csv`, `.jsonl`,
+`.ndjson` and `.json` (one object per line) through `pyarrow.json`, anything else as Parquet.
+Text formats carry no types, so a reader that knows the store's schema passes the Arrow type of
+each column it knows (`types`): codes such as `007` stay text in a categorical column, a numeric
+column with a stray word is refused naming it, instead of both being guessed from the values.
+"""
 
 from __future__ import annotations
 
@@ -64,15 +72,30 @@ def read_bytes(uri: str) -> bytes:
         if info.type == pafs.FileType.NotFound:
             raise UserError(f"{redact(uri)}: no such file")
         if info.type == pafs.FileType.Directory:
-            raise UserError(f"{redact(uri)}: is a directory, expected a Parquet file")
+            raise UserError(f"{redact(uri)}: is a directory, expected a data file")
         with fs.open_input_stream(path) as f:
             return f.read()
     except OSError as exc:
         raise UserError(f"{redact(uri)}: cannot read ({scrub(str(exc), uri)})") from None
 
 
-def table_from_bytes(data: bytes, source: str) -> pa.Table:
-    """Parse Parquet bytes, turning every way a file can be broken into one UserError."""
+TEXT_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
+FORMATS = (".parquet", *TEXT_FORMATS)  # what an inbox picks up
+
+
+def text_format(source: str) -> str | None:
+    """`csv` or `json` for a file named as one (its query string aside), else None (Parquet)."""
+    name = source.split("?", 1)[0].lower()
+    return next((kind for ext, kind in TEXT_FORMATS.items() if name.endswith(ext)), None)
+
+
+def table_from_bytes(data: bytes, source: str, types: dict[str, pa.DataType] | None = None) -> pa.Table:
+    """Parse a file's bytes (Parquet, or CSV / JSON Lines by `source`'s name), turning every way
+    a file can be broken into one UserError. `types`: Arrow types of the columns a text file's
+    reader should not guess."""
+    kind = text_format(source)
+    if kind is not None:
+        return _text_table(data, source, kind, types or {})
     if not data:
         raise UserError(f"{source}: the file is empty, not Parquet")
     if data[:4] != b"PAR1" or data[-4:] != b"PAR1":
@@ -81,6 +104,56 @@ def table_from_bytes(data: bytes, source: str) -> pa.Table:
         return pq.ParquetFile(pa.BufferReader(arrow_owned(data))).read()
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise UserError(f"{source}: unreadable Parquet ({one_line(str(exc))})") from None
+
+
+def _text_table(data: bytes, source: str, kind: str, types: dict[str, pa.DataType]) -> pa.Table:
+    """A CSV or JSON Lines file as a table, columns of `types` read as those types."""
+    if not data.strip():
+        raise UserError(f"{source}: the file is empty")
+    try:
+        if kind == "csv":
+            import pyarrow.csv as pacsv
+
+            tab = source.split("?", 1)[0].lower().endswith(".tsv")
+            parse = pacsv.ParseOptions(delimiter="\t" if tab else ",")
+
+            def read(column_types: dict[str, pa.DataType]) -> pa.Table:
+                options = pacsv.ConvertOptions(column_types=column_types, strings_can_be_null=False)
+                return pacsv.read_csv(pa.BufferReader(data), parse_options=parse, convert_options=options)
+
+            table = read(types)
+            guessed = [n for n in table.column_names if n not in types and _is_numeric(table.column(n).type)]
+            if guessed:  # numbers guessed from text: codes such as 007 stay text (a number would drop the 0)
+                raw = read({n: pa.string() for n in guessed})
+                coded = [n for n in guessed if _has_code(raw.column(n))]
+                if coded:
+                    table = read({**types, **{n: pa.string() for n in coded}})
+            return table
+        import pyarrow.json as pajson
+
+        table = pajson.read_json(pa.BufferReader(data))
+        cast = [types.get(name) for name in table.column_names]
+        if any(t is not None and t != table.column(i).type for i, t in enumerate(cast)):
+            table = table.cast(
+                pa.schema(
+                    [pa.field(n, t or table.column(n).type) for n, t in zip(table.column_names, cast, strict=True)]
+                )
+            )
+        return table
+    except (pa.ArrowException, ValueError) as exc:
+        name = "CSV" if kind == "csv" else "JSON Lines"
+        raise UserError(f"{source}: unreadable {name} ({one_line(str(exc))})") from None
+
+
+def _is_numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def _has_code(col: pa.ChunkedArray) -> bool:
+    """Whether text that reads as numbers holds a code a number would change (a leading zero)."""
+    import pyarrow.compute as pc
+
+    return bool(pc.any(pc.match_substring_regex(col, r"^\s*[+-]?0\d")).as_py())
 
 
 def one_line(text: str, limit: int = 300) -> str:

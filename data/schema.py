@@ -122,6 +122,25 @@ class Schema:
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
 
+    def text_types(self) -> dict[str, pa.DataType]:
+        """The Arrow type a CSV or JSON Lines reader gives each column this store knows, instead
+        of guessing from the values: numbers as float64, categorical columns as text, the label
+        as its classes' type (numbers for regression). Tensors are left to the reader (lists)."""
+        out: dict[str, pa.DataType] = {}
+        for c in self.columns:
+            target = c.type.canonical(c)
+            if target is not None and not pa.types.is_fixed_size_list(target):
+                out[c.name] = target
+        if self.is_regression:
+            out[self.label] = pa.float64()
+        elif self.classes and all(isinstance(v, bool) for v in self.classes):
+            out[self.label] = pa.bool_()
+        elif self.classes and all(isinstance(v, int) for v in self.classes):
+            out[self.label] = pa.int64()
+        elif self.classes and all(isinstance(v, str) for v in self.classes):
+            out[self.label] = pa.string()
+        return out
+
     # -- JSON ----------------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
