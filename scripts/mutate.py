@@ -141,6 +141,18 @@ def results(work: Path) -> dict[str, str]:
     return status
 
 
+def changed(mutant: str) -> list[str]:
+    """The lines a mutant changes (`mutmut show`, run in its group's folder)."""
+    for group in GROUPS:
+        work = BUILD / group
+        if (work / "mutants").is_dir() and any(module_of(mutant) == m[:-3].replace("/", ".") for m in GROUPS[group][0]):
+            shown = subprocess.run(
+                [sys.executable, "-m", "mutmut", "show", mutant], cwd=work, capture_output=True, text=True
+            ).stdout
+            return [line for line in shown.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    return []
+
+
 def module_of(mutant: str) -> str:
     return mutant.split(".x_")[0].split(".xǁ")[0]
 
@@ -169,12 +181,13 @@ def main() -> int:
         "groups", nargs="*", choices=[[], *GROUPS], help=f"rule groups (default: all of {', '.join(GROUPS)})"
     )
     ap.add_argument("--survivors", action="store_true", help="list the last run's survivors, do not run")
+    ap.add_argument("--report", action="store_true", help="the last run's scores, do not run")
     ap.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default 2)")
     args = ap.parse_args()
     groups = args.groups or list(GROUPS)
     status: dict[str, str] = {}
     for group in groups:
-        if not args.survivors:
+        if not (args.survivors or args.report):
             work = stage(group)
             run = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)]
             subprocess.run(run, cwd=work, check=False, stdout=subprocess.DEVNULL)
@@ -183,6 +196,8 @@ def main() -> int:
         for name, state in sorted(status.items()):
             if state not in KILLED:
                 print(f"{state:<10} {name}")
+                for line in changed(name):
+                    print(f"    {line}")
         return 0
     return report(status)
 

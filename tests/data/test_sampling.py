@@ -96,3 +96,13 @@ def test_importance_weights_follow_the_density_ratio() -> None:
     assert float(w.max() / w.min()) == pytest.approx(4.0, rel=1e-5)
     empty = importance_weights(np.ones((3, 2)), np.empty((0, 2)), seed=0)
     assert empty.dtype == np.float32
+
+
+def test_importance_weights_are_clipped_at_twenty_by_default() -> None:
+    """Old rows far from the new data hit the lower bound and rows like it the upper one: the
+    default clip (20) bounds their ratio by 400."""
+    rng = np.random.default_rng(4)
+    old = np.concatenate([rng.normal(2.0, 0.5, (10, 3)), rng.normal(-2.0, 0.5, (390, 3))])
+    new = rng.normal(2.0, 0.5, (4000, 3))  # far denser where the few near old rows are
+    w = importance_weights(old, new, seed=0)
+    assert float(w.max() / w.min()) == pytest.approx(400.0, rel=1e-5)
