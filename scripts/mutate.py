@@ -121,6 +121,9 @@ def stage(group: str) -> Path:
         # forked from a process that has imported the tests but run none: TensorFlow's thread
         # pools do not survive a fork from a process that has used them
         'process_isolation = "forkserver"\n'
+        # a mutant's process imports what its test needs (seconds of CPU on a busy machine): a
+        # timeout must mean a mutant that hangs, not an import
+        "timeout_constant = 30.0\n"
         f"do_not_mutate_patterns = {json.dumps([re.escape(p) for p in QUIET])}\n"
     )
     return work
@@ -158,20 +161,29 @@ def module_of(mutant: str) -> str:
 
 
 def report(status: dict[str, str]) -> int:
+    """One line per module: mutants, how each ended, and the score (killed or timed out, over
+    the mutants tested; a run stopped early leaves some `not checked`)."""
     by_module: dict[str, Counter[str]] = {}
     for name, state in status.items():
         by_module.setdefault(module_of(name), Counter())[state] += 1
     total = Counter[str]()
-    print(f"{'module':<44} {'mutants':>7} {'killed':>7} {'survived':>8} {'no tests':>8} {'score':>6}")
+    heads = ("mutants", "tested", "killed", "timeout", "survived", "no tests", "score")
+    print(f"{'module':<40} " + " ".join(f"{h:>8}" for h in heads))
+
+    def line(name: str, counts: Counter[str]) -> None:
+        n, tested = sum(counts.values()), sum(counts.values()) - counts["not checked"]
+        killed = sum(counts[s] for s in KILLED)
+        cells = (n, tested, killed - counts["timeout"], counts["timeout"], counts["survived"], counts["no tests"])
+        score = f"{killed / tested:.1%}" if tested else "-"
+        print(f"{name:<40} " + " ".join(f"{c:>8}" for c in cells) + f" {score:>8}")
+
     for module, counts in sorted(by_module.items()):
-        n, killed = sum(counts.values()), sum(counts[s] for s in KILLED)
         total.update(counts)
-        print(f"{module:<44} {n:>7} {killed:>7} {counts['survived']:>8} {counts['no tests']:>8} {killed / n:>6.1%}")
-    n, killed = sum(total.values()), sum(total[s] for s in KILLED)
-    if not n:
+        line(module, counts)
+    if not total:
         print("no mutants: did mutmut run?")
         return 1
-    print(f"{'all':<44} {n:>7} {killed:>7} {total['survived']:>8} {total['no tests']:>8} {killed / n:>6.1%}")
+    line("all", total)
     return 0
 
 
@@ -193,8 +205,11 @@ def main() -> int:
             subprocess.run(run, cwd=work, check=False, stdout=subprocess.DEVNULL)
         status.update(results(BUILD / group))
     if args.survivors:
+        unchecked = sum(1 for state in status.values() if state == "not checked")
+        if unchecked:
+            print(f"({unchecked} mutants not checked: their group's run was stopped before it reached them)")
         for name, state in sorted(status.items()):
-            if state not in KILLED:
+            if state not in KILLED and state != "not checked":
                 print(f"{state:<10} {name}")
                 for line in changed(name):
                     print(f"    {line}")
