@@ -344,8 +344,9 @@ def _labels(store: Store, name: str, data: bytes, key: str | None) -> IngestResu
     from continual_trainer.predlog import join_labels
 
     schema = store.schema
+    table = None
     try:
-        if text_format(name):
+        if text_format(name):  # no schema without reading it: read once, joined below
             table = table_from_bytes(data, name, schema.text_types())
             columns = set(table.column_names)
         else:
@@ -354,7 +355,8 @@ def _labels(store: Store, name: str, data: bytes, key: str | None) -> IngestResu
         return None
     if key not in columns or schema.label not in columns or set(schema.features) <= columns:
         return None
-    joined = join_labels(store, table_from_bytes(data, name, schema.text_types()), key=key, source=name)
+    table = table if table is not None else table_from_bytes(data, name)
+    joined = join_labels(store, table, key=key, source=name)
     if joined.batch is None:
         raise UserError(
             f"{name}: none of its {joined.labels} label(s) matched the prediction log "

@@ -59,6 +59,27 @@ def tiny_table() -> pa.Table:
     return make_table()
 
 
+@pytest.fixture(scope="session")
+def dead_pid() -> int:
+    """The id of a process that has ended (for leftovers of writers that died)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+@pytest.fixture
+def bare_store(tmp_path: Path):
+    """A store with a two-column schema and no batch or version yet (init's claim released)."""
+    from continual_trainer.data.schema import Schema
+    from continual_trainer.data.storage import Store, StoreMeta
+
+    made = Store.create(str(tmp_path / "store"), StoreMeta(Schema(("a", "b"), "y", (0, 1)), "mlp:4"))
+    made.release_init()
+    return made
+
+
 @pytest.fixture
 def write_parquet(tmp_path: Path) -> Callable[..., str]:
     """Write a table (or raw bytes) under tmp_path and return its path."""

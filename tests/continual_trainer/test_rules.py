@@ -8,8 +8,6 @@ import json
 import logging
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +31,9 @@ from continual_trainer.trainer.evaluate import better, headline, learned_nothing
 from continual_trainer.trainer.forgetting import Forgetting, Gate, forgetting, matrix_row
 
 
-@pytest.fixture(scope="module")
-def dead_pid() -> int:
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return int(done.stdout)
-
-
 @pytest.fixture()
-def store(tmp_path: Path) -> Store:
-    made = Store.create(str(tmp_path / "store"), StoreMeta(Schema(("a", "b"), "y", (0, 1)), "mlp:4"))
-    made.release_init()
-    return made
+def store(bare_store: Store) -> Store:
+    return bare_store
 
 
 def _version(

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,16 +23,8 @@ from continual_trainer.data.store.core import _is_dead, _read_owner, pid_alive, 
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> Store:
-    made = Store.create(str(tmp_path / "store"), StoreMeta(Schema(("a", "b"), "y", (0, 1)), "mlp:4"))
-    made.release_init()
-    return made
-
-
-@pytest.fixture(scope="module")
-def dead_pid() -> int:
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return int(done.stdout)
+def store(bare_store: Store) -> Store:
+    return bare_store
 
 
 def _age_file(path: Path, seconds: float) -> None:
