@@ -8,6 +8,10 @@ grow with the rows (`scaled`): a batch giving about STEPS_PER_EPOCH steps per ep
 learning rate scaled by the square root of the batch's growth, early stopping on a set-aside
 share and a wall-clock budget. Settings the user gave (`--set`, a sweep's parameters) always
 stay; below SCALE_FROM nothing changes, so the reference experiment keeps its recipe.
+
+Before sizing, a store whose network was imported (`ctrain init --model model.keras`) trains
+with the optimizer and settings the model was compiled with (`compiled`): what `fit` would
+use. Settings the user gave stay here too.
 """
 
 from __future__ import annotations
@@ -50,15 +54,40 @@ def scaled(params: Any, rows: int, seconds: float, user_keys: frozenset[str] = f
     return dataclasses.replace(params, **changes)
 
 
+def compiled(params: Any, data: UpdateData, user_keys: frozenset[str] = frozenset()) -> Any:
+    """`params` with the optimizer settings the store's imported model was compiled with, for
+    the keys the user did not set (unchanged for `mlp:` and builder stores, or uncompiled models)."""
+    if not isinstance(params, LoopConfig):
+        return params
+    settings, _, _ = _compiled_settings(data)
+    if "optimizer" in user_keys:  # the user chose the optimizer: none of the model's settings
+        return params
+    changes = {k: v for k, v in settings.items() if k not in user_keys}
+    return dataclasses.replace(params, **changes) if changes else params
+
+
+def _compiled_settings(data: UpdateData) -> tuple[dict[str, Any], str, list[str]]:
+    from continual_trainer.trainer.optimizers import compile_config, from_compile_config
+
+    spec = data.model_spec
+    if spec.kind != "imported":
+        return {}, "", []
+    return from_compile_config(compile_config(spec.architecture), "regression" if data.regression else "classification")
+
+
 def training_rows(job: Job, data: UpdateData) -> int:
     """The rows a job trains on: the new ones, and the old ones too if its strategy learns them."""
     trains_old = getattr(job.params, "trains_on_old", lambda: False)()
     return len(data.new) + (len(data.old) if trains_old else 0)
 
 
-def sized(job: Job, data: UpdateData, seconds: float, user_keys: frozenset[str]) -> Job:
-    """`job` with its settings scaled to the rows it trains on (see `scaled`)."""
-    return dataclasses.replace(job, params=scaled(job.params, training_rows(job, data), seconds, user_keys))
+def sized(job: Job, data: UpdateData, seconds: float, user_keys: frozenset[str], scale: bool = True) -> Job:
+    """`job` with the imported model's compiled settings (see `compiled`), then its settings
+    scaled to the rows it trains on (see `scaled`) unless `scale` is off."""
+    params = compiled(job.params, data, user_keys)
+    if scale:
+        params = scaled(params, training_rows(job, data), seconds, user_keys)
+    return dataclasses.replace(job, params=params)
 
 
 def sized_and_said(jobs: list[tuple[Job, frozenset[str]]], data: UpdateData, seconds: float) -> list[Job]:
@@ -67,11 +96,30 @@ def sized_and_said(jobs: list[tuple[Job, frozenset[str]]], data: UpdateData, sec
     from continual_trainer.trainer.progress import say
 
     out = [sized(job, data, seconds, keys) for job, keys in jobs]
-    lines = [plan(job, new, training_rows(new, data)) for (job, _), new in zip(jobs, out, strict=True)]
+    said = compiled_said(data, [keys for _, keys in jobs])
+    if said:
+        say(said)
+    lines = [
+        plan(dataclasses.replace(job, params=compiled(job.params, data, keys)), new, training_rows(new, data))
+        for (job, keys), new in zip(jobs, out, strict=True)
+    ]
     told = [line for line in lines if line]
     if told:
         say(told[0] + (" (each trial sized likewise)" if len(jobs) > 1 else ""))
     return out
+
+
+def compiled_said(data: UpdateData, user_keys: list[frozenset[str]]) -> str | None:
+    """One line saying the imported model trains as it was compiled, and what is not honoured."""
+    settings, words, ignored = _compiled_settings(data)
+    if not settings and not ignored:
+        return None
+    line = ""
+    if settings and not all("optimizer" in keys for keys in user_keys):
+        line = f"plan: trains as the model was compiled: {words} (--set optimizer=... and its settings choose your own)"
+    if ignored:
+        line += ("; " if line else "plan: ") + f"not honoured from the model's compile(): {'; '.join(ignored)}"
+    return line or None
 
 
 def plan(job: Job, sized_job: Job, rows: int) -> str | None:

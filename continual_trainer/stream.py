@@ -164,12 +164,11 @@ class Policy:
         self.memory_budget = default_memory_budget(self.in_pieces) if memory_budget is None else memory_budget
 
     def sized(self, data: UpdateData) -> list[Job]:
-        """The jobs with settings scaled to the rows each trains on (see `scaled`), unless
-        `scale` is off; what the user set with `--set` is never changed."""
-        if not self.scale:
-            return self.jobs
+        """The jobs with an imported model's compiled settings and settings scaled to the rows
+        each trains on (see `sized`), unless `scale` is off; what the user set with `--set` is
+        never changed."""
         budget = STREAM_SECONDS / max(len(self.jobs), 1)
-        return [sized(job, data, budget, self.user_keys) for job in self.jobs]
+        return [sized(job, data, budget, self.user_keys, self.scale) for job in self.jobs]
 
     def run(
         self, store: Store, data: UpdateData, executor: Executor, tried: list[dict[str, Any]] | None = None

@@ -13,8 +13,8 @@ that becomes NaN or infinite stops training with a clear error.
 
 The mathematics match `fit` with the same settings: a fresh shuffle each epoch,
 the last partial batch kept, the loss a sample-weighted mean over the batch
-(Keras's `sum_over_batch_size`), and the same update rules as Keras `SGD` (with
-momentum) and `Adam`, applied by TensorFlow's fused kernels for those rules.
+(Keras's `sum_over_batch_size`), and the update rules of Keras's SGD, Adam, AdamW, RMSprop
+and Adagrad with their clipping and weight decay (`trainer.optimizers`).
 
 The general path traces once per model object; the fast path once per Dense structure,
 so training many small networks (seeds, strategies, ensemble members) traces it once.
@@ -37,14 +37,15 @@ import numpy as np
 
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.parquet import one_line
-from continual_trainer.trainer.params import Choice, Interval, Params, param
+from continual_trainer.trainer import optimizers
+from continual_trainer.trainer.optimizers import OPTIMIZERS
+from continual_trainer.trainer.params import Boolean, Choice, Interval, Params, Rule, param
 from continual_trainer.trainer.progress import milestones, report
 
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
 
-OPTIMIZERS = ("sgd", "adam")
 CHUNK_SECONDS = 0.5
 
 
@@ -59,22 +60,45 @@ EPOCHS = Interval(int, 1)
 BATCH_SIZE = Interval(int, 1)
 LEARNING_RATE = Interval(float, 0, low_open=True)
 MOMENTUM = Interval(float, 0, 1, high_open=True)
+DECAY_RATE = Interval(float, 0, 1, high_open=True)
+NON_NEGATIVE = Interval(float, 0)
+CLIPS = ("clipnorm", "global_clipnorm", "clipvalue")
 
 
 @dataclass(frozen=True)
 class LoopConfig(Params):
-    """How to train: the reference recipe by default (SGD 0.01, momentum 0.9, 150 x 32)."""
+    """How to train: the reference recipe by default (SGD 0.01, momentum 0.9, 150 x 32); an
+    imported model's own `compile()` where the user sets nothing (see `trainer.optimizers`).
+    The optimizers' settings are Keras's, by Keras's names and defaults."""
 
     epochs: int = param(150, EPOCHS, "passes over the training rows")
     batch_size: int = param(32, BATCH_SIZE, "rows per optimizer step")
     learning_rate: float = param(0.01, LEARNING_RATE, "optimizer step size")
-    momentum: float = param(0.9, MOMENTUM, "SGD momentum (ignored by adam)")
-    optimizer: str = param("sgd", Choice(OPTIMIZERS), "sgd (with momentum) or adam")
+    momentum: float = param(0.9, MOMENTUM, "sgd and rmsprop: momentum")
+    optimizer: str = param("sgd", Choice(OPTIMIZERS), "Keras's SGD, Adam, AdamW, RMSprop or Adagrad")
+    nesterov: bool = param(False, Boolean(), "sgd: Nesterov momentum")
+    beta_1: float = param(0.9, DECAY_RATE, "adam, adamw: decay of the first moment")
+    beta_2: float = param(0.999, DECAY_RATE, "adam, adamw: decay of the second moment")
+    epsilon: float = param(1e-7, Interval(float, 0, low_open=True), "adam, adamw, rmsprop, adagrad: stability term")
+    rho: float = param(0.9, DECAY_RATE, "rmsprop: decay of the squared-gradient average")
+    centered: bool = param(False, Boolean(), "rmsprop: divide by the gradient's variance")
+    initial_accumulator_value: float = param(0.1, NON_NEGATIVE, "adagrad: the accumulators' start")
+    weight_decay: float = param(0.0, NON_NEGATIVE, "decoupled weight decay (adamw without it: Keras's 0.004)")
+    clipnorm: float = param(0.0, NON_NEGATIVE, "clip each gradient to this norm (0: off)")
+    global_clipnorm: float = param(0.0, NON_NEGATIVE, "clip all gradients to this joint norm (0: off)")
+    clipvalue: float = param(0.0, NON_NEGATIVE, "clip each gradient's values to +-this (0: off)")
     patience: int = param(0, Interval(int, 0), "early stopping: epochs without a better validation loss (0: off)")
     validation: float = param(
         0.1, Interval(float, 0, 0.5, low_open=True), "with patience: share of the training rows held out to stop on"
     )
     max_seconds: float = param(0.0, Interval(float, 0), "wall-clock budget of one training run (0: none)")
+
+    rules = (
+        Rule(
+            lambda p: sum(bool(getattr(p, k)) for k in CLIPS) <= 1,
+            "set at most one of clipnorm, global_clipnorm and clipvalue (as Keras allows)",
+        ),
+    )
 
     def loop(self) -> LoopConfig:
         """Just the loop's settings (of a strategy's parameters, which extend them)."""
@@ -362,7 +386,12 @@ def _dense_loss(mode: str) -> Callable[[Any, Any], Any]:
 
 @functools.lru_cache(maxsize=64)
 def _dense_fn(
-    shapes: tuple[_LayerShape, ...], mode: str, optimizer: str, weighted: bool, hooks: tuple[LossHook, ...], units: int
+    shapes: tuple[_LayerShape, ...],
+    mode: str,
+    rule: optimizers.UpdateRule,
+    weighted: bool,
+    hooks: tuple[LossHook, ...],
+    units: int,
 ) -> Any:
     """The compiled epochs of a Dense structure (`units` matters only to hooks with columns:
     networks of one structure and any width share a trace)."""
@@ -374,7 +403,7 @@ def _dense_fn(
         return per_row(yb, _forward(shapes, weights, xb), None)
 
     pick = lambda weights: [weights[i] for i in train_idx]  # noqa: E731
-    return _epochs_fn(step_loss, pick, optimizer, weighted, _term(hooks), autograph=False)
+    return _epochs_fn(step_loss, pick, rule, weighted, _term(hooks), autograph=False)
 
 
 # -- the general path: any Keras model, through its own call ------------------------------------
@@ -383,11 +412,13 @@ def _dense_fn(
 _GENERAL_FNS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
 
 
-def _general_fn(model: keras.Model, mode: str, optimizer: str, weighted: bool, hooks: tuple[LossHook, ...]) -> Any:
+def _general_fn(
+    model: keras.Model, mode: str, rule: optimizers.UpdateRule, weighted: bool, hooks: tuple[LossHook, ...]
+) -> Any:
     """The compiled epochs of one model (traced once per model, settings and hooks)."""
     import keras
 
-    key = (mode, optimizer, weighted, hooks)
+    key = (mode, rule, weighted, hooks)
     fns = _GENERAL_FNS.setdefault(model, {})
     if key not in fns:
         units = output_units(model)
@@ -410,7 +441,7 @@ def _general_fn(model: keras.Model, mode: str, optimizer: str, weighted: bool, h
         def regularization(_: Any) -> Any:
             return model.losses
 
-        fns[key] = _epochs_fn(step_loss, None, optimizer, weighted, _term(hooks), regularization)
+        fns[key] = _epochs_fn(step_loss, None, rule, weighted, _term(hooks), regularization)
     return fns[key]
 
 
@@ -429,7 +460,7 @@ def _logits(out: Any, units: int) -> Any:
 def _epochs_fn(
     step_loss: Callable[[Any, Any, Any], Any],
     pick_trainable: Callable[[list[Any]], list[Any]] | None,
-    optimizer: str,
+    rule: optimizers.UpdateRule,
     weighted: bool,
     term: Callable[[list[Any]], Any] | None,
     regularization: Callable[[Any], list[Any]] | None = None,
@@ -443,29 +474,6 @@ def _epochs_fn(
     """
     import tensorflow as tf
 
-    def apply(params: list[Any], grads: list[Any], slots: list[Any], lr: Any, b1: Any, b2: Any) -> None:
-        if optimizer == "sgd":
-            for v, g, accum in zip(params, grads, slots, strict=True):
-                tf.raw_ops.ResourceApplyKerasMomentum(var=v.handle, accum=accum.handle, lr=lr, grad=g, momentum=b1)
-            return
-        step = slots[-1]
-        step.assign_add(1.0)
-        b1p, b2p = tf.pow(b1, step), tf.pow(b2, step)
-        for k, (v, g) in enumerate(zip(params, grads, strict=True)):
-            m, s = slots[2 * k], slots[2 * k + 1]
-            tf.raw_ops.ResourceApplyAdam(
-                var=v.handle,
-                m=m.handle,
-                v=s.handle,
-                beta1_power=b1p,
-                beta2_power=b2p,
-                lr=lr,
-                beta1=b1,
-                beta2=b2,
-                epsilon=tf.constant(1e-7),
-                grad=g,
-            )
-
     # The loops are written as `tf.while_loop`s, so the fast path (our own Python) needs no
     # AutoGraph conversion, which costs more than a second per process; a model's own call
     # (the general path) may branch on tensors and keeps it.
@@ -474,7 +482,6 @@ def _epochs_fn(
         n = tf.shape(y)[0]
         steps = (n + batch_size - 1) // batch_size
         params = weights if pick_trainable is None else pick_trainable(weights)
-        lr, b1, b2 = tf.unstack(hp)
 
         def epoch(e: Any, losses: Any) -> tuple[Any, Any]:
             perm = tf.argsort(tf.random.stateless_uniform([n], seed=tf.stack([seed, first_epoch + e])))
@@ -497,7 +504,7 @@ def _epochs_fn(
                     if term is not None:
                         loss += term(params)
                 grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, params)]
-                apply(params, grads, slots, lr, b1, b2)
+                optimizers.step(rule, params, grads, slots, hp)
                 return s + 1, total + loss
 
             _, total = tf.while_loop(lambda s, _: s < steps, step, (tf.constant(0), tf.constant(0.0)))
@@ -544,23 +551,17 @@ def _compile(
     import tensorflow as tf
 
     dense = _dense_structure(model, mode) if single_input else None
+    rule = optimizers.rule_of(config)
     if dense is not None:
         shapes, weights = dense
         trainable = [weights[i] for i in _trainable_index(shapes)]
-        fn = _dense_fn(shapes, mode, config.optimizer, weighted, hooks, units if any(_hook_widths(hooks, units)) else 1)
+        fn = _dense_fn(shapes, mode, rule, weighted, hooks, units if any(_hook_widths(hooks, units)) else 1)
     else:
         weights = trainable = [v.value for v in model.trainable_variables]
-        fn = _general_fn(model, mode, config.optimizer, weighted, hooks)
-    per_param = 1 if config.optimizer == "sgd" else 2
+        fn = _general_fn(model, mode, rule, weighted, hooks)
     if state is None:
-        slots = [tf.Variable(tf.zeros_like(v)) for v in trainable for _ in range(per_param)]
-        if config.optimizer == "adam":
-            slots.append(tf.Variable(0.0))
-        state = OptimizerState(slots)
-    if config.optimizer == "adam":
-        hp = tf.constant([config.learning_rate, 0.9, 0.999], tf.float32)
-    else:
-        hp = tf.constant([config.learning_rate, config.momentum, 0.0], tf.float32)
+        state = OptimizerState(optimizers.new_slots(rule, trainable, config))
+    hp = tf.constant(optimizers.hyper(config), tf.float32)
     return _Compiled(fn, weights, trainable, state, hp, dense is not None)
 
 

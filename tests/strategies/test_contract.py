@@ -296,6 +296,12 @@ OPTIONS = {
     "old_fraction": {"old_fraction": "0.25"},
     "new_fraction": {"new_fraction": "0.5"},
     "adam": {"optimizer": "adam"},
+    "adamw": {"optimizer": "adamw"},
+    "rmsprop": {"optimizer": "rmsprop"},
+    "adagrad": {"optimizer": "adagrad", "learning_rate": "0.1"},
+    "nesterov": {"nesterov": "true"},
+    "weight_decay": {"weight_decay": "0.1"},
+    "clipnorm": {"clipnorm": "0.01"},
 }
 
 
@@ -310,6 +316,15 @@ def test_each_weighting_sampling_and_optimizer_option_changes_what_is_learned(op
     varied = ft(inputs, _tiny_params(ft, **OPTIONS[option])).predict_proba(inputs.holdout.x, 2)
     assert plain.shape == varied.shape == (30, 2)
     assert np.abs(plain - varied).max() > 1e-4, f"{OPTIONS[option]} trained the same model as the defaults"
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop", "adagrad"])
+def test_every_optimizer_trains_the_same_model_twice(optimizer: str, current_model) -> None:
+    ft = strategies.get("finetune_all")
+    inputs = _inputs(current_model)
+    first, second = (ft(inputs, _tiny_params(ft, optimizer=optimizer)) for _ in range(2))
+    for a, b in zip(first.members[0].get_weights(), second.members[0].get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_the_training_set_is_what_the_options_say(current_model) -> None:

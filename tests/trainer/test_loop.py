@@ -148,7 +148,7 @@ def test_a_new_loss_hook_needs_no_change_to_the_loop(general: bool) -> None:
         ({"batch_size": 0}, "batch_size must be >= 1"),
         ({"learning_rate": -1.0}, "learning_rate must be > 0"),
         ({"momentum": 1.0}, "momentum must be in"),
-        ({"optimizer": "rmsprop"}, "optimizer must be one of"),
+        ({"optimizer": "nadam"}, "optimizer must be one of"),
     ],
 )
 def test_loop_config_says_what_is_wrong(kwargs: dict, message: str) -> None:
