@@ -183,12 +183,49 @@ class ModelStore:
         self.uri = uri
         self.last_outcome: UpdateOutcome | None = None
         self.update_failures: list[str] = []  # strategies of the last several-strategy update that failed
-        self._mirror = None
+        self._given_mirror = None
+        self._resolved_mirror: Any = False  # not looked up yet
         if mlflow or mlflow_from_env:  # from the environment: MLFLOW_TRACKING_URI if MLflow is installed
             from continual_trainer.tracking import mirror_for
 
-            self._mirror = mirror_for(mlflow, uri, mlflow_model)
+            self._given_mirror = mirror_for(mlflow, uri, mlflow_model)
         self._progress = progress
+
+    @property
+    def _mirror(self) -> Any:
+        """Where promotions and runs are mirrored: the MLflow tracking store given (recorded in
+        the store the first time), else the one the store recorded, else None. Looked up when a
+        command first has something to mirror (reading the store, maybe reaching MLflow)."""
+        if self._resolved_mirror is False:
+            from continual_trainer.tracking import record, recorded_mirror
+
+            if self._given_mirror is not None:
+                record(self._store(), self._given_mirror)
+                self._resolved_mirror = self._given_mirror
+            else:
+                self._resolved_mirror = recorded_mirror(self._store(), self.uri)
+        return self._resolved_mirror
+
+    def mlflow_sync(self) -> dict[str, str]:
+        """Put MLflow's alias `champion` on the current version (registering it if it never
+        was), in the tracking store given to `open_store` or the one the store recorded.
+        Returns the registered model, its version number and the store's version."""
+        from continual_trainer.tracking import MlflowMirror
+
+        current = self.current
+        recorded = self._store().mirror()
+        if self._given_mirror is None and recorded is not None:  # an unusable one is this command's error
+            self._resolved_mirror = MlflowMirror(recorded[0], self.uri, "the store's MLflow mirror", recorded[1])
+        mirror = self._mirror
+        if mirror is None:
+            raise UserError(
+                f"{self.uri}: this store has never mirrored to MLflow; give the tracking URI: "
+                "ctrain mlflow sync --store S --mlflow URI"
+            )
+        if current is None:
+            raise UserError(f"{self.uri}: the store has no current version yet")
+        number = mirror.sync(current)
+        return {"model": mirror.model_name, "model_version": number, "version": current}
 
     def _reporting(self, command: str) -> Any:
         return _reporting(command, self._progress)
@@ -650,6 +687,8 @@ class ModelStore:
                 why = shadow_verdict(store.schema, live, version, min_shadow_rows)
                 if why is not None and version != current:
                     out["promoted"], out["reason"] = promote_by_hand(store, version, why)[0], why
+                    if self._mirror is not None:
+                        self._mirror.champion(out["promoted"], "label")
                     break
         return out
 

@@ -609,6 +609,15 @@ def cmd_rollback(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_mlflow(args: argparse.Namespace) -> None:
+    import continual_trainer as ct
+
+    store = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True, mlflow_model=args.mlflow_model)
+    r = store.mlflow_sync()
+    text = f"MLflow: {r['model']}@champion is model version {r['model_version']}, the store's current {r['version']}"
+    _emit(args, "" if args.json else text, r)
+
+
 def cmd_gc(args: argparse.Namespace) -> None:
     import continual_trainer as ct
 
@@ -1165,6 +1174,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", metavar="VERSION", help="a version to make current instead; parent: the current version's parent"
     )
     c.add_argument("--reason", help="why, kept in the store's event log")
+    tracked(c)
+
+    c = command(
+        "mlflow",
+        cmd_mlflow,
+        "sync: put MLflow's alias champion on the current version, in the tracking store the store recorded "
+        "(or --mlflow URI)",
+        needs_tf=False,
+    )
+    c.add_argument("action", choices=("sync",), help="sync: the registry's champion follows CURRENT again")
+    c.add_argument("--store", required=True)
     tracked(c)
 
     c = command("gc", cmd_gc, "delete old versions that were never promoted", needs_tf=False)

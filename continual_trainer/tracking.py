@@ -6,7 +6,11 @@ trial). Each committed version's model (an ensemble as one Keras model) is logge
 run in MLflow's Keras flavour and registered as a version of one registered model per store
 (`ctrain-<store folder>` unless named); the store's current version carries the alias
 `champion`, moved on every promotion and rollback, so `models:/<name>@champion` follows
-`CURRENT`. Nothing is read back from MLflow. Needs the optional extra
+`CURRENT`. The first time a store mirrors, it records where (`mlflow.json`: the tracking URI,
+a relative SQLite path made absolute, and the registered model), and every later command on it
+mirrors there without `--mlflow`: a promotion or rollback can never leave the alias behind
+silently; if the tracking store cannot be reached, the command warns with the one that repairs
+it (`ctrain mlflow sync --store S`, `sync` here). Nothing else is read back from MLflow. Needs the optional extra
 (`pip install 'continual-trainer[mlflow]'`, which brings what a local `sqlite:///mlflow.db`
 store needs); the tracking URI comes from `--mlflow URI` or MLFLOW_TRACKING_URI, and the
 experiment is named after the store.
@@ -64,6 +68,7 @@ class MlflowMirror:
                 "sqlite:///mlflow.db for a local tracking store, or an http(s):// tracking server",
             )
         self._warned = False
+        self.tracking_uri = _absolute(tracking_uri)
         self._store_uri = store_uri
         folder = os.path.basename(store_uri.rstrip("/").split("?")[0]) or "store"
         self.model_name = model_name or f"ctrain-{folder}"
@@ -71,7 +76,7 @@ class MlflowMirror:
         self._store = redact(store_uri if "://" in store_uri else os.path.abspath(store_uri))
         name = f"ctrain {self._store}"
         try:
-            self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
             found = self._client.get_experiment_by_name(name)
             self._experiment = found.experiment_id if found else self._client.create_experiment(name)
         except Exception as exc:  # MLflow raises its own types for unreachable or refused stores
@@ -107,7 +112,13 @@ class MlflowMirror:
 
     def _warn(self, what: str, exc: Exception) -> None:
         if not self._warned:
-            log.warning("MLflow: %s (%s); the store is unaffected", what, _one_line(exc))
+            log.warning(
+                "MLflow: %s (%s); the store is unaffected; `ctrain mlflow sync --store %s` puts the alias "
+                "where CURRENT is once MLflow answers",
+                what,
+                _one_line(exc),
+                self._store,
+            )
             self._warned = True
 
     def _register(self, run_id: str, version: str) -> str | None:
@@ -147,8 +158,9 @@ class MlflowMirror:
                 return str(found.version)
         return None
 
-    def champion(self, version: str, command: str = "promote") -> None:
-        """Move the alias `champion` to `version` (registering it first if it never was)."""
+    def champion(self, version: str, command: str = "promote") -> str | None:
+        """Move the alias `champion` to `version` (registering it first if it never was); the
+        registered model version it now names, or None if MLflow failed (warned)."""
         try:
             number = self._model_version(version)
             if number is None:
@@ -156,8 +168,18 @@ class MlflowMirror:
                 number = self._register(run_id, version) if run_id else None
             if number is not None:
                 self._client.set_registered_model_alias(self.model_name, CHAMPION, number)
+            return number
         except Exception as exc:  # the mirror is a copy: warn, never fail the command
             self._warn(f"could not move the alias {CHAMPION} to {version}", exc)
+            return None
+
+    def sync(self, version: str) -> str:
+        """Put the alias `champion` on `version` (the store's current one): its registered model
+        version. Raises UserError if MLflow refuses (this is the command's whole work)."""
+        number = self.champion(version, "mlflow sync")
+        if number is None:
+            raise UserError(f"MLflow at {redact(self.tracking_uri)}: could not move the alias {CHAMPION} to {version}")
+        return number
 
     def log_update(self, outcome: Any, params: Mapping[str, Any], command: str, parent: str | None = None) -> str:
         """One run for a committed version: its parameters, metrics and lineage."""
@@ -223,6 +245,44 @@ def mirror_for(tracking_uri: str | None, store_uri: str, model_name: str | None 
         except UserError as exc:  # set for other tools, or down: the store's work goes on unmirrored
             log.warning("%s; not mirroring to MLflow", exc)
     return None
+
+
+def recorded_mirror(store: Any, store_uri: str) -> MlflowMirror | None:
+    """The mirror the store recorded the first time it mirrored, or None if it never did; one
+    that cannot be used now (MLflow not installed, the server down) is a warning naming the
+    command that repairs the registry later."""
+    recorded = store.mirror()
+    if recorded is None:
+        return None
+    uri, model = recorded
+    try:
+        return MlflowMirror(uri, store_uri, source="the store's MLflow mirror", model_name=model)
+    except UserError as exc:
+        log.warning(
+            "%s; MLflow's registry was not updated: `ctrain mlflow sync --store %s` puts the alias %s where "
+            "CURRENT is once it can",
+            exc,
+            redact(store_uri),
+            CHAMPION,
+        )
+        return None
+
+
+def record(store: Any, mirror: MlflowMirror) -> None:
+    """Remember `mirror` in the store (not a URI carrying a password: that stays the user's)."""
+    if "@" in mirror.tracking_uri.split("://", 1)[-1].split("/", 1)[0]:
+        log.warning("MLflow: a tracking URI with credentials is not recorded in the store; pass --mlflow each time")
+        return
+    store.record_mirror(mirror.tracking_uri, mirror.model_name)
+
+
+def _absolute(uri: str) -> str:
+    """A relative SQLite path (`sqlite:///mlflow.db`, relative to the working folder) made
+    absolute, so the store's record names the same database from any folder."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/") and ":memory:" not in uri:
+        return prefix + os.path.abspath(uri[len(prefix) :])
+    return uri
 
 
 CHAMPION = "champion"  # the alias of the store's current version in the model registry

@@ -61,6 +61,7 @@ __all__ = [
 ]
 
 _ARCHITECTURE = "architecture.keras"
+_MIRROR = "mlflow.json"  # where the store's MLflow mirror is: recorded the first time it mirrors
 
 
 def _reopened(uri: str, meta: StoreMeta) -> Store:
@@ -181,6 +182,21 @@ class Store(Batches, Versions, Runs, Predictions):
         if sha256(data) != self.meta.architecture_sha256:
             raise UserError(f"{self.display}: {_ARCHITECTURE} fails its sha256 check; the file was altered")
         return data
+
+    def mirror(self) -> tuple[str, str] | None:
+        """The MLflow tracking URI and registered model this store mirrors to, if it ever has."""
+        try:
+            d = self._read_json(_MIRROR)
+        except FileNotFoundError:
+            return None
+        if not isinstance(d, dict) or not all(isinstance(d.get(k), str) for k in ("tracking_uri", "model")):
+            raise UserError(f"{self.display}: {_MIRROR} is damaged (not a tracking URI and a model name)")
+        return d["tracking_uri"], d["model"]
+
+    def record_mirror(self, tracking_uri: str, model: str) -> None:
+        """Remember where the store mirrors, so every later promotion or rollback goes there too."""
+        if self.mirror() != (tracking_uri, model):
+            self._write_json(_MIRROR, {"tracking_uri": tracking_uri, "model": model})
 
     def grow_schema(self, grown: Schema) -> None:
         """Add a batch's new classes and categorical values to store.json (never shrinks or

@@ -110,6 +110,8 @@ def test_every_command_prints_json_on_its_last_line(tmp_path: Path, inputs, caps
     pq.write_table(pa.table({"id": ["a", "b"], "y": [0, 1]}), "labels.parquet")
     labelled = run_json(capsys, "label", "--store", store, "--data", "labels.parquet")
     assert (labelled["unknown"], labelled["matched"], labelled["batch"]) == (2, 0, None)  # nothing served yet
+    synced = run_json(capsys, "mlflow", "sync", "--store", store, "--mlflow", "sqlite:///mlflow.db")
+    assert synced["version"] == served["version"] and synced["model"] == "ctrain-store"
     assert set(build_parser()._subparsers._group_actions[0].choices) <= COMMANDS_TESTED
 
 

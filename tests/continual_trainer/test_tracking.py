@@ -121,3 +121,50 @@ def test_the_file_store_is_refused_with_what_to_use(tiny_store: str, tmp_path: P
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "use sqlite:///mlflow.db" in err and err.count("\n") == 1
+
+
+def test_the_registry_never_goes_stale_once_a_store_has_mirrored(
+    tmp_path: Path, tiny_store: str, capsys, caplog, monkeypatch
+) -> None:
+    """The first `--mlflow` is recorded in the store; later promotions, rollbacks and label's
+    promotions mirror there without it (from any folder); an unreachable MLflow is a warning
+    naming `ctrain mlflow sync`, which then puts the alias where CURRENT is."""
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    db = tmp_path / "here" / "mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}", registry_uri=f"sqlite:///{db}")
+
+    def champion() -> str:
+        return client.get_model_version_by_alias("churn", "champion").tags["ctrain.version"]
+
+    assert main(["mlflow", "sync", "--store", tiny_store]) == 2  # never mirrored: says what to give
+    assert "never mirrored to MLflow; give the tracking URI" in capsys.readouterr().err
+    # the first mirror, with a relative SQLite path: recorded absolute
+    assert main(["promote", "--store", tiny_store, "current", "--mlflow", "sqlite:///mlflow.db",
+                 "--mlflow-model", "churn"]) == 0  # fmt: skip
+    first = Store.open(tiny_store).current()
+    assert Store.open(tiny_store).mirror() == (f"sqlite:///{db}", "churn")
+    monkeypatch.chdir(tmp_path)  # another folder: the record, not the working folder, finds the database
+    update = ["update", "--store", tiny_store, "--strategy", "finetune_new", "--set", "epochs=2", "--json"]
+    assert main([*update, "--promote", "always"]) == 0
+    new = json.loads(capsys.readouterr().out.splitlines()[-1])["version"]
+    assert champion() == new
+    assert main(["rollback", "--store", tiny_store]) == 0
+    assert champion() == first == Store.open(tiny_store).current()
+    # MLflow unreachable: the rollback is done, the alias is behind, the warning says how to repair
+    Store.open(tiny_store).record_mirror("http://127.0.0.1:9", "churn")
+    capsys.readouterr()
+    caplog.clear()
+    assert main(["rollback", "--store", tiny_store]) == 0
+    assert f"`ctrain mlflow sync --store {tiny_store}` puts the alias champion where CURRENT is" in caplog.text
+    assert "Traceback" not in capsys.readouterr().err
+    assert Store.open(tiny_store).current() == new and champion() == first
+    assert main(["mlflow", "sync", "--store", tiny_store]) == 2  # still unreachable: the command's own failure
+    assert "cannot use this tracking store" in capsys.readouterr().err
+    Store.open(tiny_store).record_mirror(f"sqlite:///{db}", "churn")
+    assert main(["mlflow", "sync", "--store", tiny_store, "--json"]) == 0
+    synced = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert synced["version"] == new == champion() and synced["model"] == "churn"
+    assert main(["mlflow", "sync", "--store", tiny_store]) == 0
+    assert f"churn@champion is model version {synced['model_version']}" in capsys.readouterr().out
