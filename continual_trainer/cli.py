@@ -499,6 +499,9 @@ def cmd_drift(args: argparse.Namespace) -> None:
     ]
     head = f"{r['rows']} served row(s): " if "rows" in r else ""
     verdict = "drifted from what the current version learned" if r["fire"] else "no drift"
+    if r["fire"] and args.data:  # labelled rows that drifted: learn them
+        where = f"--store {args.store}"
+        lines.append(_next(f"ingest {where} {args.data}", f"update {where} --strategy finetune_all"))
     _emit(args, "" if args.json else "\n".join([f"{head}{verdict}", *lines]), r)
 
 
@@ -595,6 +598,8 @@ def cmd_promote(args: argparse.Namespace) -> None:
     previous = store.current
     version = store.promote(args.version, reason=args.reason or "")
     text = f"{version} is current" + (" already" if version == previous else f" (was {previous or '-'})")
+    if version != previous:
+        text += "\n" + _next(f"rollback --store {args.store}") + "  (undoes it)"
     _emit(args, "" if args.json else text, {"version": version, "previous": previous})
 
 
@@ -604,9 +609,8 @@ def cmd_rollback(args: argparse.Namespace) -> None:
     store = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True, mlflow_model=args.mlflow_model)
     previous = store.current
     version = store.rollback(args.to, reason=args.reason or "")
-    _emit(
-        args, "" if args.json else f"{version} is current (was {previous})", {"version": version, "previous": previous}
-    )
+    text = f"{version} is current (was {previous})\n" + _next(f"rollback --store {args.store}") + "  (redoes it)"
+    _emit(args, "" if args.json else text, {"version": version, "previous": previous})
 
 
 def cmd_mlflow(args: argparse.Namespace) -> None:

@@ -81,19 +81,26 @@ class Asha:
         rungs: epochs at which trials are judged, ascending.
         reduction_factor: a trial goes on past a rung if its score is at least the
             (1 - 1/reduction_factor) quantile of the scores recorded there before it.
+        brackets: each trial's bracket (how its strategy starts: `current`, `members`, `body`
+            or `scratch`); trials are judged only against trials of their bracket, so a
+            network trained from scratch is never stopped for trailing fine-tuned ones that
+            started near the answer. Trials not in it share one bracket.
     """
 
     rungs: tuple[int, ...]
     reduction_factor: int
-    _records: dict[int, dict[str, float]] = field(default_factory=dict)
+    brackets: dict[str, str] = field(default_factory=dict)
+    _records: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def decide(self, trial: str, epochs: int, score: float) -> bool:
         """Record `trial`'s `score` (higher is better) after `epochs` epochs; False if it should
-        stop. A trial is judged at the highest rung it has reached and not yet been judged at."""
+        stop. A trial is judged at the highest rung it has reached and not yet been judged at,
+        against the trials of its bracket."""
         with self._lock:
+            bracket = self.brackets.get(trial, "")
             for rung in reversed(self.rungs):
-                recorded = self._records.setdefault(rung, {})
+                recorded = self._records.setdefault((bracket, rung), {})
                 if epochs < rung or trial in recorded:
                     continue
                 cutoff = self._cutoff(list(recorded.values()))
@@ -107,7 +114,12 @@ class Asha:
         return float(np.nanpercentile(scores, (1 - 1 / self.reduction_factor) * 100))
 
     def __getstate__(self) -> dict[str, Any]:  # to a Ray actor: the lock stays here
-        return {"rungs": self.rungs, "reduction_factor": self.reduction_factor, "_records": self._records}
+        return {
+            "rungs": self.rungs,
+            "reduction_factor": self.reduction_factor,
+            "brackets": self.brackets,
+            "_records": self._records,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _lock=threading.Lock())

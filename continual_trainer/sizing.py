@@ -96,7 +96,7 @@ def sized_and_said(jobs: list[tuple[Job, frozenset[str]]], data: UpdateData, sec
     from continual_trainer.trainer.progress import say
 
     out = [sized(job, data, seconds, keys) for job, keys in jobs]
-    said = compiled_said(data, [keys for _, keys in jobs])
+    said = compiled_said(data, [keys for job, keys in jobs if isinstance(job.params, LoopConfig)])
     if said:
         say(said)
     lines = [
@@ -115,7 +115,7 @@ def compiled_said(data: UpdateData, user_keys: list[frozenset[str]]) -> str | No
     if not settings and not ignored:
         return None
     line = ""
-    if settings and not all("optimizer" in keys for keys in user_keys):
+    if settings and user_keys and not all("optimizer" in keys for keys in user_keys):
         line = f"plan: trains as the model was compiled: {words} (--set optimizer=... and its settings choose your own)"
     if ignored:
         line += ("; " if line else "plan: ") + f"not honoured from the model's compile(): {'; '.join(ignored)}"

@@ -312,7 +312,9 @@ class _Runner:
         self.schedule: Schedule | None = None
         if spec.asha is not None:
             every, rungs = spec.asha.rungs(max((getattr(j.params, "epochs", 1) for j in probes), default=1))
-            self.asha = Asha(rungs, spec.asha.reduction_factor)
+            brackets = {trial: _starts(r["strategy"]) for trial, r in recorded.items() if "strategy" in r}
+            brackets |= {t.trial_id: _starts(t.strategy) for t in spec.trials}
+            self.asha = Asha(rungs, spec.asha.reduction_factor, brackets)
             self.asha.replay((trial, _curve(r)) for trial, r in recorded.items())
             self.schedule = Schedule(every, watched_rows(data.holdout), self.asha.decide)
 
@@ -320,6 +322,8 @@ class _Runner:
         """Run `trials` (sized to the rows; the first plan is told once); outcomes by trial id."""
         if not trials:
             return {}
+        if self.asha is not None:  # a search's trials are known only as it proposes them
+            self.asha.brackets.update({t.trial_id: _starts(t.strategy) for t in trials})
         pairs = [(t.job(), frozenset(t.params)) for t in trials]
         if self.told:
             jobs = [sized(job, self.data, UPDATE_SECONDS, keys) for job, keys in pairs]
@@ -439,6 +443,14 @@ def _curve(record: Mapping[str, Any]) -> list[tuple[int, float]]:
     return [(int(e), float(v)) for e, v in json.loads(record.get("curve") or "[]")]
 
 
+def _starts(strategy: str) -> str:
+    """How a strategy's candidate starts (its ASHA bracket); "" if it is no longer registered."""
+    try:
+        return strategies.get(strategy).can.starts_from
+    except UserError:
+        return ""
+
+
 def _stopped_record(trial: TrialSpec, outcome: StoppedEarly) -> dict[str, Any]:
     """A trial the scheduler stopped: when, its holdout score then, and what it reported."""
     return {
@@ -517,6 +529,8 @@ def _write_outputs(
     matrix = accuracy_matrix_png(records, ancestors, store.batch_ids(), task)
     if matrix:
         plots["plots/accuracy_matrix.png"] = matrix
+    for line in mostly_stopped(records, stopped):
+        log.warning("%s (see the report)", line)
     report = render_report(records, spec, sweep_id, sorted(plots), failures, task, stopped, len(trials))
     files = {"results.parquet": table_to_bytes(table), "report.md": report.encode(), **plots}
     folder = store.write_report(sweep_id, files)
@@ -593,10 +607,15 @@ def render_report(
             f"## Stopped early by ASHA: {len(stopped)} trial(s)",
             "",
             "Each trial scored its model on the holdout as it trained; at each rung a trial below the best "
-            f"1/{spec.asha.reduction_factor} of those that reached the rung before it stopped there "
-            "(its score then is not comparable with finished trials', and it is not ranked above).",
+            f"1/{spec.asha.reduction_factor} of those of its bracket that reached the rung before it stopped there "
+            "(its score then is not comparable with finished trials', and it is not ranked above). Brackets "
+            "group strategies by how their candidate starts (from the current model, its members, its body, or "
+            "from scratch): a network trained from scratch is judged only against others trained from scratch, "
+            "never against fine-tuned ones that start near the answer.",
             "",
         ]
+        lines += [f"**{line}**" for line in mostly_stopped(records, stopped)]
+        lines += [""] if mostly_stopped(records, stopped) else []
         lines += [
             f"- `{r['trial_id']}` (`{r['params']}`): after {r['stopped_epochs']} epochs, holdout score "
             f"{abs(r['stopped_score']):.3f}"
@@ -610,6 +629,17 @@ def render_report(
     if plots:
         lines += ["Plots: " + ", ".join(f"`{p}`" for p in plots) + ".", ""]
     return "\n".join(lines)
+
+
+def mostly_stopped(records: list[dict[str, Any]], stopped: list[dict[str, Any]]) -> list[str]:
+    """One line per strategy whose trials early stopping mostly removed: its ranking rests on few."""
+    lines = []
+    for name in sorted({r["strategy"] for r in stopped}):
+        n_stopped = sum(r["strategy"] == name for r in stopped)
+        n_all = n_stopped + sum(r["strategy"] == name for r in records)
+        if n_stopped * 2 > n_all:
+            lines.append(f"ASHA stopped {n_stopped} of {n_all} {name} trials early: its place rests on the rest")
+    return lines
 
 
 def _stopped_words(stopped: list[dict[str, Any]]) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from continual_trainer.cli import main
 from tests.conftest import make_table
 
 RAYLET = "raylet"  # Ray is starting: the driver is inside ray.init
@@ -60,11 +61,11 @@ def test_a_signal_during_ray_work_is_one_line_and_leaves_no_ray_behind(
     pq.write_table(make_table(seed=1, shift=0.3), tmp_path / "new.parquet")
     pq.write_table(make_table(seed=2, shift=0.3), tmp_path / "inbox" / "next.parquet")
     ctrain = [sys.executable, "-m", "continual_trainer"]
-    for argv in (
+    for argv in (  # the store, made in this process (only the command under test needs its own)
         ["init", "--store", store, "--data", str(tmp_path / "old.parquet"), "--label", "y", "--epochs", "2"],
         ["ingest", "--store", store, str(tmp_path / "new.parquet")],
     ):
-        subprocess.run([*ctrain, *argv], check=True, env=env, capture_output=True)
+        assert main([*argv, "--quiet"]) == 0
     (tmp_path / "sweep.yaml").write_text("strategies: [fresh_all]\nparams: {epochs: 1000000}\nseeds: [0, 1]\n")
     argv = [a.format(tmp=tmp_path) for a in COMMANDS[command]]
     err = tmp_path / "err.txt"

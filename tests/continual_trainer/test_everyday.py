@@ -452,10 +452,9 @@ def test_next_steps_are_runnable_as_printed(tiny_store: str, tmp_path: Path) -> 
         out = subprocess.run(argv, capture_output=True, text=True, env=env, check=True).stdout
         step = out.strip().splitlines()[-1]
         assert step.startswith(f"next: {venv_ctrain} "), step
-        done = subprocess.run(
-            step.removeprefix("next: ").split("  (")[0].split(), capture_output=True, text=True, env=env
-        )
-        assert done.returncode == 0, (step, done.stderr)
+        for command in step.removeprefix("next: ").split("  (")[0].split("; "):  # each, in order
+            done = subprocess.run(command.split(), capture_output=True, text=True, env=env)
+            assert done.returncode == 0, (step, done.stderr)
         return done
 
     pq.write_table(make_table(n=80, seed=8, shift=0.4), tmp_path / "more.parquet")
@@ -472,6 +471,16 @@ def test_next_steps_are_runnable_as_printed(tiny_store: str, tmp_path: Path) -> 
     served.stop()
     pq.write_table(pa.table({"id": [f"r{i}" for i in range(30)], "y": rows.column("y")}), labels)
     runs_as_printed([venv_ctrain, "label", "--store", tiny_store, "--data", str(labels)])  # next: update on them
+    current = Store.open(tiny_store).current()
+    redone = runs_as_printed([venv_ctrain, "rollback", "--store", tiny_store])  # next: rollback again, redoing it
+    assert Store.open(tiny_store).current() == current and "(redoes it)" in redone.stdout
+    parent = Store.open(tiny_store).manifest(current).parent
+    runs_as_printed([venv_ctrain, "promote", "--store", tiny_store, parent])  # next: rollback, undoing it
+    assert Store.open(tiny_store).current() == current
+    pq.write_table(make_table(n=80, seed=10, shift=3.0), tmp_path / "drifted.parquet")
+    drift = [venv_ctrain, "drift", "--store", tiny_store, "--data", str(tmp_path / "drifted.parquet")]
+    runs_as_printed([*drift, "--trigger", "features"])  # next: ingest the rows; update on them
+    assert len(Store.open(tiny_store).versions()) > 3
 
 
 def test_history_fits_100_columns_and_wide_shows_everything(tmp_path: Path, capsys) -> None:

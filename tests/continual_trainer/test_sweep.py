@@ -213,6 +213,27 @@ def test_asha_judges_a_trial_against_those_that_reached_its_rung_before_it() -> 
     assert not again.decide("c", 2, 0.70)  # a resumed sweep decides as the first run did
 
 
+def test_asha_judges_a_trial_only_against_its_bracket_how_its_strategy_starts() -> None:
+    """A network trained from scratch scores far below fine-tuned ones at the first rungs; in
+    its own bracket it is compared with its peers only (before: 7 of 8 fresh_all trials stopped)."""
+    from continual_trainer.schedule import Asha
+    from continual_trainer.sweep import _starts, mostly_stopped
+
+    assert (_starts("finetune_all"), _starts("fresh_all"), _starts("no_such_strategy")) == ("current", "scratch", "")
+    asha = Asha((2,), reduction_factor=2, brackets={"ft1": "current", "ft2": "current", "fr1": "scratch",
+                                                    "fr2": "scratch", "fr3": "scratch"})  # fmt: skip
+    assert asha.decide("ft1", 2, 0.95) and asha.decide("ft2", 2, 0.96)
+    assert asha.decide("fr1", 2, 0.60)  # the first of its bracket: nothing to compare with
+    assert asha.decide("fr2", 2, 0.70) and not asha.decide("fr3", 2, 0.50)  # against 0.60 and 0.70 only
+    one = Asha((2,), reduction_factor=2)  # without brackets, as before: a fresh network stops
+    assert one.decide("ft1", 2, 0.95) and one.decide("ft2", 2, 0.96) and not one.decide("fr1", 2, 0.60)
+    records = [{"strategy": "fresh_all"}, {"strategy": "finetune_all"}, {"strategy": "finetune_all"}]
+    stopped = [{"strategy": "fresh_all"}] * 2 + [{"strategy": "finetune_all"}]
+    assert mostly_stopped(records, stopped) == [
+        "ASHA stopped 2 of 3 fresh_all trials early: its place rests on the rest"
+    ]  # finetune_all: 1 of 3, not most
+
+
 def test_asha_settings_are_checked_and_rungs_follow_the_epochs() -> None:
     from continual_trainer.schedule import AshaSettings
 
