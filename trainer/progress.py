@@ -221,6 +221,8 @@ def import_keras_quietly() -> None:
     whatever TF_CPP_MIN_LOG_LEVEL says; users would see them above every message, and
     scripts reading stderr would get more than one line. Commands that train import it
     first; those that may score without it (`trainer.light`) when they first load a model.
+    Keras's scikit-learn wrappers (`keras.wrappers.SKLearnClassifier`) are left without
+    scikit-learn in a process where this imported Keras first.
     """
     if "keras" in sys.modules:
         return
@@ -228,9 +230,17 @@ def import_keras_quietly() -> None:
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
+    # Keras imports scikit-learn (about 1.7 s here) for its scikit-learn wrappers, which this
+    # tool never uses, and does without it when it is missing: it is hidden for that import.
+    hide = [name for name in ("sklearn",) if name not in sys.modules]
     try:
         os.dup2(devnull, 2)
-        import keras  # noqa: F401
+        sys.modules.update(dict.fromkeys(hide))  # None: `import sklearn` raises ImportError
+        try:
+            import keras  # noqa: F401
+        finally:
+            for name in hide:
+                del sys.modules[name]
         import tensorflow
 
         # The devices start here too: a TensorFlow built with CUDA logs its failed cuInit on a
