@@ -163,6 +163,22 @@ def open_store(
     )
 
 
+class Comparison(list):
+    """What `ModelStore.compare` returns: the outcomes of the strategies compared (a list of
+    `UpdateOutcome`, in the order given, those that failed left out), `best` (the index of the
+    best by the one ranking, which went through promotion) and `failed` (one line each)."""
+
+    def __init__(self, outcomes: Sequence[UpdateOutcome], *, best: int, failed: Sequence[str] = ()) -> None:
+        super().__init__(outcomes)
+        self.best = best
+        self.failed = list(failed)
+
+    def __repr__(self) -> str:
+        rows = ", ".join(f"{o.strategy}{' (promoted)' if o.promoted else ''}" for o in self)
+        failed = f"; failed: {', '.join(f.split(':')[0] for f in self.failed)}" if self.failed else ""
+        return f"Comparison([{rows}], best={self[self.best].strategy if self else None!r}{failed})"
+
+
 class ModelStore:
     """A store of labelled batches and model versions, and what can be done with it.
 
@@ -182,7 +198,6 @@ class ModelStore:
     ) -> None:
         self.uri = uri
         self.last_outcome: UpdateOutcome | None = None
-        self.update_failures: list[str] = []  # strategies of the last several-strategy update that failed
         self._given_mirror = None
         self._resolved_mirror: Any = False  # not looked up yet
         if mlflow or mlflow_from_env:  # from the environment: MLFLOW_TRACKING_URI if MLflow is installed
@@ -264,7 +279,7 @@ class ModelStore:
 
     def update(
         self,
-        strategy: str | Sequence[str],
+        strategy: str,
         *,
         promote: str = "auto",
         seed: int = 0,
@@ -277,14 +292,12 @@ class ModelStore:
         promote_on: str = "holdout",
         memory_budget: int | str | None = None,
         **params: Any,
-    ) -> Any:
-        """Run one strategy on the batches that arrived since the current version; or several
-        (a list, or `"a,b,c"`), side by side on one read of the data, each kept as a version,
-        the best of them promoted as one would be (returns their outcomes, in order; a strategy
-        that failed is left out and named in `self.update_failures`).
+    ) -> UpdateOutcome:
+        """Run one strategy on the batches that arrived since the current version, keep its
+        model as a version and promote it as `promote` says (`compare` runs several).
 
         Args:
-            strategy: a registered strategy (see `continual_trainer.strategies.names()`), or several.
+            strategy: a registered strategy (see `continual_trainer.strategies.names()`).
             promote: `auto` (if better on the holdout), `always` or `never`.
             actors: train data-parallel on that many Ray actors (model averaging or bagging).
             ray: run on Ray (True), here (False), or on Ray when RAY_ADDRESS is set (None).
@@ -303,33 +316,16 @@ class ModelStore:
         Raises:
             NothingNew: no batch arrived since the current version (and the strategy trains).
         """
-        from continual_trainer.commands import update, update_several
+        from continual_trainer.commands import update
         from continual_trainer.executor import executor_name, make_executor
         from continual_trainer.trainer.forgetting import Gate
 
+        if not isinstance(strategy, str) or "," in strategy:
+            raise UserError.about(
+                "strategy", strategy if isinstance(strategy, str) else ",".join(strategy),
+                "update runs one strategy; compare several side by side with store.compare([...])",
+            )  # fmt: skip
         budget = _budget(memory_budget)
-        names = [n.strip() for n in strategy.split(",")] if isinstance(strategy, str) else list(strategy)
-        if len(names) > 1:
-            if actors:
-                raise UserError.about("actors", actors, "trains one strategy; give one --strategy")
-            with self._reporting("update"):
-                outcomes, best, self.update_failures = update_several(
-                    self._store(),
-                    names,
-                    params,
-                    seed=seed,
-                    promote=promote,
-                    executor=make_executor(executor_name(ray, name=executor)),
-                    gate=Gate(max_forgetting, max_flip_rate),
-                    on=promote_on,
-                    memory_budget=budget,
-                )
-            for o in outcomes:
-                if self._mirror is not None:
-                    self._mirror.log_update(o, {**params, "seed": seed}, "update")
-            self.last_outcome = outcomes[best]
-            return outcomes
-        strategy = names[0]
 
         with self._reporting("update"):
             outcome = update(
@@ -349,6 +345,48 @@ class ModelStore:
             self._mirror.log_update(outcome, {**params, "seed": seed}, "update")
         self.last_outcome = outcome
         return outcome
+
+    def compare(
+        self,
+        strategies: str | Sequence[str],
+        *,
+        promote: str = "auto",
+        seed: int = 0,
+        ray: bool | None = None,
+        executor: str | None = None,
+        max_forgetting: float | None = None,
+        max_flip_rate: float | None = None,
+        promote_on: str = "holdout",
+        memory_budget: int | str | None = None,
+        **params: Any,
+    ) -> Comparison:
+        """Run several strategies side by side on one read of the data (a list, or `"a,b,c"`),
+        each kept as a version; the best of them by the one ranking goes through `promote` and
+        the gate as `update`'s would (`never`: none is promoted). Parameters go to each strategy
+        that has them; the rest of the arguments are `update`'s. Returns their outcomes in
+        order (a strategy that failed is left out and named in `failed`), with `best`."""
+        from continual_trainer.commands import update_several
+        from continual_trainer.executor import executor_name, make_executor
+        from continual_trainer.trainer.forgetting import Gate
+
+        names = [n.strip() for n in strategies.split(",")] if isinstance(strategies, str) else list(strategies)
+        with self._reporting("update"):
+            outcomes, best, failed = update_several(
+                self._store(),
+                names,
+                params,
+                seed=seed,
+                promote=promote,
+                executor=make_executor(executor_name(ray, name=executor)),
+                gate=Gate(max_forgetting, max_flip_rate),
+                on=promote_on,
+                memory_budget=_budget(memory_budget),
+            )
+        for o in outcomes:
+            if self._mirror is not None:
+                self._mirror.log_update(o, {**params, "seed": seed}, "update")
+        self.last_outcome = outcomes[best]
+        return Comparison(outcomes, best=best, failed=failed)
 
     def sweep(
         self,

@@ -330,26 +330,26 @@ def cmd_update(args: argparse.Namespace) -> None:
     for name in names:  # fail fast, before TensorFlow loads
         ct.check_strategy(name, settings if len(names) == 1 else None)
     store = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True, mlflow_model=args.mlflow_model)
+    common = {
+        "promote": args.promote,
+        "seed": args.seed,
+        "max_forgetting": args.max_forgetting,
+        "max_flip_rate": args.max_flip_rate,
+        "promote_on": args.promote_on,
+        "memory_budget": args.memory_budget,
+        "ray": _where_flag(args),
+        "executor": args.executor,
+    }
     try:
-        o = store.update(
-            args.strategy,
-            promote=args.promote,
-            seed=args.seed,
-            actors=args.actors,
-            sync_steps=args.sync_steps,
-            max_forgetting=args.max_forgetting,
-            max_flip_rate=args.max_flip_rate,
-            promote_on=args.promote_on,
-            memory_budget=args.memory_budget,
-            ray=_where_flag(args),
-            executor=args.executor,
-            **settings,
-        )
+        if len(names) > 1:
+            if args.actors:
+                raise UserError.about("actors", args.actors, "trains one strategy; give one --strategy")
+            several = store.compare(names, **common, **settings)
+            _emit(args, "" if args.json else _several_text(several, several.failed, args.store), _several_json(several))
+            return
+        o = store.update(names[0], actors=args.actors, sync_steps=args.sync_steps, **common, **settings)
     except ct.NothingNew as exc:  # a scheduled or retried updater with nothing to do succeeds
         _emit(args, "" if args.json else str(exc), {"version": None, "promoted": False, "reason": str(exc)})
-        return
-    if isinstance(o, list):
-        _emit(args, "" if args.json else _several_text(o, store.update_failures, args.store), _several_json(o, store))
         return
     _emit(args, "" if args.json else _outcome_text(o) + "\n" + _after_outcome(o, args.store), o.to_json())
 
@@ -376,13 +376,13 @@ def _several_text(outcomes: list[Any], failed: list[str], where: str) -> str:
     return "\n".join(lines)
 
 
-def _several_json(outcomes: list[Any], store: Any) -> dict[str, Any]:
+def _several_json(outcomes: Any) -> dict[str, Any]:
     promoted = next((o.version for o in outcomes if o.promoted), None)
     return {
         "versions": [o.to_json() for o in outcomes],
         "version": promoted,
         "promoted": promoted is not None,
-        "failed": store.update_failures,
+        "failed": outcomes.failed,
     }
 
 
@@ -780,11 +780,26 @@ def cmd_demo(args: argparse.Namespace) -> None:
         report("strategies", len(done), total, f"{row['strategy']}: acc {row['test_accuracy']:.3f}")
 
     r = ct.run_demo(args.store, seed=args.seed, ray=_where_flag(args), executor=args.executor, on_result=step)
-    steps = [f"history --store {r['store']}", f"serve --store {r['store']}"]
+    best = max(r["results"], key=lambda row: (row["test_accuracy"], -row["test_log_loss"]))
+    steps = [f"promote --store {r['store']} {best['version'][-4:]}", f"history --store {r['store']}"]
     example = "examples/sweep.yaml"  # the checkout's example, when run there
     if os.path.exists(example):
-        steps.insert(1, f"sweep --store {r['store']} --config {example}")
-    text = f"{r['table']}\nran on: {r['executor']}\nstore: {r['store']}\nreport: {r['report']}\n{_next(*steps)}"
+        steps.append(f"sweep --store {r['store']} --config {example}")
+    steps.append(f"serve --store {r['store']}")
+    rows = r["results"][0]
+    held = f" ({int(rows['holdout_rows'])} rows)" if rows.get("holdout_rows") else ""
+    explained = [
+        f"kept: {len(r['results'])} versions, one per strategy; promoted: none (the demo compares: the first "
+        "model stays current until you promote one)",
+        f"this table scores the tutorial's separate test split ({rows['test_rows']} rows); `history` scores each "
+        f"version on the store's holdout, a fifth of each batch{held}: other rows, so strategies within a point of "
+        "each other may rank differently there",
+        f"best here: {best['strategy']} ({best['test_accuracy']:.3f})",
+    ]
+    text = "\n".join(
+        [r["table"], *explained, f"ran on: {r['executor']}", f"store: {r['store']}", f"report: {r['report']}",
+         _next(*steps)]
+    )  # fmt: skip
     _emit(
         args,
         "" if args.json else text,

@@ -116,6 +116,9 @@ def run_demo(
             "train_seconds": committed.train_seconds,
             "members": committed.members,
             "version": committed.version,
+            "holdout_accuracy": committed.metrics.get("holdout_accuracy"),
+            "test_rows": data.test.num_rows,
+            "holdout_rows": committed.metrics.get("holdout_rows"),
         }
         if on_result:
             on_result(rows[i])

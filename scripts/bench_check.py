@@ -40,6 +40,7 @@ BENCHMARKS = (
     "bench_averaging.py",
     "bench_update_several.py",
     "bench_scale.py",
+    "bench_start.py",
 )
 
 

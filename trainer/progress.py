@@ -235,7 +235,8 @@ def import_keras_quietly() -> None:
     hide = [name for name in ("sklearn",) if name not in sys.modules]
     try:
         os.dup2(devnull, 2)
-        sys.modules.update(dict.fromkeys(hide))  # None: `import sklearn` raises ImportError
+        for name in hide:
+            sys.modules[name] = None  # type: ignore[assignment]  # None: `import sklearn` raises ImportError
         try:
             import keras  # noqa: F401
         finally:

@@ -88,7 +88,12 @@ def test_demo_on_ray_prints_the_same_table_says_where_and_the_next_step(tmp_path
     check_against_the_readme(results)
     assert "ran on: a local Ray started here" in proc.stdout
     run = "python -m continual_trainer"  # as it was run: the next steps run the same way
+    best = max(results, key=lambda r: (r["test_accuracy"], -r["test_log_loss"]))
+    version = next(v for v in Store.open(str(store)).versions() if f"-{best['strategy']}-" in v)
     assert proc.stdout.strip().splitlines()[-1] == (
-        f"next: {run} history --store {store}; {run} sweep --store {store} --config examples/sweep.yaml; "
-        f"{run} serve --store {store}"
+        f"next: {run} promote --store {store} {version[-4:]}; {run} history --store {store}; "
+        f"{run} sweep --store {store} --config examples/sweep.yaml; {run} serve --store {store}"
     )
+    # It says what it kept and promoted, and why its table and `history` may rank differently.
+    assert f"kept: {len(results)} versions, one per strategy; promoted: none" in proc.stdout
+    assert "this table scores the tutorial's separate test split" in proc.stdout

@@ -435,12 +435,15 @@ def test_update_with_several_strategies_keeps_each_and_promotes_the_best(tiny_st
     out = capsys.readouterr().out
     assert "finetune_all" in out and "keep" in out and "every strategy is kept as a version" in out
     store = open_store(tiny_store)
-    outcomes = store.update(["keep", "finetune_new", "fresh_new"], epochs=3, promote="always")
-    assert [o.strategy for o in outcomes] == ["keep", "finetune_new", "fresh_new"]
+    outcomes = store.compare(["keep", "finetune_new", "fresh_new"], epochs=3, promote="always")
+    assert [o.strategy for o in outcomes] == ["keep", "finetune_new", "fresh_new"] and outcomes.failed == []
     accuracy = [o.metrics["holdout_accuracy"] for o in outcomes]
     best = max(range(3), key=lambda i: (accuracy[i], -outcomes[i].metrics["holdout_log_loss"]))
     assert [o.promoted for o in outcomes] == [i == best for i in range(3)]
-    assert store.current == outcomes[best].version and store.last_outcome == outcomes[best]
+    assert store.current == outcomes[best].version and store.last_outcome == outcomes[best] == outcomes[outcomes.best]
+    assert repr(outcomes).startswith("Comparison([keep") and "(promoted)" in repr(outcomes)
+    with pytest.raises(UserError, match=r"update runs one strategy; compare several"):
+        store.update(["keep", "finetune_new"])
     assert all(f"{outcomes[best].strategy} scored higher" == o.reason for o in outcomes if not o.promoted)
     assert len({h["version"] for h in store.versions()}) == 1 + 2 + 2 + 3  # every strategy kept as a version
     err = run(capsys, *argv[:-2], "--set", "nonsense=1", code=2)["error"]
@@ -542,7 +545,7 @@ def test_long_work_says_what_it_is_doing_and_names_the_strategy_it_trains(tiny_s
     assert "finetune_new: epochs" in said  # the bar names the strategy it counts
     terminal = io.StringIO()
     with reporting(Reporter("update", stream=terminal, tty=True)):
-        open_store(tiny_store).update(["finetune_new", "fresh_new"], epochs=2, promote="never")
+        open_store(tiny_store).compare(["finetune_new", "fresh_new"], epochs=2, promote="never")
     assert "training finetune_new, fresh_new side by side" in terminal.getvalue()
     piped = io.StringIO()  # not a terminal: no phase lines for scripts to read
     with reporting(Reporter("update", stream=piped, tty=False, interval=3600)):
@@ -567,7 +570,7 @@ def test_the_plot_over_time_joins_only_versions_scored_on_the_same_holdout_rows(
     from continual_trainer.report import comparable_steps
 
     store = open_store(tiny_store)
-    store.update(["finetune_new", "fresh_new"], epochs=2, promote="never")  # both on the two batches' holdout
+    store.compare(["finetune_new", "fresh_new"], epochs=2, promote="never")  # both on the two batches' holdout
     history = store.versions()
     assert len(history) == 3 and history[0]["batches_seen"] != history[1]["batches_seen"]
     assert comparable_steps(history) == [2]  # the initial version saw one batch: no line to the first update
