@@ -29,7 +29,7 @@ _LAZY = {
     "check_strategy": "continual_trainer.api",
     "metric_names": "continual_trainer.api",
     "leave_cluster": "continual_trainer.api",
-    "WorkFailed": "continual_trainer.executor",
+    "WorkFailed": "continual_trainer.data.errors",
     "UserError": "continual_trainer.data.errors",
     "NothingNew": "continual_trainer.updatedata",
     "InputInfo": "continual_trainer.data.schema",

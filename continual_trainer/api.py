@@ -76,7 +76,7 @@ def init_store(
     Returns:
         The store, with `last_outcome` set to the first version's outcome.
     """
-    from continual_trainer.commands import init_store as init
+    from continual_trainer.store_setup import init_store as init
     from continual_trainer.trainer.loop import LoopConfig
 
     source, raw = _source(data)
@@ -121,7 +121,7 @@ def expected_inputs(
     it holds and the `keras.Input(...)` line that takes it; before a store exists, what a first
     batch `data` with `label` would give (`per_column`: one input per numeric column, the
     layout a model built that way gets)."""
-    from continual_trainer.commands import expected_inputs as expected
+    from continual_trainer.store_setup import expected_inputs as expected
 
     if store is not None:
         return expected(store)
@@ -271,7 +271,7 @@ class ModelStore:
         """Validate and keep new labelled batches (one, or a list): files, Arrow tables or
         DataFrames. A batch the store holds already is a no-op; a bad one is quarantined and
         raises UserError (the ones before it are kept)."""
-        from continual_trainer.commands import ingest_files
+        from continual_trainer.store_setup import ingest_files
 
         items = data if isinstance(data, (list, tuple)) else [data]
         batches = [item if isinstance(item, str) else _encoded(item) for item in items]
@@ -316,9 +316,9 @@ class ModelStore:
         Raises:
             NothingNew: no batch arrived since the current version (and the strategy trains).
         """
-        from continual_trainer.commands import update
         from continual_trainer.executor import executor_name, make_executor
         from continual_trainer.trainer.forgetting import Gate
+        from continual_trainer.updates import update
 
         if not isinstance(strategy, str) or "," in strategy:
             raise UserError.about(
@@ -365,9 +365,9 @@ class ModelStore:
         the gate as `update`'s would (`never`: none is promoted). Parameters go to each strategy
         that has them; the rest of the arguments are `update`'s. Returns their outcomes in
         order (a strategy that failed is left out and named in `failed`), with `best`."""
-        from continual_trainer.commands import update_several
         from continual_trainer.executor import executor_name, make_executor
         from continual_trainer.trainer.forgetting import Gate
+        from continual_trainer.updates import update_several
 
         names = [n.strip() for n in strategies.split(",")] if isinstance(strategies, str) else list(strategies)
         with self._reporting("update"):
@@ -420,10 +420,10 @@ class ModelStore:
 
         import yaml
 
-        from continual_trainer.commands import save_sweep_winner
         from continual_trainer.executor import deferred_executor, executor_name
         from continual_trainer.sweep import SweepSpec, run_sweep
         from continual_trainer.trainer.forgetting import Gate
+        from continual_trainer.updates import save_sweep_winner
 
         spec = None
         if isinstance(config, Mapping):
@@ -576,7 +576,7 @@ class ModelStore:
         "performance,features"); or, with `served=True`, whether the rows `serve` answered do
         (the prediction log, the last `since` seconds of it; triggers that need no labels,
         default "features"). Returns {"fire", trigger: {fire, statistic, detail}}."""
-        from continual_trainer.commands import drift, served_drift
+        from continual_trainer.drift import drift, served_drift
 
         if served:
             if data is not None:
@@ -595,7 +595,7 @@ class ModelStore:
 
     def write_report(self, out: str | None = None) -> dict[str, Any]:
         """`report`, returning {"folder", "page", "files"} (the files' names in the folder)."""
-        from continual_trainer.commands import store_report
+        from continual_trainer.records import store_report
 
         folder, files = store_report(self.uri, out)
         return {"folder": folder, "page": f"{folder}/index.html", "files": files}
@@ -605,9 +605,9 @@ class ModelStore:
         `version` (an id, `current`, `parent`, or a unique prefix or suffix); with another
         `prediction_column`, that and `<name>_probability`. Columns that are not features pass
         through. Returns a DataFrame for a DataFrame, else an Arrow table."""
-        from continual_trainer.commands import predict_table
         from continual_trainer.data.batches import load_table
         from continual_trainer.data.parquet import redact
+        from continual_trainer.scoring import predict_table
 
         if isinstance(data, str):
             _, table = load_table(data, self._store().schema.text_types())
@@ -628,7 +628,7 @@ class ModelStore:
 
     def versions(self) -> list[dict[str, Any]]:
         """`history`'s rows as dicts, each version's metrics under "metrics"."""
-        from continual_trainer.commands import history
+        from continual_trainer.records import history
 
         return history(self.uri)
 
@@ -646,8 +646,8 @@ class ModelStore:
         """`predict` from a Parquet file or URI to another, without holding all rows (with
         `actors`, scored on that many Ray actors, each reading its own row groups; `ray` as for
         `update`). Returns {"rows", "version", "out", "executor"}."""
-        from continual_trainer.commands import predict
         from continual_trainer.executor import executor_name, make_executor
+        from continual_trainer.scoring import predict
 
         runner = make_executor(executor_name(ray, actors, executor), actors=actors)
         with self._reporting("predict"):
@@ -794,7 +794,7 @@ class ModelStore:
         an ensemble as one functional model combining its members with their stored weights,
         so that `model.predict` gives what `predict` does. It takes the inputs the store feeds
         (`expected_inputs(store)`)."""
-        from continual_trainer.commands import load_model
+        from continual_trainer.scoring import load_model
 
         return load_model(self.uri, version)[0]
 
@@ -802,7 +802,7 @@ class ModelStore:
         """Write a version as one model: `format` `keras` (a `.keras` file) or `saved_model`
         (TensorFlow Serving's layout, `out/<n>/saved_model.pb`; the default unless `out` ends
         in `.keras`). Returns where it went."""
-        from continual_trainer.commands import export_model
+        from continual_trainer.scoring import export_model
 
         return export_model(self.uri, out, version=version, fmt=format)
 
@@ -829,7 +829,7 @@ class ModelStore:
     def gc(self, keep: int = 5, *, dry_run: bool = False) -> list[str]:
         """Delete versions that were never promoted, but the `keep` newest of them; never the
         current version or its lineage. Returns the versions deleted (or, dry, that would be)."""
-        from continual_trainer.commands import prune
+        from continual_trainer.records import prune
 
         return prune(self.uri, keep, dry_run=dry_run)
 
@@ -860,7 +860,7 @@ def metric_names(task: str) -> tuple[str, str]:
 def split_file(data: str, train_out: str, holdout_out: str, *, holdout: float = 0.2) -> dict[str, Any]:
     """Write a first batch's rows as `init_store` will split them (the holdout is fixed by the
     file's bytes), so that a model to import can be fitted on the training part only."""
-    from continual_trainer.commands import split_file as split
+    from continual_trainer.store_setup import split_file as split
 
     return split(data, train_out, holdout_out, holdout_fraction=holdout)
 

@@ -1230,7 +1230,7 @@ def _quiet_third_parties() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (0, 1 when work failed, 2 for a user's mistake)."""
-    from continual_trainer import WorkFailed
+    from continual_trainer.data.errors import WorkFailed
 
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler()

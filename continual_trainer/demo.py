@@ -76,10 +76,10 @@ def run_demo(
         The store URI, one result row per strategy, and the folder of the saved report.
     """
     from continual_trainer import strategies
-    from continual_trainer.commands import init_store
     from continual_trainer.data.batches import ingest
     from continual_trainer.executor import Job, result_or_raise
     from continual_trainer.promotion import commit
+    from continual_trainer.store_setup import init_store
     from continual_trainer.updatedata import load_update_data
     from continual_trainer.versions import stored_candidate
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from continual_trainer.data.errors import UserError
+from continual_trainer.data.errors import UserError, WorkFailed
 from continual_trainer.data.rows import Rows
 from continual_trainer.trainer.params import Interval, Params, param
 from continual_trainer.trainer.registry import Registry
@@ -99,10 +99,6 @@ Outcome = TrialResult | Failure
 OnDone = Callable[[int, Outcome], None]
 TrialOutcome = TrialResult | Failure | StoppedEarly  # a sweep's trials may also be stopped early
 OnTrialDone = Callable[[int, TrialOutcome], None]
-
-
-class WorkFailed(Exception):
-    """Work failed for a reason other than the user's input; the CLI exits with code 1."""
 
 
 @dataclass(frozen=True)

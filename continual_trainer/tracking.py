@@ -129,7 +129,7 @@ class MlflowMirror:
             import mlflow.keras
             import tensorflow as tf
 
-            from continual_trainer.commands import load_model
+            from continual_trainer.scoring import load_model
 
             model = load_model(self._store_uri, version)[0]
             with tempfile.TemporaryDirectory() as tmp:

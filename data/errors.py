@@ -59,3 +59,7 @@ class TerminalFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return terminal_safe(super().format(record))
+
+
+class WorkFailed(Exception):
+    """Work failed for a reason other than the user's input; the CLI exits with code 1."""

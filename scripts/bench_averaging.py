@@ -36,9 +36,9 @@ def main() -> None:
     from continual_trainer import strategies
     from continual_trainer.cluster.parallel import finetune_averaged
     from continual_trainer.cluster.runtime import connect
-    from continual_trainer.commands import ingest_files, init_store
     from continual_trainer.data.rows import Rows
     from continual_trainer.data.storage import Store
+    from continual_trainer.store_setup import ingest_files, init_store
     from continual_trainer.trainer.loop import LoopConfig
     from continual_trainer.trials import run_strategy, score_candidate
     from continual_trainer.updatedata import load_update_data

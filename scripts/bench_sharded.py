@@ -29,8 +29,8 @@ def main() -> None:
 
     from continual_trainer.cluster.runtime import connect
     from continual_trainer.cluster.sharded import ScorerPool
-    from continual_trainer.commands import init_store
     from continual_trainer.data.storage import Store
+    from continual_trainer.store_setup import init_store
     from continual_trainer.trainer.loop import LoopConfig
 
     rng = np.random.default_rng(0)

@@ -43,7 +43,7 @@ def make_store(path: str) -> None:
     import pyarrow.parquet as pq
     from sklearn.datasets import make_classification
 
-    from continual_trainer.commands import ingest_files, init_store
+    from continual_trainer.store_setup import ingest_files, init_store
     from continual_trainer.trainer.loop import LoopConfig
 
     x, y = make_classification(n_samples=16000, n_features=20, n_informative=12, random_state=3)

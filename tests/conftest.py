@@ -99,7 +99,7 @@ def write_parquet(tmp_path: Path) -> Callable[..., str]:
 @pytest.fixture
 def tiny_store(tmp_path: Path, write_parquet: Callable[..., str]) -> str:
     """A store with a first model (3 epochs) and one new batch waiting."""
-    from continual_trainer.commands import ingest_files, init_store
+    from continual_trainer.store_setup import ingest_files, init_store
     from continual_trainer.trainer.loop import LoopConfig
 
     uri = str(tmp_path / "store")

@@ -216,5 +216,5 @@ def test_the_cli_goes_through_the_python_api() -> None:
 
 
 def test_the_cli_rule_would_catch_a_route_around_the_api() -> None:
-    around = "def cmd_x(args):\n    from continual_trainer.commands import predict\n"
-    assert cli_imports(around) - CLI_IMPORTS == {"continual_trainer.commands"}
+    around = "def cmd_x(args):\n    from continual_trainer.scoring import predict\n"
+    assert cli_imports(around) - CLI_IMPORTS == {"continual_trainer.scoring"}

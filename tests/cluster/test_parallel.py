@@ -12,8 +12,8 @@ import pytest
 
 import continual_trainer as ct
 from continual_trainer.cli import main
-from continual_trainer.commands import ingest_files, init_store
 from continual_trainer.data.storage import Store
+from continual_trainer.store_setup import ingest_files, init_store
 from continual_trainer.trainer.loop import LoopConfig
 
 

@@ -8,13 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 
 import continual_trainer as ct
-from continual_trainer.commands import predict, update
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.storage import Store
 from continual_trainer.demo import run_demo
 from continual_trainer.executor import EXECUTORS, Job, LocalExecutor, deferred_executor, executor_name, make_executor
+from continual_trainer.scoring import predict
 from continual_trainer.stream import Policy, run_stream
 from continual_trainer.sweep import SweepSpec, run_sweep
+from continual_trainer.updates import update
 from tests.conftest import make_table
 
 

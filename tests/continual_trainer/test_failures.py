@@ -48,7 +48,7 @@ def test_an_unexpected_error_is_one_line_with_exit_1_and_a_traceback_only_when_a
     def broken(uri: str) -> list:
         raise RuntimeError("the history went missing\nsecond line")
 
-    monkeypatch.setattr("continual_trainer.commands.history", broken)
+    monkeypatch.setattr("continual_trainer.records.history", broken)
     code, err, shown = _run(capsys, "history", "--store", tiny_store)
     assert code == 1 and err == ["ctrain: error: unexpected RuntimeError: the history went missing"]
     assert shown["exit_code"] == 1

@@ -257,7 +257,7 @@ def test_decisions_null_keys_bool_labels_and_export_leftovers(tiny_store: str, t
     pq.write_table(bools, tmp_path / "bools.parquet")
     with pytest.raises(UserError, match="holds true/false, but the store's classes are \\[0, 1\\]"):
         open_store(tiny_store).ingest(str(tmp_path / "bools.parquet"))
-    from continual_trainer.commands import _remove_dead_exports
+    from continual_trainer.scoring import _remove_dead_exports
 
     out = tmp_path / "exported"
     (out / ".3.999999.tmp").mkdir(parents=True)  # killed mid-export (no such process)
@@ -273,7 +273,7 @@ def test_serving_imports_nothing_of_training_or_the_cli() -> None:
     code = (
         "import sys, continual_trainer.serve.app, continual_trainer.serve.server, continual_trainer.serve.served;"
         "bad = [m for m in sys.modules if m.startswith(('tensorflow', 'keras', 'ray', 'continual_trainer.strategies',"
-        " 'continual_trainer.trainer.loop', 'continual_trainer.sweep', 'continual_trainer.commands'))];"
+        " 'continual_trainer.trainer.loop', 'continual_trainer.sweep', 'continual_trainer.updates'))];"
         "print(bad)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from continual_trainer.cli import main
-from continual_trainer.commands import history
 from continual_trainer.data.storage import Store
+from continual_trainer.records import history
 from continual_trainer.versions import load_candidate
 from tests.conftest import STRESS_RUNS, make_table
 

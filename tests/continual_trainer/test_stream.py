@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from continual_trainer.commands import history
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.storage import Store
 from continual_trainer.executor import LocalExecutor
+from continual_trainer.records import history
 from continual_trainer.stream import Policy, run_stream
 from tests.conftest import make_table
 

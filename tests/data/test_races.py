@@ -16,11 +16,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from continual_trainer.commands import prune
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import Manifest
 from continual_trainer.data.schema import Schema
 from continual_trainer.data.storage import Store, StoreMeta, VersionGone
+from continual_trainer.records import prune
 from tests.conftest import make_table
 
 
@@ -138,7 +138,7 @@ def test_two_inits_on_one_path_one_wins_and_the_store_agrees_with_its_model(tmp_
     gate.touch()
     assert first.wait(120) == 0, first.stderr.read()
     assert len(Store.open(store).schema.features) == 4
-    from continual_trainer.commands import predict
+    from continual_trainer.scoring import predict
 
     out = predict(store, str(tmp_path / "score4.parquet"), str(tmp_path / "out.parquet"))
     assert out["rows"] == 120

@@ -154,7 +154,7 @@ def test_data_modules_import_neither_ray_nor_tensorflow() -> None:
     code = (
         "import continual_trainer as ct, sys; ct.open_store; "
         "from continual_trainer.data import batches, storage; from continual_trainer import strategies; "
-        "from continual_trainer import commands, sweep, stream, demo, executor, cli; "
+        "from continual_trainer import store_setup, updates, scoring, records, sweep, stream, demo, executor, cli; "
         "print('ray' in sys.modules, 'tensorflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -189,7 +189,7 @@ INVALID = _invalid_per_parameter()
 @pytest.fixture(scope="module")
 def cli_store(tmp_path_factory) -> str:
     """A store for the CLI checks below (parameters are refused before it is read)."""
-    from continual_trainer.commands import init_store
+    from continual_trainer.store_setup import init_store
     from tests.conftest import make_table
 
     tmp = tmp_path_factory.mktemp("params")
