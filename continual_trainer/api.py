@@ -317,6 +317,7 @@ class ModelStore:
             NothingNew: no batch arrived since the current version (and the strategy trains).
         """
         from continual_trainer.executor import executor_name, make_executor
+        from continual_trainer.promotion import Promotion
         from continual_trainer.trainer.forgetting import Gate
         from continual_trainer.updates import update
 
@@ -326,19 +327,17 @@ class ModelStore:
                 "update runs one strategy; compare several side by side with store.compare([...])",
             )  # fmt: skip
         budget = _budget(memory_budget)
-
+        promotion = Promotion(promote, promote_on, Gate(max_forgetting, max_flip_rate))
         with self._reporting("update"):
             outcome = update(
                 self._store(),
                 strategy,
                 params,
                 seed=seed,
-                promote=promote,
+                promotion=promotion,
                 executor=make_executor(executor_name(ray, actors, executor), actors=actors),
                 actors=actors,
                 sync_steps=sync_steps,
-                gate=Gate(max_forgetting, max_flip_rate),
-                on=promote_on,
                 memory_budget=budget,
             )
         if self._mirror is not None:
@@ -366,20 +365,20 @@ class ModelStore:
         that has them; the rest of the arguments are `update`'s. Returns their outcomes in
         order (a strategy that failed is left out and named in `failed`), with `best`."""
         from continual_trainer.executor import executor_name, make_executor
+        from continual_trainer.promotion import Promotion
         from continual_trainer.trainer.forgetting import Gate
         from continual_trainer.updates import update_several
 
         names = [n.strip() for n in strategies.split(",")] if isinstance(strategies, str) else list(strategies)
+        promotion = Promotion(promote, promote_on, Gate(max_forgetting, max_flip_rate))
         with self._reporting("update"):
             outcomes, best, failed = update_several(
                 self._store(),
                 names,
                 params,
                 seed=seed,
-                promote=promote,
+                promotion=promotion,
                 executor=make_executor(executor_name(ray, name=executor)),
-                gate=Gate(max_forgetting, max_flip_rate),
-                on=promote_on,
                 memory_budget=_budget(memory_budget),
             )
         for o in outcomes:
@@ -421,6 +420,7 @@ class ModelStore:
         import yaml
 
         from continual_trainer.executor import deferred_executor, executor_name
+        from continual_trainer.promotion import Promotion
         from continual_trainer.sweep import SweepSpec, run_sweep
         from continual_trainer.trainer.forgetting import Gate
         from continual_trainer.updates import save_sweep_winner
@@ -443,10 +443,10 @@ class ModelStore:
         with self._reporting("sweep"):
             result = run_sweep(store, runner, spec, resume=resume, memory_budget=budget)
             if promote_best:
-                gate = Gate(max_forgetting, max_flip_rate)
+                promotion = Promotion("auto", gate=Gate(max_forgetting, max_flip_rate))
                 # One job needs no cluster: the winner trains here, so that resuming a finished
                 # sweep to keep its winner starts no Ray.
-                winner = save_sweep_winner(store, result, gate=gate, memory_budget=budget)
+                winner = save_sweep_winner(store, result, promotion=promotion, memory_budget=budget)
                 self.last_outcome = winner
         if self._mirror is not None:
             self._mirror.log_sweep(result, winner)
@@ -512,6 +512,7 @@ class ModelStore:
         from dataclasses import asdict
 
         from continual_trainer.executor import deferred_executor, executor_name
+        from continual_trainer.promotion import Promotion
         from continual_trainer.stream import DEFAULT_CANDIDATES, Policy, run_stream
         from continual_trainer.trainer.forgetting import Gate
         from continual_trainer.triggers import TriggerSet
@@ -521,16 +522,14 @@ class ModelStore:
             from continual_trainer.data.storage import check_output
 
             check_output(archive, "archive", inbox=inbox)
-        gate = Gate(max_forgetting, max_flip_rate)
         budget = _budget(memory_budget)
         chosen = Policy(
             policy,
             DEFAULT_CANDIDATES if candidates is None else list(candidates),
             seed,
             {**(params or {}), **more_params},
-            gate,
+            Promotion("auto", promote_on, Gate(max_forgetting, max_flip_rate)),
             triggers,
-            promote_on,
             scale,
             budget,
             label_key,

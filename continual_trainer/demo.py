@@ -78,7 +78,7 @@ def run_demo(
     from continual_trainer import strategies
     from continual_trainer.data.batches import ingest
     from continual_trainer.executor import Job, result_or_raise
-    from continual_trainer.promotion import commit
+    from continual_trainer.promotion import Promotion, commit
     from continual_trainer.store_setup import init_store
     from continual_trainer.updatedata import load_update_data
     from continual_trainer.versions import stored_candidate
@@ -108,7 +108,7 @@ def run_demo(
     def record(i: int, outcome: Any) -> None:
         job = jobs[i]
         result = result_or_raise(outcome)
-        committed = commit(store, update_data, job.strategy.name, job.params, seed, result, "never")
+        committed = commit(store, update_data, job.strategy.name, job.params, seed, result, Promotion("never"))
         rows[i] = {
             "strategy": job.strategy.name,
             "test_accuracy": committed.metrics["test_accuracy"],

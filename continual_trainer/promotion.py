@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from continual_trainer import strategies
@@ -54,6 +54,31 @@ def check_promote(promote: str, on: str = "holdout") -> None:
         raise UserError.about("promote_on", on, f"choose one of {', '.join(JUDGED_ON)}")
 
 
+@dataclass(frozen=True)
+class Promotion:
+    """How a committed version may become current, decided once where a command starts and
+    passed down whole (to an update, a comparison, a sweep's winner, a stream's files).
+
+    Attributes:
+        mode: `auto` (if better than the current model on `on`'s rows and the gate allows),
+            `always` or `never`.
+        on: what `auto` compares on: `holdout` (every seen batch's held-out rows) or `new`
+            (the new batches' only: for data that drifts, where the recent rows matter).
+        gate: with `auto`, the forgetting and negative-flip limits a winner must also keep.
+    """
+
+    mode: str = "auto"
+    on: str = "holdout"
+    gate: Gate = field(default_factory=Gate)
+
+    def __post_init__(self) -> None:
+        check_promote(self.mode, self.on)
+
+    def but(self, mode: str) -> Promotion:
+        """The same promotion with another mode (a comparison's losers: `never`)."""
+        return replace(self, mode=mode)
+
+
 def commit(
     store: Store,
     data: UpdateData,
@@ -61,24 +86,19 @@ def commit(
     params: Any,
     seed: int,
     result: TrialResult,
-    promote: str,
+    promotion: Promotion,
     by: str = "update",
     origin: dict[str, Any] | None = None,
-    gate: Gate | None = None,
-    on: str = "holdout",
 ) -> UpdateOutcome:
-    """Save a trial's candidate as a new version, then promote it as `promote` says.
+    """Save a trial's candidate as a new version, then promote it as `promotion` says.
 
     Args:
         by: the command committing it (`update`, `stream`, `sweep`), kept in the event log.
         origin: more of where it comes from, for its manifest (e.g. the sweep and trial).
-        gate: with `auto`, limits on forgetting and negative flips a winner must also keep.
-        on: what `auto` compares on: `holdout` (every seen batch's held-out rows) or `new`
-            (the new batches' only: for data that drifts, where the recent rows matter).
     """
     if result.candidate is None:
         raise ValueError("this trial's candidate did not come back; it cannot be committed")
-    check_promote(promote, on)
+    promote, on, gate = promotion.mode, promotion.on, promotion.gate
     version = store.new_version_id(strategy_name)
     trained_old = data.old_ids if getattr(params, "trains_on_old", lambda: False)() else []
     save_candidate(
@@ -104,8 +124,8 @@ def commit(
     mine, theirs = holdout_metrics(result.metrics, on), holdout_metrics(result.current_metrics, on)
     wins = better(mine, theirs)
     tie = bool(mine) and bool(theirs) and rank_key(mine) == rank_key(theirs)
-    gated = gate is not None and gate.active and wins
-    refused = gate.refuses(result.metrics, lineage(data.parent, stored_manifest(store))) if gate and gated else None
+    gated = gate.active and wins
+    refused = gate.refuses(result.metrics, lineage(data.parent, stored_manifest(store))) if gated else None
     if promote == "auto" and refused:
         promoted, reason = False, f"better on the holdout, but {refused}"
     else:

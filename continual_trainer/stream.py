@@ -34,12 +34,11 @@ from continual_trainer.data.parquet import FORMATS, one_line, redact, resolve, t
 from continual_trainer.data.rows import Rows, RowSource
 from continual_trainer.data.storage import Store, sha256
 from continual_trainer.executor import Executor, Failure, Job, WorkFailed, result_or_raise
-from continual_trainer.promotion import commit
+from continual_trainer.promotion import Promotion, commit
 from continual_trainer.sizing import STREAM_SECONDS, sized
 from continual_trainer.strategies.base import reads_old
 from continual_trainer.trainer.evaluate import better, score
-from continual_trainer.trainer.forgetting import Gate
-from continual_trainer.trials import JUDGED_ON, TrialResult, holdout_metrics
+from continual_trainer.trials import TrialResult, holdout_metrics
 from continual_trainer.triggers import Observation, TriggerSet, per_row_loss
 from continual_trainer.updatedata import UpdateData, default_memory_budget, load_update_data, with_old_rows
 from continual_trainer.versions import stored_candidate
@@ -112,10 +111,9 @@ class Policy:
         seed: the seed of every run.
         values: parameters for every strategy that has them (`--set`); a key no
             strategy of the policy has is an error.
-        gate: limits on forgetting and negative flips the winner must also keep.
+        promotion: how the winner may become current (`promotion.Promotion`: `auto` by
+            default; what candidates are ranked and promoted on, and the gate).
         triggers: when to update (default: every file).
-        on: what candidates are ranked and promoted on: `holdout` (every seen batch's
-            held-out rows) or `new` (the new batches' only; for data that drifts).
         scale: size each candidate's training settings to its rows (see `scaled`).
         memory_budget: bytes an update's training rows may take in memory (default
             `updatedata.default_memory_budget`); above it the candidates read the store a chunk
@@ -130,20 +128,17 @@ class Policy:
         candidates: Sequence[str] = DEFAULT_CANDIDATES,
         seed: int = 0,
         values: Mapping[str, Any] | None = None,
-        gate: Gate | None = None,
+        promotion: Promotion | None = None,
         triggers: TriggerSet | None = None,
-        on: str = "holdout",
         scale: bool = True,
         memory_budget: int | None = None,
         label_key: str | None = None,
     ) -> None:
-        if on not in JUDGED_ON:
-            raise UserError.about("promote_on", on, f"choose one of {', '.join(JUDGED_ON)}")
-        self.on = on
+        self.promotion = promotion or Promotion()
+        self.on = self.promotion.on
         self.label_key = label_key
         self.name = name
         self.seed = seed
-        self.gate = gate
         self.triggers = triggers or TriggerSet.parse("always")
         names = list(candidates) if name == "best" else [name]
         if not names:
@@ -395,10 +390,8 @@ def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent, b
         job.params,
         job.seed,
         result,
-        "auto",
+        policy.promotion,
         by="stream",
-        gate=policy.gate,
-        on=policy.on,
     )
     event.status = "updated" if outcome.promoted else "kept"
     event.strategy, event.version = job.strategy.name, outcome.version

@@ -16,15 +16,16 @@ from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows
 from continual_trainer.data.storage import Store
 from continual_trainer.executor import Executor, Failure, Job, LocalExecutor, result_or_raise
-from continual_trainer.promotion import UpdateOutcome, check_promote, commit
+from continual_trainer.promotion import Promotion, UpdateOutcome, commit
 from continual_trainer.sizing import UPDATE_SECONDS, sized_and_said
 from continual_trainer.sweep import SweepResult, summarize
 from continual_trainer.trainer.evaluate import headline, rank_key
-from continual_trainer.trainer.forgetting import Gate
 from continual_trainer.trainer.progress import phase
 from continual_trainer.trials import holdout_metrics
 from continual_trainer.updatedata import default_memory_budget, load_update_data
 from continual_trainer.versions import stored_candidate
+
+AUTO = Promotion()  # promoted if better on the holdout, no gate
 
 
 def update(
@@ -33,15 +34,13 @@ def update(
     values: Mapping[str, Any] | None = None,
     *,
     seed: int = 0,
-    promote: str = "auto",
+    promotion: Promotion = AUTO,
     extra_eval: Mapping[str, Rows] | None = None,
     executor: Executor | None = None,
     actors: int = 0,
     sync_steps: int = 100,
     by: str = "update",
     origin: Mapping[str, Any] | None = None,
-    gate: Gate | None = None,
-    on: str = "holdout",
     memory_budget: int | None = None,
 ) -> UpdateOutcome:
     """Run one strategy against the current model and the batches that arrived since.
@@ -51,15 +50,13 @@ def update(
         strategy_name: a registered strategy.
         values: its parameters (strings are parsed).
         seed: fixes initialisation, sampling and shuffling.
-        promote: `auto` (if better on the holdout), `always` or `never`.
+        promotion: whether the version may become current (`promotion.Promotion`).
         extra_eval: more named row sets to report metrics on, e.g. a test split.
         executor: where to run it (default: this process).
         actors, sync_steps: train data-parallel on that many Ray actors (see `Job`); above the
             memory budget each reads its own row groups from the store.
         by, origin: the command, and where else the version comes from (a sweep's trial),
             kept in the event log and the manifest.
-        gate: with `promote="auto"`, the forgetting and negative-flip limits a winner must keep.
-        on: what `auto` compares on: `holdout` or `new` (the new batches' held-out rows).
         memory_budget: bytes the training rows may take in memory (default
             `updatedata.default_memory_budget`); above it a strategy that can trains on rows read
             from the store a chunk at a time (see `updatedata.load_update_data`).
@@ -69,7 +66,6 @@ def update(
     """
     strategy = strategies.get(strategy_name)
     params = strategy.make_params(values)
-    check_promote(promote, on)
     if actors > 1 and strategy.can.data_parallel is None:
         able = ", ".join(strategies.names(data_parallel="averaging") + strategies.names(data_parallel="bagging"))
         raise UserError.about("actors", None, f"{strategy_name} does not train data-parallel; these do: {able}")
@@ -85,7 +81,7 @@ def update(
     (job,) = sized_and_said([(job, frozenset(values or {}))], data, UPDATE_SECONDS)
     (outcome,) = executor.run(data, stored_candidate(store, data.parent), [job], extra_eval=extra_eval)
     result = result_or_raise(outcome)
-    committed = commit(store, data, strategy_name, job.params, seed, result, promote, by, dict(origin or {}), gate, on)
+    committed = commit(store, data, strategy_name, job.params, seed, result, promotion, by, dict(origin or {}))
     return replace(committed, executor=executor.where)
 
 
@@ -95,15 +91,13 @@ def update_several(
     values: Mapping[str, Any] | None = None,
     *,
     seed: int = 0,
-    promote: str = "auto",
+    promotion: Promotion = AUTO,
     executor: Executor | None = None,
-    gate: Gate | None = None,
-    on: str = "holdout",
     memory_budget: int | None = None,
 ) -> tuple[list[UpdateOutcome], int, list[str]]:
     """Several strategies against the current model on one read of the data, side by side;
-    each is kept as a version, and the best by the one ranking (on `on`'s rows) goes through
-    `promote` and the gate as `update`'s would (`never`: none is promoted). `values` go to each
+    each is kept as a version, and the best by the one ranking (on `promotion.on`'s rows) goes
+    through `promotion` as `update`'s would (mode `never`: none is promoted). `values` go to each
     strategy that has them. Returns the outcomes (in `names`' order, without those that failed),
     the best one's index among them, and the strategies that failed, one line each; raises the
     first failure if all did."""
@@ -114,7 +108,6 @@ def update_several(
     unused = set(values) - {f for s in chosen for f in s.param_names}
     if unused:
         raise UserError.about(sorted(unused)[0], None, "no strategy of --strategy has this parameter", group="params")
-    check_promote(promote, on)
     jobs = [Job(s, s.make_params({k: v for k, v in values.items() if k in s.param_names}), seed) for s in chosen]
     in_pieces = all(s.can.in_pieces for s in chosen)
     data = load_update_data(
@@ -135,12 +128,12 @@ def update_several(
     ]
     if not done:
         result_or_raise(outcomes[0])
-    best = max(range(len(done)), key=lambda i: rank_key(holdout_metrics(done[i][1].metrics, on)))
+    best = max(range(len(done)), key=lambda i: rank_key(holdout_metrics(done[i][1].metrics, promotion.on)))
     committed = []
     for i, (job, result) in enumerate(done):
-        mode = promote if i == best else "never"
-        outcome = commit(store, data, job.strategy.name, job.params, seed, result, mode, "update", {}, gate, on)
-        if i != best and promote != "never":
+        mine = promotion if i == best else promotion.but("never")
+        outcome = commit(store, data, job.strategy.name, job.params, seed, result, mine, "update", {})
+        if i != best and promotion.mode != "never":
             outcome = replace(outcome, reason=f"{done[best][0].strategy.name} scored higher")
         committed.append(replace(outcome, executor=executor.where))
     return committed, best, failed
@@ -150,9 +143,8 @@ def save_sweep_winner(
     store: Store,
     result: SweepResult,
     *,
-    promote: str = "auto",
+    promotion: Promotion = AUTO,
     executor: Executor | None = None,
-    gate: Gate | None = None,
     memory_budget: int | None = None,
 ) -> UpdateOutcome:
     """`ctrain sweep --promote best`: train the sweep's best configuration (mean over seeds,
@@ -170,10 +162,9 @@ def save_sweep_winner(
         best["strategy"],
         json.loads(best["params"]),
         seed=int(top["seed"]),
-        promote=promote,
+        promotion=promotion,
         executor=executor,
         by="sweep",
         origin={"sweep": result.sweep_id, "trial": top["trial_id"]},
-        gate=gate,
         memory_budget=memory_budget,
     )

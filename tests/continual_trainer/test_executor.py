@@ -12,6 +12,7 @@ from continual_trainer.data.errors import UserError
 from continual_trainer.data.storage import Store
 from continual_trainer.demo import run_demo
 from continual_trainer.executor import EXECUTORS, Job, LocalExecutor, deferred_executor, executor_name, make_executor
+from continual_trainer.promotion import Promotion
 from continual_trainer.scoring import predict
 from continual_trainer.stream import Policy, run_stream
 from continual_trainer.sweep import SweepSpec, run_sweep
@@ -43,7 +44,7 @@ class Recording(LocalExecutor):
 def test_update_predict_sweep_stream_and_demo_go_through_the_executor(tiny_store: str, tmp_path: Path) -> None:
     used = {}
     ex = Recording()
-    update(Store.open(tiny_store), "finetune_new", {"epochs": "2"}, promote="never", executor=ex)
+    update(Store.open(tiny_store), "finetune_new", {"epochs": "2"}, promotion=Promotion("never"), executor=ex)
     used["update"], ex.calls = ex.calls, []
 
     score = tmp_path / "score.parquet"

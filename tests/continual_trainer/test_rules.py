@@ -20,6 +20,7 @@ from continual_trainer.data.schema import Schema
 from continual_trainer.data.storage import Store, StoreMeta, VersionGone
 from continual_trainer.data.store.core import sha256
 from continual_trainer.promotion import (
+    Promotion,
     check_promote,
     promote_by_hand,
     promote_version,
@@ -43,6 +44,17 @@ def _version(
     manifest = Manifest(parent=parent, strategy=name, weights=(1.0,), batches_seen=seen, metrics=dict(metrics))
     store.write_version(version, [(f"{name} bytes".encode(), 2)], manifest)
     return version
+
+
+def test_a_promotion_is_checked_once_where_it_is_made_and_keeps_its_gate() -> None:
+    with pytest.raises(UserError, match="promote"):
+        Promotion("sometimes")
+    with pytest.raises(UserError, match="promote_on"):
+        Promotion("auto", "old")
+    gated = Promotion("auto", "new", Gate(0.01, None))
+    loser = gated.but("never")
+    assert (loser.mode, loser.on, loser.gate) == ("never", "new", gated.gate) and gated.mode == "auto"
+    assert Promotion() == Promotion("auto", "holdout", Gate()) and not Promotion().gate.active
 
 
 def test_the_promote_modes_and_what_each_says(store: Store) -> None:
