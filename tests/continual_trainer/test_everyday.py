@@ -268,6 +268,7 @@ def test_one_import_name_and_no_generic_modules(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, env=env)
 
 
+@pytest.mark.slow
 def test_keras_is_imported_without_scikit_learn_which_still_imports_after() -> None:
     """Keras's scikit-learn wrappers import scikit-learn (1.4 s of every training command's
     start here); ctrain never uses them, so Keras is imported without it."""
