@@ -225,12 +225,12 @@ class ModelStore:
         """Put MLflow's alias `champion` on the current version (registering it if it never
         was), in the tracking store given to `open_store` or the one the store recorded.
         Returns the registered model, its version number and the store's version."""
-        from continual_trainer.tracking import MlflowMirror
+        from continual_trainer.tracking import recorded_mirror
 
-        current = self.current
-        recorded = self._store().mirror()
-        if self._given_mirror is None and recorded is not None:  # an unusable one is this command's error
-            self._resolved_mirror = MlflowMirror(recorded[0], self.uri, "the store's MLflow mirror", recorded[1])
+        store = self._store()
+        current = store.current()
+        if self._given_mirror is None:  # the recorded one; one that cannot be used is this command's error
+            self._resolved_mirror = recorded_mirror(store, self.uri, strict=True)
         mirror = self._mirror
         if mirror is None:
             raise UserError(
@@ -317,8 +317,6 @@ class ModelStore:
             NothingNew: no batch arrived since the current version (and the strategy trains).
         """
         from continual_trainer.executor import executor_name, make_executor
-        from continual_trainer.promotion import Promotion
-        from continual_trainer.trainer.forgetting import Gate
         from continual_trainer.updates import update
 
         if not isinstance(strategy, str) or "," in strategy:
@@ -327,7 +325,7 @@ class ModelStore:
                 "update runs one strategy; compare several side by side with store.compare([...])",
             )  # fmt: skip
         budget = _budget(memory_budget)
-        promotion = Promotion(promote, promote_on, Gate(max_forgetting, max_flip_rate))
+        promotion = _promotion(promote, promote_on, max_forgetting, max_flip_rate)
         with self._reporting("update"):
             outcome = update(
                 self._store(),
@@ -365,12 +363,10 @@ class ModelStore:
         that has them; the rest of the arguments are `update`'s. Returns their outcomes in
         order (a strategy that failed is left out and named in `failed`), with `best`."""
         from continual_trainer.executor import executor_name, make_executor
-        from continual_trainer.promotion import Promotion
-        from continual_trainer.trainer.forgetting import Gate
         from continual_trainer.updates import update_several
 
         names = [n.strip() for n in strategies.split(",")] if isinstance(strategies, str) else list(strategies)
-        promotion = Promotion(promote, promote_on, Gate(max_forgetting, max_flip_rate))
+        promotion = _promotion(promote, promote_on, max_forgetting, max_flip_rate)
         with self._reporting("update"):
             outcomes, best, failed = update_several(
                 self._store(),
@@ -420,9 +416,7 @@ class ModelStore:
         import yaml
 
         from continual_trainer.executor import deferred_executor, executor_name
-        from continual_trainer.promotion import Promotion
         from continual_trainer.sweep import SweepSpec, run_sweep
-        from continual_trainer.trainer.forgetting import Gate
         from continual_trainer.updates import save_sweep_winner
 
         spec = None
@@ -443,7 +437,7 @@ class ModelStore:
         with self._reporting("sweep"):
             result = run_sweep(store, runner, spec, resume=resume, memory_budget=budget)
             if promote_best:
-                promotion = Promotion("auto", gate=Gate(max_forgetting, max_flip_rate))
+                promotion = _promotion("auto", "holdout", max_forgetting, max_flip_rate)
                 # One job needs no cluster: the winner trains here, so that resuming a finished
                 # sweep to keep its winner starts no Ray.
                 winner = save_sweep_winner(store, result, promotion=promotion, memory_budget=budget)
@@ -512,9 +506,7 @@ class ModelStore:
         from dataclasses import asdict
 
         from continual_trainer.executor import deferred_executor, executor_name
-        from continual_trainer.promotion import Promotion
         from continual_trainer.stream import DEFAULT_CANDIDATES, Policy, run_stream
-        from continual_trainer.trainer.forgetting import Gate
         from continual_trainer.triggers import TriggerSet
 
         triggers = TriggerSet.parse(trigger, trigger_params, combine)
@@ -528,7 +520,7 @@ class ModelStore:
             DEFAULT_CANDIDATES if candidates is None else list(candidates),
             seed,
             {**(params or {}), **more_params},
-            Promotion("auto", promote_on, Gate(max_forgetting, max_flip_rate)),
+            _promotion("auto", promote_on, max_forgetting, max_flip_rate),
             triggers,
             scale,
             budget,
@@ -938,6 +930,14 @@ def _encoded(data: Any) -> tuple[str, bytes]:
 def _names_a_file(text: str) -> bool:
     """A one-line config that names a file (a YAML path or a URI) rather than holding YAML."""
     return text.endswith((".yaml", ".yml")) or "://" in text
+
+
+def _promotion(mode: str, on: str, max_forgetting: float | None, max_flip_rate: float | None) -> Any:
+    """The API's promotion arguments as the one `Promotion` value passed down."""
+    from continual_trainer.promotion import Promotion
+    from continual_trainer.trainer.forgetting import Gate
+
+    return Promotion(mode, on, Gate(max_forgetting, max_flip_rate))
 
 
 def _budget(memory_budget: int | str | None) -> int | None:

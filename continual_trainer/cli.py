@@ -345,7 +345,7 @@ def cmd_update(args: argparse.Namespace) -> None:
             if args.actors:
                 raise UserError.about("actors", args.actors, "trains one strategy; give one --strategy")
             several = store.compare(names, **common, **settings)
-            _emit(args, "" if args.json else _several_text(several, several.failed, args.store), _several_json(several))
+            _emit(args, "" if args.json else _several_text(several, args.store), _several_json(several))
             return
         o = store.update(names[0], actors=args.actors, sync_steps=args.sync_steps, **common, **settings)
     except ct.NothingNew as exc:  # a scheduled or retried updater with nothing to do succeeds
@@ -354,7 +354,7 @@ def cmd_update(args: argparse.Namespace) -> None:
     _emit(args, "" if args.json else _outcome_text(o) + "\n" + _after_outcome(o, args.store), o.to_json())
 
 
-def _several_text(outcomes: list[Any], failed: list[str], where: str) -> str:
+def _several_text(outcomes: Any, where: str) -> str:
     """Several strategies' versions side by side, best first, and what was promoted."""
     first, second = _headline(outcomes[0].metrics)
     current = outcomes[0].current_metrics.get(f"holdout_{first}")
@@ -367,7 +367,7 @@ def _several_text(outcomes: list[Any], failed: list[str], where: str) -> str:
             f"{'yes' if o.promoted else 'no'} ({o.reason})"
         )
     lines.append(f"holdout {first} of the current version before: {_fmt(current)}; every strategy is kept as a version")
-    lines += [f"failed: {f}" for f in failed]
+    lines += [f"failed: {f}" for f in outcomes.failed]
     promoted = next((o for o in outcomes if o.promoted), None)
     if promoted is None:
         lines.append(_next(f"promote --store {where} {outcomes[0].version[-4:]}") + "  (makes the best one current)")

@@ -57,22 +57,20 @@ def scaled(params: Any, rows: int, seconds: float, user_keys: frozenset[str] = f
 def compiled(params: Any, data: UpdateData, user_keys: frozenset[str] = frozenset()) -> Any:
     """`params` with the optimizer settings the store's imported model was compiled with, for
     the keys the user did not set (unchanged for `mlp:` and builder stores, or uncompiled models)."""
-    if not isinstance(params, LoopConfig):
+    if not isinstance(params, LoopConfig) or "optimizer" in user_keys:  # the user chose: none of the model's
         return params
     settings, _, _ = _compiled_settings(data)
-    if "optimizer" in user_keys:  # the user chose the optimizer: none of the model's settings
-        return params
     changes = {k: v for k, v in settings.items() if k not in user_keys}
     return dataclasses.replace(params, **changes) if changes else params
 
 
 def _compiled_settings(data: UpdateData) -> tuple[dict[str, Any], str, list[str]]:
-    from continual_trainer.trainer.optimizers import compile_config, from_compile_config
+    from continual_trainer.trainer.optimizers import from_compile_config
 
     spec = data.model_spec
     if spec.kind != "imported":
         return {}, "", []
-    return from_compile_config(compile_config(spec.architecture), "regression" if data.regression else "classification")
+    return from_compile_config(spec.compile_config, "regression" if data.regression else "classification")
 
 
 def training_rows(job: Job, data: UpdateData) -> int:

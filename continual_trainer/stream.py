@@ -135,7 +135,6 @@ class Policy:
         label_key: str | None = None,
     ) -> None:
         self.promotion = promotion or Promotion()
-        self.on = self.promotion.on
         self.label_key = label_key
         self.name = name
         self.seed = seed
@@ -182,7 +181,7 @@ class Policy:
             if isinstance(outcome, Failure):
                 continue
             if best is None or better(
-                holdout_metrics(outcome.metrics, self.on), holdout_metrics(best[1].metrics, self.on)
+                holdout_metrics(outcome.metrics, self.promotion.on), holdout_metrics(best[1].metrics, self.promotion.on)
             ):
                 best = (job, outcome)
         if best is None:  # every job failed: raise the first user's mistake, else the first failure

@@ -313,7 +313,6 @@ class _Runner:
         if spec.asha is not None:
             every, rungs = spec.asha.rungs(max((getattr(j.params, "epochs", 1) for j in probes), default=1))
             brackets = {trial: _starts(r["strategy"]) for trial, r in recorded.items() if "strategy" in r}
-            brackets |= {t.trial_id: _starts(t.strategy) for t in spec.trials}
             self.asha = Asha(rungs, spec.asha.reduction_factor, brackets)
             self.asha.replay((trial, _curve(r)) for trial, r in recorded.items())
             self.schedule = Schedule(every, watched_rows(data.holdout), self.asha.decide)
@@ -614,8 +613,8 @@ def render_report(
             "never against fine-tuned ones that start near the answer.",
             "",
         ]
-        lines += [f"**{line}**" for line in mostly_stopped(records, stopped)]
-        lines += [""] if mostly_stopped(records, stopped) else []
+        warned = mostly_stopped(records, stopped)
+        lines += [f"**{line}**" for line in warned] + ([""] if warned else [])
         lines += [
             f"- `{r['trial_id']}` (`{r['params']}`): after {r['stopped_epochs']} epochs, holdout score "
             f"{abs(r['stopped_score']):.3f}"

@@ -247,10 +247,10 @@ def mirror_for(tracking_uri: str | None, store_uri: str, model_name: str | None 
     return None
 
 
-def recorded_mirror(store: Any, store_uri: str) -> MlflowMirror | None:
+def recorded_mirror(store: Any, store_uri: str, strict: bool = False) -> MlflowMirror | None:
     """The mirror the store recorded the first time it mirrored, or None if it never did; one
     that cannot be used now (MLflow not installed, the server down) is a warning naming the
-    command that repairs the registry later."""
+    command that repairs the registry later (`strict`: the UserError, for that command)."""
     recorded = store.mirror()
     if recorded is None:
         return None
@@ -258,6 +258,8 @@ def recorded_mirror(store: Any, store_uri: str) -> MlflowMirror | None:
     try:
         return MlflowMirror(uri, store_uri, source="the store's MLflow mirror", model_name=model)
     except UserError as exc:
+        if strict:
+            raise
         log.warning(
             "%s; MLflow's registry was not updated: `ctrain mlflow sync --store %s` puts the alias %s where "
             "CURRENT is once it can",

@@ -38,7 +38,7 @@ import numpy as np
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.parquet import one_line
 from continual_trainer.trainer import optimizers
-from continual_trainer.trainer.optimizers import OPTIMIZERS
+from continual_trainer.trainer.optimizers import CLIPS, OPTIMIZERS
 from continual_trainer.trainer.params import Boolean, Choice, Interval, Params, Rule, param
 from continual_trainer.trainer.progress import milestones, report
 
@@ -62,7 +62,6 @@ LEARNING_RATE = Interval(float, 0, low_open=True)
 MOMENTUM = Interval(float, 0, 1, high_open=True)
 DECAY_RATE = Interval(float, 0, 1, high_open=True)
 NON_NEGATIVE = Interval(float, 0)
-CLIPS = ("clipnorm", "global_clipnorm", "clipvalue")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ A store records how it builds a fresh network (`fresh_*`, new ensemble members):
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -53,6 +54,13 @@ class ModelSpec:
     kind: str = "mlp"
     builder: str = ""
     architecture: bytes | None = field(default=None, repr=False, compare=False)
+
+    @functools.cached_property
+    def compile_config(self) -> dict[str, Any]:
+        """The `compile()` the imported architecture was saved with ({} if none), read once."""
+        from continual_trainer.trainer.optimizers import compile_config
+
+        return compile_config(self.architecture)
 
     @classmethod
     def parse(cls, text: str) -> ModelSpec:

@@ -33,7 +33,8 @@ _OWN = {
     "rmsprop": ("rho", "momentum", "epsilon", "centered"),
     "adagrad": ("initial_accumulator_value", "epsilon"),
 }
-_SHARED = ("weight_decay", "clipnorm", "global_clipnorm", "clipvalue")
+CLIPS = ("clipnorm", "global_clipnorm", "clipvalue")  # Keras allows one at a time
+_SHARED = ("weight_decay", *CLIPS)
 # Keras settings with no effect at these values; any other value is not honoured.
 _INERT: dict[str, Any] = {
     "use_ema": False,
@@ -61,8 +62,13 @@ class UpdateRule:
         return {"sgd": 1, "adam": 2, "adamw": 2, "rmsprop": 3 if self.centered else 2, "adagrad": 1}[self.name]
 
 
+def _clip(config: Any) -> tuple[str, float]:
+    """The clip the settings set (its name and value), or ("", 0.0)."""
+    return next(((k, getattr(config, k)) for k in CLIPS if getattr(config, k)), ("", 0.0))
+
+
 def rule_of(config: Any) -> UpdateRule:
-    clip = next((k for k in ("clipnorm", "global_clipnorm", "clipvalue") if getattr(config, k)), "")
+    clip = _clip(config)[0]
     return UpdateRule(config.optimizer, bool(config.nesterov), bool(config.centered), weight_decay(config) > 0, clip)
 
 
@@ -74,7 +80,7 @@ def weight_decay(config: Any) -> float:
 
 def hyper(config: Any) -> list[float]:
     """The numeric settings, in the order `step` reads them."""
-    clip = next((getattr(config, k) for k in ("clipnorm", "global_clipnorm", "clipvalue") if getattr(config, k)), 0.0)
+    clip = _clip(config)[1]
     first = config.beta_1 if config.optimizer in ("adam", "adamw") else config.momentum
     return [config.learning_rate, first, config.beta_2, config.epsilon, config.rho, weight_decay(config), clip]
 
