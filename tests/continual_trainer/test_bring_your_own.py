@@ -217,6 +217,45 @@ def test_an_imported_keras_model_and_its_architecture(tmp_path: Path, capsys) ->
     keras.backend.clear_session()
 
 
+@pytest.mark.slow
+def test_an_imported_model_trains_as_it_was_compiled_unless_set(tmp_path: Path, capsys) -> None:
+    """The store's imported architecture carries its compile(): every strategy trains with its
+    optimizer and settings (the manifest records them, the plan line names them); a `--set`
+    key wins, and `--set optimizer=...` drops the model's settings altogether."""
+    import keras
+
+    from continual_trainer.data.schema import Schema
+    from tests.strategies.families import tabular as tabular_model
+
+    pq.write_table(tabular(300, 0), tmp_path / "t0.parquet")
+    pq.write_table(tabular(200, 1), tmp_path / "t1.parquet")
+    spec = Schema.infer(pq.read_table(tmp_path / "t0.parquet"), "y", "t0").input_spec()
+    model = tabular_model(spec, 1, 3)
+    model.compile(keras.optimizers.Adam(learning_rate=0.003, beta_2=0.99), "binary_crossentropy")
+    model.save(tmp_path / "adam.keras")
+    store = str(tmp_path / "s")
+    init = ["init", "--store", store, "--data", str(tmp_path / "t0.parquet"), "--label", "y"]
+    assert main([*init, "--model", str(tmp_path / "adam.keras")]) == 0
+    assert main(["ingest", "--store", store, str(tmp_path / "t1.parquet")]) == 0
+    capsys.readouterr()
+    update = ["update", "--store", store, "--strategy", "finetune_all", "--promote", "never"]
+
+    def trained_with(*extra: str) -> tuple[dict, str]:
+        code, out, err = run(capsys, *update, "--set", "epochs=1", *extra)
+        assert code == 0, err
+        return Store.open(store).manifest(out["version"]).params, err
+
+    params, err = trained_with()
+    assert (params["optimizer"], params["learning_rate"], params["beta_2"]) == ("adam", 0.003, 0.99)
+    assert "trains as the model was compiled: Adam (learning_rate 0.003" in err
+    params, _ = trained_with("--set", "learning_rate=0.01")
+    assert (params["optimizer"], params["learning_rate"], params["beta_2"]) == ("adam", 0.01, 0.99)
+    params, err = trained_with("--set", "optimizer=sgd")
+    assert (params["optimizer"], params["beta_2"]) == ("sgd", 0.999) and params["learning_rate"] != 0.003
+    assert "trains as the model was compiled" not in err
+    keras.backend.clear_session()
+
+
 @pytest.mark.parametrize(
     ("model", "expected"),
     [
