@@ -201,7 +201,7 @@ CLI_IMPORTS = {
 
 
 def cli_imports(text: str) -> set[str]:
-    """Every project module cli.py imports, at module level or inside a function."""
+    """Every project module a CLI module imports, at module level or inside a function."""
     found = set()
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("continual_trainer"):
@@ -212,7 +212,23 @@ def cli_imports(text: str) -> set[str]:
 
 
 def test_the_cli_goes_through_the_python_api() -> None:
-    assert cli_imports((ROOT / "continual_trainer" / "cli.py").read_text()) - CLI_IMPORTS == set()
+    """Every room of the CLI package imports the API and the CLI's own modules, nothing else."""
+    rooms = sorted((ROOT / "continual_trainer" / "cli").glob("*.py"))
+    assert len(rooms) >= 8
+    for room in rooms:
+        imported = {m for m in cli_imports(room.read_text()) if not m.startswith("continual_trainer.cli")}
+        assert imported - CLI_IMPORTS == set(), room.name
+
+
+def test_no_function_of_the_cli_is_longer_than_a_screen() -> None:
+    """The CLI's rooms keep each command's options, handler and output small (about 80 lines)."""
+    long = [
+        f"{room.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for room in (ROOT / "continual_trainer" / "cli").glob("*.py")
+        for node in ast.walk(ast.parse(room.read_text()))
+        if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno + 1 > 80
+    ]
+    assert long == []
 
 
 def test_the_cli_rule_would_catch_a_route_around_the_api() -> None:

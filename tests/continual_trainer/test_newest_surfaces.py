@@ -283,7 +283,7 @@ def test_serving_imports_nothing_of_training_or_the_cli() -> None:
 @pytest.mark.parametrize("debug", ["", "1"])
 def test_other_libraries_warnings_show_only_with_ctrain_debug(debug: str) -> None:
     code = (
-        "import warnings; from continual_trainer import cli; cli._quiet_third_parties();"
+        "import warnings; import continual_trainer.cli.program as p; p.quiet_third_parties();"
         "warnings.warn_explicit('from keras', UserWarning, 'functional.py', 1, module='keras.src.models.functional');"
         "warnings.warn_explicit('from numpy', RuntimeWarning, 'x.py', 1, module='numpy.core');"
         "warnings.warn_explicit('ours', UserWarning, 'y.py', 1, module='continual_trainer.x')"
