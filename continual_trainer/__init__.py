@@ -22,6 +22,7 @@ _LAZY = {
     "ModelStore": "continual_trainer.api",
     "init_store": "continual_trainer.api",
     "open_store": "continual_trainer.api",
+    "StreamOptions": "continual_trainer.api",
     "expected_inputs": "continual_trainer.api",
     "split_file": "continual_trainer.api",
     "run_demo": "continual_trainer.api",

@@ -17,6 +17,7 @@ Every mistake a user can make raises `UserError`: one line, naming this API's ar
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from continual_trainer.data.errors import UserError
@@ -31,6 +32,49 @@ if TYPE_CHECKING:
     from continual_trainer.promotion import UpdateOutcome
     from continual_trainer.stream import StreamEvent
     from continual_trainer.sweep import SweepResult
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """What a stream does with each new file (`ModelStore.stream`, `ctrain stream`).
+
+    Attributes:
+        policy: a strategy, or `best` of `candidates` (default: the stream's four).
+        trigger: `always`, `every`, `performance`, `features`, or several comma-separated,
+            combined by `combine` (`any` or `all`); `trigger_params` for those that take them.
+        seed: the seed of every candidate.
+        max_forgetting, max_flip_rate: the promotion gate (as `update`'s).
+        promote_on: what candidates are ranked and promoted on (`holdout` or `new`).
+        scale: above 5,000 training rows, size batch, learning rate, early stopping and a
+            time budget to the rows (strategy parameters given are kept as given).
+        memory_budget: as `update`'s: above it the candidates read the store a chunk at a time.
+        label_key: an inbox file with this column and the label but no features is delayed
+            labels, joined to the prediction log (as `label`) into the file's batch.
+        watch_served: on every pass, also judge the rows `serve` logged since the last look
+            (at least 500) with the label-free triggers among `trigger` (else `features`);
+            each verdict is kept in the store's event log.
+        archive: a folder or URI processed files move to (default: they stay in the inbox,
+            never processed twice); it must not be inside the store.
+        once: stop when the inbox holds nothing new (else poll it every `interval` seconds
+            until interrupted).
+    """
+
+    policy: str = "best"
+    candidates: Sequence[str] | None = None
+    trigger: str = "always"
+    trigger_params: Mapping[str, Any] | None = None
+    combine: str = "any"
+    seed: int = 0
+    max_forgetting: float | None = None
+    max_flip_rate: float | None = None
+    promote_on: str = "holdout"
+    scale: bool = True
+    memory_budget: int | str | None = None
+    label_key: str | None = None
+    watch_served: bool = False
+    archive: str | None = None
+    once: bool = True
+    interval: float = 5.0
 
 
 def init_store(
@@ -449,30 +493,15 @@ class ModelStore:
     def stream(
         self,
         inbox: str,
+        options: StreamOptions | None = None,
         *,
-        policy: str = "best",
-        candidates: Sequence[str] | None = None,
-        trigger: str = "always",
-        trigger_params: Mapping[str, Any] | None = None,
-        combine: str = "any",
-        seed: int = 0,
         ray: bool | None = None,
         executor: str | None = None,
-        max_forgetting: float | None = None,
-        max_flip_rate: float | None = None,
-        promote_on: str = "holdout",
-        scale: bool = True,
-        memory_budget: int | str | None = None,
-        label_key: str | None = None,
-        watch_served: bool = False,
-        archive: str | None = None,
-        once: bool = True,
-        interval: float = 5.0,
         on_where: Callable[[str], None] | None = None,
         on_event: Callable[[StreamEvent], None] | None = None,
         on_served: Callable[[dict[str, Any]], None] | None = None,
         params: Mapping[str, Any] | None = None,
-        **more_params: Any,
+        **settings: Any,
     ) -> list[dict[str, Any]]:
         """Process every Parquet file in `inbox` not processed before, once each: ingest it,
         ask the triggers, and when they fire run the policy and promote its winner by the
@@ -481,50 +510,43 @@ class ModelStore:
         per file (status, trigger decisions, candidates, version).
 
         Args:
-            policy: a strategy, or `best` of `candidates` (default: the stream's four).
-            trigger: `always`, `every`, `performance`, `features`, or several comma-separated,
-                combined by `combine` (`any` or `all`); `trigger_params` for those that take them.
+            options: what to do with each file (`StreamOptions`: policy, triggers, the gate,
+                sizing, delayed labels, archive, polling); its fields may also be given as
+                keywords (`policy="best"`), which replace the ones in `options`.
             ray: candidates on Ray (True), here (False), or on Ray when RAY_ADDRESS is set
                 (None); Ray is joined or started only when a file's trigger fires.
-            promote_on: what candidates are ranked and promoted on (`holdout` or `new`).
-            scale: above 5,000 training rows, size batch, learning rate, early stopping and a
-                time budget to the rows (parameters given here are kept as given).
-            memory_budget: as `update`'s: above it the candidates read the store a chunk at a time.
-            label_key: an inbox file with this column and the label but no features is delayed
-                labels, joined to the prediction log (as `label`) into the file's batch.
-            watch_served: on every pass, also judge the rows `serve` logged since the last look
-                (at least 500) with the label-free triggers among `trigger` (else `features`);
-                each verdict is kept in the store's event log and given to `on_served`.
-            archive: a folder or URI processed files move to (default: they stay in the inbox,
-                never processed twice); it must not be inside the store.
+            executor: where candidates train, by registered name (`local`, `ray`, ...).
             on_where: called with where the work runs: before the first file (as planned),
                 and again at the end (where it ran: e.g. a local Ray, if one was started).
             on_event: called with each file's event (a `StreamEvent`) as it is recorded.
-            params, **more_params: strategy parameters, for each strategy of the policy that has
+            on_served: with `watch_served`, called with each verdict on the served traffic.
+            params, **settings: strategy parameters, for each strategy of the policy that has
                 them (as a mapping, e.g. from a command line, and as keywords).
         """
-        from dataclasses import asdict
+        from dataclasses import asdict, fields, replace
 
         from continual_trainer.executor import deferred_executor, executor_name
         from continual_trainer.stream import DEFAULT_CANDIDATES, Policy, run_stream
         from continual_trainer.triggers import TriggerSet
 
-        triggers = TriggerSet.parse(trigger, trigger_params, combine)
-        if archive is not None:
+        names = {f.name for f in fields(StreamOptions)}
+        o = replace(options or StreamOptions(), **{k: v for k, v in settings.items() if k in names})
+        strategy_params = {**(params or {}), **{k: v for k, v in settings.items() if k not in names}}
+        triggers = TriggerSet.parse(o.trigger, o.trigger_params, o.combine)
+        if o.archive is not None:
             from continual_trainer.data.storage import check_output
 
-            check_output(archive, "archive", inbox=inbox)
-        budget = _budget(memory_budget)
+            check_output(o.archive, "archive", inbox=inbox)
         chosen = Policy(
-            policy,
-            DEFAULT_CANDIDATES if candidates is None else list(candidates),
-            seed,
-            {**(params or {}), **more_params},
-            _promotion("auto", promote_on, max_forgetting, max_flip_rate),
+            o.policy,
+            DEFAULT_CANDIDATES if o.candidates is None else list(o.candidates),
+            o.seed,
+            strategy_params,
+            _promotion("auto", o.promote_on, o.max_forgetting, o.max_flip_rate),
             triggers,
-            scale,
-            budget,
-            label_key,
+            o.scale,
+            _budget(o.memory_budget),
+            o.label_key,
         )
         runner = deferred_executor(executor_name(ray, name=executor))
         mirror = self._mirror
@@ -543,11 +565,11 @@ class ModelStore:
                 inbox,
                 chosen,
                 runner,
-                once=once,
-                interval=interval,
+                once=o.once,
+                interval=o.interval,
                 on_event=recorded,
-                on_served=(on_served or (lambda verdict: None)) if watch_served else None,
-                archive=archive,
+                on_served=(on_served or (lambda verdict: None)) if o.watch_served else None,
+                archive=o.archive,
             )
         if on_where is not None:
             on_where(runner.where)

@@ -411,8 +411,14 @@ def test_a_stream_with_an_archive_moves_processed_files_out_of_the_inbox(tiny_st
     pq.write_table(make_table(seed=5, shift=0.3), inbox / "a.parquet")
     (inbox / "b.parquet").write_bytes(b"not parquet")
     store = open_store(tiny_store)
-    events = store.stream(str(inbox), policy="finetune_new", trigger="always", archive=str(archive), epochs=1)
+    # What to do with each file as one value (keywords replace its fields; other keywords are
+    # strategy parameters, and one no strategy of the policy has is refused before any file).
+    options = ct.StreamOptions(policy="fresh_all", trigger="always", archive=str(archive))
+    with pytest.raises(UserError, match="no_such"):
+        store.stream(str(inbox), options, no_such=1)
+    events = store.stream(str(inbox), options, policy="finetune_new", epochs=1)
     assert [e["status"] for e in events] in (["updated", "rejected"], ["kept", "rejected"])
+    assert [c["strategy"] for c in events[0]["candidates"]] == ["finetune_new"] and options.policy == "fresh_all"
     assert sorted(os.listdir(inbox)) == [] and sorted(os.listdir(archive)) == ["a.parquet", "b.parquet"]
     pq.write_table(make_table(seed=5, shift=0.3), inbox / "a.parquet")  # the same bytes again: done before
     assert store.stream(str(inbox), policy="finetune_new", archive=str(archive)) == []
