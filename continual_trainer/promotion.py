@@ -11,6 +11,7 @@ from continual_trainer import strategies
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.manifest import Manifest, lineage
 from continual_trainer.data.storage import Store
+from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.evaluate import better, learned_nothing, rank_key
 from continual_trainer.trainer.forgetting import Gate
 from continual_trainer.trainer.models import preprocessing_of
@@ -98,38 +99,31 @@ def commit(
     """
     if result.candidate is None:
         raise ValueError("this trial's candidate did not come back; it cannot be committed")
-    promote, on, gate = promotion.mode, promotion.on, promotion.gate
-    version = store.new_version_id(strategy_name)
     trained_old = data.old_ids if getattr(params, "trains_on_old", lambda: False)() else []
-    save_candidate(
-        store,
-        version,
-        result.candidate,
-        Manifest(
-            parent=data.parent,
-            strategy=strategy_name,
-            params=asdict(params),
-            seed=seed,
-            model=str(data.model_spec),
-            batches_seen=tuple(data.old_ids + data.new_ids),
-            batches_trained=tuple(trained_old + data.new_ids),
-            metrics=result.metrics,
-            current_metrics=result.current_metrics,
-            train_seconds=result.train_seconds,
-            execution=result.execution,
-            origin=origin or {},
-            preprocessing=preprocessing_of(data.model_spec, strategies.get(strategy_name).can.starts_from),
-        ),
+    manifest = Manifest(
+        parent=data.parent,
+        strategy=strategy_name,
+        params=asdict(params),
+        seed=seed,
+        model=str(data.model_spec),
+        batches_seen=tuple(data.old_ids + data.new_ids),
+        batches_trained=tuple(trained_old + data.new_ids),
+        metrics=result.metrics,
+        current_metrics=result.current_metrics,
+        train_seconds=result.train_seconds,
+        execution=result.execution,
+        origin=origin or {},
+        preprocessing=preprocessing_of(data.model_spec, strategies.get(strategy_name).can.starts_from),
     )
-    mine, theirs = holdout_metrics(result.metrics, on), holdout_metrics(result.current_metrics, on)
+    mine, theirs = holdout_metrics(result.metrics, promotion.on), holdout_metrics(result.current_metrics, promotion.on)
     wins = better(mine, theirs)
     tie = bool(mine) and bool(theirs) and rank_key(mine) == rank_key(theirs)
-    gated = gate.active and wins
-    refused = gate.refuses(result.metrics, lineage(data.parent, stored_manifest(store))) if gated else None
-    if promote == "auto" and refused:
-        promoted, reason = False, f"better on the holdout, but {refused}"
-    else:
-        promoted, reason = promote_version(store, version, data.parent, promote, wins, by, on, tie=tie)
+    refused = None
+    if promotion.mode == "auto" and promotion.gate.active and wins:
+        refused = promotion.gate.refuses(result.metrics, lineage(data.parent, stored_manifest(store)))
+    version, promoted, reason = commit_version(
+        store, result.candidate, manifest, promotion, by=by, wins=wins, tie=tie, refused=refused
+    )
     return UpdateOutcome(
         version,
         data.parent,
@@ -141,6 +135,29 @@ def commit(
         result.train_seconds,
         result.members,
     )
+
+
+def commit_version(
+    store: Store,
+    candidate: Candidate,
+    manifest: Manifest,
+    promotion: Promotion,
+    *,
+    by: str,
+    wins: bool,
+    tie: bool = False,
+    refused: str | None = None,
+) -> tuple[str, bool, str]:
+    """The one path by which every version enters a store, the first included: a new id, the
+    members and then the manifest written (a version without a manifest does not exist), then
+    promoted as `promotion` says, by compare-and-swap against the manifest's parent (`refused`:
+    what the gate found against it). Returns (version, promoted, reason)."""
+    version = store.new_version_id(manifest.strategy.replace("+", "-"))
+    save_candidate(store, version, candidate, manifest)
+    if promotion.mode == "auto" and refused:
+        return version, False, f"better on the holdout, but {refused}"
+    promoted, reason = promote_version(store, version, manifest.parent, promotion.mode, wins, by, promotion.on, tie=tie)
+    return version, promoted, reason
 
 
 def promote_version(
@@ -163,10 +180,14 @@ def promote_version(
         return False, f"not better than the current model on {where}" + (
             " (a tie: the current one stays)" if tie else ""
         )
+    if by == "init":  # the store's first version
+        if store.promote(version, None, by=by, reason="first model"):
+            return True, "first model"
+        return False, f"another {by} promoted {store.current()} first"
     reason = "promoted" if mode == "always" else f"better than the current model on {where}"
     if store.promote(version, parent, by=by, reason=f"--promote {mode}: {reason}"):
         return True, reason
-    return False, f"another update promoted {store.current()} first; this version is kept but not promoted"
+    return False, f"another {by} promoted {store.current()} first; this version is kept but not promoted"
 
 
 def stored_manifest(store: Store) -> Callable[[str], Manifest | None]:

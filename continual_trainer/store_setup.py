@@ -15,14 +15,13 @@ from typing import Any
 import pyarrow as pa
 
 from continual_trainer import strategies
-from continual_trainer.data import failpoints
 from continual_trainer.data.batches import IngestResult, ingest, ingest_bytes, load_table, split_rows
 from continual_trainer.data.errors import NewClassesRefused, UserError
 from continual_trainer.data.manifest import Manifest
 from continual_trainer.data.parquet import read_bytes, redact, same_file, table_from_bytes, write_table
 from continual_trainer.data.schema import Schema
 from continual_trainer.data.storage import NotAStore, Store, StoreMeta, batch_name, check_output
-from continual_trainer.promotion import UpdateOutcome
+from continual_trainer.promotion import Promotion, UpdateOutcome, commit_version
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.loop import LoopConfig, train
 from continual_trainer.trainer.models import (
@@ -35,7 +34,6 @@ from continual_trainer.trainer.models import (
     to_bytes,
 )
 from continual_trainer.trials import evaluate_sets
-from continual_trainer.versions import save_candidate
 
 
 def init_store(
@@ -127,7 +125,6 @@ def init_store(
         if added != batch:  # another init raced us here with other data
             raise UserError(f"{store.display}: another init is creating this store; use another --store")
         strategy = "init" if trained and not imported else "import" if not trained else "import+train"
-        version = store.new_version_id(strategy.replace("+", "-"))
         manifest = Manifest(
             parent=None,
             strategy=strategy,
@@ -145,12 +142,11 @@ def init_store(
                 "of their median); vocabularies: the first batch's"
             ),
         )
-        save_candidate(store, version, candidate, manifest)
-        failpoints.reached("init.before-promote")
-        promoted = store.promote(version, None, by="init", reason="first model")
+        version, promoted, reason = commit_version(
+            store, candidate, manifest, Promotion("always"), by="init", wins=True
+        )
     finally:
         store.release_init()
-    reason = "first model" if promoted else f"another init promoted {store.current()} first"
     return UpdateOutcome(version, None, strategy, promoted, reason, metrics, {}, manifest.train_seconds, 1)
 
 

@@ -33,7 +33,6 @@ POINTS = (
     "gc.after-listing",  # under the lock, the doomed versions chosen, none deleted yet
     "gc.after-manifest-delete",  # a version's manifest removed, its files not yet
     "init.after-store-json",  # store.json written, the first batch and version not yet
-    "init.before-promote",  # the first version committed, CURRENT not yet written
     "stream.before-read",  # an inbox file listed, not yet read (another stream may move it meanwhile)
     "label.before-commit",  # labels joined and checked, the batch and the labelled keys not yet written
 )

@@ -34,7 +34,6 @@ CASES = [
         "write.after-rename",
         "version.after-members",
         "version.after-manifest",
-        "init.before-promote",
         "promote.before-swap",
         "promote.after-swap",
     )
