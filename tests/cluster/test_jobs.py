@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -45,9 +45,27 @@ def _stop_session(sid: int) -> None:
             time.sleep(0.5)
 
 
+def readme_job_command() -> list[str]:
+    """The README's `ray job submit` command, as a user copies it: its lines joined, split as a
+    shell splits them, the leading `RAY_AUTH_*=` assignments (the environment) left out."""
+    text = (REPO / "README.md").read_text()
+    block = next(b for b in text.split("```")[1::2] if "ray job submit" in b)
+    command = block[block.index("RAY_AUTH_MODE=token RAY_AUTH_TOKEN=... ray job submit") :]
+    argv = shlex.split(command.replace("\\\n", " ").split("\n")[0])
+    assert argv[:2] == ["RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN=..."], argv
+    return argv[2:]
+
+
 @pytest.mark.ray
 @pytest.mark.slow
-def test_sweep_submitted_as_a_ray_job(tiny_store: str, tmp_path: Path) -> None:
+def test_the_readmes_job_command_runs_a_sweep_on_a_head_with_token_auth(tmp_path: Path, monkeypatch) -> None:
+    """The README's command, submitted as written from a checkout-like folder (its relative paths
+    `examples` and `build/ray-package/continual_trainer` resolved there), with only the head's
+    address, the token (in the environment) and the store put in. The store's model comes from a
+    builder in the working directory (`digits:cnn`), so Tune's workers must import it from there
+    to train `fresh_all`; a second job prints where the package was imported from."""
+    from continual_trainer.cli import main
+
     port, dash, agent = _free_port(), _free_port(), _free_port()
     # Ray's Unix sockets live under --temp-dir, and socket paths are limited to ~107 bytes.
     ray_tmp = tempfile.mkdtemp(prefix="ctrj-", dir="/tmp")
@@ -103,65 +121,55 @@ def test_sweep_submitted_as_a_ray_job(tiny_store: str, tmp_path: Path) -> None:
         )
         assert refused.returncode != 0, "the head accepted a wrong token"
 
-        # What a user submits: a project folder (a sweep spec, a model builder) as the working
-        # directory, and this package as one folder in the runtime environment's py_modules
-        # (`make ray-package` runs the same pip command), so that the job's processes import it
-        # from there, not from whatever the cluster's nodes have installed.
-        project, package = tmp_path / "project", tmp_path / "ray-package"
-        shutil.copytree(REPO / "examples", project / "examples")
-        (project / "sweep.yaml").write_text("strategies: [keep, finetune_all]\nparams: {epochs: 2}\nseeds: [0]\n")
+        # A checkout as the README's commands see it: `examples/` (here a spec of our own, small)
+        # and the folder `make ray-package` builds (the same pip command).
+        checkout = tmp_path / "checkout"
+        shutil.copytree(REPO / "examples", checkout / "examples")
+        (checkout / "examples" / "sweep.yaml").write_text("strategies: [keep, {fresh_all: {epochs: 1}}]\nseeds: [0]\n")
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(package), str(REPO)],
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+             str(checkout / "build" / "ray-package"), str(REPO)],
             check=True,
             capture_output=True,
-        )
-        runtime_env = json.dumps({"py_modules": [str(package / "continual_trainer")]})
+        )  # fmt: skip
+        data, store = tmp_path / "data", tmp_path / "digits"
+        subprocess.run([sys.executable, str(REPO / "examples" / "make_data.py"), str(data)], check=True)
+        monkeypatch.chdir(checkout / "examples")  # the builder is found beside the user, as `digits:cnn`
+        init = ["init", "--store", str(store), "--data", str(data / "digits-old.parquet"), "--label", "digit"]
+        assert main([*init, "--shape", "image=8,8,1", "--model", "digits:cnn", "--epochs", "1"]) == 0
+        assert main(["ingest", "--store", str(store), str(data / "digits-new.parquet")]) == 0
+        monkeypatch.chdir(checkout)
 
-        def submit(*entrypoint: str) -> str:
-            """`ray job submit` of the project with the package; the job must succeed; its log is
-            returned. The head's job agent may register after its dashboard answers (HTTP 500
-            "No available agent to submit job, please try again later"): that refusal is
-            retried, nothing else is."""
+        readme = readme_job_command()
+        command = [
+            str(store) if arg == "s3://bucket/store" else address if arg == "http://HEAD:8265" else arg
+            for arg in readme
+        ]
+        assert command != readme and str(store) in command and address in command, readme
+        command[0] = str(BIN / "ray")
+
+        def submit(argv: list[str]) -> str:
+            """A job submitted; it must succeed; its log is returned. The head's job agent may
+            register after its dashboard answers (HTTP 500 "No available agent to submit job,
+            please try again later"): that refusal is retried, nothing else is."""
             deadline = time.time() + 90
             while True:
-                job = subprocess.run(
-                    [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(project),
-                     "--runtime-env-json", runtime_env, "--", *entrypoint],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=600,
-                )  # fmt: skip
+                job = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
                 if job.returncode == 0 or "No available agent" not in job.stderr or time.time() > deadline:
                     break
                 time.sleep(2)
             assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-2000:] + job.stderr[-2000:]
             return job.stdout
 
-        trainer = "python -m continual_trainer"
-        where = "python -c 'import continual_trainer; print(\"package:\", continual_trainer.__file__)'"
-        # A model builder from the project (examples/digits.py) ships with the job's working
-        # directory: the driver builds the first model with it, and Tune's workers fresh ones.
-        # One job for both (a job's start, its runtime environment included, is most of its time).
-        data = tmp_path / "data"
-        subprocess.run([sys.executable, str(REPO / "examples" / "make_data.py"), str(data)], check=True)
-        digits, spec2 = tmp_path / "digits", tmp_path / "fresh.yaml"
-        spec2.write_text("strategies: [{fresh_all: {epochs: 1}}]\n")
-        steps = [
-            where,
-            f"{trainer} sweep --store {tiny_store} --config sweep.yaml --json",
-            f"{trainer} init --store {digits} --data {data}/digits-old.parquet --label digit --shape image=8,8,1 "
-            "--model examples.digits:cnn --epochs 1",
-            f"{trainer} ingest --store {digits} {data}/digits-new.parquet",
-            f"{trainer} sweep --store {digits} --config {spec2} --json",
-        ]
-        log = submit("sh", "-c", " && ".join(steps))
-        imported = re.search(r"package: (\S+)", log)  # the job's output (its command line shows `package:",`)
+        submit(command)
+        (sweep,) = (store / "sweeps").iterdir()
+        results = pq.read_table(sweep / "results.parquet").to_pylist()
+        assert sorted(r["strategy"] for r in results) == ["fresh_all", "keep"], results
+        # The same submission with another entrypoint: where the job imported the package from.
+        where = "import continual_trainer; print('package:', continual_trainer.__file__)"
+        log = submit([*command[: command.index("--") + 1], "python", "-c", where])
+        imported = re.search(r"package: (\S+)", log)  # the job's output (its command line shows `package:',`)
         assert imported and "/runtime_resources/py_modules_files/" in imported.group(1), log[-2000:]
-        (sweep,) = Path(tiny_store, "sweeps").iterdir()
-        assert pq.read_table(sweep / "results.parquet").num_rows == 2
-        (sweep,) = (digits / "sweeps").iterdir()
-        assert pq.read_table(sweep / "results.parquet").num_rows == 1
     finally:
         _stop_session(head.pid)
         head.wait(timeout=30)

@@ -21,31 +21,33 @@ SCRIPT = textwrap.dedent("""
     from ray.cluster_utils import Cluster
     from continual_trainer.cli import main
 
-    store, jobs, kill = sys.argv[1], sys.argv[2].split(","), sys.argv[3] == "kill"
+    jobs = json.loads(sys.argv[1])  # [store, strategy or "sweep", kill an actor during it]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
-    killed = []
+    killed, armed = [], threading.Event()
 
     def kill_a_shard_trainer():  # SIGKILL one actor's process while it trains a round
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        while True:
+            armed.wait()
             for pid in filter(str.isdigit, os.listdir("/proc")):
                 try:
                     with open(f"/proc/{pid}/cmdline", "rb") as f:
                         title = f.read()
                 except OSError:
                     continue
-                if title.startswith(b"ray::ShardTrainer.steps"):
+                if title.startswith(b"ray::ShardTrainer.steps") and armed.is_set():
                     time.sleep(1.0)  # a few rounds in
                     os.kill(int(pid), signal.SIGKILL)
                     killed.append(int(pid))
-                    return
+                    armed.clear()
+                    break
             time.sleep(0.05)
 
-    if kill:
-        threading.Thread(target=kill_a_shard_trainer, daemon=True).start()
-    for job in jobs:  # one after another on the same two-node cluster
+    threading.Thread(target=kill_a_shard_trainer, daemon=True).start()
+    for store, job, kill in jobs:  # one after another on the same two-node cluster
+        before = len(killed)
+        armed.set() if kill else armed.clear()
         if job == "sweep":  # Ray Tune trials, each reading the store itself
             import continual_trainer as ct
             spec = {"strategies": ["fresh_new"], "params": {"epochs": 3}, "seeds": [0]}
@@ -56,17 +58,24 @@ SCRIPT = textwrap.dedent("""
             code = main(["update", "--store", store, "--strategy", job, "--actors", "2", "--memory-budget", "1KB",
                          "--sync-steps", "5", "--set", "epochs=20", "--set", "batch_size=32", "--promote", "never",
                          "--json"])
-        print(json.dumps({"exit_code": code, "killed": len(killed)}), flush=True)
+        armed.clear()
+        print(json.dumps({"exit_code": code, "killed": len(killed) - before}), flush=True)
     ray.shutdown()
     cluster.shutdown()
 """)
 
 
-def _on_two_nodes(store: str, jobs: list[str], kill: bool) -> list[tuple[dict, dict]]:
-    """Run `jobs` (strategies to update with, or "sweep") on one two-node cluster; for each its
-    outcome (update's JSON, or the sweep's counts) and how it ended (exit code, actors killed)."""
+@pytest.fixture(scope="module")
+def on_two_nodes(s3_server, tmp_path_factory) -> dict[str, list[tuple[dict, dict]]]:
+    """One two-node cluster (its start is most of the time) for both tests' jobs: on a shared
+    folder, an update whose actor is killed in the middle; on S3, averaging, bagging and a
+    sweep. For each job, its outcome (update's JSON, or the sweep's counts) and how it ended
+    (exit code, actors killed during it)."""
+    folder = _drift_store(tmp_path_factory.mktemp("folder"), row_group=250)
+    s3 = _drift_store(tmp_path_factory.mktemp("s3"), n=1500, row_group=250, uri=s3_server())
+    jobs = [(folder, "finetune_all", True)] + [(s3, job, False) for job in ("finetune_all", "ensemble_all", "sweep")]
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, store, ",".join(jobs), "kill" if kill else "no"],
+        [sys.executable, "-c", SCRIPT, json.dumps(jobs)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -75,14 +84,15 @@ def _on_two_nodes(store: str, jobs: list[str], kill: bool) -> list[tuple[dict, d
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 2 * len(jobs), proc.stdout[-3000:]
-    return list(zip(lines[::2], lines[1::2], strict=True))
+    runs = list(zip(lines[::2], lines[1::2], strict=True))
+    return {"folder": folder, "s3": s3, "on folder": runs[:1], "on s3": runs[1:]}
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_actors_on_two_nodes_read_a_shared_folder_and_survive_a_killed_actor(tmp_path: Path) -> None:
-    store = _drift_store(tmp_path, row_group=250)
-    ((outcome, run),) = _on_two_nodes(store, ["finetune_all"], kill=True)
+def test_actors_on_two_nodes_read_a_shared_folder_and_survive_a_killed_actor(on_two_nodes) -> None:
+    store = on_two_nodes["folder"]
+    ((outcome, run),) = on_two_nodes["on folder"]
     assert run == {"exit_code": 0, "killed": 1}
     execution = Store.open(store).manifest(outcome["version"]).execution
     assert execution["mode"] == "model_averaging" and execution["replaced"] == 1
@@ -93,11 +103,9 @@ def test_actors_on_two_nodes_read_a_shared_folder_and_survive_a_killed_actor(tmp
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_actors_and_trials_on_two_nodes_read_a_store_on_s3(s3_server, tmp_path: Path) -> None:
-    store = _drift_store(tmp_path, n=1500, row_group=250, uri=s3_server())
-    (averaged, run_a), (bagged, run_b), (swept, run_s) = _on_two_nodes(
-        store, ["finetune_all", "ensemble_all", "sweep"], kill=False
-    )
+def test_actors_and_trials_on_two_nodes_read_a_store_on_s3(on_two_nodes) -> None:
+    store = on_two_nodes["s3"]
+    (averaged, run_a), (bagged, run_b), (swept, run_s) = on_two_nodes["on s3"]
     for (outcome, run), mode in (((averaged, run_a), "model_averaging"), ((bagged, run_b), "bagging")):
         assert run == {"exit_code": 0, "killed": 0}
         assert Store.open(store).manifest(outcome["version"]).execution["mode"] == mode

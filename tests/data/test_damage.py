@@ -7,6 +7,7 @@ command runs against it.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -98,6 +99,14 @@ def commands(store: str, files: dict[str, Path], tmp: Path) -> dict[str, list[st
     }  # fmt: skip
 
 
+def _is_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_bytes())
+    except ValueError:
+        return False
+    return True
+
+
 def test_the_template_holds_every_kind_of_file(template) -> None:
     store, _ = template
     expected = {"store.json", "CURRENT", "batches/*/batch.json", "batches/*/data.parquet", "models/*/manifest.json"}
@@ -111,7 +120,9 @@ def test_the_template_holds_every_kind_of_file(template) -> None:
 def test_every_command_on_every_damaged_file(template, damage: str, tmp_path: Path, capsys) -> None:
     source, files = template
     failures = []
-    for kind in kinds(source):
+    for kind, path in kinds(source).items():
+        if damage == "wrong-shape JSON" and not _is_json(path):
+            continue  # JSON in a Parquet or Keras file is garbage, which "garbage" covers
         for name in commands(str(tmp_path / "s"), files, tmp_path / "work"):
             store = tmp_path / "s"  # a fresh damaged copy for every command: commands change stores
             shutil.rmtree(store, ignore_errors=True)

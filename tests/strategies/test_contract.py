@@ -101,7 +101,8 @@ def _family(name: str) -> Family:
     return family
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+# The convolutional family trains the slowest: `make test` runs it, the quick loop the other three.
+@pytest.fixture(scope="module", params=[pytest.param(f, marks=pytest.mark.slow) if f == "cnn" else f for f in FAMILIES])
 def family(request) -> Family:
     return _family(request.param)
 
