@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast stress lint bench bench-check ray-package mutate
+.PHONY: demo test test-fast stress lint docs bench bench-check ray-package mutate
 
 # A strict editable install: build/__editable__.*/ holds links to the checkout's files laid out
 # as the package `continual_trainer`, so type checkers and IDEs resolve every import (the default
@@ -47,6 +47,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	cd build && $(abspath $(PY)) -m mypy --config-file ../pyproject.toml -p continual_trainer
+
+# The documentation site (docs/, mkdocs.yml) into build/site; --strict: a broken link, a page
+# missing from the navigation or a docstring mkdocstrings cannot read fails the build, as in CI.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 # The package as one folder, build/ray-package/continual_trainer, for a Ray job's runtime
 # environment (`py_modules`) on a cluster whose nodes have the dependencies but not this project.

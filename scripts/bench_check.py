@@ -46,6 +46,20 @@ BENCHMARKS = (
 
 TOLERANCE = 0.25  # how far a measured figure may be from the README's printed one (the larger over the smaller)
 README = os.path.join(os.path.dirname(HERE), "README.md")
+DOCS = os.path.join(os.path.dirname(HERE), "docs")
+
+
+def manual() -> str:
+    """The README and every page of the documentation site, as one text (figures are marked
+    where they are printed, mostly on docs/speed.md)."""
+    paths = [README, *sorted(os.path.join(d, f) for d, _, fs in os.walk(DOCS) for f in fs if f.endswith(".md"))]
+    texts = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            texts.append(f.read())
+    return "\n".join(texts)
+
+
 _PRINTED = re.compile(r"\*\*(?:[^*]*?)([-+]?[\d,]*\.?\d+)[^*]*\*\*<!-- ([\w.-]+) -->")
 
 
@@ -63,10 +77,9 @@ def check(
 
 
 def printed(text: str | None = None) -> dict[str, float]:
-    """The README's marked numbers by name (`**2.96×**<!-- serve.single -->` is serve.single: 2.96)."""
+    """The documentation's marked numbers by name (`**2.96×**<!-- serve.single -->` is serve.single: 2.96)."""
     if text is None:
-        with open(README, encoding="utf-8") as f:
-            text = f.read()
+        text = manual()
     return {name: float(number.replace(",", "")) for number, name in _PRINTED.findall(text)}
 
 

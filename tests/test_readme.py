@@ -1,6 +1,6 @@
-"""The README's claims name their proof, and the proof exists: every Reliability row cites the
-tests that hold it (file and test name), every figure of the Speed table the script that
-reproduces it, and every test, script and example the README names is there."""
+"""The documentation's claims name their proof, and the proof exists: every Reliability row cites
+the tests that hold it (file and test name), every figure of the Speed table the script that
+reproduces it, and every test, script and example the README or a page of `docs/` names is there."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-README = (ROOT / "README.md").read_text()
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+README = "\n".join(p.read_text() for p in PAGES)  # the README and the documentation site's pages
 CITED_TEST = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`")
 CITED_FILE = re.compile(r"(?<![\w/])((?:tests|scripts|examples|data|trainer|strategies|cluster)/[\w/.-]+\.(?:py|yaml))")
 
 
 def section(title: str) -> str:
-    return README.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    """A page of the documentation site by its title (`Reliability` is docs/reliability.md)."""
+    return (ROOT / "docs" / f"{title.lower().replace(' ', '-')}.md").read_text()
 
 
 def table(text: str) -> list[list[str]]:

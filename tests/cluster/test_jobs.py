@@ -45,10 +45,11 @@ def _stop_session(sid: int) -> None:
             time.sleep(0.5)
 
 
-def readme_job_command() -> list[str]:
-    """The README's `ray job submit` command, as a user copies it: its lines joined, split as a
-    shell splits them, the leading `RAY_AUTH_*=` assignments (the environment) left out."""
-    text = (REPO / "README.md").read_text()
+def guide_job_command() -> list[str]:
+    """The `ray job submit` command of the Ray guide (docs/guides/ray.md), as a user copies it:
+    its lines joined, split as a shell splits them, the leading `RAY_AUTH_*=` assignments (the
+    environment) left out."""
+    text = (REPO / "docs" / "guides" / "ray.md").read_text()
     block = next(b for b in text.split("```")[1::2] if "ray job submit" in b)
     command = block[block.index("RAY_AUTH_MODE=token RAY_AUTH_TOKEN=... ray job submit") :]
     argv = shlex.split(command.replace("\\\n", " ").split("\n")[0])
@@ -58,8 +59,8 @@ def readme_job_command() -> list[str]:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_the_readmes_job_command_runs_a_sweep_on_a_head_with_token_auth(tmp_path: Path, monkeypatch) -> None:
-    """The README's command, submitted as written from a checkout-like folder (its relative paths
+def test_the_guides_job_command_runs_a_sweep_on_a_head_with_token_auth(tmp_path: Path, monkeypatch) -> None:
+    """The Ray guide's command, submitted as written from a checkout-like folder (its relative paths
     `examples` and `build/ray-package/continual_trainer` resolved there), with only the head's
     address, the token (in the environment) and the store put in. The store's model comes from a
     builder in the working directory (`digits:cnn`), so Tune's workers must import it from there
@@ -140,7 +141,7 @@ def test_the_readmes_job_command_runs_a_sweep_on_a_head_with_token_auth(tmp_path
         assert main(["ingest", "--store", str(store), str(data / "digits-new.parquet")]) == 0
         monkeypatch.chdir(checkout)
 
-        readme = readme_job_command()
+        readme = guide_job_command()
         command = [
             str(store) if arg == "s3://bucket/store" else address if arg == "http://HEAD:8265" else arg
             for arg in readme
