@@ -37,7 +37,7 @@ stress: $(STAMP)
 	CTRAIN_STRESS_RUNS=100 $(PY) -m pytest -m stress --durations=10
 
 # Mutation testing of the modules that hold the rules (scripts/mutate.py; not in `make test`:
-# it takes about half an hour here). Prints each module's score; the README records the last.
+# it takes about half an hour here). Prints each module's score; docs/development.md records the last.
 mutate: $(STAMP)
 	$(PY) scripts/mutate.py
 
@@ -59,7 +59,7 @@ ray-package: $(STAMP)
 	rm -rf build/ray-package
 	$(PY) -m pip install --quiet --no-deps --target build/ray-package .
 
-# The benchmarks behind the README's Speed table; exits 1 if a figure misses its target.
+# The benchmarks behind the Speed page (docs/speed.md); exits 1 if a figure misses its target.
 bench-check: $(STAMP)
 	$(PY) scripts/bench_check.py
 

@@ -1,9 +1,9 @@
-"""`make bench-check`: run the benchmarks behind the README's Speed table and exit 1 if any
-figure misses its target, or differs from the number the README prints by more than TOLERANCE.
+"""`make bench-check`: run the benchmarks behind the Speed page (docs/speed.md) and exit 1 if any
+figure misses its target, or differs from the number the documentation prints by more than TOLERANCE.
 
 Each benchmark prints, as its last line, `BENCH-CHECK {json}`: a list of checks, each the
-figure measured, the target the README states and whether it was met (see `emit`). A check that
-backs a number the README prints names it (`readme="serve.single"`), and the README marks that
+figure measured, the target the Speed page states and whether it was met (see `emit`). A check that
+backs a number the documentation prints names it (`readme="serve.single"`), and the page marks that
 number with the same name in a comment right after it (`**2.96×**<!-- serve.single -->`): the
 number measured must be within TOLERANCE of the number printed, so a figure cannot go stale. This
 script runs every benchmark in turn (they are heavy: about 15 minutes on 2 cores), prints one

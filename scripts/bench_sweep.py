@@ -11,7 +11,7 @@ shifted features), fresh_all for 600 epochs and finetune_all for 1000, four seed
 the benchmark was written a trial trained for about 15 s; since the loop got faster (and the
 settings are sized to the rows) a trial trains for about 2 s, and what Ray adds per trial (about
 1.7 s) is most of it: the figure now says what Ray costs for short trials on one machine (the
-README's Speed table gives it with that reading; its target is missed).
+Speed page (docs/speed.md) gives it with that reading; its target is missed).
 
 Run: .venv/bin/python scripts/bench_sweep.py
 """

@@ -14,8 +14,8 @@ and mutmut runs there; the checkout is never modified.
     python scripts/mutate.py --survivors     # the last run's survivors (cd build/mutate/GROUP; mutmut show NAME)
 
 The modules, and the tests that guard them, are `GROUPS` below. Survivors judged
-equivalent (no test can tell them apart) are listed, with why, in the README's Development
-section.
+equivalent (no test can tell them apart) are listed, with why, in the Development page
+(docs/development.md).
 """
 
 from __future__ import annotations

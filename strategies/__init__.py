@@ -9,7 +9,7 @@ This module is also a strategy author's whole surface: a strategy is a function
 summary, Capabilities(...))`; `TrainParams` (and `TrainAllParams`, `NoParams`) are the
 parameter dataclasses to extend (`param` declares a field's constraints), and `fit`,
 `fit_fresh`, `clone` train a copy of a network or a fresh one through the compiled loop. See the
-README's "Write your own strategy".
+the Strategies page's "Write your own strategy" (docs/strategies.md).
 """
 
 # Importing a module registers its strategies; this order is the listing order.
