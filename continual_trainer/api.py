@@ -22,6 +22,20 @@ from typing import TYPE_CHECKING, Any
 
 from continual_trainer.data.errors import UserError
 
+__all__ = [
+    "ModelStore",
+    "StreamOptions",
+    "check_strategy",
+    "expected_inputs",
+    "init_store",
+    "leave_cluster",
+    "metric_names",
+    "open_store",
+    "run_demo",
+    "split_file",
+    "strategy_names",
+]
+
 if TYPE_CHECKING:
     import keras
     import pandas as pd

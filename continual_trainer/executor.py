@@ -23,6 +23,23 @@ from continual_trainer.trainer.params import Interval, Params, param
 from continual_trainer.trainer.registry import Registry
 from continual_trainer.trials import PartsOf, TrialResult, run_strategy, score_candidate, stored_parts
 
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "Failure",
+    "Job",
+    "LocalExecutor",
+    "Schedule",
+    "StoppedEarly",
+    "SweepSettings",
+    "deferred_executor",
+    "executor_name",
+    "make_executor",
+    "result_or_raise",
+    "run_job",
+    "run_trial",
+]
+
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa

@@ -19,6 +19,20 @@ from continual_trainer.trials import JUDGED_ON, TrialResult, holdout_metrics
 from continual_trainer.updatedata import UpdateData
 from continual_trainer.versions import save_candidate
 
+__all__ = [
+    "PROMOTE_MODES",
+    "Promotion",
+    "UpdateOutcome",
+    "check_promote",
+    "commit",
+    "commit_version",
+    "promote_by_hand",
+    "promote_version",
+    "rollback",
+    "scores_below",
+    "stored_manifest",
+]
+
 log = logging.getLogger(__name__)
 
 PROMOTE_MODES = ("auto", "always", "never")

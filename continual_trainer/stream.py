@@ -43,6 +43,14 @@ from continual_trainer.triggers import Observation, TriggerSet, per_row_loss
 from continual_trainer.updatedata import UpdateData, default_memory_budget, load_update_data, with_old_rows
 from continual_trainer.versions import stored_candidate
 
+__all__ = [
+    "DEFAULT_CANDIDATES",
+    "STATUSES",
+    "Policy",
+    "StreamEvent",
+    "run_stream",
+]
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CANDIDATES = ("finetune_new", "finetune_all", "fresh_all", "ensemble_all")

@@ -49,6 +49,15 @@ from continual_trainer.trainer.progress import report
 from continual_trainer.updatedata import default_memory_budget, load_update_data
 from continual_trainer.versions import stored_candidate
 
+__all__ = [
+    "SweepResult",
+    "SweepSpec",
+    "TrialSpec",
+    "metric_names",
+    "run_sweep",
+    "summarize",
+]
+
 log = logging.getLogger(__name__)
 
 

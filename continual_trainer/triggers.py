@@ -42,6 +42,16 @@ from continual_trainer.trainer import params as P
 from continual_trainer.trainer.params import Boolean, Choice, Interval, Params, param
 from continual_trainer.trainer.registry import Registry
 
+__all__ = [
+    "Decision",
+    "Observation",
+    "Trigger",
+    "TriggerSet",
+    "get",
+    "names",
+    "register",
+]
+
 COMBINE = ("any", "all")
 MAX_SAMPLE = 2000  # rows of each side the feature tests use at most (seeded)
 

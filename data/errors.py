@@ -6,6 +6,14 @@ import logging
 import re
 from typing import Any
 
+__all__ = [
+    "NewClassesRefused",
+    "TerminalFormatter",
+    "UserError",
+    "WorkFailed",
+    "terminal_safe",
+]
+
 
 class UserError(Exception):
     """Bad input from the user: a file, an argument or a store they pointed us at.

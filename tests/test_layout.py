@@ -234,3 +234,29 @@ def test_no_function_of_the_cli_is_longer_than_a_screen() -> None:
 def test_the_cli_rule_would_catch_a_route_around_the_api() -> None:
     around = "def cmd_x(args):\n    from continual_trainer.scoring import predict\n"
     assert cli_imports(around) - CLI_IMPORTS == {"continual_trainer.scoring"}
+
+
+# Modules meant to be imported by users, strategy and trigger authors, and executors' writers.
+PUBLIC = (
+    "continual_trainer",
+    "continual_trainer.api",
+    "continual_trainer.strategies",
+    "continual_trainer.executor",
+    "continual_trainer.triggers",
+    "continual_trainer.promotion",
+    "continual_trainer.sweep",
+    "continual_trainer.stream",
+    "continual_trainer.data.errors",
+    "continual_trainer.cli",
+)
+
+
+def test_every_public_module_declares_its_surface_and_it_resolves() -> None:
+    import importlib
+
+    for name in PUBLIC:
+        module = importlib.import_module(name)
+        surface = getattr(module, "__all__", None)
+        assert surface, f"{name} declares no __all__"
+        missing = [n for n in surface if not hasattr(module, n)]
+        assert missing == [], (name, missing)
