@@ -80,70 +80,8 @@ def _sections(
     events: list[dict[str, Any]],
 ) -> list[tuple[str, str, Table | None]]:
     """(title, one paragraph, table) per section."""
-    timeline: list[list[str]] = []
-    for i, b in enumerate(batches, 1):
-        e = by_batch.get(b["id"], {})
-        fired = [n for n, d in (e.get("triggers") or {}).items() if d.get("fire")]
-        stats = "; ".join(
-            f"{n}: {_stat(d.get('statistic'))}{' fired' if d.get('fire') else ''}"
-            + (f" ({', '.join(d['because'])})" if d.get("fire") and d.get("because") else "")
-            + (f" — {d['detail']}" if d.get("detail") else "")
-            for n, d in (e.get("triggers") or {}).items()
-        )
-        tried = ", ".join(
-            f"{c['strategy']} {_fmt((c.get('holdout') or {}).get(first))}" if "error" not in c else f"{c['strategy']} ✗"
-            for c in e.get("candidates") or []
-        )
-        timeline.append(
-            [
-                str(i),
-                str(b.get("ingested", ""))[:19].replace("T", " "),
-                str(b.get("source", "")),
-                str(b.get("rows", "")),
-                ", ".join(map(str, b.get("new_classes") or [])) or "",
-                _fmt((e.get("drift") or {}).get(first)),
-                stats or ("" if not e else "–"),
-                "yes" if fired else ("no" if e.get("triggers") else ""),
-                tried,
-                f"{e.get('status', '')} {e.get('version') or ''}".strip(),
-            ]
-        )
-    versions = [
-        [
-            ("* " if h["current"] else "") + h["version"],
-            h["strategy"],
-            h["parent"] or "–",
-            _fmt(h["metrics"].get(f"holdout_{first}")),
-            str(h["holdout_rows"]),
-            _fmt(h["forgetting"]),
-            _fmt(h["negative_flip_rate"]),
-            _fmt(h["train_seconds"], 2),
-            "yes" if h["promoted"] else "no",
-        ]
-        for h in history
-    ]
-    moves = [
-        [
-            str(p.get("time", ""))[:19].replace("T", " "),
-            str(p.get("version", "")),
-            str(p.get("previous") or "–"),
-            str(p.get("by", "")),
-            str(p.get("reason", "")),
-        ]
-        for p in promotions
-    ]
-    live = [
-        [
-            h["version"],
-            role,
-            _live_value(m),
-            str(m.get("rows", 0)),
-            _live_value(m["served"]) if role == "shadow" else "",
-            _live_value(m.get("agreement") or {}) if role == "shadow" else "",
-        ]
-        for h in history
-        for role, m in (h.get("live") or {}).items()
-    ]
+    timeline = _timeline(batches, by_batch, first)
+    versions, moves, live = _version_rows(history, first), _promotion_rows(promotions), _live_rows(history)
     current = store.current()
     n_fired = sum(1 for e in events if any(d.get("fire") for d in (e.get("triggers") or {}).values()))
     summary = (
@@ -206,6 +144,84 @@ def _sections(
             if live
             else []
         ),
+    ]
+
+
+def _timeline(batches: list[dict[str, Any]], by_batch: Mapping[str, dict[str, Any]], first: str) -> list[list[str]]:
+    """A row per batch as it arrived, with the stream's view of it (triggers, candidates, outcome)."""
+    timeline: list[list[str]] = []
+    for i, b in enumerate(batches, 1):
+        e = by_batch.get(b["id"], {})
+        fired = [n for n, d in (e.get("triggers") or {}).items() if d.get("fire")]
+        stats = "; ".join(
+            f"{n}: {_stat(d.get('statistic'))}{' fired' if d.get('fire') else ''}"
+            + (f" ({', '.join(d['because'])})" if d.get("fire") and d.get("because") else "")
+            + (f" — {d['detail']}" if d.get("detail") else "")
+            for n, d in (e.get("triggers") or {}).items()
+        )
+        tried = ", ".join(
+            f"{c['strategy']} {_fmt((c.get('holdout') or {}).get(first))}" if "error" not in c else f"{c['strategy']} ✗"
+            for c in e.get("candidates") or []
+        )
+        timeline.append(
+            [
+                str(i),
+                str(b.get("ingested", ""))[:19].replace("T", " "),
+                str(b.get("source", "")),
+                str(b.get("rows", "")),
+                ", ".join(map(str, b.get("new_classes") or [])) or "",
+                _fmt((e.get("drift") or {}).get(first)),
+                stats or ("" if not e else "–"),
+                "yes" if fired else ("no" if e.get("triggers") else ""),
+                tried,
+                f"{e.get('status', '')} {e.get('version') or ''}".strip(),
+            ]
+        )
+    return timeline
+
+
+def _version_rows(history: list[dict[str, Any]], first: str) -> list[list[str]]:
+    return [
+        [
+            ("* " if h["current"] else "") + h["version"],
+            h["strategy"],
+            h["parent"] or "–",
+            _fmt(h["metrics"].get(f"holdout_{first}")),
+            str(h["holdout_rows"]),
+            _fmt(h["forgetting"]),
+            _fmt(h["negative_flip_rate"]),
+            _fmt(h["train_seconds"], 2),
+            "yes" if h["promoted"] else "no",
+        ]
+        for h in history
+    ]
+
+
+def _promotion_rows(promotions: list[dict[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            str(p.get("time", ""))[:19].replace("T", " "),
+            str(p.get("version", "")),
+            str(p.get("previous") or "–"),
+            str(p.get("by", "")),
+            str(p.get("reason", "")),
+        ]
+        for p in promotions
+    ]
+
+
+def _live_rows(history: list[dict[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            h["version"],
+            role,
+            _live_value(m),
+            str(m.get("rows", 0)),
+            _live_value(m["served"]) if role == "shadow" else "",
+            _live_value(m.get("agreement") or {}) if role == "shadow" else "",
+        ]
+        for h in history
+        for role, m in (h.get("live") or {}).items()
     ]
 
 
