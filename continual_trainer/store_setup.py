@@ -90,13 +90,7 @@ def init_store(
     _refuse_existing_store(uri)
     batch = batch_name(1, data)
     start = time.perf_counter()
-    if architecture is not None:
-        net = from_bytes(architecture, source=model_name)
-        numeric = [c.name for c in schema.columns if c.type.grouped]
-        schema = replace(schema, numeric_inputs=numeric_layout(net, numeric))
-        check_model(net, schema.input_spec(), schema.n_classes, model_name)
-    else:
-        net = build_model(spec, schema.input_spec(), schema.n_classes, seed, schema.target)
+    net, schema = _first_network(architecture, model_name, spec, schema, seed)
     rows, holdout = split_rows(table, batch, 0, schema, holdout_fraction)
     trained = not imported or train_imported
     if trained:
@@ -125,29 +119,57 @@ def init_store(
         if added != batch:  # another init raced us here with other data
             raise UserError(f"{store.display}: another init is creating this store; use another --store")
         strategy = "init" if trained and not imported else "import" if not trained else "import+train"
-        manifest = Manifest(
-            parent=None,
-            strategy=strategy,
-            params=asdict(loop) if trained else {},
-            seed=seed,
-            model=str(spec),
-            batches_seen=(batch,),
-            batches_trained=(batch,) if trained else (),
-            metrics=metrics,
-            train_seconds=seconds if trained else 0.0,
-            preprocessing=(
-                "the imported model's own (its adapted layers as saved)"
-                if imported
-                else "input statistics of the first batch (standard deviations of numeric columns floored at a tenth "
-                "of their median); vocabularies: the first batch's"
-            ),
-        )
+        manifest = _first_manifest(strategy, spec, batch, metrics, loop if trained else None, seed, seconds, imported)
         version, promoted, reason = commit_version(
             store, candidate, manifest, Promotion("always"), by="init", wins=True
         )
     finally:
         store.release_init()
     return UpdateOutcome(version, None, strategy, promoted, reason, metrics, {}, manifest.train_seconds, 1)
+
+
+def _first_network(
+    architecture: bytes | None, model_name: str, spec: ModelSpec, schema: Schema, seed: int
+) -> tuple[Any, Schema]:
+    """The first version's network: the imported model (checked against the columns, fed one
+    input per numeric column if it has them) or the recipe's, built; and the schema that feeds it."""
+    if architecture is None:
+        return build_model(spec, schema.input_spec(), schema.n_classes, seed, schema.target), schema
+    net = from_bytes(architecture, source=model_name)
+    numeric = [c.name for c in schema.columns if c.type.grouped]
+    schema = replace(schema, numeric_inputs=numeric_layout(net, numeric))
+    check_model(net, schema.input_spec(), schema.n_classes, model_name)
+    return net, schema
+
+
+def _first_manifest(
+    strategy: str,
+    spec: ModelSpec,
+    batch: str,
+    metrics: dict[str, Any],
+    loop: LoopConfig | None,
+    seed: int,
+    seconds: float,
+    imported: bool,
+) -> Manifest:
+    """The first version's manifest (`loop`: how it trained; None if imported as it was)."""
+    return Manifest(
+        parent=None,
+        strategy=strategy,
+        params=asdict(loop) if loop is not None else {},
+        seed=seed,
+        model=str(spec),
+        batches_seen=(batch,),
+        batches_trained=(batch,) if loop is not None else (),
+        metrics=metrics,
+        train_seconds=seconds if loop is not None else 0.0,
+        preprocessing=(
+            "the imported model's own (its adapted layers as saved)"
+            if imported
+            else "input statistics of the first batch (standard deviations of numeric columns floored at a tenth "
+            "of their median); vocabularies: the first batch's"
+        ),
+    )
 
 
 def _imported_model(model: Any) -> tuple[bytes | None, str]:
