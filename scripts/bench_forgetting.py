@@ -46,6 +46,7 @@ CLASS_IL: dict[str, tuple[str, dict[str, str]]] = {
     "ewc": ("ewc", {}),
     "replay": ("replay", {"memory_size": "200"}),
     "der": ("der", {"memory_size": "200"}),
+    "derpp": ("derpp", {"memory_size": "200"}),
     "joint": ("fresh_all", {"epochs": str(BASE_EPOCHS)}),
 }
 DOMAIN_IL: dict[str, tuple[str, dict[str, str]]] = {
@@ -54,6 +55,7 @@ DOMAIN_IL: dict[str, tuple[str, dict[str, str]]] = {
     "ewc": ("ewc", {}),
     "replay": ("replay", {"memory_size": "200"}),
     "der": ("der", {"memory_size": "200"}),
+    "derpp": ("derpp", {"memory_size": "200"}),
     "joint": ("fresh_all", {"epochs": str(BASE_EPOCHS)}),
 }
 

