@@ -26,7 +26,7 @@ N_FEATURES = 5
 TINY_EPOCHS = {"epochs": "3"}
 
 # How many times `stress` tests repeat a run (`make stress`: 100; `make test`: this default).
-STRESS_RUNS = int(os.environ.get("CTRAIN_STRESS_RUNS", "4"))
+STRESS_RUNS = int(os.environ.get("CTRAIN_STRESS_RUNS", "3"))  # make test: 3; make stress: 100
 
 
 def make_table(n: int = 120, seed: int = 0, n_classes: int = 2, shift: float = 0.0) -> pa.Table:

@@ -117,7 +117,7 @@ def test_a_relative_store_and_a_users_mistake_on_workers_through_the_cli(tiny_st
     good = tmp_path / "good.yaml"
     good.write_text("strategies: [keep, fresh_all]\nparams: {epochs: 2}\n")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("strategies: [{graft: {freeze: 9, epochs: 2}}]\nseeds: [0, 1, 2]\nmax_failures: 3\n")
+    bad.write_text("strategies: [{graft: {freeze: 9, epochs: 2}}]\nseeds: [0, 1]\nmax_failures: 2\n")
     ctrain = [
         sys.executable,
         "-m",
@@ -135,5 +135,5 @@ def test_a_relative_store_and_a_users_mistake_on_workers_through_the_cli(tiny_st
     failed = subprocess.run([*ctrain, "--config", str(bad)], cwd=cwd, capture_output=True, text=True, timeout=600)
     assert failed.returncode == 2
     assert failed.stderr.count("\n") == 1 and "only 2 hidden layers" in failed.stderr, failed.stderr
-    assert "Traceback" not in failed.stderr and "none of 3 trials finished" in failed.stderr
+    assert "Traceback" not in failed.stderr and "none of 2 trials finished" in failed.stderr
     assert json.loads(failed.stdout.strip().splitlines()[-1])["exit_code"] == 2

@@ -1,6 +1,6 @@
 """No command aborts at exit: runs of a failing and a succeeding predict and update, 3 at a time
 (`make stress`: 100 of each, as when the abort was found; `make test`: CTRAIN_STRESS_RUNS,
-default 8 of each).
+default 3 of each).
 
 The abort seen before ("terminate called without an active exception", exit 134)
 came from an Arrow pool thread releasing a Python file object during interpreter
