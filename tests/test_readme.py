@@ -91,7 +91,7 @@ def test_every_figure_a_benchmark_backs_is_marked_in_the_readme_and_a_changed_on
         assert against_readme(check, numbers) is None
         marked = re.search(r"\*\*([^*]*?)([\d,]*\.?\d+)([^*]*)\*\*<!-- " + re.escape(name) + " -->", README)
         assert marked is not None
-        changed = README.replace(marked.group(0), marked.group(0).replace(marked.group(2), f"{shown * 1.3:.2f}", 1), 1)
+        changed = README.replace(marked.group(0), marked.group(0).replace(marked.group(2), f"{shown * 1.3:.4g}", 1), 1)
         moved = printed(changed)
         assert moved[name] == pytest.approx(shown * 1.3, rel=0.01) and against_readme(check, moved) is not None
         assert against_readme({"figure": shown * (1 + TOLERANCE / 2), "readme": name}, numbers) is None
