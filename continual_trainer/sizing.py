@@ -55,11 +55,15 @@ def scaled(params: Any, rows: int, seconds: float, user_keys: frozenset[str] = f
 
 
 def compiled(params: Any, data: UpdateData, user_keys: frozenset[str] = frozenset()) -> Any:
-    """`params` with the optimizer settings the store's imported model was compiled with, for
-    the keys the user did not set (unchanged for `mlp:` and builder stores, or uncompiled models)."""
-    if not isinstance(params, LoopConfig) or "optimizer" in user_keys:  # the user chose: none of the model's
+    """`params` with the optimizer settings and the regression loss the store's imported model
+    was compiled with, for the keys the user did not set (unchanged for `mlp:` and builder
+    stores, or uncompiled models). `--set optimizer=...` drops the model's optimizer settings,
+    not its loss."""
+    if not isinstance(params, LoopConfig):
         return params
     settings, _, _ = _compiled_settings(data)
+    if "optimizer" in user_keys:  # the user chose the optimizer: none of the model's settings for it
+        settings = {k: v for k, v in settings.items() if k == "loss"}
     changes = {k: v for k, v in settings.items() if k not in user_keys}
     return dataclasses.replace(params, **changes) if changes else params
 

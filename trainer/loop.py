@@ -62,6 +62,7 @@ LEARNING_RATE = Interval(float, 0, low_open=True)
 MOMENTUM = Interval(float, 0, 1, high_open=True)
 DECAY_RATE = Interval(float, 0, 1, high_open=True)
 NON_NEGATIVE = Interval(float, 0)
+REGRESSION_LOSSES = ("auto", "mse", "mae", "huber")
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,11 @@ class LoopConfig(Params):
     clipnorm: float = param(0.0, NON_NEGATIVE, "clip each gradient to this norm (0: off)")
     global_clipnorm: float = param(0.0, NON_NEGATIVE, "clip all gradients to this joint norm (0: off)")
     clipvalue: float = param(0.0, NON_NEGATIVE, "clip each gradient's values to +-this (0: off)")
+    loss: str = param(
+        "auto",
+        Choice(REGRESSION_LOSSES),
+        "regression: mse (auto), mae, or huber (Keras's Huber, delta 1 in label units)",
+    )
     patience: int = param(0, Interval(int, 0), "early stopping: epochs without a better validation loss (0: off)")
     validation: float = param(
         0.1, Interval(float, 0, 0.5, low_open=True), "with patience: share of the training rows held out to stop on"
@@ -137,7 +143,13 @@ class _LayerShape:
     trainable: bool
 
 
-LABEL_MODES = ("binary", "sparse", "soft", "mse")
+LABEL_MODES = ("binary", "sparse", "soft", "mse", "mae", "huber")
+REGRESSION_MODES = ("mse", "mae", "huber")
+# How each regression loss scales with the label: the loss is measured in label standard
+# deviations (so a learning rate means the same whatever the label's scale), which for a loss
+# of power k in the error is the loss in label units weighted by 1 / target_std**k (Huber's
+# delta then stays 1 in label units, as Keras's default).
+_POWER = {"mse": 2, "mae": 1, "huber": 2}
 
 
 class LossHook:
@@ -265,12 +277,14 @@ def _term(hooks: tuple[LossHook, ...]) -> Callable[[list[Any]], Any] | None:
     return lambda variables: tf.add_n([h.term(variables) for h in adding])
 
 
-def label_mode(model: keras.Model, y: np.ndarray, task: str = "classification") -> str:
+def label_mode(model: keras.Model, y: np.ndarray, task: str = "classification", loss: str = "auto") -> str:
     """How the targets meet the model's output: `binary` (one sigmoid unit), `sparse` (class
     indices for a softmax), `soft` (class probabilities, as in distillation, or labels laid
-    out beside hooks' columns) or `mse`."""
+    out beside hooks' columns), or for regression its loss: `mse`, `mae` or `huber`."""
     if task == "regression":
-        return "mse"
+        return "mse" if loss == "auto" else loss
+    if loss != "auto":
+        raise UserError.about("loss", loss, "applies to regression; a classifier trains with cross-entropy")
     if output_units(model) == 1:
         return "binary"
     return "soft" if y.ndim == 2 else "sparse"
@@ -321,6 +335,8 @@ def _dense_structure(model: keras.Model, mode: str) -> tuple[tuple[_LayerShape, 
         "sparse": ("softmax",),
         "soft": ("softmax",),
         "mse": ("linear",),
+        "mae": ("linear",),
+        "huber": ("linear",),
     }[mode]
     if not shapes or shapes[-1].activation not in head or len(model.inputs) != 1:
         return None
@@ -380,7 +396,18 @@ def _dense_loss(mode: str) -> Callable[[Any, Any], Any]:
         return lambda y, z: tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z)
     if mode == "soft":
         return lambda y, z: tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=z)
+    if mode == "mae":
+        return lambda y, z: tf.reduce_mean(tf.abs(z - y), axis=-1)
+    if mode == "huber":
+        return lambda y, z: tf.reduce_mean(_huber(tf.abs(z - y)), axis=-1)
     return lambda y, z: tf.reduce_mean(tf.square(z - y), axis=-1)
+
+
+def _huber(error: Any) -> Any:
+    """Keras's Huber loss of absolute errors, delta 1: squared below it, linear above."""
+    import tensorflow as tf
+
+    return tf.where(error <= 1.0, 0.5 * tf.square(error), error - 0.5)
 
 
 @functools.lru_cache(maxsize=64)
@@ -426,6 +453,8 @@ def _general_fn(
             "sparse": keras.losses.sparse_categorical_crossentropy,
             "soft": keras.losses.categorical_crossentropy,
             "mse": keras.losses.mean_squared_error,
+            "mae": keras.losses.mean_absolute_error,
+            "huber": keras.losses.huber,
         }[mode]
         # Hooks with columns are given the logits Keras's losses recover from the head's output.
         hooked = any(_hook_widths(hooks, units))
@@ -658,13 +687,15 @@ def train(
     n = len(y)
     if n == 0:
         raise ValueError("no training rows")
-    mode = label_mode(model, y, task)
+    mode = label_mode(model, y, task, config.loss)
     units = output_units(model)
     targets = _targets(y, mode)
     if any(_hook_widths(hooks, units)) and (mode not in ("binary", "soft") or y.ndim != 2):
         raise ValueError("hooks with per-row columns train a classifier on labels laid out beside them (lay_out)")
-    if mode == "mse" and target_std != 1.0:  # the error in label standard deviations: weights carry the scale
-        scaled = (1.0 if sample_weight is None else np.asarray(sample_weight)) / np.float32(target_std**2)
+    if (
+        mode in REGRESSION_MODES and target_std != 1.0
+    ):  # the error in label standard deviations: weights carry the scale
+        scaled = (1.0 if sample_weight is None else np.asarray(sample_weight)) / np.float32(target_std ** _POWER[mode])
         sample_weight = np.broadcast_to(np.asarray(scaled), (n,)).astype(np.float32)
     weighted = sample_weight is not None
     w = np.asarray(sample_weight, np.float32) if weighted else np.ones(1, np.float32)
@@ -768,15 +799,15 @@ def train_stream(
         total, rows = 0.0, 0
         for b, (x, y, w) in enumerate(prefetched(_buffers(passes(epoch), buffer_rows))):
             if compiled is None:
-                mode, units, given = label_mode(model, y, task), output_units(model), w is not None
-                scaled = mode == "mse" and target_std != 1.0  # the error in label standard deviations
+                mode, units, given = label_mode(model, y, task, config.loss), output_units(model), w is not None
+                scaled = mode in REGRESSION_MODES and target_std != 1.0  # the error in label standard deviations
                 weighted = given or scaled
                 compiled = _compile(model, mode, config, weighted, hooks, units, isinstance(x, np.ndarray), None)
             if (w is not None) != given:
                 raise ValueError("every piece must have sample weights, or none")
             if weighted:
                 w = np.asarray(np.ones(len(y)) if w is None else w, np.float32)
-                w = w / np.float32(target_std**2) if scaled else w
+                w = w / np.float32(target_std ** _POWER[mode]) if scaled else w
             else:
                 w = np.ones(1, np.float32)
             args = (compiled.tensor(x), tf.constant(_targets(y, mode)), tf.constant(w))
@@ -923,8 +954,10 @@ class _Stopper:
 
         p = member_output(self.model, self.x if isinstance(self.x, Mapping) else {"_": self.x})
         y, eps = self.y, 1e-7
-        if self.mode == "mse":
-            rows = np.mean((p - y.reshape(len(y), -1)) ** 2, axis=1)
+        if self.mode in REGRESSION_MODES:
+            error = np.abs(p - y.reshape(len(y), -1))
+            per = {"mse": error**2, "mae": error, "huber": np.where(error <= 1.0, 0.5 * error**2, error - 0.5)}
+            rows = np.mean(per[self.mode], axis=1)
         elif self.mode == "sparse":
             rows = -np.log(np.clip(p[np.arange(len(y)), y], eps, None))
         else:  # binary, soft: cross-entropy with the (first `units`) target columns

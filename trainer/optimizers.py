@@ -43,7 +43,14 @@ _INERT: dict[str, Any] = {
     "gradient_accumulation_steps": None,
 }
 _CLASSIFICATION_LOSSES = ("binary_crossentropy", "sparse_categorical_crossentropy", "categorical_crossentropy")
-_REGRESSION_LOSSES = {"mean_squared_error": "mse", "mse": "mse"}
+_REGRESSION_LOSSES = {
+    "mean_squared_error": "mse",
+    "mse": "mse",
+    "mean_absolute_error": "mae",
+    "mae": "mae",
+    "huber": "huber",
+    "huber_loss": "huber",
+}
 
 
 @dataclass(frozen=True)
@@ -202,8 +209,11 @@ def from_compile_config(compiled: dict[str, Any], task: str) -> tuple[dict[str, 
     loss = _loss_name(compiled.get("loss"))
     if loss:
         supported = _CLASSIFICATION_LOSSES if task == "classification" else tuple(_REGRESSION_LOSSES)
+        # Keras saves no Huber delta (its get_config leaves it out): a reloaded model has 1, as here.
         if loss in supported and not _from_logits(compiled.get("loss")):
             words.append(f"loss {loss}")
+            if task == "regression":
+                settings["loss"] = _REGRESSION_LOSSES[loss]
         else:
             usual = "cross-entropy" if task == "classification" else "mean squared error"
             ignored.append(f"loss {loss}{' from logits' if _from_logits(compiled.get('loss')) else ''} "
@@ -216,13 +226,18 @@ def _default_lr(name: str) -> float:
 
 
 def _loss_name(loss: Any) -> str:
+    """A compiled loss's name: a string as given, a loss object's `name` (`huber_loss`), or a
+    loss function's name (Keras serialises `keras.losses.mae` with its name as the config)."""
     if isinstance(loss, str):
         return loss
     if isinstance(loss, dict):
         cfg = loss.get("config") or {}
+        if isinstance(cfg, str):
+            return cfg
         return str(cfg.get("name") or loss.get("class_name") or "")
     return ""
 
 
 def _from_logits(loss: Any) -> bool:
-    return isinstance(loss, dict) and bool((loss.get("config") or {}).get("from_logits"))
+    cfg = loss.get("config") if isinstance(loss, dict) else None
+    return isinstance(cfg, dict) and bool(cfg.get("from_logits"))

@@ -56,7 +56,7 @@ SCRIPT = textwrap.dedent("""
             code = 0
         else:
             code = main(["update", "--store", store, "--strategy", job, "--actors", "2", "--memory-budget", "1KB",
-                         "--sync-steps", "5", "--set", "epochs=20", "--set", "batch_size=32", "--promote", "never",
+                         "--sync-steps", "5", "--set", "epochs=10", "--set", "batch_size=32", "--promote", "never",
                          "--json"])
         armed.clear()
         print(json.dumps({"exit_code": code, "killed": len(killed) - before}), flush=True)
@@ -71,7 +71,7 @@ def on_two_nodes(s3_server, tmp_path_factory) -> dict[str, list[tuple[dict, dict
     folder, an update whose actor is killed in the middle; on S3, averaging, bagging and a
     sweep. For each job, its outcome (update's JSON, or the sweep's counts) and how it ended
     (exit code, actors killed during it)."""
-    folder = _drift_store(tmp_path_factory.mktemp("folder"), row_group=250)
+    folder = _drift_store(tmp_path_factory.mktemp("folder"), n=1500, row_group=250)
     s3 = _drift_store(tmp_path_factory.mktemp("s3"), n=1500, row_group=250, uri=s3_server())
     jobs = [(folder, "finetune_all", True)] + [(s3, job, False) for job in ("finetune_all", "ensemble_all", "sweep")]
     proc = subprocess.run(

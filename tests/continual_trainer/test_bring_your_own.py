@@ -256,6 +256,43 @@ def test_an_imported_model_trains_as_it_was_compiled_unless_set(tmp_path: Path, 
     keras.backend.clear_session()
 
 
+def test_an_imported_regression_model_trains_with_the_loss_it_was_compiled_with(tmp_path: Path, capsys) -> None:
+    """A regression model compiled with MAE is updated with MAE (the manifest records it, the
+    plan line names it); `--set loss=...` wins; `--set optimizer=...` keeps the model's loss."""
+    import keras
+
+    from continual_trainer.data.schema import Schema
+
+    pq.write_table(tabular(300, 0, regression=True), tmp_path / "r0.parquet")
+    pq.write_table(tabular(200, 1, regression=True), tmp_path / "r1.parquet")
+    spec = Schema.infer(pq.read_table(tmp_path / "r0.parquet"), "y", "r0").input_spec()
+    numeric = keras.Input(spec["numeric"].shape, name="numeric")
+    colour = keras.Input((), dtype="string", name="colour")
+    norm = keras.layers.Normalization(mean=list(spec["numeric"].mean), variance=list(spec["numeric"].variance))
+    codes = keras.layers.StringLookup(vocabulary=list(spec["colour"].vocabulary), output_mode="one_hot")(colour)
+    hidden = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([norm(numeric), codes]))
+    model = keras.Model({"numeric": numeric, "colour": colour}, keras.layers.Dense(1)(hidden))  # a linear head
+    model.compile("sgd", "mae")
+    model.save(tmp_path / "mae.keras")
+    store = str(tmp_path / "s")
+    init = ["init", "--store", store, "--data", str(tmp_path / "r0.parquet"), "--label", "y"]
+    assert main([*init, "--model", str(tmp_path / "mae.keras")]) == 0
+    assert main(["ingest", "--store", store, str(tmp_path / "r1.parquet")]) == 0
+    capsys.readouterr()
+    update = ["update", "--store", store, "--strategy", "finetune_all", "--promote", "never", "--set", "epochs=1"]
+
+    def loss(*extra: str) -> tuple[str, str]:
+        code, out, err = run(capsys, *update, *extra)
+        assert code == 0, err
+        return Store.open(store).manifest(out["version"]).params["loss"], err
+
+    trained, err = loss()
+    assert trained == "mae" and "loss mae" in err
+    assert loss("--set", "loss=huber")[0] == "huber"
+    assert loss("--set", "optimizer=adam")[0] == "mae"
+    keras.backend.clear_session()
+
+
 @pytest.mark.parametrize(
     ("model", "expected"),
     [

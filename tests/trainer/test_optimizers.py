@@ -108,5 +108,53 @@ def test_what_the_loop_cannot_honour_is_named() -> None:
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     _, _, ignored = from_compile_config(_compiled("sgd", loss), "classification")
     assert ignored == ["loss sparse_categorical_crossentropy from logits (trained with cross-entropy)"]
-    _, words, ignored = from_compile_config(_compiled("sgd", "mae", units=1), "regression")
-    assert ignored == ["loss mae (trained with mean squared error)"] and words.startswith("SGD")
+    _, words, ignored = from_compile_config(_compiled("sgd", "mean_squared_logarithmic_error", units=1), "regression")
+    assert ignored == ["loss mean_squared_logarithmic_error (trained with mean squared error)"]
+    assert words.startswith("SGD")
+
+
+@pytest.mark.parametrize(
+    ("loss", "compiled"),
+    [("mae", "mae"), ("mae", "mean_absolute_error"), ("huber", "huber"), ("mse", "mean_squared_error")],
+)
+def test_a_regression_models_loss_is_read_from_its_compile(loss: str, compiled: str) -> None:
+    import keras
+
+    settings, words, ignored = from_compile_config(_compiled("sgd", compiled, units=1), "regression")
+    assert settings["loss"] == loss and ignored == [] and words.endswith(f"loss {compiled}")
+    object_loss = {"mae": keras.losses.MeanAbsoluteError(), "huber": keras.losses.Huber()}.get(loss)
+    if object_loss is not None:  # a loss object, as Keras's guides also compile
+        assert from_compile_config(_compiled("sgd", object_loss, units=1), "regression")[0]["loss"] == loss
+
+
+@pytest.mark.parametrize("loss", ["mae", "huber"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_mae_and_huber_follow_fits_trajectory_in_label_units(loss: str, fast: bool) -> None:
+    """A regression head trained with MAE or Huber: the loop's loss is in label standard
+    deviations, so `fit` on the same labels matches with the rate scaled by 1 / std**k
+    (k = 1 for MAE, 2 for Huber, whose delta stays 1 in label units)."""
+    import keras
+
+    x, _ = _data()
+    y = (3.0 * x[:, 0] - 2.0 * x[:, 1] + 0.5).astype(np.float32)
+    std = 2.0
+    if fast:
+        ours = build_model(ModelSpec((8,)), 6, 0, seed=3)  # a Dense stack with a linear head
+    else:
+        ours = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="elu"), keras.layers.Dense(1)])
+    theirs = clone(ours)
+    config = LoopConfig(epochs=12, batch_size=len(y), learning_rate=0.05, momentum=0.0, loss=loss)
+    train(ours, x, y, config, task="regression", target_std=std)
+    rate = config.learning_rate / std ** (1 if loss == "mae" else 2)
+    theirs.compile(optimizer=keras.optimizers.SGD(rate), loss={"mae": "mae", "huber": keras.losses.Huber()}[loss])
+    theirs.fit(x, y, epochs=config.epochs, batch_size=len(y), verbose=0, shuffle=False)
+    for a, b in zip(ours.get_weights(), theirs.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def test_a_regression_loss_on_a_classifier_is_a_users_mistake() -> None:
+    from continual_trainer.data.errors import UserError
+
+    x, y = _data()
+    with pytest.raises(UserError, match="loss='mae': applies to regression"):
+        train(build_model(ModelSpec((4,)), 6, 3, seed=0), x, y, LoopConfig(epochs=1, loss="mae"))
