@@ -111,8 +111,14 @@ def test_a_trial_whose_worker_dies_is_retried_and_recorded_once(
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_relative_store_and_a_users_mistake_on_workers_through_the_cli(tiny_store: str, tmp_path: Path) -> None:
-    """`--store ./store` as users type it works on workers; a mistake found there is one line, exit 2, no retry."""
+def test_a_relative_store_and_a_users_mistake_on_workers_through_the_cli(
+    ray_cluster, tiny_store: str, tmp_path: Path
+) -> None:
+    """`--store ./store` as users type it works on workers (the commands join this module's
+    cluster with `--address`: its workers were started elsewhere, in another folder); a mistake
+    found there is one line, exit 2, no retry."""
+    import ray
+
     cwd = Path(tiny_store).parent
     good = tmp_path / "good.yaml"
     good.write_text("strategies: [keep, fresh_all]\nparams: {epochs: 2}\n")
@@ -126,13 +132,17 @@ def test_a_relative_store_and_a_users_mistake_on_workers_through_the_cli(tiny_st
         "--store",
         "./" + Path(tiny_store).name,
         "--json",
-        "--ray",
+        "--address",
+        ray.get_runtime_context().gcs_address,
     ]
-    ok = subprocess.run([*ctrain, "--config", str(good)], cwd=cwd, capture_output=True, text=True, timeout=600)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    ok = subprocess.run([*ctrain, "--config", str(good)], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     assert ok.returncode == 0, ok.stderr[-2000:]
     out = json.loads(ok.stdout.strip().splitlines()[-1])
     assert out["finished"] == out["trials"] == 2 and "Ray" in out["executor"]
-    failed = subprocess.run([*ctrain, "--config", str(bad)], cwd=cwd, capture_output=True, text=True, timeout=600)
+    failed = subprocess.run(
+        [*ctrain, "--config", str(bad)], cwd=cwd, capture_output=True, text=True, timeout=600, env=env
+    )
     assert failed.returncode == 2
     assert failed.stderr.count("\n") == 1 and "only 2 hidden layers" in failed.stderr, failed.stderr
     assert "Traceback" not in failed.stderr and "none of 2 trials finished" in failed.stderr

@@ -74,7 +74,7 @@ def test_sigkill_at_random_moments_never_corrupts_the_store(tiny_store: str, tmp
     assert subprocess.run(update, capture_output=True).returncode == 0
     duration = time.perf_counter() - start
     kills = 0
-    wanted = max(3, STRESS_RUNS // 2)  # kills of each command (3 by default, 50 in `make stress`)
+    wanted = max(2, STRESS_RUNS // 2)  # kills of each command (2 in `make test`, 50 in `make stress`)
     for i in range(4 * wanted):
         if kills >= wanted:
             break
