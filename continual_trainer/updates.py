@@ -7,7 +7,6 @@ Everything here raises UserError for mistakes a user can make.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -21,20 +20,12 @@ from continual_trainer.promotion import Promotion, UpdateOutcome, commit
 from continual_trainer.sizing import UPDATE_SECONDS, sized_and_said
 from continual_trainer.sweep import SweepResult, summarize
 from continual_trainer.trainer.evaluate import headline, rank_key
-from continual_trainer.trainer.progress import import_keras_quietly, phase
+from continual_trainer.trainer.progress import phase, start_tensorflow
 from continual_trainer.trials import holdout_metrics
 from continual_trainer.updatedata import default_memory_budget, load_update_data
 from continual_trainer.versions import stored_candidate
 
 AUTO = Promotion()  # promoted if better on the holdout, no gate
-
-
-def start_tensorflow() -> None:
-    """Import TensorFlow and Keras under a progress line, once the strategy, its parameters and
-    the data are known to be right: a mistake, or no new batch, is said without the 6-s wait."""
-    if "keras" not in sys.modules:
-        phase("starting TensorFlow")
-        import_keras_quietly()
 
 
 def update(

@@ -214,6 +214,14 @@ def report(what: str, done: int, total: int, note: str | None = None) -> None:
         reporter.count(what, done, total, note)
 
 
+def start_tensorflow() -> None:
+    """Import TensorFlow and Keras (once) under a progress line: a command that trains calls
+    this when its inputs are known to be right, so a mistake is said without the import's wait."""
+    if "keras" not in sys.modules:
+        phase("starting TensorFlow")
+        import_keras_quietly()
+
+
 def import_keras_quietly() -> None:
     """Import TensorFlow and Keras (once) with file descriptor 2 pointed at /dev/null.
 

@@ -171,6 +171,14 @@ def tracked(c: argparse.ArgumentParser) -> None:
     c.add_argument("--mlflow-model", metavar="NAME", help="the registered model (default ctrain-<store folder>)")
 
 
+def tracked_store(args: argparse.Namespace) -> Any:
+    """The store of a command declared `tracked`: mirrored to `--mlflow` (or MLFLOW_TRACKING_URI,
+    or where the store recorded it mirrors)."""
+    import continual_trainer as ct
+
+    return ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True, mlflow_model=args.mlflow_model)
+
+
 def where_options(c: argparse.ArgumentParser) -> None:
     """Where work runs, as for every command: this process unless a cluster is configured
     (RAY_ADDRESS, --address) or asked for (--ray, or --actors where there is one)."""

@@ -72,14 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(TerminalFormatter("ctrain: %(levelname)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
     quiet_third_parties()
-    from continual_trainer.trainer.progress import Reporter, import_keras_quietly, phase, reporting
+    from continual_trainer.trainer.progress import Reporter, reporting, start_tensorflow
 
     address = os.environ.get("RAY_ADDRESS")  # --address names the cluster for this command only
     try:
         with reporting(None if args.quiet else Reporter(args.command)):
             if args.needs_tf:
-                phase("starting TensorFlow")
-                import_keras_quietly()
+                start_tensorflow()
             args.func(args)
     except UserError as exc:
         return _fail(args, in_flags(exc), EXIT_USER_ERROR)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from continual_trainer.cli.options import Commands, command, store_option, tracked, written
+from continual_trainer.cli.options import Commands, command, store_option, tracked, tracked_store, written
 from continual_trainer.cli.output import agreement, emit, fmt, headline, live_text, next_step, short, tail
 
 
@@ -70,9 +70,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-    import continual_trainer as ct
 
-    store = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True, mlflow_model=args.mlflow_model)
+    store = tracked_store(args)
     previous = store.current
     version = store.promote(args.version, reason=args.reason or "")
     text = f"{version} is current" + (" already" if version == previous else f" (was {previous or '-'})")
@@ -82,9 +81,8 @@ def cmd_promote(args: argparse.Namespace) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
-    import continual_trainer as ct
 
-    store = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True, mlflow_model=args.mlflow_model)
+    store = tracked_store(args)
     previous = store.current
     version = store.rollback(args.to, reason=args.reason or "")
     text = f"{version} is current (was {previous})\n" + next_step(f"rollback --store {args.store}") + "  (redoes it)"
@@ -92,9 +90,8 @@ def cmd_rollback(args: argparse.Namespace) -> None:
 
 
 def cmd_mlflow(args: argparse.Namespace) -> None:
-    import continual_trainer as ct
 
-    store = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True, mlflow_model=args.mlflow_model)
+    store = tracked_store(args)
     r = store.mlflow_sync()
     text = f"MLflow: {r['model']}@champion is model version {r['model_version']}, the store's current {r['version']}"
     emit(args, "" if args.json else text, r)

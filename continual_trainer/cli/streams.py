@@ -16,6 +16,7 @@ from continual_trainer.cli.options import (
     seed_option,
     store_option,
     tracked,
+    tracked_store,
     where_flag,
     where_options,
     written,
@@ -54,9 +55,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
             head = f"served traffic ({verdict['rows']} rows, {verdict['from'][:19]} to {verdict['to'][:19]})"
             print(terminal_safe(f"{head}: {state}; {said}"), flush=True)
 
-    recorded = ct.open_store(
-        args.store, mlflow=args.mlflow, mlflow_from_env=True, mlflow_model=args.mlflow_model
-    ).stream(
+    recorded = tracked_store(args).stream(
         args.inbox,
         ct.StreamOptions(
             policy=args.policy,

@@ -12,6 +12,7 @@ from continual_trainer.cli.options import (
     gated,
     store_option,
     tracked,
+    tracked_store,
     where_flag,
     where_options,
 )
@@ -24,7 +25,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     if not args.config and not args.resume:
         raise UserError("sweep: give --config SWEEP.yaml, or --resume SWEEP_ID")
-    store = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True, mlflow_model=args.mlflow_model)
+    store = tracked_store(args)
     r = store.sweep(
         args.config,
         resume=args.resume,

@@ -16,6 +16,7 @@ from continual_trainer.cli.options import (
     seed_option,
     store_option,
     tracked,
+    tracked_store,
     where_flag,
     where_options,
 )
@@ -30,7 +31,7 @@ def cmd_update(args: argparse.Namespace) -> None:
     settings = key_values(args.set)
     names = [n.strip() for n in args.strategy.split(",") if n.strip()]
     # The strategy and its parameters are parsed once, by the update, before it starts TensorFlow.
-    store = ct.open_store(args.store, mlflow=args.mlflow, mlflow_from_env=True, mlflow_model=args.mlflow_model)
+    store = tracked_store(args)
     common = {
         "promote": args.promote,
         "seed": args.seed,
