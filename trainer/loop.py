@@ -284,7 +284,9 @@ def label_mode(model: keras.Model, y: np.ndarray, task: str = "classification", 
     if task == "regression":
         return "mse" if loss == "auto" else loss
     if loss != "auto":
-        raise UserError.about("loss", loss, "applies to regression; a classifier trains with cross-entropy")
+        raise UserError.about(
+            "loss", loss, "applies to regression; a classifier trains with cross-entropy", group="params"
+        )
     if output_units(model) == 1:
         return "binary"
     return "soft" if y.ndim == 2 else "sparse"
