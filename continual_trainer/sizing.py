@@ -30,7 +30,9 @@ SCALE_FROM = 5000  # training rows from which the settings scale
 STEPS_PER_EPOCH = 400
 PATIENCE = 15
 UPDATE_SECONDS = 300.0  # the budget of an update's training, and of each sweep trial's
-STREAM_SECONDS = 25.0  # the training budget of one stream file's candidates together
+STREAM_SECONDS = 15.0  # one stream file's wall-clock budget, from its pick-up to its commit
+TRAINING_SHARE = 0.45  # of what is left of it when the candidates start: their training (the rest scores them)
+MIN_TRAINING_SECONDS = 2.0  # a candidate trains at least this long, however late it starts
 SIZED = ("batch_size", "learning_rate", "patience", "max_seconds")
 
 
@@ -52,6 +54,14 @@ def scaled(params: Any, rows: int, seconds: float, user_keys: frozenset[str] = f
     if "max_seconds" not in user_keys and not params.max_seconds:
         changes["max_seconds"] = round(seconds, 2)
     return dataclasses.replace(params, **changes)
+
+
+def stream_budget(left: float, candidates: int, width: int) -> float:
+    """Each stream candidate's training budget when `left` seconds of its file's budget
+    (STREAM_SECONDS) remain and the candidates run `width` at a time: TRAINING_SHARE of what
+    is left, divided among the rounds they take (at least MIN_TRAINING_SECONDS)."""
+    rounds = math.ceil(max(candidates, 1) / max(1, min(width, candidates)))
+    return max(MIN_TRAINING_SECONDS, TRAINING_SHARE * left / rounds)
 
 
 def compiled(params: Any, data: UpdateData, user_keys: frozenset[str] = frozenset()) -> Any:

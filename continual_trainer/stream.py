@@ -35,9 +35,10 @@ from continual_trainer.data.rows import Rows, RowSource
 from continual_trainer.data.storage import Store, sha256
 from continual_trainer.executor import Executor, Failure, Job, WorkFailed, result_or_raise
 from continual_trainer.promotion import Promotion, commit
-from continual_trainer.sizing import STREAM_SECONDS, sized
+from continual_trainer.sizing import STREAM_SECONDS, sized, stream_budget
 from continual_trainer.strategies.base import reads_old
 from continual_trainer.trainer.evaluate import better, score
+from continual_trainer.trainer.progress import start_tensorflow
 from continual_trainer.trials import TrialResult, holdout_metrics
 from continual_trainer.triggers import Observation, TriggerSet, per_row_loss
 from continual_trainer.updatedata import UpdateData, default_memory_budget, load_update_data, with_old_rows
@@ -165,22 +166,31 @@ class Policy:
         self.in_pieces = all(job.strategy.can.in_pieces for job in self.jobs)
         self.memory_budget = default_memory_budget(self.in_pieces) if memory_budget is None else memory_budget
 
-    def sized(self, data: UpdateData) -> list[Job]:
+    def sized(self, data: UpdateData, left: float = STREAM_SECONDS, width: int = 1) -> list[Job]:
         """The jobs with an imported model's compiled settings and settings scaled to the rows
-        each trains on (see `sized`), unless `scale` is off; what the user set with `--set` is
-        never changed."""
-        budget = STREAM_SECONDS / max(len(self.jobs), 1)
+        each trains on (see `sized`), unless `scale` is off, with `left` seconds of the file's
+        budget remaining and the jobs running `width` at a time (see `stream_budget`); what the
+        user set with `--set` is never changed."""
+        budget = stream_budget(left, len(self.jobs), width)
         return [sized(job, data, budget, self.user_keys, self.scale) for job in self.jobs]
 
     def run(
-        self, store: Store, data: UpdateData, executor: Executor, tried: list[dict[str, Any]] | None = None
+        self,
+        store: Store,
+        data: UpdateData,
+        executor: Executor,
+        tried: list[dict[str, Any]] | None = None,
+        started: float | None = None,
     ) -> tuple[Job, TrialResult]:
         """Run the policy's jobs; return the best successful one (ranked as promotion ranks),
-        and append to `tried` what each scored.
+        and append to `tried` what each scored. `started` is when the file was picked up
+        (`time.perf_counter()`): the file's budget counts from then.
 
         Raises the first failure if none succeeded.
         """
-        jobs = self.sized(data)
+        start_tensorflow()  # before the clock is read: the candidates' budget is what is left after it
+        left = STREAM_SECONDS - (time.perf_counter() - started) if started is not None else STREAM_SECONDS
+        jobs = self.sized(data, left, getattr(executor, "workers", None) or os.cpu_count() or 1)
         outcomes = executor.run(data, stored_candidate(store, data.parent), jobs)
         best: tuple[Job, TrialResult] | None = None
         for job, outcome in zip(jobs, outcomes, strict=True):
@@ -313,7 +323,7 @@ def _process(
     if result is not None:
         event.batch, event.rows = result.batch_id, result.rows
         try:
-            _act(store, policy, executor, event, result.batch_id)
+            _act(store, policy, executor, event, result.batch_id, start)
         except (UserError, WorkFailed) as exc:
             event.status, event.reason = "failed", str(exc)
     event.seconds = time.perf_counter() - start
@@ -366,7 +376,7 @@ def _labels(store: Store, name: str, data: bytes, key: str | None) -> IngestResu
     return IngestResult(joined.batch, joined.matched, joined.added)
 
 
-def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent, batch: str) -> None:
+def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent, batch: str, started: float) -> None:
     current_version = store.current()
     if current_version is None:
         raise UserError(f"{store.display}: no current model; create one with `ctrain init`")
@@ -389,7 +399,7 @@ def _act(store: Store, policy: Policy, executor: Executor, event: StreamEvent, b
     if window is not None and window < len(data.new_ids):
         data = latest(data, window)
         event.learned = list(data.new_ids[-window:])
-    job, result = policy.run(store, data, executor, event.candidates)
+    job, result = policy.run(store, data, executor, event.candidates, started)
     outcome = commit(
         store,
         data,

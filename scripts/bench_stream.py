@@ -9,8 +9,10 @@ rows of 4 integer columns (age, hours, ...), 2 float columns and 8 string catego
 American Community Survey extract). Each file is dropped into the inbox and `ctrain stream --once` runs for it, a
 whole process per file as a scheduler (cron, Airflow) drives it, with the default
 candidates (`finetune_new,finetune_all,fresh_all,ensemble_all`) in this process (`--local`):
-- default: settings sized to the rows (batch about rows/100, learning rate scaled by the
-  square root, early stopping with patience 5, 25 s of training per file in all);
+- default: settings sized to the rows (a batch giving about 400 steps per epoch, learning rate
+  scaled by the square root, early stopping with patience 15) and the file's budget (15 s from
+  its pick-up; the candidates train, two at a time, for 45 % of what is left once it is read
+  and scored);
 - with `--compare-fixed`, also `--fixed-settings`: every candidate with the tutorial's
   settings (150 or 100 epochs at batch 32), as the stream did before (minutes per file).
 Printed: each file's whole-process seconds (what the scheduler waits), the stream's own

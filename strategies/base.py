@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -197,6 +198,19 @@ def fit_fresh(inputs: UpdateInputs, params: TrainParams, seed_offset: int = 0) -
     model = inputs.fresh_model(seed_offset, rows)
     train_rows(model, inputs, rows, params, weights, seed_offset)
     return model
+
+
+P = TypeVar("P")
+
+
+def per_network(params: P, networks: int) -> P:
+    """`params` for one of `networks` networks a strategy trains in turn: the candidate's
+    wall-clock budget (`max_seconds`) shared among them, so that fine-tuning an ensemble of
+    two takes the time one network would."""
+    seconds = getattr(params, "max_seconds", 0.0)
+    if networks <= 1 or not seconds:
+        return params
+    return dataclasses.replace(params, max_seconds=seconds / networks)  # type: ignore[type-var,misc]
 
 
 def fit(model: keras.Model, inputs: UpdateInputs, params: TrainParams, seed_offset: int = 0) -> keras.Model:

@@ -21,7 +21,14 @@ import numpy as np
 
 from continual_trainer.data.errors import UserError
 from continual_trainer.data.rows import Rows, RowSource
-from continual_trainer.strategies.base import FinetuneRecipe, TrainParams, UpdateInputs, train_rows, training_set
+from continual_trainer.strategies.base import (
+    FinetuneRecipe,
+    TrainParams,
+    UpdateInputs,
+    per_network,
+    train_rows,
+    training_set,
+)
 from continual_trainer.strategies.memory import SELECTIONS, Memory, has_memory, logits_of, pad_logits, select
 from continual_trainer.strategies.registry import Capabilities, describes_state, register
 from continual_trainer.strategies.transfer import single_network, with_classes
@@ -284,7 +291,7 @@ def lwf(inputs: UpdateInputs, params: LwfParams) -> Candidate:
     at `temperature` (its known classes; new classes get 0 from it). For regression the
     teacher's prediction is mixed into the label the same way."""
     rows, weights = training_set(inputs, params)
-    members = []
+    members, each = [], per_network(params, len(inputs.current.members))
     for i, current in enumerate(inputs.current.members):
         model = with_classes(current, inputs.n_classes, inputs.seed + i, "lwf")
         units = int(model.outputs[0].shape[-1])
@@ -297,7 +304,7 @@ def lwf(inputs: UpdateInputs, params: LwfParams) -> Candidate:
                 return ((1 - params.alpha) * part.y + params.alpha * teacher[:, 0]).astype(np.float32)
             return _soft_targets(part.y, teacher, params, units)
 
-        train_rows(model, inputs, rows, params, weights, relabel=distilled)
+        train_rows(model, inputs, rows, each, weights, relabel=distilled)
         members.append(model)
     return Candidate(tuple(members), inputs.current.weights)
 

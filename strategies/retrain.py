@@ -13,6 +13,7 @@ from continual_trainer.strategies.base import (
     UpdateInputs,
     fit,
     fit_fresh,
+    per_network,
 )
 from continual_trainer.strategies.registry import Capabilities, names, register
 from continual_trainer.trainer.candidate import Candidate
@@ -47,7 +48,8 @@ def finetune(inputs: UpdateInputs, params: TrainParams) -> Candidate:
                 f"the current model knows {model_classes(model)} classes but the store has {inputs.n_classes}; "
                 f"fine-tuning cannot add outputs: use one of {', '.join(names(learns_new_classes=True))}"
             )
-    members = tuple(fit(clone(m), inputs, params, seed_offset=i) for i, m in enumerate(inputs.current.members))
+    each = per_network(params, len(inputs.current.members))
+    members = tuple(fit(clone(m), inputs, each, seed_offset=i) for i, m in enumerate(inputs.current.members))
     return Candidate(members, inputs.current.weights)
 
 

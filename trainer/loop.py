@@ -96,7 +96,11 @@ class LoopConfig(Params):
     validation: float = param(
         0.1, Interval(float, 0, 0.5, low_open=True), "with patience: share of the training rows held out to stop on"
     )
-    max_seconds: float = param(0.0, Interval(float, 0), "wall-clock budget of one training run (0: none)")
+    max_seconds: float = param(
+        0.0,
+        Interval(float, 0),
+        "wall-clock budget of a candidate's training, shared by the networks it trains (0: none)",
+    )
 
     rules = (
         Rule(
@@ -743,12 +747,18 @@ def train(
         if stopper is not None and stopper.stop(done):
             stopped = "patience"
             break
-        if config.max_seconds and time.perf_counter() - start >= config.max_seconds and done < config.epochs:
+        if config.max_seconds and done < config.epochs and _spent(start, per_epoch) >= config.max_seconds:
             stopped = "budget"
             break
     best_epoch = stopper.restore() if stopper is not None else None
     _check_finite(trainable, config, f" (the largest |value| is {_largest(x):.3g})")
     return TrainResult(np.concatenate(losses), time.perf_counter() - start, state, stopped, best_epoch)
+
+
+def _spent(start: float, per_epoch: float) -> float:
+    """Seconds of a budget spent since `start`, counting half of the next epoch: an epoch
+    that would end further past the budget than short of it is not begun."""
+    return time.perf_counter() - start + per_epoch / 2
 
 
 BUFFER_ROWS = 131_072  # rows shuffled together when training in pieces

@@ -118,3 +118,54 @@ def test_the_store_is_read_in_pieces_by_default_from_the_crossover(tmp_path: Pat
     finally:
         registry._REGISTRY.remove("pieces_ok")
         registry._REGISTRY.remove("memory_only")
+
+
+def test_a_stream_files_budget_is_what_is_left_of_it_shared_by_the_rounds_of_candidates() -> None:
+    from continual_trainer.sizing import MIN_TRAINING_SECONDS, TRAINING_SHARE, stream_budget
+
+    assert stream_budget(10.0, 4, 2) == TRAINING_SHARE * 10 / 2  # two rounds of two
+    assert stream_budget(40.0, 4, 1) == TRAINING_SHARE * 40 / 4  # one at a time: four rounds
+    assert stream_budget(10.0, 3, 2) == TRAINING_SHARE * 10 / 2
+    assert stream_budget(10.0, 1, 8) == TRAINING_SHARE * 10  # a lone candidate has it all
+    assert stream_budget(-3.0, 4, 2) == MIN_TRAINING_SECONDS  # the file is late: the floor, not nothing
+
+
+def test_a_stream_candidate_trains_within_its_files_budget(tmp_path: Path) -> None:
+    """Each candidate of a file above the sizing threshold gets a share of what is left of the
+    file's budget (counted from the file's pick-up, after TensorFlow's start), never the whole
+    budget and never less than the floor."""
+    import continual_trainer as ct
+    from continual_trainer.sizing import MIN_TRAINING_SECONDS, STREAM_SECONDS, TRAINING_SHARE
+
+    store = _store(tmp_path, 300)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    pq.write_table(make_table(n=7000, seed=2, shift=0.5), inbox / "big.parquet")
+    events = ct.open_store(store).stream(
+        str(inbox), policy="best", candidates=["finetune_new", "fresh_new"], params={"epochs": 2}
+    )
+    tried = events[0]["candidates"]
+    assert len(tried) == 2
+    for candidate in tried:  # at most one round's share of what was left once the file was read and scored
+        assert MIN_TRAINING_SECONDS <= candidate["settings"]["max_seconds"] < TRAINING_SHARE * STREAM_SECONDS
+
+
+def test_fine_tuning_an_ensemble_shares_the_candidates_budget_among_its_members(monkeypatch) -> None:
+    """`max_seconds` is a candidate's budget: fine-tuning an ensemble of two trains each member
+    for half of it (else an ensemble's candidate took twice its budget)."""
+    from types import SimpleNamespace
+
+    from continual_trainer.strategies import retrain
+
+    budgets: list[float] = []
+    monkeypatch.setattr(retrain, "clone", lambda model: model)
+    monkeypatch.setattr(retrain, "model_classes", lambda model: 2)
+    monkeypatch.setattr(retrain, "fit", lambda model, inputs, params, seed_offset: budgets.append(params.max_seconds))
+    params = strategies.get("finetune_all").make_params({"max_seconds": "6"})
+    current = SimpleNamespace(members=("a", "b"), weights=(0.5, 0.5))
+    retrain.finetune(SimpleNamespace(current=current, regression=False, n_classes=2), params)
+    assert budgets == [3.0, 3.0]
+    budgets.clear()
+    retrain.finetune(SimpleNamespace(current=SimpleNamespace(members=("a",), weights=(1.0,)), regression=False,
+                                     n_classes=2), params)  # fmt: skip
+    assert budgets == [6.0]
