@@ -16,7 +16,7 @@ if _os.path.isfile(_os.path.join(_checkout, "pyproject.toml")) and _os.path.isfi
 ):
     __path__.append(_checkout)
 
-# The Python API (continual_trainer/api.py) and a few names users need, imported on first use
+# The Python API (continual_trainer/api/) and a few names users need, imported on first use
 # so that `ctrain` and `import continual_trainer` stay fast; neither imports TensorFlow or Ray.
 _LAZY = {
     "ModelStore": "continual_trainer.api",

@@ -210,7 +210,7 @@ def per_network(params: P, networks: int) -> P:
     seconds = getattr(params, "max_seconds", 0.0)
     if networks <= 1 or not seconds:
         return params
-    return dataclasses.replace(params, max_seconds=seconds / networks)  # type: ignore[type-var,misc]
+    return dataclasses.replace(params, max_seconds=seconds / networks)  # type: ignore[type-var]
 
 
 def fit(model: keras.Model, inputs: UpdateInputs, params: TrainParams, seed_offset: int = 0) -> keras.Model:

@@ -217,7 +217,8 @@ def test_asha_judges_a_trial_only_against_its_bracket_how_its_strategy_starts() 
     """A network trained from scratch scores far below fine-tuned ones at the first rungs; in
     its own bracket it is compared with its peers only (before: 7 of 8 fresh_all trials stopped)."""
     from continual_trainer.schedule import Asha
-    from continual_trainer.sweep import _starts, mostly_stopped
+    from continual_trainer.sweep import _starts
+    from continual_trainer.sweep_results import mostly_stopped
 
     assert (_starts("finetune_all"), _starts("fresh_all"), _starts("no_such_strategy")) == ("current", "scratch", "")
     asha = Asha((2,), reduction_factor=2, brackets={"ft1": "current", "ft2": "current", "fr1": "scratch",
