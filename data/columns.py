@@ -197,11 +197,9 @@ class ColumnKind:
         return value
 
     def typed_arrow(self, value: np.ndarray, column: Column) -> pa.Array:
-        """A typed array as an Arrow array of `typed_type`."""
-        flat = np.ascontiguousarray(value, np.float32)
-        if column.shape:
-            return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), column.size)
-        return pa.array(flat)
+        """A typed array as an Arrow array of `typed_type` (a number per row; a tensor's kind
+        says otherwise)."""
+        return pa.array(np.ascontiguousarray(value, np.float32))
 
 
 class Numeric(ColumnKind):

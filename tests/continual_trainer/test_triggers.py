@@ -461,3 +461,48 @@ def test_a_trigger_set_combines_its_triggers_and_their_windows() -> None:
         T.TriggerSet.parse("always", combine="most")
     with pytest.raises(UserError, match="give at least one trigger"):
         T.TriggerSet.parse(" , ")
+
+
+def test_the_feature_tests_sample_at_most_max_sample_rows_seeded() -> None:
+    """More than MAX_SAMPLE rows: exactly MAX_SAMPLE distinct rows, in their order, the same for
+    the same seed; at most MAX_SAMPLE: the rows themselves."""
+    n = T.MAX_SAMPLE + 1500
+    rows = Rows({"numeric": np.arange(n, dtype=np.float32)[:, None]}, np.zeros(n, np.int32), np.zeros(n, np.int32))
+    picked = T._sample(rows, np.random.default_rng(3)).x["numeric"][:, 0]
+    assert len(picked) == T.MAX_SAMPLE == len(np.unique(picked)) and np.all(np.diff(picked) > 0)
+    assert np.array_equal(picked, T._sample(rows, np.random.default_rng(3)).x["numeric"][:, 0])
+    assert not np.array_equal(picked, T._sample(rows, np.random.default_rng(4)).x["numeric"][:, 0])
+    exactly = rows.take(np.arange(T.MAX_SAMPLE))
+    assert T._sample(exactly, np.random.default_rng(3)) is exactly
+
+
+def test_the_feature_tests_name_every_column_they_judge() -> None:
+    """Names for the columns of `rows.matrix()`: a column's own name, the store's column names of
+    a grouped input, an element index for a tensor; strings are judged apart (not here)."""
+    n = 4
+    x = {
+        "city": np.array(["a"] * n, dtype=object),
+        "numeric": np.zeros((n, 2), np.float32),
+        "image": np.zeros((n, 2, 2), np.float32),
+        "age": np.zeros((n,), np.float32),
+    }
+    names = T._column_names(Rows(x, np.zeros(n, np.int32), np.zeros(n, np.int32)), {"numeric": ("x0", "x1")})
+    assert names == ["x0", "x1", "image[0]", "image[1]", "image[2]", "image[3]", "age"]
+
+
+def test_trigger_mistakes_name_the_argument_they_are_in() -> None:
+    """What the CLI turns into its flags: `combine`, `trigger`, and the trigger parameters'
+    group (`--trigger-set`), with the trigger named."""
+    with pytest.raises(UserError) as bad_combine:
+        T.TriggerSet.parse("performance", combine="most")
+    assert bad_combine.value.option == "combine"
+    with pytest.raises(UserError) as none:
+        T.TriggerSet.parse(" , ")
+    assert none.value.option == "trigger"
+    with pytest.raises(UserError) as unused:
+        T.TriggerSet.parse("performance", {"bins": 3})
+    assert unused.value.option == "bins" and unused.value.group == "trigger_params"
+    with pytest.raises(UserError) as bad_value:
+        T.TriggerSet.parse("features", {"alpha": "2"})
+    assert bad_value.value.group == "trigger_params" and "features" in str(bad_value.value)
+    assert T.TriggerSet.parse("performance,features", combine="all").combine == "all"

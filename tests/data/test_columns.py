@@ -72,3 +72,38 @@ def test_the_kinds_a_type_makes() -> None:
     assert kind_of(pa.list_(pa.float32(), 4)).name == "tensor" and kind_of(pa.list_(pa.string())) is None
     assert kind_of(pa.dictionary(pa.int32(), pa.string())).name == "categorical"
     assert kind_of(pa.timestamp("us")) is None  # until a kind takes it
+
+
+def test_the_stored_column_format_is_pinned() -> None:
+    """What `store.json` holds of a column, key by key (stores written by earlier releases must
+    read the same): a round trip alone would not notice a renamed key."""
+    assert Column("age").to_json() == {"name": "age", "kind": "numeric"}
+    assert Column("age", mean=40.0, variance=4.0).to_json() == {
+        "name": "age", "kind": "numeric", "mean": 40.0, "variance": 4.0,
+    }  # fmt: skip
+    assert Column("image", "tensor", (2, 2), mean=0.5, variance=0.25).to_json() == {
+        "name": "image", "kind": "tensor", "shape": [2, 2], "mean": 0.5, "variance": 0.25,
+    }  # fmt: skip
+    assert Column("city", "categorical", vocabulary=("a", "b")).to_json() == {
+        "name": "city", "kind": "categorical", "vocabulary": ["a", "b"],
+    }  # fmt: skip
+    written = {"name": "image", "kind": "tensor", "shape": ["2", 2], "mean": "0.5", "variance": 1}
+    assert Column.from_json(written) == Column("image", "tensor", (2, 2), (), 0.5, 1.0)
+    assert Column.from_json({"name": "city", "kind": "categorical", "vocabulary": ["a", 3]}).vocabulary == ("a", "3")
+    assert Column.from_json({"name": "x"}) == Column("x") == Column.from_json("x")  # format 1: names only
+    for bad in ([], {"kind": "numeric"}, {"name": 3}, None):
+        with pytest.raises(ValueError, match="a column is not an object with a name"):
+            Column.from_json(bad)
+
+
+def test_typed_values_become_arrow_arrays_of_the_stored_types() -> None:
+    """What the prediction log writes of typed rows: float32 numbers, fixed-size lists of
+    float32 for tensors, strings for categories (even no rows of them)."""
+    numbers = KINDS["numeric"].typed_arrow(np.array([1.5, 2.0]), Column("x"))
+    assert numbers.type == pa.float32() and numbers.to_pylist() == [1.5, 2.0]
+    image = Column("image", "tensor", (2, 2))
+    tensors = KINDS["tensor"].typed_arrow(np.arange(8, dtype=np.float64).reshape(2, 4), image)
+    assert tensors.type == pa.list_(pa.float32(), 4) and tensors.to_pylist()[1] == [4.0, 5.0, 6.0, 7.0]
+    city = Column("city", "categorical")
+    assert KINDS["categorical"].typed_arrow(np.array([], dtype=object), city).type == pa.string()
+    assert KINDS["categorical"].typed_arrow(np.array(["a", "b"], dtype=object), city).to_pylist() == ["a", "b"]
