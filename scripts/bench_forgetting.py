@@ -17,7 +17,8 @@
    current version keeps a replay memory, and one new): `replay` (reads the memory and the
    old batches' holdout rows) against `finetune_all` (reads every old row), one epoch each.
 
-Run: .venv/bin/python scripts/bench_forgetting.py [--seeds 3] [--rows 200000]
+Run: .venv/bin/python scripts/bench_forgetting.py [--seeds 3] [--rows 200000] [--only class]
+     [--set der.alpha=1.0]
 """
 
 from __future__ import annotations
@@ -219,7 +220,14 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--rows", type=int, default=200_000, help="rows per batch in the memory comparison")
     p.add_argument("--only", choices=("class", "domain", "memory"), action="append")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="a parameter of one method of the tables, e.g. der.alpha=1.0 (repeatable)")  # fmt: skip
     args = p.parse_args()
+    for item in args.set:
+        method, _, assignment = item.partition(".")
+        key, _, value = assignment.partition("=")
+        for table in (CLASS_IL, DOMAIN_IL):
+            table[method][1][key] = value
     parts: dict[str, Callable[[str], object]] = {
         "class": lambda w: class_incremental(args.seeds, w),
         "domain": lambda w: domain_incremental(args.seeds, w),

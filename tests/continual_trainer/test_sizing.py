@@ -169,3 +169,18 @@ def test_fine_tuning_an_ensemble_shares_the_candidates_budget_among_its_members(
     retrain.finetune(SimpleNamespace(current=SimpleNamespace(members=("a",), weights=(1.0,)), regression=False,
                                      n_classes=2), params)  # fmt: skip
     assert budgets == [6.0]
+
+
+def test_a_replay_memory_is_sized_to_the_rows_unless_the_user_set_it() -> None:
+    """200 rows (the literature's benchmarks) stand poorly for batches of thousands: from the
+    sizing threshold a replay memory keeps at least a quarter of the rows an update trains on."""
+    from continual_trainer.sizing import MAX_MEMORY_ROWS, scaled
+
+    replay = strategies.get("replay").make_params()
+    assert scaled(replay, 4000, 6.0).memory_size == 200  # below the threshold: the recipe
+    assert scaled(replay, 8000, 6.0).memory_size == 2000
+    assert scaled(strategies.get("derpp").make_params(), 10_000_000, 6.0).memory_size == MAX_MEMORY_ROWS
+    mine = strategies.get("der").make_params({"memory_size": "300"})
+    assert scaled(mine, 8000, 6.0, frozenset({"memory_size"})).memory_size == 300
+    big = strategies.get("replay").make_params({"memory_size": "5000"})
+    assert scaled(big, 8000, 6.0).memory_size == 5000  # never smaller than asked
