@@ -495,14 +495,32 @@ def test_trigger_mistakes_name_the_argument_they_are_in() -> None:
     group (`--trigger-set`), with the trigger named."""
     with pytest.raises(UserError) as bad_combine:
         T.TriggerSet.parse("performance", combine="most")
-    assert bad_combine.value.option == "combine"
+    assert bad_combine.value.option == "combine" and str(bad_combine.value) == "combine='most': choose any or all"
     with pytest.raises(UserError) as none:
         T.TriggerSet.parse(" , ")
-    assert none.value.option == "trigger"
+    assert none.value.option == "trigger" and str(none.value) == "trigger: give at least one trigger"
     with pytest.raises(UserError) as unused:
         T.TriggerSet.parse("performance", {"bins": 3})
     assert unused.value.option == "bins" and unused.value.group == "trigger_params"
+    assert "no trigger of 'performance' has this parameter" in str(unused.value)
     with pytest.raises(UserError) as bad_value:
         T.TriggerSet.parse("features", {"alpha": "2"})
     assert bad_value.value.group == "trigger_params" and "features" in str(bad_value.value)
     assert T.TriggerSet.parse("performance,features", combine="all").combine == "all"
+
+
+def test_the_domain_classifier_is_seeded_and_its_p_value_is_mann_whitneys() -> None:
+    """The multivariate test: out-of-fold ROC AUC of a classifier telling the sides apart, the
+    same for the same seed, and its one-sided p-value the Mann-Whitney normal approximation
+    (no continuity correction) of that AUC; alike sides give an AUC near 0.5, apart ones near 1."""
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 4)), rng.normal(size=(200, 4))
+    auc, p = T._domain_auc(a, b, seed=1)
+    assert (auc, p) == T._domain_auc(a, b, seed=1)
+    assert (auc, p) != T._domain_auc(a, b, seed=2)  # other folds
+    z = (auc - 0.5) / np.sqrt((300 + 200 + 1) / (12 * 300 * 200))
+    assert p == pytest.approx(stats.norm.sf(z), rel=1e-9) and abs(auc - 0.5) < 0.1
+    far_auc, far_p = T._domain_auc(a + 2.0, b, seed=1)
+    assert far_auc > 0.9 and far_p < 1e-12
