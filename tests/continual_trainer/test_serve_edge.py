@@ -173,3 +173,23 @@ def test_log_files_written_with_mixed_types_are_read_in_one_schema_and_a_damaged
     by_key = dict(zip(table.column(KEY).to_pylist(), table.column("f0").to_pylist(), strict=True))
     assert by_key == {"a": 1.0, "b": 0.0, "c": 1.0, "d": 2.0, "e": 1.5, "f": 2.0}  # files of one millisecond: any order
     assert len(reader.skipped) == 2 and sum("skipped" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_an_arrow_body_keys_its_rows_by_the_id_column_as_text() -> None:
+    """Arrow bodies carry `--id-column` too: its values become the rows' keys, as text (strings,
+    dictionary-encoded strings, integers), a missing key stays None; another type is refused in
+    one line; without the column (or without `--id-column`) there are no keys."""
+    features = {"a": [1.0, 2.0], "b": [3.0, 4.0], "img": [[1.0, 2, 3, 4]] * 2, "city": ["x", "y"]}
+    decoder = Decoder(SCHEMA, id_column="order")
+    for ids, keys in (
+        (pa.array(["o1", None]), ["o1", None]),
+        (pa.array(["o1", "o2"]).dictionary_encode(), ["o1", "o2"]),
+        (pa.array([7, 8], pa.int64()), ["7", "8"]),
+    ):
+        rows = decoder.arrow(arrow(pa.table({**features, "order": ids})))
+        assert rows.n == 2 and rows.keys == keys
+        assert rows.typed[NUMERIC].tolist() == [[1.0, 3.0], [2.0, 4.0]]
+    with pytest.raises(UserError, match="id column 'order' is list<item: int64>; keys are text or integers"):
+        decoder.arrow(arrow(pa.table({**features, "order": [[1], [2]]})))
+    assert decoder.arrow(arrow(pa.table(features))).keys is None
+    assert Decoder(SCHEMA).arrow(arrow(pa.table({**features, "order": ["o1", "o2"]}))).keys is None
