@@ -8,8 +8,9 @@ grow with the rows (`scaled`): a batch giving about STEPS_PER_EPOCH steps per ep
 learning rate scaled by the square root of the batch's growth, early stopping on a set-aside
 share, a wall-clock budget, and a replay memory of at least a quarter of the rows (200 rows,
 the literature's benchmark size, stand for 8,000 poorly: on the Keras-way census model replay
-then lands 0.7 points under keep, with 2,000 rows 0.3 above). Settings the user gave (`--set`, a sweep's parameters) always
-stay; below SCALE_FROM nothing changes, so the reference experiment keeps its recipe.
+then lands 0.7 points under keep, with 2,000 rows 0.3 above). Settings the user gave (`--set`,
+a sweep's parameters) always stay; below SCALE_FROM nothing changes, so the reference
+experiment keeps its recipe.
 
 Before sizing, a store whose network was imported (`ctrain init --model model.keras`) trains
 with the optimizer and settings the model was compiled with (`compiled`): what `fit` would

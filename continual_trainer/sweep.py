@@ -53,7 +53,7 @@ from continual_trainer.trainer import params as P
 from continual_trainer.trainer.evaluate import headline, rank_key
 from continual_trainer.trainer.forgetting import forgetting
 from continual_trainer.trainer.progress import report
-from continual_trainer.updatedata import default_memory_budget, load_update_data
+from continual_trainer.updatedata import NothingNew, default_memory_budget, load_update_data
 from continual_trainer.versions import stored_candidate
 
 __all__ = [
@@ -260,12 +260,22 @@ def run_sweep(
     sweep_id = resume or f"sweep-{utc_stamp()}"
     probes = [t.job() for t in spec.trials] or [_probe(name, grid) for name, grid in spec.spaces]
     in_pieces = all(j.strategy.can.in_pieces for j in probes)
-    data = load_update_data(
-        store,
-        params=[j.params for j in probes] if spec.trials else None,  # TPE's trials are not known yet
-        memory_budget=default_memory_budget(in_pieces) if memory_budget is None else memory_budget,
-        in_pieces=in_pieces,
-    )
+    try:
+        data = load_update_data(
+            store,
+            params=[j.params for j in probes] if spec.trials else None,  # TPE's trials are not known yet
+            memory_budget=default_memory_budget(in_pieces) if memory_budget is None else memory_budget,
+            in_pieces=in_pieces,
+        )
+    except NothingNew:
+        if not resume:
+            raise
+        raise UserError.about(
+            "resume",
+            resume,
+            f"the batches it compared on were learned since (the current version is {store.current()}); "
+            "its results and report stay in the store; a new sweep compares on the next new batches",
+        ) from None
     if len(data.holdout) == 0:
         raise UserError(f"{store.display}: sweeps score trials on held-out rows; this store's holdout_fraction is 0")
     if not resume:

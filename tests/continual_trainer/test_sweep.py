@@ -97,6 +97,12 @@ def test_local_sweep_writes_results_report_and_plots_and_resumes(tiny_store: str
         if name != lost:
             assert (trials / name).read_bytes() == body
     assert (trials / lost).exists()
+    # Once its batches are learned, a resume says so (its trials compared on data now gone by).
+    import continual_trainer as ct
+
+    ct.open_store(tiny_store).update("keep", promote="always")
+    with pytest.raises(UserError, match="the batches it compared on were learned since"):
+        run_sweep(store, LocalExecutor(), resume=result.sweep_id)
 
 
 def test_a_sweep_whose_trials_all_fail_through_the_users_input_raises_it(tiny_store: str) -> None:
