@@ -150,6 +150,10 @@ def pin_threads() -> int:
     """
     import pyarrow as pa
     import ray
+
+    from continual_trainer.trainer.progress import import_keras_quietly
+
+    import_keras_quietly()  # first, as the CLI does: without the Keras imports this tool never uses
     import tensorflow as tf
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)

@@ -229,8 +229,9 @@ def import_keras_quietly() -> None:
     whatever TF_CPP_MIN_LOG_LEVEL says; users would see them above every message, and
     scripts reading stderr would get more than one line. Commands that train import it
     first; those that may score without it (`trainer.light`) when they first load a model.
-    Keras's scikit-learn wrappers (`keras.wrappers.SKLearnClassifier`) are left without
-    scikit-learn in a process where this imported Keras first.
+    Keras's scikit-learn wrappers (`keras.wrappers.SKLearnClassifier`) and its image-gallery
+    plot are left without scikit-learn and matplotlib in a process where this imported Keras
+    first (both stay importable for this project's own use afterwards).
     """
     if "keras" in sys.modules:
         return
@@ -238,9 +239,10 @@ def import_keras_quietly() -> None:
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
-    # Keras imports scikit-learn (about 1.7 s here) for its scikit-learn wrappers, which this
-    # tool never uses, and does without it when it is missing: it is hidden for that import.
-    hide = [name for name in ("sklearn",) if name not in sys.modules]
+    # Keras imports scikit-learn (about 1.7 s here) for its scikit-learn wrappers and
+    # matplotlib's pyplot (0.4 s) for a plotting helper, which this tool never uses, and does
+    # without them when they are missing: they are hidden for that import.
+    hide = [name for name in ("sklearn", "matplotlib") if name not in sys.modules]
     try:
         os.dup2(devnull, 2)
         for name in hide:
