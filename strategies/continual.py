@@ -211,19 +211,14 @@ def _dark(inputs: UpdateInputs, params: DerParams, name: str) -> Candidate:
     rows = Rows.concat([fresh, memory.rows])
     weights = _weights(n_new, n_mem, params.replay_ratio)
     assert memory.logits is not None
-    if inputs.regression:  # both terms are squared errors: one mixed target, one weight
-        total = params.alpha + params.label_weight
-        stored = memory.logits[:, 0]
-        mixed = (params.alpha * stored + params.label_weight * memory.rows.y) / total if total else memory.rows.y
-        rows = Rows(rows.x, np.concatenate([fresh.y, mixed.astype(np.float32)]), rows.order)
+    if inputs.regression:
+        mixed, total = _mixed_targets(memory, params)
+        rows = Rows(rows.x, np.concatenate([fresh.y, mixed]), rows.order)
         weights[n_new:] *= total
         train_rows(model, inputs, rows, params, weights)
     else:
         units = int(model.outputs[0].shape[-1])
-        matched = LogitMatch.columns(
-            _unit_logits(memory.logits, units), np.full(n_mem, params.alpha), np.full(n_mem, params.label_weight)
-        )
-        columns = np.concatenate([LogitMatch.unmatched(n_new, units), matched])
+        columns = np.concatenate([LogitMatch.unmatched(n_new, units), _matched(memory, params, units)])
         rows = Rows(rows.x, lay_out(rows.y, units, [columns]), rows.order)
         train_rows(model, inputs, rows, params, weights, hooks=(LogitMatch(),))
     new_logits = logits_of(model, fresh.x, inputs.regression)
@@ -241,13 +236,9 @@ def _der_in_pieces(
     n_mem = len(memory)
     new_weight, memory_weight = _weight_pair(len(new), n_mem, params.replay_ratio)
     weights = lambda order: np.full(len(order), new_weight, np.float32)  # noqa: E731
-    if inputs.regression:  # both terms are squared errors: one mixed target, one weight
-        total, labels = params.alpha + params.label_weight, params.label_weight
-        mixed = (params.alpha * memory.logits[:, 0] + labels * memory.rows.y) / total if total else memory.rows.y
-        spread = (
-            Rows(memory.rows.x, mixed.astype(np.float32), memory.rows.order),
-            np.full(n_mem, memory_weight * total),
-        )
+    if inputs.regression:
+        mixed, total = _mixed_targets(memory, params)
+        spread = (Rows(memory.rows.x, mixed, memory.rows.order), np.full(n_mem, memory_weight * total))
         train_rows(model, inputs, new, params, weights, spread=spread)
     else:
         units = int(model.outputs[0].shape[-1])
@@ -255,14 +246,32 @@ def _der_in_pieces(
         def labels_only(part: Rows) -> np.ndarray:
             return lay_out(part.y, units, [LogitMatch.unmatched(len(part), units)])
 
-        match = LogitMatch.columns(
-            _unit_logits(memory.logits, units), np.full(n_mem, params.alpha), np.full(n_mem, params.label_weight)
-        )
-        kept = Rows(memory.rows.x, lay_out(memory.rows.y, units, [match]), memory.rows.order)
+        kept = Rows(memory.rows.x, lay_out(memory.rows.y, units, [_matched(memory, params, units)]), memory.rows.order)
         spread = (kept, np.full(n_mem, memory_weight, np.float32))
         train_rows(model, inputs, new, params, weights, spread=spread, relabel=labels_only, hooks=(LogitMatch(),))
     logits = lambda x: logits_of(model, x, inputs.regression)  # noqa: E731
     return Candidate((model,), (1.0,), _offered(memory, new, params, inputs.seed + 4, logits).to_state())
+
+
+def _mixed_targets(memory: Memory, params: DerParams) -> tuple[np.ndarray, float]:
+    """For regression, where both of a memory row's terms are squared errors: one target mixing
+    its stored prediction (weight `alpha`) and its label (`label_weight`), and the mixed term's
+    weight."""
+    assert memory.logits is not None
+    total = params.alpha + params.label_weight
+    if not total:
+        return memory.rows.y.astype(np.float32), total
+    mixed = (params.alpha * memory.logits[:, 0] + params.label_weight * memory.rows.y) / total
+    return mixed.astype(np.float32), total
+
+
+def _matched(memory: Memory, params: DerParams, units: int) -> np.ndarray:
+    """The memory rows' `LogitMatch` columns: their stored logits, `alpha` and `label_weight`."""
+    assert memory.logits is not None
+    n = len(memory)
+    return LogitMatch.columns(
+        _unit_logits(memory.logits, units), np.full(n, params.alpha), np.full(n, params.label_weight)
+    )
 
 
 def _unit_logits(logits: np.ndarray, units: int) -> np.ndarray:

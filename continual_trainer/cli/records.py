@@ -70,7 +70,6 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-
     store = tracked_store(args)
     previous = store.current
     version = store.promote(args.version, reason=args.reason or "")
@@ -81,7 +80,6 @@ def cmd_promote(args: argparse.Namespace) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
-
     store = tracked_store(args)
     previous = store.current
     version = store.rollback(args.to, reason=args.reason or "")
@@ -90,7 +88,6 @@ def cmd_rollback(args: argparse.Namespace) -> None:
 
 
 def cmd_mlflow(args: argparse.Namespace) -> None:
-
     store = tracked_store(args)
     r = store.mlflow_sync()
     text = f"MLflow: {r['model']}@champion is model version {r['model_version']}, the store's current {r['version']}"
