@@ -191,3 +191,26 @@ def test_milestones_see_the_model_as_it_trains_and_can_stop_it(streamed: bool) -
             train(model, x, y, config)
     assert [e for e, _ in looks.seen] == [3, 6] and looks.epochs == 6
     assert not np.allclose(looks.seen[0][1], looks.seen[1][1])
+
+
+def test_an_epoch_expected_to_end_further_past_the_budget_than_short_of_it_is_not_begun(monkeypatch) -> None:
+    """With `max_seconds` 2.4 and epochs of 1 s (a clock the epochs advance): after epoch 2 the
+    third would end 1.6 s past the budget but started only 0.4 s short of it, so training stops
+    at 2 epochs (without the rule: 3, ending 0.6 s past it)."""
+    from continual_trainer.data.schema import InputInfo
+    from continual_trainer.trainer import loop
+
+    clock, run = [0.0], loop._run
+
+    def epochs_of_one_second(*args, **kwargs):
+        out = run(*args, **kwargs)
+        clock[0] += float(args[5])  # k epochs ran
+        return out
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 3)).astype(np.float32), rng.integers(0, 2, 64)
+    model = build_model(ModelSpec((4,)), {"numeric": InputInfo((3,), "float32")}, 2, 0)
+    monkeypatch.setattr(loop, "_run", epochs_of_one_second)
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock[0])
+    result = train(model, x, y, LoopConfig(epochs=100, max_seconds=2.4))
+    assert result.stopped == "budget" and len(result.epoch_loss) == 2
