@@ -269,16 +269,20 @@ def test_one_import_name_and_no_generic_modules(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_keras_is_imported_without_scikit_learn_which_still_imports_after() -> None:
+def test_keras_is_imported_without_scikit_learn_and_matplotlib_which_still_import_after() -> None:
     """Keras's scikit-learn wrappers import scikit-learn (1.4 s of every training command's
-    start here); ctrain never uses them, so Keras is imported without it."""
+    start here) and a plotting helper matplotlib's pyplot (0.4 s); ctrain never uses them, so
+    Keras is imported without them (by the CLI and by every Ray worker, `pin_threads`)."""
     code = (
         "import sys; from continual_trainer.trainer.progress import import_keras_quietly; import_keras_quietly(); "
-        "assert 'keras' in sys.modules and 'sklearn' not in sys.modules, 'sklearn imported'; "
-        "import sklearn.metrics; print(sklearn.metrics.accuracy_score([1, 0], [1, 1]))"
+        "assert 'keras' in sys.modules, 'no keras'; "
+        "assert 'sklearn' not in sys.modules and 'matplotlib' not in sys.modules, 'imported'; "
+        "import sklearn.metrics; print(sklearn.metrics.accuracy_score([1, 0], [1, 1])); "
+        "from continual_trainer.plots import png; import matplotlib.pyplot as plt; "
+        "f = plt.figure(); print(png(f)[:4] == b'\\x89PNG')"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.strip() == "0.5", done.stderr[-500:]
+    assert done.returncode == 0 and done.stdout.split() == ["0.5", "True"], done.stderr[-500:]
 
 
 def test_progress_is_a_bar_on_a_terminal_and_status_lines_otherwise() -> None:
