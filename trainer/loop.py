@@ -130,7 +130,8 @@ class TrainResult:
     stopped: why training ended before `epochs`: `patience` (the validation loss stopped
         improving; the best epoch's weights were restored) or `budget` (`max_seconds`); None
         if it ran every epoch.
-    best_epoch: with patience, the epoch whose weights the model has (1-based).
+    best_epoch: with patience, the epoch whose weights the model has (1-based; 0 when no
+        epoch beat the starting weights on the held-out rows, which the model has again).
     """
 
     epoch_loss: np.ndarray
@@ -806,6 +807,7 @@ def train_stream(
     losses: list[float] = []
     stopped = None
     stopper: _Stopper | None = None
+    held = validation if config.patience and validation is not None and len(validation[1]) else None
     watch = milestones()
     for epoch in range(config.epochs):
         total, rows = 0.0, 0
@@ -815,6 +817,8 @@ def train_stream(
                 scaled = mode in REGRESSION_MODES and target_std != 1.0  # the error in label standard deviations
                 weighted = given or scaled
                 compiled = _compile(model, mode, config, weighted, hooks, units, isinstance(x, np.ndarray), None)
+                if held is not None:  # the starting weights' loss: epoch 0
+                    stopper = _Stopper(model, held[0], _targets(held[1], mode), held[2], mode, units, config, hooks)
             if (w is not None) != given:
                 raise ValueError("every piece must have sample weights, or none")
             if weighted:
@@ -837,12 +841,8 @@ def train_stream(
         report("epochs", epoch + 1, config.epochs, f"loss {losses[-1]:.4g}")
         if watch is not None:
             watch.ran(1, model)
-        if config.patience and validation is not None and len(validation[1]):
-            if stopper is None:
-                vx, vy, vw = validation
-                stopper = _Stopper(model, vx, _targets(vy, mode), vw, mode, units, config, hooks)
-            if stopper.stop(epoch + 1):
-                stopped = "patience"
+        if stopper is not None and stopper.stop(epoch + 1):
+            stopped = "patience"
         if stopped:
             break
     assert compiled is not None
@@ -943,8 +943,10 @@ def _take(x: np.ndarray | Mapping[str, np.ndarray], index: np.ndarray) -> Any:
 
 
 class _Stopper:
-    """Early stopping: the loss on held-out training rows after each epoch; the weights of the
-    best epoch are kept and put back at the end."""
+    """Early stopping: the loss on held-out training rows before training and after each
+    epoch; the weights of the best are kept and put back at the end. The starting weights
+    count as epoch 0: a model that starts from a trained one (fine-tuning, replay) comes back
+    as it was when no epoch beats it on the held-out rows, not worse for having trained."""
 
     def __init__(
         self,
@@ -959,7 +961,7 @@ class _Stopper:
     ) -> None:
         self.model, self.x, self.y, self.w = model, x, y, w
         self.mode, self.units, self.patience, self.hooks = mode, units, config.patience, hooks
-        self.best, self.best_epoch, self.weights = np.inf, 0, None
+        self.best, self.best_epoch, self.weights = self.loss(), 0, model.get_weights()
 
     def loss(self) -> float:
         from continual_trainer.trainer.candidate import member_output
@@ -991,10 +993,10 @@ class _Stopper:
             self.best, self.best_epoch, self.weights = value, epoch, self.model.get_weights()
         return epoch - self.best_epoch >= self.patience
 
-    def restore(self) -> int | None:
-        if self.weights is not None:
-            self.model.set_weights(self.weights)
-        return self.best_epoch or None
+    def restore(self) -> int:
+        """Put the best weights back; their epoch (0: the starting weights)."""
+        self.model.set_weights(self.weights)
+        return self.best_epoch
 
 
 def _largest(x: np.ndarray | Mapping[str, np.ndarray]) -> float:

@@ -74,6 +74,24 @@ def test_patience_stops_on_validation_rows_and_restores_the_best_epoch() -> None
     assert len(result.epoch_loss) == result.best_epoch + 3
 
 
+@pytest.mark.parametrize("in_pieces", [False, True])
+def test_a_trained_model_no_epoch_improves_comes_back_as_it_was(in_pieces: bool) -> None:
+    """The starting weights count as epoch 0 of early stopping: a trained model whose training
+    only makes its held-out loss worse (a learning rate far too high) is given back unchanged."""
+    x, y = _data(2000)
+    model = build_model(ModelSpec((16,)), 6, 2, seed=0)
+    train(model, x, y, LoopConfig(epochs=20, batch_size=64), seed=0)
+    before = [w.copy() for w in model.get_weights()]
+    config = LoopConfig(epochs=30, batch_size=64, patience=2, learning_rate=5.0)
+    if in_pieces:
+        vx, vy = _data(400, seed=3)
+        result = train_stream(model, _pieces(x, y, 500), config, buffer_rows=1000, validation=(vx, vy, None))
+    else:
+        result = train(model, x, y, config, seed=0)
+    assert result.stopped == "patience" and result.best_epoch == 0 and len(result.epoch_loss) == 2
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), before, strict=True))
+
+
 def test_a_failing_source_surfaces_its_error_and_patience_is_refused() -> None:
     def broken(epoch: int):
         x, y = _data(100)
