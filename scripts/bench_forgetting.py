@@ -18,7 +18,7 @@
    old batches' holdout rows) against `finetune_all` (reads every old row), one epoch each.
 
 Run: .venv/bin/python scripts/bench_forgetting.py [--seeds 3] [--rows 200000] [--only class]
-     [--set der.alpha=1.0]
+     [--methods replay,der] [--set der.alpha=1.0]
 """
 
 from __future__ import annotations
@@ -157,6 +157,7 @@ def _row(name: str, strategy: str, params: dict[str, str], finals: list[float], 
         "low": float(np.min(finals)),
         "high": float(np.max(finals)),
         "update_seconds": float(np.mean(times)),
+        "finals": finals,
     }
 
 
@@ -220,9 +221,15 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--rows", type=int, default=200_000, help="rows per batch in the memory comparison")
     p.add_argument("--only", choices=("class", "domain", "memory"), action="append")
+    p.add_argument("--methods", help="a comma-separated subset of the tables' methods, e.g. replay,der")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="a parameter of one method of the tables, e.g. der.alpha=1.0 (repeatable)")  # fmt: skip
     args = p.parse_args()
+    if args.methods:
+        wanted = args.methods.split(",")
+        for table in (CLASS_IL, DOMAIN_IL):
+            for method in [m for m in table if m not in wanted]:
+                del table[method]
     for item in args.set:
         method, _, assignment = item.partition(".")
         key, _, value = assignment.partition("=")
@@ -243,6 +250,9 @@ def main() -> None:
         print(titles[key], flush=True)
         with tempfile.TemporaryDirectory() as workdir:
             result = parts[key](workdir)
+        if key in ("class", "domain"):
+            assert isinstance(result, list)
+            _paired(result, ("der", "replay"), ("derpp", "der"), ("replay", "naive"))
         if key == "memory":
             assert isinstance(result, dict)
             for name, mib in result.items():
@@ -251,6 +261,17 @@ def main() -> None:
             above = (result["finetune_all"] - result["keep"]) / max(result["replay"] - result["keep"], 1)
             print(f"  above keep's  {above:8.2f}x (each minus keep's peak)")
     print(f"total {time.perf_counter() - start:.0f} s; this process peak {_self_peak():.0f} MiB")
+
+
+def _paired(rows: list[dict], *pairs: tuple[str, str]) -> None:
+    """The difference of two methods' final accuracies seed by seed (same data, same test
+    rows): its mean and standard error, in points."""
+    finals = {row["method"]: np.asarray(row["finals"]) for row in rows}
+    for a, b in pairs:
+        if a in finals and b in finals:
+            d = 100 * (finals[a] - finals[b])
+            se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+            print(f"  {a} - {b}: {d.mean():+.2f} points (standard error {se:.2f}, {len(d)} seeds paired)")
 
 
 def _self_peak() -> float:
