@@ -8,6 +8,11 @@
    time. `naive` is fine-tuning the whole network on the new rows with a head grown for the
    new classes (`new_head freeze=0 data=new`); `joint` refits on every row so far
    (`fresh_all`), the upper bound.
+   With `--select`, the paper's protocol for hyperparameters: each method's learning rate is
+   chosen among the given ones on validation rows (a tenth of each training split) before the
+   test runs, as Buzzega et al. grid-search every method's own.
+   The same on ten synthetic classes (`--only synthetic`, scikit-learn's `make_classification`):
+   a second class-incremental benchmark, to check on other data what was chosen on the digits.
 2. Domain-incremental permuted digits: five batches of all ten classes, each with its own
    fixed permutation of the 64 pixels. Final accuracy averaged over the five tasks' test
    rows, and forgetting: the mean over the first four tasks of (accuracy just after
@@ -17,8 +22,8 @@
    current version keeps a replay memory, and one new): `replay` (reads the memory and the
    old batches' holdout rows) against `finetune_all` (reads every old row), one epoch each.
 
-Run: .venv/bin/python scripts/bench_forgetting.py [--seeds 3] [--rows 200000] [--only class]
-     [--methods replay,der] [--set der.alpha=1.0]
+Run: .venv/bin/python scripts/bench_forgetting.py [--seeds 3] [--rows 200000] [--only class|synthetic|domain|memory]
+     [--methods replay,der] [--set der.alpha=1.0] [--select 0.001,0.003,0.01 [--select-seeds 3]]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -105,19 +111,71 @@ def _accuracies(store, tests: list[pd.DataFrame]) -> list[float]:
     return [float((store.predict(t)["prediction"].to_numpy() == t["digit"].to_numpy()).mean()) for t in tests]
 
 
-def class_incremental(seeds: int, workdir: str) -> list[dict]:
+def synthetic(seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Ten classes of scikit-learn's `make_classification` (40 features, 20 informative, two
+    clusters per class), 300 rows each, split as `digits` is: a second class-incremental
+    benchmark, held out from the choices made on the digits."""
+    from sklearn.datasets import make_classification
+    from sklearn.model_selection import train_test_split
+
+    x, y = make_classification(
+        n_samples=3000, n_features=40, n_informative=20, n_classes=10, class_sep=2.0, random_state=seed
+    )
+    frame = _frame(x.astype(np.float32), y.astype(np.int64))
+    return train_test_split(frame, test_size=0.3, stratify=frame["digit"], random_state=seed)
+
+
+Data = Callable[[int], tuple[pd.DataFrame, pd.DataFrame]]
+
+
+def class_incremental(seeds: int, workdir: str, data: Data = digits, grid: Selection | None = None) -> list[dict]:
+    """Each method's final accuracy on the test rows over `seeds` runs; with `grid`, each
+    method's learning rate chosen first on validation rows (see `Selection`)."""
     rows = []
     for name, (strategy, params) in CLASS_IL.items():
+        if grid is not None:
+            params = {**params, "learning_rate": grid.choose(name, strategy, params, data, workdir)}
         finals, times = [], []
         for seed in range(seeds):
-            train, test = digits(seed)
-            batches = [train[train.digit // 2 == k] for k in range(5)]
-            acc, seconds = run_stream(batches, [test], strategy, params, seed, workdir)
+            train, test = data(seed)
+            acc, seconds = run_stream(_tasks(train), [test], strategy, params, seed, workdir)
             finals.append(acc[-1][0])
             times.append(seconds)
         rows.append(_row(name, strategy, params, finals, times))
         print(_line(rows[-1]), flush=True)
     return rows
+
+
+def _tasks(train: pd.DataFrame) -> list[pd.DataFrame]:
+    return [train[train.digit // 2 == k] for k in range(5)]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The paper's protocol for hyperparameters (Buzzega et al. 2020 grid-search each method's
+    own on validation rows): each method's learning rate is the one of `rates` whose final
+    accuracy on validation rows (a stratified tenth of each training split, never the test
+    rows) is highest on average over `seeds` runs; the test runs then train on the whole split."""
+
+    rates: tuple[float, ...]
+    seeds: int
+
+    def choose(self, name: str, strategy: str, params: dict[str, str], data: Data, workdir: str) -> str:
+        from sklearn.model_selection import train_test_split
+
+        scores = {}
+        for rate in self.rates:
+            finals = []
+            for seed in range(self.seeds):
+                train, _ = data(seed)
+                fit, val = train_test_split(train, test_size=0.1, stratify=train["digit"], random_state=seed)
+                given = {**params, "learning_rate": str(rate)}
+                finals.append(run_stream(_tasks(fit), [val], strategy, given, seed, workdir)[0][-1][0])
+            scores[rate] = float(np.mean(finals))
+        best = max(self.rates, key=lambda r: scores[r])
+        said = ", ".join(f"{r:g}: {v:.3f}" for r, v in scores.items())
+        print(f"  {name:<7} learning_rate on validation rows: {said} -> {best:g}", flush=True)
+        return str(best)
 
 
 def domain_incremental(seeds: int, workdir: str) -> list[dict]:
@@ -220,11 +278,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--rows", type=int, default=200_000, help="rows per batch in the memory comparison")
-    p.add_argument("--only", choices=("class", "domain", "memory"), action="append")
+    p.add_argument("--only", choices=("class", "synthetic", "domain", "memory"), action="append")
     p.add_argument("--methods", help="a comma-separated subset of the tables' methods, e.g. replay,der")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="a parameter of one method of the tables, e.g. der.alpha=1.0 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--select",
+        metavar="RATE,RATE,...",
+        help="class-incremental tables: each method's learning rate chosen among these on validation rows",
+    )
+    p.add_argument("--select-seeds", type=int, default=3, help="runs each rate is scored on, with --select")
     args = p.parse_args()
+    grid = Selection(tuple(float(r) for r in args.select.split(",")), args.select_seeds) if args.select else None
     if args.methods:
         wanted = args.methods.split(",")
         for table in (CLASS_IL, DOMAIN_IL):
@@ -236,12 +301,15 @@ def main() -> None:
         for table in (CLASS_IL, DOMAIN_IL):
             table[method][1][key] = value
     parts: dict[str, Callable[[str], object]] = {
-        "class": lambda w: class_incremental(args.seeds, w),
+        "class": lambda w: class_incremental(args.seeds, w, digits, grid),
+        "synthetic": lambda w: class_incremental(args.seeds, w, synthetic, grid),
         "domain": lambda w: domain_incremental(args.seeds, w),
         "memory": lambda w: peak_memory(args.rows, w),
     }
     titles = {
         "class": f"Class-incremental split digits (5 batches x 2 classes, {MODEL}, {args.seeds} seeds): final accuracy",
+        "synthetic": f"Class-incremental synthetic classes (5 batches x 2 of make_classification's 10, {MODEL}, "
+        f"{args.seeds} seeds): final accuracy",
         "domain": f"Domain-incremental permuted digits (5 permutations, {args.seeds} seeds): mean final accuracy",
         "memory": f"Peak RSS of `ctrain update`, 5 batches x {args.rows:,} rows x 20 features, one epoch",
     }
@@ -250,7 +318,7 @@ def main() -> None:
         print(titles[key], flush=True)
         with tempfile.TemporaryDirectory() as workdir:
             result = parts[key](workdir)
-        if key in ("class", "domain"):
+        if key in ("class", "synthetic", "domain"):
             assert isinstance(result, list)
             _paired(result, ("der", "replay"), ("derpp", "der"), ("replay", "naive"))
         if key == "memory":
