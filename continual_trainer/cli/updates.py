@@ -57,7 +57,7 @@ def cmd_update(args: argparse.Namespace) -> None:
 
 
 def _several_text(outcomes: Any, where: str) -> str:
-    """Several strategies' versions side by side, best first, and what was promoted."""
+    """Several strategies' versions side by side, in the order given, and what was promoted."""
     first, second = headline(outcomes[0].metrics)
     current = outcomes[0].current_metrics.get(f"holdout_{first}")
     lines = [f"  {'strategy':14} {'version':40} {first[:8]:>8} {second[:8]:>8} {'secs':>6}  promoted"]
@@ -73,7 +73,8 @@ def _several_text(outcomes: Any, where: str) -> str:
     promoted = next((o for o in outcomes if o.promoted), None)
     if promoted is None:
         lines.append(
-            next_step(f"promote --store {where} {outcomes[0].version[-4:]}") + "  (makes the best one current)"
+            next_step(f"promote --store {where} {outcomes[outcomes.best].version[-4:]}")
+            + "  (makes the best one current)"
         )
     else:
         lines.append(next_step(f"rollback --store {where}") + "  (undoes the promotion)")
