@@ -18,7 +18,7 @@ from continual_trainer.data.chunks import StoredRows, StoredUnion
 from continual_trainer.data.rows import Rows, RowSource
 from continual_trainer.trainer.candidate import Candidate
 from continual_trainer.trainer.evaluate import class_metrics, class_parts, finite, join_parts, score, score_regression
-from continual_trainer.trainer.progress import labelled, phase
+from continual_trainer.trainer.progress import labelled, phase, recording_training
 from continual_trainer.updatedata import UpdateData
 
 
@@ -160,12 +160,17 @@ def run_strategy(
     seed: int,
     extra_eval: Mapping[str, Rows] | None = None,
 ) -> TrialResult:
-    """Run one strategy and score it."""
+    """Run one strategy and score it; how each of its training runs ended goes to the
+    manifest (`execution.training`, see `progress.recording_training`)."""
     with labelled(strategy.name):
         phase(f"building {strategy.name}")
         start = time.perf_counter()
-        candidate = strategy(data.inputs(current, seed), params)
-        return score_candidate(data, current, candidate, time.perf_counter() - start, extra_eval)
+        with recording_training() as runs:
+            candidate = strategy(data.inputs(current, seed), params)
+        result = score_candidate(data, current, candidate, time.perf_counter() - start, extra_eval)
+        if runs:
+            result.execution["training"] = runs
+        return result
 
 
 def score_candidate(

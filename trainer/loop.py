@@ -40,7 +40,7 @@ from continual_trainer.data.parquet import one_line
 from continual_trainer.trainer import optimizers
 from continual_trainer.trainer.optimizers import CLIPS, OPTIMIZERS
 from continual_trainer.trainer.params import Boolean, Choice, Interval, Params, Rule, param
-from continual_trainer.trainer.progress import milestones, report
+from continual_trainer.trainer.progress import milestones, report, trained
 
 if TYPE_CHECKING:
     import keras
@@ -753,6 +753,7 @@ def train(
             break
     best_epoch = stopper.restore() if stopper is not None else None
     _check_finite(trainable, config, f" (the largest |value| is {_largest(x):.3g})")
+    trained(done, stopped, best_epoch)
     return TrainResult(np.concatenate(losses), time.perf_counter() - start, state, stopped, best_epoch)
 
 
@@ -848,6 +849,7 @@ def train_stream(
     assert compiled is not None
     best_epoch = stopper.restore() if stopper is not None else None
     _check_finite(compiled.trainable, config)
+    trained(len(losses), stopped, best_epoch)
     return TrainResult(np.asarray(losses, np.float32), time.perf_counter() - start, compiled.state, stopped, best_epoch)
 
 

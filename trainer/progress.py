@@ -59,6 +59,29 @@ def milestones() -> Milestones | None:
     return _MILESTONES.get()
 
 
+_TRAININGS: ContextVar[list[dict[str, Any]] | None] = ContextVar("ctrain_trainings", default=None)
+
+
+@contextlib.contextmanager
+def recording_training() -> Iterator[list[dict[str, Any]]]:
+    """How each training run in this context (this thread) ended, in order: the epochs it ran,
+    why it stopped early (`patience`, `budget`, or None) and, with early stopping, the epoch
+    whose weights the network kept (0: none beat the weights it started from)."""
+    runs: list[dict[str, Any]] = []
+    token = _TRAININGS.set(runs)
+    try:
+        yield runs
+    finally:
+        _TRAININGS.reset(token)
+
+
+def trained(epochs: int, stopped: str | None, best_epoch: int | None) -> None:
+    """Called by the training loop when a run ends; recorded if `recording_training` is open."""
+    runs = _TRAININGS.get()
+    if runs is not None:
+        runs.append({"epochs": epochs, "stopped": stopped, "best_epoch": best_epoch})
+
+
 STATUS_SECONDS = 10.0  # between status lines when stderr is not a terminal (CTRAIN_STATUS_SECONDS)
 
 

@@ -60,7 +60,8 @@ def test_model_averaging_matches_single_process_accuracy(ray_cluster, tmp_path: 
     started = manifest.execution.pop("start_seconds")
     assert 0 < started <= manifest.train_seconds
     assert manifest.execution == {"mode": "model_averaging", "actors": 2, "sync_steps": 20}
-    assert Store.open(store).manifest(local["version"]).execution == {"mode": "local"}
+    local_run = {"mode": "local", "training": [{"epochs": 10, "stopped": None, "best_epoch": None}]}
+    assert Store.open(store).manifest(local["version"]).execution == local_run
 
 
 @pytest.mark.slow

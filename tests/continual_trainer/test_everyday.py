@@ -589,3 +589,20 @@ def test_the_plot_over_time_joins_only_versions_scored_on_the_same_holdout_rows(
     history = store.versions()
     assert len(history) == 3 and history[0]["batches_seen"] != history[1]["batches_seen"]
     assert comparable_steps(history) == [2]  # the initial version saw one batch: no line to the first update
+
+
+def test_a_versions_manifest_says_how_its_training_ended(tiny_store: str) -> None:
+    """Each training run's epochs, why it stopped and the epoch kept reach the manifest; a
+    fine-tuning no epoch of which beats the current model (a learning rate far too high) keeps
+    epoch 0, the current model unchanged, and scores as it does."""
+    from continual_trainer.api import open_store
+
+    store = open_store(tiny_store)
+    kept = store.update("finetune_new", promote="never", patience=2, learning_rate=5.0, epochs=30)
+    training = Store.open(tiny_store).manifest(kept.version).execution["training"]
+    assert training == [{"epochs": 2, "stopped": "patience", "best_epoch": 0}]
+    assert kept.metrics["holdout_accuracy"] == kept.current_metrics["holdout_accuracy"]
+    assert kept.metrics["holdout_log_loss"] == pytest.approx(kept.current_metrics["holdout_log_loss"])
+    ensemble = store.update("ensemble_new", promote="never", epochs=3)
+    runs = Store.open(tiny_store).manifest(ensemble.version).execution["training"]
+    assert runs == [{"epochs": 3, "stopped": None, "best_epoch": None}]  # the new member's run
