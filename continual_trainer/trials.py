@@ -167,10 +167,8 @@ def run_strategy(
         start = time.perf_counter()
         with recording_training() as runs:
             candidate = strategy(data.inputs(current, seed), params)
-        result = score_candidate(data, current, candidate, time.perf_counter() - start, extra_eval)
-        if runs:
-            result.execution["training"] = runs
-        return result
+        execution = {"mode": "local", **({"training": runs} if runs else {})}
+        return score_candidate(data, current, candidate, time.perf_counter() - start, extra_eval, execution)
 
 
 def score_candidate(

@@ -44,7 +44,7 @@ def main() -> None:
     hows = {"the model's compile() (Adam)": []}
     if not args.compile_only:
         hows["--set optimizer=sgd"] = ["--set", "optimizer=sgd"]
-    runs = [one_data_set(args.rows, seed, hows) for seed in range(args.seeds)]
+    runs = [one_data_set(args.rows, seed, hows, names) for seed in range(args.seeds)]
     heads = list(hows)
     print(f"{'strategy':<14}" + "".join(f"{h:>32}" for h in heads))
     for name in dict.fromkeys(["keep", *names]):
@@ -69,12 +69,11 @@ def main() -> None:
         print(f"data sets on which each is below keep: {counts}")
 
 
-def one_data_set(rows: int, seed: int, hows: dict[str, list[str]]) -> dict[str, dict[str, float]]:
-    """Holdout accuracy of keep and of every strategy, per way of training, on data set `seed`."""
+def one_data_set(rows: int, seed: int, hows: dict[str, list[str]], names: list[str]) -> dict[str, dict[str, float]]:
+    """Holdout accuracy of keep and of strategies `names`, per way of training, on data set `seed`."""
+    import keras
     import pyarrow.parquet as pq
     from census import census, keras_way_model
-
-    from continual_trainer import strategies
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,8 +81,6 @@ def one_data_set(rows: int, seed: int, hows: dict[str, list[str]]) -> dict[str, 
         pq.write_table(first, f"{tmp}/first.parquet")
         pq.write_table(census(rows, seed=2 * seed + 1, cities=("paris", "lyon", "nice", "lille"), shift=1.0),
                        f"{tmp}/second.parquet")  # fmt: skip
-        import keras
-
         keras.utils.set_random_seed(seed)  # the same imported model on every run of this data set
         keras_way_model(first).save(f"{tmp}/model.keras")
         for how, extra in hows.items():
@@ -93,7 +90,7 @@ def one_data_set(rows: int, seed: int, hows: dict[str, list[str]]) -> dict[str, 
             ingest = [CTRAIN, "ingest", "--store", store, f"{tmp}/second.parquet"]
             subprocess.run(ingest, check=True, capture_output=True)
             run = subprocess.run(
-                [CTRAIN, "update", "--store", store, "--strategy", ",".join(strategies.names()), "--promote", "never",
+                [CTRAIN, "update", "--store", store, "--strategy", ",".join(names), "--promote", "never",
                  "--json", *extra], capture_output=True, text=True,
             )  # fmt: skip
             print(f"== data set {seed}, {how}: {run.stderr.strip().splitlines()[0] if run.stderr.strip() else ''}")
