@@ -14,7 +14,8 @@ experiment keeps its recipe.
 
 Before sizing, a store whose network was imported (`ctrain init --model model.keras`) trains
 with the optimizer and settings the model was compiled with (`compiled`): what `fit` would
-use. Settings the user gave stay here too.
+use; and it stops early below SCALE_FROM rows too (see `sized`). Settings the user gave stay
+here too.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ UPDATE_SECONDS = 300.0  # the budget of an update's training, and of each sweep 
 STREAM_SECONDS = 15.0  # one stream file's wall-clock budget, from its pick-up to its commit
 TRAINING_SHARE = 0.45  # of what is left of it when the candidates start: their training (the rest scores them)
 MIN_TRAINING_SECONDS = 2.0  # a candidate trains at least this long, however late it starts
+STOP_EARLY_FROM = 100  # training rows from which an imported model stops early (a tenth held out to stop on)
 MEMORY_SHARE = 4  # a replay memory keeps at least a quarter of the rows an update trains on ...
 MAX_MEMORY_ROWS = 50_000  # ... up to this many
 SIZED = ("batch_size", "learning_rate", "patience", "max_seconds", "memory_size")
@@ -106,10 +108,16 @@ def training_rows(job: Job, data: UpdateData) -> int:
 
 def sized(job: Job, data: UpdateData, seconds: float, user_keys: frozenset[str], scale: bool = True) -> Job:
     """`job` with the imported model's compiled settings (see `compiled`), then its settings
-    scaled to the rows it trains on (see `scaled`) unless `scale` is off."""
+    scaled to the rows it trains on (see `scaled`) unless `scale` is off. An imported model
+    stops early below SCALE_FROM rows too (from STOP_EARLY_FROM): the reference recipe's 100
+    epochs without stopping were made for the tutorial's network, not for the user's."""
     params = compiled(job.params, data, user_keys)
     if scale:
-        params = scaled(params, training_rows(job, data), seconds, user_keys)
+        rows = training_rows(job, data)
+        params = scaled(params, rows, seconds, user_keys)
+        imported = data.model_spec.kind == "imported" and isinstance(params, LoopConfig)
+        if imported and rows >= STOP_EARLY_FROM and not params.patience and "patience" not in user_keys:
+            params = dataclasses.replace(params, patience=PATIENCE)
     return dataclasses.replace(job, params=params)
 
 

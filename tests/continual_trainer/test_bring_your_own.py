@@ -248,6 +248,10 @@ def test_an_imported_model_trains_as_it_was_compiled_unless_set(tmp_path: Path, 
     params, err = trained_with()
     assert (params["optimizer"], params["learning_rate"], params["beta_2"]) == ("adam", 0.003, 0.99)
     assert "trains as the model was compiled: Adam (learning_rate 0.003" in err
+    # on 400 rows, below the sizing: the user's network stops early all the same (the reference
+    # recipe's 100 epochs without stopping were made for the tutorial's), unless set
+    assert params["patience"] == 15 and "early stopping (patience 15)" in err
+    assert trained_with("--set", "patience=0")[0]["patience"] == 0
     params, _ = trained_with("--set", "learning_rate=0.01")
     assert (params["optimizer"], params["learning_rate"], params["beta_2"]) == ("adam", 0.01, 0.99)
     params, err = trained_with("--set", "optimizer=sgd")
